@@ -1,0 +1,222 @@
+//! Configuration: command-line flags, each with a `USERSVC_*` environment variable, over an
+//! optional TOML file, over defaults. Precedence: flag > environment > file > default.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://usersvc.db";
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const AFTER_HELP: &str = "\
+Examples:
+  usersvc                                     serve on 127.0.0.1:8080, store in ./usersvc.db
+  usersvc --listen 0.0.0.0:9000 --database-url postgres://usersvc@db/usersvc
+  usersvc --config /etc/usersvc/config.toml   same keys as the long flags: listen = \"...\"
+  usersvc import users.json                   load a JSON array of users, all or nothing
+
+  curl -s localhost:8080 -H 'content-type: application/json' \\
+       -d '{\"jsonrpc\":\"2.0\",\"method\":\"get_users\",\"id\":1}'
+
+Methods: get_users, get_user, put_user, put_users, delete_user, ping, version, rpc.discover
+(rpc.discover returns the OpenRPC document). GET /health and GET /version need no auth.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "usersvc",
+    version,
+    about = "A JSON-RPC 2.0 over HTTP user service (SQLite by default, PostgreSQL to share data)",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Serve JSON-RPC over HTTP (the default when no command is given)
+    Serve,
+    /// Load a JSON array of user objects from FILE in one transaction, then exit
+    Import {
+        /// A JSON file holding an array of user objects, each with a string "id"
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct Options {
+    /// TOML file with any of the settings below (keys as the long flags, with underscores)
+    #[arg(long, env = "USERSVC_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, env = "USERSVC_LISTEN", value_name = "ADDR", global = true)]
+    pub listen: Option<String>,
+
+    /// sqlite://PATH (created on first run) or postgres://USER@HOST:PORT/DB [default: sqlite://usersvc.db]
+    #[arg(long, env = "USERSVC_DATABASE_URL", value_name = "URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Require `Authorization: Bearer TOKEN` on POST / (GET /health and /version stay open)
+    #[arg(
+        long,
+        env = "USERSVC_AUTH_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+
+    /// Largest request body in bytes; larger ones get HTTP 413 [default: 1048576]
+    #[arg(long, env = "USERSVC_BODY_LIMIT", value_name = "BYTES", global = true)]
+    pub body_limit: Option<usize>,
+
+    /// Longest a request may take, e.g. 500ms, 30s, 1m [default: 30s]
+    #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    pub request_timeout: Option<Duration>,
+
+    /// Log line format on stderr [default: text]
+    #[arg(long, env = "USERSVC_LOG_FORMAT", value_name = "FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. info, debug, service=debug,sqlx=warn [default: info]
+    #[arg(long, env = "USERSVC_LOG", value_name = "FILTER", global = true)]
+    pub log: Option<String>,
+}
+
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The TOML file's keys. Unknown keys are an error, so a typo never silently falls back to a default.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    auth_token: Option<String>,
+    body_limit: Option<usize>,
+    request_timeout: Option<String>,
+    log_format: Option<LogFormat>,
+    log: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Every setting resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub database_url: String,
+    pub auth_token: Option<String>,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log: String,
+}
+
+impl Options {
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let request_timeout = match (self.request_timeout, &file.request_timeout) {
+            (Some(d), _) => d,
+            (None, Some(s)) => humantime::parse_duration(s).map_err(|e| ConfigError::Invalid {
+                path: self.config.clone().unwrap_or_default(),
+                message: format!("request_timeout {s:?}: {e} (write it like 500ms, 30s, 1m)"),
+            })?,
+            (None, None) => DEFAULT_REQUEST_TIMEOUT,
+        };
+        Ok(Settings {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            database_url: self
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            auth_token: self
+                .auth_token
+                .or(file.auth_token)
+                .filter(|t| !t.is_empty()),
+            body_limit: self
+                .body_limit
+                .or(file.body_limit)
+                .unwrap_or(DEFAULT_BODY_LIMIT),
+            request_timeout,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("usersvc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\nrequest_timeout = \"2s\"\nlog_format = \"json\"\n",
+        )
+        .expect("write");
+        let s = Options {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(s.listen, "127.0.0.1:2");
+        assert_eq!(s.request_timeout, Duration::from_secs(2));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+
+        std::fs::write(&path, "lisen = \"x\"\n").expect("write");
+        let err = Options {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("typo must be refused");
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

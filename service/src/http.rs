@@ -1,0 +1,208 @@
+//! HTTP transport: `POST /` carries JSON-RPC; `GET /health` and `GET /version` are plain JSON.
+//! Transport problems are HTTP statuses (401, 405, 413, 415); every JSON-RPC body is a 200.
+
+use crate::methods::{Api, VERSION};
+use crate::rpc::{self, Reply, RpcError};
+use crate::users::codes;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct HttpConfig {
+    pub auth_token: Option<String>,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+}
+
+struct Shared {
+    api: Arc<Api>,
+    config: HttpConfig,
+}
+
+pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
+    let shared = Arc::new(Shared { api, config });
+    Router::new()
+        .route("/", post(rpc_endpoint))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .with_state(shared)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn plain(status: StatusCode, message: &'static str) -> Response {
+    (status, message).into_response()
+}
+
+/// Compares without an early exit, so response timing does not leak how much of a token matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
+}
+
+/// `application/json`, with or without parameters; `+json` media types too.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Some(token) = &shared.config.auth_token
+        && !authorized(&parts.headers, token)
+    {
+        let mut resp = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"usersvc\""),
+        );
+        return resp;
+    }
+    if !is_json(&parts.headers) {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "JSON-RPC requests need Content-Type: application/json\n",
+        );
+    }
+    let bytes = match axum::body::to_bytes(body, shared.config.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            // to_bytes fails on over-limit bodies and on aborted uploads alike; the limit is what
+            // a client can act on, the abort has no one left to read the answer.
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body over the limit\n",
+            );
+        }
+    };
+    // Run the call on its own task: if the client goes away, a write already started still
+    // finishes and updates the snapshot, instead of being cancelled half way.
+    let api = shared.api.clone();
+    let task = tokio::spawn(async move { rpc::handle_body(api.as_ref(), &bytes).await });
+    match tokio::time::timeout(shared.config.request_timeout, task).await {
+        Ok(Ok(Reply::Body(body))) => json_response(StatusCode::OK, body),
+        Ok(Ok(Reply::Nothing)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(join)) => {
+            tracing::error!(error = %join, "request handler failed");
+            error_body(RpcError::internal("the request handler failed"))
+        }
+        Err(_) => error_body(
+            RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(shared.config.request_timeout)
+                )
+                .into(),
+            ),
+        ),
+    }
+}
+
+fn error_body(err: RpcError) -> Response {
+    let mut out = Vec::with_capacity(128);
+    rpc::write_response(&mut out, "null", &Err(err));
+    json_response(StatusCode::OK, out)
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let users = shared.api.users.count();
+    let probe = tokio::time::timeout(Duration::from_secs(2), shared.api.users.store().ping()).await;
+    let (status, body) = match probe {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "store": "ok", "users": users}),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "degraded", "store": "unavailable", "error": e.to_string(), "users": users}),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "degraded", "store": "unavailable", "error": "store did not answer within 2s", "users": users}),
+        ),
+    };
+    json_response(status, body.to_string().into_bytes())
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({"name": "usersvc", "version": VERSION})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let h = |ct: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(ct).expect("header"),
+            );
+            is_json(&m)
+        };
+        assert!(h("application/json"));
+        assert!(h("Application/JSON; charset=utf-8"));
+        assert!(h("application/json-rpc+json"));
+        assert!(!h("text/plain"));
+        assert!(!h("application/x-www-form-urlencoded"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(v).expect("header"),
+            );
+            m
+        };
+        assert!(authorized(&h("Bearer s3cret"), "s3cret"));
+        assert!(!authorized(&h("Bearer s3cre"), "s3cret"));
+        assert!(!authorized(&h("Basic czNjcmV0"), "s3cret"));
+        assert!(!authorized(&HeaderMap::new(), "s3cret"));
+    }
+}

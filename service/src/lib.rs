@@ -1,0 +1,154 @@
+//! `usersvc`: users as JSON documents behind a JSON-RPC 2.0 over HTTP API.
+//!
+//! Layers, outermost first: `http` (axum: auth, content type, body limit, timeout) → `rpc` (the
+//! JSON-RPC envelope, ours) → `methods` (params → calls) → `users` (rules, concurrency) →
+//! `snapshot` (reads) and `store` (sqlx, SQLite or PostgreSQL).
+
+pub mod config;
+pub mod http;
+pub mod methods;
+pub mod rpc;
+pub mod snapshot;
+pub mod store;
+pub mod users;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Cli, Command, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot read {path}: {source}")]
+    ReadImport {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    BadImport { path: String, message: String },
+    #[error(transparent)]
+    Users(#[from] users::UserError),
+}
+
+/// How long the store may take to hand out a connection before a request fails.
+const STORE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the store, loads the snapshot and serves until SIGTERM or SIGINT, then lets in-flight
+/// requests finish and returns.
+pub async fn serve(settings: Settings) -> Result<(), ServeError> {
+    let store = store::Store::open(&settings.database_url, STORE_ACQUIRE_TIMEOUT).await?;
+    let users = users::Users::load(store.clone()).await?;
+    tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
+    let api = Arc::new(methods::Api::new(users));
+    let app = http::router(
+        api,
+        http::HttpConfig {
+            auth_token: settings.auth_token.clone(),
+            body_limit: settings.body_limit,
+            request_timeout: settings.request_timeout,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read the bound address (port 0 picks one) from this line.
+    tracing::info!(%addr, "listening on http://{addr}/");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("in-flight requests done; closing the store");
+    store.close().await;
+    Ok(())
+}
+
+/// Loads a JSON array of users in one transaction (all or nothing).
+pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| ServeError::ReadImport {
+        path: shown.clone(),
+        source,
+    })?;
+    let bad = |message: String| ServeError::BadImport {
+        path: shown.clone(),
+        message,
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&text)
+        .map_err(|e| bad(format!("not a JSON array of users: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut valid = Vec::with_capacity(list.len());
+    for (i, u) in list.into_iter().enumerate() {
+        let user = users::validate(u).map_err(|e| bad(format!("user #{i}: {e}")))?;
+        if !seen.insert(user.id.clone()) {
+            return Err(bad(format!("user #{i}: id {:?} appears twice", user.id)));
+        }
+        valid.push(user);
+    }
+    let store = store::Store::open(&settings.database_url, STORE_ACQUIRE_TIMEOUT).await?;
+    let users = users::Users::load(store.clone()).await?;
+    let n = users.put_many(valid).await?.len();
+    store.close().await;
+    Ok(n)
+}
+
+/// Hides a password in a database URL before it is logged.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://u:pw@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,243 @@
+//! The JSON-RPC methods: reads each call's params (by position or by name), calls `users.rs`, and
+//! maps its errors onto documented codes. The method list here and in `openrpc.json` must agree
+//! (a test checks it).
+
+use crate::rpc::{Handler, Params, RawJson, RpcError};
+use crate::users::{NewUser, UserError, Users, codes, kind, validate};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The OpenRPC document served by `rpc.discover`.
+const OPENRPC: &str = include_str!("openrpc.json");
+
+pub const METHODS: &[&str] = &[
+    "get_users",
+    "get_user",
+    "put_user",
+    "put_users",
+    "delete_user",
+    "ping",
+    "version",
+    "rpc.discover",
+];
+
+pub struct Api {
+    pub users: Users,
+    discover: Bytes,
+}
+
+impl Api {
+    pub fn new(users: Users) -> Self {
+        // The document is ours and checked by a test; stamp in the running version.
+        let mut doc: Value = serde_json::from_str(OPENRPC).unwrap_or(Value::Null);
+        doc["info"]["version"] = VERSION.into();
+        Self {
+            users,
+            discover: Bytes::from(doc.to_string()),
+        }
+    }
+
+    async fn dispatch(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
+        match method {
+            "ping" => Ok(RawJson::from_trusted(Bytes::from_static(b"\"pong\""))),
+            "version" => Ok(RawJson::encode(
+                &json!({"name": "usersvc", "version": VERSION}),
+            )),
+            "rpc.discover" => Ok(RawJson::from_trusted(self.discover.clone())),
+            "get_users" => {
+                let limit = opt_u64(&params, 0, "limit")?;
+                let after = opt_str(&params, 1, "after")?;
+                let body = match (limit, after) {
+                    (None, None) => self.users.all(),
+                    (limit, after) => self.users.page(
+                        after.as_deref(),
+                        limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+                    ),
+                };
+                Ok(RawJson::from_trusted(body))
+            }
+            "get_user" => {
+                let id = req_str(&params, 0, "id")?;
+                Ok(RawJson::from_trusted(self.users.get(&id).map_err(to_rpc)?))
+            }
+            "put_user" => {
+                let (user, rev) = put_user_params(params)?;
+                let (id, rev) = self.users.put(user, rev).await.map_err(to_rpc)?;
+                Ok(RawJson::encode(&json!({"id": id, "rev": rev})))
+            }
+            "put_users" => {
+                let users = put_users_params(params)?;
+                let done = self.users.put_many(users).await.map_err(to_rpc)?;
+                let out: Vec<Value> = done
+                    .into_iter()
+                    .map(|(id, rev)| json!({"id": id, "rev": rev}))
+                    .collect();
+                Ok(RawJson::encode(&out))
+            }
+            "delete_user" => {
+                let id = req_str(&params, 0, "id")?;
+                let rev = opt_u64(&params, 1, "rev")?.map(rev_i64).transpose()?;
+                self.users.delete(&id, rev).await.map_err(to_rpc)?;
+                Ok(RawJson::encode(&json!({"id": id, "deleted": true})))
+            }
+            other => Err(RpcError::method_not_found(other)),
+        }
+    }
+}
+
+impl Handler for Api {
+    async fn call(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
+        self.dispatch(method, params).await
+    }
+}
+
+pub fn to_rpc(e: UserError) -> RpcError {
+    match e {
+        UserError::Invalid(why) => RpcError::invalid_params(why),
+        UserError::NotFound(id) => {
+            RpcError::new(codes::NOT_FOUND, "User not found").with_data(json!({"id": id}))
+        }
+        UserError::Conflict {
+            id,
+            expected,
+            current,
+        } => RpcError::new(codes::CONFLICT, "Revision conflict")
+            .with_data(json!({"id": id, "expected": expected, "current": current})),
+        UserError::Store(e) => {
+            tracing::error!(error = %e, "store failure");
+            RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")
+                .with_data(e.to_string().into())
+        }
+    }
+}
+
+/// The argument at `index` (by position) or `name` (by name).
+fn arg<'a>(params: &'a Params, index: usize, name: &str) -> Option<&'a Value> {
+    match params {
+        Params::None => None,
+        Params::Array(a) => a.get(index),
+        Params::Object(o) => o.get(name),
+    }
+    .filter(|v| !v.is_null())
+}
+
+fn opt_u64(params: &Params, index: usize, name: &str) -> Result<Option<u64>, RpcError> {
+    match arg(params, index, name) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "\"{name}\" must be a non-negative integer, not {}",
+                kind(v)
+            ))
+        }),
+    }
+}
+
+fn opt_str(params: &Params, index: usize, name: &str) -> Result<Option<String>, RpcError> {
+    match arg(params, index, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(RpcError::invalid_params(format!(
+            "\"{name}\" must be a string, not {}",
+            kind(v)
+        ))),
+    }
+}
+
+fn req_str(params: &Params, index: usize, name: &str) -> Result<String, RpcError> {
+    opt_str(params, index, name)?
+        .ok_or_else(|| RpcError::invalid_params(format!("\"{name}\" is required")))
+}
+
+fn rev_i64(rev: u64) -> Result<i64, RpcError> {
+    i64::try_from(rev).map_err(|_| RpcError::invalid_params("\"rev\" is out of range"))
+}
+
+/// `{"user": {...}, "rev": n}`, `[{...}, n]`, or the user object itself as the params (then its own
+/// `rev` member, if any, is the expected revision: read-modify-write just works).
+fn put_user_params(params: Params) -> Result<(NewUser, Option<i64>), RpcError> {
+    let rev = opt_u64(&params, 1, "rev")?.map(rev_i64).transpose()?;
+    let user = match params {
+        Params::Object(mut o) if o.contains_key("user") => o.remove("user").unwrap_or(Value::Null),
+        Params::Object(o) => Value::Object(o),
+        Params::Array(mut a) if !a.is_empty() => a.swap_remove(0),
+        _ => return Err(RpcError::invalid_params("\"user\" is required")),
+    };
+    Ok((validate(user).map_err(to_rpc)?, rev))
+}
+
+/// `[{...}, {...}]`, `[[{...}, {...}]]` or `{"users": [...]}`.
+fn put_users_params(params: Params) -> Result<Vec<NewUser>, RpcError> {
+    let list = match params {
+        Params::Object(mut o) => match o.remove("users") {
+            Some(Value::Array(a)) => a,
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "\"users\" must be an array of user objects",
+                ));
+            }
+        },
+        Params::Array(mut a) if a.len() == 1 && a[0].is_array() => match a.swap_remove(0) {
+            Value::Array(inner) => inner,
+            _ => unreachable!("checked is_array above"),
+        },
+        Params::Array(a) => a,
+        Params::None => return Err(RpcError::invalid_params("\"users\" is required")),
+    };
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    list.into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let user =
+                validate(u).map_err(|e| RpcError::invalid_params(format!("users[{i}]: {e}")))?;
+            if !seen.insert(user.id.clone()) {
+                return Err(RpcError::invalid_params(format!(
+                    "users[{i}]: id {:?} appears twice",
+                    user.id
+                )));
+            }
+            Ok(user)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openrpc_lists_every_method() {
+        let doc: Value = serde_json::from_str(OPENRPC).expect("openrpc.json is JSON");
+        assert!(doc["openrpc"].is_string());
+        let mut listed: Vec<&str> = doc["methods"]
+            .as_array()
+            .expect("methods array")
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        listed.push("rpc.discover");
+        listed.sort_unstable();
+        let mut ours = METHODS.to_vec();
+        ours.sort_unstable();
+        assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn put_user_param_forms() {
+        let obj = |v: Value| match v {
+            Value::Object(o) => Params::Object(o),
+            _ => Params::None,
+        };
+        let (u, rev) = put_user_params(obj(json!({"user": {"id": "a"}, "rev": 3}))).expect("named");
+        assert_eq!((u.id.as_str(), rev), ("a", Some(3)));
+        let (u, rev) =
+            put_user_params(Params::Array(vec![json!({"id": "b"}), json!(2)])).expect("pos");
+        assert_eq!((u.id.as_str(), rev), ("b", Some(2)));
+        let (u, rev) = put_user_params(obj(json!({"id": "c", "name": "C"}))).expect("bare");
+        assert_eq!((u.id.as_str(), rev), ("c", None));
+        assert!(put_user_params(Params::None).is_err());
+        assert!(put_user_params(obj(json!({"user": {"id": "a"}, "rev": -1}))).is_err());
+    }
+}

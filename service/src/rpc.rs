@@ -1,0 +1,513 @@
+//! The JSON-RPC 2.0 envelope: parses single and batch requests, applies every rule of the spec
+//! (ids, notifications, batches) and encodes responses. Knows nothing about users: methods are
+//! reached through the [`Handler`] trait.
+//!
+//! Ids are kept as raw JSON text and echoed byte for byte, so a huge number or a long string comes
+//! back exactly as it was sent.
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use std::future::Future;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn parse_error(detail: impl std::fmt::Display) -> Self {
+        Self::new(PARSE_ERROR, "Parse error").with_data(detail.to_string().into())
+    }
+
+    pub fn invalid_request(detail: &str) -> Self {
+        Self::new(INVALID_REQUEST, "Invalid Request").with_data(detail.into())
+    }
+
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(METHOD_NOT_FOUND, "Method not found").with_data(method.into())
+    }
+
+    pub fn invalid_params(detail: impl std::fmt::Display) -> Self {
+        Self::new(INVALID_PARAMS, "Invalid params").with_data(detail.to_string().into())
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::new(INTERNAL_ERROR, "Internal error").with_data(detail.to_string().into())
+    }
+}
+
+/// A method's successful result, already encoded as JSON text (so cached results cost no encoding).
+#[derive(Debug, Clone)]
+pub struct RawJson(Bytes);
+
+impl RawJson {
+    /// Wraps bytes the caller guarantees to be one valid JSON value.
+    pub fn from_trusted(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
+    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        // Serializing our own Value/derive types into a Vec cannot fail (no I/O, string keys).
+        Self(Bytes::from(
+            serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
+        ))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The parameters of a call: absent, by position or by name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Params {
+    None,
+    Array(Vec<serde_json::Value>),
+    Object(serde_json::Map<String, serde_json::Value>),
+}
+
+/// What the dispatcher calls for each valid request.
+pub trait Handler: Sync {
+    fn call(
+        &self,
+        method: &str,
+        params: Params,
+    ) -> impl Future<Output = Result<RawJson, RpcError>> + Send;
+}
+
+/// The HTTP-independent result of handling one body.
+#[derive(Debug)]
+pub enum Reply {
+    /// A response body (a single response object or a batch array).
+    Body(Vec<u8>),
+    /// Notifications only: nothing to send back.
+    Nothing,
+}
+
+/// Present-but-null must differ from absent (`"id": null` is a request, no `id` a notification).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+const NULL_ID: &str = "null";
+
+/// Handles one HTTP body: a single request or a batch.
+pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => return single_error(RpcError::parse_error(format!("body is not UTF-8: {e}"))),
+    };
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
+            Ok(items) => items,
+            Err(e) => return single_error(RpcError::parse_error(e)),
+        };
+        if items.is_empty() {
+            return single_error(RpcError::invalid_request("empty batch"));
+        }
+        let mut out = Vec::with_capacity(64 * items.len());
+        out.push(b'[');
+        let mut any = false;
+        for item in items {
+            if let Some((id, outcome)) = handle_one(handler, item).await {
+                if any {
+                    out.push(b',');
+                }
+                any = true;
+                write_response(&mut out, id, &outcome);
+            }
+        }
+        out.push(b']');
+        if any {
+            Reply::Body(out)
+        } else {
+            Reply::Nothing
+        }
+    } else {
+        let item: &RawValue = match serde_json::from_str(trimmed) {
+            Ok(item) => item,
+            Err(e) => return single_error(RpcError::parse_error(e)),
+        };
+        match handle_one(handler, item).await {
+            Some((id, outcome)) => {
+                let mut out = Vec::with_capacity(128);
+                write_response(&mut out, id, &outcome);
+                Reply::Body(out)
+            }
+            None => Reply::Nothing,
+        }
+    }
+}
+
+fn single_error(err: RpcError) -> Reply {
+    let mut out = Vec::with_capacity(128);
+    write_response(&mut out, NULL_ID, &Err(err));
+    Reply::Body(out)
+}
+
+enum IdKind<'a> {
+    Absent,
+    Valid(&'a str),
+    Invalid,
+}
+
+fn classify_id(id: Option<&RawValue>) -> IdKind<'_> {
+    match id {
+        None => IdKind::Absent,
+        Some(raw) => {
+            let s = raw.get();
+            match s.as_bytes().first() {
+                Some(b'"' | b'-' | b'0'..=b'9') => IdKind::Valid(s),
+                Some(b'n') => IdKind::Valid(NULL_ID),
+                _ => IdKind::Invalid,
+            }
+        }
+    }
+}
+
+/// Handles one request object. `None` means it was a valid notification: no response.
+async fn handle_one<'a, H: Handler>(
+    handler: &H,
+    item: &'a RawValue,
+) -> Option<(&'a str, Result<RawJson, RpcError>)> {
+    if !item.get().starts_with('{') {
+        return Some((
+            NULL_ID,
+            Err(RpcError::invalid_request("a request must be an object")),
+        ));
+    }
+    let env: Envelope<'a> = match serde_json::from_str(item.get()) {
+        Ok(env) => env,
+        Err(e) => {
+            return Some((
+                NULL_ID,
+                Err(RpcError::invalid_request(&format!(
+                    "malformed request object: {e}"
+                ))),
+            ));
+        }
+    };
+    let id = match classify_id(env.id) {
+        IdKind::Absent => None,
+        IdKind::Valid(id) => Some(id),
+        IdKind::Invalid => {
+            return Some((
+                NULL_ID,
+                Err(RpcError::invalid_request(
+                    "id must be a string, a number or null",
+                )),
+            ));
+        }
+    };
+    let reply_id = id.unwrap_or(NULL_ID);
+    let invalid = |why: &str| Some((reply_id, Err(RpcError::invalid_request(why))));
+
+    match env.jsonrpc.map(|v| serde_json::from_str::<&str>(v.get())) {
+        Some(Ok("2.0")) => {}
+        _ => return invalid("\"jsonrpc\" must be exactly \"2.0\""),
+    }
+    let method: String = match env.method.map(|v| serde_json::from_str::<String>(v.get())) {
+        Some(Ok(m)) => m,
+        Some(Err(_)) => return invalid("\"method\" must be a string"),
+        None => return invalid("\"method\" is missing"),
+    };
+    let params = match env.params.map(RawValue::get) {
+        None | Some("null") => Ok(Params::None),
+        Some(raw) if raw.starts_with('[') => serde_json::from_str(raw)
+            .map(Params::Array)
+            .map_err(RpcError::invalid_params),
+        Some(raw) if raw.starts_with('{') => serde_json::from_str(raw)
+            .map(Params::Object)
+            .map_err(RpcError::invalid_params),
+        Some(_) => return invalid("\"params\" must be an array or an object"),
+    };
+    let outcome = match params {
+        Ok(params) => handler.call(&method, params).await,
+        Err(e) => Err(e),
+    };
+    // A notification is executed but never answered, even when it fails.
+    id.map(|id| (id, outcome))
+}
+
+/// Appends one response object.
+pub fn write_response(out: &mut Vec<u8>, id: &str, outcome: &Result<RawJson, RpcError>) {
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","#);
+    match outcome {
+        Ok(result) => {
+            out.extend_from_slice(br#""result":"#);
+            out.extend_from_slice(result.as_bytes());
+        }
+        Err(err) => {
+            let mut obj = serde_json::Map::new();
+            obj.insert("code".into(), err.code.into());
+            obj.insert("message".into(), err.message.clone().into());
+            if let Some(data) = &err.data {
+                obj.insert("data".into(), data.clone());
+            }
+            out.extend_from_slice(br#""error":"#);
+            out.extend_from_slice(RawJson::encode(&obj).as_bytes());
+        }
+    }
+    out.extend_from_slice(br#","id":"#);
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// The spec's example methods, so the envelope is tested against section 7 verbatim.
+    struct Spec;
+
+    impl Handler for Spec {
+        async fn call(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
+            let nums = |p: &Params| match p {
+                Params::Array(a) => a.iter().filter_map(Value::as_i64).collect::<Vec<_>>(),
+                _ => vec![],
+            };
+            match (method, &params) {
+                ("subtract", Params::Object(o)) => Ok(RawJson::encode(
+                    &(o["minuend"].as_i64().unwrap_or(0) - o["subtrahend"].as_i64().unwrap_or(0)),
+                )),
+                ("subtract", p) => {
+                    let n = nums(p);
+                    Ok(RawJson::encode(&(n[0] - n[1])))
+                }
+                ("sum", p) => Ok(RawJson::encode(&nums(p).iter().sum::<i64>())),
+                ("get_data", _) => Ok(RawJson::encode(&json!(["hello", 5]))),
+                ("update" | "notify_hello" | "notify_sum" | "foobar", _) => {
+                    Ok(RawJson::encode(&()))
+                }
+                (m, _) => Err(RpcError::method_not_found(m)),
+            }
+        }
+    }
+
+    fn run(body: &str) -> Option<Value> {
+        let reply = futures_block_on(handle_body(&Spec, body.as_bytes()));
+        match reply {
+            Reply::Body(b) => Some(serde_json::from_slice(&b).expect("server wrote valid JSON")),
+            Reply::Nothing => None,
+        }
+    }
+
+    fn futures_block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn strip_data(mut v: Value) -> Value {
+        match &mut v {
+            Value::Array(items) => items.iter_mut().for_each(|i| *i = strip_data(i.take())),
+            Value::Object(o) => {
+                if let Some(Value::Object(e)) = o.get_mut("error") {
+                    e.remove("data");
+                }
+            }
+            _ => {}
+        }
+        v
+    }
+
+    #[test]
+    fn spec_section_7_examples() {
+        let cases: &[(&str, Option<Value>)] = &[
+            (
+                r#"{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}"#,
+                Some(json!({"jsonrpc": "2.0", "result": 19, "id": 1})),
+            ),
+            (
+                r#"{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": 3}"#,
+                Some(json!({"jsonrpc": "2.0", "result": 19, "id": 3})),
+            ),
+            (
+                r#"{"jsonrpc": "2.0", "method": "update", "params": [1,2,3,4,5]}"#,
+                None,
+            ),
+            (r#"{"jsonrpc": "2.0", "method": "foobar"}"#, None),
+            (
+                r#"{"jsonrpc": "2.0", "method": "nope", "id": "1"}"#,
+                Some(
+                    json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"}),
+                ),
+            ),
+            (
+                r#"{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]"#,
+                Some(
+                    json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null}),
+                ),
+            ),
+            (
+                r#"{"jsonrpc": "2.0", "method": 1, "params": "bar"}"#,
+                Some(
+                    json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}),
+                ),
+            ),
+            (
+                "[\n{\"jsonrpc\": \"2.0\", \"method\": \"sum\", \"params\": [1,2,4], \"id\": \"1\"},\n{\"jsonrpc\": \"2.0\", \"method\"\n]",
+                Some(
+                    json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null}),
+                ),
+            ),
+            (
+                "[]",
+                Some(
+                    json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}),
+                ),
+            ),
+            (
+                "[1]",
+                Some(
+                    json!([{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}]),
+                ),
+            ),
+            (
+                r#"[
+                {"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},
+                {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]},
+                {"jsonrpc": "2.0", "method": "subtract", "params": [42,23], "id": "2"},
+                {"foo": "boo"},
+                {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+                {"jsonrpc": "2.0", "method": "get_data", "id": "9"}
+                ]"#,
+                Some(json!([
+                    {"jsonrpc": "2.0", "result": 7, "id": "1"},
+                    {"jsonrpc": "2.0", "result": 19, "id": "2"},
+                    {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null},
+                    {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "5"},
+                    {"jsonrpc": "2.0", "result": ["hello", 5], "id": "9"}
+                ])),
+            ),
+            (
+                r#"[{"jsonrpc": "2.0", "method": "notify_sum", "params": [1,2,4]},
+                    {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]}]"#,
+                None,
+            ),
+        ];
+        for (req, want) in cases {
+            assert_eq!(run(req).map(strip_data), *want, "request: {req}");
+        }
+    }
+
+    #[test]
+    fn id_rules() {
+        let code = |v: Option<Value>| v.expect("a response")["error"]["code"].clone();
+        // null id is a request, not a notification.
+        let r = run(r#"{"jsonrpc":"2.0","method":"sum","params":[1],"id":null}"#).expect("reply");
+        assert_eq!(r["id"], Value::Null);
+        assert_eq!(r["result"], 1);
+        for bad in [r#"{}"#, "[]", "true", "false"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","method":"sum","id":{bad}}}"#);
+            assert_eq!(code(run(&body)), -32600, "{body}");
+        }
+        // Huge numbers and long strings are echoed verbatim.
+        let huge = "123456789012345678901234567890123456789";
+        let r = run(&format!(
+            r#"{{"jsonrpc":"2.0","method":"sum","params":[],"id":{huge}}}"#
+        ));
+        assert!(serde_json::to_string(&r.expect("reply")).is_ok());
+        let body = futures_block_on(handle_body(
+            &Spec,
+            format!(r#"{{"jsonrpc":"2.0","method":"sum","params":[],"id":{huge}}}"#).as_bytes(),
+        ));
+        match body {
+            Reply::Body(b) => {
+                assert!(String::from_utf8_lossy(&b).ends_with(&format!("\"id\":{huge}}}")))
+            }
+            Reply::Nothing => panic!("expected a body"),
+        }
+    }
+
+    #[test]
+    fn invalid_envelopes() {
+        let code = |body: &str| run(body).expect("a response")["error"]["code"].clone();
+        assert_eq!(code(r#"{"jsonrpc":"1.0","method":"sum","id":1}"#), -32600);
+        assert_eq!(code(r#"{"method":"sum","id":1}"#), -32600);
+        assert_eq!(code(r#"{"id":1}"#), -32600);
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"sum","params":"x","id":1}"#),
+            -32600
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"sum","params":1,"id":1}"#),
+            -32600
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"sum","id":1,"id":2}"#),
+            -32600
+        );
+        assert_eq!(code("\"just a string\""), -32600);
+        assert_eq!(code(""), -32700);
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"sum","id":1} trailing"#),
+            -32700
+        );
+        // Invalid request, keeps a valid id.
+        assert_eq!(
+            run(r#"{"jsonrpc":"1.0","method":"sum","id":7}"#).expect("reply")["id"],
+            7
+        );
+        let invalid_utf8 = futures_block_on(handle_body(
+            &Spec,
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\",\"id\":1}",
+        ));
+        match invalid_utf8 {
+            Reply::Body(b) => assert!(String::from_utf8_lossy(&b).contains("-32700")),
+            Reply::Nothing => panic!("expected a parse error"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let depth = 100_000;
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let r = run(&body).expect("reply");
+        assert_eq!(r[0]["error"]["code"], -32600);
+        let params = format!(
+            r#"{{"jsonrpc":"2.0","method":"sum","params":{}{},"id":1}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(run(&params).expect("reply")["error"]["code"], -32602);
+    }
+}

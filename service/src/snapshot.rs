@@ -1,0 +1,171 @@
+//! The in-memory copy of every user, kept in step with the store so that reads cost no query.
+//!
+//! Each user is kept pre-encoded (its document plus `rev` and `updated_at`), and the encoded array
+//! of all users is cached until the next write: `get_users` without paging is a memcpy.
+
+use crate::store::Record;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::RwLock;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    rev: i64,
+    json: Bytes,
+}
+
+#[derive(Default)]
+struct Inner {
+    users: BTreeMap<String, Entry>,
+    /// The encoded array of all users; `None` after a write until the next full read.
+    all: Option<Bytes>,
+}
+
+#[derive(Default)]
+pub struct Snapshot {
+    inner: RwLock<Inner>,
+}
+
+/// The user object a client sees: its document with our `rev` and `updated_at` added.
+pub fn render(rec: &Record) -> Bytes {
+    let mut doc = rec.doc.clone();
+    doc.insert("rev".into(), rec.rev.into());
+    doc.insert("updated_at".into(), rec.updated_at.clone().into());
+    Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+}
+
+fn entry(rec: &Record) -> Entry {
+    Entry {
+        rev: rec.rev,
+        json: render(rec),
+    }
+}
+
+impl Snapshot {
+    // A poisoned lock only means a panic elsewhere mid-update of plain data; the map is still usable.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn replace_all(&self, records: &[Record]) {
+        let users = records.iter().map(|r| (r.id.clone(), entry(r))).collect();
+        *self.write() = Inner { users, all: None };
+    }
+
+    /// Applies a committed write. Callers serialize writes, so revisions only move forward.
+    pub fn upsert(&self, rec: &Record) {
+        let e = entry(rec);
+        let mut inner = self.write();
+        inner.users.insert(rec.id.clone(), e);
+        inner.all = None;
+    }
+
+    pub fn remove(&self, id: &str) {
+        let mut inner = self.write();
+        if inner.users.remove(id).is_some() {
+            inner.all = None;
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Bytes> {
+        self.read().users.get(id).map(|e| e.json.clone())
+    }
+
+    pub fn rev(&self, id: &str) -> Option<i64> {
+        self.read().users.get(id).map(|e| e.rev)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The JSON array of every user, ordered by id.
+    pub fn all(&self) -> Bytes {
+        if let Some(all) = &self.read().all {
+            return all.clone();
+        }
+        let mut inner = self.write();
+        if let Some(all) = &inner.all {
+            return all.clone();
+        }
+        let all = encode_array(inner.users.values());
+        inner.all = Some(all.clone());
+        all
+    }
+
+    /// Up to `limit` users with ids after `after`, ordered by id (keyset paging).
+    pub fn page(&self, after: Option<&str>, limit: usize) -> Bytes {
+        let inner = self.read();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = inner
+            .users
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(_, e)| e)
+            .take(limit);
+        encode_array(range)
+    }
+}
+
+fn encode_array<'a>(entries: impl Iterator<Item = &'a Entry>) -> Bytes {
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'[');
+    for (i, e) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&e.json);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn rec(id: &str, rev: i64) -> Record {
+        let Value::Object(doc) = json!({"id": id, "name": format!("user {id}")}) else {
+            unreachable!("literal is an object")
+        };
+        Record {
+            id: id.into(),
+            rev,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            doc,
+        }
+    }
+
+    fn ids(b: Bytes) -> Vec<String> {
+        let v: Vec<Value> = serde_json::from_slice(&b).expect("valid JSON array");
+        v.iter()
+            .map(|u| u["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn paging_and_cache_invalidation() {
+        let s = Snapshot::default();
+        s.replace_all(&[rec("a", 1), rec("c", 1), rec("b", 2)]);
+        assert_eq!(ids(s.all()), ["a", "b", "c"]);
+        assert_eq!(ids(s.page(None, 2)), ["a", "b"]);
+        assert_eq!(ids(s.page(Some("b"), 2)), ["c"]);
+        assert_eq!(ids(s.page(Some("c"), 2)), Vec::<String>::new());
+        s.upsert(&rec("d", 1));
+        assert_eq!(ids(s.all()), ["a", "b", "c", "d"]);
+        s.remove("a");
+        assert_eq!(ids(s.all()), ["b", "c", "d"]);
+        let b: Value = serde_json::from_slice(&s.get("b").expect("b exists")).expect("json");
+        assert_eq!(b["rev"], 2);
+        assert_eq!(b["name"], "user b");
+    }
+}
