@@ -1,1 +1,12 @@
+//! Real peers for tests, started on loopback and torn down on drop (even when a test panics).
+//!
+//! Each fixture fails loudly, naming the install step, when its peer is missing: a test never
+//! skips silently. Children are killed when the test thread that started them dies
+//! (`PR_SET_PDEATHSIG`), so a crashed test run leaks no process.
 
+pub mod http;
+pub mod process;
+pub mod usersvc;
+
+pub use process::{Peer, workspace_root};
+pub use usersvc::Usersvc;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite's real peers come from (see ../shared/PEERS.md).
+# Idempotent: does nothing when all are present. Not root and something missing: prints the
+# exact command and fails, so a missing peer never turns into a silently skipped test.
+set -euo pipefail
+
+PACKAGES=(
+  openssh-server openssh-client rsync postgresql
+  nagios4-core monitoring-plugins-basic monitoring-plugins-standard liburiparser1
+  icinga2-bin icinga2-common riemann-c-client clojure wrk hyperfine
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+cmd="apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test peers missing: ${missing[*]}" >&2
+  echo "install them as root:  apt-get update && DEBIAN_FRONTEND=noninteractive $cmd" >&2
+  exit 1
+fi
+echo "installing test peers: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# Another apt run at the same time can make an install fail: retry once.
+$cmd || { sleep 5; $cmd; }

@@ -1,0 +1,177 @@
+//! Spawning peers: children that die with the test, finding and building workspace binaries.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The workspace's root directory (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Finds a workspace binary in the usual target directory; builds it (in a separate target dir, so
+/// a running `cargo test` holding the main one's lock cannot deadlock us) when it is missing.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join(bin);
+        if p.is_file() {
+            return p;
+        }
+    }
+    let own = root.join("target").join("testbed");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "-p", package, "--bin", bin, "--target-dir"])
+        .arg(&own)
+        .current_dir(&root)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    own.join("debug").join(bin)
+}
+
+/// Makes `cmd`'s child receive SIGKILL when the thread that spawned it dies.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A running child process whose stderr is captured line by line; killed on drop.
+pub struct Peer {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Peer {
+    /// Spawns `cmd` with stderr captured (stdout too, merged into the same log).
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            drain(err, lines.clone());
+        }
+        if let Some(out) = child.stdout.take() {
+            drain(out, lines.clone());
+        }
+        Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the peer printed so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits until a printed line satisfies `find`, returning what it extracted.
+    pub fn wait_for_line<T>(&mut self, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(lines) = self.lines.lock()
+                && let Some(found) = lines.iter().find_map(|l| find(l))
+            {
+                return found;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // let the drain threads finish
+                panic!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready after {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if self.exited.is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            let _ = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// Waits for exit, at most `timeout`; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited {
+                return Some(s);
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn drain(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Ok(mut l) = lines.lock() {
+                l.push(line);
+            }
+        }
+    });
+}
