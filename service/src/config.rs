@@ -81,6 +81,10 @@ pub struct Options {
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Option<Duration>,
 
+    /// Threads serving requests [default: one per CPU core]
+    #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub workers: Option<u16>,
+
     /// Log line format on stderr [default: text]
     #[arg(long, env = "USERSVC_LOG_FORMAT", value_name = "FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -107,6 +111,7 @@ struct FileConfig {
     auth_token: Option<String>,
     body_limit: Option<usize>,
     request_timeout: Option<String>,
+    workers: Option<u16>,
     log_format: Option<LogFormat>,
     log: Option<String>,
 }
@@ -131,6 +136,8 @@ pub struct Settings {
     pub auth_token: Option<String>,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// `None`: one per core.
+    pub workers: Option<u16>,
     pub log_format: LogFormat,
     pub log: String,
 }
@@ -167,6 +174,7 @@ impl Options {
                 .or(file.body_limit)
                 .unwrap_or(DEFAULT_BODY_LIMIT),
             request_timeout,
+            workers: self.workers.or(file.workers),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         })

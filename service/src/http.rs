@@ -110,17 +110,11 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Respon
             );
         }
     };
-    // Run the call on its own task: if the client goes away, a write already started still
-    // finishes and updates the snapshot, instead of being cancelled half way.
-    let api = shared.api.clone();
-    let task = tokio::spawn(async move { rpc::handle_body(api.as_ref(), &bytes).await });
-    match tokio::time::timeout(shared.config.request_timeout, task).await {
-        Ok(Ok(Reply::Body(body))) => json_response(StatusCode::OK, body),
-        Ok(Ok(Reply::Nothing)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(join)) => {
-            tracing::error!(error = %join, "request handler failed");
-            error_body(RpcError::internal("the request handler failed"))
-        }
+    // Dropping this future (timeout, client gone) is safe: writes run detached (users.rs).
+    let call = rpc::handle_body(shared.api.as_ref(), &bytes);
+    match tokio::time::timeout(shared.config.request_timeout, call).await {
+        Ok(Reply::Body(body)) => json_response(StatusCode::OK, body),
+        Ok(Reply::Nothing) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => error_body(
             RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
                 format!(

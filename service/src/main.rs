@@ -10,7 +10,11 @@ fn main() -> anyhow::Result<()> {
         .resolve()
         .context("fix the configuration and start again")?;
     init_logging(settings.log_format, &settings.log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.workers {
+        runtime.worker_threads(n.into());
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -105,6 +105,7 @@ pub fn to_rpc(e: UserError) -> RpcError {
             current,
         } => RpcError::new(codes::CONFLICT, "Revision conflict")
             .with_data(json!({"id": id, "expected": expected, "current": current})),
+        UserError::Aborted(e) => RpcError::internal(e),
         UserError::Store(e) => {
             tracing::error!(error = %e, "store failure");
             RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")

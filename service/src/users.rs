@@ -5,6 +5,7 @@ use crate::snapshot::Snapshot;
 use crate::store::{Expect, Record, Store, StoreError, WriteDoc};
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Application error codes (JSON-RPC's server range -32000..-32099). Public contract: documented in
 /// the README and in `rpc.discover`; never renumber.
@@ -35,6 +36,8 @@ pub enum UserError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the write task failed: {0}")]
+    Aborted(String),
 }
 
 /// A validated user document ready to write.
@@ -96,12 +99,27 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Users, backed by the store, read from the snapshot.
+/// Users, backed by the store, read from the snapshot. Cheap to clone (shared state).
+#[derive(Clone)]
 pub struct Users {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: Store,
     snapshot: Snapshot,
     /// Serializes writes so the snapshot applies them in the order the store committed them.
     write: tokio::sync::Mutex<()>,
+}
+
+/// Runs a write on its own task: if the caller is dropped (client gone, request timed out), the
+/// write still completes and the snapshot still learns of it, instead of stopping half way.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, UserError>> + Send + 'static,
+) -> Result<T, UserError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| UserError::Aborted(e.to_string()))?
 }
 
 impl Users {
@@ -110,34 +128,59 @@ impl Users {
         let snapshot = Snapshot::default();
         snapshot.replace_all(&store.load_all().await?);
         Ok(Self {
-            store,
-            snapshot,
-            write: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                store,
+                snapshot,
+                write: tokio::sync::Mutex::new(()),
+            }),
         })
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
     pub fn count(&self) -> usize {
-        self.snapshot.len()
+        self.inner.snapshot.len()
     }
 
     pub fn all(&self) -> Bytes {
-        self.snapshot.all()
+        self.inner.snapshot.all()
     }
 
     pub fn page(&self, after: Option<&str>, limit: usize) -> Bytes {
-        self.snapshot.page(after, limit)
+        self.inner.snapshot.page(after, limit)
     }
 
     pub fn get(&self, id: &str) -> Result<Bytes, UserError> {
-        self.snapshot
+        self.inner
+            .snapshot
             .get(id)
             .ok_or_else(|| UserError::NotFound(id.to_owned()))
     }
 
+    pub async fn put(
+        &self,
+        user: NewUser,
+        expect: Option<i64>,
+    ) -> Result<(String, i64), UserError> {
+        let inner = self.inner.clone();
+        detached(async move { inner.put(user, expect).await }).await
+    }
+
+    pub async fn put_many(&self, users: Vec<NewUser>) -> Result<Vec<(String, i64)>, UserError> {
+        let inner = self.inner.clone();
+        detached(async move { inner.put_many(users).await }).await
+    }
+
+    pub async fn delete(&self, id: &str, expect: Option<i64>) -> Result<(), UserError> {
+        let inner = self.inner.clone();
+        let id = id.to_owned();
+        detached(async move { inner.delete(&id, expect).await }).await
+    }
+}
+
+impl Inner {
     /// Upserts one user. `expect` is `Some(0)` for create-only, `Some(n)` for "only if at rev n".
     pub async fn put(
         &self,
@@ -177,7 +220,7 @@ impl Users {
     }
 
     /// Upserts many users in one transaction: all are stored or none.
-    pub async fn put_many(&self, users: Vec<NewUser>) -> Result<Vec<(String, i64)>, UserError> {
+    async fn put_many(&self, users: Vec<NewUser>) -> Result<Vec<(String, i64)>, UserError> {
         let updated_at = now();
         let writes: Vec<WriteDoc> = users
             .iter()
@@ -202,7 +245,7 @@ impl Users {
         Ok(out)
     }
 
-    pub async fn delete(&self, id: &str, expect: Option<i64>) -> Result<(), UserError> {
+    async fn delete(&self, id: &str, expect: Option<i64>) -> Result<(), UserError> {
         let _serial = self.write.lock().await;
         let expect_store = expect.map_or(Expect::Any, Expect::Rev);
         if self.store.delete(id, expect_store).await? {

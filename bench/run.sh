@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# make bench: every tool beside its peer, in one run each; medians and ratios (ours/peer).
+set -euo pipefail
+cd "$(dirname "$0")"
+for b in usersvc; do
+  echo "== $b"
+  "./$b.sh"
+  echo
+done

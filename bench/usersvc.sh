@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# usersvc vs a jsonrpsee server (bench/peer-jsonrpsee) serving the same 100 users from memory,
+# both under wrk in the same run: req/s, p50, p99 and ratio ours/peer, plus idle and loaded RSS.
+# DURATION (default 10s) and CONNECTIONS (default 32) can be set in the environment.
+set -euo pipefail
+cd "$(dirname "$0")"
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+command -v wrk >/dev/null || { echo "wrk missing: make peers (apt-get install wrk)" >&2; exit 1; }
+
+cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
+cargo build -q --release --manifest-path Cargo.toml -p peer-jsonrpsee
+ours_bin=../target/release/usersvc
+peer_bin=target/release/peer-jsonrpsee
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+ours_port=$(free_port); peer_port=$(free_port)
+"$ours_bin" --listen "127.0.0.1:$ours_port" --database-url "sqlite://$tmp/bench.db" --log warn &
+pids+=($!); ours_pid=$!
+# The same service with one worker thread: on this 2-core machine wrk holds the other core.
+ours1_port=$(free_port)
+"$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --log warn --workers 1 &
+pids+=($!); ours1_pid=$!
+"$peer_bin" "127.0.0.1:$peer_port" 2>/dev/null &
+pids+=($!); peer_pid=$!
+wait_port "$ours_port"; wait_port "$peer_port"; wait_port "$ours1_port"
+
+# The same 100 users in both.
+users=$(python3 -c 'import json; print(json.dumps([{"id": "user-%03d" % i, "name": "User %d" % i, "email": "user%d@example.com" % i} for i in range(100)]))')
+curl -sf "http://127.0.0.1:$ours_port/" -H 'content-type: application/json' \
+  -d "{\"jsonrpc\":\"2.0\",\"method\":\"put_users\",\"params\":{\"users\":$users},\"id\":1}" >/dev/null
+# The one-worker instance loaded its snapshot before the seed: restart it on the seeded file.
+kill "$ours1_pid"; wait "$ours1_pid" 2>/dev/null || true
+"$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --log warn --workers 1 &
+pids+=($!); ours1_pid=$!
+wait_port "$ours1_port"
+sleep 0.5
+ours_idle=$(rss_kb "$ours_pid"); peer_idle=$(rss_kb "$peer_pid")
+
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+
+# Prints "req/s p50_ms p99_ms" for one wrk run.
+run_wrk() {
+  local port=$1 method=$2
+  cat > "$tmp/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"jsonrpc":"2.0","method":"$method","id":1}'
+LUA
+  local out; out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$tmp/post.lua" "http://127.0.0.1:$port/")
+  if echo "$out" | grep -q 'Non-2xx'; then echo "non-2xx answers from port $port:" >&2; echo "$out" >&2; exit 1; fi
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+
+printf '%-10s %-9s %12s %10s %10s\n' method server req/s p50_ms p99_ms
+for method in ping get_users; do
+  read -r o_rps o_p50 o_p99 < <(run_wrk "$ours_port" "$method")
+  read -r p_rps p_p50 p_p99 < <(run_wrk "$peer_port" "$method")
+  read -r q_rps q_p50 q_p99 < <(run_wrk "$ours1_port" "$method")
+  printf '%-10s %-9s %12s %10s %10s\n' "$method" ours "$o_rps" "$o_p50" "$o_p99"
+  printf '%-10s %-9s %12s %10s %10s\n' "$method" ours-1w "$q_rps" "$q_p50" "$q_p99"
+  printf '%-10s %-9s %12s %10s %10s\n' "$method" peer "$p_rps" "$p_p50" "$p_p99"
+  awk -v o="$o_rps" -v q="$q_rps" -v p="$p_rps" -v m="$method" \
+    'BEGIN { printf "%-10s ratio ours/peer = %.2f (default workers), %.2f (--workers 1)\n", m, o / p, q / p }'
+done
+printf 'RSS idle:   ours %d KiB, peer %d KiB\n' "$ours_idle" "$peer_idle"
+printf 'RSS loaded: ours %d KiB, peer %d KiB (peak)\n' "$(hwm_kb "$ours_pid")" "$(hwm_kb "$peer_pid")"
