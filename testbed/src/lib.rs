@@ -4,6 +4,8 @@
 //! skips silently. Children are killed when the test thread that started them dies
 //! (`PR_SET_PDEATHSIG`), so a crashed test run leaks no process.
 
+pub mod canned;
+pub mod cores;
 pub mod http;
 pub mod process;
 pub mod usersvc;

@@ -1,0 +1,167 @@
+//! check_jsonrpc run by real monitoring cores (Nagios 4 and Icinga 2) through the command
+//! definitions shipped in packaging/: the state, output and perfdata each core recorded.
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use testbed::Usersvc;
+use testbed::cores::{self, CoreResult, Service};
+
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_check_jsonrpc"))
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("the binary has a directory")
+}
+
+fn packaging(file: &str) -> PathBuf {
+    testbed::workspace_root().join("packaging").join(file)
+}
+
+fn service_with_a_user() -> Usersvc {
+    let svc = Usersvc::start();
+    svc.result("put_user", json!({"user": {"id": "a", "age": 41}}));
+    svc
+}
+
+fn assert_core(
+    core: &str,
+    results: &std::collections::HashMap<String, CoreResult>,
+    name: &str,
+    state: i64,
+    output: &str,
+) -> CoreResult {
+    let r = results
+        .get(name)
+        .unwrap_or_else(|| panic!("{core}: no result for {name}: {results:?}"));
+    assert_eq!(r.state, state, "{core} {name}: {r:?}");
+    assert!(r.output.starts_with("JSONRPC "), "{core} {name}: {r:?}");
+    assert!(
+        r.output.contains(output),
+        "{core} {name}: wanted {output:?} in {r:?}"
+    );
+    assert!(
+        !r.output.contains(" | "),
+        "{core} {name}: perfdata must be split off the output: {r:?}"
+    );
+    r.clone()
+}
+
+#[test]
+fn nagios4_records_every_state() {
+    let svc = service_with_a_user();
+    let p = svc.addr().port();
+    let checks = [
+        ("ok", format!("check_jsonrpc!-p {p} -m ping")),
+        (
+            "warning",
+            format!(
+                "check_jsonrpc_method!{p}!get_user!--params '[\"a\"]' --value /age --value-warning 0:40"
+            ),
+        ),
+        (
+            "critical",
+            format!("check_jsonrpc!-p {p} -m no_such_method"),
+        ),
+        ("unknown", format!("check_jsonrpc!-p {p} -w abc")),
+    ];
+    let services: Vec<Service> = checks
+        .iter()
+        .map(|(n, c)| Service { name: n, check: c })
+        .collect();
+    let r = cores::nagios(
+        &plugin_dir(),
+        &[packaging("nagios/check_jsonrpc.cfg")],
+        &services,
+    );
+    let ok = assert_core("nagios", &r, "ok", 0, "JSONRPC OK - ping returned \"pong\"");
+    assert!(
+        ok.perfdata.starts_with("time=") && ok.perfdata.contains("size="),
+        "{ok:?}"
+    );
+    let warn = assert_core(
+        "nagios",
+        &r,
+        "warning",
+        1,
+        "/age = 41 (outside warning range 0:40)",
+    );
+    assert!(warn.perfdata.ends_with("value=41;0:40"), "{warn:?}");
+    assert_core(
+        "nagios",
+        &r,
+        "critical",
+        2,
+        "JSON-RPC error -32601: Method not found",
+    );
+    assert_core("nagios", &r, "unknown", 3, "invalid range \"abc\"");
+}
+
+#[test]
+fn icinga2_records_every_state() {
+    let svc = service_with_a_user();
+    let p = svc.addr().port();
+    let checks = [
+        (
+            "ok",
+            format!("check_command = \"jsonrpc\"\nvars.jsonrpc_port = {p}"),
+        ),
+        (
+            "warning",
+            format!(
+                "check_command = \"jsonrpc\"\nvars.jsonrpc_port = {p}\nvars.jsonrpc_method = \"get_user\"\n\
+                 vars.jsonrpc_params = \"[\\\"a\\\"]\"\nvars.jsonrpc_value = \"/age\"\nvars.jsonrpc_value_warning = \"0:40\""
+            ),
+        ),
+        (
+            "critical",
+            format!(
+                "check_command = \"jsonrpc\"\nvars.jsonrpc_port = {p}\nvars.jsonrpc_method = \"get_users\"\n\
+                 vars.jsonrpc_count_result = true\nvars.jsonrpc_value_critical = \"5:\"\n\
+                 vars.jsonrpc_expect_type = [ \"=array\" ]"
+            ),
+        ),
+        (
+            "unknown",
+            format!(
+                "check_command = \"jsonrpc\"\nvars.jsonrpc_port = {p}\nvars.jsonrpc_warn_time = \"abc\""
+            ),
+        ),
+    ];
+    let services: Vec<Service> = checks
+        .iter()
+        .map(|(n, c)| Service { name: n, check: c })
+        .collect();
+    let r = cores::icinga(
+        &plugin_dir(),
+        &[packaging("icinga2/check_jsonrpc.conf")],
+        &services,
+    );
+    let ok = assert_core(
+        "icinga2",
+        &r,
+        "ok",
+        0,
+        "JSONRPC OK - ping returned \"pong\"",
+    );
+    assert!(
+        ok.perfdata.contains("time=") && ok.perfdata.contains("size="),
+        "{ok:?}"
+    );
+    let warn = assert_core(
+        "icinga2",
+        &r,
+        "warning",
+        1,
+        "/age = 41 (outside warning range 0:40)",
+    );
+    assert!(warn.perfdata.contains("value=41;0:40"), "{warn:?}");
+    let crit = assert_core(
+        "icinga2",
+        &r,
+        "critical",
+        2,
+        "count(result) = 1 (outside critical range 5:)",
+    );
+    assert!(crit.perfdata.contains("count=1;;5:"), "{crit:?}");
+    assert_core("icinga2", &r, "unknown", 3, "invalid range \"abc\"");
+}
