@@ -202,9 +202,11 @@ fn agent(cfg: &CheckConfig) -> Result<ureq::Agent, String> {
     })
 }
 
-/// What went wrong before any response arrived, as a state and a reason.
-fn transport_failure(cfg: &CheckConfig, e: &ureq::Error) -> Outcome {
+/// What went wrong on the wire, as a state and a reason. `sending`: no response head arrived yet
+/// (on https, that includes the TLS handshake).
+fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outcome {
     let secs = cfg.timeout.as_secs_f64();
+    let handshake = sending && cfg.url.starts_with("https://");
     let (state, why) = match e {
         ureq::Error::Timeout(_) => (
             cfg.timeout_state,
@@ -219,14 +221,22 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error) -> Outcome {
                 cfg.timeout_state,
                 format!("no complete answer within {secs} s (-t)"),
             ),
+            // rustls reports handshake errors through the I/O layer; a peer that does not speak
+            // TLS often just closes the connection on our ClientHello.
+            std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+                if handshake =>
+            {
+                (
+                    State::Critical,
+                    format!("TLS failure: {io} (does the server speak TLS?)"),
+                )
+            }
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => (
                 State::Critical,
                 format!("connection closed before the response was complete ({io})"),
             ),
-            // rustls reports handshake and record errors through the I/O layer.
-            std::io::ErrorKind::InvalidData if cfg.url.starts_with("https://") => {
-                (State::Critical, format!("TLS failure: {io}"))
-            }
             // std reports getaddrinfo failures as uncategorized I/O errors; its text is all we have.
             _ if io.to_string().contains("lookup address") => {
                 (State::Critical, format!("host not found (DNS): {io}"))
@@ -269,7 +279,7 @@ pub fn run(cfg: &CheckConfig) -> Outcome {
     let mut resp = match req.send(body.as_bytes()) {
         Ok(r) => r,
         Err(e) => {
-            let mut o = transport_failure(cfg, &e);
+            let mut o = transport_failure(cfg, &e, true);
             o.details = details;
             return o;
         }
@@ -301,7 +311,7 @@ pub fn run(cfg: &CheckConfig) -> Outcome {
             Ok(u) => u,
             Err(io) => ureq::Error::Io(io),
         };
-        let mut o = transport_failure(cfg, &e);
+        let mut o = transport_failure(cfg, &e, false);
         o.details = details;
         return o;
     }
