@@ -61,9 +61,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     )",
 )];
 
+/// The PostgreSQL channel on which every write announces the id it changed (`*`: many ids), so
+/// other instances sharing the database refresh their snapshots.
+pub const CHANGES_CHANNEL: &str = "usersvc_users";
+/// Bulk writes larger than this announce `*` (reload) instead of one notification per id.
+const NOTIFY_EACH_MAX: usize = 100;
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    url: String,
+    postgres: bool,
 }
 
 /// A `sqlite:` URL without `mode` gets `mode=rwc`: the default store is created on first run.
@@ -109,7 +117,30 @@ impl Store {
             })
             .collect();
         Migrator::with_migrations(migrations).run(&pool).await?;
-        Ok(Self { pool })
+        let postgres = !url.starts_with("sqlite:");
+        Ok(Self {
+            pool,
+            url,
+            postgres,
+        })
+    }
+
+    /// Whether other instances may share this database (and writes are announced).
+    pub fn is_shared(&self) -> bool {
+        self.postgres
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// One document, straight from the database.
+    pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let row = sqlx::query("SELECT id, rev, doc, updated_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
     }
 
     /// Every document, ordered by id.
@@ -125,10 +156,43 @@ impl Store {
         Ok(())
     }
 
+    /// Announces changed ids inside the writing transaction (delivered on commit). PostgreSQL only.
+    async fn announce(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        ids: &[&str],
+    ) -> Result<(), StoreError> {
+        if !self.postgres {
+            return Ok(());
+        }
+        let payloads: Vec<&str> = if ids.len() > NOTIFY_EACH_MAX {
+            vec!["*"]
+        } else {
+            ids.to_vec()
+        };
+        for p in payloads {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(p)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Writes one document if `expect` holds; returns the new revision, or `None` on a conflict.
     pub async fn put(&self, rec: &WriteDoc, expect: Expect) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        put_on(&mut conn, rec, expect).await
+        if !self.postgres {
+            let mut conn = self.pool.acquire().await?;
+            return put_on(&mut conn, rec, expect).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let rev = put_on(&mut tx, rec, expect).await?;
+        if rev.is_some() {
+            self.announce(&mut tx, &[&rec.id]).await?;
+        }
+        tx.commit().await?;
+        Ok(rev)
     }
 
     /// Writes all documents in one transaction (all or none); returns their new revisions.
@@ -140,28 +204,36 @@ impl Store {
             let rev = put_on(&mut tx, rec, Expect::Any).await?.unwrap_or_default();
             revs.push(rev);
         }
+        let ids: Vec<&str> = recs.iter().map(|r| r.id.as_str()).collect();
+        self.announce(&mut tx, &ids).await?;
         tx.commit().await?;
         Ok(revs)
     }
 
     /// Deletes a document; `Ok(false)` when it was not there (or not at `expect`'s revision).
     pub async fn delete(&self, id: &str, expect: Expect) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = match expect {
             Expect::Rev(rev) => {
                 sqlx::query("DELETE FROM users WHERE id = $1 AND rev = $2")
                     .bind(id)
                     .bind(rev)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?
             }
             Expect::Any | Expect::Absent => {
                 sqlx::query("DELETE FROM users WHERE id = $1")
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?
             }
         };
-        Ok(done.rows_affected() > 0)
+        let deleted = done.rows_affected() > 0;
+        if deleted {
+            self.announce(&mut tx, &[id]).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     pub async fn close(&self) {

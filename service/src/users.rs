@@ -123,17 +123,20 @@ async fn detached<T: Send + 'static>(
 }
 
 impl Users {
-    /// Loads every user into the snapshot.
+    /// Loads every user into the snapshot; on a shared (PostgreSQL) store, also follows the
+    /// other instances' writes.
     pub async fn load(store: Store) -> Result<Self, StoreError> {
         let snapshot = Snapshot::default();
         snapshot.replace_all(&store.load_all().await?);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                store,
-                snapshot,
-                write: tokio::sync::Mutex::new(()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            store,
+            snapshot,
+            write: tokio::sync::Mutex::new(()),
+        });
+        if inner.store.is_shared() {
+            tokio::spawn(follow_changes(Arc::downgrade(&inner)));
+        }
+        Ok(Self { inner })
     }
 
     pub fn store(&self) -> &Store {
@@ -180,7 +183,71 @@ impl Users {
     }
 }
 
+/// Keeps the snapshot in step with writes made through other instances: LISTEN on the changes
+/// channel, refresh each announced id; after any (re)connect, reload everything, since
+/// notifications sent while we were not listening are lost. Ends when the `Users` is dropped.
+async fn follow_changes(users: std::sync::Weak<Inner>) {
+    use sqlx::postgres::PgListener;
+    let Some(url) = users.upgrade().map(|u| u.store.url().to_owned()) else {
+        return;
+    };
+    let retry = std::time::Duration::from_millis(500);
+    loop {
+        let mut listener = match PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other instances' writes; retrying");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(crate::store::CHANGES_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(retry).await;
+            continue;
+        }
+        let Some(inner) = users.upgrade() else { return };
+        if let Err(e) = inner.reload().await {
+            tracing::warn!(error = %e, "reload after (re)connect failed; retrying");
+            tokio::time::sleep(retry).await;
+            continue;
+        }
+        drop(inner);
+        // `None` or an error: the connection was lost; reconnect and reload what we missed.
+        while let Ok(Some(n)) = listener.try_recv().await {
+            let Some(inner) = users.upgrade() else { return };
+            let done = match n.payload() {
+                "*" => inner.reload().await,
+                id => inner.refresh(id).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "refresh after a notification failed");
+                break;
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
 impl Inner {
+    /// Replaces the snapshot with the database's content.
+    async fn reload(&self) -> Result<(), StoreError> {
+        let _serial = self.write.lock().await;
+        self.snapshot.replace_all(&self.store.load_all().await?);
+        Ok(())
+    }
+
+    /// Re-reads one user (a write elsewhere announced it).
+    async fn refresh(&self, id: &str) -> Result<(), StoreError> {
+        let _serial = self.write.lock().await;
+        // Always apply: a user deleted and created again elsewhere can be back at the same rev.
+        match self.store.get(id).await? {
+            Some(rec) => self.snapshot.upsert(&rec),
+            None => self.snapshot.remove(id),
+        }
+        Ok(())
+    }
+
     /// Upserts one user. `expect` is `Some(0)` for create-only, `Some(n)` for "only if at rev n".
     pub async fn put(
         &self,

@@ -7,8 +7,10 @@
 pub mod canned;
 pub mod cores;
 pub mod http;
+pub mod postgres;
 pub mod process;
 pub mod usersvc;
 
+pub use postgres::Postgres;
 pub use process::{Peer, workspace_root};
 pub use usersvc::Usersvc;

@@ -1,0 +1,204 @@
+//! A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl` on a free loopback port,
+//! stopped on drop. `stop` and `start` take the store away and give it back (same data).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Postgres {
+    bin: PathBuf,
+    port: u16,
+    running: bool,
+    // Last: removed after the server stopped.
+    dir: tempfile::TempDir,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::geteuid() == 0
+    }
+}
+
+/// The newest installed server's bin directory.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!("PostgreSQL server is missing: install it with `apt-get install postgresql` (make test does, as root)")
+    })
+}
+
+/// Runs a server tool as the `postgres` user when we are root (initdb refuses root).
+fn as_owner(tool: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(tool);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+fn check(what: &str, out: std::io::Result<Output>) -> Output {
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        if is_root() {
+            check(
+                "chown postgres",
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(dir.path())
+                    .output(),
+            );
+        }
+        check(
+            "initdb",
+            as_owner(&bin.join("initdb"))
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+                .output(),
+        );
+        let mut pg = Self {
+            bin,
+            port: 0,
+            running: false,
+            dir,
+        };
+        // A port found free can be taken before the server binds it: try a few.
+        for attempt in 0..3 {
+            pg.port = free_port();
+            match pg.try_start() {
+                Ok(()) => return pg,
+                Err(e) if attempt == 2 => panic!("pg_ctl start failed:\n{e}"),
+                Err(_) => {}
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        let d = self.dir.path();
+        let out = as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(d.join("data"))
+            .arg("-l")
+            .arg(d.join("server.log"))
+            .args(["-w", "-t", "60", "start", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                d.display()
+            ))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            self.running = true;
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(d.join("server.log")).unwrap_or_default()
+            ))
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown): clients lose their connections.
+    pub fn stop(&mut self) {
+        if self.running {
+            check(
+                "pg_ctl stop",
+                as_owner(&self.bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(self.dir.path().join("data"))
+                    .args(["-w", "-m", "fast", "stop"])
+                    .output(),
+            );
+            self.running = false;
+        }
+    }
+
+    /// Starts the same cluster again on the same port.
+    pub fn restart(&mut self) {
+        if !self.running {
+            self.try_start()
+                .unwrap_or_else(|e| panic!("pg_ctl start (again) failed:\n{e}"));
+        }
+    }
+
+    /// Runs SQL with psql; returns unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = check(
+            "psql",
+            Command::new(self.bin.join("psql"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                ])
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg("-c")
+                .arg(sql)
+                .output(),
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_owner(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-w", "-m", "immediate", "stop"])
+                .output();
+        }
+    }
+}
