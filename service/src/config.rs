@@ -81,6 +81,22 @@ pub struct Options {
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Option<Duration>,
 
+    /// Where writes are queued (fsync'd) while the store is unreachable [default: usersvc.journal]
+    #[arg(long, env = "USERSVC_JOURNAL", value_name = "PATH", global = true)]
+    pub journal: Option<PathBuf>,
+
+    /// Longest wait for a database connection before a write counts as a store failure [default: 2s]
+    #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    pub store_timeout: Option<Duration>,
+
+    /// Consecutive store failures that open the circuit breaker [default: 3]
+    #[arg(long, env = "USERSVC_BREAKER_FAILURES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub breaker_failures: Option<u32>,
+
+    /// Wait before probing an unreachable store (doubles per failed probe) [default: 1s]
+    #[arg(long, env = "USERSVC_BREAKER_BACKOFF", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    pub breaker_backoff: Option<Duration>,
+
     /// Threads serving requests [default: one per CPU core]
     #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub workers: Option<u16>,
@@ -111,6 +127,10 @@ struct FileConfig {
     auth_token: Option<String>,
     body_limit: Option<usize>,
     request_timeout: Option<String>,
+    journal: Option<PathBuf>,
+    store_timeout: Option<String>,
+    breaker_failures: Option<u32>,
+    breaker_backoff: Option<String>,
     workers: Option<u16>,
     log_format: Option<LogFormat>,
     log: Option<String>,
@@ -136,6 +156,10 @@ pub struct Settings {
     pub auth_token: Option<String>,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    pub journal: PathBuf,
+    pub store_timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_backoff: Duration,
     /// `None`: one per core.
     pub workers: Option<u16>,
     pub log_format: LogFormat,
@@ -148,14 +172,35 @@ impl Options {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let request_timeout = match (self.request_timeout, &file.request_timeout) {
-            (Some(d), _) => d,
+        let duration = |key: &str,
+                        flag: Option<Duration>,
+                        file: &Option<String>,
+                        default: Duration| match (flag, file) {
+            (Some(d), _) => Ok(d),
             (None, Some(s)) => humantime::parse_duration(s).map_err(|e| ConfigError::Invalid {
                 path: self.config.clone().unwrap_or_default(),
-                message: format!("request_timeout {s:?}: {e} (write it like 500ms, 30s, 1m)"),
-            })?,
-            (None, None) => DEFAULT_REQUEST_TIMEOUT,
+                message: format!("{key} {s:?}: {e} (write it like 500ms, 30s, 1m)"),
+            }),
+            (None, None) => Ok(default),
         };
+        let request_timeout = duration(
+            "request_timeout",
+            self.request_timeout,
+            &file.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT,
+        )?;
+        let store_timeout = duration(
+            "store_timeout",
+            self.store_timeout,
+            &file.store_timeout,
+            Duration::from_secs(2),
+        )?;
+        let breaker_backoff = duration(
+            "breaker_backoff",
+            self.breaker_backoff,
+            &file.breaker_backoff,
+            Duration::from_secs(1),
+        )?;
         Ok(Settings {
             listen: self
                 .listen
@@ -174,10 +219,27 @@ impl Options {
                 .or(file.body_limit)
                 .unwrap_or(DEFAULT_BODY_LIMIT),
             request_timeout,
+            journal: self
+                .journal
+                .or(file.journal)
+                .unwrap_or_else(|| PathBuf::from("usersvc.journal")),
+            store_timeout,
+            breaker_failures: self.breaker_failures.or(file.breaker_failures).unwrap_or(3),
+            breaker_backoff,
             workers: self.workers.or(file.workers),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         })
+    }
+}
+
+impl Settings {
+    pub fn resilience(&self) -> crate::users::Resilience {
+        crate::users::Resilience {
+            journal: self.journal.clone(),
+            failures: self.breaker_failures,
+            backoff: self.breaker_backoff,
+        }
     }
 }
 

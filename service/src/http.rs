@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub struct HttpConfig {
@@ -113,7 +114,17 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Respon
     // Dropping this future (timeout, client gone) is safe: writes run detached (users.rs).
     let call = rpc::handle_body(shared.api.as_ref(), &bytes);
     match tokio::time::timeout(shared.config.request_timeout, call).await {
-        Ok(Reply::Body(body)) => json_response(StatusCode::OK, body),
+        Ok(Reply::Body(body)) => {
+            let mut resp = json_response(StatusCode::OK, body);
+            if shared.api.users.degradation().degraded() {
+                // RFC 7234's "Response is Stale": reads come from the last known snapshot.
+                resp.headers_mut().insert(
+                    header::WARNING,
+                    HeaderValue::from_static("110 usersvc \"Response is Stale\""),
+                );
+            }
+            resp
+        }
         Ok(Reply::Nothing) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => error_body(
             RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
@@ -134,21 +145,33 @@ fn error_body(err: RpcError) -> Response {
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let users = shared.api.users.count();
-    let probe = tokio::time::timeout(Duration::from_secs(2), shared.api.users.store().ping()).await;
-    let (status, body) = match probe {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            serde_json::json!({"status": "ok", "store": "ok", "users": users}),
-        ),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "degraded", "store": "unavailable", "error": e.to_string(), "users": users}),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "degraded", "store": "unavailable", "error": "store did not answer within 2s", "users": users}),
-        ),
+    let users = &shared.api.users;
+    let d = users.degradation();
+    let probe = tokio::time::timeout(Duration::from_secs(2), users.store().ping()).await;
+    let store_error = match probe {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("store did not answer within 2s".to_owned()),
+    };
+    let ok = store_error.is_none() && !d.degraded();
+    let stats = users.stats();
+    let mut body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "store": if ok { "ok" } else { "degraded" },
+        "breaker": d.breaker.as_str(),
+        "journal_depth": d.journal_depth,
+        "users": users.count(),
+        "queued_total": stats.queued.load(Ordering::Relaxed),
+        "replayed_total": stats.replayed.load(Ordering::Relaxed),
+        "replay_conflicts": stats.replay_conflicts.load(Ordering::Relaxed),
+    });
+    if let Some(e) = store_error {
+        body["error"] = e.into();
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, body.to_string().into_bytes())
 }

@@ -4,8 +4,10 @@
 //! JSON-RPC envelope, ours) → `methods` (params → calls) → `users` (rules, concurrency) →
 //! `snapshot` (reads) and `store` (sqlx, SQLite or PostgreSQL).
 
+pub mod breaker;
 pub mod config;
 pub mod http;
+pub mod journal;
 pub mod methods;
 pub mod rpc;
 pub mod snapshot;
@@ -14,7 +16,6 @@ pub mod users;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use config::{Cli, Command, Settings};
 
@@ -42,14 +43,11 @@ pub enum ServeError {
     Users(#[from] users::UserError),
 }
 
-/// How long the store may take to hand out a connection before a request fails.
-const STORE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Opens the store, loads the snapshot and serves until SIGTERM or SIGINT, then lets in-flight
 /// requests finish and returns.
 pub async fn serve(settings: Settings) -> Result<(), ServeError> {
-    let store = store::Store::open(&settings.database_url, STORE_ACQUIRE_TIMEOUT).await?;
-    let users = users::Users::load(store.clone()).await?;
+    let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
+    let users = users::Users::load(store.clone(), &settings.resilience()).await?;
     tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
     let api = Arc::new(methods::Api::new(users));
     let app = http::router(
@@ -99,9 +97,18 @@ pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeErro
         }
         valid.push(user);
     }
-    let store = store::Store::open(&settings.database_url, STORE_ACQUIRE_TIMEOUT).await?;
-    let users = users::Users::load(store.clone()).await?;
-    let n = users.put_many(valid).await?.len();
+    // Straight to the store in one transaction: an import is all or nothing, never queued.
+    let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let writes: Vec<store::WriteDoc> = valid
+        .into_iter()
+        .map(|u| store::WriteDoc {
+            json: serde_json::Value::Object(u.doc).to_string(),
+            id: u.id,
+            updated_at: now.clone(),
+        })
+        .collect();
+    let n = store.put_many(&writes, None).await?.len();
     store.close().await;
     Ok(n)
 }

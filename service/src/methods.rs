@@ -3,7 +3,7 @@
 //! (a test checks it).
 
 use crate::rpc::{Handler, Params, RawJson, RpcError};
-use crate::users::{NewUser, UserError, Users, codes, kind, validate};
+use crate::users::{NewUser, UserError, Users, Written, codes, kind, validate};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -64,23 +64,19 @@ impl Api {
             }
             "put_user" => {
                 let (user, rev) = put_user_params(params)?;
-                let (id, rev) = self.users.put(user, rev).await.map_err(to_rpc)?;
-                Ok(RawJson::encode(&json!({"id": id, "rev": rev})))
+                let done = self.users.put(user, rev).await.map_err(to_rpc)?;
+                Ok(RawJson::encode(&written(done)))
             }
             "put_users" => {
                 let users = put_users_params(params)?;
                 let done = self.users.put_many(users).await.map_err(to_rpc)?;
-                let out: Vec<Value> = done
-                    .into_iter()
-                    .map(|(id, rev)| json!({"id": id, "rev": rev}))
-                    .collect();
-                Ok(RawJson::encode(&out))
+                Ok(RawJson::encode(&written(done)))
             }
             "delete_user" => {
                 let id = req_str(&params, 0, "id")?;
                 let rev = opt_u64(&params, 1, "rev")?.map(rev_i64).transpose()?;
-                self.users.delete(&id, rev).await.map_err(to_rpc)?;
-                Ok(RawJson::encode(&json!({"id": id, "deleted": true})))
+                let done = self.users.delete(&id, rev).await.map_err(to_rpc)?;
+                Ok(RawJson::encode(&written(done)))
             }
             other => Err(RpcError::method_not_found(other)),
         }
@@ -90,6 +86,26 @@ impl Api {
 impl Handler for Api {
     async fn call(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
         self.dispatch(method, params).await
+    }
+}
+
+/// A write's result. Queued writes (store unreachable) say `"queued": true` and carry no `rev`:
+/// they are durable in the journal and will be applied, in order, when the store is back.
+fn written(w: Written) -> Value {
+    match w {
+        Written::Put { id, rev } => json!({"id": id, "rev": rev}),
+        Written::Many(all) => all
+            .into_iter()
+            .map(|(id, rev)| json!({"id": id, "rev": rev}))
+            .collect(),
+        Written::Deleted { id } => json!({"id": id, "deleted": true}),
+        Written::Queued { write_id, ids } if ids.len() == 1 => {
+            json!({"id": ids[0], "queued": true, "write_id": write_id})
+        }
+        Written::Queued { write_id, ids } => ids
+            .into_iter()
+            .map(|id| json!({"id": id, "queued": true, "write_id": write_id}))
+            .collect(),
     }
 }
 
@@ -106,6 +122,11 @@ pub fn to_rpc(e: UserError) -> RpcError {
         } => RpcError::new(codes::CONFLICT, "Revision conflict")
             .with_data(json!({"id": id, "expected": expected, "current": current})),
         UserError::Aborted(e) => RpcError::internal(e),
+        UserError::Journal(e) => {
+            tracing::error!(error = %e, "cannot queue a write");
+            RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")
+                .with_data(format!("store down and the write could not be queued: {e}").into())
+        }
         UserError::Store(e) => {
             tracing::error!(error = %e, "store failure");
             RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")

@@ -20,6 +20,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("the store did not answer the probe")]
+    Unreachable,
+    #[error("journal: {0}")]
+    Journal(String),
+    /// A replayed journal entry whose write id the store already recorded: skip it.
+    #[error("write {0} was already applied")]
+    AlreadyApplied(String),
     #[error("stored document {id:?} is not valid JSON: {source}")]
     Corrupt {
         id: String,
@@ -50,16 +57,26 @@ pub enum Expect {
 }
 
 /// Schema changes, applied in order at start. Never edit one that has shipped: add another.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "users table",
-    "CREATE TABLE IF NOT EXISTS users (
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "users table",
+        "CREATE TABLE IF NOT EXISTS users (
         id TEXT PRIMARY KEY,
         rev BIGINT NOT NULL,
         doc TEXT NOT NULL,
         updated_at TEXT NOT NULL
     )",
-)];
+    ),
+    (
+        2,
+        "ids of replayed journal writes, so a replay cut short applies nothing twice",
+        "CREATE TABLE IF NOT EXISTS applied_writes (
+        write_id TEXT PRIMARY KEY,
+        applied_at TEXT NOT NULL
+    )",
+    ),
+];
 
 /// The PostgreSQL channel on which every write announces the id it changed (`*`: many ids), so
 /// other instances sharing the database refresh their snapshots.
@@ -180,13 +197,56 @@ impl Store {
         Ok(())
     }
 
+    /// Records `write_id` in the write's transaction; `AlreadyApplied` when it was recorded before.
+    async fn claim(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        write_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let Some(write_id) = write_id else {
+            return Ok(());
+        };
+        let row = sqlx::query(
+            "INSERT INTO applied_writes (write_id, applied_at) VALUES ($1, $2)
+             ON CONFLICT (write_id) DO NOTHING RETURNING write_id",
+        )
+        .bind(write_id)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(StoreError::AlreadyApplied(write_id.to_owned())),
+        }
+    }
+
+    /// Drops recorded write ids once their journal is gone (nothing can replay them again).
+    pub async fn forget_applied(&self, write_ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for id in write_ids {
+            sqlx::query("DELETE FROM applied_writes WHERE write_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Writes one document if `expect` holds; returns the new revision, or `None` on a conflict.
-    pub async fn put(&self, rec: &WriteDoc, expect: Expect) -> Result<Option<i64>, StoreError> {
-        if !self.postgres {
+    /// With a `write_id` (journal replay), the write is applied at most once.
+    pub async fn put(
+        &self,
+        rec: &WriteDoc,
+        expect: Expect,
+        write_id: Option<&str>,
+    ) -> Result<Option<i64>, StoreError> {
+        if !self.postgres && write_id.is_none() {
             let mut conn = self.pool.acquire().await?;
             return put_on(&mut conn, rec, expect).await;
         }
         let mut tx = self.pool.begin().await?;
+        self.claim(&mut tx, write_id).await?;
         let rev = put_on(&mut tx, rec, expect).await?;
         if rev.is_some() {
             self.announce(&mut tx, &[&rec.id]).await?;
@@ -196,8 +256,13 @@ impl Store {
     }
 
     /// Writes all documents in one transaction (all or none); returns their new revisions.
-    pub async fn put_many(&self, recs: &[WriteDoc]) -> Result<Vec<i64>, StoreError> {
+    pub async fn put_many(
+        &self,
+        recs: &[WriteDoc],
+        write_id: Option<&str>,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        self.claim(&mut tx, write_id).await?;
         let mut revs = Vec::with_capacity(recs.len());
         for rec in recs {
             // Expect::Any never conflicts, so every write yields a revision.
@@ -211,8 +276,14 @@ impl Store {
     }
 
     /// Deletes a document; `Ok(false)` when it was not there (or not at `expect`'s revision).
-    pub async fn delete(&self, id: &str, expect: Expect) -> Result<bool, StoreError> {
+    pub async fn delete(
+        &self,
+        id: &str,
+        expect: Expect,
+        write_id: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        self.claim(&mut tx, write_id).await?;
         let done = match expect {
             Expect::Rev(rev) => {
                 sqlx::query("DELETE FROM users WHERE id = $1 AND rev = $2")

@@ -1,11 +1,16 @@
 //! The user API's logic: validation, optimistic concurrency, and keeping the snapshot in step with
 //! the store. Transport-free: `methods.rs` maps JSON-RPC calls onto it.
 
+use crate::breaker::{Breaker, BreakerState};
+use crate::journal::{self, Entry, Journal, Op};
 use crate::snapshot::Snapshot;
 use crate::store::{Expect, Record, Store, StoreError, WriteDoc};
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Application error codes (JSON-RPC's server range -32000..-32099). Public contract: documented in
 /// the README and in `rpc.discover`; never renumber.
@@ -38,6 +43,8 @@ pub enum UserError {
     Store(#[from] StoreError),
     #[error("the write task failed: {0}")]
     Aborted(String),
+    #[error("cannot queue the write: {0}")]
+    Journal(String),
 }
 
 /// A validated user document ready to write.
@@ -99,6 +106,56 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// How the service survives a store outage.
+#[derive(Debug, Clone)]
+pub struct Resilience {
+    pub journal: PathBuf,
+    /// Consecutive store failures that open the breaker.
+    pub failures: u32,
+    /// How long the breaker stays open before a probe (doubles per failed probe, capped).
+    pub backoff: Duration,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Put {
+        id: String,
+        rev: i64,
+    },
+    Many(Vec<(String, i64)>),
+    Deleted {
+        id: String,
+    },
+    /// The store is unreachable: the write is in the journal (fsync'd) and will be replayed.
+    Queued {
+        write_id: String,
+        ids: Vec<String>,
+    },
+}
+
+/// Counters for health and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queued: AtomicU64,
+    pub replayed: AtomicU64,
+    pub replay_conflicts: AtomicU64,
+}
+
+/// The store's health as seen by the write path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Degradation {
+    pub breaker: BreakerState,
+    pub journal_depth: usize,
+}
+
+impl Degradation {
+    /// Reads may be stale and writes are being queued.
+    pub fn degraded(&self) -> bool {
+        self.breaker != BreakerState::Closed || self.journal_depth > 0
+    }
+}
+
 /// Users, backed by the store, read from the snapshot. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct Users {
@@ -108,8 +165,12 @@ pub struct Users {
 struct Inner {
     store: Store,
     snapshot: Snapshot,
-    /// Serializes writes so the snapshot applies them in the order the store committed them.
+    /// Serializes writes (and replay) so the snapshot applies them in commit order and queued
+    /// writes keep their order.
     write: tokio::sync::Mutex<()>,
+    breaker: std::sync::Mutex<Breaker>,
+    journal: Arc<std::sync::Mutex<Journal>>,
+    stats: Stats,
 }
 
 /// Runs a write on its own task: if the caller is dropped (client gone, request timed out), the
@@ -122,17 +183,50 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| UserError::Aborted(e.to_string()))?
 }
 
+// Poisoned locks only mean a panic elsewhere; the plain data inside is still consistent.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Users {
-    /// Loads every user into the snapshot; on a shared (PostgreSQL) store, also follows the
-    /// other instances' writes.
-    pub async fn load(store: Store) -> Result<Self, StoreError> {
+    /// Loads every user into the snapshot, replays a journal left by an earlier run (before any
+    /// write is served), and starts the breaker's supervisor; on a shared (PostgreSQL) store,
+    /// also follows the other instances' writes.
+    pub async fn load(store: Store, resilience: &Resilience) -> Result<Self, UserError> {
         let snapshot = Snapshot::default();
         snapshot.replace_all(&store.load_all().await?);
+        let path = resilience.journal.clone();
+        let (entries, damage) = journal::read(&path).map_err(journal_err)?;
+        if let Some(d) = &damage {
+            tracing::error!(
+                journal = %path.display(), offset = d.offset, reason = %d.reason, kept = entries.len(),
+                "journal tail is damaged (a crash mid-append?): replaying the intact prefix"
+            );
+        }
+        let mut journal = Journal::open(&path, entries.len()).map_err(journal_err)?;
+        if damage.is_some() {
+            journal.rewrite(&entries).map_err(journal_err)?;
+        }
         let inner = Arc::new(Inner {
             store,
             snapshot,
             write: tokio::sync::Mutex::new(()),
+            breaker: std::sync::Mutex::new(Breaker::new(resilience.failures, resilience.backoff)),
+            journal: Arc::new(std::sync::Mutex::new(journal)),
+            stats: Stats::default(),
         });
+        if !entries.is_empty() {
+            tracing::warn!(
+                queued = entries.len(),
+                "replaying writes queued by an earlier run"
+            );
+            let _serial = inner.write.lock().await;
+            if let Err(e) = inner.replay().await {
+                tracing::error!(error = %e, "replay failed; writes stay queued until the store is back");
+                lock(&inner.breaker).failure(Instant::now());
+            }
+        }
+        tokio::spawn(supervise(Arc::downgrade(&inner)));
         if inner.store.is_shared() {
             tokio::spawn(follow_changes(Arc::downgrade(&inner)));
         }
@@ -141,6 +235,17 @@ impl Users {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn degradation(&self) -> Degradation {
+        Degradation {
+            breaker: lock(&self.inner.breaker).state(),
+            journal_depth: lock(&self.inner.journal).depth(),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -162,24 +267,81 @@ impl Users {
             .ok_or_else(|| UserError::NotFound(id.to_owned()))
     }
 
-    pub async fn put(
-        &self,
-        user: NewUser,
-        expect: Option<i64>,
-    ) -> Result<(String, i64), UserError> {
-        let inner = self.inner.clone();
-        detached(async move { inner.put(user, expect).await }).await
+    /// Upserts one user. `expect` is `Some(0)` for create-only, `Some(n)` for "only if at rev n".
+    pub async fn put(&self, user: NewUser, expect: Option<i64>) -> Result<Written, UserError> {
+        self.submit(Op::Put {
+            id: user.id,
+            doc: user.doc,
+            expect,
+        })
+        .await
     }
 
-    pub async fn put_many(&self, users: Vec<NewUser>) -> Result<Vec<(String, i64)>, UserError> {
-        let inner = self.inner.clone();
-        detached(async move { inner.put_many(users).await }).await
+    /// Upserts many users in one transaction: all are stored or none.
+    pub async fn put_many(&self, users: Vec<NewUser>) -> Result<Written, UserError> {
+        self.submit(Op::PutMany {
+            users: users.into_iter().map(|u| (u.id, u.doc)).collect(),
+        })
+        .await
     }
 
-    pub async fn delete(&self, id: &str, expect: Option<i64>) -> Result<(), UserError> {
+    pub async fn delete(&self, id: &str, expect: Option<i64>) -> Result<Written, UserError> {
+        self.submit(Op::Delete {
+            id: id.to_owned(),
+            expect,
+        })
+        .await
+    }
+
+    async fn submit(&self, op: Op) -> Result<Written, UserError> {
         let inner = self.inner.clone();
-        let id = id.to_owned();
-        detached(async move { inner.delete(&id, expect).await }).await
+        detached(async move { inner.submit(op).await }).await
+    }
+}
+
+fn journal_err(e: journal::JournalError) -> UserError {
+    UserError::Journal(e.to_string())
+}
+
+fn expect_of(expect: Option<i64>) -> Expect {
+    match expect {
+        None => Expect::Any,
+        Some(0) => Expect::Absent,
+        Some(n) => Expect::Rev(n),
+    }
+}
+
+/// While the breaker is not closed or writes are queued: probe the store after each backoff, and
+/// when it answers, replay the journal in order and close the breaker.
+async fn supervise(users: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(inner) = users.upgrade() else { return };
+        let degraded = !lock(&inner.breaker).is_closed() || lock(&inner.journal).depth() > 0;
+        if !degraded || !lock(&inner.breaker).try_probe(Instant::now()) {
+            continue;
+        }
+        // Probe without the write lock: queued writes must not wait on a dead store's timeouts.
+        let alive = matches!(
+            tokio::time::timeout(Duration::from_secs(1), inner.store.ping()).await,
+            Ok(Ok(()))
+        );
+        let outcome = if alive {
+            let _serial = inner.write.lock().await;
+            inner.replay().await
+        } else {
+            Err(StoreError::Unreachable)
+        };
+        match outcome {
+            Ok(n) => {
+                lock(&inner.breaker).success();
+                tracing::info!(replayed = n, "store is back: breaker closed");
+            }
+            Err(e) => {
+                lock(&inner.breaker).failure(Instant::now());
+                tracing::warn!(error = %e, "store still unavailable: breaker stays open");
+            }
+        }
     }
 }
 
@@ -191,12 +353,12 @@ async fn follow_changes(users: std::sync::Weak<Inner>) {
     let Some(url) = users.upgrade().map(|u| u.store.url().to_owned()) else {
         return;
     };
-    let retry = std::time::Duration::from_millis(500);
+    let retry = Duration::from_millis(500);
     loop {
         let mut listener = match PgListener::connect(&url).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for other instances' writes; retrying");
+                tracing::debug!(error = %e, "cannot listen for other instances' writes; retrying");
                 tokio::time::sleep(retry).await;
                 continue;
             }
@@ -248,85 +410,192 @@ impl Inner {
         Ok(())
     }
 
-    /// Upserts one user. `expect` is `Some(0)` for create-only, `Some(n)` for "only if at rev n".
-    pub async fn put(
-        &self,
-        user: NewUser,
-        expect: Option<i64>,
-    ) -> Result<(String, i64), UserError> {
-        let expect = match expect {
-            None => Expect::Any,
-            Some(0) => Expect::Absent,
-            Some(n) => Expect::Rev(n),
-        };
-        let write = WriteDoc {
-            id: user.id.clone(),
-            json: Value::Object(user.doc.clone()).to_string(),
-            updated_at: now(),
-        };
+    async fn submit(&self, op: Op) -> Result<Written, UserError> {
         let _serial = self.write.lock().await;
-        match self.store.put(&write, expect).await? {
-            Some(rev) => {
-                self.snapshot.upsert(&Record {
-                    id: write.id.clone(),
-                    rev,
-                    updated_at: write.updated_at,
-                    doc: user.doc,
-                });
-                Ok((write.id, rev))
+        let queueing = !lock(&self.breaker).is_closed() || lock(&self.journal).depth() > 0;
+        if !queueing {
+            match self.apply(&op, None).await {
+                Err(UserError::Store(e)) => {
+                    let open = lock(&self.breaker).failure(Instant::now());
+                    tracing::warn!(error = %e, breaker_open = open, "store write failed");
+                    if !open {
+                        return Err(UserError::Store(e));
+                    }
+                    tracing::error!("breaker open: queueing writes in the journal");
+                }
+                done => {
+                    if done.is_ok() {
+                        lock(&self.breaker).success();
+                    }
+                    return done;
+                }
             }
-            None => Err(UserError::Conflict {
-                current: self.snapshot.rev(&write.id),
-                id: write.id,
-                expected: match expect {
-                    Expect::Rev(n) => n,
-                    _ => 0,
-                },
-            }),
         }
+        self.precheck(&op)?;
+        self.enqueue(op).await
     }
 
-    /// Upserts many users in one transaction: all are stored or none.
-    async fn put_many(&self, users: Vec<NewUser>) -> Result<Vec<(String, i64)>, UserError> {
+    /// Refuses, against the last known state, a queued write that cannot succeed.
+    fn precheck(&self, op: &Op) -> Result<(), UserError> {
+        let conflict = |id: &str, expected: i64, current: Option<i64>| UserError::Conflict {
+            id: id.to_owned(),
+            expected,
+            current,
+        };
+        match op {
+            Op::Put {
+                id,
+                expect: Some(n),
+                ..
+            } => {
+                let current = self.snapshot.rev(id);
+                if (*n == 0 && current.is_some()) || (*n > 0 && current != Some(*n)) {
+                    return Err(conflict(id, *n, current));
+                }
+            }
+            Op::Delete { id, expect } => match (self.snapshot.rev(id), expect) {
+                (None, _) => return Err(UserError::NotFound(id.clone())),
+                (Some(cur), Some(n)) if cur != *n => return Err(conflict(id, *n, Some(cur))),
+                _ => {}
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&self, op: Op) -> Result<Written, UserError> {
+        let ids = match &op {
+            Op::Put { id, .. } | Op::Delete { id, .. } => vec![id.clone()],
+            Op::PutMany { users } => users.iter().map(|(id, _)| id.clone()).collect(),
+        };
+        let entry = Entry {
+            write_id: uuid::Uuid::now_v7().to_string(),
+            op,
+        };
+        let write_id = entry.write_id.clone();
+        let journal = self.journal.clone();
+        // fsync blocks: keep it off the async workers.
+        tokio::task::spawn_blocking(move || lock(&journal).append(&entry))
+            .await
+            .map_err(|e| UserError::Aborted(e.to_string()))?
+            .map_err(journal_err)?;
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(Written::Queued { write_id, ids })
+    }
+
+    /// Applies one write to the store, then to the snapshot.
+    async fn apply(&self, op: &Op, write_id: Option<&str>) -> Result<Written, UserError> {
         let updated_at = now();
-        let writes: Vec<WriteDoc> = users
-            .iter()
-            .map(|u| WriteDoc {
-                id: u.id.clone(),
-                json: Value::Object(u.doc.clone()).to_string(),
-                updated_at: updated_at.clone(),
-            })
-            .collect();
-        let _serial = self.write.lock().await;
-        let revs = self.store.put_many(&writes).await?;
-        let mut out = Vec::with_capacity(users.len());
-        for (user, rev) in users.into_iter().zip(revs) {
-            self.snapshot.upsert(&Record {
-                id: user.id.clone(),
-                rev,
-                updated_at: updated_at.clone(),
-                doc: user.doc,
-            });
-            out.push((user.id, rev));
+        match op {
+            Op::Put { id, doc, expect } => {
+                let write = WriteDoc {
+                    id: id.clone(),
+                    json: Value::Object(doc.clone()).to_string(),
+                    updated_at: updated_at.clone(),
+                };
+                let expect = expect_of(*expect);
+                match self.store.put(&write, expect, write_id).await? {
+                    Some(rev) => {
+                        self.snapshot.upsert(&Record {
+                            id: id.clone(),
+                            rev,
+                            updated_at,
+                            doc: doc.clone(),
+                        });
+                        Ok(Written::Put {
+                            id: id.clone(),
+                            rev,
+                        })
+                    }
+                    None => Err(UserError::Conflict {
+                        current: self.snapshot.rev(id),
+                        id: id.clone(),
+                        expected: match expect {
+                            Expect::Rev(n) => n,
+                            _ => 0,
+                        },
+                    }),
+                }
+            }
+            Op::PutMany { users } => {
+                let writes: Vec<WriteDoc> = users
+                    .iter()
+                    .map(|(id, doc)| WriteDoc {
+                        id: id.clone(),
+                        json: Value::Object(doc.clone()).to_string(),
+                        updated_at: updated_at.clone(),
+                    })
+                    .collect();
+                let revs = self.store.put_many(&writes, write_id).await?;
+                let mut out = Vec::with_capacity(users.len());
+                for ((id, doc), rev) in users.iter().zip(revs) {
+                    self.snapshot.upsert(&Record {
+                        id: id.clone(),
+                        rev,
+                        updated_at: updated_at.clone(),
+                        doc: doc.clone(),
+                    });
+                    out.push((id.clone(), rev));
+                }
+                Ok(Written::Many(out))
+            }
+            Op::Delete { id, expect } => {
+                if self
+                    .store
+                    .delete(id, expect.map_or(Expect::Any, Expect::Rev), write_id)
+                    .await?
+                {
+                    self.snapshot.remove(id);
+                    return Ok(Written::Deleted { id: id.clone() });
+                }
+                match (expect, self.snapshot.rev(id)) {
+                    (Some(expected), Some(current)) => Err(UserError::Conflict {
+                        id: id.clone(),
+                        expected: *expected,
+                        current: Some(current),
+                    }),
+                    _ => Err(UserError::NotFound(id.clone())),
+                }
+            }
         }
-        Ok(out)
     }
 
-    async fn delete(&self, id: &str, expect: Option<i64>) -> Result<(), UserError> {
-        let _serial = self.write.lock().await;
-        let expect_store = expect.map_or(Expect::Any, Expect::Rev);
-        if self.store.delete(id, expect_store).await? {
-            self.snapshot.remove(id);
-            return Ok(());
+    /// Replays the journal in order (caller holds the write lock). Each entry is applied once:
+    /// its write id is recorded in the same transaction. A conflict is reported and counted, not
+    /// dropped silently. On a store failure the unreplayed rest stays queued.
+    async fn replay(&self) -> Result<usize, StoreError> {
+        let path = lock(&self.journal).path().to_owned();
+        let (entries, _) = journal::read(&path).map_err(|e| StoreError::Journal(e.to_string()))?;
+        for (i, entry) in entries.iter().enumerate() {
+            match self.apply(&entry.op, Some(&entry.write_id)).await {
+                Ok(_) => {
+                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(UserError::Store(StoreError::AlreadyApplied(_))) => {}
+                Err(UserError::Store(e)) => {
+                    lock(&self.journal)
+                        .rewrite(&entries[i..])
+                        .map_err(|e| StoreError::Journal(e.to_string()))?;
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.stats.replay_conflicts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        write_id = %entry.write_id, op = ?entry.op, error = %e,
+                        "queued write could not be applied on replay"
+                    );
+                }
+            }
         }
-        match (expect, self.snapshot.rev(id)) {
-            (Some(expected), Some(current)) => Err(UserError::Conflict {
-                id: id.to_owned(),
-                expected,
-                current: Some(current),
-            }),
-            _ => Err(UserError::NotFound(id.to_owned())),
+        lock(&self.journal)
+            .rewrite(&[])
+            .map_err(|e| StoreError::Journal(e.to_string()))?;
+        let ids: Vec<String> = entries.into_iter().map(|e| e.write_id).collect();
+        if let Err(e) = self.store.forget_applied(&ids).await {
+            // Harmless: the ids only guard a journal that no longer exists.
+            tracing::warn!(error = %e, "could not prune replayed write ids");
         }
+        Ok(ids.len())
     }
 }
 

@@ -5,10 +5,19 @@ use std::time::Duration;
 pub struct Response {
     pub status: u16,
     pub content_type: Option<String>,
+    /// Every header, names lower-cased.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -40,6 +49,11 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &st
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
     let body = resp
         .body_mut()
         .with_config()
@@ -49,6 +63,7 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &st
     Response {
         status,
         content_type,
+        headers,
         body,
     }
 }

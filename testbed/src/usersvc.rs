@@ -152,6 +152,12 @@ impl Usersvc {
     /// Stops (SIGTERM) and starts again on the same database, on a new port.
     pub fn restart(&mut self) {
         self.terminate();
+        self.start_again();
+    }
+
+    /// Starts the binary again (same database, directory and arguments) after it stopped or was
+    /// killed.
+    pub fn start_again(&mut self) {
         let extra = self.extra.clone();
         let (peer, addr) = launch(&self.binary, &self.database_url, &extra, self.dir.path());
         self.peer = peer;
