@@ -97,6 +97,27 @@ pub struct Options {
     #[arg(long, env = "USERSVC_BREAKER_BACKOFF", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
     pub breaker_backoff: Option<Duration>,
 
+    /// Pull users from this URL (a JSON array of user objects with ids) every --pull-interval
+    #[arg(long, env = "USERSVC_PULL_URL", value_name = "URL", global = true)]
+    pub pull_url: Option<String>,
+
+    /// How often to pull [default: 1m]
+    #[arg(long, env = "USERSVC_PULL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    pub pull_interval: Option<Duration>,
+
+    /// Longest one pull may take [default: 10s]
+    #[arg(long, env = "USERSVC_PULL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    pub pull_timeout: Option<Duration>,
+
+    /// Largest pulled payload in bytes; a larger one is refused whole [default: 16777216]
+    #[arg(
+        long,
+        env = "USERSVC_PULL_MAX_SIZE",
+        value_name = "BYTES",
+        global = true
+    )]
+    pub pull_max_size: Option<u64>,
+
     /// Threads serving requests [default: one per CPU core]
     #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub workers: Option<u16>,
@@ -128,6 +149,10 @@ struct FileConfig {
     body_limit: Option<usize>,
     request_timeout: Option<String>,
     journal: Option<PathBuf>,
+    pull_url: Option<String>,
+    pull_interval: Option<String>,
+    pull_timeout: Option<String>,
+    pull_max_size: Option<u64>,
     store_timeout: Option<String>,
     breaker_failures: Option<u32>,
     breaker_backoff: Option<String>,
@@ -157,6 +182,7 @@ pub struct Settings {
     pub body_limit: usize,
     pub request_timeout: Duration,
     pub journal: PathBuf,
+    pub pull: Option<crate::pull::PullConfig>,
     pub store_timeout: Duration,
     pub breaker_failures: u32,
     pub breaker_backoff: Duration,
@@ -195,6 +221,28 @@ impl Options {
             &file.store_timeout,
             Duration::from_secs(2),
         )?;
+        let pull = match self.pull_url.or(file.pull_url) {
+            None => None,
+            Some(url) => Some(crate::pull::PullConfig {
+                url,
+                interval: duration(
+                    "pull_interval",
+                    self.pull_interval,
+                    &file.pull_interval,
+                    Duration::from_secs(60),
+                )?,
+                timeout: duration(
+                    "pull_timeout",
+                    self.pull_timeout,
+                    &file.pull_timeout,
+                    Duration::from_secs(10),
+                )?,
+                max_size: self
+                    .pull_max_size
+                    .or(file.pull_max_size)
+                    .unwrap_or(16 * 1024 * 1024),
+            }),
+        };
         let breaker_backoff = duration(
             "breaker_backoff",
             self.breaker_backoff,
@@ -223,6 +271,7 @@ impl Options {
                 .journal
                 .or(file.journal)
                 .unwrap_or_else(|| PathBuf::from("usersvc.journal")),
+            pull,
             store_timeout,
             breaker_failures: self.breaker_failures.or(file.breaker_failures).unwrap_or(3),
             breaker_backoff,

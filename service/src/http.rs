@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub struct HttpConfig {
+    pub pull: Option<Arc<crate::pull::PullStats>>,
     pub auth_token: Option<String>,
     pub body_limit: usize,
     pub request_timeout: Duration,
@@ -167,6 +168,14 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     });
     if let Some(e) = store_error {
         body["error"] = e.into();
+    }
+    if let Some(p) = &shared.config.pull {
+        body["pull"] = serde_json::json!({
+            "ok": p.ok.load(Ordering::Relaxed),
+            "failed": p.failed.load(Ordering::Relaxed),
+            "changed": p.changed.load(Ordering::Relaxed),
+            "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
+        });
     }
     let status = if ok {
         StatusCode::OK

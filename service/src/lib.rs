@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod journal;
 pub mod methods;
+pub mod pull;
 pub mod rpc;
 pub mod snapshot;
 pub mod store;
@@ -49,6 +50,12 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
     let users = users::Users::load(store.clone(), &settings.resilience()).await?;
     tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
+    let pull_stats = settings.pull.clone().map(|cfg| {
+        let stats = Arc::new(pull::PullStats::default());
+        tracing::info!(url = %cfg.url, interval = %humantime::format_duration(cfg.interval), "pulling users");
+        tokio::spawn(pull::run(cfg, users.clone(), stats.clone()));
+        stats
+    });
     let api = Arc::new(methods::Api::new(users));
     let app = http::router(
         api,
@@ -56,6 +63,7 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
             auth_token: settings.auth_token.clone(),
             body_limit: settings.body_limit,
             request_timeout: settings.request_timeout,
+            pull: pull_stats,
         },
     );
     let listener = tokio::net::TcpListener::bind(&settings.listen)

@@ -13,6 +13,8 @@ use std::sync::RwLock;
 struct Entry {
     rev: i64,
     json: Bytes,
+    /// Hash of the client's document (no rev/updated_at): tells an unchanged re-upload apart.
+    doc_hash: u64,
 }
 
 #[derive(Default)]
@@ -35,10 +37,19 @@ pub fn render(rec: &Record) -> Bytes {
     Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
 }
 
+/// A stable hash of a document: serde_json maps are ordered, so equal documents encode equally.
+pub fn doc_hash(doc: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serde_json::to_string(doc).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 fn entry(rec: &Record) -> Entry {
     Entry {
         rev: rec.rev,
         json: render(rec),
+        doc_hash: doc_hash(&rec.doc),
     }
 }
 
@@ -78,6 +89,14 @@ impl Snapshot {
 
     pub fn rev(&self, id: &str) -> Option<i64> {
         self.read().users.get(id).map(|e| e.rev)
+    }
+
+    /// Whether the stored document for `id` is exactly `doc`.
+    pub fn holds(&self, id: &str, doc: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.read()
+            .users
+            .get(id)
+            .is_some_and(|e| e.doc_hash == doc_hash(doc))
     }
 
     pub fn len(&self) -> usize {

@@ -285,6 +285,14 @@ impl Users {
         .await
     }
 
+    /// Leaves out users whose stored document is already exactly this one (idempotent re-uploads).
+    pub fn changed(&self, users: Vec<NewUser>) -> Vec<NewUser> {
+        users
+            .into_iter()
+            .filter(|u| !self.inner.snapshot.holds(&u.id, &u.doc))
+            .collect()
+    }
+
     pub async fn delete(&self, id: &str, expect: Option<i64>) -> Result<Written, UserError> {
         self.submit(Op::Delete {
             id: id.to_owned(),
