@@ -308,6 +308,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let example = include_str!("../../packaging/usersvc.toml");
+        toml::from_str::<FileConfig>(example).expect("packaging/usersvc.toml matches the config keys");
+    }
+
+    #[test]
     fn flags_win_over_file_over_defaults() {
         let dir = std::env::temp_dir().join(format!("usersvc-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
