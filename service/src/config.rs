@@ -310,7 +310,8 @@ mod tests {
     #[test]
     fn shipped_example_config_is_valid() {
         let example = include_str!("../../packaging/usersvc.toml");
-        toml::from_str::<FileConfig>(example).expect("packaging/usersvc.toml matches the config keys");
+        toml::from_str::<FileConfig>(example)
+            .expect("packaging/usersvc.toml matches the config keys");
     }
 
     #[test]

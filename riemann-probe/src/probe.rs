@@ -1,0 +1,331 @@
+//! `Probe`: hand it events from any thread; it never blocks on the network. A bounded queue is
+//! drained by one background thread that sends batches (N events or T ms, whichever comes first),
+//! reconnects with truncated exponential backoff and jitter, drops the oldest events when the
+//! queue is full (and reports how many as an event of its own), and flushes on shutdown within a
+//! deadline.
+
+use crate::client::{Client, ClientConfig};
+use crate::event::event;
+use crate::proto::Event;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub client: ClientConfig,
+    /// Most events held while Riemann is slow or away; beyond it the oldest are dropped.
+    pub capacity: usize,
+    /// Send when this many events are queued...
+    pub batch: usize,
+    /// ...or when the oldest has waited this long.
+    pub flush_every: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Service name of the event that reports drops.
+    pub drop_service: String,
+}
+
+impl ProbeConfig {
+    pub fn new(client: ClientConfig) -> Self {
+        Self {
+            client,
+            capacity: 10_000,
+            batch: 100,
+            flush_every: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            drop_service: "riemann-probe dropped".into(),
+        }
+    }
+}
+
+/// Counters since the probe started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    pub sent: u64,
+    pub dropped: u64,
+    pub queued: usize,
+    pub connect_failures: u64,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Event>>,
+    wake: Condvar,
+    capacity: usize,
+    batch: usize,
+    stop: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    /// Drops not yet reported in a drop event.
+    unreported: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Cheap to clone; every clone feeds the same queue.
+#[derive(Clone)]
+pub struct Probe {
+    shared: Arc<Shared>,
+    worker: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Probe {
+    pub fn start(cfg: ProbeConfig) -> Self {
+        let capacity = cfg.capacity.max(1);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::with_capacity(capacity)),
+            wake: Condvar::new(),
+            capacity,
+            batch: cfg.batch.max(1),
+            stop: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+        });
+        let worker_shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("riemann-probe".into())
+            .spawn(move || run(worker_shared, cfg))
+            .ok();
+        Self {
+            shared,
+            worker: Arc::new(Mutex::new(worker)),
+        }
+    }
+
+    /// Queues an event. Never waits for the network; drops the oldest event when full.
+    pub fn send(&self, event: Event) {
+        let s = &self.shared;
+        let mut q = lock(&s.queue);
+        if q.len() >= s.capacity {
+            q.pop_front();
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            s.unreported.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(event);
+        if q.len() >= s.batch {
+            s.wake.notify_one();
+        }
+    }
+
+    pub fn stats(&self) -> ProbeStats {
+        let s = &self.shared;
+        ProbeStats {
+            sent: s.sent.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            queued: lock(&s.queue).len(),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends what is queued, waiting at most `deadline`, then stops the sender. Events still
+    /// queued after the deadline are counted as dropped.
+    pub fn shutdown(&self, deadline: Duration) -> ProbeStats {
+        *lock(&self.shared.deadline) = Some(Instant::now() + deadline);
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        if let Some(handle) = lock(&self.worker).take() {
+            let _ = handle.join();
+        }
+        self.stats()
+    }
+}
+
+/// xorshift64: jitter needs no cryptographic randomness, and no dependency.
+fn jitter(seed: &mut u64, max: Duration) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let nanos = max.as_nanos().max(1) as u64;
+    Duration::from_nanos(*seed % nanos)
+}
+
+/// Puts a batch that could not be sent back at the front, dropping the oldest if it no longer fits.
+fn requeue(s: &Shared, batch: Vec<Event>) {
+    let mut q = lock(&s.queue);
+    for e in batch.into_iter().rev() {
+        if q.len() >= s.capacity {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            s.unreported.fetch_add(1, Ordering::Relaxed);
+        } else {
+            q.push_front(e);
+        }
+    }
+}
+
+fn run(s: Arc<Shared>, cfg: ProbeConfig) {
+    let mut client: Option<Client> = None;
+    let mut backoff = cfg.backoff_min;
+    let mut retry_at = Instant::now();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
+    loop {
+        let stopping = s.stop.load(Ordering::Acquire);
+        let deadline = *lock(&s.deadline);
+        if stopping && deadline.is_some_and(|d| Instant::now() >= d) {
+            let left = std::mem::take(&mut *lock(&s.queue)).len() as u64;
+            s.dropped.fetch_add(left, Ordering::Relaxed);
+            return;
+        }
+        // Wait for a full batch, the flush interval, or shutdown.
+        let mut batch: Vec<Event> = {
+            let mut q = lock(&s.queue);
+            let until = Instant::now() + cfg.flush_every;
+            while q.len() < s.batch && !s.stop.load(Ordering::Acquire) {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                q = s
+                    .wake
+                    .wait_timeout(q, until - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            let n = q.len().min(s.batch);
+            q.drain(..n).collect()
+        };
+        let unreported = s.unreported.swap(0, Ordering::Relaxed);
+        if unreported > 0 {
+            batch.push(
+                event(cfg.drop_service.clone())
+                    .state("warning")
+                    .metric(unreported)
+                    .description("events dropped because Riemann was slow or unreachable")
+                    .build(),
+            );
+        }
+        if batch.is_empty() {
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        if client.is_none() {
+            let now = Instant::now();
+            if now < retry_at {
+                requeue(&s, batch);
+                let nap = (retry_at - now).min(cfg.flush_every);
+                std::thread::sleep(nap);
+                continue;
+            }
+            match Client::connect(&cfg.client) {
+                Ok(c) => {
+                    client = Some(c);
+                    backoff = cfg.backoff_min;
+                }
+                Err(_) => {
+                    s.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    retry_at = Instant::now()
+                        + backoff / 2
+                        + jitter(&mut seed, backoff / 2 + Duration::from_nanos(1));
+                    backoff = (backoff * 2).min(cfg.backoff_max);
+                    requeue(&s, batch);
+                    continue;
+                }
+            }
+        }
+        let n = batch.len() as u64;
+        let result = client.as_mut().map(|c| c.send(&batch));
+        match result {
+            Some(Ok(())) => {
+                s.sent.fetch_add(n, Ordering::Relaxed);
+            }
+            _ => {
+                client = None;
+                retry_at = Instant::now() + jitter(&mut seed, backoff);
+                requeue(&s, batch);
+            }
+        }
+    }
+}
+
+/// Sends `service` every `interval` with `ttl` (3 × interval unless set), so Riemann expires it,
+/// and alerts, when the sender dies.
+pub struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub fn start(
+        probe: Probe,
+        service: impl Into<String>,
+        interval: Duration,
+        ttl: Option<Duration>,
+    ) -> Self {
+        let service = service.into();
+        let ttl = ttl.unwrap_or(interval * 3).as_secs_f32();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("riemann-heartbeat".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Acquire) {
+                    probe.send(
+                        event(service.clone())
+                            .state("ok")
+                            .ttl(ttl)
+                            .description("alive")
+                            .build(),
+                    );
+                    // Sleep in slices so stop is prompt.
+                    let until = Instant::now() + interval;
+                    while !stopped.load(Ordering::Acquire) && Instant::now() < until {
+                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    }
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_drops_the_oldest_and_never_blocks() {
+        // Nothing listens there: every connect fails, events pile up.
+        let mut cfg = ProbeConfig::new(ClientConfig::tcp("127.0.0.1:9"));
+        cfg.capacity = 10;
+        cfg.batch = 1000;
+        cfg.flush_every = Duration::from_secs(60);
+        let probe = Probe::start(cfg);
+        let t = Instant::now();
+        for i in 0..1000i64 {
+            probe.send(event("x").metric(i).build());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "send must not wait on the network"
+        );
+        let st = probe.stats();
+        assert_eq!(st.queued, 10);
+        assert_eq!(st.dropped, 990);
+        let kept = lock(&probe.shared.queue)
+            .iter()
+            .filter_map(|e| e.metric_sint64)
+            .collect::<Vec<_>>();
+        assert_eq!(kept, (990..1000).collect::<Vec<_>>(), "the newest are kept");
+        let st = probe.shutdown(Duration::from_millis(200));
+        assert_eq!(st.sent, 0);
+        assert_eq!(st.queued, 0);
+    }
+}
