@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   openssh-server openssh-client rsync postgresql
   nagios4-core monitoring-plugins-basic monitoring-plugins-standard liburiparser1
-  icinga2-bin icinga2-common riemann-c-client clojure wrk hyperfine time
+  icinga2-bin icinga2-common riemann-c-client clojure wrk hyperfine time openssl
 )
 
 missing=()

@@ -9,6 +9,7 @@ pub mod cores;
 pub mod http;
 pub mod postgres;
 pub mod process;
+pub mod riemann;
 pub mod usersvc;
 
 pub use postgres::Postgres;
