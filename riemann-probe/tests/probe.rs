@@ -1,0 +1,128 @@
+//! Probe and Heartbeat against the sink: batching, Riemann going away and coming back (bounded
+//! memory, drops counted and reported), expiry of a heartbeat that stops.
+
+use riemann_probe::{ClientConfig, Heartbeat, Probe, ProbeConfig, event};
+use std::time::{Duration, Instant};
+use testbed::riemann::{Fault, Sink};
+
+fn probe_to(sink: &Sink, capacity: usize) -> Probe {
+    let mut cfg = ProbeConfig::new(ClientConfig {
+        timeout: Duration::from_millis(300),
+        ..ClientConfig::tcp(sink.tcp_addr().to_string())
+    });
+    cfg.capacity = capacity;
+    cfg.batch = 50;
+    cfg.flush_every = Duration::from_millis(20);
+    cfg.backoff_min = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(200);
+    Probe::start(cfg)
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn delivers_everything_in_order_when_riemann_is_up() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 10_000);
+    for i in 0..1000i64 {
+        probe.send(event("seq").host("h").metric(i).build());
+    }
+    let st = probe.shutdown(Duration::from_secs(10));
+    assert_eq!((st.sent, st.dropped, st.queued), (1000, 0, 0));
+    let got: Vec<i64> = sink
+        .received()
+        .iter()
+        .filter_map(|e| e.metric_sint64)
+        .collect();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn riemann_away_then_back_bounded_and_counted() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 100);
+    probe.send(event("before").build());
+    sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("before")
+    });
+    sink.down();
+    for i in 0..5000i64 {
+        probe.send(event("during").metric(i).build());
+    }
+    let st = probe.stats();
+    assert!(st.queued <= 100, "queue is bounded: {st:?}");
+    assert!(st.dropped >= 4900, "{st:?}");
+    sink.up();
+    // Flows again, and the drops are reported as an event of their own.
+    let drop_event = sink.wait_for(Duration::from_secs(10), |e| {
+        e.service.as_deref() == Some("riemann-probe dropped")
+    });
+    assert!(drop_event.metric().unwrap_or(0.0) > 0.0);
+    probe.send(event("after").build());
+    sink.wait_for(Duration::from_secs(10), |e| {
+        e.service.as_deref() == Some("after")
+    });
+    // The newest events survived the outage, oldest dropped first.
+    let during: Vec<i64> = sink
+        .received()
+        .iter()
+        .filter(|e| e.service.as_deref() == Some("during"))
+        .filter_map(|e| e.metric_sint64)
+        .collect();
+    assert!(during.contains(&4999), "{during:?}");
+    assert!(!during.contains(&0));
+    let st = probe.shutdown(Duration::from_secs(5));
+    assert_eq!(st.queued, 0);
+}
+
+#[test]
+fn a_stalled_or_refusing_riemann_never_blocks_send() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 1000);
+    sink.set_fault(Fault::Stall);
+    for _ in 0..20_000 {
+        probe.send(event("stalled").build());
+    }
+    sink.set_fault(Fault::NotOk("overloaded".into()));
+    for _ in 0..20_000 {
+        probe.send(event("refused").build());
+    }
+    assert!(probe.stats().queued <= 1000);
+    // Shutdown respects its deadline even though nothing can be delivered.
+    let st = probe.shutdown(Duration::from_millis(300));
+    assert_eq!(st.queued, 0);
+    assert!(st.dropped > 0);
+}
+
+#[test]
+fn a_stopped_heartbeat_expires() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 1000);
+    let hb = Heartbeat::start(probe.clone(), "hb svc", Duration::from_millis(100), None);
+    let first = sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("hb svc")
+    });
+    assert!(
+        (first.ttl.unwrap_or(0.0) - 0.3).abs() < 1e-6,
+        "ttl = 3 x interval: {first:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sink.expired().is_empty(),
+        "alive heartbeats must not expire: {:?}",
+        sink.expired()
+    );
+    hb.stop();
+    eventually("the heartbeat expires", || {
+        sink.expired().iter().any(|e| {
+            e.service.as_deref() == Some("hb svc") && e.state.as_deref() == Some("expired")
+        })
+    });
+    probe.shutdown(Duration::from_secs(1));
+}
