@@ -118,6 +118,14 @@ pub struct Options {
     )]
     pub pull_max_size: Option<u64>,
 
+    /// Send a heartbeat and metrics to this Riemann server (HOST:PORT, TCP)
+    #[arg(long, env = "USERSVC_RIEMANN", value_name = "HOST:PORT", global = true)]
+    pub riemann: Option<String>,
+
+    /// Reporting interval; events carry ttl = 3 x interval [default: 5s]
+    #[arg(long, env = "USERSVC_RIEMANN_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    pub riemann_interval: Option<Duration>,
+
     /// Threads serving requests [default: one per CPU core]
     #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub workers: Option<u16>,
@@ -149,6 +157,8 @@ struct FileConfig {
     body_limit: Option<usize>,
     request_timeout: Option<String>,
     journal: Option<PathBuf>,
+    riemann: Option<String>,
+    riemann_interval: Option<String>,
     pull_url: Option<String>,
     pull_interval: Option<String>,
     pull_timeout: Option<String>,
@@ -182,6 +192,7 @@ pub struct Settings {
     pub body_limit: usize,
     pub request_timeout: Duration,
     pub journal: PathBuf,
+    pub riemann: Option<crate::metrics::RiemannConfig>,
     pub pull: Option<crate::pull::PullConfig>,
     pub store_timeout: Duration,
     pub breaker_failures: u32,
@@ -243,6 +254,18 @@ impl Options {
                     .unwrap_or(16 * 1024 * 1024),
             }),
         };
+        let riemann = match self.riemann.or(file.riemann) {
+            None => None,
+            Some(addr) => Some(crate::metrics::RiemannConfig {
+                addr,
+                interval: duration(
+                    "riemann_interval",
+                    self.riemann_interval,
+                    &file.riemann_interval,
+                    Duration::from_secs(5),
+                )?,
+            }),
+        };
         let breaker_backoff = duration(
             "breaker_backoff",
             self.breaker_backoff,
@@ -271,6 +294,7 @@ impl Options {
                 .journal
                 .or(file.journal)
                 .unwrap_or_else(|| PathBuf::from("usersvc.journal")),
+            riemann,
             pull,
             store_timeout,
             breaker_failures: self.breaker_failures.or(file.breaker_failures).unwrap_or(3),

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub struct HttpConfig {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub pull: Option<Arc<crate::pull::PullStats>>,
     pub auth_token: Option<String>,
     pub body_limit: usize,
@@ -84,6 +85,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let resp = rpc_response(&shared, req).await;
+    // An error is a transport refusal or a JSON-RPC error object in the body.
+    let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
+    shared.config.metrics.record(started.elapsed(), error);
+    resp
+}
+
+/// Marks a response whose body carries at least one JSON-RPC error object.
+#[derive(Clone, Copy)]
+struct HadError;
+
+async fn rpc_response(shared: &Shared, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Some(token) = &shared.config.auth_token
         && !authorized(&parts.headers, token)
@@ -113,10 +127,13 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Respon
         }
     };
     // Dropping this future (timeout, client gone) is safe: writes run detached (users.rs).
-    let call = rpc::handle_body(shared.api.as_ref(), &bytes);
+    let call = rpc::handle_body_counted(shared.api.as_ref(), &bytes);
     match tokio::time::timeout(shared.config.request_timeout, call).await {
-        Ok(Reply::Body(body)) => {
+        Ok((Reply::Body(body), errors)) => {
             let mut resp = json_response(StatusCode::OK, body);
+            if errors > 0 {
+                resp.extensions_mut().insert(HadError);
+            }
             if shared.api.users.degradation().degraded() {
                 // RFC 7234's "Response is Stale": reads come from the last known snapshot.
                 resp.headers_mut().insert(
@@ -126,8 +143,8 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Respon
             }
             resp
         }
-        Ok(Reply::Nothing) => StatusCode::NO_CONTENT.into_response(),
-        Err(_) => error_body(
+        Ok((Reply::Nothing, _)) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => error_body_marked(
             RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
                 format!(
                     "no answer within {}",
@@ -137,6 +154,12 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Respon
             ),
         ),
     }
+}
+
+fn error_body_marked(err: RpcError) -> Response {
+    let mut resp = error_body(err);
+    resp.extensions_mut().insert(HadError);
+    resp
 }
 
 fn error_body(err: RpcError) -> Response {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod journal;
 pub mod methods;
+pub mod metrics;
 pub mod pull;
 pub mod rpc;
 pub mod snapshot;
@@ -56,10 +57,16 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         tokio::spawn(pull::run(cfg, users.clone(), stats.clone()));
         stats
     });
+    let metrics = Arc::new(metrics::Metrics::default());
+    let probe = settings.riemann.clone().map(|cfg| {
+        tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
+        metrics::start_reporter(cfg, metrics.clone(), users.clone())
+    });
     let api = Arc::new(methods::Api::new(users));
     let app = http::router(
         api,
         http::HttpConfig {
+            metrics,
             auth_token: settings.auth_token.clone(),
             body_limit: settings.body_limit,
             request_timeout: settings.request_timeout,
@@ -79,6 +86,18 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("in-flight requests done; closing the store");
+    if let Some(probe) = probe {
+        // Flush what is queued, but never hold up the exit for long.
+        let stats =
+            tokio::task::spawn_blocking(move || probe.shutdown(std::time::Duration::from_secs(2)))
+                .await
+                .unwrap_or_default();
+        tracing::info!(
+            sent = stats.sent,
+            dropped = stats.dropped,
+            "Riemann probe flushed"
+        );
+    }
     store.close().await;
     Ok(())
 }

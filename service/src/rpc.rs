@@ -128,17 +128,35 @@ const NULL_ID: &str = "null";
 
 /// Handles one HTTP body: a single request or a batch.
 pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
+    handle_body_counted(handler, body).await.0
+}
+
+/// As [`handle_body`], also counting the error objects in the reply (for metrics).
+pub async fn handle_body_counted<H: Handler>(handler: &H, body: &[u8]) -> (Reply, usize) {
+    let mut errors = 0;
+    let reply = dispatch_body(handler, body, &mut errors).await;
+    (reply, errors)
+}
+
+async fn dispatch_body<H: Handler>(handler: &H, body: &[u8], errors: &mut usize) -> Reply {
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
-        Err(e) => return single_error(RpcError::parse_error(format!("body is not UTF-8: {e}"))),
+        Err(e) => {
+            *errors += 1;
+            return single_error(RpcError::parse_error(format!("body is not UTF-8: {e}")));
+        }
     };
     let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
     if trimmed.starts_with('[') {
         let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
             Ok(items) => items,
-            Err(e) => return single_error(RpcError::parse_error(e)),
+            Err(e) => {
+                *errors += 1;
+                return single_error(RpcError::parse_error(e));
+            }
         };
         if items.is_empty() {
+            *errors += 1;
             return single_error(RpcError::invalid_request("empty batch"));
         }
         let mut out = Vec::with_capacity(64 * items.len());
@@ -146,6 +164,7 @@ pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
         let mut any = false;
         for item in items {
             if let Some((id, outcome)) = handle_one(handler, item).await {
+                *errors += usize::from(outcome.is_err());
                 if any {
                     out.push(b',');
                 }
@@ -162,10 +181,14 @@ pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
     } else {
         let item: &RawValue = match serde_json::from_str(trimmed) {
             Ok(item) => item,
-            Err(e) => return single_error(RpcError::parse_error(e)),
+            Err(e) => {
+                *errors += 1;
+                return single_error(RpcError::parse_error(e));
+            }
         };
         match handle_one(handler, item).await {
             Some((id, outcome)) => {
+                *errors += usize::from(outcome.is_err());
                 let mut out = Vec::with_capacity(128);
                 write_response(&mut out, id, &outcome);
                 Reply::Body(out)

@@ -167,8 +167,10 @@ impl Sink {
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Event {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(e) = lock(&self.state.received).iter().find(|e| pred(e)) {
-                return e.clone();
+            // Clone first: the predicate may call back into the sink.
+            let received = lock(&self.state.received).clone();
+            if let Some(e) = received.into_iter().find(|e| pred(e)) {
+                return e;
             }
             assert!(
                 Instant::now() < deadline,

@@ -1,0 +1,109 @@
+//! usersvc reporting to Riemann (the testbed's protocol sink): heartbeat with a TTL and metrics;
+//! its heartbeat expires when the service dies; a Riemann outage does not affect requests.
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use testbed::Usersvc;
+use testbed::riemann::{Fault, Sink};
+
+fn reporting(sink: &Sink) -> Usersvc {
+    Usersvc::start_with(
+        env!("CARGO_BIN_EXE_usersvc").as_ref(),
+        &[
+            "--riemann",
+            &sink.tcp_addr().to_string(),
+            "--riemann-interval",
+            "200ms",
+        ],
+    )
+}
+
+fn named<'a>(name: &'a str) -> impl Fn(&riemann_probe::Event) -> bool + 'a {
+    move |e| e.service.as_deref() == Some(name)
+}
+
+#[test]
+fn heartbeat_and_metrics_then_expiry_when_killed() {
+    let sink = Sink::start();
+    let mut s = reporting(&sink);
+    let hb = sink.wait_for(Duration::from_secs(10), named("usersvc heartbeat"));
+    assert_eq!(hb.state.as_deref(), Some("ok"));
+    assert!(
+        (hb.ttl.unwrap_or(0.0) - 0.6).abs() < 1e-6,
+        "ttl = 3 x interval: {hb:?}"
+    );
+    for name in [
+        "usersvc latency p50",
+        "usersvc latency p95",
+        "usersvc latency p99",
+        "usersvc journal depth",
+    ] {
+        sink.wait_for(Duration::from_secs(10), named(name));
+    }
+    let breaker = sink.wait_for(Duration::from_secs(10), named("usersvc breaker"));
+    assert_eq!(
+        (breaker.state.as_deref(), breaker.description.as_deref()),
+        (Some("ok"), Some("closed"))
+    );
+
+    for _ in 0..20 {
+        s.result("ping", Value::Null);
+    }
+    s.call("no_such_method", Value::Null);
+    sink.wait_for(Duration::from_secs(10), |e| {
+        e.service.as_deref() == Some("usersvc requests rate") && e.metric().unwrap_or(0.0) > 0.0
+    });
+    sink.wait_for(Duration::from_secs(10), |e| {
+        e.service.as_deref() == Some("usersvc errors rate") && e.metric().unwrap_or(0.0) > 0.0
+    });
+    assert!(
+        sink.expired()
+            .iter()
+            .all(|e| e.service.as_deref() != Some("usersvc heartbeat")),
+        "alive: no expiry"
+    );
+
+    s.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sink
+        .expired()
+        .iter()
+        .any(|e| e.service.as_deref() == Some("usersvc heartbeat"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "heartbeat never expired: {:?}",
+            sink.expired()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn riemann_outage_does_not_touch_requests() {
+    let sink = Sink::start();
+    let mut s = reporting(&sink);
+    sink.wait_for(Duration::from_secs(10), named("usersvc heartbeat"));
+    for fault in [Fault::Stall, Fault::NotOk("overloaded".into())] {
+        sink.set_fault(fault);
+        for i in 0..200 {
+            s.result("put_user", json!({"user": {"id": format!("u{i}")}}));
+        }
+        assert_eq!(
+            s.result("get_users", Value::Null).as_array().map(Vec::len),
+            Some(200)
+        );
+    }
+    sink.set_fault(Fault::None);
+    sink.down();
+    for _ in 0..200 {
+        s.result("ping", Value::Null);
+    }
+    assert_eq!(s.get("/health").status, 200);
+    sink.up();
+    let n = sink.received().len();
+    sink.wait_for(Duration::from_secs(15), |_| sink.received().len() > n + 5);
+    // SIGTERM flushes the probe and still exits 0.
+    assert_eq!(s.terminate().code(), Some(0), "{}", s.log());
+    assert!(s.log().contains("Riemann probe flushed"), "{}", s.log());
+}
