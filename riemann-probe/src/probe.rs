@@ -112,7 +112,9 @@ impl Probe {
             s.unreported.fetch_add(1, Ordering::Relaxed);
         }
         q.push_back(event);
-        if q.len() >= s.batch {
+        // Wake the sender only when a batch just filled up: past that it is busy or about to
+        // look again, and a futex wake on every call would cost more than the rest of `send`.
+        if q.len() == s.batch {
             s.wake.notify_one();
         }
     }
@@ -149,10 +151,11 @@ fn jitter(seed: &mut u64, max: Duration) -> Duration {
     Duration::from_nanos(*seed % nanos)
 }
 
-/// Puts a batch that could not be sent back at the front, dropping the oldest if it no longer fits.
-fn requeue(s: &Shared, batch: Vec<Event>) {
+/// Puts events that could not be sent back at the front of the queue, dropping the oldest of
+/// them if they no longer fit.
+fn requeue(s: &Shared, events: impl DoubleEndedIterator<Item = Event>) {
     let mut q = lock(&s.queue);
-    for e in batch.into_iter().rev() {
+    for e in events.rev() {
         if q.len() >= s.capacity {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             s.unreported.fetch_add(1, Ordering::Relaxed);
@@ -167,16 +170,23 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
     let mut backoff = cfg.backoff_min;
     let mut retry_at = Instant::now();
     let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
+    // Taken from the queue in one O(1) swap, so `send` callers never wait behind a long drain.
+    let mut pending: VecDeque<Event> = VecDeque::with_capacity(s.capacity);
     loop {
         let stopping = s.stop.load(Ordering::Acquire);
-        let deadline = *lock(&s.deadline);
-        if stopping && deadline.is_some_and(|d| Instant::now() >= d) {
-            let left = std::mem::take(&mut *lock(&s.queue)).len() as u64;
-            s.dropped.fetch_add(left, Ordering::Relaxed);
+        if stopping && lock(&s.deadline).is_some_and(|d| Instant::now() >= d) {
+            let left = std::mem::take(&mut *lock(&s.queue)).len() + pending.len();
+            s.dropped.fetch_add(left as u64, Ordering::Relaxed);
             return;
         }
-        // Wait for a full batch, the flush interval, or shutdown.
-        let mut batch: Vec<Event> = {
+        // Disconnected and backing off: leave events in the queue, where the drop-oldest policy
+        // applies to all of them.
+        let now = Instant::now();
+        if client.is_none() && now < retry_at {
+            std::thread::sleep((retry_at - now).min(cfg.flush_every));
+            continue;
+        }
+        if pending.is_empty() {
             let mut q = lock(&s.queue);
             let until = Instant::now() + cfg.flush_every;
             while q.len() < s.batch && !s.stop.load(Ordering::Acquire) {
@@ -190,12 +200,11 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            let n = q.len().min(s.batch);
-            q.drain(..n).collect()
-        };
+            std::mem::swap(&mut *q, &mut pending);
+        }
         let unreported = s.unreported.swap(0, Ordering::Relaxed);
         if unreported > 0 {
-            batch.push(
+            pending.push_back(
                 event(cfg.drop_service.clone())
                     .state("warning")
                     .metric(unreported)
@@ -203,20 +212,13 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
                     .build(),
             );
         }
-        if batch.is_empty() {
+        if pending.is_empty() {
             if stopping {
                 return;
             }
             continue;
         }
         if client.is_none() {
-            let now = Instant::now();
-            if now < retry_at {
-                requeue(&s, batch);
-                let nap = (retry_at - now).min(cfg.flush_every);
-                std::thread::sleep(nap);
-                continue;
-            }
             match Client::connect(&cfg.client) {
                 Ok(c) => {
                     client = Some(c);
@@ -228,21 +230,22 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
                         + backoff / 2
                         + jitter(&mut seed, backoff / 2 + Duration::from_nanos(1));
                     backoff = (backoff * 2).min(cfg.backoff_max);
-                    requeue(&s, batch);
+                    requeue(&s, pending.drain(..));
                     continue;
                 }
             }
         }
-        let n = batch.len() as u64;
-        let result = client.as_mut().map(|c| c.send(&batch));
-        match result {
-            Some(Ok(())) => {
-                s.sent.fetch_add(n, Ordering::Relaxed);
-            }
-            _ => {
+        while !pending.is_empty() {
+            let n = pending.len().min(s.batch);
+            let batch: Vec<Event> = pending.drain(..n).collect();
+            let result = client.as_mut().map(|c| c.send(&batch));
+            if let Some(Ok(())) = result {
+                s.sent.fetch_add(n as u64, Ordering::Relaxed);
+            } else {
                 client = None;
                 retry_at = Instant::now() + jitter(&mut seed, backoff);
-                requeue(&s, batch);
+                requeue(&s, batch.into_iter().chain(pending.drain(..)));
+                break;
             }
         }
     }

@@ -153,6 +153,10 @@ impl Sink {
         lock(&self.state.received).clone()
     }
 
+    pub fn received_count(&self) -> usize {
+        lock(&self.state.received).len()
+    }
+
     /// `expired` events the reaper emitted, in order.
     pub fn expired(&self) -> Vec<Event> {
         lock(&self.state.expired).clone()

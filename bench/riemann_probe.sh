@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# riemann-probe's Probe vs riemann-c-client streaming (-0) the same N events to the same sink
+# (the testbed's protocol sink, standing in for Riemann), in one run: events/s each, the ratio,
+# and the caller's cost of one Probe::send (median and p99).
+set -euo pipefail
+cd "$(dirname "$0")"
+N=${N:-100000}
+command -v riemann-client >/dev/null || { echo "riemann-client missing: make peers" >&2; exit 1; }
+cargo build -q --release --manifest-path ../Cargo.toml -p testbed --bin riemann-sink
+cargo build -q --release --manifest-path ../Cargo.toml -p riemann-probe --example probe_bench
+tmp=$(mktemp -d)
+mkfifo "$tmp/in"
+../target/release/riemann-sink < "$tmp/in" > "$tmp/out" &
+sink=$!
+exec 3> "$tmp/in"
+cleanup() { exec 3>&-; kill "$sink" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+for _ in $(seq 100); do [ -s "$tmp/out" ] && break; sleep 0.05; done
+addr=$(sed -n 's/^tcp=\([^ ]*\).*/\1/p' "$tmp/out")
+port=${addr##*:}
+
+ours=$(../target/release/examples/probe_bench "$addr" "$N")
+seq 1 "$N" > "$tmp/metrics"
+start=$(date +%s.%N)
+riemann-client send -0 -S bench -h bench-host -s ok -L 60 127.0.0.1 "$port" < "$tmp/metrics"
+end=$(date +%s.%N)
+echo >&3
+sleep 0.2
+received=$(tail -1 "$tmp/out" | awk '{print $2}')
+[ "$received" -ge $((2 * N)) ] || { echo "sink got $received of $((2 * N)) events" >&2; exit 1; }
+
+peer_rate=$(awk -v n="$N" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", n / (e - s) }')
+ours_rate=$(echo "$ours" | sed -n 's/.*events_per_s=\([0-9]*\).*/\1/p')
+printf '%-18s %12s\n' sender events/s
+printf '%-18s %12s\n' riemann-probe "$ours_rate" riemann-c-client "$peer_rate"
+awk -v o="$ours_rate" -v p="$peer_rate" 'BEGIN { printf "ratio events/s ours/peer = %.1f\n", o / p }'
+echo "$ours" | sed -n 's/.*send_p50_ns=\([0-9]*\) send_p99_ns=\([0-9]*\).*/Probe::send cost: median \1 ns, p99 \2 ns/p'
