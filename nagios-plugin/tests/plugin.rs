@@ -515,3 +515,73 @@ fn arguments_help_and_version_are_unknown() {
         assert!(!out.stdout.is_empty(), "{flag} prints to stdout");
     }
 }
+
+#[test]
+fn https_with_verification_a_private_ca_and_insecure() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [ca, cert, key, _, _] = testbed::riemann::make_certs(dir.path());
+    let s = Canned::start_tls(&cert, &key, |seen: &Seen| {
+        Reply::json(
+            json!({"jsonrpc": "2.0", "result": "pong", "id": seen.json()["id"]}).to_string(),
+        )
+    });
+    let p = s.port().to_string();
+    let ca = ca.display().to_string();
+    // The certificate is for 127.0.0.1 and localhost, signed by our CA.
+    expect(
+        &["-H", "localhost", "-p", &p, "-S", "--ca-file", &ca],
+        0,
+        "OK",
+        "pong",
+    );
+    expect(
+        &["-H", "127.0.0.1", "-p", &p, "-S", "--ca-file", &ca],
+        0,
+        "OK",
+        "pong",
+    );
+    // -I connects to the address while SNI and verification use -H.
+    expect(
+        &[
+            "-H",
+            "localhost",
+            "-I",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-S",
+            "--ca-file",
+            &ca,
+        ],
+        0,
+        "OK",
+        "pong",
+    );
+    // Not trusted by the built-in roots: a TLS failure, unless verification is turned off.
+    expect(
+        &["-H", "localhost", "-p", &p, "-S"],
+        2,
+        "CRITICAL",
+        "TLS failure",
+    );
+    expect(
+        &["-H", "localhost", "-p", &p, "-S", "--insecure"],
+        0,
+        "OK",
+        "pong",
+    );
+    expect(
+        &[
+            "-H",
+            "localhost",
+            "-p",
+            &p,
+            "-S",
+            "--ca-file",
+            "/nonexistent.pem",
+        ],
+        3,
+        "UNKNOWN",
+        "--ca-file",
+    );
+}

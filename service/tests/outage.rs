@@ -166,3 +166,34 @@ fn a_journal_cut_short_replays_its_intact_prefix() {
         4
     );
 }
+
+#[test]
+fn a_conflict_found_on_replay_is_reported_not_dropped_silently() {
+    let mut pg = Postgres::start();
+    let s = on(&pg);
+    s.result("put_user", json!({"user": {"id": "x", "v": 0}}));
+    pg.stop();
+    // Both pass the check against the last known state (rev 1); only the first can win.
+    for v in [1, 2] {
+        let r = s.call("put_user", json!({"user": {"id": "x", "v": v}, "rev": 1}));
+        assert_eq!(r["result"]["queued"], true, "{r}");
+    }
+    pg.restart();
+    eventually("the journal is replayed", || {
+        s.get("/health").json()["journal_depth"] == 0
+    });
+    let h = s.get("/health").json();
+    assert_eq!(
+        (h["replayed_total"].clone(), h["replay_conflicts"].clone()),
+        (json!(1), json!(1)),
+        "{h}"
+    );
+    assert!(
+        s.log()
+            .contains("queued write could not be applied on replay"),
+        "{}",
+        s.log()
+    );
+    let (rev, doc) = stored(&pg, "x");
+    assert_eq!((rev, doc["v"].clone()), (2, json!(1)));
+}

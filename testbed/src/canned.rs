@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -56,6 +57,35 @@ impl Seen {
 
 impl Canned {
     pub fn start(respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_inner(None, respond)
+    }
+
+    /// The same over HTTPS with this certificate and key (PEM files).
+    pub fn start_tls(
+        cert: &Path,
+        key: &Path,
+        respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .unwrap_or_else(|e| panic!("{}: {e}", cert.display()));
+        let key =
+            PrivateKeyDer::from_pem_file(key).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .unwrap_or_else(|e| panic!("TLS server config: {e}"));
+        Self::start_inner(Some(Arc::new(config)), respond)
+    }
+
+    fn start_inner(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener
             .local_addr()
@@ -70,9 +100,16 @@ impl Canned {
                 }
                 let Ok(conn) = conn else { continue };
                 let respond = respond.clone();
+                let tls = tls.clone();
                 std::thread::spawn(move || {
                     // Errors here are the client hanging up, which several tests provoke.
-                    let _ = serve(conn, respond.as_ref());
+                    let _ = match tls {
+                        None => serve(conn, respond.as_ref()),
+                        Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                            Ok(sc) => serve(rustls::StreamOwned::new(sc, conn), respond.as_ref()),
+                            Err(_) => Ok(()),
+                        },
+                    };
                 });
             }
         });
@@ -95,8 +132,8 @@ impl Drop for Canned {
     }
 }
 
-fn serve(conn: TcpStream, respond: &dyn Fn(&Seen) -> Reply) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
+fn serve(conn: impl Read + Write, respond: &dyn Fn(&Seen) -> Reply) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn);
     let mut head = String::new();
     let mut length = 0usize;
     loop {
@@ -117,10 +154,10 @@ fn serve(conn: TcpStream, respond: &dyn Fn(&Seen) -> Reply) -> std::io::Result<(
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     let reply = respond(&Seen { head, body });
-    write_reply(conn, reply)
+    write_reply(reader.get_mut(), reply)
 }
 
-fn write_reply(mut conn: TcpStream, reply: Reply) -> std::io::Result<()> {
+fn write_reply(conn: &mut impl Write, reply: Reply) -> std::io::Result<()> {
     match reply {
         Reply::Raw(bytes) => conn.write_all(&bytes)?,
         Reply::After(d, inner) => {
@@ -160,6 +197,6 @@ fn write_reply(mut conn: TcpStream, reply: Reply) -> std::io::Result<()> {
             }
         }
     }
-    conn.flush()?;
-    conn.shutdown(std::net::Shutdown::Both)
+    // The connection closes when the stream is dropped ("Connection: close").
+    conn.flush()
 }
