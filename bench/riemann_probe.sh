@@ -35,3 +35,34 @@ printf '%-18s %12s\n' sender events/s
 printf '%-18s %12s\n' riemann-probe "$ours_rate" riemann-c-client "$peer_rate"
 awk -v o="$ours_rate" -v p="$peer_rate" 'BEGIN { printf "ratio events/s ours/peer = %.1f\n", o / p }'
 echo "$ours" | sed -n 's/.*send_p50_ns=\([0-9]*\) send_p99_ns=\([0-9]*\).*/Probe::send cost: median \1 ns, p99 \2 ns/p'
+
+# usersvc's request latency with Riemann up, down (nothing listening) and not configured at all,
+# side by side under wrk: reporting must cost requests nothing.
+command -v wrk >/dev/null || { echo "wrk missing: make peers" >&2; exit 1; }
+cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
+DURATION=${DURATION:-5s}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+closed=$(free_port)
+cat > "$tmp/ping.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"jsonrpc":"2.0","method":"ping","id":1}'
+LUA
+printf '\n%-16s %12s %10s %10s\n' riemann req/s p50_ms p99_ms
+for mode in none up down; do
+  port=$(free_port)
+  case $mode in
+    none) extra=() ;;
+    up) extra=(--riemann "$addr" --riemann-interval 1s) ;;
+    down) extra=(--riemann "127.0.0.1:$closed" --riemann-interval 1s) ;;
+  esac
+  ../target/release/usersvc --listen "127.0.0.1:$port" --database-url "sqlite://$tmp/$mode.db" \
+    --journal "$tmp/$mode.journal" --log error "${extra[@]}" 2>/dev/null &
+  svc=$!
+  wait_port "$port"
+  out=$(wrk -t1 -c32 -d"$DURATION" --latency -s "$tmp/ping.lua" "http://127.0.0.1:$port/")
+  kill "$svc"; wait "$svc" 2>/dev/null || true
+  printf '%-16s %12s %10s %10s\n' "$mode" "$(echo "$out" | awk '/^Requests\/sec/ {print $2}')" \
+    "$(echo "$out" | awk '$1 == "50%" {print $2}')" "$(echo "$out" | awk '$1 == "99%" {print $2}')"
+done
