@@ -10,6 +10,7 @@ pub mod http;
 pub mod postgres;
 pub mod process;
 pub mod riemann;
+pub mod sshd;
 pub mod usersvc;
 
 pub use postgres::Postgres;

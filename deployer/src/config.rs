@@ -1,0 +1,308 @@
+//! `deploy.toml`: the schema of DESIGN.md, strict (an unknown key is an error that names it),
+//! with paths relative to the file and `~` expanded.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub application: String,
+    pub deploy_to: String,
+    #[serde(default = "default_keep")]
+    pub keep_releases: usize,
+    /// The directory that becomes a release (relative to the config file).
+    pub source: PathBuf,
+    /// Run locally before upload.
+    pub build: Option<String>,
+    #[serde(default)]
+    pub shared_dirs: Vec<String>,
+    #[serde(default)]
+    pub shared_files: Vec<String>,
+    #[serde(default)]
+    pub ssh: Ssh,
+    pub hosts: Vec<Host>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    pub health: Option<Health>,
+    pub riemann: Option<Riemann>,
+}
+
+fn default_keep() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// [default: $USER]
+    pub user: Option<String>,
+    /// [default: 22]
+    pub port: Option<u16>,
+    /// Private key file; agent authentication when left out.
+    pub identity: Option<PathBuf>,
+    /// [default: ~/.ssh/known_hosts]
+    pub known_hosts: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// `name` or `name:port`.
+    pub address: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub deploy_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default)]
+    pub before_publish: Vec<String>,
+    #[serde(default)]
+    pub after_publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub url: Option<String>,
+    pub method: Option<String>,
+    pub command: Option<String>,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_interval")]
+    pub interval: String,
+}
+
+fn default_retries() -> u32 {
+    10
+}
+
+fn default_interval() -> String {
+    "1s".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Riemann {
+    pub server: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_owned(),
+    }
+}
+
+/// `~/x` → `$HOME/x`; a relative path is taken from the config file's directory.
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    let p = expand_home(p);
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+/// One host, resolved: where to connect and where to deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The address as written in the config (used to name the host in output).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub deploy_to: String,
+    pub roles: Vec<String>,
+}
+
+impl Config {
+    /// Reads and checks `path`; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut cfg: Config =
+            toml::from_str(&text).map_err(|e| invalid(e.to_string().trim().to_owned()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        cfg.source = resolve(&base, &cfg.source);
+        cfg.ssh.identity = cfg.ssh.identity.as_deref().map(|p| resolve(&base, p));
+        cfg.ssh.known_hosts = cfg.ssh.known_hosts.as_deref().map(|p| resolve(&base, p));
+        cfg.check().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.hosts.is_empty() {
+            return Err("no [[hosts]]: add at least one `[[hosts]] address = \"app1:22\"`".into());
+        }
+        if self.keep_releases == 0 {
+            return Err("keep_releases must be at least 1".into());
+        }
+        for d in std::iter::once(&self.deploy_to)
+            .chain(self.hosts.iter().filter_map(|h| h.deploy_to.as_ref()))
+        {
+            if !d.starts_with('/') {
+                return Err(format!("deploy_to {d:?} must be an absolute path"));
+            }
+        }
+        for s in self.shared_dirs.iter().chain(&self.shared_files) {
+            if s.starts_with('/') || s.split('/').any(|c| c == "..") || s.is_empty() {
+                return Err(format!(
+                    "shared path {s:?} must be relative to the release, without '..'"
+                ));
+            }
+        }
+        for h in &self.hosts {
+            self.split_address(&h.address)?;
+        }
+        Ok(())
+    }
+
+    fn split_address(&self, address: &str) -> Result<(String, u16), String> {
+        let default = self.ssh.port.unwrap_or(22);
+        // [v6]:port, host:port, or a bare host
+        if let Some(rest) = address.strip_prefix('[') {
+            let (h, p) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("bad address {address:?}"))?;
+            let port = match p.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("bad port in {address:?}"))?,
+                None => default,
+            };
+            return Ok((h.to_owned(), port));
+        }
+        match address.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => Ok((
+                h.to_owned(),
+                p.parse().map_err(|_| format!("bad port in {address:?}"))?,
+            )),
+            _ => Ok((address.to_owned(), default)),
+        }
+    }
+
+    /// The hosts to act on: all, or those named in `names` and/or having `role`.
+    pub fn targets(&self, names: &[String], role: Option<&str>) -> Result<Vec<Target>, String> {
+        for n in names {
+            if !self.hosts.iter().any(|h| {
+                &h.address == n
+                    || self
+                        .split_address(&h.address)
+                        .is_ok_and(|(host, _)| &host == n)
+            }) {
+                return Err(format!("--hosts {n:?} is not in the config"));
+            }
+        }
+        let mut out = Vec::new();
+        for h in &self.hosts {
+            let (host, port) = self.split_address(&h.address)?;
+            let named = names.is_empty() || names.iter().any(|n| n == &h.address || n == &host);
+            let has_role = role.is_none_or(|r| h.roles.iter().any(|x| x == r));
+            if named && has_role {
+                out.push(Target {
+                    name: h.address.clone(),
+                    host,
+                    port,
+                    deploy_to: h
+                        .deploy_to
+                        .clone()
+                        .unwrap_or_else(|| self.deploy_to.clone()),
+                    roles: h.roles.clone(),
+                });
+            }
+        }
+        if out.is_empty() {
+            return Err("no host matches --hosts/--role".into());
+        }
+        Ok(out)
+    }
+
+    pub fn user(&self) -> String {
+        self.ssh
+            .user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "root".into())
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| expand_home(Path::new("~/.ssh/known_hosts")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("deploy.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(&path)
+    }
+
+    const MINIMAL: &str = "application = \"usersvc\"\ndeploy_to = \"/srv/usersvc\"\nsource = \"dist\"\n[[hosts]]\naddress = \"app1:2222\"\nroles = [\"app\"]\n[[hosts]]\naddress = \"db1\"\ndeploy_to = \"/srv/other\"\n";
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deploy.toml");
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.application, "usersvc");
+        assert!(cfg.source.is_absolute());
+    }
+
+    #[test]
+    fn defaults_targets_and_selection() {
+        let cfg = load(MINIMAL).expect("valid");
+        assert_eq!(cfg.keep_releases, 5);
+        let all = cfg.targets(&[], None).expect("all");
+        assert_eq!(
+            all.iter()
+                .map(|t| (t.host.as_str(), t.port, t.deploy_to.as_str()))
+                .collect::<Vec<_>>(),
+            [("app1", 2222, "/srv/usersvc"), ("db1", 22, "/srv/other")]
+        );
+        assert_eq!(cfg.targets(&[], Some("app")).expect("role").len(), 1);
+        assert_eq!(
+            cfg.targets(&["db1".into()], None).expect("named")[0].host,
+            "db1"
+        );
+        assert!(cfg.targets(&["nope".into()], None).is_err());
+        assert!(cfg.targets(&[], Some("web")).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = load(&format!("{MINIMAL}\nkeep_relases = 3\n")).expect_err("typo");
+        assert!(e.to_string().contains("keep_relases"), "{e}");
+        let e = load(&MINIMAL.replace(
+            "[[hosts]]\naddress = \"db1\"",
+            "[[hosts]]\nadress = \"db1\"",
+        ))
+        .expect_err("typo");
+        assert!(e.to_string().contains("adress"), "{e}");
+        assert!(load(&MINIMAL.replace("/srv/usersvc", "srv")).is_err());
+        assert!(load(&format!("shared_dirs = [\"../etc\"]\n{MINIMAL}")).is_err());
+        assert!(
+            load("application = \"x\"\ndeploy_to = \"/x\"\nsource = \"d\"\nhosts = []\n").is_err()
+        );
+    }
+}

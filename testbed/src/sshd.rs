@@ -1,0 +1,171 @@
+//! Real OpenSSH servers on loopback, one per 127.0.0.N address (each behaves as its own host):
+//! a fresh host key, a client key authorized for the target user, a known_hosts file with the
+//! host's key, and a `deploy_to` directory of its own. Killed on drop.
+
+use crate::process::Peer;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Sshd {
+    pub addr: String,
+    pub ip: String,
+    pub port: u16,
+    /// The user that logs in (root, or the current user when not root).
+    pub user: String,
+    /// Private key authorized for `user`.
+    pub identity: PathBuf,
+    /// A known_hosts file holding this server's key.
+    pub known_hosts: PathBuf,
+    /// A directory the user may write, for `deploy_to`.
+    pub deploy_root: PathBuf,
+    peer: Option<Peer>,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn run(what: &str, cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{what}: {e} (install OpenSSH with `apt-get install openssh-server openssh-client`; make test does)")
+    });
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn keygen(path: &Path) {
+    run(
+        "ssh-keygen",
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path),
+    );
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+}
+
+impl Sshd {
+    /// Starts sshd on `127.0.0.{n}` (n ≥ 1).
+    pub fn start(n: u8) -> Self {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "sshd is missing: install it with `apt-get install openssh-server` (make test does)"
+        );
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let d = dir.path();
+        let ip = format!("127.0.0.{n}");
+        keygen(&d.join("host_ed25519"));
+        keygen(&d.join("client_ed25519"));
+        let pubkey =
+            std::fs::read_to_string(d.join("client_ed25519.pub")).unwrap_or_else(|e| panic!("{e}"));
+        let authorized = d.join("authorized_keys");
+        std::fs::write(&authorized, pubkey).unwrap_or_else(|e| panic!("{e}"));
+        let deploy_root = d.join("srv");
+        std::fs::create_dir_all(&deploy_root).unwrap_or_else(|e| panic!("{e}"));
+        // sshd reads these as the target user; keep them readable (StrictModes is off).
+        let _ = Command::new("chmod").args(["755"]).arg(d).status();
+        let _ = Command::new("chmod")
+            .args(["644"])
+            .arg(&authorized)
+            .status();
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        let config = d.join("sshd_config");
+        let mut sshd = Self {
+            addr: String::new(),
+            ip,
+            port: 0,
+            user,
+            identity: d.join("client_ed25519"),
+            known_hosts: d.join("known_hosts"),
+            deploy_root,
+            peer: None,
+            config,
+            dir,
+        };
+        sshd.launch(None);
+        sshd
+    }
+
+    /// Starts sshd on `port`, or on a free one.
+    fn launch(&mut self, port: Option<u16>) {
+        let d = self.dir.path().to_owned();
+        self.port = port.unwrap_or_else(|| free_port(&self.ip));
+        self.addr = format!("{}:{}", self.ip, self.port);
+        let cfg = format!(
+            "Port {port}\nListenAddress {ip}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n",
+            port = self.port,
+            ip = self.ip,
+            d = d.display()
+        );
+        std::fs::write(&self.config, cfg).unwrap_or_else(|e| panic!("{e}"));
+        run(
+            "sshd -t",
+            Command::new("/usr/sbin/sshd")
+                .arg("-t")
+                .arg("-f")
+                .arg(&self.config),
+        );
+        let mut cmd = Command::new("/usr/sbin/sshd");
+        cmd.args(["-D", "-e", "-f"]).arg(&self.config);
+        self.peer = Some(Peer::spawn("sshd", cmd));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd on {} never listened",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let scan = run(
+            "ssh-keyscan",
+            Command::new("ssh-keyscan").args([
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                "ed25519",
+                &self.ip,
+            ]),
+        );
+        std::fs::write(&self.known_hosts, scan.stdout).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Kills the server: the host is gone (mid-deploy, for tests).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.peer.take() {
+            p.kill();
+        }
+    }
+
+    /// Gives the host a new key (as a reinstalled or impersonated host would have); the
+    /// known_hosts file keeps the old one.
+    pub fn change_host_key(&mut self) {
+        let saved = std::fs::read(&self.known_hosts).unwrap_or_default();
+        self.kill();
+        let key = self.dir.path().join("host_ed25519");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        keygen(&key);
+        // Same address and port: known_hosts entries are keyed by [ip]:port.
+        self.launch(Some(self.port));
+        std::fs::write(&self.known_hosts, saved).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The server's own log (stderr).
+    pub fn log(&self) -> String {
+        self.peer.as_ref().map(Peer::log).unwrap_or_default()
+    }
+}
