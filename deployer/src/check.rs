@@ -36,16 +36,22 @@ if [ -d \"$d/.deploy/lock\" ]; then echo lock=held; cat \"$d/.deploy/lock/owner\
     )
 }
 
+impl HostReport {
+    fn new(t: &Target, problem: Option<String>) -> Self {
+        Self {
+            name: t.name.clone(),
+            deploy_to: t.deploy_to.clone(),
+            reachable: false,
+            dir_exists: false,
+            writable: false,
+            lock: None,
+            problem,
+        }
+    }
+}
+
 pub fn check_host(t: &Target, ssh: &SshSettings) -> HostReport {
-    let mut r = HostReport {
-        name: t.name.clone(),
-        deploy_to: t.deploy_to.clone(),
-        reachable: false,
-        dir_exists: false,
-        writable: false,
-        lock: None,
-        problem: None,
-    };
+    let mut r = HostReport::new(t, None);
     let remote = match Remote::connect(&t.name, &t.host, t.port, ssh) {
         Ok(remote) => remote,
         Err(e) => {
@@ -104,14 +110,8 @@ pub fn check_all(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<
                 .into_iter()
                 .zip(chunk)
                 .map(|(h, t)| {
-                    h.join().unwrap_or_else(|_| HostReport {
-                        name: t.name.clone(),
-                        deploy_to: t.deploy_to.clone(),
-                        reachable: false,
-                        dir_exists: false,
-                        writable: false,
-                        lock: None,
-                        problem: Some("internal error while checking".into()),
+                    h.join().unwrap_or_else(|_| {
+                        HostReport::new(t, Some("internal error while checking".into()))
                     })
                 })
                 .collect()

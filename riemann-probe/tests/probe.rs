@@ -2,7 +2,7 @@
 //! memory, drops counted and reported), expiry of a heartbeat that stops.
 
 use riemann_probe::{ClientConfig, Heartbeat, Probe, ProbeConfig, event};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testbed::riemann::{Fault, Sink};
 
 fn probe_to(sink: &Sink, capacity: usize) -> Probe {
@@ -19,11 +19,7 @@ fn probe_to(sink: &Sink, capacity: usize) -> Probe {
 }
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    testbed::eventually(what, Duration::from_secs(20), f);
 }
 
 #[test]

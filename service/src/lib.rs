@@ -115,15 +115,7 @@ pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeErro
     };
     let list: Vec<serde_json::Value> = serde_json::from_slice(&text)
         .map_err(|e| bad(format!("not a JSON array of users: {e}")))?;
-    let mut seen = std::collections::HashSet::new();
-    let mut valid = Vec::with_capacity(list.len());
-    for (i, u) in list.into_iter().enumerate() {
-        let user = users::validate(u).map_err(|e| bad(format!("user #{i}: {e}")))?;
-        if !seen.insert(user.id.clone()) {
-            return Err(bad(format!("user #{i}: id {:?} appears twice", user.id)));
-        }
-        valid.push(user);
-    }
+    let valid = users::validate_list(list, false).map_err(bad)?;
     // Straight to the store in one transaction: an import is all or nothing, never queued.
     let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

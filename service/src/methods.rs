@@ -3,7 +3,7 @@
 //! (a test checks it).
 
 use crate::rpc::{Handler, Params, RawJson, RpcError};
-use crate::users::{NewUser, UserError, Users, Written, codes, kind, validate};
+use crate::users::{NewUser, UserError, Users, Written, codes, kind, validate, validate_list};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -208,21 +208,7 @@ fn put_users_params(params: Params) -> Result<Vec<NewUser>, RpcError> {
         Params::Array(a) => a,
         Params::None => return Err(RpcError::invalid_params("\"users\" is required")),
     };
-    let mut seen = std::collections::HashSet::with_capacity(list.len());
-    list.into_iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let user =
-                validate(u).map_err(|e| RpcError::invalid_params(format!("users[{i}]: {e}")))?;
-            if !seen.insert(user.id.clone()) {
-                return Err(RpcError::invalid_params(format!(
-                    "users[{i}]: id {:?} appears twice",
-                    user.id
-                )));
-            }
-            Ok(user)
-        })
-        .collect()
+    validate_list(list, false).map_err(RpcError::invalid_params)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! ones that changed, in one transaction. A bad payload, an HTTP error, a timeout or an oversized
 //! body is logged and counted and changes nothing.
 
-use crate::users::{NewUser, Users, validate};
+use crate::users::{NewUser, Users, validate_list};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -64,24 +64,7 @@ fn fetch(cfg: &PullConfig) -> Result<Vec<NewUser>, PullError> {
         .map_err(|e| fetch_err(e.to_string()))?;
     let list: Vec<serde_json::Value> =
         serde_json::from_slice(&body).map_err(|e| PullError::Payload(e.to_string()))?;
-    let mut seen = std::collections::HashSet::with_capacity(list.len());
-    list.into_iter()
-        .enumerate()
-        .map(|(i, u)| {
-            // An upstream user without an id would get a new one on every pull: refuse it.
-            if u.get("id").is_none_or(serde_json::Value::is_null) {
-                return Err(PullError::Payload(format!("user #{i} has no \"id\"")));
-            }
-            let user = validate(u).map_err(|e| PullError::Payload(format!("user #{i}: {e}")))?;
-            if !seen.insert(user.id.clone()) {
-                return Err(PullError::Payload(format!(
-                    "user #{i}: id {:?} appears twice",
-                    user.id
-                )));
-            }
-            Ok(user)
-        })
-        .collect()
+    validate_list(list, true).map_err(PullError::Payload)
 }
 
 /// One pull: fetch, then write what changed in one transaction. Returns how many changed.

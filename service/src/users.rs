@@ -91,6 +91,26 @@ pub fn validate(user: Value) -> Result<NewUser, UserError> {
     Ok(NewUser { id, doc })
 }
 
+/// Validates a list of users as one unit (bulk write, import, pull): every user valid, no id twice.
+/// `require_ids`: refuse users without an id (a source pulled again would mint new ones each time).
+/// The error names the user by position: `user #3: …`.
+pub fn validate_list(list: Vec<Value>, require_ids: bool) -> Result<Vec<NewUser>, String> {
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    list.into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            if require_ids && u.get("id").is_none_or(Value::is_null) {
+                return Err(format!("user #{i} has no \"id\""));
+            }
+            let user = validate(u).map_err(|e| format!("user #{i}: {e}"))?;
+            if !seen.insert(user.id.clone()) {
+                return Err(format!("user #{i}: id {:?} appears twice", user.id));
+            }
+            Ok(user)
+        })
+        .collect()
+}
+
 pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -3,7 +3,7 @@
 //! even across a kill -9 or a journal whose last record was cut short.
 
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testbed::{Postgres, Usersvc};
 
 fn on(pg: &Postgres) -> Usersvc {
@@ -22,11 +22,7 @@ fn on(pg: &Postgres) -> Usersvc {
 }
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    testbed::eventually(what, Duration::from_secs(20), f);
 }
 
 /// Writes `n = from..to` to user "seq"; each answer must say it was queued.

@@ -1,20 +1,15 @@
 //! usersvc on a real PostgreSQL cluster: same code path as SQLite, several instances consistent.
 
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testbed::{Postgres, Usersvc};
 
 fn on(pg: &Postgres) -> Usersvc {
     Usersvc::start_on(env!("CARGO_BIN_EXE_usersvc").as_ref(), Some(&pg.url()), &[])
 }
 
-/// Polls until `f` holds (another instance learns of a write asynchronously).
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    testbed::eventually(what, Duration::from_secs(10), f);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! throwaway configuration in a temp dir. A test defines services (a check command line per
 //! service), the core runs each check once, and the fixture returns what the core recorded.
 
-use crate::process::Peer;
+use crate::process::{Peer, is_root};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,14 +22,6 @@ fn require(bin: &str, package: &str) {
         Path::new(bin).exists(),
         "{bin} is missing: install it with `apt-get install {package}` (make test does, as root)"
     );
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::geteuid() == 0
-    }
 }
 
 fn current_user() -> String {

@@ -14,5 +14,5 @@ pub mod sshd;
 pub mod usersvc;
 
 pub use postgres::Postgres;
-pub use process::{Peer, workspace_root};
+pub use process::{Peer, eventually, is_root, workspace_root};
 pub use usersvc::Usersvc;

@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl` on a free loopback port,
 //! stopped on drop. `stop` and `start` take the store away and give it back (same data).
 
+use crate::process::is_root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -10,14 +11,6 @@ pub struct Postgres {
     running: bool,
     // Last: removed after the server stopped.
     dir: tempfile::TempDir,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::geteuid() == 0
-    }
 }
 
 /// The newest installed server's bin directory.
