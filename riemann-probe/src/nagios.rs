@@ -30,7 +30,7 @@ pub fn parse_perfdata(text: &str) -> Vec<PerfValue> {
     let mut rest = text.trim();
     while !rest.is_empty() {
         let (label, after) = if let Some(quoted) = rest.strip_prefix('\'') {
-            // Find the closing quote, skipping doubled ones.
+            // Find the closing quote; a doubled quote is a literal one.
             let bytes = quoted.as_bytes();
             let mut i = 0;
             let mut label = String::new();
