@@ -2,7 +2,7 @@
 //! throwaway configuration in a temp dir. A test defines services (a check command line per
 //! service), the core runs each check once, and the fixture returns what the core recorded.
 
-use crate::process::{Peer, is_root};
+use crate::process::{Peer, current_user, is_root};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,10 +22,6 @@ fn require(bin: &str, package: &str) {
         Path::new(bin).exists(),
         "{bin} is missing: install it with `apt-get install {package}` (make test does, as root)"
     );
-}
-
-fn current_user() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "root".into())
 }
 
 /// Makes `dir` usable by the core's unprivileged user when we are root.

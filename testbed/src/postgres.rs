@@ -1,9 +1,9 @@
 //! A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl` on a free loopback port,
 //! stopped on drop. `stop` and `start` take the store away and give it back (same data).
 
-use crate::process::is_root;
+use crate::process::{checked, free_port, is_root};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 pub struct Postgres {
     bin: PathBuf,
@@ -42,30 +42,12 @@ fn as_owner(tool: &Path) -> Command {
     }
 }
 
-fn check(what: &str, out: std::io::Result<Output>) -> Output {
-    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
 impl Postgres {
     pub fn start() -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         if is_root() {
-            check(
+            checked(
                 "chown postgres",
                 Command::new("chown")
                     .arg("postgres:")
@@ -73,7 +55,7 @@ impl Postgres {
                     .output(),
             );
         }
-        check(
+        checked(
             "initdb",
             as_owner(&bin.join("initdb"))
                 .arg("-D")
@@ -89,7 +71,7 @@ impl Postgres {
         };
         // A port found free can be taken before the server binds it: try a few.
         for attempt in 0..3 {
-            pg.port = free_port();
+            pg.port = free_port("127.0.0.1");
             match pg.try_start() {
                 Ok(()) => return pg,
                 Err(e) if attempt == 2 => panic!("pg_ctl start failed:\n{e}"),
@@ -138,7 +120,7 @@ impl Postgres {
     /// Stops the server (fast shutdown): clients lose their connections.
     pub fn stop(&mut self) {
         if self.running {
-            check(
+            checked(
                 "pg_ctl stop",
                 as_owner(&self.bin.join("pg_ctl"))
                     .arg("-D")
@@ -160,7 +142,7 @@ impl Postgres {
 
     /// Runs SQL with psql; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = check(
+        let out = checked(
             "psql",
             Command::new(self.bin.join("psql"))
                 .args([

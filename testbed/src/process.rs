@@ -15,6 +15,32 @@ pub fn is_root() -> bool {
     }
 }
 
+/// The user tests run as (peers log in or run as this user when not root).
+pub fn current_user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "root".into())
+}
+
+/// A port free on `ip` right now (a peer may still race for it: callers retry or tolerate that).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+}
+
+/// A finished setup command's output; panics with its output when it could not run or failed.
+/// `what` names the command and, where useful, how to install it.
+pub fn checked(what: &str, out: std::io::Result<std::process::Output>) -> std::process::Output {
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Polls `f` until it holds; panics naming `what` after `timeout`. For effects that happen
 /// asynchronously (another instance, a background sender), never as a timing assertion.
 pub fn eventually(what: &str, timeout: Duration, f: impl Fn() -> bool) {

@@ -426,13 +426,8 @@ pub fn make_certs(dir: &Path) -> [PathBuf; 5] {
         let out = std::process::Command::new("openssl")
             .args(args)
             .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("openssl is missing ({e}): apt-get install openssl"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .output();
+        crate::process::checked(&format!("openssl {args:?} (apt-get install openssl)"), out);
     };
     // Extensions make the certificates X.509 v3, which webpki requires.
     std::fs::write(

@@ -2,7 +2,7 @@
 //! a fresh host key, a client key authorized for the target user, a known_hosts file with the
 //! host's key, and a `deploy_to` directory of its own. Killed on drop.
 
-use crate::process::Peer;
+use crate::process::{Peer, checked, current_user, free_port};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,17 +24,11 @@ pub struct Sshd {
     dir: tempfile::TempDir,
 }
 
+const OPENSSH: &str =
+    "(install OpenSSH with `apt-get install openssh-server openssh-client`; make test does)";
+
 fn run(what: &str, cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("{what}: {e} (install OpenSSH with `apt-get install openssh-server openssh-client`; make test does)")
-    });
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    checked(&format!("{what} {OPENSSH}"), cmd.output())
 }
 
 fn keygen(path: &Path) {
@@ -44,13 +38,6 @@ fn keygen(path: &Path) {
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(path),
     );
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
 
 impl Sshd {
@@ -78,7 +65,7 @@ impl Sshd {
             .arg(&authorized)
             .status();
         let _ = std::fs::create_dir_all("/run/sshd");
-        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        let user = current_user();
         let config = d.join("sshd_config");
         let mut sshd = Self {
             addr: String::new(),
