@@ -74,6 +74,23 @@ pub struct Health {
     pub retries: u32,
     #[serde(default = "default_interval")]
     pub interval: String,
+    /// Per check [default: 10s]
+    pub timeout: Option<String>,
+}
+
+impl Health {
+    pub fn interval(&self) -> Result<std::time::Duration, String> {
+        humantime::parse_duration(&self.interval)
+            .map_err(|e| format!("[health] interval {:?}: {e}", self.interval))
+    }
+    pub fn timeout(&self) -> Result<std::time::Duration, String> {
+        match &self.timeout {
+            None => Ok(std::time::Duration::from_secs(10)),
+            Some(t) => {
+                humantime::parse_duration(t).map_err(|e| format!("[health] timeout {t:?}: {e}"))
+            }
+        }
+    }
 }
 
 fn default_retries() -> u32 {
@@ -170,6 +187,13 @@ impl Config {
         }
         for h in &self.hosts {
             self.split_address(&h.address)?;
+        }
+        if let Some(h) = &self.health {
+            h.interval()?;
+            h.timeout()?;
+            if h.method.is_some() && h.url.is_none() {
+                return Err("[health] method needs a url".into());
+            }
         }
         Ok(())
     }

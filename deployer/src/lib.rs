@@ -4,4 +4,9 @@
 
 pub mod check;
 pub mod config;
+pub mod health;
+pub mod layout;
+pub mod lock;
+pub mod manifest;
 pub mod ssh;
+pub mod upload;

@@ -3,7 +3,7 @@
 //! is opt-in), key-file or agent authentication, and remote commands with their exit status.
 
 use base64::Engine;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,6 +71,18 @@ pub struct Output {
 pub struct Remote {
     pub name: String,
     session: ssh2::Session,
+    timeout: Duration,
+}
+
+/// A long-lived `sh` on the host, fed scripts one at a time. sshd takes ~100 ms to start each
+/// session channel, a step through this shell well under 1 ms, so the deploy flow runs every
+/// remote step here and opens one extra channel only for the upload stream.
+pub struct Shell {
+    host: String,
+    channel: ssh2::Channel,
+    session: ssh2::Session,
+    marker: String,
+    default_timeout: Duration,
 }
 
 /// `[host]:port` as known_hosts writes non-default ports.
@@ -108,6 +120,7 @@ impl Remote {
             }
         }
         let tcp = tcp.ok_or_else(|| connect_err(last))?;
+        let _ = tcp.set_nodelay(true);
         let mut session = ssh2::Session::new().map_err(session_err)?;
         session.set_timeout(u32::try_from(s.timeout.as_millis()).unwrap_or(u32::MAX));
         session.set_tcp_stream(tcp);
@@ -127,7 +140,42 @@ impl Remote {
         Ok(Self {
             name: name.to_owned(),
             session,
+            timeout: s.timeout,
         })
+    }
+
+    /// Starts `command` on its own channel and returns it unread: the caller streams stdin
+    /// (the upload) and then collects the result with [`finish`].
+    pub fn start(&self, command: &str) -> Result<ssh2::Channel, SshError> {
+        let err = |e: ssh2::Error| SshError::Session {
+            host: self.name.clone(),
+            message: e.to_string(),
+        };
+        let mut ch = self.session.channel_session().map_err(err)?;
+        ch.exec(command).map_err(err)?;
+        Ok(ch)
+    }
+
+    /// Opens the long-lived shell (see [`Shell`]).
+    pub fn shell(&self) -> Result<Shell, SshError> {
+        let pid = std::process::id();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Ok(Shell {
+            host: self.name.clone(),
+            channel: self.start("exec sh")?,
+            session: self.session.clone(),
+            marker: format!("__deployer_done_{pid:x}{nanos:x}"),
+            default_timeout: self.timeout,
+        })
+    }
+
+    /// Sets the timeout of every blocking SSH call on this connection.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.session
+            .set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
     }
 
     /// Runs `script` with `sh -c` semantics; one exec channel (each costs ~200 ms of sshd fork,
@@ -151,6 +199,83 @@ impl Remote {
             stdout,
             stderr,
         })
+    }
+}
+
+/// Closes our side of `ch` (EOF on the remote's stdin) and waits for its exit status and output.
+pub fn finish(host: &str, mut ch: ssh2::Channel) -> Result<Output, SshError> {
+    let err = |e: &dyn std::fmt::Display| SshError::Session {
+        host: host.to_owned(),
+        message: e.to_string(),
+    };
+    ch.send_eof().map_err(|e| err(&e))?;
+    let mut stdout = String::new();
+    ch.read_to_string(&mut stdout).map_err(|e| err(&e))?;
+    let mut stderr = String::new();
+    ch.stderr()
+        .read_to_string(&mut stderr)
+        .map_err(|e| err(&e))?;
+    ch.wait_close().map_err(|e| err(&e))?;
+    Ok(Output {
+        status: ch.exit_status().map_err(|e| err(&e))?,
+        stdout,
+        stderr,
+    })
+}
+
+impl Shell {
+    /// Runs `script` in a subshell (so `exit` and `cd` stay inside it) with stdin from
+    /// /dev/null and stderr merged into stdout; waits at most `timeout` for each read.
+    pub fn run(&mut self, script: &str, timeout: Option<Duration>) -> Result<Output, SshError> {
+        let lost = |what: &str, e: &dyn std::fmt::Display| SshError::Session {
+            host: self.host.clone(),
+            message: format!("connection lost while {what}: {e}"),
+        };
+        let timeout = timeout.unwrap_or(self.default_timeout);
+        self.session
+            .set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
+        let wrapped = format!(
+            "(\n{script}\n) </dev/null 2>&1; printf '\\n{m} %s\\n' \"$?\"\n",
+            m = self.marker
+        );
+        self.channel
+            .write_all(wrapped.as_bytes())
+            .and_then(|()| self.channel.flush())
+            .map_err(|e| lost("sending a command", &e))?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 16384];
+        let status = loop {
+            let n = self
+                .channel
+                .read(&mut chunk)
+                .map_err(|e| lost("waiting for a command", &e))?;
+            if n == 0 {
+                return Err(lost("waiting for a command", &"the remote shell ended"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((at, status)) = self.last_line_marker(&buf) {
+                buf.truncate(at);
+                break status;
+            }
+        };
+        self.session
+            .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
+        Ok(Output {
+            status,
+            stdout: String::from_utf8_lossy(&buf).into_owned(),
+            stderr: String::new(),
+        })
+    }
+}
+
+impl Shell {
+    /// When `buf` ends with the marker line `\n<marker> <status>\n`: where it starts, and the status.
+    fn last_line_marker(&self, buf: &[u8]) -> Option<(usize, i32)> {
+        let body = buf.strip_suffix(b"\n")?;
+        let start = body.iter().rposition(|&b| b == b'\n')?;
+        let line = std::str::from_utf8(&body[start + 1..]).ok()?;
+        let status = line.strip_prefix(self.marker.as_str())?.strip_prefix(' ')?;
+        Some((start, status.parse().unwrap_or(-1)))
     }
 }
 

@@ -1,0 +1,93 @@
+//! The deploy lock on each host: `mkdir .deploy/lock` (atomic: exactly one deployer creates
+//! it) holding an `owner` line `user@host pid N since TIME`. A deployer removes a lock only when
+//! that line is still its own (compare and delete); `unlock` clears a stale lock of this user and
+//! machine whose process is gone, `unlock --force` any lock.
+
+use crate::layout::state_script;
+use crate::ssh::quote;
+
+/// Exit status of [`acquire_script`] when the lock is held; the holder follows `held=`.
+pub const HELD: i32 = 11;
+/// Exit status of [`acquire_script`] when `deploy_to` cannot be created.
+pub const NO_DIR: i32 = 10;
+
+/// This process's owner line.
+pub fn owner_line(user: &str) -> String {
+    format!(
+        "{user}@{} pid {} since {}",
+        local_host(),
+        std::process::id(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    )
+}
+
+pub fn local_host() -> String {
+    riemann_probe::event::hostname()
+}
+
+/// Creates the layout's directories, takes the lock, then prints the state (with the current
+/// release's manifest when `manifest`).
+pub fn acquire_script(deploy_to: &str, owner: &str, manifest: bool) -> String {
+    let d = quote(deploy_to);
+    format!(
+        r#"mkdir -p {d}/releases {d}/shared {d}/.deploy/manifests {d}/.deploy/bad || exit {NO_DIR}
+if mkdir {d}/.deploy/lock 2>/dev/null; then
+  printf '%s\n' {o} > {d}/.deploy/lock/owner || {{ rm -rf {d}/.deploy/lock; exit {NO_DIR}; }}
+else
+  printf 'held=%s\n' "$(head -n 1 {d}/.deploy/lock/owner 2>/dev/null)"; exit {HELD}
+fi
+{state}"#,
+        o = quote(owner),
+        state = state_script(deploy_to, manifest)
+    )
+}
+
+/// Removes the lock only if `owner` still holds it; prints `released` or `held=<holder>`.
+pub fn release_script(deploy_to: &str, owner: &str) -> String {
+    let d = quote(deploy_to);
+    format!(
+        r#"h=$(head -n 1 {d}/.deploy/lock/owner 2>/dev/null)
+if [ "$h" = {o} ]; then rm -rf {d}/.deploy/lock && echo released; elif [ -d {d}/.deploy/lock ]; then printf 'held=%s\n' "$h"; else echo free; fi"#,
+        o = quote(owner)
+    )
+}
+
+/// Removes the lock whoever holds it; prints the holder it removed.
+pub fn force_script(deploy_to: &str) -> String {
+    let d = quote(deploy_to);
+    format!(
+        r#"if [ -d {d}/.deploy/lock ]; then printf 'removed=%s\n' "$(head -n 1 {d}/.deploy/lock/owner 2>/dev/null)"; rm -rf {d}/.deploy/lock; else echo free; fi"#
+    )
+}
+
+/// A lock left by this user on this machine by a process that no longer runs (a deployer that
+/// was killed, or a host that went away mid-deploy) is safe to remove without `--force`.
+pub fn is_stale_own(holder: &str, user: &str) -> bool {
+    let me = format!("{user}@{} pid ", local_host());
+    let Some(rest) = holder.strip_prefix(&me) else {
+        return false;
+    };
+    let pid: Option<u32> = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+    match pid {
+        Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_only_when_ours_and_dead() {
+        let me = owner_line("deploy");
+        assert!(!is_stale_own(&me, "deploy"), "this process is alive");
+        let dead = format!("deploy@{} pid 4000000000 since x", local_host());
+        assert!(is_stale_own(&dead, "deploy"));
+        assert!(!is_stale_own(&dead, "alice"));
+        assert!(!is_stale_own(
+            "deploy@elsewhere pid 4000000000 since x",
+            "deploy"
+        ));
+    }
+}

@@ -1,0 +1,201 @@
+//! The upload of one release to one host: a single tar stream, extracted by GNU tar in
+//! `deploy_to`. Changed files travel whole; unchanged ones are tar hard-link entries pointing
+//! into the current release (no data sent, no extra disk used); the manifest travels last, so a
+//! host only has the manifest of a release whose files all arrived.
+
+use crate::manifest::{Delta, Kind, Manifest};
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// The remote half: extracts the stream in `deploy_to` as the SSH user (no owners from the
+/// stream, modes kept); tar's stderr goes to a temp file so it can never stall the stream.
+pub fn remote_command(deploy_to: &str) -> String {
+    format!(
+        "e=$(mktemp) || exit 1; cd {d} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\"; exit $s",
+        d = crate::ssh::quote(deploy_to)
+    )
+}
+
+/// Where manifests live on the host, relative to `deploy_to`.
+pub fn manifest_path(release: &str) -> String {
+    format!(".deploy/manifests/{release}")
+}
+
+/// Counts what goes through, for the progress bar and the summary.
+pub struct Counting<W> {
+    inner: W,
+    pub written: u64,
+    on_write: Box<dyn FnMut(u64) + Send>,
+}
+
+impl<W: Write> Counting<W> {
+    pub fn new(inner: W, on_write: Box<dyn FnMut(u64) + Send>) -> Self {
+        Self {
+            inner,
+            written: 0,
+            on_write,
+        }
+    }
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        (self.on_write)(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: i64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(u64::try_from(mtime).unwrap_or(0));
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// Writes the stream for `release` (files of `source` per `delta`, links into `previous`).
+pub fn write_release<W: Write>(
+    out: W,
+    source: &Path,
+    manifest: &Manifest,
+    delta: &Delta,
+    release: &str,
+    previous: Option<&str>,
+) -> io::Result<W> {
+    let linked: HashSet<&str> = delta.link.iter().map(String::as_str).collect();
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Complete);
+    let root = format!("releases/{release}");
+    let now = chrono::Utc::now().timestamp();
+    b.append_data(
+        &mut header(tar::EntryType::Directory, 0o755, 0, now),
+        &root,
+        io::empty(),
+    )?;
+    for (path, kind) in &manifest.entries {
+        let name = format!("{root}/{path}");
+        match kind {
+            Kind::Dir { mode } => b.append_data(
+                &mut header(tar::EntryType::Directory, *mode, 0, now),
+                &name,
+                io::empty(),
+            )?,
+            Kind::Symlink { target } => b.append_link(
+                &mut header(tar::EntryType::Symlink, 0o777, 0, now),
+                &name,
+                target,
+            )?,
+            Kind::File {
+                mode, size, mtime, ..
+            } => match previous {
+                Some(prev) if linked.contains(path.as_str()) => b.append_link(
+                    &mut header(tar::EntryType::Link, *mode, 0, *mtime),
+                    &name,
+                    format!("releases/{prev}/{path}"),
+                )?,
+                _ => {
+                    let file = std::fs::File::open(source.join(path))?;
+                    let mut exact = Exact {
+                        inner: file.take(*size),
+                        left: *size,
+                    };
+                    b.append_data(
+                        &mut header(tar::EntryType::Regular, *mode, *size, *mtime),
+                        &name,
+                        &mut exact,
+                    )?;
+                    if exact.left != 0 {
+                        return Err(io::Error::other(format!(
+                            "{path} shrank while it was being sent; run the deploy again"
+                        )));
+                    }
+                }
+            },
+        }
+    }
+    let json = manifest.to_json();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o644, json.len() as u64, now),
+        manifest_path(release),
+        json.as_bytes(),
+    )?;
+    b.into_inner()
+}
+
+/// A reader that counts down what is left of the size announced in the tar header.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_unchanged_files_and_ends_with_the_manifest() {
+        let dir = tempfile::tempdir().expect("dir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("lib")).expect("mkdir");
+        std::fs::write(src.join("lib/a"), "aaaa").expect("write");
+        std::fs::write(src.join("b"), "bb").expect("write");
+        let m = Manifest::scan(&src).expect("scan");
+        let delta = Delta {
+            send: vec!["b".into()],
+            link: vec!["lib/a".into()],
+            bytes: 2,
+        };
+        let bytes = write_release(Vec::new(), &src, &m, &delta, "2", Some("1")).expect("tar");
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let entries: Vec<(String, tar::EntryType, Option<String>, u64)> = ar
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                (
+                    e.path().expect("path").display().to_string(),
+                    e.header().entry_type(),
+                    e.link_name()
+                        .expect("link")
+                        .map(|l| l.display().to_string()),
+                    e.size(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "releases/2",
+                "releases/2/b",
+                "releases/2/lib",
+                "releases/2/lib/a",
+                ".deploy/manifests/2"
+            ]
+        );
+        assert_eq!(entries[1].1, tar::EntryType::Regular);
+        assert_eq!(entries[1].3, 2);
+        assert_eq!(entries[3].1, tar::EntryType::Link);
+        assert_eq!(entries[3].2.as_deref(), Some("releases/1/lib/a"));
+    }
+}
