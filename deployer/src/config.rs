@@ -26,6 +26,9 @@ pub struct Config {
     pub hooks: Hooks,
     pub health: Option<Health>,
     pub riemann: Option<Riemann>,
+    /// The config file's directory: relative paths and `build` start there.
+    #[serde(skip)]
+    pub base: PathBuf,
 }
 
 fn default_keep() -> usize {
@@ -158,6 +161,11 @@ impl Config {
             toml::from_str(&text).map_err(|e| invalid(e.to_string().trim().to_owned()))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         cfg.source = resolve(&base, &cfg.source);
+        cfg.base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base.clone()
+        };
         cfg.ssh.identity = cfg.ssh.identity.as_deref().map(|p| resolve(&base, p));
         cfg.ssh.known_hosts = cfg.ssh.known_hosts.as_deref().map(|p| resolve(&base, p));
         cfg.check().map_err(invalid)?;

@@ -181,6 +181,70 @@ pub fn mark_bad_script(deploy_to: &str, release: &str, why: &str) -> String {
     )
 }
 
+/// In the staged release: replaces each shared path with a link into `shared/` (seeding
+/// `shared/` from the release, or with an empty dir or file, the first time), then writes
+/// `REVISION`, which marks the release complete.
+pub fn link_shared_script(
+    deploy_to: &str,
+    release: &str,
+    dirs: &[String],
+    files: &[String],
+    revision: &str,
+) -> String {
+    let mut s = format!(
+        "cd {} || exit 1
+s={}
+",
+        quote(&format!("{deploy_to}/releases/{release}")),
+        quote(&format!("{deploy_to}/shared")),
+    );
+    for (items, is_dir) in [(dirs, true), (files, false)] {
+        for x in items {
+            let x = quote(x);
+            let (test, seed, empty) = if is_dir {
+                ("-d", "cp -a", "mkdir -p")
+            } else {
+                ("-f", "cp -p", ": >")
+            };
+            s.push_str(&format!(
+                r#"if [ ! -e "$s"/{x} ] && [ ! -L "$s"/{x} ]; then mkdir -p "$(dirname "$s"/{x})" && if [ {test} {x} ] && [ ! -L {x} ]; then {seed} {x} "$s"/{x}; else {empty} "$s"/{x}; fi || exit 1; fi
+rm -rf {x} && mkdir -p "$(dirname {x})" && ln -s "$s"/{x} {x} || exit 1
+"#
+            ));
+        }
+    }
+    s.push_str(&format!("printf '%s\\n' {} > REVISION\n", quote(revision)));
+    s
+}
+
+/// Runs `hooks` one after the other in the release directory; stops at the first that fails.
+pub fn hooks_script(
+    deploy_to: &str,
+    release: &str,
+    previous: Option<&str>,
+    revision: &str,
+    hooks: &[String],
+) -> String {
+    let path = format!("{deploy_to}/releases/{release}");
+    let mut s = format!(
+        "cd {p} || exit 1
+export DEPLOY_TO={d} RELEASE={r} RELEASE_PATH={p} PREVIOUS_RELEASE={prev} REVISION={rev}
+",
+        p = quote(&path),
+        d = quote(deploy_to),
+        r = quote(release),
+        prev = quote(previous.unwrap_or("")),
+        rev = quote(revision),
+    );
+    for h in hooks {
+        s.push_str(&format!(
+            "sh -c {q}; s=$?; if [ $s -ne 0 ]; then printf 'hook %s exited %s\\n' {q} $s; exit $s; fi\n",
+            q = quote(h)
+        ));
+    }
+    s
+}
+
 /// One line of `revisions.log`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogEntry<'a> {
@@ -195,6 +259,9 @@ pub struct LogEntry<'a> {
     pub stage: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// For `rollback`: the release `current` pointed at before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
 }
 
 pub fn log_script(deploy_to: &str, entry: &LogEntry) -> String {

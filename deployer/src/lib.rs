@@ -4,9 +4,15 @@
 
 pub mod check;
 pub mod config;
+pub mod deploy;
+pub mod events;
+pub mod fleet;
 pub mod health;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod releases;
+pub mod report;
+pub mod rollback;
 pub mod ssh;
 pub mod upload;

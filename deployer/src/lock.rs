@@ -3,7 +3,8 @@
 //! that line is still its own (compare and delete); `unlock` clears a stale lock of this user and
 //! machine whose process is gone, `unlock --force` any lock.
 
-use crate::layout::state_script;
+use crate::fleet::{Host, last_lines};
+use crate::layout::{parse_state, state_script};
 use crate::ssh::quote;
 
 /// Exit status of [`acquire_script`] when the lock is held; the holder follows `held=`.
@@ -42,6 +43,65 @@ fi
     )
 }
 
+/// Takes the lock on `h` and reads its state (with the current manifest when `manifest`);
+/// marks the host failed at `lock` when it cannot.
+pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
+    let d = h.target.deploy_to.clone();
+    let Some(shell) = h.shell.as_mut() else {
+        return h.fail("lock", "not connected");
+    };
+    match shell.run(&acquire_script(&d, owner, manifest), None) {
+        Ok(o) if o.status == 0 => {
+            h.locked = true;
+            h.state = parse_state(&o.stdout);
+        }
+        Ok(o) if o.status == HELD => {
+            let holder = o
+                .stdout
+                .trim()
+                .strip_prefix("held=")
+                .unwrap_or("?")
+                .to_owned();
+            h.fail(
+                "lock",
+                format!(
+                    "locked by another deploy: {holder} (wait for it to finish; `deployer unlock` clears a stale lock)"
+                ),
+            );
+        }
+        Ok(o) => h.fail(
+            "lock",
+            format!(
+                "cannot create {d} (may the SSH user write there?): {}",
+                last_lines(&o.stdout, 3).unwrap_or_default()
+            ),
+        ),
+        Err(e) => {
+            h.shell = None;
+            h.fail("lock", e.to_string());
+        }
+    }
+}
+
+/// Runs `before` (the run's last changes) then releases this run's lock, in one step. A host
+/// that cannot be reached keeps its lock: the error says how to clear it.
+pub fn release(h: &mut Host, owner: &str, before: &str) -> Result<(), String> {
+    if !h.locked {
+        return Ok(());
+    }
+    let script = format!("{before}\n{}", release_script(&h.target.deploy_to, owner));
+    match h.run(&script, None) {
+        Ok(_) => {
+            h.locked = false;
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "the lock on {n} could not be released ({e}): run `deployer unlock --hosts {n}` once it is reachable",
+            n = h.name()
+        )),
+    }
+}
+
 /// Removes the lock only if `owner` still holds it; prints `released` or `held=<holder>`.
 pub fn release_script(deploy_to: &str, owner: &str) -> String {
     let d = quote(deploy_to);
@@ -58,6 +118,48 @@ pub fn force_script(deploy_to: &str) -> String {
     format!(
         r#"if [ -d {d}/.deploy/lock ]; then printf 'removed=%s\n' "$(head -n 1 {d}/.deploy/lock/owner 2>/dev/null)"; rm -rf {d}/.deploy/lock; else echo free; fi"#
     )
+}
+
+/// `deployer unlock [--force]` on every selected host: what happened there.
+pub fn unlock(
+    targets: &[crate::config::Target],
+    ssh: &crate::ssh::SshSettings,
+    parallel: usize,
+    user: &str,
+    force: bool,
+) -> Vec<(String, Result<String, String>)> {
+    let mut hosts = crate::fleet::connect(targets, ssh, parallel);
+    let results = crate::fleet::each(&mut hosts, parallel, |h| {
+        if let Some(f) = &h.failure {
+            return Err(f.message.clone());
+        }
+        let d = h.target.deploy_to.clone();
+        let out = h.run(&state_script(&d, false), None)?;
+        let Some(holder) = parse_state(&out.stdout).lock else {
+            return Ok("not locked".into());
+        };
+        if force {
+            let out = h.run(&force_script(&d), None)?;
+            let removed = out.stdout.trim().strip_prefix("removed=").unwrap_or("");
+            return Ok(format!("removed the lock of {removed}"));
+        }
+        if !is_stale_own(&holder, user) {
+            return Err(format!(
+                "locked by {holder}; not removed: it is not a stale lock of {user} on this machine (use --force if you are sure no deploy is running)"
+            ));
+        }
+        // Compare and delete: only if the same stale holder still has it.
+        let out = h.run(&release_script(&d, &holder), None)?;
+        match out.stdout.trim() {
+            "released" => Ok(format!("removed the stale lock of {holder}")),
+            other => Err(format!("the lock changed meanwhile: {other}")),
+        }
+    });
+    hosts
+        .into_iter()
+        .zip(results)
+        .map(|(h, r)| (h.target.name, r))
+        .collect()
 }
 
 /// A lock left by this user on this machine by a process that no longer runs (a deployer that

@@ -9,10 +9,11 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// The remote half: extracts the stream in `deploy_to` as the SSH user (no owners from the
-/// stream, modes kept); tar's stderr goes to a temp file so it can never stall the stream.
+/// stream, modes kept); tar's stderr goes to a temp file so it can never stall the stream. It
+/// starts before the lock step (to overlap session start-up), so it creates `deploy_to` itself.
 pub fn remote_command(deploy_to: &str) -> String {
     format!(
-        "e=$(mktemp) || exit 1; cd {d} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\"; exit $s",
+        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\"; exit $s",
         d = crate::ssh::quote(deploy_to)
     )
 }

@@ -1,51 +1,10 @@
 //! `deployer check` against real OpenSSH servers on 127.0.0.2 and 127.0.0.3.
 
+mod common;
+
+use common::deployer;
 use std::path::Path;
-use std::process::Command;
 use testbed::sshd::Sshd;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn deployer(config: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run deployer");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// A config for these servers; they share one known_hosts file and one key (concatenated).
-fn write_config(dir: &Path, hosts: &[&Sshd], deploy_dirs: &[String]) -> std::path::PathBuf {
-    let known: String = hosts
-        .iter()
-        .map(|h| std::fs::read_to_string(&h.known_hosts).expect("known_hosts"))
-        .collect();
-    std::fs::write(dir.join("known_hosts"), known).expect("write known_hosts");
-    let mut text = format!(
-        "application = \"usersvc\"\ndeploy_to = \"/nonexistent\"\nsource = \"dist\"\n[ssh]\nuser = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"known_hosts\"\n",
-        hosts[0].user,
-        hosts[0].identity.display()
-    );
-    for (h, d) in hosts.iter().zip(deploy_dirs) {
-        text.push_str(&format!(
-            "[[hosts]]\naddress = \"{}\"\nroles = [\"app\"]\ndeploy_to = '''{}'''\n",
-            h.addr, d
-        ));
-    }
-    let path = dir.join("deploy.toml");
-    std::fs::write(&path, text).expect("write deploy.toml");
-    path
-}
 
 #[test]
 fn checks_every_host_with_strict_host_keys() {

@@ -103,6 +103,39 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Every process below `pid` (children, grandchildren, …), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // stat: "pid (comm) state ppid …"; comm may hold spaces, so split after ')'.
+            let ppid = std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                });
+            if let Some(pp) = ppid {
+                parent_of.push((p, pp));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in &parent_of {
+            if parent == p && !out.contains(&child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
+
 /// A running child process whose stderr is captured line by line; killed on drop.
 pub struct Peer {
     pub name: String,
@@ -196,6 +229,19 @@ impl Peer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// SIGKILL the process and everything it started (a server's per-connection children
+    /// too, so open connections drop as if the machine went away), then reap.
+    pub fn kill_tree(&mut self) {
+        if self.exited.is_none() {
+            for p in descendants(self.child.id()) {
+                // SAFETY: kill(2) on processes this test started.
+                #[allow(unsafe_code)]
+                let _ = unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        self.kill();
     }
 
     /// SIGKILL and reap.

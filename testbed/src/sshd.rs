@@ -41,8 +41,14 @@ fn keygen(path: &Path) {
 }
 
 impl Sshd {
-    /// Starts sshd on `127.0.0.{n}` (n ≥ 1).
+    /// Starts sshd on `127.0.0.{n}` (n ≥ 1); logins as the user running the tests.
     pub fn start(n: u8) -> Self {
+        Self::start_as(n, &current_user())
+    }
+
+    /// Starts sshd on `127.0.0.{n}` for logins as `user`, who owns `deploy_root`. As root, a
+    /// missing `user` is created the way PEERS.md says (`useradd -m`, password `*`).
+    pub fn start_as(n: u8, user: &str) -> Self {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "sshd is missing: install it with `apt-get install openssh-server` (make test does)"
@@ -65,7 +71,28 @@ impl Sshd {
             .arg(&authorized)
             .status();
         let _ = std::fs::create_dir_all("/run/sshd");
-        let user = current_user();
+        let user = user.to_owned();
+        if user != current_user() {
+            assert!(
+                crate::process::is_root(),
+                "logging in as {user} needs the tests to run as root"
+            );
+            if !Command::new("id")
+                .arg(&user)
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                run(
+                    "useradd",
+                    Command::new("useradd").args(["-m", "-s", "/bin/bash", &user]),
+                );
+                run("usermod", Command::new("usermod").args(["-p", "*", &user]));
+            }
+            run(
+                "chown",
+                Command::new("chown").arg("-R").arg(&user).arg(&deploy_root),
+            );
+        }
         let config = d.join("sshd_config");
         let mut sshd = Self {
             addr: String::new(),
@@ -133,7 +160,7 @@ impl Sshd {
     /// Kills the server: the host is gone (mid-deploy, for tests).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.peer.take() {
-            p.kill();
+            p.kill_tree();
         }
     }
 

@@ -172,18 +172,15 @@ fn launch(binary: &Path, database_url: &str, extra: &[String], dir: &Path) -> (P
         binary.display()
     );
     let mut cmd = Command::new(binary);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        "--database-url",
-        database_url,
-    ])
-    .args(extra)
-    .current_dir(dir)
-    .env_remove("USERSVC_CONFIG")
-    .env_remove("USERSVC_AUTH_TOKEN");
+    // Loopback on a free port unless the caller chose where to listen.
+    if !extra.iter().any(|a| a == "--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(["--log-format", "json", "--database-url", database_url])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("USERSVC_CONFIG")
+        .env_remove("USERSVC_AUTH_TOKEN");
     let mut peer = Peer::spawn("usersvc", cmd);
     let addr: SocketAddr = peer.wait_for_line(Duration::from_secs(30), |line| {
         let v: Value = serde_json::from_str(line).ok()?;

@@ -1,0 +1,47 @@
+//! Deploy events for Riemann (`[riemann] server`): one per host, service `deployer deploy`,
+//! state `ok` or `critical`, metric = the run's seconds, attributes application, release,
+//! revision, result, and the failing stage. A Riemann that is down never fails a deploy.
+
+use crate::deploy::Report;
+use riemann_probe::client::{Client, ClientConfig};
+use riemann_probe::event::event;
+use std::time::Duration;
+
+pub fn deploy_events(application: &str, r: &Report) -> Vec<riemann_probe::proto::Event> {
+    r.hosts
+        .iter()
+        .map(|h| {
+            let mut e = event("deployer deploy")
+                .host(&h.host)
+                .state(if r.ok && h.failure.is_none() {
+                    "ok"
+                } else {
+                    "critical"
+                })
+                .metric(r.elapsed.as_secs_f64())
+                .tag("deployer")
+                .attribute("application", application)
+                .attribute("release", &r.release)
+                .attribute("revision", &r.revision)
+                .attribute("result", &h.result)
+                .description(match &h.failure {
+                    Some(f) => format!("{}: failed at {}: {}", h.result, f.stage, f.message),
+                    None if r.ok => format!("{} is live", r.release),
+                    None => h.result.clone(),
+                });
+            if let Some(f) = &h.failure {
+                e = e.attribute("stage", f.stage);
+            }
+            e.build()
+        })
+        .collect()
+}
+
+/// Sends the events over TCP with a short timeout.
+pub fn send(server: &str, events: &[riemann_probe::proto::Event]) -> Result<(), String> {
+    let mut cfg = ClientConfig::tcp(server);
+    cfg.timeout = Duration::from_secs(3);
+    Client::connect(&cfg)
+        .and_then(|mut c| c.send(events))
+        .map_err(|e| format!("could not send deploy events to Riemann at {server}: {e}"))
+}

@@ -1,0 +1,146 @@
+//! The selected hosts and how a stage runs on them: every host in parallel (at most `parallel`
+//! at a time, a worker taking the next host as soon as it is free), returning when all are done
+//! — each call is a barrier.
+
+use crate::config::Target;
+use crate::layout::HostState;
+use crate::ssh::{Output, Remote, Shell, SshSettings};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Runs `f` on every item, at most `parallel` at a time; results in the items' order.
+pub fn each<H: Send, R: Send>(
+    items: &mut [H],
+    parallel: usize,
+    f: impl Fn(&mut H) -> R + Sync,
+) -> Vec<R> {
+    let n = items.len();
+    let slots: Vec<Mutex<(&mut H, Option<R>)>> =
+        items.iter_mut().map(|h| Mutex::new((h, None))).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.clamp(1, n.max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = slots.get(i) else { break };
+                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    let r = f(slot.0);
+                    slot.1 = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .filter_map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).1)
+        .collect()
+}
+
+/// Why a host is not going on, and at which stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: &'static str,
+    pub message: String,
+}
+
+/// One host of a run: its connection, its shell, and how far it got.
+pub struct Host {
+    pub target: Target,
+    pub remote: Option<Remote>,
+    pub shell: Option<Shell>,
+    pub failure: Option<Failure>,
+    /// The layout as read when connecting or locking.
+    pub state: HostState,
+    /// This run holds the host's deploy lock.
+    pub locked: bool,
+}
+
+impl Host {
+    pub fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    pub fn fail(&mut self, stage: &'static str, message: impl Into<String>) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                stage,
+                message: message.into(),
+            });
+        }
+    }
+
+    /// Runs a step in the host's shell: its output when it exits 0, else what it said.
+    pub fn run(&mut self, script: &str, timeout: Option<Duration>) -> Result<Output, String> {
+        let shell = self
+            .shell
+            .as_mut()
+            .ok_or_else(|| "not connected".to_owned())?;
+        match shell.run(script, timeout) {
+            Ok(o) if o.status == 0 => Ok(o),
+            Ok(o) => Err(last_lines(&o.stdout, 8)
+                .unwrap_or_else(|| format!("remote step exited {}", o.status))),
+            Err(e) => {
+                // The connection is gone: no later step can reach this host.
+                self.shell = None;
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// The last `n` non-empty lines of `text`, joined; `None` when there are none.
+pub fn last_lines(text: &str, n: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(n)..].join(" | "))
+}
+
+/// Connects to every target (host key checked, authenticated) and opens its shell.
+pub fn connect(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<Host> {
+    let mut hosts: Vec<Host> = targets
+        .iter()
+        .map(|t| Host {
+            target: t.clone(),
+            remote: None,
+            shell: None,
+            failure: None,
+            state: HostState::default(),
+            locked: false,
+        })
+        .collect();
+    each(&mut hosts, parallel, |h| {
+        match Remote::connect(&h.target.name, &h.target.host, h.target.port, ssh)
+            .and_then(|r| r.shell().map(|s| (r, s)))
+        {
+            Ok((r, s)) => {
+                h.remote = Some(r);
+                h.shell = Some(s);
+            }
+            Err(e) => h.fail("connect", e.to_string()),
+        }
+    });
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_keeps_order_and_bounds_parallelism() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let mut items: Vec<u32> = (0..20).collect();
+        let out = super::each(&mut items, 3, |x| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            running.fetch_sub(1, Ordering::SeqCst);
+            *x += 1;
+            *x * 10
+        });
+        assert_eq!(out, (1..=20).map(|x| x * 10).collect::<Vec<_>>());
+        assert_eq!(items[0], 1);
+        assert!(peak.load(Ordering::SeqCst) <= 3);
+    }
+}

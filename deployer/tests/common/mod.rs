@@ -1,0 +1,159 @@
+//! Hosts for deployer tests: real sshd servers on 127.0.0.N sharing one client key and one
+//! known_hosts file, a source tree, and a deploy.toml pointing at them.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use testbed::sshd::Sshd;
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn deployer(config: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run deployer");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub struct Hosts {
+    pub servers: Vec<Sshd>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub source: PathBuf,
+    deploy_dirs: Vec<PathBuf>,
+}
+
+impl Hosts {
+    /// sshd on each `127.0.0.{n}`, logging in as the test user.
+    pub fn start(ips: &[u8]) -> Self {
+        Self::start_as(ips, &testbed::process::current_user())
+    }
+
+    pub fn start_as(ips: &[u8], user: &str) -> Self {
+        let servers: Vec<Sshd> = ips.iter().map(|&n| Sshd::start_as(n, user)).collect();
+        let key = std::fs::read_to_string(servers[0].identity.with_extension("pub")).expect("key");
+        for s in &servers[1..] {
+            std::fs::write(s.known_hosts.with_file_name("authorized_keys"), &key).expect("auth");
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let known: String = servers
+            .iter()
+            .map(|s| std::fs::read_to_string(&s.known_hosts).expect("known_hosts"))
+            .collect();
+        std::fs::write(dir.path().join("known_hosts"), known).expect("known_hosts");
+        let source = dir.path().join("dist");
+        std::fs::create_dir_all(&source).expect("source");
+        let deploy_dirs = servers.iter().map(|s| s.deploy_root.join("app")).collect();
+        let config = dir.path().join("deploy.toml");
+        let h = Self {
+            servers,
+            dir,
+            config,
+            source,
+            deploy_dirs,
+        };
+        h.configure("", "");
+        h
+    }
+
+    /// Writes deploy.toml: `top` holds top-level keys, `tables` extra tables ([hooks], …).
+    pub fn configure(&self, top: &str, tables: &str) {
+        let s0 = &self.servers[0];
+        let mut text = format!(
+            "application = \"usersvc\"\ndeploy_to = \"/unused\"\nsource = \"dist\"\n{top}\n[ssh]\nuser = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"known_hosts\"\n",
+            s0.user,
+            s0.identity.display()
+        );
+        for (s, d) in self.servers.iter().zip(&self.deploy_dirs) {
+            text.push_str(&format!(
+                "[[hosts]]\naddress = \"{}\"\nroles = [\"app\"]\ndeploy_to = '''{}'''\n",
+                s.addr,
+                d.display()
+            ));
+        }
+        text.push_str(tables);
+        std::fs::write(&self.config, text).expect("deploy.toml");
+    }
+
+    /// Uses a deploy_to with a space and a quote on every host.
+    pub fn awkward_deploy_dirs(&mut self) {
+        self.deploy_dirs = self
+            .servers
+            .iter()
+            .map(|s| s.deploy_root.join("my app's home"))
+            .collect();
+        self.configure("", "");
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        deployer(&self.config, args)
+    }
+
+    /// Deploys and insists it worked.
+    pub fn deploy_ok(&self) -> Run {
+        let r = self.run(&["deploy"]);
+        assert_eq!(r.code, 0, "{r}");
+        r
+    }
+
+    pub fn deploy_to(&self, i: usize) -> &Path {
+        &self.deploy_dirs[i]
+    }
+
+    pub fn current(&self, i: usize) -> Option<String> {
+        let link = std::fs::read_link(self.deploy_to(i).join("current")).ok()?;
+        Some(link.file_name()?.to_str()?.to_owned())
+    }
+
+    pub fn releases(&self, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.deploy_to(i).join("releases"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn locked(&self, i: usize) -> bool {
+        self.deploy_to(i).join(".deploy/lock").exists()
+    }
+
+    /// revisions.log of host `i`, parsed.
+    pub fn log(&self, i: usize) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.deploy_to(i).join("revisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("revisions.log holds JSON lines"))
+            .collect()
+    }
+
+    pub fn write(&self, path: &str, content: &str) {
+        let p = self.source.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+    }
+}

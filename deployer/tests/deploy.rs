@@ -1,0 +1,215 @@
+//! `deployer deploy`, `releases`, `rollback`, `cleanup` against real sshd servers.
+
+mod common;
+
+use common::Hosts;
+use std::os::unix::fs::MetadataExt;
+
+#[test]
+fn deploys_incrementally_rolls_back_and_cleans_up() {
+    let mut h = Hosts::start(&[5, 6]);
+    h.awkward_deploy_dirs();
+    h.configure(
+        "keep_releases = 2\nshared_dirs = [\"data\"]\nshared_files = [\"config.toml\"]",
+        "[hooks]\nafter_publish = [\"echo \\\"$RELEASE\\\" >> \\\"$DEPLOY_TO/restarts\\\"\"]\n",
+    );
+    for i in 0..50 {
+        h.write(
+            &format!("lib/file{i}.txt"),
+            &format!("content {i}\n").repeat(100),
+        );
+    }
+    h.write("bin/app", "#!/bin/sh\necho v1\n");
+    h.write("gone.txt", "removed in the second release");
+    h.write("config.toml", "seed = true\n");
+    std::os::unix::fs::symlink("bin/app", h.source.join("run")).expect("symlink");
+
+    // First deploy: everything is sent.
+    let r = h.deploy_ok();
+    assert!(r.stdout.contains("53 files"), "{r}");
+    let first = h.current(0).expect("current on host 0");
+    assert_eq!(h.current(1).as_deref(), Some(first.as_str()));
+    for i in 0..2 {
+        let cur = h.deploy_to(i).join("current");
+        assert_eq!(
+            std::fs::read_to_string(cur.join("lib/file7.txt")).expect("file"),
+            "content 7\n".repeat(100)
+        );
+        assert_eq!(
+            std::fs::read_link(cur.join("run")).expect("link").to_str(),
+            Some("bin/app")
+        );
+        // Shared: links into shared/, seeded from the release the first time.
+        let shared = h.deploy_to(i).join("shared");
+        assert_eq!(
+            std::fs::read_link(cur.join("config.toml")).expect("shared file link"),
+            shared.join("config.toml")
+        );
+        assert_eq!(
+            std::fs::read_to_string(cur.join("config.toml")).expect("seed"),
+            "seed = true\n"
+        );
+        assert!(
+            std::fs::read_link(cur.join("data")).expect("shared dir link") == shared.join("data")
+        );
+        assert!(shared.join("data").is_dir());
+        assert!(
+            !std::fs::read_to_string(cur.join("REVISION"))
+                .expect("REVISION")
+                .trim()
+                .is_empty()
+        );
+        assert!(!h.locked(i));
+        let log = h.log(i);
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0]["release"], first.as_str());
+        assert_eq!(log[0]["outcome"], "deployed");
+        for key in ["revision", "user", "time"] {
+            assert!(log[0][key].is_string(), "{key} in {}", log[0]);
+        }
+    }
+    // Data written to shared/ survives releases.
+    std::fs::write(h.deploy_to(0).join("shared/data/users.db"), "precious").expect("write");
+
+    // Second deploy: one file changed, one added, one removed → those two are sent, plus the
+    // shared file's seed (shared paths are never linked: on the host they point into shared/).
+    h.write("bin/app", "#!/bin/sh\necho v2\n");
+    h.write("new.txt", "new");
+    std::fs::remove_file(h.source.join("gone.txt")).expect("rm");
+    let r = h.deploy_ok();
+    let second = h.current(0).expect("current");
+    assert_ne!(second, first);
+    for i in 0..2 {
+        let row = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&h.servers[i].addr))
+            .expect("row");
+        assert!(
+            row.contains(" 3 files") && row.contains(" 50 files"),
+            "sent 3, linked 50:\n{r}"
+        );
+        let cur = h.deploy_to(i).join("current");
+        assert_eq!(
+            std::fs::read_to_string(cur.join("bin/app")).expect("app"),
+            "#!/bin/sh\necho v2\n"
+        );
+        assert!(!cur.join("gone.txt").exists());
+        // Unchanged files are hard links to the previous release's: same inode.
+        let old = h
+            .deploy_to(i)
+            .join("releases")
+            .join(&first)
+            .join("lib/file3.txt");
+        let new = cur.join("lib/file3.txt");
+        assert_eq!(
+            std::fs::metadata(&old).expect("old").ino(),
+            std::fs::metadata(&new).expect("new").ino()
+        );
+        // Executable bits kept.
+        assert_eq!(
+            std::fs::metadata(cur.join("bin/app")).expect("app").mode() & 0o111,
+            0o111
+                & std::fs::metadata(h.source.join("bin/app"))
+                    .expect("src")
+                    .mode()
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(h.deploy_to(0).join("current/data/users.db")).expect("shared"),
+        "precious"
+    );
+
+    // Third deploy with keep_releases = 2: the first release goes.
+    h.write("new.txt", "newer");
+    h.deploy_ok();
+    let third = h.current(0).expect("current");
+    assert_eq!(h.releases(0), [second.clone(), third.clone()]);
+    assert_eq!(h.releases(1), [second.clone(), third.clone()]);
+
+    // releases: a table per host, current marked.
+    let r = h.run(&["releases"]);
+    assert_eq!(r.code, 0, "{r}");
+    for s in &h.servers {
+        assert!(r.stdout.contains(&s.addr), "{r}");
+    }
+    let cur_line = r.stdout.lines().find(|l| l.contains(&third)).expect("row");
+    assert!(
+        cur_line.contains("current") && cur_line.trim_start().starts_with('*'),
+        "{r}"
+    );
+    assert!(
+        !r.stdout
+            .lines()
+            .find(|l| l.contains(&second))
+            .expect("row")
+            .contains("current")
+    );
+
+    // rollback: back to the previous release, hooks run there, logged.
+    let r = h.run(&["rollback"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(h.current(0).as_deref(), Some(second.as_str()));
+    assert_eq!(h.current(1).as_deref(), Some(second.as_str()));
+    let restarts = std::fs::read_to_string(h.deploy_to(1).join("restarts")).expect("restarts");
+    assert_eq!(
+        restarts.lines().collect::<Vec<_>>(),
+        [&first, &second, &third, &second]
+    );
+    let log = h.log(1);
+    let last = log.last().expect("log");
+    assert_eq!(last["outcome"], "rollback");
+    assert_eq!(last["release"], second.as_str());
+    assert_eq!(last["from"], third.as_str());
+    // Nothing older to go to.
+    let r = h.run(&["rollback"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("no older good release"), "{r}");
+    assert!(!h.locked(0) && !h.locked(1));
+
+    // rollback --to: any complete release; an unknown one is refused before anything moves.
+    let r = h.run(&["rollback", "--to", "19990101000000"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(h.current(0).as_deref(), Some(second.as_str()));
+    let r = h.run(&["rollback", "--to", &third]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(h.current(0).as_deref(), Some(third.as_str()));
+    assert_eq!(h.current(1).as_deref(), Some(third.as_str()));
+
+    // cleanup with keep_releases = 1: only current is left.
+    h.configure(
+        "keep_releases = 1\nshared_dirs = [\"data\"]\nshared_files = [\"config.toml\"]",
+        "",
+    );
+    let r = h.run(&["cleanup", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains(&format!("would remove {second}")), "{r}");
+    assert_eq!(h.releases(0).len(), 2);
+    let r = h.run(&["cleanup"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(h.releases(0), [third.clone()]);
+    assert_eq!(h.releases(1), [third]);
+}
+
+#[test]
+fn dry_run_reads_but_changes_nothing() {
+    let h = Hosts::start(&[7]);
+    h.write("a.txt", "a");
+    let r = h.run(&["deploy", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains("dry run") && r.stdout.contains("1 files"),
+        "{r}"
+    );
+    assert!(
+        !h.deploy_to(0).exists(),
+        "dry run created {}",
+        h.deploy_to(0).display()
+    );
+    h.deploy_ok();
+    let r = h.run(&["deploy", "--dry-run"]);
+    assert!(
+        r.stdout.contains("0 files, 0 B") && r.stdout.contains("ready"),
+        "{r}"
+    );
+}
