@@ -187,7 +187,7 @@ fn deploys_incrementally_rolls_back_and_cleans_up() {
     assert_eq!(h.releases(0).len(), 2);
     let r = h.run(&["cleanup"]);
     assert_eq!(r.code, 0, "{r}");
-    assert_eq!(h.releases(0), [third.clone()]);
+    assert_eq!(h.releases(0), std::slice::from_ref(&third));
     assert_eq!(h.releases(1), [third]);
 }
 
