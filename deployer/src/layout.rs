@@ -107,7 +107,8 @@ pub fn next_release<'a>(
     now: chrono::DateTime<chrono::Utc>,
     existing: impl Iterator<Item = &'a str>,
 ) -> String {
-    let mut t = now;
+    // Names have whole seconds: compare at that grain (now = 10:00:00.7 collides with 10:00:00).
+    let mut t = now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
     for name in existing {
         if let Ok(e) = chrono::NaiveDateTime::parse_from_str(name, RELEASE_FORMAT) {
             let e = e.and_utc();
@@ -159,10 +160,14 @@ pub fn switch_script(deploy_to: &str, release: Option<&str>) -> String {
     }
 }
 
-/// Removes releases with their manifests and marks.
+/// Removes releases with their manifests and marks. Names that are not plain directory names
+/// are skipped (an empty one would mean all of `releases/`).
 pub fn remove_script(deploy_to: &str, releases: &[String]) -> String {
     let mut s = format!("cd {} || exit 1\n", quote(deploy_to));
     for r in releases {
+        if r.is_empty() || r == "." || r == ".." || r.contains('/') {
+            continue;
+        }
         let r = quote(r);
         s.push_str(&format!(
             "rm -rf releases/{r} .deploy/manifests/{r} .deploy/bad/{r} || exit 1\n"
@@ -316,6 +321,11 @@ mod tests {
         assert_eq!(
             next_release(now, ["20261123095959"].into_iter()),
             "20261123100000"
+        );
+        let later = now + chrono::Duration::milliseconds(700);
+        assert_eq!(
+            next_release(later, ["20261123100000"].into_iter()),
+            "20261123100001"
         );
     }
 
