@@ -213,3 +213,83 @@ fn dry_run_reads_but_changes_nothing() {
         "{r}"
     );
 }
+
+#[test]
+fn a_non_root_deploy_user_works() {
+    // As root the test logs in as a fresh `deploy` user; otherwise the test user is not root.
+    let user = if testbed::process::is_root() {
+        "deploy".to_owned()
+    } else {
+        testbed::process::current_user()
+    };
+    let h = Hosts::start_as(&[21], &user);
+    h.write("bin/app", "#!/bin/sh\n");
+    h.write("etc/app.toml", "x = 1\n");
+    h.configure("shared_files = [\"etc/app.toml\"]", "");
+    let r = h.deploy_ok();
+    assert!(r.stdout.contains("published"), "{r}");
+    let uid = std::process::Command::new("id")
+        .args(["-u", &user])
+        .output()
+        .expect("id");
+    let uid: u32 = String::from_utf8_lossy(&uid.stdout)
+        .trim()
+        .parse()
+        .expect("uid");
+    let cur = h.deploy_to(0).join("current");
+    for p in [
+        "bin/app",
+        "REVISION",
+        "../../shared/etc/app.toml",
+        "../../.deploy/manifests",
+    ] {
+        let meta = std::fs::metadata(cur.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(meta.uid(), uid, "{p} is owned by {user}");
+    }
+    assert_eq!(h.log(0)[0]["user"], user.as_str());
+}
+
+#[test]
+fn deploy_events_reach_riemann() {
+    let sink = testbed::riemann::Sink::start();
+    let h = Hosts::start(&[22]);
+    h.configure(
+        "",
+        &format!("[riemann]\nserver = \"{}\"\n", sink.tcp_addr()),
+    );
+    h.write("a", "1");
+    h.deploy_ok();
+    let release = h.current(0).expect("current");
+    let attr = |e: &riemann_probe::Event, k: &str| {
+        e.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.clone())
+    };
+    let ok = sink.wait_for(std::time::Duration::from_secs(10), |e| {
+        e.service.as_deref() == Some("deployer deploy")
+    });
+    assert_eq!(ok.state.as_deref(), Some("ok"));
+    assert_eq!(ok.host.as_deref(), Some(h.servers[0].ip.as_str()));
+    assert_eq!(attr(&ok, "release").as_deref(), Some(release.as_str()));
+    assert_eq!(attr(&ok, "application").as_deref(), Some("usersvc"));
+    // A failed deploy is critical and names the stage.
+    h.configure(
+        "",
+        &format!(
+            "[hooks]\nbefore_publish = [\"false\"]\n[riemann]\nserver = \"{}\"\n",
+            sink.tcp_addr()
+        ),
+    );
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    let bad = sink.wait_for(std::time::Duration::from_secs(10), |e| {
+        e.state.as_deref() == Some("critical")
+    });
+    assert_eq!(attr(&bad, "stage").as_deref(), Some("before_publish"));
+    // Riemann being down never fails a deploy.
+    sink.down();
+    h.configure("", "[riemann]\nserver = \"127.0.0.1:1\"\n");
+    let r = h.deploy_ok();
+    assert!(r.stderr.contains("could not send deploy events"), "{r}");
+}
