@@ -243,6 +243,10 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
         .map(Run::new)
         .collect();
 
+    if runs.iter().any(|r| !r.ok()) {
+        c.say("not every host could be reached; nothing was changed");
+        return Ok(c.report(runs, false, started));
+    }
     // Lock. The upload channel starts first so its session start overlaps the lock step.
     each(&mut runs, p, |r| lock_host(r, &c));
     if runs.iter().any(|r| !r.ok()) {

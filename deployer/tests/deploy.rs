@@ -293,3 +293,38 @@ fn deploy_events_reach_riemann() {
     let r = h.deploy_ok();
     assert!(r.stderr.contains("could not send deploy events"), "{r}");
 }
+
+#[test]
+fn help_teaches_the_commands_and_the_config() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .arg("--help")
+        .output()
+        .expect("deployer --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "deploy",
+        "rollback",
+        "releases",
+        "cleanup",
+        "check",
+        "unlock",
+        "--dry-run",
+        "--hosts",
+        "--role",
+        "--parallel",
+        "keep_releases",
+        "shared_dirs",
+        "[health]",
+        "known_hosts",
+        "--accept-new-host-keys",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .args(["-c", "/nonexistent/deploy.toml", "releases"])
+        .output()
+        .expect("deployer");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/deploy.toml"));
+}
