@@ -328,3 +328,51 @@ fn help_teaches_the_commands_and_the_config() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/deploy.toml"));
 }
+
+#[test]
+fn authenticates_with_the_ssh_agent_when_no_identity_is_set() {
+    let h = Hosts::start(&[23]);
+    h.write("a", "1");
+    let text = std::fs::read_to_string(&h.config).expect("config");
+    let no_identity: String = text
+        .lines()
+        .filter(|l| !l.starts_with("identity ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&h.config, no_identity).expect("config");
+    let sock = h.dir.path().join("agent.sock");
+    let mut cmd = std::process::Command::new("ssh-agent");
+    cmd.arg("-D").arg("-a").arg(&sock);
+    let _agent = testbed::process::Peer::spawn("ssh-agent", cmd);
+    testbed::process::eventually(
+        "the agent listens",
+        std::time::Duration::from_secs(10),
+        || sock.exists(),
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+            .arg("-c")
+            .arg(&h.config)
+            .args(args)
+            .env("SSH_AUTH_SOCK", &sock)
+            .output()
+            .expect("deployer")
+    };
+    // The agent holds no key yet: authentication fails, and says so.
+    let out = run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("authentication"),
+        "{out:?}"
+    );
+    testbed::process::checked(
+        "ssh-add",
+        std::process::Command::new("ssh-add")
+            .arg(&h.servers[0].identity)
+            .env("SSH_AUTH_SOCK", &sock)
+            .output(),
+    );
+    let out = run(&["deploy"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(h.current(0).is_some());
+}
