@@ -99,28 +99,8 @@ pub fn check_host(t: &Target, ssh: &SshSettings) -> HostReport {
 
 /// Checks all hosts, at most `parallel` at a time; reports in the targets' order.
 pub fn check_all(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<HostReport> {
-    let mut reports: Vec<Option<HostReport>> = vec![None; targets.len()];
-    for (chunk_index, chunk) in targets.chunks(parallel.max(1)).enumerate() {
-        let done: Vec<HostReport> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|t| scope.spawn(move || check_host(t, ssh)))
-                .collect();
-            handles
-                .into_iter()
-                .zip(chunk)
-                .map(|(h, t)| {
-                    h.join().unwrap_or_else(|_| {
-                        HostReport::new(t, Some("internal error while checking".into()))
-                    })
-                })
-                .collect()
-        });
-        for (i, r) in done.into_iter().enumerate() {
-            reports[chunk_index * parallel.max(1) + i] = Some(r);
-        }
-    }
-    reports.into_iter().flatten().collect()
+    let mut targets = targets.to_vec();
+    crate::fleet::each(&mut targets, parallel, |t| check_host(t, ssh))
 }
 
 /// A table, one host a row.
@@ -158,19 +138,5 @@ pub fn render(reports: &[HostReport]) -> String {
             r.problem.clone().unwrap_or_else(|| "ok".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::report::table(&rows.into_iter().map(Vec::from).collect::<Vec<_>>())
 }

@@ -1,6 +1,5 @@
-//! `deployer`: Capistrano-style releases over SSH. So far: the strict `deploy.toml` schema
-//! (`config.rs`), SSH with strict host-key checking (`ssh.rs`) and the `check` command
-//! (`check.rs`). The deploy flow itself is the open part of its issue.
+//! `deployer`: Capistrano-style releases over SSH to many hosts, all or nothing. `deploy.rs`
+//! holds the flow; ARCHITECTURE.md maps the other modules and the invariants they keep.
 
 pub mod check;
 pub mod config;
