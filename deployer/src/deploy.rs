@@ -19,6 +19,8 @@ use crate::upload;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a run behaves, from the command line.
@@ -32,8 +34,11 @@ pub struct Settings {
     /// Overrides the revision written to REVISION (default: git HEAD of the source, else a
     /// hash of its content).
     pub revision: Option<String>,
-    /// Stage headings and progress bars on stderr.
+    /// No stage headings or progress bars on stderr.
     pub quiet: bool,
+    /// Set on SIGINT/SIGTERM: the run stops at the next stage boundary (or mid-upload) and
+    /// takes the failure path, so nothing is left half-done or locked.
+    pub interrupted: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +149,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// After a signal: every host still going fails at `stage`, so the caller aborts.
+    fn stop_if_interrupted(&self, runs: &mut [Run], stage: &'static str) {
+        if self.s.interrupted.load(Ordering::Relaxed) {
+            for r in runs.iter_mut() {
+                r.host.fail(stage, "interrupted by a signal");
+            }
+        }
+    }
+
     fn say(&self, text: &str) {
         if !self.s.quiet {
             eprintln!("deployer: {text}");
@@ -249,6 +263,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
     }
     // Lock. The upload channel starts first so its session start overlaps the lock step.
     each(&mut runs, p, |r| lock_host(r, &c));
+    c.stop_if_interrupted(&mut runs, "lock");
     if runs.iter().any(|r| !r.ok()) {
         c.say("not every host could be locked; nothing was changed");
         abort_before_publish(&mut runs, &c);
@@ -302,6 +317,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
     });
     drop(staging);
     let _ = bars.clear();
+    c.stop_if_interrupted(&mut runs, "upload");
     if runs.iter().any(|r| !r.ok()) {
         c.say("staging failed; removing the staged release everywhere");
         abort_before_publish(&mut runs, &c);
@@ -322,6 +338,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
                 r.host.fail("before_publish", e);
             }
         });
+        c.stop_if_interrupted(&mut runs, "before_publish");
         if runs.iter().any(|r| !r.ok()) {
             c.say("a before_publish hook failed; removing the staged release everywhere");
             abort_before_publish(&mut runs, &c);
@@ -344,6 +361,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
             format!("publishing {}", c.release)
         });
         publish_batch(&mut runs[start..end], &c, gate.as_ref());
+        c.stop_if_interrupted(&mut runs[start..end], "publish");
         if runs.iter().any(|r| !r.ok()) {
             c.say("failed after publish; putting every host back on its previous release");
             abort_after_publish(&mut runs, &c);
@@ -439,7 +457,11 @@ fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
         std::io::BufWriter::with_capacity(256 * 1024, channel),
         Box::new({
             let bar = bar.clone();
-            move |n| bar.inc(n)
+            let stop = c.s.interrupted.clone();
+            move |n| {
+                bar.inc(n);
+                !stop.load(Ordering::Relaxed)
+            }
         }),
     );
     let prev = r.previous_manifest.as_ref().and(r.previous.as_deref());

@@ -4,6 +4,8 @@ use deployer::config::Config;
 use deployer::deploy::Settings;
 use deployer::ssh::{HostKeyPolicy, SshSettings};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -148,7 +150,15 @@ fn main() -> anyhow::Result<()> {
         hook_timeout: Duration::from_secs(cli.hook_timeout),
         revision: None,
         quiet: cli.quiet,
+        interrupted: Arc::new(AtomicBool::new(false)),
     };
+    // First Ctrl-C/SIGTERM: finish the current step, then take the failure path (staged
+    // releases removed or hosts rolled back, locks released). A second one exits at once.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, settings.interrupted.clone())
+            .and_then(|_| signal_hook::flag::register(sig, settings.interrupted.clone()))
+            .context("installing the signal handler")?;
+    }
     match cli.command {
         Command::Deploy {
             dry_run: true,

@@ -23,15 +23,16 @@ pub fn manifest_path(release: &str) -> String {
     format!(".deploy/manifests/{release}")
 }
 
-/// Counts what goes through, for the progress bar and the summary.
+/// Counts what goes through, for the progress bar and the summary; `on_write` returning false
+/// stops the stream (an interrupted deploy).
 pub struct Counting<W> {
     inner: W,
     pub written: u64,
-    on_write: Box<dyn FnMut(u64) + Send>,
+    on_write: Box<dyn FnMut(u64) -> bool + Send>,
 }
 
 impl<W: Write> Counting<W> {
-    pub fn new(inner: W, on_write: Box<dyn FnMut(u64) + Send>) -> Self {
+    pub fn new(inner: W, on_write: Box<dyn FnMut(u64) -> bool + Send>) -> Self {
         Self {
             inner,
             written: 0,
@@ -47,8 +48,11 @@ impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.written += n as u64;
-        (self.on_write)(n as u64);
-        Ok(n)
+        if (self.on_write)(n as u64) {
+            Ok(n)
+        } else {
+            Err(io::Error::other("interrupted by a signal"))
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()

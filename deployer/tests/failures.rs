@@ -310,3 +310,40 @@ fn unlock_clears_stale_locks_and_force_clears_any() {
     let r = h.run(&["unlock"]);
     assert!(r.stdout.contains("not locked"), "{r}");
 }
+
+#[test]
+fn an_interrupted_deploy_cleans_up_after_itself() {
+    let h = Hosts::start(&[24, 25]);
+    h.write("v", "1");
+    h.deploy_ok();
+    let first = h.current(0).expect("current");
+    let go = h.dir.path().join("go");
+    h.configure("", &wait_hook(&go));
+    h.write("v", "2");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .arg("-c")
+        .arg(&h.config)
+        .arg("deploy")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("deploy");
+    eventually("both hosts staged", Duration::from_secs(30), || {
+        (0..2).all(|i| h.releases(i).len() == 2)
+    });
+    // Ctrl-C while the hooks run: the run finishes the step, then backs out everywhere.
+    let pid = i32::try_from(child.id()).expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    std::fs::write(&go, "").expect("go");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    for i in 0..2 {
+        untouched(&h, i, std::slice::from_ref(&first), &first);
+    }
+}
