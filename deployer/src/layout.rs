@@ -1,6 +1,6 @@
 //! The layout on each host and the shell steps that read and change it:
-//! `releases/<UTC %Y%m%d%H%M%S>/` (complete once it holds `REVISION`), `current` → an absolute
-//! `releases/<ts>` path, `shared/`, `revisions.log` (JSON lines), and `.deploy/` (`lock/`,
+//! `releases/<UTC %Y%m%d%H%M%S>/` (complete once it holds `REVISION`), `current` → `releases/<ts>`
+//! (relative, so it survives `deploy_to` being moved or mounted elsewhere), `shared/`, `revisions.log` (JSON lines), and `.deploy/` (`lock/`,
 //! `manifests/<ts>`, `bad/<ts>` holding why a release was rolled back). Every interpolated
 //! value goes through [`quote`].
 
@@ -152,9 +152,8 @@ pub fn switch_script(deploy_to: &str, release: Option<&str>) -> String {
     let d = quote(deploy_to);
     match release {
         Some(r) => format!(
-            "cd {d} && [ -f releases/{r}/REVISION ] && ln -s {target} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
+            "cd {d} && [ -f releases/{r}/REVISION ] && ln -s releases/{r} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
             r = quote(r),
-            target = quote(&format!("{deploy_to}/releases/{r}")),
         ),
         None => format!("cd {d} && rm -f current"),
     }

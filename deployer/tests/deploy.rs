@@ -28,6 +28,11 @@ fn deploys_incrementally_rolls_back_and_cleans_up() {
     let r = h.deploy_ok();
     assert!(r.stdout.contains("53 files"), "{r}");
     let first = h.current(0).expect("current on host 0");
+    assert_eq!(
+        std::fs::read_link(h.deploy_to(0).join("current")).expect("link"),
+        std::path::Path::new("releases").join(&first),
+        "current -> releases/<ts>"
+    );
     assert_eq!(h.current(1).as_deref(), Some(first.as_str()));
     for i in 0..2 {
         let cur = h.deploy_to(i).join("current");
