@@ -381,3 +381,23 @@ fn authenticates_with_the_ssh_agent_when_no_identity_is_set() {
     assert!(out.status.success(), "{out:?}");
     assert!(h.current(0).is_some());
 }
+
+#[test]
+fn the_build_command_runs_first_and_a_failing_one_stops_everything() {
+    let h = Hosts::start(&[26]);
+    // Run in the config file's directory, before anything is read or sent.
+    h.configure("build = \"mkdir -p dist/gen && date > dist/gen/built\"", "");
+    h.deploy_ok();
+    assert!(h.deploy_to(0).join("current/gen/built").is_file());
+    let first = h.current(0).expect("current");
+    h.configure("build = \"echo compile error >&2; exit 3\"", "");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("build") && r.stderr.contains("compile error"),
+        "{r}"
+    );
+    assert_eq!(h.current(0), Some(first.clone()));
+    assert_eq!(h.releases(0), [first]);
+    assert!(!h.locked(0));
+}
