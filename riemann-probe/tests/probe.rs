@@ -53,7 +53,9 @@ fn riemann_away_then_back_bounded_and_counted() {
     }
     let st = probe.stats();
     assert!(st.queued <= 100, "queue is bounded: {st:?}");
-    assert!(st.dropped >= 4900, "{st:?}");
+    // Every event is sent, queued, dropped, or in the sender's hands (at most one swapped-out
+    // queue, ≤ capacity, which it requeues when the send fails).
+    assert!(st.dropped >= 5000 - 2 * 100, "{st:?}");
     sink.up();
     // Flows again, and the drops are reported as an event of their own.
     let drop_event = sink.wait_for(Duration::from_secs(10), |e| {
