@@ -76,9 +76,11 @@ with open(f"{tmp}/deploy.toml", "w") as c:
     for i, h in enumerate(hosts):
         c.write(f'[[hosts]]\naddress = "{h}"\ndeploy_to = "{target(i, "ours")}"\n')
 
+# DEPLOYER_ARGS="--parallel 4" tries other settings; CASES="first, 8" runs only matching cases.
+extra = os.environ.get("DEPLOYER_ARGS", "").split()
 def ours(n):
     sel = ",".join(hosts[:n])
-    subprocess.run([os.environ["DEPLOYER"], "-c", f"{tmp}/deploy.toml", "--quiet", "deploy",
+    subprocess.run([os.environ["DEPLOYER"], "-c", f"{tmp}/deploy.toml", "--quiet", *extra, "deploy",
                     "--hosts", sel], check=True, stdout=subprocess.DEVNULL)
 
 def baseline_one(i):
@@ -119,23 +121,40 @@ def change_one_file():
     with open(f"{src}/dir042/file07.bin", "ab") as fh:
         fh.write(str(counter[0]).encode())
 
+def busy():
+    # CPU seconds used machine-wide (user, system; every process: ours, sshd, tar, rsync).
+    f = open("/proc/stat").readline().split()[1:]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (int(f[0]) + int(f[1]) + int(f[2])) / hz, int(f[2]) / hz
+
+cpu = {}
 def timed(fn, *a):
-    t = time.perf_counter(); fn(*a); return time.perf_counter() - t
+    u0, s0 = busy(); t = time.perf_counter(); fn(*a); dt = time.perf_counter() - t; u1, s1 = busy()
+    cpu.setdefault(fn.__name__, []).append((u1 - u0, s1 - s0))
+    return dt
 
 results = {}
+cpus = {}
 def measure(name, n, first):
+    if os.environ.get("CASES", "") not in name:
+        return
     o, b = [], []
     for r in range(runs):
         if first:
             fresh(n)
         else:
             change_one_file()
+        # Let the disk finish the previous run's writes and deletions before the clock starts.
+        os.sync()
         # Alternate who goes first, so neither always runs on a warmer cache.
         if r % 2 == 0:
-            o.append(timed(ours, n)); b.append(timed(baseline, n))
+            o.append(timed(ours, n)); os.sync(); b.append(timed(baseline, n))
         else:
-            b.append(timed(baseline, n)); o.append(timed(ours, n))
+            b.append(timed(baseline, n)); os.sync(); o.append(timed(ours, n))
     results[name] = (statistics.median(o), statistics.median(b))
+    for who in ("ours", "baseline"):
+        runs_cpu = cpu.pop(who, [])
+        cpus[name, who] = (statistics.median(c for c, _ in runs_cpu), statistics.median(s for _, s in runs_cpu))
 
 measure("first, 1 host", 1, True)
 measure("one file changed, 1 host", 1, False)
@@ -146,7 +165,13 @@ print(f"tree: 5000 files, 50 MB; medians of {runs} runs; baseline = ssh + rsync 
 print(f"{'case':<28} {'deployer_s':>10} {'baseline_s':>10} {'ours/base':>9}")
 for name, (o, b) in results.items():
     print(f"{name:<28} {o:>10.3f} {b:>10.3f} {o / b:>9.2f}")
+print(f"{'case':<28} {'deployer_cpu_s (sys)':>20} {'baseline_cpu_s (sys)':>20}   machine-wide, medians")
+for name in results:
+    (oc, os_), (bc, bs) = cpus[name, "ours"], cpus[name, "baseline"]
+    print(f"{name:<28} {oc:>12.2f} ({os_:>5.2f}) {bc:>12.2f} ({bs:>5.2f})")
 for kind in ("first", "one file changed"):
+    if f"{kind}, 1 host" not in results or f"{kind}, 8 hosts" not in results:
+        continue
     o1, b1 = results[f"{kind}, 1 host"]; o8, b8 = results[f"{kind}, 8 hosts"]
     print(f"8 hosts / 1 host, {kind}: deployer {o8 / o1:.2f}, baseline {b8 / b1:.2f}")
 PY
