@@ -178,27 +178,10 @@ impl Remote {
             .set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
     }
 
-    /// Runs `script` with `sh -c` semantics; one exec channel (each costs ~200 ms of sshd fork,
-    /// so callers batch their remote work into few scripts).
+    /// Runs `script` with `sh -c` semantics on its own channel (each costs ~100 ms of sshd
+    /// session start; the deploy flow uses [`Shell`] instead).
     pub fn exec(&self, script: &str) -> Result<Output, SshError> {
-        let err = |e: &dyn std::fmt::Display| SshError::Session {
-            host: self.name.clone(),
-            message: e.to_string(),
-        };
-        let mut ch = self.session.channel_session().map_err(|e| err(&e))?;
-        ch.exec(script).map_err(|e| err(&e))?;
-        let mut stdout = String::new();
-        ch.read_to_string(&mut stdout).map_err(|e| err(&e))?;
-        let mut stderr = String::new();
-        ch.stderr()
-            .read_to_string(&mut stderr)
-            .map_err(|e| err(&e))?;
-        ch.wait_close().map_err(|e| err(&e))?;
-        Ok(Output {
-            status: ch.exit_status().map_err(|e| err(&e))?,
-            stdout,
-            stderr,
-        })
+        finish(&self.name, self.start(script)?)
     }
 }
 

@@ -50,14 +50,7 @@ fn a_host_lost_during_staging_changes_no_host() {
     h.configure("", &wait_hook(&go));
     big_tree(&h);
 
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .arg("-c")
-        .arg(&h.config)
-        .arg("deploy")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("deploy");
+    let child = common::spawn_deployer(&h.config, &["deploy"]);
     // As soon as host 1 starts receiving the release, it goes away (sshd and its sessions).
     eventually("host 1 is staging", Duration::from_secs(30), || {
         h.releases(1).len() > 1
@@ -240,14 +233,7 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
     let go = h.dir.path().join("go");
     h.configure("", &wait_hook(&go));
     h.write("v", "1");
-    let first = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .arg("-c")
-        .arg(&h.config)
-        .args(["deploy", "--quiet"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("deploy");
+    let first = common::spawn_deployer(&h.config, &["deploy", "--quiet"]);
     eventually(
         "the first deploy holds both locks",
         Duration::from_secs(30),
@@ -320,14 +306,7 @@ fn an_interrupted_deploy_cleans_up_after_itself() {
     let go = h.dir.path().join("go");
     h.configure("", &wait_hook(&go));
     h.write("v", "2");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .arg("-c")
-        .arg(&h.config)
-        .arg("deploy")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("deploy");
+    let child = common::spawn_deployer(&h.config, &["deploy"]);
     eventually("both hosts staged", Duration::from_secs(30), || {
         (0..2).all(|i| h.releases(i).len() == 2)
     });

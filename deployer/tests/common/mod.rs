@@ -36,6 +36,19 @@ pub fn deployer(config: &Path, args: &[&str]) -> Run {
     }
 }
 
+/// Starts `deployer -c config args…` without waiting, output captured (for tests that act on
+/// the hosts while it runs).
+pub fn spawn_deployer(config: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deployer")
+}
+
 pub struct Hosts {
     pub servers: Vec<Sshd>,
     pub dir: tempfile::TempDir,
