@@ -266,7 +266,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
     c.stop_if_interrupted(&mut runs, "lock");
     if runs.iter().any(|r| !r.ok()) {
         c.say("not every host could be locked; nothing was changed");
-        abort_before_publish(&mut runs, &c);
+        back_out(&mut runs, &c);
         return Ok(c.report(runs, false, started));
     }
 
@@ -320,7 +320,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
     c.stop_if_interrupted(&mut runs, "upload");
     if runs.iter().any(|r| !r.ok()) {
         c.say("staging failed; removing the staged release everywhere");
-        abort_before_publish(&mut runs, &c);
+        back_out(&mut runs, &c);
         return Ok(c.report(runs, false, started));
     }
 
@@ -341,7 +341,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
         c.stop_if_interrupted(&mut runs, "before_publish");
         if runs.iter().any(|r| !r.ok()) {
             c.say("a before_publish hook failed; removing the staged release everywhere");
-            abort_before_publish(&mut runs, &c);
+            back_out(&mut runs, &c);
             return Ok(c.report(runs, false, started));
         }
     }
@@ -364,7 +364,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
         c.stop_if_interrupted(&mut runs[start..end], "publish");
         if runs.iter().any(|r| !r.ok()) {
             c.say("failed after publish; putting every host back on its previous release");
-            abort_after_publish(&mut runs, &c);
+            back_out(&mut runs, &c);
             return Ok(c.report(runs, false, started));
         }
     }
@@ -515,30 +515,11 @@ fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
     }
 }
 
-/// Before publish: remove the staged release, log the failure, unlock — on every host that
-/// can still be reached.
-fn abort_before_publish(runs: &mut [Run], c: &Ctx) {
-    let first = runs.iter().find_map(|r| r.host.failure.clone());
-    each(runs, c.s.parallel, |r| {
-        if !r.host.locked {
-            return;
-        }
-        let d = r.d().to_owned();
-        let mut script = String::new();
-        if r.staged {
-            let why = r.host.failure.clone().or_else(|| first.clone());
-            script.push_str(&layout::remove_script(&d, std::slice::from_ref(&c.release)));
-            script.push_str(&layout::log_script(&d, &c.entry("failed", why.as_ref())));
-            script.push('\n');
-        }
-        release_lock(r, c, &script);
-    });
-}
-
-/// After publish: every host that may have switched goes back to its previous release (or
-/// loses `current` if it had none) and is restarted there by the after_publish hooks; the new
-/// release is marked bad. Hosts of later batches just drop it. Then log and unlock.
-fn abort_after_publish(runs: &mut [Run], c: &Ctx) {
+/// The failure path, at any stage: every host that may have switched goes back to its previous
+/// release (or loses `current` if it had none) and is restarted there by the after_publish
+/// hooks, the new release marked bad; hosts that only staged it drop it. Then each host that
+/// got that far logs the failure, and every lock this run holds is released.
+fn back_out(runs: &mut [Run], c: &Ctx) {
     let first = runs.iter().find_map(|r| r.host.failure.clone());
     each(runs, c.s.parallel, |r| {
         if !r.host.locked {
@@ -586,9 +567,11 @@ fn abort_after_publish(runs: &mut [Run], c: &Ctx) {
         if !switched && r.staged {
             script.push_str(&layout::remove_script(&d, std::slice::from_ref(&c.release)));
         }
-        let outcome = if switched { "rolled_back" } else { "failed" };
-        script.push_str(&layout::log_script(&d, &c.entry(outcome, why.as_ref())));
-        script.push('\n');
+        if switched || r.staged {
+            let outcome = if switched { "rolled_back" } else { "failed" };
+            script.push_str(&layout::log_script(&d, &c.entry(outcome, why.as_ref())));
+            script.push('\n');
+        }
         release_lock(r, c, &script);
     });
 }
