@@ -264,6 +264,15 @@ impl Config {
         Ok(out)
     }
 
+    /// `shared_dirs` and `shared_files` together.
+    pub fn shared_paths(&self) -> Vec<String> {
+        self.shared_dirs
+            .iter()
+            .chain(&self.shared_files)
+            .cloned()
+            .collect()
+    }
+
     pub fn user(&self) -> String {
         self.ssh
             .user

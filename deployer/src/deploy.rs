@@ -11,7 +11,7 @@
 use crate::config::{Config, Target};
 use crate::fleet::{self, Failure, Host, each};
 use crate::health::Gate;
-use crate::layout::{self, LogEntry};
+use crate::layout::{self, HostState, LogEntry};
 use crate::lock;
 use crate::manifest::{Delta, Manifest};
 use crate::ssh::SshSettings;
@@ -238,12 +238,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
         owner: lock::owner_line(&user),
         user,
     };
-    let shared: Vec<String> = cfg
-        .shared_dirs
-        .iter()
-        .chain(&cfg.shared_files)
-        .cloned()
-        .collect();
+    let shared = cfg.shared_paths();
     let p = s.parallel;
     c.say(&format!(
         "deploying {} ({} files, revision {}) to {} host(s)",
@@ -277,15 +272,7 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
             .flat_map(|r| r.host.state.releases.iter().map(|x| x.name.as_str())),
     );
     for r in &mut runs {
-        let st = &r.host.state;
-        r.previous = st
-            .current
-            .clone()
-            .filter(|cur| st.releases.iter().any(|x| &x.name == cur && x.complete));
-        r.previous_manifest = match (&r.previous, st.manifest.as_deref()) {
-            (Some(_), Some(text)) => Manifest::from_json(text).ok(),
-            _ => None,
-        };
+        (r.previous, r.previous_manifest) = previous(&r.host.state);
         r.delta = manifest.delta(r.previous_manifest.as_ref(), &shared);
     }
 
@@ -372,14 +359,8 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
     // Cleanup, log and unlock: one step per host.
     each(&mut runs, p, |r| {
         let d = r.d().to_owned();
-        let mut releases = r.host.state.releases.clone();
-        releases.push(layout::ReleaseInfo {
-            name: c.release.clone(),
-            complete: true,
-            revision: c.revision.clone(),
-            bad: None,
-        });
-        let remove = layout::cleanup_plan(&releases, Some(&c.release), cfg.keep_releases);
+        let remove =
+            layout::cleanup_after_publish(&r.host.state.releases, &c.release, cfg.keep_releases);
         let script = format!(
             "{}\n{}",
             layout::remove_script(&d, &remove),
@@ -393,6 +374,20 @@ pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, 
         }
     });
     Ok(c.report(runs, true, started))
+}
+
+/// The complete release `current` points at, and its manifest: what unchanged files are
+/// hard-linked from.
+fn previous(st: &HostState) -> (Option<String>, Option<Manifest>) {
+    let prev = st
+        .current
+        .clone()
+        .filter(|cur| st.releases.iter().any(|x| &x.name == cur && x.complete));
+    let manifest = match (&prev, st.manifest.as_deref()) {
+        (Some(_), Some(text)) => Manifest::from_json(text).ok(),
+        _ => None,
+    };
+    (prev, manifest)
 }
 
 /// Starts the upload channel, then takes the lock and reads the host's state.
@@ -610,12 +605,7 @@ fn outcome(r: Run) -> HostOutcome {
 pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, bool), DeployError> {
     let manifest = Manifest::scan(&cfg.source)?;
     let revision = revision(&cfg.source, &manifest, s.revision.as_deref());
-    let shared: Vec<String> = cfg
-        .shared_dirs
-        .iter()
-        .chain(&cfg.shared_files)
-        .cloned()
-        .collect();
+    let shared = cfg.shared_paths();
     let hosts = crate::releases::list_with_manifests(targets, s);
     let release = layout::next_release(
         chrono::Utc::now(),
@@ -643,25 +633,14 @@ pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, b
     ]];
     for h in &hosts {
         let st = &h.state;
-        let prev = st
-            .manifest
-            .as_deref()
-            .and_then(|m| Manifest::from_json(m).ok());
-        let delta = manifest.delta(prev.as_ref(), &shared);
-        let mut releases = st.releases.clone();
-        releases.push(layout::ReleaseInfo {
-            name: release.clone(),
-            complete: true,
-            revision: revision.clone(),
-            bad: None,
-        });
+        let delta = manifest.delta(previous(st).1.as_ref(), &shared);
         let status = match (&h.failure, &st.lock) {
             (Some(f), _) => format!("FAILS at {}: {}", f.stage, f.message),
             (None, Some(l)) => format!("FAILS at lock: locked by {l}"),
             (None, None) => "ready".into(),
         };
         ok &= status == "ready";
-        let remove = layout::cleanup_plan(&releases, Some(&release), cfg.keep_releases);
+        let remove = layout::cleanup_after_publish(&st.releases, &release, cfg.keep_releases);
         rows.push(vec![
             h.target.name.clone(),
             h.target.deploy_to.clone(),

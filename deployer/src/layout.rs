@@ -138,6 +138,18 @@ pub fn cleanup_plan(releases: &[ReleaseInfo], current: Option<&str>, keep: usize
     out
 }
 
+/// What the cleanup after publishing `new` removes from `releases` (the host's releases before).
+pub fn cleanup_after_publish(releases: &[ReleaseInfo], new: &str, keep: usize) -> Vec<String> {
+    let mut all = releases.to_vec();
+    all.push(ReleaseInfo {
+        name: new.to_owned(),
+        complete: true,
+        revision: String::new(),
+        bad: None,
+    });
+    cleanup_plan(&all, Some(new), keep)
+}
+
 /// Where `rollback` goes without `--to`: the newest good release older than `current`.
 pub fn previous_good(st: &HostState) -> Option<&ReleaseInfo> {
     let cur = st.current.as_deref()?;
