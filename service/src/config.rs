@@ -17,6 +17,8 @@ Examples:
   usersvc --listen 0.0.0.0:9000 --database-url postgres://usersvc@db/usersvc
   usersvc --config /etc/usersvc/config.toml   same keys as the long flags: listen = \"...\"
   usersvc import users.json                   load a JSON array of users, all or nothing
+  usersvc --config shared/usersvc.toml upgrade --start
+                                              hand the socket to a new server (or start one)
 
   curl -s localhost:8080 -H 'content-type: application/json' \\
        -d '{\"jsonrpc\":\"2.0\",\"method\":\"get_users\",\"id\":1}'
@@ -47,7 +49,31 @@ pub enum Command {
         /// A JSON file holding an array of user objects, each with a string "id"
         file: PathBuf,
     },
+    /// Replace the running server (the pid in --pid-file) without dropping a connection
+    ///
+    /// The running server starts a new server from the path it was started through (through
+    /// `current/bin/usersvc` that is the release `current` points to now) and hands it the
+    /// listening socket. Once the new server has opened the store and says it is ready, the old
+    /// one stops accepting, answers what is in flight with `Connection: close`, and exits.
+    /// Exits 0 once the new server serves; 1 if it failed (the old one keeps serving).
+    #[command(after_help = UPGRADE_HELP)]
+    Upgrade {
+        /// When no server is running, start one in the background and wait until it serves
+        #[arg(long)]
+        start: bool,
+        /// Longest wait for the new server to be ready; past it, it is killed
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+        timeout: Duration,
+    },
 }
+
+const UPGRADE_HELP: &str = "\
+A server started by --start runs in the directory you ran upgrade from, with stdin and stdout
+on /dev/null and its log appended to the pid file's name with .log (usersvc.pid -> usersvc.log).
+
+Examples:
+  usersvc --config /srv/usersvc/shared/usersvc.toml upgrade --start   (a deploy hook)
+  systemctl reload usersvc                      (the shipped unit's ExecReload runs upgrade)";
 
 #[derive(Args, Debug, Default, Clone)]
 pub struct Options {
@@ -130,6 +156,14 @@ pub struct Options {
     #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub workers: Option<u16>,
 
+    /// Write the serving pid here (needed by `upgrade`); a control socket sits beside it (.ctl)
+    #[arg(long, env = "USERSVC_PID_FILE", value_name = "PATH", global = true)]
+    pub pid_file: Option<PathBuf>,
+
+    /// The host name Riemann events carry [default: this machine's hostname]
+    #[arg(long, env = "USERSVC_RIEMANN_HOST", value_name = "NAME", global = true)]
+    pub riemann_host: Option<String>,
+
     /// Log line format on stderr [default: text]
     #[arg(long, env = "USERSVC_LOG_FORMAT", value_name = "FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -159,6 +193,8 @@ struct FileConfig {
     journal: Option<PathBuf>,
     riemann: Option<String>,
     riemann_interval: Option<String>,
+    riemann_host: Option<String>,
+    pid_file: Option<PathBuf>,
     pull_url: Option<String>,
     pull_interval: Option<String>,
     pull_timeout: Option<String>,
@@ -195,6 +231,7 @@ pub struct Settings {
     pub riemann: Option<crate::metrics::RiemannConfig>,
     pub pull: Option<crate::pull::PullConfig>,
     pub store_timeout: Duration,
+    pub pid_file: Option<PathBuf>,
     pub breaker_failures: u32,
     pub breaker_backoff: Duration,
     /// `None`: one per core.
@@ -264,6 +301,7 @@ impl Options {
                     &file.riemann_interval,
                     Duration::from_secs(5),
                 )?,
+                host: self.riemann_host.or(file.riemann_host),
             }),
         };
         let breaker_backoff = duration(
@@ -297,6 +335,7 @@ impl Options {
             riemann,
             pull,
             store_timeout,
+            pid_file: self.pid_file.or(file.pid_file),
             breaker_failures: self.breaker_failures.or(file.breaker_failures).unwrap_or(3),
             breaker_backoff,
             workers: self.workers.or(file.workers),

@@ -1,7 +1,7 @@
 //! HTTP transport: `POST /` carries JSON-RPC; `GET /health` and `GET /version` are plain JSON.
 //! Transport problems are HTTP statuses (401, 405, 413, 415); every JSON-RPC body is a 200.
 
-use crate::methods::{Api, VERSION};
+use crate::methods::Api;
 use crate::rpc::{self, Reply, RpcError};
 use crate::users::codes;
 use axum::Router;
@@ -208,13 +208,8 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     json_response(status, body.to_string().into_bytes())
 }
 
-async fn version() -> Response {
-    json_response(
-        StatusCode::OK,
-        serde_json::json!({"name": "usersvc", "version": VERSION})
-            .to_string()
-            .into_bytes(),
-    )
+async fn version(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, shared.api.version().to_vec())
 }
 
 #[cfg(test)]

@@ -8,26 +8,35 @@ pub mod breaker;
 pub mod config;
 pub mod http;
 pub mod journal;
+mod listener;
 pub mod methods;
 pub mod metrics;
+pub mod pidfile;
 pub mod pull;
+pub mod release;
 pub mod rpc;
+mod server;
 pub mod snapshot;
 pub mod store;
+mod upgrade;
 pub mod users;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{Cli, Command, Settings};
+pub use listener::{Inherited, ListenError};
+pub use upgrade::{UpgradeError, Upgraded, upgrade};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: String,
         #[source]
         source: std::io::Error,
     },
@@ -45,9 +54,13 @@ pub enum ServeError {
     Users(#[from] users::UserError),
 }
 
-/// Opens the store, loads the snapshot and serves until SIGTERM or SIGINT, then lets in-flight
-/// requests finish and returns.
-pub async fn serve(settings: Settings) -> Result<(), ServeError> {
+/// Opens the store, loads the snapshot and serves on the inherited socket (systemd's, or the one
+/// an upgrading server handed over) or a fresh bind of `--listen`, until SIGTERM or SIGINT or
+/// until an upgrade hands the socket on; then drains and returns.
+///
+/// On an error before it served, `inherited` still holds the channel to whoever started this
+/// server: pass the message to [`Inherited::failed`].
+pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), ServeError> {
     let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
     let users = users::Users::load(store.clone(), &settings.resilience()).await?;
     tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
@@ -62,7 +75,8 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
         metrics::start_reporter(cfg, metrics.clone(), users.clone())
     });
-    let api = Arc::new(methods::Api::new(users));
+    let release = release::Release::of_running_exe();
+    let api = Arc::new(methods::Api::new(users.clone(), &release));
     let app = http::router(
         api,
         http::HttpConfig {
@@ -73,18 +87,42 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
             pull: pull_stats,
         },
     );
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.listen.clone(),
-            source,
-        })?;
+    let (listener, origin) = inherited.listener(&settings.listen)?;
     let addr = listener.local_addr()?;
+    // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by it.
+    let handed_over = match &settings.pid_file {
+        Some(pid_file) => {
+            use std::os::fd::AsFd;
+            let dup = listener.as_fd().try_clone_to_owned()?;
+            Some(upgrade::listen_control(pid_file, dup)?)
+        }
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<upgrade::Successor>>();
+    let stop = async move {
+        let successor = match handed_over {
+            Some(rx) => tokio::select! {
+                () = shutdown_signal() => None,
+                s = rx => s.ok(),
+            },
+            None => {
+                shutdown_signal().await;
+                None
+            }
+        };
+        let _ = stop_tx.send(successor);
+    };
+    let accepting = tokio::spawn(server::serve(listener, app, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
-    tracing::info!(%addr, "listening on http://{addr}/");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tracing::info!(%addr, socket = origin.as_str(), revision = ?release.revision, release = ?release.name, "listening on http://{addr}/");
+    announce_ready(&settings, inherited.take_upgrade_channel(), &users).await?;
+    accepting
+        .await
+        .map_err(|e| std::io::Error::other(format!("the accept loop failed: {e}")))?;
+    if let Ok(Some(successor)) = stop_rx.await {
+        tracing::info!(new_pid = successor.pid, "drained; the new server serves");
+        successor.drained().await;
+    }
     tracing::info!("in-flight requests done; closing the store");
     if let Some(probe) = probe {
         // Flush what is queued, but never hold up the exit for long.
@@ -99,6 +137,50 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         );
     }
     store.close().await;
+    if let Some(pid_file) = &settings.pid_file {
+        pidfile::remove_if_ours(pid_file, std::process::id());
+    }
+    Ok(())
+}
+
+/// Says this server serves: the pid file, systemd (`READY=1`, `MAINPID=`), and the process that
+/// started it, if any. A server started by an upgrade then waits (in the background) for the old
+/// one to drain and reloads the snapshot, so writes the old one took meanwhile are seen.
+async fn announce_ready(
+    settings: &Settings,
+    channel: Option<listener::UpgradeChannel>,
+    users: &users::Users,
+) -> Result<(), ServeError> {
+    let pid = std::process::id();
+    if let Some(path) = &settings.pid_file {
+        pidfile::write(path, pid).map_err(|source| ServeError::PidFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(&[
+            sd_notify::NotifyState::MainPid(pid),
+            sd_notify::NotifyState::Ready,
+        ])
+    {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    if let Some(mut channel) = channel {
+        channel.ready();
+        let users = users.clone();
+        tokio::spawn(async move {
+            let drained = tokio::task::spawn_blocking(move || channel.wait_drained())
+                .await
+                .unwrap_or(false);
+            if drained {
+                match users.reload().await {
+                    Ok(()) => tracing::info!("the old server drained; snapshot reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "reload after the upgrade failed"),
+                }
+            }
+        });
+    }
     Ok(())
 }
 

@@ -1,40 +1,66 @@
-use anyhow::Context;
 use clap::Parser;
 use service::config::LogFormat;
-use service::{Cli, Command};
+use service::{Cli, Command, Inherited};
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    // First, while this is the only thread: it takes LISTEN_FDS out of the environment.
+    let mut inherited = Inherited::from_env();
     let cli = Cli::parse();
-    let settings = cli
-        .options
-        .resolve()
-        .context("fix the configuration and start again")?;
+    match run(cli, &mut inherited) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One message (ours carry their cause), no "Caused by:" chain, no backtrace.
+            let message = e.to_string();
+            eprintln!("usersvc: {message}");
+            if let Ok(inherited) = &mut inherited {
+                // An upgrade or `upgrade --start` waiting for us reports this as the reason.
+                inherited.failed(&message);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, inherited: &mut Result<Inherited, service::ListenError>) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let settings = cli.options.resolve()?;
     init_logging(settings.log_format, &settings.log)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = settings.workers {
         runtime.worker_threads(n.into());
     }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime
-            .block_on(service::serve(settings))
-            .context("usersvc stopped with an error"),
+    let runtime = runtime.enable_all().build()?;
+    match command {
+        Command::Serve => {
+            let inherited = inherited.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(runtime.block_on(service::serve(settings, inherited))?)
+        }
         Command::Import { file } => {
             let n = runtime
                 .block_on(service::import(&settings, &file))
-                .with_context(|| format!("nothing was imported from {}", file.display()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("nothing was imported from {}: {e}", file.display())
+                })?;
             println!("imported {n} users from {}", file.display());
+            Ok(())
+        }
+        Command::Upgrade { start, timeout } => {
+            let done = runtime.block_on(service::upgrade(
+                settings.pid_file.as_deref(),
+                start,
+                timeout,
+            ))?;
+            println!("{done}");
             Ok(())
         }
     }
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("bad log filter {filter:?} (try info or service=debug)"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        anyhow::anyhow!("bad log filter {filter:?} (try info or service=debug): {e}")
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -26,25 +26,30 @@ pub const METHODS: &[&str] = &[
 pub struct Api {
     pub users: Users,
     discover: Bytes,
+    version: Bytes,
 }
 
 impl Api {
-    pub fn new(users: Users) -> Self {
+    pub fn new(users: Users, release: &crate::release::Release) -> Self {
         // The document is ours and checked by a test; stamp in the running version.
         let mut doc: Value = serde_json::from_str(OPENRPC).unwrap_or(Value::Null);
         doc["info"]["version"] = VERSION.into();
         Self {
             users,
             discover: Bytes::from(doc.to_string()),
+            version: Bytes::from(release.version_json().to_string()),
         }
+    }
+
+    /// `{name, version, revision, release}`, for the `version` method and `GET /version`.
+    pub fn version(&self) -> Bytes {
+        self.version.clone()
     }
 
     async fn dispatch(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
         match method {
             "ping" => Ok(RawJson::from_trusted(Bytes::from_static(b"\"pong\""))),
-            "version" => Ok(RawJson::encode(
-                &json!({"name": "usersvc", "version": VERSION}),
-            )),
+            "version" => Ok(RawJson::from_trusted(self.version())),
             "rpc.discover" => Ok(RawJson::from_trusted(self.discover.clone())),
             "get_users" => {
                 let limit = opt_u64(&params, 0, "limit")?;

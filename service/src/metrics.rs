@@ -69,6 +69,8 @@ impl Metrics {
 pub struct RiemannConfig {
     pub addr: String,
     pub interval: Duration,
+    /// The host events carry; `None`: this machine's hostname.
+    pub host: Option<String>,
 }
 
 /// Reports every interval until the returned probe is shut down by the caller.
@@ -80,13 +82,19 @@ pub fn start_reporter(cfg: RiemannConfig, metrics: std::sync::Arc<Metrics>, user
         let secs = cfg.interval.as_secs_f64();
         let mut tick = tokio::time::interval(cfg.interval);
         let mut last = Instant::now();
+        let host = cfg.host.unwrap_or_else(riemann_probe::hostname);
         loop {
             tick.tick().await;
             let elapsed = last.elapsed().as_secs_f64().max(secs / 10.0);
             last = Instant::now();
             let m = metrics.take();
             let d = users.degradation();
-            let e = |service: &str| event(format!("usersvc {service}")).ttl(ttl).tag("usersvc");
+            let e = |service: &str| {
+                event(format!("usersvc {service}"))
+                    .host(host.as_str())
+                    .ttl(ttl)
+                    .tag("usersvc")
+            };
             reporter.send(
                 e("heartbeat")
                     .state("ok")

@@ -253,6 +253,11 @@ impl Users {
         Ok(Self { inner })
     }
 
+    /// Replaces the snapshot with the store's content (after another process wrote to it).
+    pub async fn reload(&self) -> Result<(), UserError> {
+        Ok(self.inner.reload().await?)
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }

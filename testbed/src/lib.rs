@@ -7,6 +7,7 @@
 pub mod canned;
 pub mod cores;
 pub mod http;
+pub mod load;
 pub mod postgres;
 pub mod process;
 pub mod riemann;

@@ -1,0 +1,439 @@
+//! Zero-downtime upgrade. The serving process listens on a control socket beside its pid file;
+//! `usersvc upgrade` asks it to start a new server from the path it was itself started through
+//! (argv[0] as given, so `current/bin/usersvc` means the release `current` points to now) and
+//! hands it the listening socket: one socket, one accept queue, nothing dropped. The new server
+//! opens the store, loads its snapshot, starts accepting and says READY; only then does the old
+//! one stop accepting, drain (`server.rs`) and exit. A new server that fails or is not ready in
+//! time is killed and the old one never stopped serving.
+//!
+//! Control protocol (one line each way): `upgrade <timeout ms>` → `ok <new pid>` or
+//! `error <message>`.
+
+use crate::listener::{DRAINED, ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
+use crate::pidfile;
+use command_fds::{CommandFdExt, FdMapping};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error(
+        "upgrade needs a pid file to find the running server: set pid_file in the config file or pass --pid-file"
+    )]
+    NoPidFile,
+    #[error(
+        "usersvc is not running (no live pid in {0}): start it, or run `usersvc upgrade --start`"
+    )]
+    NotRunning(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the running server (pid {pid}) does not answer on {path}: {source}")]
+    Control {
+        pid: u32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upgrade refused: {0}")]
+    Refused(String),
+    #[error("the new server failed, the old one keeps serving: {0}")]
+    NewServer(String),
+    #[error("the server did not start: {0}")]
+    Start(String),
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `usersvc upgrade` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgraded {
+    Replaced { old: u32, new: u32 },
+    Started { pid: u32 },
+}
+
+impl std::fmt::Display for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upgraded::Replaced { old, new } => write!(f, "usersvc upgraded: pid {old} -> {new}"),
+            Upgraded::Started { pid } => write!(f, "usersvc started: pid {pid}"),
+        }
+    }
+}
+
+/// `usersvc upgrade`: replace the running server, or with `start` start one when none runs.
+pub async fn upgrade(
+    pid_file: Option<&Path>,
+    start: bool,
+    timeout: Duration,
+) -> Result<Upgraded, UpgradeError> {
+    let pid_file = pid_file.ok_or(UpgradeError::NoPidFile)?;
+    let running = pidfile::read_live(pid_file).map_err(|source| UpgradeError::PidFile {
+        path: pid_file.to_owned(),
+        source,
+    })?;
+    match running {
+        Some(pid) => replace(pid_file, pid, timeout).await,
+        None if start => start_detached(pid_file, timeout).await,
+        None => Err(UpgradeError::NotRunning(pid_file.to_owned())),
+    }
+}
+
+async fn replace(pid_file: &Path, pid: u32, timeout: Duration) -> Result<Upgraded, UpgradeError> {
+    let path = pidfile::control_path(pid_file);
+    let control_err = |source| UpgradeError::Control {
+        pid,
+        path: path.clone(),
+        source,
+    };
+    let mut stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(control_err)?;
+    stream
+        .write_all(format!("upgrade {}\n", timeout.as_millis()).as_bytes())
+        .await
+        .map_err(control_err)?;
+    let mut line = String::new();
+    // The server bounds the wait by `timeout`; a little more here for the kill and the answer.
+    let mut reader = BufReader::new(stream);
+    let read = reader.read_line(&mut line);
+    match tokio::time::timeout(timeout + Duration::from_secs(10), read).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(control_err(e)),
+        Err(_) => {
+            return Err(control_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer",
+            )));
+        }
+    }
+    let line = line.trim();
+    if let Some(new) = line.strip_prefix("ok ") {
+        let new = new.parse().map_err(|_| {
+            UpgradeError::Refused(format!("unexpected answer from pid {pid}: {line}"))
+        })?;
+        return Ok(Upgraded::Replaced { old: pid, new });
+    }
+    match line.strip_prefix("error ") {
+        Some(m) if m.starts_with(IN_PROGRESS) => Err(UpgradeError::Refused(m.to_owned())),
+        Some(m) => Err(UpgradeError::NewServer(m.to_owned())),
+        None if line.is_empty() => Err(UpgradeError::Refused(format!(
+            "pid {pid} closed the control connection without an answer"
+        ))),
+        None => Err(UpgradeError::Refused(format!(
+            "unexpected answer from pid {pid}: {line}"
+        ))),
+    }
+}
+
+const IN_PROGRESS: &str = "an upgrade is already in progress";
+
+/// Starts a server that outlives this process (and the SSH session it runs in): its own process
+/// group, stdin and stdout on /dev/null, its log appended beside the pid file.
+async fn start_detached(pid_file: &Path, timeout: Duration) -> Result<Upgraded, UpgradeError> {
+    let log = pidfile::log_path(pid_file);
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| UpgradeError::Start(format!("cannot open its log {}: {e}", log.display())))?;
+    let (program, args) = serve_args_from_upgrade(std::env::args_os());
+    let mut cmd = new_server_command(&program, &args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0);
+    let (mut child, channel) = spawn_with_channel(cmd, &program, None)?;
+    let pid = child.id().unwrap_or_default();
+    await_ready(&mut child, channel, timeout)
+        .await
+        .map_err(|e| UpgradeError::Start(format!("{e} (its log: {})", log.display())))?;
+    Ok(Upgraded::Started { pid })
+}
+
+/// argv[0] as given, and this invocation's arguments with `upgrade` and its own options replaced
+/// by `serve`: the global options (`--config`, `--listen`, …) are the new server's.
+fn serve_args_from_upgrade(mut argv: impl Iterator<Item = OsString>) -> (OsString, Vec<OsString>) {
+    let program = argv.next().unwrap_or_else(|| "usersvc".into());
+    let mut args = Vec::new();
+    let mut seen_upgrade = false;
+    let mut skip_value = false;
+    for a in argv {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if !seen_upgrade && a == "upgrade" {
+            seen_upgrade = true;
+            continue;
+        }
+        if seen_upgrade {
+            if a == "--start" || a.to_string_lossy().starts_with("--timeout=") {
+                continue;
+            }
+            if a == "--timeout" {
+                skip_value = true;
+                continue;
+            }
+        }
+        args.push(a);
+    }
+    args.push("serve".into());
+    (program, args)
+}
+
+fn new_server_command(program: &OsString, args: &[OsString]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        // listenfd accepts an unset LISTEN_PID; ours (the parent's) would make the child ignore
+        // the sockets.
+        .env_remove("LISTEN_PID")
+        .kill_on_drop(false);
+    cmd
+}
+
+/// Spawns with `listener` (if any) and the upgrade channel as systemd-style passed fds.
+fn spawn_with_channel(
+    mut cmd: tokio::process::Command,
+    program: &OsString,
+    listener: Option<OwnedFd>,
+) -> Result<(tokio::process::Child, tokio::net::UnixStream), UpgradeError> {
+    let spawn_err = |source| UpgradeError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+    let mut mappings = Vec::new();
+    let mut names = Vec::new();
+    if let Some(fd) = listener {
+        mappings.push(FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        });
+        names.push(HTTP_FD_NAME);
+    }
+    mappings.push(FdMapping {
+        parent_fd: theirs.into(),
+        child_fd: 3 + names.len() as i32,
+    });
+    names.push(UPGRADE_FD_NAME);
+    cmd.env("LISTEN_FDS", names.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    cmd.fd_mappings(mappings)
+        .map_err(|e| spawn_err(std::io::Error::other(e)))?;
+    let child = cmd.spawn().map_err(spawn_err)?;
+    // `cmd` owns the child's ends of the fds: drop it so the channel sees EOF when the child dies.
+    drop(cmd);
+    ours.set_nonblocking(true).map_err(spawn_err)?;
+    let ours = tokio::net::UnixStream::from_std(ours).map_err(spawn_err)?;
+    Ok((child, ours))
+}
+
+/// Waits for the new server's READY. Anything else (an ERROR line, an exit, the timeout) kills
+/// it and returns why.
+async fn await_ready(
+    child: &mut tokio::process::Child,
+    channel: tokio::net::UnixStream,
+    timeout: Duration,
+) -> Result<tokio::net::UnixStream, String> {
+    let mut reader = BufReader::new(channel);
+    let mut line = String::new();
+    let outcome = tokio::time::timeout(timeout, reader.read_line(&mut line)).await;
+    let why = match outcome {
+        Ok(Ok(_)) if line.trim() == READY => return Ok(reader.into_inner()),
+        Ok(Ok(_)) => match line.trim().strip_prefix(ERROR) {
+            Some(msg) => msg.trim().to_owned(),
+            None => match child.wait().await {
+                Ok(status) => format!("it exited ({status}) before it was ready"),
+                Err(e) => format!("it went away before it was ready: {e}"),
+            },
+        },
+        Ok(Err(e)) => format!("lost contact with it: {e}"),
+        Err(_) => format!(
+            "not ready within {}; killed",
+            humantime::format_duration(timeout)
+        ),
+    };
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Err(why)
+}
+
+/// The serving side: answers `upgrade` on the control socket.
+pub(crate) struct Handoff {
+    /// A duplicate of the listening socket, for the new server.
+    listener: OwnedFd,
+    in_progress: AtomicBool,
+    /// Fired once a new server serves: this one then stops accepting.
+    done: tokio::sync::Mutex<Option<tokio::sync::oneshot::Sender<Successor>>>,
+}
+
+/// The server that took over, told when this one has drained.
+pub(crate) struct Successor {
+    pub pid: u32,
+    channel: tokio::net::UnixStream,
+}
+
+impl Successor {
+    /// Tells the new server the old one's last request is done (it then reloads what the old one
+    /// wrote meanwhile).
+    pub(crate) async fn drained(mut self) {
+        let _ = self
+            .channel
+            .write_all(format!("{DRAINED}\n").as_bytes())
+            .await;
+    }
+}
+
+/// Binds the control socket beside the pid file (a temp name renamed over the old server's: the
+/// path always leads to the newest server) and answers on it until the process ends.
+pub(crate) fn listen_control(
+    pid_file: &Path,
+    listener: OwnedFd,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<Successor>> {
+    let path = pidfile::control_path(pid_file);
+    let tmp = pidfile::sibling(&path, &format!(".{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let control = tokio::net::UnixListener::bind(&tmp)?;
+    std::fs::rename(&tmp, &path)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handoff = Arc::new(Handoff {
+        listener,
+        in_progress: AtomicBool::new(false),
+        done: tokio::sync::Mutex::new(Some(tx)),
+    });
+    tokio::spawn(async move {
+        loop {
+            match control.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, handoff.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn answer(stream: tokio::net::UnixStream, handoff: Arc<Handoff>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    if BufReader::new(read).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let reply = match line.trim().strip_prefix("upgrade") {
+        None => format!("error unknown command {:?}\n", line.trim()),
+        Some(ms) => {
+            let timeout = Duration::from_millis(ms.trim().parse().unwrap_or(30_000));
+            if handoff.in_progress.swap(true, Ordering::SeqCst) {
+                format!("error {IN_PROGRESS}\n")
+            } else {
+                match hand_over(&handoff, timeout).await {
+                    Ok(pid) => format!("ok {pid}\n"),
+                    Err(e) => {
+                        handoff.in_progress.store(false, Ordering::SeqCst);
+                        format!("error {}\n", e.replace('\n', " "))
+                    }
+                }
+            }
+        }
+    };
+    let _ = write.write_all(reply.as_bytes()).await;
+}
+
+async fn hand_over(handoff: &Handoff, timeout: Duration) -> Result<u32, String> {
+    let listener = handoff
+        .listener
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the listening socket: {e}"))?;
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let program = if args.is_empty() {
+        "usersvc".into()
+    } else {
+        args.remove(0)
+    };
+    tracing::info!(program = %program.to_string_lossy(), "upgrade: starting the new server");
+    let cmd = new_server_command(&program, &args);
+    let (mut child, channel) =
+        spawn_with_channel(cmd, &program, Some(listener)).map_err(|e| e.to_string())?;
+    let pid = child.id().unwrap_or_default();
+    match await_ready(&mut child, channel, timeout).await {
+        Ok(channel) => {
+            tracing::info!(new_pid = pid, "upgrade: the new server is ready; draining");
+            // Under systemd the new server becomes the main process before this one exits (else
+            // systemd would stop the service, the new server included).
+            if std::env::var_os("NOTIFY_SOCKET").is_some()
+                && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid)])
+            {
+                tracing::warn!(error = %e, "cannot tell systemd the new main pid");
+            }
+            if let Some(tx) = handoff.done.lock().await.take() {
+                let _ = tx.send(Successor { pid, channel });
+            }
+            // It now runs on its own: reaped by init once this process is gone.
+            drop(child);
+            Ok(pid)
+        }
+        Err(why) => {
+            tracing::error!(error = %why, "upgrade failed; still serving");
+            Err(why)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn start_turns_upgrade_into_serve() {
+        let (program, rest) = serve_args_from_upgrade(
+            args(&[
+                "/srv/u/current/bin/usersvc",
+                "--config",
+                "/srv/u/shared/usersvc.toml",
+                "upgrade",
+                "--start",
+                "--timeout",
+                "5s",
+                "--listen",
+                "127.0.0.1:1",
+            ])
+            .into_iter(),
+        );
+        assert_eq!(program, "/srv/u/current/bin/usersvc");
+        assert_eq!(
+            rest,
+            args(&[
+                "--config",
+                "/srv/u/shared/usersvc.toml",
+                "--listen",
+                "127.0.0.1:1",
+                "serve"
+            ])
+        );
+        let (_, rest) =
+            serve_args_from_upgrade(args(&["usersvc", "upgrade", "--timeout=3s"]).into_iter());
+        assert_eq!(rest, args(&["serve"]));
+    }
+}

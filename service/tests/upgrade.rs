@@ -1,0 +1,346 @@
+//! Zero-downtime upgrade and the systemd protocol, against the real binary: `usersvc upgrade`
+//! hands the listening socket to a new server under a steady load that never retries, and every
+//! way it can fail leaves the old server serving.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use testbed::load::{self, Load};
+use testbed::{eventually, process::free_port};
+
+/// A service directory: `bin/usersvc` (a link, so a test can swap what it starts), a config file
+/// with a pid file. Whatever serves from it is killed on drop.
+struct Site {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl Site {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("bin")).expect("mkdir");
+        symlink(
+            env!("CARGO_BIN_EXE_usersvc"),
+            dir.path().join("bin/usersvc"),
+        )
+        .expect("link");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .expect("addr");
+        let site = Self { dir, addr };
+        site.write_config("");
+        site
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_config(&self, extra: &str) {
+        let d = self.dir.path().display();
+        std::fs::write(
+            self.path("usersvc.toml"),
+            format!(
+                "listen = \"{}\"\ndatabase_url = \"sqlite://{d}/users.db\"\njournal = \"{d}/usersvc.journal\"\npid_file = \"{d}/usersvc.pid\"\nlog_format = \"json\"\n{extra}",
+                self.addr
+            ),
+        )
+        .expect("write config");
+    }
+
+    /// `bin/usersvc --config usersvc.toml ARGS`, as a deploy hook would run it.
+    fn usersvc(&self, args: &[&str]) -> Output {
+        let out = Command::new(self.path("bin/usersvc"))
+            .arg("--config")
+            .arg(self.path("usersvc.toml"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("run usersvc");
+        eprintln!(
+            "usersvc {args:?}: {}\nstdout: {}stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.path("usersvc.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    fn version(&self) -> serde_json::Value {
+        let agent = testbed::http::agent();
+        testbed::http::post(
+            &agent,
+            &format!("http://{}/", self.addr),
+            &[("content-type", "application/json")],
+            br#"{"jsonrpc":"2.0","method":"version","id":1}"#,
+        )
+        .json()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn upgrades_under_load_lose_no_request() {
+    let site = Site::new();
+    let refused = site.usersvc(&["upgrade"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert!(
+        err.starts_with("usersvc: usersvc is not running") && err.contains("upgrade --start"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line, no backtrace: {err}");
+
+    let started = site.usersvc(&["upgrade", "--start"]);
+    assert!(started.status.success());
+    let first = site.pid().expect("pid file written once serving");
+    assert_eq!(
+        String::from_utf8_lossy(&started.stdout).trim(),
+        format!("usersvc started: pid {first}")
+    );
+    assert!(
+        site.path("usersvc.log").exists(),
+        "detached server logs beside the pid file"
+    );
+    assert_eq!(site.version()["result"]["name"], "usersvc");
+
+    let load = Load::start(&[site.addr], 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![first];
+    for _ in 0..3 {
+        let out = site.usersvc(&["upgrade"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let new = site.pid().expect("pid file");
+        let old = *pids.last().expect("a pid");
+        assert_ne!(new, old);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("usersvc upgraded: pid {old} -> {new}")
+        );
+        eventually(
+            "the old server exits after draining",
+            Duration::from_secs(10),
+            || !alive(old),
+        );
+        pids.push(new);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let samples = load.stop();
+    let failures = load::failures(&samples);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        samples.len() > 100,
+        "the load ran: {} requests",
+        samples.len()
+    );
+    assert!(alive(*pids.last().expect("pid")));
+}
+
+#[test]
+fn a_failed_upgrade_leaves_the_old_server_serving() {
+    let site = Site::new();
+    assert!(site.usersvc(&["upgrade", "--start"]).status.success());
+    let pid = site.pid().expect("pid");
+    let load = Load::start(&[site.addr], 2);
+
+    // The new server cannot start (a config it refuses): its own error comes back. (This client
+    // finds the server by --pid-file, since it cannot read that config either.)
+    site.write_config("lisen = \"typo\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_usersvc"))
+        .arg("--pid-file")
+        .arg(site.path("usersvc.pid"))
+        .arg("upgrade")
+        .output()
+        .expect("run");
+    site.write_config("");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the new server failed, the old one keeps serving") && err.contains("lisen"),
+        "{err}"
+    );
+    assert_eq!(site.pid(), Some(pid));
+    assert!(alive(pid));
+
+    // A new server that never gets ready is killed at --timeout; meanwhile a second upgrade is
+    // refused.
+    let hang = site.path("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").expect("write");
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&hang)
+        .status()
+        .expect("chmod");
+    std::fs::remove_file(site.path("bin/usersvc")).expect("rm link");
+    symlink(&hang, site.path("bin/usersvc")).expect("link");
+    let cli = env!("CARGO_BIN_EXE_usersvc");
+    let config = site.path("usersvc.toml");
+    let slow = std::thread::spawn(move || {
+        Command::new(cli)
+            .arg("--config")
+            .arg(config)
+            .args(["upgrade", "--timeout", "2s"])
+            .output()
+            .expect("run")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Command::new(cli)
+        .arg("--config")
+        .arg(site.path("usersvc.toml"))
+        .arg("upgrade")
+        .output()
+        .expect("run");
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("an upgrade is already in progress"),
+        "{}",
+        stderr(&second)
+    );
+    let slow = slow.join().expect("thread");
+    assert_eq!(slow.status.code(), Some(1));
+    assert!(
+        stderr(&slow).contains("not ready within 2s; killed"),
+        "{}",
+        stderr(&slow)
+    );
+    assert!(
+        !Command::new("pgrep")
+            .args(["-f", "sleep 60"])
+            .status()
+            .expect("pgrep")
+            .success(),
+        "the hung server was killed"
+    );
+
+    let samples = load.stop();
+    let failures = load::failures(&samples);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(site.pid(), Some(pid));
+    assert!(alive(pid), "the old server never stopped");
+}
+
+#[test]
+fn stale_pid_file_and_missing_pid_file() {
+    let site = Site::new();
+    assert!(site.usersvc(&["upgrade", "--start"]).status.success());
+    let pid = site.pid().expect("pid");
+    signal(pid, libc::SIGKILL);
+    eventually("killed", Duration::from_secs(5), || !alive(pid));
+    let out = site.usersvc(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+    let out = site.usersvc(&["upgrade", "--start"]);
+    assert!(out.status.success(), "a stale pid file means not running");
+    assert_ne!(site.pid(), Some(pid));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_usersvc"))
+        .arg("upgrade")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("set pid_file in the config file or pass --pid-file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// systemd's side, as far as it runs here: `systemd-socket-activate` binds the port and passes it
+/// as fd 3 (LISTEN_FDS), and a NOTIFY_SOCKET the test binds receives READY=1 and MAINPID=; an
+/// upgrade tells it the new main pid before the old server exits.
+#[test]
+fn systemd_socket_activation_and_notify() {
+    let site = Site::new();
+    let notify = site.path("notify.sock");
+    let sd = UnixDatagram::bind(&notify).expect("bind NOTIFY_SOCKET");
+    sd.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut activate = testbed::Peer::spawn("systemd-socket-activate", {
+        let mut c = Command::new("systemd-socket-activate");
+        c.arg("-l")
+            .arg(site.addr.to_string())
+            .arg("-E")
+            .arg(format!("NOTIFY_SOCKET={}", notify.display()))
+            .arg(site.path("bin/usersvc"))
+            .arg("--config")
+            .arg(site.path("usersvc.toml"))
+            .arg("serve");
+        c
+    });
+    activate.wait_for_line(Duration::from_secs(10), |l| {
+        l.contains("Listening on").then_some(())
+    });
+    // The first connection starts the service, which takes the socket systemd bound.
+    assert_eq!(site.version()["result"]["name"], "usersvc");
+    // The pid file is written right after the accept loop starts, so it may trail the answer.
+    eventually("the pid file", Duration::from_secs(5), || {
+        site.pid().is_some()
+    });
+    let pid = site.pid().expect("pid");
+    let mut buf = [0u8; 512];
+    let n = sd.recv(&mut buf).expect("READY from the server");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.contains("READY=1") && msg.contains(&format!("MAINPID={pid}")),
+        "{msg}"
+    );
+    assert!(
+        activate.log().contains("systemd socket"),
+        "{}",
+        activate.log()
+    );
+
+    let load = Load::start(&[site.addr], 2);
+    let out = site.usersvc(&["upgrade"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = site.pid().expect("pid");
+    let mut told = String::new();
+    while !told.contains(&format!("MAINPID={new}")) {
+        let n = sd.recv(&mut buf).expect("MAINPID of the new server");
+        told.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    eventually("the old server exits", Duration::from_secs(10), || {
+        !alive(pid)
+    });
+    let failures = load::failures(&load.stop());
+    assert!(failures.is_empty(), "{failures:?}");
+}
