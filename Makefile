@@ -1,8 +1,13 @@
 # The two commands: `make run` and `make test`. CI runs exactly `make test` (.ci/run).
 CARGO ?= cargo
 ARGS ?=
+# make dist: where the release directory goes, and the cargo profile (dev for a quick local try).
+DIST ?= dist
+PROFILE ?= release
+PROFILE_DIR = $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+DEPLOY_CONFIG ?= deploy.toml
 
-.PHONY: run test lint peers build bench clean
+.PHONY: run test lint peers build bench clean dist deploy
 
 ## run: build and start usersvc on 127.0.0.1:8080 with ./usersvc.db (created on first run)
 run:
@@ -25,9 +30,29 @@ lint:
 build:
 	$(CARGO) build --workspace --bins
 
+## dist: assemble $(DIST)/, one release directory: bin/ (usersvc, check_jsonrpc, riemann-probe),
+## the systemd units, the usersvc.toml example, Nagios/Icinga 2 definitions and riemann.config.
+## Built aside and renamed into place, so a half-built dist/ is never deployed.
+dist:
+	$(CARGO) build --profile $(PROFILE) -p service -p nagios-plugin -p riemann-probe --bins
+	rm -rf $(DIST).tmp && mkdir -p $(DIST).tmp/bin
+	cp target/$(PROFILE_DIR)/usersvc target/$(PROFILE_DIR)/check_jsonrpc \
+	   target/$(PROFILE_DIR)/riemann-probe $(DIST).tmp/bin/
+	cp -R packaging/systemd packaging/nagios packaging/icinga2 $(DIST).tmp/
+	mkdir -p $(DIST).tmp/riemann && cp packaging/riemann/riemann.config $(DIST).tmp/riemann/
+	cp packaging/usersvc.toml $(DIST).tmp/usersvc.toml
+	rm -rf $(DIST) && mv $(DIST).tmp $(DIST)
+
+## deploy: ship $(DIST)/ with the deployer, as $(DEPLOY_CONFIG) says (example: packaging/deploy.toml)
+deploy:
+	@test -f $(DEPLOY_CONFIG) || { echo "no $(DEPLOY_CONFIG): cp packaging/deploy.toml $(DEPLOY_CONFIG) and edit its hosts" >&2; exit 1; }
+	$(CARGO) build --profile $(PROFILE) -p deployer --bin deployer
+	target/$(PROFILE_DIR)/deployer -c $(DEPLOY_CONFIG) deploy
+
 ## bench: side-by-side benchmarks against peers; prints ratios (ours/peer)
 bench: peers
 	./bench/run.sh
 
 clean:
 	$(CARGO) clean
+	rm -rf $(DIST) $(DIST).tmp

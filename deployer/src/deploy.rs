@@ -435,7 +435,12 @@ fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
     if let Some(gate) = gate.filter(|_| batch.iter().all(Run::ok)) {
         c.say("health gate");
         each(batch, p, |r| {
-            if let Err(e) = gate.wait_healthy(&r.host.target.host) {
+            let subject = crate::health::Subject {
+                host: &r.host.target.host,
+                release: &c.release,
+                revision: &c.revision,
+            };
+            if let Err(e) = gate.wait_healthy(&subject) {
                 r.host.fail("health", e);
             }
         });

@@ -1,6 +1,7 @@
 //! The health gate after publish: per host, a JSON-RPC call through the `nagios-plugin` library
-//! (in-process), and/or any Nagios plugin command run locally; `{host}` in either is replaced by
-//! the host's name. A host is healthy when every configured check passes (state OK, exit 0);
+//! (in-process), and/or any Nagios plugin command run locally. In either, `{host}` is replaced by
+//! the host's name, `{release}` and `{revision}` by the release that should now answer, so the
+//! gate can check that it is the new release that serves. A host is healthy when every configured check passes (state OK, exit 0);
 //! each is tried up to `retries + 1` times, `interval` apart.
 
 use crate::config::Health;
@@ -37,13 +38,13 @@ impl Gate {
     }
 
     /// Tries until healthy or out of retries; the last check's output either way.
-    pub fn wait_healthy(&self, host: &str) -> Result<String, String> {
+    pub fn wait_healthy(&self, subject: &Subject) -> Result<String, String> {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
                 std::thread::sleep(self.interval);
             }
-            match self.check_once(host) {
+            match self.check_once(subject) {
                 Ok(out) => return Ok(out),
                 Err(e) => last = e,
             }
@@ -55,10 +56,14 @@ impl Gate {
         ))
     }
 
-    fn check_once(&self, host: &str) -> Result<String, String> {
+    fn check_once(&self, subject: &Subject) -> Result<String, String> {
         let mut said = Vec::new();
         if let Some(url) = &self.url {
-            let mut cfg = CheckConfig::new(url.replace("{host}", &url_host(host)), &self.method);
+            let url = subject.fill(url, |field, value| match field {
+                "host" => url_host(value),
+                _ => value.to_owned(),
+            });
+            let mut cfg = CheckConfig::new(url, &self.method);
             cfg.timeout = self.timeout;
             let out = run(&cfg);
             let line = out.render().lines().next().unwrap_or_default().to_owned();
@@ -68,10 +73,37 @@ impl Gate {
             said.push(line);
         }
         if let Some(cmd) = &self.command {
-            let cmd = cmd.replace("{host}", &crate::ssh::quote(host));
+            let cmd = subject.fill(cmd, |field, value| match field {
+                "host" => crate::ssh::quote(value),
+                _ => crate::ssh::quote_word(value),
+            });
             said.push(run_plugin(&cmd, self.timeout)?);
         }
         Ok(said.join("; "))
+    }
+}
+
+/// What the gate checks: a host, and the release that should answer there.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub host: &'a str,
+    pub release: &'a str,
+    pub revision: &'a str,
+}
+
+impl Subject<'_> {
+    /// Replaces `{host}`, `{release}` and `{revision}` in `template`, each value passed through
+    /// `encode` (URL or shell quoting).
+    fn fill(&self, template: &str, encode: impl Fn(&str, &str) -> String) -> String {
+        [
+            ("host", self.host),
+            ("release", self.release),
+            ("revision", self.revision),
+        ]
+        .iter()
+        .fold(template.to_owned(), |t, (field, value)| {
+            t.replace(&format!("{{{field}}}"), &encode(field, value))
+        })
     }
 }
 
@@ -141,20 +173,49 @@ mod tests {
         }
     }
 
+    fn on(host: &str) -> Subject<'_> {
+        Subject {
+            host,
+            release: "20261123201500",
+            revision: "abc123",
+        }
+    }
+
     #[test]
     fn plugin_commands_decide_by_exit_status() {
         assert_eq!(
-            gate("echo OK - {host} fine", 0).wait_healthy("app1"),
+            gate("echo OK - {host} fine", 0).wait_healthy(&on("app1")),
             Ok("OK - app1 fine".into())
         );
         let e = gate("echo CRITICAL - down; exit 2", 2)
-            .wait_healthy("app1")
+            .wait_healthy(&on("app1"))
             .expect_err("unhealthy");
         assert!(
             e.contains("after 3 checks") && e.contains("CRITICAL - down"),
             "{e}"
         );
         // The host name is quoted: no injection through it.
-        assert!(gate("test {host} = 'a b'", 0).wait_healthy("a b").is_ok());
+        assert!(
+            gate("test {host} = 'a b'", 0)
+                .wait_healthy(&on("a b"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn release_and_revision_are_substituted() {
+        assert_eq!(
+            gate("echo '/revision=\"{revision}\"' {release}", 0).wait_healthy(&on("app1")),
+            Ok("/revision=\"abc123\" 20261123201500".into())
+        );
+        // An odd revision is quoted: it arrives whole and runs nothing.
+        let odd = Subject {
+            revision: "a b;touch /tmp/x",
+            ..on("app1")
+        };
+        assert_eq!(
+            gate("printf %s {revision}", 0).wait_healthy(&odd),
+            Ok("a b;touch /tmp/x".into())
+        );
     }
 }

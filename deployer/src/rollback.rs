@@ -129,8 +129,14 @@ pub fn rollback(
             }
             if let Some(gate) = &gate {
                 each(&mut steps, p, |st| {
+                    // The gate checks that the release rolled back to is what answers.
+                    let subject = crate::health::Subject {
+                        host: &st.host.target.host,
+                        release: st.to.as_deref().unwrap_or_default(),
+                        revision: &st.revision,
+                    };
                     if st.host.failure.is_none()
-                        && let Err(e) = gate.wait_healthy(&st.host.target.host)
+                        && let Err(e) = gate.wait_healthy(&subject)
                     {
                         st.host.fail("health", e);
                     }

@@ -60,6 +60,15 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Like [`quote`], but a word of only safe characters stays bare, so it can also stand inside a
+/// quoted string in a template (`--expect '/revision="{revision}"'`).
+pub fn quote_word(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+:/@%=,".contains(&b));
+    if safe { s.to_owned() } else { quote(s) }
+}
+
 /// The output of one remote command.
 #[derive(Debug, Clone)]
 pub struct Output {

@@ -1,0 +1,74 @@
+//! The shipped systemd units, checked by systemd itself: `systemd-analyze verify` parses them
+//! offline and names unknown keys, bad values and missing executables. The units are laid on a
+//! temporary deploy_to whose current/bin/usersvc is the binary under test, so nothing may be
+//! reported at all.
+
+use std::path::Path;
+use std::process::Command;
+
+fn verify(dir: &Path, units: &[&str]) -> (bool, String) {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units.iter().map(|u| dir.join(u)))
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "systemd-analyze not runnable ({e}): install the test peers with `make peers` (Debian package systemd)"
+            )
+        });
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deploy_to = dir.path().join("srv");
+    std::fs::create_dir_all(deploy_to.join("current/bin")).expect("mkdir");
+    std::fs::create_dir_all(deploy_to.join("shared")).expect("mkdir");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_usersvc"),
+        deploy_to.join("current/bin/usersvc"),
+    )
+    .expect("link");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd");
+    for unit in ["usersvc.socket", "usersvc.service"] {
+        let text = std::fs::read_to_string(shipped.join(unit)).expect("read unit");
+        std::fs::write(
+            dir.path().join(unit),
+            text.replace("/srv/usersvc", &deploy_to.display().to_string()),
+        )
+        .expect("write unit");
+    }
+    let (ok, said) = verify(dir.path(), &["usersvc.socket", "usersvc.service"]);
+    assert!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+
+    let service = std::fs::read_to_string(dir.path().join("usersvc.service")).expect("read");
+    for line in [
+        "Type=notify",
+        "ExecReload=",
+        "current/bin/usersvc --config",
+        "shared/usersvc.toml",
+    ] {
+        assert!(service.contains(line), "usersvc.service lacks {line:?}");
+    }
+    let socket = std::fs::read_to_string(dir.path().join("usersvc.socket")).expect("read");
+    assert!(socket.contains("ListenStream=8080"));
+
+    // The check has teeth: a misspelt key is reported.
+    std::fs::write(
+        dir.path().join("typo.service"),
+        service.replace("Type=notify", "Typ=notify"),
+    )
+    .expect("write");
+    let (_, said) = verify(dir.path(), &["typo.service"]);
+    assert!(said.contains("Unknown key 'Typ'"), "{said}");
+}
