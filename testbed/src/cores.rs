@@ -47,13 +47,48 @@ pub struct Service<'a> {
     pub check: &'a str,
 }
 
-/// Nagios 4: runs every service once; `includes` are extra `cfg_file`s (command definitions);
-/// `$USER1$` is `plugin_dir`.
+/// Nagios 4: runs every service once on host `localhost` (127.0.0.1); `includes` are extra
+/// `cfg_file`s (command definitions); `$USER1$` is `plugin_dir`. Results by service name.
 pub fn nagios(
     plugin_dir: &Path,
     includes: &[PathBuf],
     services: &[Service],
 ) -> HashMap<String, CoreResult> {
+    let on_localhost: Vec<HostService> = services
+        .iter()
+        .map(|s| HostService {
+            host: "localhost",
+            name: s.name,
+            check: s.check,
+        })
+        .collect();
+    nagios_hosts(
+        plugin_dir,
+        includes,
+        &[("localhost", "127.0.0.1")],
+        &on_localhost,
+    )
+    .into_iter()
+    .map(|((_, service), r)| (service, r))
+    .collect()
+}
+
+/// A service on one of several hosts.
+pub struct HostService<'a> {
+    pub host: &'a str,
+    pub name: &'a str,
+    /// The `check_command` value (`cmd!arg1!arg2`); `$HOSTADDRESS$` is the host's address.
+    pub check: &'a str,
+}
+
+/// Nagios 4 with several hosts (`(name, address)`): runs every service once. Results by
+/// `(host, service)`.
+pub fn nagios_hosts(
+    plugin_dir: &Path,
+    includes: &[PathBuf],
+    hosts: &[(&str, &str)],
+    services: &[HostService],
+) -> HashMap<(String, String), CoreResult> {
     require("/usr/sbin/nagios4", "nagios4-core");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let d = dir.path();
@@ -122,20 +157,25 @@ define command {
     command_name notify-none
     command_line /bin/true
 }
-define host {
-    host_name localhost
-    address 127.0.0.1
+",
+    );
+    for (name, address) in hosts {
+        objects.push_str(&format!(
+            "define host {{
+    host_name {name}
+    address {address}
     max_check_attempts 1
     check_period 24x7
     contacts nobody
     notification_period 24x7
-}
-",
-    );
+}}
+"
+        ));
+    }
     for s in services {
         objects.push_str(&format!(
             "define service {{
-    host_name localhost
+    host_name {}
     service_description {}
     check_command {}
     max_check_attempts 1
@@ -146,7 +186,7 @@ define host {
     notification_period 24x7
 }}
 ",
-            s.name, s.check
+            s.host, s.name, s.check
         ));
     }
     let write = |name: &str, text: &str| {
@@ -178,7 +218,10 @@ define host {
     loop {
         let status = std::fs::read_to_string(d.join("status.dat")).unwrap_or_default();
         let results = nagios_status(&status);
-        if services.iter().all(|s| results.contains_key(s.name)) {
+        if services
+            .iter()
+            .all(|s| results.contains_key(&(s.host.to_owned(), s.name.to_owned())))
+        {
             core.kill();
             return results;
         }
@@ -192,8 +235,8 @@ define host {
     }
 }
 
-/// Checked services from a `status.dat`.
-fn nagios_status(text: &str) -> HashMap<String, CoreResult> {
+/// Checked services from a `status.dat`, by `(host, service)`.
+fn nagios_status(text: &str) -> HashMap<(String, String), CoreResult> {
     let mut out = HashMap::new();
     for block in text.split("servicestatus {").skip(1) {
         let body = block.split('}').next().unwrap_or("");
@@ -208,7 +251,7 @@ fn nagios_status(text: &str) -> HashMap<String, CoreResult> {
             continue;
         }
         out.insert(
-            field("service_description"),
+            (field("host_name"), field("service_description")),
             CoreResult {
                 state: field("current_state").parse().unwrap_or(-1),
                 output: field("plugin_output"),

@@ -83,17 +83,48 @@ pub fn failures(samples: &[Sample]) -> Vec<String> {
         .collect()
 }
 
-/// The revisions `target` answered with, in order, each run of equal answers once.
-pub fn revisions_seen(samples: &[Sample], target: SocketAddr) -> Vec<String> {
+/// The revisions `target` answered with, in order, as they settled: during an upgrade both
+/// servers answer for a few milliseconds (requests already on the old one finish there), so
+/// each `window` counts for the revision most of its answers had, and repeats are folded.
+pub fn settled_revisions(samples: &[Sample], target: SocketAddr, window: Duration) -> Vec<String> {
+    let mine: Vec<&Sample> = samples.iter().filter(|s| s.target == target).collect();
+    let Some(first) = mine.first().map(|s| s.at) else {
+        return Vec::new();
+    };
+    let mut buckets: Vec<Vec<&str>> = Vec::new();
+    for s in &mine {
+        let i = ((s.at - first).as_nanos() / window.as_nanos().max(1)) as usize;
+        if buckets.len() <= i {
+            buckets.resize(i + 1, Vec::new());
+        }
+        if let Ok(r) = &s.outcome {
+            buckets[i].push(r);
+        }
+    }
     let mut seen: Vec<String> = Vec::new();
-    for s in samples.iter().filter(|s| s.target == target) {
-        if let Ok(r) = &s.outcome
-            && seen.last() != Some(r)
-        {
-            seen.push(r.clone());
+    for b in buckets.iter().filter(|b| !b.is_empty()) {
+        let majority = b
+            .iter()
+            .max_by_key(|r| b.iter().filter(|x| x == r).count())
+            .map(|r| (*r).to_owned())
+            .unwrap_or_default();
+        if seen.last() != Some(&majority) {
+            seen.push(majority);
         }
     }
     seen
+}
+
+/// Every revision `target` answered with in requests started at or after `from`.
+pub fn revisions_since(samples: &[Sample], target: SocketAddr, from: Instant) -> Vec<String> {
+    let mut all: Vec<String> = samples
+        .iter()
+        .filter(|s| s.target == target && s.at >= from)
+        .filter_map(|s| s.outcome.clone().ok())
+        .collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 fn client(target: SocketAddr, keep_alive: bool, stop: &AtomicBool, samples: &Mutex<Vec<Sample>>) {
