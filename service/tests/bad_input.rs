@@ -196,3 +196,42 @@ fn discover_describes_every_method() {
         "{codes:?}"
     );
 }
+
+/// Failures print as a CLI should: one `usersvc: …` line, no "Caused by:" chain, and no
+/// backtrace even with RUST_BACKTRACE set (DESIGN.md, "Errors, as a CLI prints them").
+#[test]
+fn failures_print_one_line() {
+    let s = svc(&[]);
+    let dir = s.dir().to_owned();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
+            .args(["--log", "off"])
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .current_dir(&dir)
+            .output()
+            .expect("run usersvc");
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let addr = s.addr().to_string();
+    let taken = run(&["--listen", &addr, "--database-url", "sqlite://taken.db"]);
+    assert_eq!(taken.lines().count(), 1, "{taken}");
+    assert!(
+        taken.starts_with(&format!("usersvc: cannot listen on {addr}: ")),
+        "{taken}"
+    );
+    let missing = run(&["import", "missing.json"]);
+    assert_eq!(missing.lines().count(), 1, "{missing}");
+    assert!(
+        missing.starts_with("usersvc: nothing was imported from missing.json: cannot read"),
+        "{missing}"
+    );
+    let bad_config = run(&["--config", "nope.toml"]);
+    assert_eq!(bad_config.lines().count(), 1, "{bad_config}");
+    assert!(
+        bad_config.starts_with("usersvc: cannot read config file nope.toml"),
+        "{bad_config}"
+    );
+    still_serving(&s);
+}
