@@ -53,7 +53,8 @@ pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn is_alive(pid: u32) -> bool {
+/// Whether `pid` runs (a zombie does not count).
+pub fn is_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };

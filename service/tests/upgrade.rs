@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 use testbed::load::{self, Load};
@@ -103,11 +103,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
+    service::pidfile::is_alive(pid)
 }
 
 fn stderr(o: &Output) -> String {
@@ -204,7 +200,15 @@ fn a_failed_upgrade_leaves_the_old_server_serving() {
     // A new server that never gets ready is killed at --timeout; meanwhile a second upgrade is
     // refused.
     let hang = site.path("hang");
-    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").expect("write");
+    let hang_pid = site.path("hang.pid");
+    std::fs::write(
+        &hang,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 60\n",
+            hang_pid.display()
+        ),
+    )
+    .expect("write");
     Command::new("chmod")
         .arg("+x")
         .arg(&hang)
@@ -242,14 +246,14 @@ fn a_failed_upgrade_leaves_the_old_server_serving() {
         "{}",
         stderr(&slow)
     );
-    assert!(
-        !Command::new("pgrep")
-            .args(["-f", "sleep 60"])
-            .status()
-            .expect("pgrep")
-            .success(),
-        "the hung server was killed"
-    );
+    let hung: u32 = std::fs::read_to_string(&hang_pid)
+        .expect("the hung server ran")
+        .trim()
+        .parse()
+        .expect("pid");
+    eventually("the hung server is killed", Duration::from_secs(5), || {
+        !alive(hung)
+    });
 
     let samples = load.stop();
     let failures = load::failures(&samples);
