@@ -33,8 +33,9 @@ build:
 ## dist: assemble $(DIST)/, one release directory: bin/ (usersvc, check_jsonrpc, riemann-probe),
 ## the systemd units, the usersvc.toml example, Nagios/Icinga 2 definitions and riemann.config.
 ## Built aside and renamed into place, so a half-built dist/ is never deployed.
+# --workspace --bins, as `make build`: one feature set, so a test or a deploy after it rebuilds nothing.
 dist:
-	$(CARGO) build --profile $(PROFILE) -p service -p nagios-plugin -p riemann-probe --bins
+	$(CARGO) build --profile $(PROFILE) --workspace --bins
 	rm -rf $(DIST).tmp && mkdir -p $(DIST).tmp/bin
 	cp target/$(PROFILE_DIR)/usersvc target/$(PROFILE_DIR)/check_jsonrpc \
 	   target/$(PROFILE_DIR)/riemann-probe $(DIST).tmp/bin/
@@ -46,7 +47,7 @@ dist:
 ## deploy: ship $(DIST)/ with the deployer, as $(DEPLOY_CONFIG) says (example: packaging/deploy.toml)
 deploy:
 	@test -f $(DEPLOY_CONFIG) || { echo "no $(DEPLOY_CONFIG): cp packaging/deploy.toml $(DEPLOY_CONFIG) and edit its hosts" >&2; exit 1; }
-	$(CARGO) build --profile $(PROFILE) -p deployer --bin deployer
+	$(CARGO) build --profile $(PROFILE) --workspace --bins
 	target/$(PROFILE_DIR)/deployer -c $(DEPLOY_CONFIG) deploy
 
 ## bench: side-by-side benchmarks against peers; prints ratios (ours/peer)

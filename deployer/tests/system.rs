@@ -170,21 +170,35 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
         .map(|s| format!("{}:{port}", s.ip).parse().expect("addr"))
         .collect();
 
-    // 1. The first deploy starts usersvc everywhere (the hook's --start).
-    let r = deploy("rev1");
-    assert_eq!(r.code, 0, "{r}");
+    // 1. The first deploy, as a user runs it (`make deploy`), starts usersvc everywhere (the
+    //    hook's --start). Its revision is the deployer's default: a hash of the source.
+    sh(
+        "make deploy",
+        Command::new("make")
+            .args(["-s", "deploy", "PROFILE=dev"])
+            .arg(format!("DEPLOY_CONFIG={}", hosts.config.display()))
+            .current_dir(workspace_root()),
+    );
+    let revision_of = |i: usize| {
+        std::fs::read_to_string(hosts.deploy_to(i).join("current/REVISION"))
+            .expect("REVISION")
+            .trim()
+            .to_owned()
+    };
+    let rev1: &str = &revision_of(0);
     for i in 0..IPS.len() {
-        assert!(servers.pid(i).is_some(), "host {i} serves: {r}");
+        assert!(servers.pid(i).is_some(), "host {i} serves");
+        assert_eq!(revision_of(i), rev1);
     }
 
     let load = Load::start(&targets, 2);
     // (began, returned, the revision that answers after it), per step from here on.
-    let mut steps = vec![(Instant::now(), Instant::now(), "rev1")];
-    let mut step = |want: &'static str, run: &dyn Fn() -> common::Run| {
+    let mut steps = vec![(Instant::now(), Instant::now(), rev1.to_owned())];
+    let mut step = |want: &str, run: &dyn Fn() -> common::Run| {
         std::thread::sleep(Duration::from_millis(500));
         let began = Instant::now();
         let r = run();
-        steps.push((began, Instant::now(), want));
+        steps.push((began, Instant::now(), want.to_owned()));
         r
     };
 
@@ -204,14 +218,12 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
     );
     let rev2_release: Vec<Option<String>> = (0..IPS.len()).map(|i| hosts.current(i)).collect();
     for i in 0..IPS.len() {
-        let revision =
-            std::fs::read_to_string(hosts.deploy_to(i).join("current/REVISION")).expect("REVISION");
-        assert_eq!(revision.trim(), "rev2", "host {i} back on rev2");
+        assert_eq!(revision_of(i), "rev2", "host {i} back on rev2");
     }
     use_source(&dist);
 
     // 4. Roll back to the release before rev2; the gate checks rev1 answers.
-    let r = step("rev1", &|| hosts.run(&["rollback"]));
+    let r = step(rev1, &|| hosts.run(&["rollback"]));
     assert_eq!(r.code, 0, "{r}");
     for (i, rev2) in rev2_release.iter().enumerate() {
         assert_ne!(&hosts.current(i), rev2, "host {i} moved back");
@@ -230,23 +242,23 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
     for (i, t) in targets.iter().enumerate() {
         assert_eq!(
             load::settled_revisions(&samples, *t, Duration::from_millis(250)),
-            ["rev1", "rev2", "rev1"],
+            [rev1, "rev2", rev1],
             "host {i}: answers in order"
         );
         // Between one step's end (plus a moment for keep-alive connections still on the old
         // server to get their Connection: close) and the next step's start, only one revision.
-        for (k, &(_, returned, want)) in steps.iter().enumerate() {
+        for (k, (_, returned, want)) in steps.iter().enumerate() {
             let next = steps.get(k + 1).map(|s| s.0);
             let seen: Vec<&str> = samples
                 .iter()
-                .filter(|s| s.target == *t && s.at >= returned + Duration::from_millis(300))
+                .filter(|s| s.target == *t && s.at >= *returned + Duration::from_millis(300))
                 .filter(|s| next.is_none_or(|n| s.at < n))
                 .filter_map(|s| s.outcome.as_deref().ok())
                 .collect();
             assert!(
-                !seen.is_empty() && seen.iter().all(|r| *r == want),
+                !seen.is_empty() && seen.iter().all(|r| r == want),
                 "host {i} after step {k}: want only {want}, got {:?}",
-                load::revisions_since(&samples, *t, returned)
+                load::revisions_since(&samples, *t, *returned)
             );
         }
         assert!(
