@@ -16,6 +16,7 @@ run:
 ## test: install missing test peers (as root), lint, then the whole suite against real peers
 test: peers lint build
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 ## peers: install the Debian packages the tests' real peers come from
 peers:

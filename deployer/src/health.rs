@@ -7,9 +7,7 @@
 use crate::config::Health;
 use nagios_plugin::State;
 use nagios_plugin::check::{CheckConfig, run};
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Gate {
@@ -118,42 +116,11 @@ fn url_host(host: &str) -> String {
 
 /// Runs a plugin command with `sh -c`; exit 0 is healthy. Killed after `timeout`.
 fn run_plugin(cmd: &str, timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let mut stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(out) = stdout.as_mut() {
-            let _ = out.take(64 * 1024).read_to_string(&mut s);
-        }
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{cmd:?} did not finish within {}",
-                    humantime::format_duration(timeout)
-                ));
-            }
-        }
-    };
-    let out = reader.join().unwrap_or_default();
-    let line = out.lines().next().unwrap_or_default().trim().to_owned();
-    match status.code() {
-        Some(0) => Ok(line),
-        Some(code) => Err(format!("{cmd:?} exited {code}: {line}")),
+    let run = plugin_api::run_shell(cmd, timeout).map_err(|e| e.to_string())?;
+    match run.code {
+        Some(0) => Ok(run.first_line),
+        _ if run.timed_out => Err(format!("{cmd:?}: {}", run.first_line)),
+        Some(code) => Err(format!("{cmd:?} exited {code}: {}", run.first_line)),
         None => Err(format!("{cmd:?} was killed by a signal")),
     }
 }

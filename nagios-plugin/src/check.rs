@@ -1,11 +1,11 @@
 //! One check: send the JSON-RPC request, validate the envelope, evaluate the assertions and
 //! thresholds, and say it as a plugin: a state, a one-line summary, perfdata, details.
 
+use crate::State;
 use crate::assertion::{Assertion, Measure, brief, show};
 use crate::envelope::{self, Answer};
 use crate::perfdata::Perf;
 use crate::range::Range;
-use crate::state::State;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};

@@ -1,10 +1,10 @@
 //! Command-line interface, named after check_http's options. Every way argument handling can end
 //! (help, version, a bad argument) is mapped onto the plugin contract: exit 3 with one line.
 
+use crate::State;
 use crate::assertion::{Assertion, Measure};
 use crate::check::{CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
 use crate::range::Range;
-use crate::state::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{ArgAction, Parser};

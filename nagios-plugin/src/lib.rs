@@ -9,10 +9,9 @@ pub mod cli;
 pub mod envelope;
 pub mod perfdata;
 pub mod range;
-pub mod state;
 
 pub use check::{CheckConfig, Outcome, run};
-pub use state::State;
+pub use plugin_api::State;
 
 use std::io::Write;
 use std::time::Duration;

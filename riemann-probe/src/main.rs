@@ -71,6 +71,10 @@ enum Cmd {
         /// Seconds the events stay valid in Riemann
         #[arg(long)]
         ttl: Option<f32>,
+        /// Kill a plugin still running after this long and report it critical, "plugin timed
+        /// out after …" (Nagios's service_check_timeout)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+        plugin_timeout: std::time::Duration,
         /// The plugin and its arguments, after --
         #[arg(last = true, required = true)]
         plugin: Vec<String>,
@@ -177,10 +181,10 @@ fn main() -> anyhow::Result<()> {
             service,
             host,
             ttl,
+            plugin_timeout,
             plugin,
         } => {
-            let run =
-                nagios::run_plugin(&plugin).with_context(|| format!("cannot run {}", plugin[0]))?;
+            let run = plugin_api::run_argv(&plugin, plugin_timeout)?;
             let service = service.unwrap_or_else(|| {
                 std::path::Path::new(&plugin[0])
                     .file_name()
@@ -190,7 +194,11 @@ fn main() -> anyhow::Result<()> {
             connect()?
                 .send(&events)
                 .context("the plugin's events were not accepted")?;
-            print!("{}", run.output);
+            if run.timed_out {
+                println!("{}", run.first_line);
+            } else {
+                print!("{}", run.output);
+            }
         }
     }
     Ok(())

@@ -119,3 +119,34 @@ fn maps_every_exit_code() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/plugin"));
 }
+
+/// A plugin that hangs is killed at --plugin-timeout and reported critical, as Nagios does.
+#[test]
+fn a_hung_plugin_is_killed_and_reported_critical() {
+    let sink = Sink::start();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_riemann-probe"))
+        .args(["--server", &sink.tcp_addr().to_string(), "nagios"])
+        .args(["--service", "hung", "--plugin-timeout", "1s", "--"])
+        .args(["sleep", "30"])
+        .output()
+        .expect("run riemann-probe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it did not wait for the plugin"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "plugin timed out after 1s"
+    );
+    let e = sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("hung")
+    });
+    assert_eq!(e.state.as_deref(), Some("critical"));
+    assert_eq!(e.description.as_deref(), Some("plugin timed out after 1s"));
+}

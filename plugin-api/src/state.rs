@@ -12,6 +12,27 @@ pub enum State {
 }
 
 impl State {
+    /// The state a plugin's exit status means: 0–3 as the guidelines say; anything else (a
+    /// crash's 5, 127 for "not found", death by a signal) is UNKNOWN, as Icinga 2 reads it.
+    pub fn from_exit(code: Option<i32>) -> State {
+        match code {
+            Some(0) => State::Ok,
+            Some(1) => State::Warning,
+            Some(2) => State::Critical,
+            _ => State::Unknown,
+        }
+    }
+
+    /// Lower case, as Riemann states are written.
+    pub fn as_lower(self) -> &'static str {
+        match self {
+            State::Ok => "ok",
+            State::Warning => "warning",
+            State::Critical => "critical",
+            State::Unknown => "unknown",
+        }
+    }
+
     pub fn exit_code(self) -> i32 {
         match self {
             State::Ok => 0,
@@ -74,5 +95,14 @@ mod tests {
             [Ok, Warning, Critical, Unknown].map(|s| s.exit_code()),
             [0, 1, 2, 3]
         );
+    }
+
+    #[test]
+    fn exit_codes_map_back() {
+        assert_eq!(
+            [0, 1, 2, 3, 5, 127].map(|c| super::State::from_exit(Some(c))),
+            [Ok, Warning, Critical, Unknown, Unknown, Unknown]
+        );
+        assert_eq!(super::State::from_exit(None), Unknown);
     }
 }
