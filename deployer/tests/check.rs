@@ -90,3 +90,24 @@ fn unknown_and_changed_host_keys_are_refused() {
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stdout.contains("cannot connect"), "{r}");
 }
+
+/// A missing config prints as a CLI should: one message and what to do, no "Caused by:", no
+/// backtrace even with RUST_BACKTRACE set.
+#[test]
+fn missing_config_is_one_message_and_a_hint() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .args(["-c", "/nonexistent/deploy.toml", "check"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run deployer");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            "deployer: cannot read /nonexistent/deploy.toml: No such file or directory (os error 2)",
+            "fix the deploy configuration"
+        ],
+        "{err}"
+    );
+}
