@@ -89,32 +89,37 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     );
     let (listener, origin) = inherited.listener(&settings.listen)?;
     let addr = listener.local_addr()?;
-    // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by it.
-    let handed_over = match &settings.pid_file {
-        Some(pid_file) => {
-            use std::os::fd::AsFd;
-            let dup = listener.as_fd().try_clone_to_owned()?;
-            Some(upgrade::listen_control(pid_file, dup)?)
-        }
-        None => None,
-    };
+    // Fired when an upgrade has handed the socket on: this server then stops accepting.
+    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<upgrade::Successor>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<upgrade::Successor>>();
     let stop = async move {
-        let successor = match handed_over {
-            Some(rx) => tokio::select! {
-                () = shutdown_signal() => None,
-                s = rx => s.ok(),
-            },
-            None => {
-                shutdown_signal().await;
-                None
+        let handed_over = async {
+            match handed_rx.await {
+                Ok(successor) => successor,
+                // No control socket (no pid file): only a signal stops this server.
+                Err(_) => std::future::pending().await,
             }
         };
+        let successor = tokio::select! {
+            () = shutdown_signal() => None,
+            s = handed_over => Some(s),
+        };
         let _ = stop_tx.send(successor);
+    };
+    // A duplicate of the socket for a successor, taken before the accept loop owns it.
+    let dup = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned()?
     };
     let accepting = tokio::spawn(server::serve(listener, app, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     tracing::info!(%addr, socket = origin.as_str(), revision = ?release.revision, release = ?release.name, "listening on http://{addr}/");
+    // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by
+    // it. Bound only now, ready to serve: the path must never lead to a server that failed.
+    match &settings.pid_file {
+        Some(pid_file) => upgrade::listen_control(pid_file, dup, handed_tx)?,
+        None => drop((dup, handed_tx)),
+    }
     announce_ready(&settings, inherited.take_upgrade_channel(), &users).await?;
     accepting
         .await

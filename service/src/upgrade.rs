@@ -303,17 +303,17 @@ impl Successor {
 pub(crate) fn listen_control(
     pid_file: &Path,
     listener: OwnedFd,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<Successor>> {
+    done: tokio::sync::oneshot::Sender<Successor>,
+) -> std::io::Result<()> {
     let path = pidfile::control_path(pid_file);
     let tmp = pidfile::sibling(&path, &format!(".{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let control = tokio::net::UnixListener::bind(&tmp)?;
     std::fs::rename(&tmp, &path)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let handoff = Arc::new(Handoff {
         listener,
         in_progress: AtomicBool::new(false),
-        done: tokio::sync::Mutex::new(Some(tx)),
+        done: tokio::sync::Mutex::new(Some(done)),
     });
     tokio::spawn(async move {
         loop {
@@ -328,7 +328,7 @@ pub(crate) fn listen_control(
             }
         }
     });
-    Ok(rx)
+    Ok(())
 }
 
 async fn answer(stream: tokio::net::UnixStream, handoff: Arc<Handoff>) {
