@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The control socket of the server whose pid is in `pid_file`: `<pid_file>.ctl`.
 pub fn control_path(pid_file: &Path) -> PathBuf {
-    let mut p = pid_file.as_os_str().to_owned();
-    p.push(".ctl");
-    PathBuf::from(p)
+    sibling(pid_file, ".ctl")
 }
 
 /// Where a server started by `upgrade --start` logs: the pid file's name with `.log`.

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 /// How long a connection may sit idle after the drain began before it is closed.
 const IDLE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `app` on `listener` until `stop` resolves, then drains. `stopped_accepting` runs once
-/// the listener is closed.
+/// Serves `app` on `listener` until `stop` resolves, then drains; returns once the last
+/// connection is closed.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use testbed::load::{self, Load};
@@ -53,20 +53,11 @@ impl Site {
 
     /// `bin/usersvc --config usersvc.toml ARGS`, as a deploy hook would run it.
     fn usersvc(&self, args: &[&str]) -> Output {
-        let out = Command::new(self.path("bin/usersvc"))
-            .arg("--config")
-            .arg(self.path("usersvc.toml"))
-            .args(args)
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .expect("run usersvc");
-        eprintln!(
-            "usersvc {args:?}: {}\nstdout: {}stderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        let config = self.path("usersvc.toml").display().to_string();
+        run(
+            &self.path("bin/usersvc"),
+            &[&["--config", &config], args].concat(),
+        )
     }
 
     fn pid(&self) -> Option<u32> {
@@ -93,6 +84,27 @@ impl Drop for Site {
             signal(pid, libc::SIGKILL);
         }
     }
+}
+
+/// Runs `program ARGS` with RUST_BACKTRACE set (it must not show), echoing what it said.
+fn run(program: &Path, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run usersvc");
+    eprintln!(
+        "usersvc {args:?}: {}\nstdout: {}stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The binary under test itself, not the site's bin/usersvc (which a test may swap).
+fn cli(args: &[&str]) -> Output {
+    run(Path::new(env!("CARGO_BIN_EXE_usersvc")), args)
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -181,12 +193,8 @@ fn a_failed_upgrade_leaves_the_old_server_serving() {
     // The new server cannot start (a config it refuses): its own error comes back. (This client
     // finds the server by --pid-file, since it cannot read that config either.)
     site.write_config("lisen = \"typo\"\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_usersvc"))
-        .arg("--pid-file")
-        .arg(site.path("usersvc.pid"))
-        .arg("upgrade")
-        .output()
-        .expect("run");
+    let pid_file = site.path("usersvc.pid").display().to_string();
+    let out = cli(&["--pid-file", &pid_file, "upgrade"]);
     site.write_config("");
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -216,23 +224,13 @@ fn a_failed_upgrade_leaves_the_old_server_serving() {
         .expect("chmod");
     std::fs::remove_file(site.path("bin/usersvc")).expect("rm link");
     symlink(&hang, site.path("bin/usersvc")).expect("link");
-    let cli = env!("CARGO_BIN_EXE_usersvc");
-    let config = site.path("usersvc.toml");
-    let slow = std::thread::spawn(move || {
-        Command::new(cli)
-            .arg("--config")
-            .arg(config)
-            .args(["upgrade", "--timeout", "2s"])
-            .output()
-            .expect("run")
+    let config = site.path("usersvc.toml").display().to_string();
+    let slow = std::thread::spawn({
+        let config = config.clone();
+        move || cli(&["--config", &config, "upgrade", "--timeout", "2s"])
     });
     std::thread::sleep(Duration::from_millis(500));
-    let second = Command::new(cli)
-        .arg("--config")
-        .arg(site.path("usersvc.toml"))
-        .arg("upgrade")
-        .output()
-        .expect("run");
+    let second = cli(&["--config", &config, "upgrade"]);
     assert_eq!(second.status.code(), Some(1));
     assert!(
         stderr(&second).contains("an upgrade is already in progress"),
@@ -276,10 +274,7 @@ fn stale_pid_file_and_missing_pid_file() {
     assert!(out.status.success(), "a stale pid file means not running");
     assert_ne!(site.pid(), Some(pid));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_usersvc"))
-        .arg("upgrade")
-        .output()
-        .expect("run");
+    let out = cli(&["upgrade"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("set pid_file in the config file or pass --pid-file"),

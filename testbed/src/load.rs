@@ -53,11 +53,6 @@ impl Load {
         }
     }
 
-    /// Everything recorded so far.
-    pub fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
     /// Stops the clients and returns every sample, in the order they were taken.
     pub fn stop(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
