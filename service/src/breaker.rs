@@ -66,6 +66,16 @@ impl Breaker {
         self.state != BreakerState::Closed
     }
 
+    /// The store is unreachable (refused, reset, timed out): open now, whatever the count.
+    pub fn trip(&mut self, now: Instant) {
+        self.failures = self.failures.max(self.threshold);
+        match self.state {
+            BreakerState::Closed => self.open(now, self.base_backoff),
+            BreakerState::HalfOpen => self.open(now, (self.backoff * 2).min(self.max_backoff)),
+            BreakerState::Open => {}
+        }
+    }
+
     fn open(&mut self, now: Instant, backoff: Duration) {
         self.state = BreakerState::Open;
         self.backoff = backoff;
@@ -116,5 +126,13 @@ mod tests {
         assert!(b.try_probe(t0 + s + 2 * s));
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
+        b.trip(t0);
+        assert_eq!(b.state(), BreakerState::Open, "unreachable opens at once");
+        assert!(b.try_probe(t0 + s));
+        b.trip(t0 + s);
+        assert!(
+            !b.try_probe(t0 + s + s),
+            "a tripped probe doubles the backoff"
+        );
     }
 }

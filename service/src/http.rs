@@ -2,8 +2,8 @@
 //! Transport problems are HTTP statuses (401, 405, 413, 415); every JSON-RPC body is a 200.
 
 use crate::methods::Api;
+use crate::methods::codes;
 use crate::rpc::{self, Reply, RpcError};
-use crate::users::codes;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

@@ -167,10 +167,15 @@ impl Journal {
 
     /// Appends and fsyncs: when this returns Ok, the write survives a crash.
     pub fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
-        let bytes = frame(entry);
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends every entry, in order, with one write and one fsync (group commit).
+    pub fn append_all(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
+        let bytes: Vec<u8> = entries.iter().flat_map(frame).collect();
         self.file.write_all(&bytes).map_err(|e| self.io(e))?;
         self.file.sync_data().map_err(|e| self.io(e))?;
-        self.depth += 1;
+        self.depth += entries.len();
         Ok(())
     }
 

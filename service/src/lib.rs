@@ -5,7 +5,9 @@
 //! `snapshot` (reads) and `store` (sqlx, SQLite or PostgreSQL).
 
 pub mod breaker;
+mod commit;
 pub mod config;
+mod follow;
 pub mod http;
 pub mod journal;
 mod listener;
@@ -16,10 +18,15 @@ pub mod pull;
 pub mod release;
 pub mod rpc;
 mod server;
+mod shared;
 pub mod snapshot;
+pub mod snapshot_file;
 pub mod store;
+mod supervise;
 mod upgrade;
 pub mod users;
+pub mod validate;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,7 +58,7 @@ pub enum ServeError {
     #[error("{path}: {message}")]
     BadImport { path: String, message: String },
     #[error(transparent)]
-    Users(#[from] users::UserError),
+    Open(#[from] users::OpenError),
 }
 
 /// Opens the store, loads the snapshot and serves on the inherited socket (systemd's, or the one
@@ -61,8 +68,12 @@ pub enum ServeError {
 /// On an error before it served, `inherited` still holds the channel to whoever started this
 /// server: pass the message to [`Inherited::failed`].
 pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), ServeError> {
-    let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
-    let users = users::Users::load(store.clone(), &settings.resilience()).await?;
+    let users = users::Users::open(
+        &settings.database_url,
+        settings.store_timeout,
+        &settings.resilience(),
+    )
+    .await?;
     tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
     let pull_stats = settings.pull.clone().map(|cfg| {
         let stats = Arc::new(pull::PullStats::default());
@@ -128,7 +139,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         tracing::info!(new_pid = successor.pid, "drained; the new server serves");
         successor.drained().await;
     }
-    tracing::info!("in-flight requests done; closing the store");
+    tracing::info!("in-flight requests done; finishing the writes taken, closing the store");
     if let Some(probe) = probe {
         // Flush what is queued, but never hold up the exit for long.
         let stats =
@@ -141,7 +152,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
             "Riemann probe flushed"
         );
     }
-    store.close().await;
+    users.close().await;
     if let Some(pid_file) = &settings.pid_file {
         pidfile::remove_if_ours(pid_file, std::process::id());
     }
@@ -202,21 +213,26 @@ pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeErro
     };
     let list: Vec<serde_json::Value> = serde_json::from_slice(&text)
         .map_err(|e| bad(format!("not a JSON array of users: {e}")))?;
-    let valid = users::validate_list(list, false).map_err(bad)?;
+    let valid = validate::validate_list(list, false).map_err(|e| bad(e.0))?;
     // Straight to the store in one transaction: an import is all or nothing, never queued.
     let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let writes: Vec<store::WriteDoc> = valid
-        .into_iter()
-        .map(|u| store::WriteDoc {
-            json: serde_json::Value::Object(u.doc).to_string(),
-            id: u.id,
-            updated_at: now.clone(),
-        })
+    let writes = valid
+        .iter()
+        .map(|u| store::WriteDoc::new(&u.id, &u.doc, &now))
         .collect();
-    let n = store.put_many(&writes, None).await?.len();
+    let mut writer = writer::Writer::new(&store);
+    let write_id = uuid::Uuid::now_v7().to_string();
+    let done = writer
+        .commit(&[(write_id, writer::Change::PutMany(writes))])
+        .await;
+    writer.close().await;
     store.close().await;
-    Ok(n)
+    match done?.pop() {
+        Some(Ok(_)) => Ok(valid.len()),
+        Some(Err(e)) => Err(e.into()),
+        None => Ok(0),
+    }
 }
 
 /// Hides a password in a database URL before it is logged.

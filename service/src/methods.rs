@@ -3,9 +3,23 @@
 //! (a test checks it).
 
 use crate::rpc::{Handler, Params, RawJson, RpcError};
-use crate::users::{NewUser, UserError, Users, Written, codes, kind, validate, validate_list};
+use crate::users::{UserError, Users, Written};
+use crate::validate::{NewUser, kind, validate, validate_list};
 use bytes::Bytes;
 use serde_json::{Value, json};
+
+/// Application error codes (JSON-RPC's server range -32000..-32099). Public contract: documented in
+/// the README and in `rpc.discover`; never renumber.
+pub mod codes {
+    /// The store failed; the request changed nothing.
+    pub const STORE_UNAVAILABLE: i64 = -32000;
+    /// No user with that id.
+    pub const NOT_FOUND: i64 = -32001;
+    /// `rev` did not match the stored revision: re-read and retry.
+    pub const CONFLICT: i64 = -32002;
+    /// The request did not finish within the server's request timeout.
+    pub const TIMEOUT: i64 = -32003;
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -116,7 +130,7 @@ fn written(w: Written) -> Value {
 
 pub fn to_rpc(e: UserError) -> RpcError {
     match e {
-        UserError::Invalid(why) => RpcError::invalid_params(why),
+        UserError::Invalid(why) => RpcError::invalid_params(why.0),
         UserError::NotFound(id) => {
             RpcError::new(codes::NOT_FOUND, "User not found").with_data(json!({"id": id}))
         }
@@ -126,7 +140,8 @@ pub fn to_rpc(e: UserError) -> RpcError {
             current,
         } => RpcError::new(codes::CONFLICT, "Revision conflict")
             .with_data(json!({"id": id, "expected": expected, "current": current})),
-        UserError::Aborted(e) => RpcError::internal(e),
+        UserError::ShuttingDown => RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")
+            .with_data(UserError::ShuttingDown.to_string().into()),
         UserError::Journal(e) => {
             tracing::error!(error = %e, "cannot queue a write");
             RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")
@@ -192,7 +207,7 @@ fn put_user_params(params: Params) -> Result<(NewUser, Option<i64>), RpcError> {
         Params::Array(mut a) if !a.is_empty() => a.swap_remove(0),
         _ => return Err(RpcError::invalid_params("\"user\" is required")),
     };
-    Ok((validate(user).map_err(to_rpc)?, rev))
+    Ok((validate(user).map_err(|e| to_rpc(e.into()))?, rev))
 }
 
 /// `[{...}, {...}]`, `[[{...}, {...}]]` or `{"users": [...]}`.
@@ -213,7 +228,7 @@ fn put_users_params(params: Params) -> Result<Vec<NewUser>, RpcError> {
         Params::Array(a) => a,
         Params::None => return Err(RpcError::invalid_params("\"users\" is required")),
     };
-    validate_list(list, false).map_err(RpcError::invalid_params)
+    validate_list(list, false).map_err(|e| RpcError::invalid_params(e.0))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! ones that changed, in one transaction. A bad payload, an HTTP error, a timeout or an oversized
 //! body is logged and counted and changes nothing.
 
-use crate::users::{NewUser, Users, validate_list};
+use crate::users::{UserError, Users};
+use crate::validate::{NewUser, validate_list};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub enum PullError {
     #[error("payload is not a JSON array of users: {0}")]
     Payload(String),
     #[error("storing the pulled users: {0}")]
-    Store(String),
+    Store(#[source] UserError),
 }
 
 /// Fetches and validates the whole payload; any problem rejects all of it.
@@ -64,7 +65,7 @@ fn fetch(cfg: &PullConfig) -> Result<Vec<NewUser>, PullError> {
         .map_err(|e| fetch_err(e.to_string()))?;
     let list: Vec<serde_json::Value> =
         serde_json::from_slice(&body).map_err(|e| PullError::Payload(e.to_string()))?;
-    validate_list(list, true).map_err(PullError::Payload)
+    validate_list(list, true).map_err(|e| PullError::Payload(e.0))
 }
 
 /// One pull: fetch, then write what changed in one transaction. Returns how many changed.
@@ -81,10 +82,7 @@ pub async fn pull_once(cfg: &PullConfig, users: &Users) -> Result<usize, PullErr
     let changed = users.changed(fetched);
     let n = changed.len();
     if n > 0 {
-        users
-            .put_many(changed)
-            .await
-            .map_err(|e| PullError::Store(e.to_string()))?;
+        users.put_many(changed).await.map_err(PullError::Store)?;
     }
     Ok(n)
 }

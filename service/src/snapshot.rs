@@ -8,6 +8,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -27,6 +28,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Snapshot {
     inner: RwLock<Inner>,
+    /// Bumped by every change: tells whether the local copy (`snapshot_file.rs`) is behind.
+    generation: AtomicU64,
 }
 
 /// The user object a client sees: its document with our `rev` and `updated_at` added.
@@ -66,6 +69,11 @@ impl Snapshot {
     pub fn replace_all(&self, records: &[Record]) {
         let users = records.iter().map(|r| (r.id.clone(), entry(r))).collect();
         *self.write() = Inner { users, all: None };
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Applies a committed write. Callers serialize writes, so revisions only move forward.
@@ -74,12 +82,14 @@ impl Snapshot {
         let mut inner = self.write();
         inner.users.insert(rec.id.clone(), e);
         inner.all = None;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn remove(&self, id: &str) {
         let mut inner = self.write();
         if inner.users.remove(id).is_some() {
             inner.all = None;
+            self.generation.fetch_add(1, Ordering::Release);
         }
     }
 

@@ -8,6 +8,8 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,19 +22,44 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
-    #[error("the store did not answer the probe")]
-    Unreachable,
-    #[error("journal: {0}")]
-    Journal(String),
-    /// A replayed journal entry whose write id the store already recorded: skip it.
-    #[error("write {0} was already applied")]
-    AlreadyApplied(String),
+    #[error("the database did not answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
     #[error("stored document {id:?} is not valid JSON: {source}")]
     Corrupt {
         id: String,
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl StoreError {
+    /// The database could not be reached: refused, reset, shut down or silent. A write that
+    /// failed so either never started or has an unknown outcome; it is queued, never refused.
+    /// Anything else (a constraint, bad data, a bad URL) is the write's own fault.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Connect(e) | StoreError::Query(e) => unreachable(e),
+            StoreError::TimedOut(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn unreachable(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception) and 57P (the server is shutting down).
+        E::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// One stored user document.
@@ -82,13 +109,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// other instances sharing the database refresh their snapshots.
 pub const CHANGES_CHANNEL: &str = "usersvc_users";
 /// Bulk writes larger than this announce `*` (reload) instead of one notification per id.
-const NOTIFY_EACH_MAX: usize = 100;
+pub(crate) const NOTIFY_EACH_MAX: usize = 100;
 
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     url: String,
     postgres: bool,
+    timeout: Duration,
+    /// False after a cold start (`lazy`) until the migrations ran against the reachable store.
+    migrated: Arc<AtomicBool>,
 }
 
 /// A `sqlite:` URL without `mode` gets `mode=rwc`: the default store is created on first run.
@@ -109,18 +139,41 @@ fn normalize_url(url: &str) -> Result<String, StoreError> {
 }
 
 impl Store {
-    /// Connects and runs the migrations.
-    pub async fn open(url: &str, acquire_timeout: Duration) -> Result<Self, StoreError> {
+    /// Connects and runs the migrations. `timeout` bounds each wait for a connection.
+    pub async fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let store = Self::lazy(url, timeout)?;
+        store.pool.acquire().await.map_err(StoreError::Connect)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store not connected yet, for a cold start while the database is unreachable: nothing is
+    /// tried until a query needs it; `migrate` must run once it answers.
+    pub fn lazy(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         install_default_drivers();
         let url = normalize_url(url)?;
-        // SQLite has one writer anyway; one connection avoids SQLITE_BUSY under concurrent writes.
-        let max = if url.starts_with("sqlite:") { 1 } else { 10 };
+        let postgres = !url.starts_with("sqlite:");
+        // Reads and probes only (writes have their own connection, `writer.rs`): a few suffice.
+        let max = if postgres { 4 } else { 1 };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(acquire_timeout)
-            .connect(&url)
-            .await
+            .acquire_timeout(timeout)
+            .connect_lazy(&url)
             .map_err(StoreError::Connect)?;
+        Ok(Self {
+            pool,
+            url,
+            postgres,
+            timeout,
+            migrated: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Runs the migrations not applied yet (once per process).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let migrations = MIGRATIONS
             .iter()
             .map(|(version, description, sql)| {
@@ -133,13 +186,16 @@ impl Store {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations).run(&pool).await?;
-        let postgres = !url.starts_with("sqlite:");
-        Ok(Self {
-            pool,
-            url,
-            postgres,
-        })
+        Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The longest wait for the database, per connection or per write batch.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Whether other instances may share this database (and writes are announced).
@@ -173,140 +229,6 @@ impl Store {
         Ok(())
     }
 
-    /// Announces changed ids inside the writing transaction (delivered on commit). PostgreSQL only.
-    async fn announce(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        ids: &[&str],
-    ) -> Result<(), StoreError> {
-        if !self.postgres {
-            return Ok(());
-        }
-        let payloads: Vec<&str> = if ids.len() > NOTIFY_EACH_MAX {
-            vec!["*"]
-        } else {
-            ids.to_vec()
-        };
-        for p in payloads {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANGES_CHANNEL)
-                .bind(p)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Records `write_id` in the write's transaction; `AlreadyApplied` when it was recorded before.
-    async fn claim(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        write_id: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let Some(write_id) = write_id else {
-            return Ok(());
-        };
-        let row = sqlx::query(
-            "INSERT INTO applied_writes (write_id, applied_at) VALUES ($1, $2)
-             ON CONFLICT (write_id) DO NOTHING RETURNING write_id",
-        )
-        .bind(write_id)
-        .bind(chrono::Utc::now().to_rfc3339())
-        .fetch_optional(&mut *conn)
-        .await?;
-        match row {
-            Some(_) => Ok(()),
-            None => Err(StoreError::AlreadyApplied(write_id.to_owned())),
-        }
-    }
-
-    /// Drops recorded write ids once their journal is gone (nothing can replay them again).
-    pub async fn forget_applied(&self, write_ids: &[String]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for id in write_ids {
-            sqlx::query("DELETE FROM applied_writes WHERE write_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Writes one document if `expect` holds; returns the new revision, or `None` on a conflict.
-    /// With a `write_id` (journal replay), the write is applied at most once.
-    pub async fn put(
-        &self,
-        rec: &WriteDoc,
-        expect: Expect,
-        write_id: Option<&str>,
-    ) -> Result<Option<i64>, StoreError> {
-        if !self.postgres && write_id.is_none() {
-            let mut conn = self.pool.acquire().await?;
-            return put_on(&mut conn, rec, expect).await;
-        }
-        let mut tx = self.pool.begin().await?;
-        self.claim(&mut tx, write_id).await?;
-        let rev = put_on(&mut tx, rec, expect).await?;
-        if rev.is_some() {
-            self.announce(&mut tx, &[&rec.id]).await?;
-        }
-        tx.commit().await?;
-        Ok(rev)
-    }
-
-    /// Writes all documents in one transaction (all or none); returns their new revisions.
-    pub async fn put_many(
-        &self,
-        recs: &[WriteDoc],
-        write_id: Option<&str>,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        self.claim(&mut tx, write_id).await?;
-        let mut revs = Vec::with_capacity(recs.len());
-        for rec in recs {
-            // Expect::Any never conflicts, so every write yields a revision.
-            let rev = put_on(&mut tx, rec, Expect::Any).await?.unwrap_or_default();
-            revs.push(rev);
-        }
-        let ids: Vec<&str> = recs.iter().map(|r| r.id.as_str()).collect();
-        self.announce(&mut tx, &ids).await?;
-        tx.commit().await?;
-        Ok(revs)
-    }
-
-    /// Deletes a document; `Ok(false)` when it was not there (or not at `expect`'s revision).
-    pub async fn delete(
-        &self,
-        id: &str,
-        expect: Expect,
-        write_id: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        self.claim(&mut tx, write_id).await?;
-        let done = match expect {
-            Expect::Rev(rev) => {
-                sqlx::query("DELETE FROM users WHERE id = $1 AND rev = $2")
-                    .bind(id)
-                    .bind(rev)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            Expect::Any | Expect::Absent => {
-                sqlx::query("DELETE FROM users WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-            }
-        };
-        let deleted = done.rows_affected() > 0;
-        if deleted {
-            self.announce(&mut tx, &[id]).await?;
-        }
-        tx.commit().await?;
-        Ok(deleted)
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -320,7 +242,21 @@ pub struct WriteDoc {
     pub updated_at: String,
 }
 
-async fn put_on(
+impl WriteDoc {
+    pub fn new(
+        id: &str,
+        doc: &serde_json::Map<String, serde_json::Value>,
+        updated_at: &str,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            json: serde_json::to_string(doc).unwrap_or_default(),
+            updated_at: updated_at.to_owned(),
+        }
+    }
+}
+
+pub(crate) async fn put_on(
     conn: &mut sqlx::AnyConnection,
     rec: &WriteDoc,
     expect: Expect,

@@ -1,0 +1,167 @@
+//! The write path: one committer task takes every write waiting when it comes round and commits
+//! them as one batch (group commit: one transaction, one fsync). When the store is unreachable,
+//! or writes are already queued, the batch goes to the journal instead (one append, one fsync),
+//! under the write ids it was tried with. Each write keeps its own answer.
+//!
+//! A client that goes away never cancels a write: the committer owns it until it is answered.
+
+use crate::journal::{Entry, JournalError, Op};
+use crate::shared::{Shared, UserError, Written, change_of, ids_of, lock, now};
+use crate::writer::{Change, Writer};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes committed in one transaction (and replayed per transaction).
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// A write waiting for the committer, and where its answer goes.
+pub(crate) struct Pending {
+    pub entry: Entry,
+    pub reply: oneshot::Sender<Result<Written, UserError>>,
+}
+
+/// Commits batches until every sender is gone and the queue is empty (shutdown).
+pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut writer = shared.writer.lock().await;
+        commit(&shared, &mut writer, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn commit(shared: &Arc<Shared>, writer: &mut Writer, batch: Vec<Pending>) {
+    let queueing = !lock(&shared.breaker).is_closed() || lock(&shared.journal).depth() > 0;
+    let batch = if queueing {
+        batch
+    } else {
+        match direct(shared, writer, batch).await {
+            Some(unreached) => unreached,
+            None => return,
+        }
+    };
+    enqueue(shared, batch).await;
+}
+
+/// Commits the batch and answers it; gives it back when it must be queued instead.
+async fn direct(shared: &Shared, writer: &mut Writer, batch: Vec<Pending>) -> Option<Vec<Pending>> {
+    let updated_at = now();
+    let changes: Vec<(String, Change)> = batch
+        .iter()
+        .map(|p| {
+            (
+                p.entry.write_id.clone(),
+                change_of(&p.entry.op, &updated_at),
+            )
+        })
+        .collect();
+    match writer.commit(&changes).await {
+        Ok(outcomes) => {
+            lock(&shared.breaker).success();
+            writer.forget_later(changes.into_iter().map(|(write_id, _)| write_id));
+            for (p, outcome) in batch.into_iter().zip(outcomes) {
+                let answer = outcome
+                    .map_err(UserError::from)
+                    .and_then(|applied| shared.settle(&p.entry.op, &updated_at, applied));
+                let _ = p.reply.send(answer);
+            }
+            None
+        }
+        Err(e) if e.is_unreachable() => {
+            lock(&shared.breaker).trip(Instant::now());
+            tracing::error!(error = %e, writes = batch.len(), "store unreachable: breaker open, queueing writes in the journal");
+            Some(batch)
+        }
+        Err(e) => {
+            let open = lock(&shared.breaker).failure(Instant::now());
+            tracing::warn!(error = %e, breaker_open = open, "store write failed");
+            if open {
+                tracing::error!("breaker open: queueing writes in the journal");
+                return Some(batch);
+            }
+            let e = Arc::new(e);
+            for p in batch {
+                let _ = p.reply.send(Err(UserError::Store(e.clone())));
+            }
+            None
+        }
+    }
+}
+
+/// Journals the writes that can still succeed (one append, one fsync) and answers `queued`.
+async fn enqueue(shared: &Arc<Shared>, batch: Vec<Pending>) {
+    let mut waiting = Vec::with_capacity(batch.len());
+    for p in batch {
+        match precheck(shared, &p.entry.op) {
+            Ok(()) => waiting.push(p),
+            Err(e) => {
+                let _ = p.reply.send(Err(e));
+            }
+        }
+    }
+    if waiting.is_empty() {
+        return;
+    }
+    let entries: Vec<Entry> = waiting.iter().map(|p| p.entry.clone()).collect();
+    let journal = shared.clone();
+    // fsync blocks: keep it off the async workers.
+    let appended = tokio::task::spawn_blocking(move || lock(&journal.journal).append_all(&entries))
+        .await
+        .unwrap_or_else(|e| {
+            Err(JournalError::Io {
+                path: lock(&shared.journal).path().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+    match appended {
+        Ok(()) => {
+            shared
+                .stats
+                .queued
+                .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+            for p in waiting {
+                let written = Written::Queued {
+                    ids: ids_of(&p.entry.op),
+                    write_id: p.entry.write_id,
+                };
+                let _ = p.reply.send(Ok(written));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot queue writes");
+            let e = Arc::new(e);
+            for p in waiting {
+                let _ = p.reply.send(Err(UserError::Journal(e.clone())));
+            }
+        }
+    }
+}
+
+/// Refuses, against the last known state, a queued write that cannot succeed.
+fn precheck(shared: &Shared, op: &Op) -> Result<(), UserError> {
+    let conflict = |id: &str, expected: i64, current: Option<i64>| UserError::Conflict {
+        id: id.to_owned(),
+        expected,
+        current,
+    };
+    match op {
+        Op::Put {
+            id,
+            expect: Some(n),
+            ..
+        } => {
+            let current = shared.snapshot.rev(id);
+            if (*n == 0 && current.is_some()) || (*n > 0 && current != Some(*n)) {
+                return Err(conflict(id, *n, current));
+            }
+        }
+        Op::Delete { id, expect } => match (shared.snapshot.rev(id), expect) {
+            (None, _) => return Err(UserError::NotFound(id.clone())),
+            (Some(cur), Some(n)) if cur != *n => return Err(conflict(id, *n, Some(cur))),
+            _ => {}
+        },
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The state the write path (`commit.rs`), the supervisor (`supervise.rs`) and the follower
+//! (`follow.rs`) share, and the words they answer in (`Written`, `UserError`).
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::journal::{JournalError, Op};
+use crate::snapshot::Snapshot;
+use crate::store::{Expect, Record, Store, StoreError, WriteDoc};
+use crate::validate::Invalid;
+use crate::writer::{Change, Writer};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("invalid user: {0}")]
+    Invalid(#[from] Invalid),
+    #[error("no user with id {0:?}")]
+    NotFound(String),
+    #[error("revision conflict on {id:?}: expected {expected}, stored {current:?}")]
+    Conflict {
+        id: String,
+        expected: i64,
+        current: Option<i64>,
+    },
+    /// Shared: one failed batch answers each of its writes with the same cause.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("the store is unreachable and the write could not be queued: {0}")]
+    Journal(Arc<JournalError>),
+    #[error("the server is shutting down; retry on the new one")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for UserError {
+    fn from(e: StoreError) -> Self {
+        UserError::Store(Arc::new(e))
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Put {
+        id: String,
+        rev: i64,
+    },
+    Many(Vec<(String, i64)>),
+    Deleted {
+        id: String,
+    },
+    /// The store is unreachable: the write is in the journal (fsync'd) and will be replayed.
+    Queued {
+        write_id: String,
+        ids: Vec<String>,
+    },
+}
+
+/// Counters for health and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queued: AtomicU64,
+    pub replayed: AtomicU64,
+    pub replay_conflicts: AtomicU64,
+}
+
+/// The store's health as seen by the write path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Degradation {
+    pub breaker: BreakerState,
+    pub journal_depth: usize,
+    /// Serving the local copy of a cold start: the store has not answered since.
+    pub from_copy: bool,
+}
+
+impl Degradation {
+    /// Reads may be stale and writes are being queued.
+    pub fn degraded(&self) -> bool {
+        self.breaker != BreakerState::Closed || self.journal_depth > 0 || self.from_copy
+    }
+}
+
+pub(crate) struct Shared {
+    pub store: Store,
+    pub snapshot: Snapshot,
+    /// The write connection. Its lock serializes writes, replay and reloads, so the snapshot
+    /// applies changes in commit order and queued writes keep their order.
+    pub writer: tokio::sync::Mutex<Writer>,
+    pub breaker: std::sync::Mutex<Breaker>,
+    pub journal: std::sync::Mutex<crate::journal::Journal>,
+    pub copy: PathBuf,
+    /// Set by a cold start; cleared once the store answered and the snapshot came from it.
+    pub from_copy: AtomicBool,
+    /// Set by `Users::close`: the supervisor and the follower stop.
+    pub closing: AtomicBool,
+    pub stats: Stats,
+}
+
+// Poisoned locks only mean a panic elsewhere; the plain data inside is still consistent.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn expect_of(expect: Option<i64>) -> Expect {
+    match expect {
+        None => Expect::Any,
+        Some(0) => Expect::Absent,
+        Some(n) => Expect::Rev(n),
+    }
+}
+
+/// A client's write as the store applies it, stamped `updated_at`.
+pub(crate) fn change_of(op: &Op, updated_at: &str) -> Change {
+    match op {
+        Op::Put { id, doc, expect } => Change::Put {
+            doc: WriteDoc::new(id, doc, updated_at),
+            expect: expect_of(*expect),
+        },
+        Op::PutMany { users } => Change::PutMany(
+            users
+                .iter()
+                .map(|(id, doc)| WriteDoc::new(id, doc, updated_at))
+                .collect(),
+        ),
+        Op::Delete { id, expect } => Change::Delete {
+            id: id.clone(),
+            expect: expect.map_or(Expect::Any, Expect::Rev),
+        },
+    }
+}
+
+/// The ids a write touches.
+pub(crate) fn ids_of(op: &Op) -> Vec<String> {
+    match op {
+        Op::Put { id, .. } | Op::Delete { id, .. } => vec![id.clone()],
+        Op::PutMany { users } => users.iter().map(|(id, _)| id.clone()).collect(),
+    }
+}
+
+impl Shared {
+    /// Replaces the snapshot with the database's content.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _serial = self.writer.lock().await;
+        self.snapshot.replace_all(&self.store.load_all().await?);
+        Ok(())
+    }
+
+    /// Re-reads one user (a write elsewhere announced it).
+    pub async fn refresh(&self, id: &str) -> Result<(), StoreError> {
+        let _serial = self.writer.lock().await;
+        // Always apply: a user deleted and created again elsewhere can be back at the same rev.
+        match self.store.get(id).await? {
+            Some(rec) => self.snapshot.upsert(&rec),
+            None => self.snapshot.remove(id),
+        }
+        Ok(())
+    }
+
+    pub fn degradation(&self) -> Degradation {
+        use std::sync::atomic::Ordering;
+        Degradation {
+            breaker: lock(&self.breaker).state(),
+            journal_depth: lock(&self.journal).depth(),
+            from_copy: self.from_copy.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What a write the store applied means for the client, and for the snapshot (updated here,
+    /// in commit order: callers hold the writer lock). `AlreadyApplied` is the caller's to handle.
+    pub fn settle(
+        &self,
+        op: &Op,
+        updated_at: &str,
+        applied: crate::writer::Applied,
+    ) -> Result<Written, UserError> {
+        use crate::writer::Applied;
+        let record = |id: &String, doc: &serde_json::Map<_, _>, rev| Record {
+            id: id.clone(),
+            rev,
+            updated_at: updated_at.to_owned(),
+            doc: doc.clone(),
+        };
+        match (op, applied) {
+            (Op::Put { id, doc, .. }, Applied::Put(Some(rev))) => {
+                self.snapshot.upsert(&record(id, doc, rev));
+                Ok(Written::Put {
+                    id: id.clone(),
+                    rev,
+                })
+            }
+            (Op::Put { id, expect, .. }, _) => Err(UserError::Conflict {
+                current: self.snapshot.rev(id),
+                id: id.clone(),
+                expected: expect.unwrap_or_default(),
+            }),
+            (Op::PutMany { users }, Applied::PutMany(revs)) => {
+                let mut out = Vec::with_capacity(users.len());
+                for ((id, doc), rev) in users.iter().zip(revs) {
+                    self.snapshot.upsert(&record(id, doc, rev));
+                    out.push((id.clone(), rev));
+                }
+                Ok(Written::Many(out))
+            }
+            (Op::Delete { id, .. }, Applied::Deleted(true)) => {
+                self.snapshot.remove(id);
+                Ok(Written::Deleted { id: id.clone() })
+            }
+            (Op::Delete { id, expect }, _) => match (expect, self.snapshot.rev(id)) {
+                (Some(expected), Some(current)) => Err(UserError::Conflict {
+                    id: id.clone(),
+                    expected: *expected,
+                    current: Some(current),
+                }),
+                _ => Err(UserError::NotFound(id.clone())),
+            },
+            // `Writer` answers a PutMany with PutMany (or AlreadyApplied, which callers take
+            // first): nothing else reaches here.
+            (Op::PutMany { .. }, _) => Ok(Written::Many(Vec::new())),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What a client may send as a user: one object, an id we can key on, no server-owned fields.
+
+use serde_json::{Map, Value};
+
+pub const MAX_ID_LEN: usize = 256;
+
+/// Why a user (or a list of them) was refused; the message is for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A validated user document ready to write.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub doc: Map<String, Value>,
+}
+
+/// Checks a client's user object; gives it a UUIDv7 id when it has none. Server-owned fields
+/// (`rev`, `updated_at`) are dropped: they are ours to set.
+pub fn validate(user: Value) -> Result<NewUser, Invalid> {
+    let Value::Object(mut doc) = user else {
+        return Err(Invalid(format!(
+            "a user must be a JSON object, not {}",
+            kind(&user)
+        )));
+    };
+    doc.remove("rev");
+    doc.remove("updated_at");
+    let id = match doc.get("id") {
+        None | Some(Value::Null) => {
+            let id = uuid::Uuid::now_v7().to_string();
+            doc.insert("id".into(), id.clone().into());
+            id
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(Invalid("\"id\" must not be empty".into()));
+        }
+        Some(Value::String(s)) if s.len() > MAX_ID_LEN => {
+            return Err(Invalid(format!(
+                "\"id\" is {} bytes long; at most {MAX_ID_LEN}",
+                s.len()
+            )));
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(Invalid(format!(
+                "\"id\" must be a string, not {}",
+                kind(other)
+            )));
+        }
+    };
+    Ok(NewUser { id, doc })
+}
+
+/// Validates a list of users as one unit (bulk write, import, pull): every user valid, no id twice.
+/// `require_ids`: refuse users without an id (a source pulled again would mint new ones each time).
+/// The error names the user by position: `user #3: …`.
+pub fn validate_list(list: Vec<Value>, require_ids: bool) -> Result<Vec<NewUser>, Invalid> {
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    list.into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            if require_ids && u.get("id").is_none_or(Value::is_null) {
+                return Err(Invalid(format!("user #{i} has no \"id\"")));
+            }
+            let user = validate(u).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
+            if !seen.insert(user.id.clone()) {
+                return Err(Invalid(format!(
+                    "user #{i}: id {:?} appears twice",
+                    user.id
+                )));
+            }
+            Ok(user)
+        })
+        .collect()
+}
+
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn validation() {
+        assert!(validate(json!([1])).is_err());
+        assert!(validate(json!({"id": 5})).is_err());
+        assert!(validate(json!({"id": ""})).is_err());
+        assert!(validate(json!({"id": "x".repeat(MAX_ID_LEN + 1)})).is_err());
+        let u = validate(json!({"id": "a", "rev": 9, "updated_at": "x", "n": 1})).expect("valid");
+        assert_eq!(Value::Object(u.doc), json!({"id": "a", "n": 1}));
+        let u = validate(json!({"name": "anon"})).expect("valid");
+        let id = uuid::Uuid::parse_str(&u.id).expect("a uuid");
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(u.doc["id"], u.id.as_str());
+        let twice = validate_list(vec![json!({"id": "a"}), json!({"id": "a"})], false);
+        assert_eq!(twice.expect_err("dup").0, "user #1: id \"a\" appears twice");
+        let anon = validate_list(vec![json!({"n": 1})], true);
+        assert_eq!(anon.expect_err("no id").0, "user #0 has no \"id\"");
+    }
+}

@@ -1,0 +1,257 @@
+//! The write connection: group commit. A batch of writes is one transaction and one fsync; each
+//! write keeps its own outcome (a savepoint each, so one failing write fails alone) and its write
+//! id is recorded in the same transaction, so a write whose commit outcome is unknown (the
+//! connection died during COMMIT) is applied exactly once when the journal replays it.
+//!
+//! The connection is our own, not the pool's: sqlx's pool retries a refused connection until its
+//! acquire timeout, and a write must learn at once that the database is down.
+
+use crate::store::{CHANGES_CHANNEL, Expect, NOTIFY_EACH_MAX, Store, StoreError, WriteDoc, put_on};
+use sqlx::{AnyConnection, Connection};
+use std::time::Duration;
+
+/// One write, as the store applies it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put {
+        doc: WriteDoc,
+        expect: Expect,
+    },
+    /// All or none.
+    PutMany(Vec<WriteDoc>),
+    Delete {
+        id: String,
+        expect: Expect,
+    },
+}
+
+impl Change {
+    fn docs(&self) -> usize {
+        match self {
+            Change::PutMany(docs) => docs.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// What one write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The new revision, or `None`: `expect` did not hold.
+    Put(Option<i64>),
+    PutMany(Vec<i64>),
+    /// Whether a row was deleted (`false`: absent, or not at `expect`'s revision).
+    Deleted(bool),
+    /// Its write id was recorded before: an earlier attempt committed it.
+    AlreadyApplied,
+}
+
+/// Per write: its outcome, or the database's refusal of that write alone.
+pub type Outcome = Result<Applied, StoreError>;
+
+pub struct Writer {
+    url: String,
+    postgres: bool,
+    timeout: Duration,
+    conn: Option<AnyConnection>,
+    /// Write ids of acknowledged writes: nothing will replay them, so the next batch drops their
+    /// records.
+    forget: Vec<String>,
+}
+
+/// A batch this large (in documents) gets more time than `timeout`, which is sized for a few.
+const DOCS_PER_TIMEOUT: usize = 1000;
+
+impl Writer {
+    pub fn new(store: &Store) -> Self {
+        Self {
+            url: store.url().to_owned(),
+            postgres: store.is_shared(),
+            timeout: store.timeout(),
+            conn: None,
+            forget: Vec::new(),
+        }
+    }
+
+    /// Commits `batch` in order in one transaction. `Err`: nothing is known to be committed
+    /// (`is_unreachable`: maybe it was; the caller journals the batch under the same write ids).
+    pub async fn commit(&mut self, batch: &[(String, Change)]) -> Result<Vec<Outcome>, StoreError> {
+        let docs: usize = batch.iter().map(|(_, c)| c.docs()).sum();
+        let budget = self.timeout * (1 + (docs / DOCS_PER_TIMEOUT) as u32);
+        let done = match tokio::time::timeout(budget, self.commit_within(batch)).await {
+            Ok(done) => done,
+            Err(_) => Err(StoreError::TimedOut(budget)),
+        };
+        if done.as_ref().is_err_and(StoreError::is_unreachable) {
+            // Broken or mid-statement: never reuse it.
+            self.conn = None;
+        }
+        done
+    }
+
+    /// Records of these acknowledged write ids go with the next committed batch.
+    pub fn forget_later(&mut self, write_ids: impl IntoIterator<Item = String>) {
+        self.forget.extend(write_ids);
+    }
+
+    pub async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        if self.conn.is_none() {
+            let conn = AnyConnection::connect(&self.url).await?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or(StoreError::TimedOut(Duration::ZERO))
+    }
+
+    async fn commit_within(
+        &mut self,
+        batch: &[(String, Change)],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let postgres = self.postgres;
+        let forget = std::mem::take(&mut self.forget);
+        let result = async {
+            let conn = self.connection().await?;
+            let mut tx = conn.begin().await?;
+            forget_ids(&mut tx, &forget).await?;
+            // One write alone needs no savepoint: its failure is the transaction's.
+            let savepoints = batch.len() > 1;
+            let mut out = Vec::with_capacity(batch.len());
+            let mut changed: Vec<&str> = Vec::new();
+            for (write_id, change) in batch {
+                if savepoints {
+                    sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
+                }
+                match apply(&mut tx, write_id, change).await {
+                    Ok(applied) => {
+                        if savepoints {
+                            sqlx::query("RELEASE SAVEPOINT w").execute(&mut *tx).await?;
+                        }
+                        changed.extend(changed_ids(change, &applied));
+                        out.push(Ok(applied));
+                    }
+                    Err(e) if savepoints && !e.is_unreachable() => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT w")
+                            .execute(&mut *tx)
+                            .await?;
+                        out.push(Err(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if postgres {
+                announce(&mut tx, &changed).await?;
+            }
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        if result.is_err() {
+            // Not committed (or not known to be): those records may still exist; try again later.
+            self.forget.extend(forget);
+        }
+        result
+    }
+}
+
+async fn apply(conn: &mut AnyConnection, write_id: &str, change: &Change) -> Outcome {
+    if !claim(conn, write_id).await? {
+        return Ok(Applied::AlreadyApplied);
+    }
+    Ok(match change {
+        Change::Put { doc, expect } => Applied::Put(put_on(conn, doc, *expect).await?),
+        Change::PutMany(docs) => {
+            let mut revs = Vec::with_capacity(docs.len());
+            for doc in docs {
+                // Expect::Any never conflicts, so every write yields a revision.
+                revs.push(put_on(conn, doc, Expect::Any).await?.unwrap_or_default());
+            }
+            Applied::PutMany(revs)
+        }
+        Change::Delete { id, expect } => {
+            let done = match expect {
+                Expect::Rev(rev) => {
+                    sqlx::query("DELETE FROM users WHERE id = $1 AND rev = $2")
+                        .bind(id)
+                        .bind(*rev)
+                        .execute(&mut *conn)
+                        .await?
+                }
+                Expect::Any | Expect::Absent => {
+                    sqlx::query("DELETE FROM users WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+            Applied::Deleted(done.rows_affected() > 0)
+        }
+    })
+}
+
+fn changed_ids<'a>(change: &'a Change, applied: &Applied) -> Vec<&'a str> {
+    match (change, applied) {
+        (Change::Put { doc, .. }, Applied::Put(Some(_))) => vec![doc.id.as_str()],
+        (Change::PutMany(docs), Applied::PutMany(_)) => {
+            docs.iter().map(|d| d.id.as_str()).collect()
+        }
+        (Change::Delete { id, .. }, Applied::Deleted(true)) => vec![id.as_str()],
+        _ => Vec::new(),
+    }
+}
+
+/// Records `write_id` in the write's transaction; false when it was recorded before.
+async fn claim(conn: &mut AnyConnection, write_id: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO applied_writes (write_id, applied_at) VALUES ($1, $2)
+         ON CONFLICT (write_id) DO NOTHING RETURNING write_id",
+    )
+    .bind(write_id)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+async fn forget_ids(conn: &mut AnyConnection, ids: &[String]) -> Result<(), StoreError> {
+    // Bounded statements: SQLite allows 32766 parameters, PostgreSQL 65535.
+    for chunk in ids.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM applied_writes WHERE write_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Announces changed ids inside the writing transaction (delivered on commit). PostgreSQL only.
+async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<&str> = if ids.len() > NOTIFY_EACH_MAX {
+        vec!["*"]
+    } else {
+        ids.to_vec()
+    };
+    for p in payloads {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(p)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
