@@ -126,10 +126,20 @@ async fn rpc_response(shared: &Shared, req: Request) -> Response {
             );
         }
     };
-    // Dropping this future (timeout, client gone) is safe: writes run detached (users.rs).
-    let call = rpc::handle_body_counted(shared.api.as_ref(), &bytes);
-    match tokio::time::timeout(shared.config.request_timeout, call).await {
-        Ok((Reply::Body(body), errors)) => {
+    // A call past the deadline is answered -32003 under its own id; dropping it is safe (the
+    // committer owns writes: commit.rs).
+    let deadline = rpc::Deadline {
+        at: tokio::time::Instant::now() + shared.config.request_timeout,
+        error: RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
+            format!(
+                "no answer within {}",
+                humantime::format_duration(shared.config.request_timeout)
+            )
+            .into(),
+        ),
+    };
+    match rpc::handle_body_counted(shared.api.as_ref(), &bytes, Some(&deadline)).await {
+        (Reply::Body(body), errors) => {
             let mut resp = json_response(StatusCode::OK, body);
             if errors > 0 {
                 resp.extensions_mut().insert(HadError);
@@ -143,29 +153,8 @@ async fn rpc_response(shared: &Shared, req: Request) -> Response {
             }
             resp
         }
-        Ok((Reply::Nothing, _)) => StatusCode::NO_CONTENT.into_response(),
-        Err(_) => error_body_marked(
-            RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(shared.config.request_timeout)
-                )
-                .into(),
-            ),
-        ),
+        (Reply::Nothing, _) => StatusCode::NO_CONTENT.into_response(),
     }
-}
-
-fn error_body_marked(err: RpcError) -> Response {
-    let mut resp = error_body(err);
-    resp.extensions_mut().insert(HadError);
-    resp
-}
-
-fn error_body(err: RpcError) -> Response {
-    let mut out = Vec::with_capacity(128);
-    rpc::write_response(&mut out, "null", &Err(err));
-    json_response(StatusCode::OK, out)
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
@@ -185,6 +174,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "breaker": d.breaker.as_str(),
         "journal_depth": d.journal_depth,
         "users": users.count(),
+        "snapshot": if d.from_copy { "local copy" } else { "store" },
         "queued_total": stats.queued.load(Ordering::Relaxed),
         "replayed_total": stats.replayed.load(Ordering::Relaxed),
         "replay_conflicts": stats.replay_conflicts.load(Ordering::Relaxed),

@@ -264,8 +264,103 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// Entries of varied sizes, their file bytes, and where each frame ends.
+    fn sample() -> (Vec<Entry>, Vec<u8>, Vec<usize>) {
+        let entries: Vec<Entry> = (0..6)
+            .map(|n| {
+                let mut e = put(n);
+                if let Op::Put { doc, .. } = &mut e.op {
+                    doc.insert("pad".into(), "x".repeat(n * 7).into());
+                }
+                e
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for e in &entries {
+            bytes.extend(frame(e));
+            ends.push(bytes.len());
+        }
+        (entries, bytes, ends)
+    }
+
+    /// How many whole frames lie before `offset`: the prefix that damage there must leave.
+    fn intact_before(ends: &[usize], offset: usize) -> usize {
+        ends.iter().take_while(|&&end| end <= offset).count()
+    }
+
+    #[test]
+    fn damage_at_any_offset_keeps_exactly_the_intact_prefix() {
+        let dir = tempfile_dir();
+        let path = dir.join("prop");
+        let (entries, bytes, ends) = sample();
+        // Every truncation point: a cut on a frame boundary is a shorter, undamaged journal.
+        for cut in 0..=bytes.len() {
+            std::fs::write(&path, &bytes[..cut]).expect("write");
+            let (got, damage) = read(&path).expect("read");
+            let keep = intact_before(&ends, cut);
+            assert_eq!(got, entries[..keep], "cut at {cut}");
+            assert_eq!(
+                damage.is_none(),
+                cut == 0 || ends.contains(&cut),
+                "cut at {cut}"
+            );
+        }
+        // Every byte flipped, with three masks: nothing from the damaged frame on is trusted.
+        for at in 0..bytes.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[at] ^= mask;
+                std::fs::write(&path, &bad).expect("write");
+                let (got, damage) = read(&path).expect("read");
+                assert_eq!(
+                    got,
+                    entries[..intact_before(&ends, at)],
+                    "flip {mask:#x} at {at}"
+                );
+                assert!(damage.is_some(), "flip {mask:#x} at {at} not reported");
+            }
+        }
+        // Random damage (several flips, then maybe a cut), from a fixed seed: the first damaged
+        // offset decides the prefix; the repaired journal takes appends again.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..500 {
+            let mut bad = bytes.clone();
+            for _ in 0..1 + next(4) {
+                let at = next(bad.len());
+                bad[at] ^= 1 + next(255) as u8;
+            }
+            if next(2) == 0 {
+                bad.truncate(next(bad.len() + 1));
+            }
+            // Two flips of one byte can cancel out: compare rather than remember.
+            let first = (0..bad.len())
+                .find(|&i| bad[i] != bytes[i])
+                .unwrap_or(bad.len());
+            std::fs::write(&path, &bad).expect("write");
+            let (got, _) = read(&path).expect("read");
+            let keep = intact_before(&ends, first);
+            assert_eq!(got, entries[..keep], "round {round}");
+            let mut j = Journal::open(&path, got.len()).expect("open");
+            j.rewrite(&got).expect("rewrite");
+            j.append(&put(99)).expect("append");
+            let (after, damage) = read(&path).expect("read");
+            assert_eq!((after.len(), damage), (keep + 1, None), "round {round}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("usersvc-journal-{}", std::process::id()));
+        // Per test: tests run in parallel threads of one process.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("usersvc-journal-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).expect("dir");
         d
     }

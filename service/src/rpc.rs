@@ -126,19 +126,37 @@ struct Envelope<'a> {
 
 const NULL_ID: &str = "null";
 
-/// Handles one HTTP body: a single request or a batch.
-pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
-    handle_body_counted(handler, body).await.0
+/// A time limit on one body's calls: a call still running at `at` is answered with `error` under
+/// its own id (so a client can match it), and so is every later call of a batch.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    pub error: RpcError,
 }
 
-/// As [`handle_body`], also counting the error objects in the reply (for metrics).
-pub async fn handle_body_counted<H: Handler>(handler: &H, body: &[u8]) -> (Reply, usize) {
+/// Handles one HTTP body: a single request or a batch.
+pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
+    handle_body_counted(handler, body, None).await.0
+}
+
+/// As [`handle_body`], with an optional deadline, also counting the error objects in the reply
+/// (for metrics).
+pub async fn handle_body_counted<H: Handler>(
+    handler: &H,
+    body: &[u8],
+    deadline: Option<&Deadline>,
+) -> (Reply, usize) {
     let mut errors = 0;
-    let reply = dispatch_body(handler, body, &mut errors).await;
+    let reply = dispatch_body(handler, body, deadline, &mut errors).await;
     (reply, errors)
 }
 
-async fn dispatch_body<H: Handler>(handler: &H, body: &[u8], errors: &mut usize) -> Reply {
+async fn dispatch_body<H: Handler>(
+    handler: &H,
+    body: &[u8],
+    deadline: Option<&Deadline>,
+    errors: &mut usize,
+) -> Reply {
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
         Err(e) => {
@@ -163,7 +181,7 @@ async fn dispatch_body<H: Handler>(handler: &H, body: &[u8], errors: &mut usize)
         out.push(b'[');
         let mut any = false;
         for item in items {
-            if let Some((id, outcome)) = handle_one(handler, item).await {
+            if let Some((id, outcome)) = handle_one(handler, item, deadline).await {
                 *errors += usize::from(outcome.is_err());
                 if any {
                     out.push(b',');
@@ -186,7 +204,7 @@ async fn dispatch_body<H: Handler>(handler: &H, body: &[u8], errors: &mut usize)
                 return single_error(RpcError::parse_error(e));
             }
         };
-        match handle_one(handler, item).await {
+        match handle_one(handler, item, deadline).await {
             Some((id, outcome)) => {
                 *errors += usize::from(outcome.is_err());
                 let mut out = Vec::with_capacity(128);
@@ -228,6 +246,7 @@ fn classify_id(id: Option<&RawValue>) -> IdKind<'_> {
 async fn handle_one<'a, H: Handler>(
     handler: &H,
     item: &'a RawValue,
+    deadline: Option<&Deadline>,
 ) -> Option<(&'a str, Result<RawJson, RpcError>)> {
     if !item.get().starts_with('{') {
         return Some((
@@ -280,9 +299,12 @@ async fn handle_one<'a, H: Handler>(
             .map_err(RpcError::invalid_params),
         Some(_) => return invalid("\"params\" must be an array or an object"),
     };
-    let outcome = match params {
-        Ok(params) => handler.call(&method, params).await,
-        Err(e) => Err(e),
+    let outcome = match (params, deadline) {
+        (Ok(params), None) => handler.call(&method, params).await,
+        (Ok(params), Some(d)) => tokio::time::timeout_at(d.at, handler.call(&method, params))
+            .await
+            .unwrap_or_else(|_| Err(d.error.clone())),
+        (Err(e), _) => Err(e),
     };
     // A notification is executed but never answered, even when it fails.
     id.map(|id| (id, outcome))

@@ -6,7 +6,7 @@
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlSafeStr};
+use sqlx::{AnyConnection, AnyPool, Connection, Row, SqlSafeStr};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,7 +142,15 @@ impl Store {
     /// Connects and runs the migrations. `timeout` bounds each wait for a connection.
     pub async fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let store = Self::lazy(url, timeout)?;
-        store.pool.acquire().await.map_err(StoreError::Connect)?;
+        // One plain connection first: the pool retries a refused one until `timeout` and then
+        // reports only that it timed out; this says why, at once.
+        match tokio::time::timeout(timeout, AnyConnection::connect(&store.url)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(StoreError::Connect(e)),
+            Err(_) => return Err(StoreError::TimedOut(timeout)),
+        }
         store.migrate().await?;
         Ok(store)
     }

@@ -193,3 +193,193 @@ fn a_conflict_found_on_replay_is_reported_not_dropped_silently() {
     let (rev, doc) = stored(&pg, "x");
     assert_eq!((rev, doc["v"].clone()), (2, json!(1)));
 }
+
+fn with_defaults(pg: &Postgres, extra: &[&str]) -> Usersvc {
+    Usersvc::start_on(
+        env!("CARGO_BIN_EXE_usersvc").as_ref(),
+        Some(&pg.url()),
+        extra,
+    )
+}
+
+/// What a write answered: committed (`rev`) or queued; anything else fails the test.
+fn acknowledged(r: &Value) -> &'static str {
+    match (&r["result"]["rev"], &r["result"]["queued"]) {
+        (Value::Number(_), _) => "committed",
+        (_, Value::Bool(true)) => "queued",
+        _ => panic!("a write during the outage was not acknowledged: {r}"),
+    }
+}
+
+#[test]
+fn a_crashed_store_queues_every_write_at_once_with_the_default_flags() {
+    let mut pg = Postgres::start();
+    let s = with_defaults(&pg, &[]);
+    s.result("put_user", json!({"user": {"id": "seq", "n": 0}}));
+    pg.crash();
+    // The first write meets the dead connection: queued, not refused after --breaker-failures.
+    let first = s.call("put_user", json!({"user": {"id": "seq", "n": 1}}));
+    assert_eq!(acknowledged(&first), "queued", "{first}");
+    for n in 2..=20 {
+        let r = s.call("put_user", json!({"user": {"id": "seq", "n": n}}));
+        acknowledged(&r);
+        let other = s.call("put_user", json!({"user": {"id": format!("u{n}")}}));
+        acknowledged(&other);
+    }
+    assert!(!s.log().contains("pool timed out"), "{}", s.log());
+    pg.restart();
+    eventually("the journal is replayed", || {
+        let h = s.get("/health");
+        h.status == 200 && h.json()["journal_depth"] == 0
+    });
+    // 20 writes to "seq", each applied once and in order: rev 1 + 20, the last value wins.
+    let (rev, doc) = stored(&pg, "seq");
+    assert_eq!((rev, doc["n"].clone()), (21, json!(20)));
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM users WHERE id LIKE 'u%'"),
+        "19"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM users WHERE id LIKE 'u%' AND rev = 1"),
+        "19",
+        "none applied twice"
+    );
+    assert_eq!(s.result("get_user", json!(["seq"]))["rev"], 21);
+}
+
+#[test]
+fn a_stalled_store_times_the_request_out_and_loses_no_write() {
+    let mut pg = Postgres::start();
+    let s = with_defaults(&pg, &["--request-timeout", "500ms"]);
+    s.result("put_user", json!({"user": {"id": "seq", "n": 0}}));
+    pg.pause();
+    let r = s.call("put_user", json!({"user": {"id": "stalled", "v": 1}}));
+    assert_eq!(r["error"]["code"], -32003, "{r}");
+    assert_eq!(r["error"]["data"], "no answer within 500ms", "{r}");
+    // Reads never wait on the store.
+    assert_eq!(s.result("get_user", json!(["seq"]))["n"], 0);
+    eventually("the stalled write is queued", || {
+        s.get("/health").json()["journal_depth"] == 1
+    });
+    pg.resume();
+    eventually("the journal is replayed", || {
+        let h = s.get("/health");
+        h.status == 200 && h.json()["journal_depth"] == 0
+    });
+    let (rev, doc) = stored(&pg, "stalled");
+    assert_eq!(
+        (rev, doc["v"].clone()),
+        (1, json!(1)),
+        "applied exactly once"
+    );
+    assert_eq!(s.result("get_user", json!(["stalled"]))["v"], 1);
+}
+
+#[test]
+fn shutdown_finishes_the_writes_it_took_without_opening_the_breaker() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pg = Postgres::start();
+    let mut s = with_defaults(&pg, &[]);
+    let url = s.url();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..16)
+        .map(|t| {
+            let (url, answered) = (url.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let agent = testbed::http::agent();
+                let mut committed = Vec::new();
+                for n in 0..50 {
+                    let id = format!("w{t}-{n}");
+                    let body = json!({"jsonrpc": "2.0", "method": "put_user",
+                        "params": {"user": {"id": id}}, "id": 1});
+                    // After SIGTERM the port closes: a refused connection ends this writer.
+                    let Ok(mut resp) = agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(body.to_string())
+                    else {
+                        break;
+                    };
+                    let Ok(v) = resp.body_mut().read_json::<Value>() else {
+                        break;
+                    };
+                    assert_eq!(v["result"]["rev"], 1, "a write taken before shutdown: {v}");
+                    committed.push(id);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                committed
+            })
+        })
+        .collect();
+    eventually("writes are flowing", || {
+        answered.load(Ordering::Relaxed) >= 100
+    });
+    assert!(s.terminate().success(), "{}", s.log());
+    let committed: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer thread"))
+        .collect();
+    let log = s.log();
+    for sign in [
+        "breaker open",
+        "closed pool",
+        "queueing",
+        "store write failed",
+    ] {
+        assert!(
+            !log.contains(sign),
+            "shutdown looked like an outage ({sign}):\n{log}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(s.dir().join("usersvc.journal"))
+            .map(|b| b.len())
+            .unwrap_or(0),
+        0,
+        "nothing queued"
+    );
+    let stored: usize = pg
+        .psql("SELECT count(*) FROM users WHERE id LIKE 'w%'")
+        .parse()
+        .expect("count");
+    assert!(
+        stored >= committed.len(),
+        "{stored} stored < {} answered",
+        committed.len()
+    );
+    for id in committed.iter().step_by(37) {
+        assert_eq!(stored_rev(&pg, id), 1, "{id}");
+    }
+}
+
+fn stored_rev(pg: &Postgres, id: &str) -> i64 {
+    stored(pg, id).0
+}
+
+#[test]
+fn a_journal_with_a_flipped_byte_replays_the_records_before_it() {
+    let mut pg = Postgres::start();
+    let mut s = on(&pg);
+    s.result("put_user", json!({"user": {"id": "seq", "n": 0}}));
+    pg.stop();
+    queue_writes(&s, 1, 6);
+    s.kill();
+    // Damage inside the third record's payload: records 1 and 2 are intact, 3..5 are not trusted.
+    let journal = s.dir().join("usersvc.journal");
+    let mut bytes = std::fs::read(&journal).expect("journal exists");
+    let first = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize + 8;
+    let second_len = u32::from_be_bytes([
+        bytes[first],
+        bytes[first + 1],
+        bytes[first + 2],
+        bytes[first + 3],
+    ]) as usize;
+    bytes[first + second_len + 8 + 8 + 10] ^= 0x01;
+    std::fs::write(&journal, &bytes).expect("damage");
+    pg.restart();
+    s.start_again();
+    assert!(s.log().contains("checksum mismatch"), "{}", s.log());
+    let (rev, doc) = stored(&pg, "seq");
+    assert_eq!((rev, doc["n"].clone()), (3, json!(2)));
+}

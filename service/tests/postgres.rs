@@ -78,3 +78,84 @@ fn instances_on_one_cluster_see_each_others_writes() {
         one.call("get_user", json!(["sql"])).get("result").is_some()
     });
 }
+
+/// One writer's win: it moved `id` from `expected` to `rev` with `doc`.
+struct Win {
+    id: String,
+    expected: i64,
+    rev: i64,
+    doc: Value,
+}
+
+#[test]
+fn sixty_four_writers_with_conflicts_equal_a_serial_run_of_the_winners() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pg = Postgres::start();
+    let s = std::sync::Arc::new(on(&pg));
+    let ids: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
+    for id in &ids {
+        s.result("put_user", json!({"user": {"id": id, "by": "setup"}}));
+    }
+    let conflicts = std::sync::Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..64)
+        .map(|t| {
+            let (s, ids, conflicts) = (s.clone(), ids.clone(), conflicts.clone());
+            std::thread::spawn(move || {
+                let mut wins = Vec::new();
+                for round in 0..8 {
+                    // Eight writers per id per round, each read-then-write at the rev it saw.
+                    let id = &ids[(t + round) % ids.len()];
+                    let expected = s.result("get_user", json!([id]))["rev"]
+                        .as_i64()
+                        .expect("rev");
+                    let doc = json!({"id": id, "by": t, "round": round});
+                    let r = s.call("put_user", json!({"user": doc, "rev": expected}));
+                    match (&r["result"]["rev"], &r["error"]["code"]) {
+                        (Value::Number(rev), _) => wins.push(Win {
+                            id: id.clone(),
+                            expected,
+                            rev: rev.as_i64().expect("rev"),
+                            doc,
+                        }),
+                        (_, code) if code == -32002 => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => panic!("neither a win nor a conflict: {r}"),
+                    }
+                }
+                wins
+            })
+        })
+        .collect();
+    let mut wins: Vec<Win> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer thread"))
+        .collect();
+    assert!(
+        conflicts.load(Ordering::Relaxed) > 0,
+        "the writers never collided: the test proves nothing"
+    );
+    wins.sort_by(|a, b| (&a.id, a.expected).cmp(&(&b.id, b.expected)));
+    for id in &ids {
+        let chain: Vec<&Win> = wins.iter().filter(|w| &w.id == id).collect();
+        // Exactly one winner per (id, rev), no gaps: a serial history 1 → 2 → … → n + 1.
+        for (i, w) in chain.iter().enumerate() {
+            assert_eq!((w.expected, w.rev), (i as i64 + 1, i as i64 + 2), "{id}");
+        }
+        let last = chain
+            .last()
+            .map_or(json!({"id": id, "by": "setup"}), |w| w.doc.clone());
+        let row = pg.psql(&format!(
+            "SELECT rev || ' ' || doc FROM users WHERE id = '{id}'"
+        ));
+        let (rev, doc) = row.split_once(' ').expect("row");
+        assert_eq!(rev.parse::<usize>().expect("rev"), chain.len() + 1, "{id}");
+        assert_eq!(
+            serde_json::from_str::<Value>(doc).expect("doc"),
+            last,
+            "{id}"
+        );
+        let served = s.result("get_user", json!([id]));
+        assert_eq!(served["rev"], chain.len() + 1, "{id}");
+    }
+}

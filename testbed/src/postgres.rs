@@ -9,6 +9,7 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     running: bool,
+    paused: bool,
     // Last: removed after the server stopped.
     dir: tempfile::TempDir,
 }
@@ -67,6 +68,7 @@ impl Postgres {
             bin,
             port: 0,
             running: false,
+            paused: false,
             dir,
         };
         // A port found free can be taken before the server binds it: try a few.
@@ -132,6 +134,49 @@ impl Postgres {
         }
     }
 
+    /// Crashes the server (`pg_ctl -m immediate`): no shutdown, as a power cut or OOM kill.
+    pub fn crash(&mut self) {
+        if self.running {
+            checked(
+                "pg_ctl stop -m immediate",
+                as_owner(&self.bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(self.dir.path().join("data"))
+                    .args(["-w", "-m", "immediate", "stop"])
+                    .output(),
+            );
+            self.running = false;
+        }
+    }
+
+    /// Stalls the whole server (SIGSTOP on the postmaster and every backend): connections stay
+    /// open and nothing answers, as a hung host does. `resume` undoes it.
+    pub fn pause(&mut self) {
+        self.signal_all(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    pub fn resume(&mut self) {
+        self.signal_all(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    fn signal_all(&self, sig: i32) {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e} (is the server running?)", pid_file.display()));
+        let postmaster: u32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no pid on its first line", pid_file.display()));
+        for pid in std::iter::once(postmaster).chain(crate::process::descendants(postmaster)) {
+            // SAFETY: kill(2) with a pid read from the server's own pid file and /proc.
+            #[allow(unsafe_code)]
+            let _ = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        }
+    }
+
     /// Starts the same cluster again on the same port.
     pub fn restart(&mut self) {
         if !self.running {
@@ -168,6 +213,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
         if self.running {
             let _ = as_owner(&self.bin.join("pg_ctl"))
                 .arg("-D")

@@ -47,7 +47,7 @@ impl Usersvc {
             str::to_owned,
         );
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (peer, addr) = launch(binary, &database_url, &extra, dir.path());
+        let (peer, addr) = launch(binary, &database_url, &extra, dir.path(), 200);
         Self {
             peer,
             addr,
@@ -158,14 +158,53 @@ impl Usersvc {
     /// Starts the binary again (same database, directory and arguments) after it stopped or was
     /// killed.
     pub fn start_again(&mut self) {
+        self.start_again_with_health(200);
+    }
+
+    /// Like `start_again`, for a start that serves degraded (`/health` answers `health`, e.g.
+    /// 503 on a cold start while the database is down).
+    pub fn start_again_with_health(&mut self, health: u16) {
         let extra = self.extra.clone();
-        let (peer, addr) = launch(&self.binary, &self.database_url, &extra, self.dir.path());
+        let (peer, addr) = launch(
+            &self.binary,
+            &self.database_url,
+            &extra,
+            self.dir.path(),
+            health,
+        );
         self.peer = peer;
         self.addr = addr;
     }
+
+    /// Runs the binary (same database, directory and arguments) expecting it to fail before it
+    /// serves; returns its exit status and stderr.
+    pub fn run_to_failure(&self) -> (ExitStatus, String) {
+        let out = Command::new(&self.binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &self.database_url,
+            ])
+            .args(&self.extra)
+            .current_dir(self.dir.path())
+            .env_remove("USERSVC_CONFIG")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
 
-fn launch(binary: &Path, database_url: &str, extra: &[String], dir: &Path) -> (Peer, SocketAddr) {
+fn launch(
+    binary: &Path,
+    database_url: &str,
+    extra: &[String],
+    dir: &Path,
+    health: u16,
+) -> (Peer, SocketAddr) {
     assert!(
         binary.is_file(),
         "usersvc binary {} is missing: run `cargo build -p service` (make test does)",
@@ -192,10 +231,10 @@ fn launch(binary: &Path, database_url: &str, extra: &[String], dir: &Path) -> (P
     });
     let agent = http::agent();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http::get(&agent, &format!("http://{addr}/health")).status != 200 {
+    while http::get(&agent, &format!("http://{addr}/health")).status != health {
         assert!(
             Instant::now() < deadline,
-            "usersvc /health never became 200:\n{}",
+            "usersvc /health never answered {health}:\n{}",
             peer.log()
         );
         std::thread::sleep(Duration::from_millis(20));

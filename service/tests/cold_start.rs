@@ -1,0 +1,125 @@
+//! A restart while the database is down: usersvc starts from the local copy of its last snapshot
+//! (beside the journal), serves reads marked stale, queues writes, and replays them when the
+//! database is back. Without a usable copy it refuses to start, naming the copy and why.
+
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use testbed::{Postgres, Usersvc};
+
+fn on(pg: &Postgres) -> Usersvc {
+    Usersvc::start_on(env!("CARGO_BIN_EXE_usersvc").as_ref(), Some(&pg.url()), &[])
+}
+
+fn copy_of(s: &Usersvc) -> PathBuf {
+    s.dir().join("usersvc.snapshot")
+}
+
+/// Waits until the local copy holds `n` users (it is rewritten a few seconds after writes).
+fn copy_holds(s: &Usersvc, n: usize) {
+    testbed::eventually(
+        "the local copy is up to date",
+        Duration::from_secs(20),
+        || service::snapshot_file::read(&copy_of(s)).is_ok_and(|users| users.len() == n),
+    );
+}
+
+#[test]
+fn a_cold_start_serves_the_local_copy_queues_writes_and_replays_them() {
+    let mut pg = Postgres::start();
+    let mut s = on(&pg);
+    s.result("put_user", json!({"user": {"id": "a", "name": "Ada"}}));
+    s.result("put_user", json!({"user": {"id": "a", "name": "Ada L."}}));
+    s.result("put_user", json!({"user": {"id": "b", "name": "Bob"}}));
+    copy_holds(&s, 2);
+    s.kill();
+    pg.crash();
+
+    s.start_again_with_health(503);
+    let health = s.get("/health").json();
+    assert_eq!(
+        (health["store"].clone(), health["snapshot"].clone()),
+        (json!("degraded"), json!("local copy")),
+        "{health}"
+    );
+    let r = s.post(br#"{"jsonrpc":"2.0","method":"get_user","params":["a"],"id":1}"#);
+    let a = &r.json()["result"];
+    assert_eq!(
+        (a["name"].clone(), a["rev"].clone()),
+        (json!("Ada L."), json!(2))
+    );
+    assert_eq!(
+        r.header("warning"),
+        Some("110 usersvc \"Response is Stale\"")
+    );
+    assert_eq!(
+        s.result("get_users", Value::Null).as_array().map(Vec::len),
+        Some(2)
+    );
+    let queued = s.call("put_user", json!({"user": {"id": "c", "name": "Cy"}}));
+    assert_eq!(queued["result"]["queued"], true, "{queued}");
+    // Checked against the copy's state: a stale rev is refused now, not queued to fail later.
+    let stale = s.call("put_user", json!({"user": {"id": "a"}, "rev": 1}));
+    assert_eq!(stale["error"]["code"], -32002, "{stale}");
+
+    pg.restart();
+    testbed::eventually(
+        "the queued write is replayed",
+        Duration::from_secs(30),
+        || {
+            let h = s.get("/health");
+            h.status == 200 && h.json()["journal_depth"] == 0
+        },
+    );
+    assert_eq!(
+        pg.psql("SELECT doc FROM users WHERE id = 'c'"),
+        r#"{"id":"c","name":"Cy"}"#
+    );
+    assert_eq!(s.result("get_user", json!(["c"]))["rev"], 1);
+    assert_eq!(s.get("/health").json()["snapshot"], "store");
+    assert_eq!(
+        s.result(
+            "put_user",
+            json!({"user": {"id": "a", "name": "Ada"}, "rev": 2})
+        )["rev"],
+        3
+    );
+}
+
+#[test]
+fn without_a_usable_copy_it_refuses_to_start_and_names_the_copy() {
+    let mut pg = Postgres::start();
+    let mut s = on(&pg);
+    s.result("put_user", json!({"user": {"id": "a"}}));
+    copy_holds(&s, 1);
+    s.kill();
+    pg.crash();
+
+    let copy = copy_of(&s);
+    let mut bytes = std::fs::read(&copy).expect("copy");
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x01;
+    std::fs::write(&copy, &bytes).expect("damage");
+    let (status, stderr) = s.run_to_failure();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last_line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last_line.starts_with("usersvc: cannot open the database: "),
+        "{stderr}"
+    );
+    assert!(
+        // The journal's path is relative (the default), and so is its copy's.
+        last_line.ends_with(
+            "no local copy to start from: the snapshot copy usersvc.snapshot is damaged: checksum mismatch"
+        ),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(&copy).expect("remove");
+    let (status, stderr) = s.run_to_failure();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no snapshot copy at usersvc.snapshot"),
+        "{stderr}"
+    );
+}
