@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# usersvc's stores side by side in one run: get_users and put_user throughput on PostgreSQL vs
-# SQLite (wrk, 32 connections), and the latency of a write while the breaker is open (queued to
-# the fsync'd journal) next to a normal committed write on the same machine.
+# usersvc's stores side by side in one run: get_users throughput on PostgreSQL vs SQLite (wrk,
+# 32 connections); put_user with 1, 8 and 32 concurrent writers on each store (group commit: the
+# aim is 32 writers >= 5x one writer); the first 10 writes after PostgreSQL crashes (each must be
+# queued at once, not wait for a timeout); and a queued write next to a committed one.
 set -euo pipefail
 cd "$(dirname "$0")"
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-32}
 command -v wrk >/dev/null || { echo "wrk missing: make peers" >&2; exit 1; }
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ -x "$PGBIN/initdb" ] || { echo "PostgreSQL missing: make peers" >&2; exit 1; }
-cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
-bin=../target/release/usersvc
+# USERSVC_BIN: another build to measure (e.g. the previous release, to compare one writer).
+if [ -n "${USERSVC_BIN:-}" ]; then bin=$USERSVC_BIN; else
+  cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
+  bin=$PWD/../target/release/usersvc
+fi
 
 tmp=$(mktemp -d); chmod 755 "$tmp"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -31,10 +35,10 @@ as_pg "$PGBIN/initdb" -D "$tmp/pg/data" -A trust -U postgres >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/log" -w start -o "-p $pg_port -k $tmp/pg -c listen_addresses=127.0.0.1" >/dev/null
 
 sq_port=$(free_port); pgs_port=$(free_port)
-(cd "$tmp" && exec "$OLDPWD/$bin" --listen "127.0.0.1:$sq_port" --database-url "sqlite://$tmp/b.db" --journal "$tmp/sq.journal" --log error 2>/dev/null) &
+(cd "$tmp" && exec "$bin" --listen "127.0.0.1:$sq_port" --database-url "sqlite://$tmp/b.db" --journal "$tmp/sq.journal" --log error 2>/dev/null) &
 pids+=($!)
-(cd "$tmp" && exec "$OLDPWD/$bin" --listen "127.0.0.1:$pgs_port" --database-url "postgres://postgres@127.0.0.1:$pg_port/postgres" \
-   --journal "$tmp/pg.journal" --breaker-failures 1 --store-timeout 300ms --log error 2>/dev/null) &
+(cd "$tmp" && exec "$bin" --listen "127.0.0.1:$pgs_port" --database-url "postgres://postgres@127.0.0.1:$pg_port/postgres" \
+   --journal "$tmp/pg.journal" --log error 2>/dev/null) &
 pids+=($!)
 wait_port "$sq_port"; wait_port "$pgs_port"
 
@@ -66,17 +70,30 @@ run_wrk() {  # port script connections -> "req/s p50 p99"
 }
 row() { printf '%-26s %-10s %12s %10s %10s\n' "$@"; }
 row case store req/s p50_ms p99_ms
-for script in get.lua put.lua; do
-  read -r a b c < <(run_wrk "$sq_port" "$script" "$CONNECTIONS"); row "${script%.lua} (${CONNECTIONS} conns)" sqlite "$a" "$b" "$c"; sq=$a
-  read -r a b c < <(run_wrk "$pgs_port" "$script" "$CONNECTIONS"); row "${script%.lua} (${CONNECTIONS} conns)" postgres "$a" "$b" "$c"; pg=$a
-  awk -v p="$pg" -v s="$sq" -v n="${script%.lua}" 'BEGIN { printf "%-26s ratio postgres/sqlite = %.2f\n", n, p / s }'
+read -r a b c < <(run_wrk "$sq_port" get.lua "$CONNECTIONS"); row "get (${CONNECTIONS} conns)" sqlite "$a" "$b" "$c"; sq=$a
+read -r a b c < <(run_wrk "$pgs_port" get.lua "$CONNECTIONS"); row "get (${CONNECTIONS} conns)" postgres "$a" "$b" "$c"; pg=$a
+awk -v p="$pg" -v s="$sq" 'BEGIN { printf "%-26s ratio postgres/sqlite = %.2f\n", "get", p / s }'
+for store in sqlite postgres; do
+  port=$sq_port; [ "$store" = postgres ] && port=$pgs_port
+  one=
+  for writers in 1 8 32; do
+    read -r a b c < <(run_wrk "$port" put.lua "$writers"); row "put ($writers writers)" "$store" "$a" "$b" "$c"
+    [ -z "$one" ] && one=$a
+    [ "$writers" = 1 ] || awk -v n="$a" -v o="$one" -v w="$writers" -v st="$store" \
+      'BEGIN { printf "%-26s ratio %s writers/1 writer = %.2f\n", "put " st, w, n / o }'
+  done
 done
 
-# Breaker open: stop PostgreSQL; writes are queued (journal append + fsync) instead of committed.
-as_pg "$PGBIN/pg_ctl" -D "$tmp/pg/data" -m fast -w stop >/dev/null
-curl -s "http://127.0.0.1:$pgs_port/" -H 'content-type: application/json' \
-  -d '{"jsonrpc":"2.0","method":"put_user","params":{"user":{"id":"trip"}},"id":1}' | grep -q '"queued":true' \
-  || { echo "breaker did not open" >&2; exit 1; }
+# PostgreSQL crashes (no shutdown): the first 10 writes after it, one at a time.
+as_pg "$PGBIN/pg_ctl" -D "$tmp/pg/data" -m immediate -w stop >/dev/null
+for i in $(seq 10); do
+  out=$(curl -s -w ' %{time_total}' "http://127.0.0.1:$pgs_port/" -H 'content-type: application/json' \
+    -d "{\"jsonrpc\":\"2.0\",\"method\":\"put_user\",\"params\":{\"user\":{\"id\":\"outage-$i\"}},\"id\":$i}")
+  echo "$out" | grep -q '"queued":true' || { echo "write $i during the outage was not queued: $out" >&2; exit 1; }
+  echo "${out##* }"
+done | sort -n | awk '{ t[NR] = $1 * 1000 } END { printf "%-26s p50 %.2f ms  p99 %.2f ms  (of %d; all queued)\n", "first writes after crash", (t[5] + t[6]) / 2, t[NR], NR }'
+
+# Breaker open: writes are queued (journal append + fsync) instead of committed.
 read -r a b c < <(run_wrk "$pgs_port" put.lua 1); row "put (1 conn)" journal "$a" "$b" "$c"; j=$b
 read -r a b c < <(run_wrk "$sq_port" put.lua 1); row "put (1 conn)" sqlite "$a" "$b" "$c"; s=$b
 awk -v j="$j" -v s="$s" 'BEGIN { printf "%-26s ratio p50 journal/sqlite = %.2f\n", "queued write latency", j / s }'

@@ -141,6 +141,10 @@ mod tests {
         });
         assert_eq!(out, (1..=20).map(|x| x * 10).collect::<Vec<_>>());
         assert_eq!(items[0], 1);
-        assert!(peak.load(Ordering::SeqCst) <= 3);
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(
+            (2..=3).contains(&peak),
+            "at most 3 at once, and more than one: {peak}"
+        );
     }
 }

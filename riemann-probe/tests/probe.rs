@@ -110,7 +110,14 @@ fn a_stopped_heartbeat_expires() {
         (first.ttl.unwrap_or(0.0) - 0.3).abs() < 1e-6,
         "ttl = 3 x interval: {first:?}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Five heartbeats span more than the ttl (0.3 s): a live one must not have expired by then.
+    eventually("five heartbeats arrive", || {
+        sink.received()
+            .iter()
+            .filter(|e| e.service.as_deref() == Some("hb svc"))
+            .count()
+            >= 5
+    });
     assert!(
         sink.expired().is_empty(),
         "alive heartbeats must not expire: {:?}",

@@ -107,11 +107,11 @@ pub struct Options {
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Option<Duration>,
 
-    /// Where writes are queued (fsync'd) while the store is unreachable [default: usersvc.journal]
+    /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold start serves sits beside it (.snapshot) [default: usersvc.journal]
     #[arg(long, env = "USERSVC_JOURNAL", value_name = "PATH", global = true)]
     pub journal: Option<PathBuf>,
 
-    /// Longest wait for a database connection before a write counts as a store failure [default: 2s]
+    /// Longest wait for the database (a connection, a batch of writes) before it counts as unreachable and writes are queued [default: 2s]
     #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
     pub store_timeout: Option<Duration>,
 

@@ -487,10 +487,6 @@ mod tests {
         }
         // Huge numbers and long strings are echoed verbatim.
         let huge = "123456789012345678901234567890123456789";
-        let r = run(&format!(
-            r#"{{"jsonrpc":"2.0","method":"sum","params":[],"id":{huge}}}"#
-        ));
-        assert!(serde_json::to_string(&r.expect("reply")).is_ok());
         let body = futures_block_on(handle_body(
             &Spec,
             format!(r#"{{"jsonrpc":"2.0","method":"sum","params":[],"id":{huge}}}"#).as_bytes(),

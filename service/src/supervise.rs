@@ -142,12 +142,19 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
     let array = shared.snapshot.all();
     let path = shared.copy.clone();
-    tokio::task::spawn_blocking(move || snapshot_file::write(&path, &array))
-        .await
-        .unwrap_or_else(|e| {
-            Err(CopyError::Write {
-                path: shared.copy.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
+    let users = shared.snapshot.len();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        snapshot_file::write(&path, &array)?;
+        tracing::debug!(users, bytes = array.len(), ms = started.elapsed().as_millis() as u64,
+            copy = %path.display(), "local snapshot copy saved");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(CopyError::Write {
+            path: shared.copy.clone(),
+            source: std::io::Error::other(e.to_string()),
         })
+    })
 }

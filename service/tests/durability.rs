@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testbed::Usersvc;
 
 fn svc() -> Usersvc {
@@ -141,18 +141,15 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         })
         .collect();
     let mut pending: Vec<(TcpStream, String)> = bodies.iter().map(|b| half_sent(&s, b)).collect();
-    // Make sure the server has read the headers of each request before the signal.
-    std::thread::sleep(Duration::from_millis(200));
+    // The server accepts in order from one backlog: once a later connection is answered, every
+    // half-sent one is accepted, hence in flight, before the signal.
+    s.result("ping", Value::Null);
     s.signal(libc::SIGTERM);
-    // Shutdown has begun once new connections are refused.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(s.addr()).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "listener still open 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    testbed::eventually(
+        "shutdown begins: new connections are refused",
+        Duration::from_secs(10),
+        || TcpStream::connect(s.addr()).is_err(),
+    );
     for (i, (conn, tail)) in pending.iter_mut().enumerate() {
         conn.write_all(tail.as_bytes()).expect("send the rest");
         let mut resp = String::new();
