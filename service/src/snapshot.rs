@@ -117,17 +117,23 @@ impl Snapshot {
         self.len() == 0
     }
 
-    /// The JSON array of every user, ordered by id.
+    /// The JSON array of every user, ordered by id. Encoded outside the lock (only refcounts
+    /// are taken under it), so a large snapshot never stalls writes while it is built.
     pub fn all(&self) -> Bytes {
-        if let Some(all) = &self.read().all {
-            return all.clone();
-        }
+        let (parts, generation) = {
+            let inner = self.read();
+            if let Some(all) = &inner.all {
+                return all.clone();
+            }
+            let parts: Vec<Bytes> = inner.users.values().map(|e| e.json.clone()).collect();
+            (parts, self.generation())
+        };
+        let all = encode_parts(&parts);
         let mut inner = self.write();
-        if let Some(all) = &inner.all {
-            return all.clone();
+        // Cache it only if no write came in meanwhile.
+        if inner.all.is_none() && self.generation() == generation {
+            inner.all = Some(all.clone());
         }
-        let all = encode_array(inner.users.values());
-        inner.all = Some(all.clone());
         all
     }
 
@@ -145,13 +151,19 @@ impl Snapshot {
 }
 
 fn encode_array<'a>(entries: impl Iterator<Item = &'a Entry>) -> Bytes {
-    let mut out = Vec::with_capacity(1024);
+    let parts: Vec<Bytes> = entries.map(|e| e.json.clone()).collect();
+    encode_parts(&parts)
+}
+
+fn encode_parts(parts: &[Bytes]) -> Bytes {
+    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(len);
     out.push(b'[');
-    for (i, e) in entries.enumerate() {
+    for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&e.json);
+        out.extend_from_slice(p);
     }
     out.push(b']');
     Bytes::from(out)

@@ -145,7 +145,15 @@ impl Store {
         // One plain connection first: the pool retries a refused one until `timeout` and then
         // reports only that it timed out; this says why, at once.
         match tokio::time::timeout(timeout, AnyConnection::connect(&store.url)).await {
-            Ok(Ok(conn)) => {
+            Ok(Ok(mut conn)) => {
+                if !store.postgres && !store.url.contains(":memory:") {
+                    // Write-ahead log: a commit is one append and one fsync, and readers (a
+                    // reload, the server an upgrade overlaps with) never block the writer.
+                    // Persistent in the file.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .fetch_optional(&mut conn)
+                        .await?;
+                }
                 let _ = conn.close().await;
             }
             Ok(Err(e)) => return Err(StoreError::Connect(e)),

@@ -42,6 +42,10 @@ pub fn validate(user: Value) -> Result<NewUser, Invalid> {
                 s.len()
             )));
         }
+        // PostgreSQL text cannot hold NUL: refuse it here rather than as a store failure.
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(Invalid("\"id\" must not contain NUL (\\u0000)".into()));
+        }
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
             return Err(Invalid(format!(
@@ -97,6 +101,7 @@ mod tests {
         assert!(validate(json!([1])).is_err());
         assert!(validate(json!({"id": 5})).is_err());
         assert!(validate(json!({"id": ""})).is_err());
+        assert!(validate(json!({"id": "a\u{0}b"})).is_err());
         assert!(validate(json!({"id": "x".repeat(MAX_ID_LEN + 1)})).is_err());
         let u = validate(json!({"id": "a", "rev": 9, "updated_at": "x", "n": 1})).expect("valid");
         assert_eq!(Value::Object(u.doc), json!({"id": "a", "n": 1}));

@@ -7,7 +7,8 @@
 //! acquire timeout, and a write must learn at once that the database is down.
 
 use crate::store::{CHANGES_CHANNEL, Expect, NOTIFY_EACH_MAX, Store, StoreError, WriteDoc, put_on};
-use sqlx::{AnyConnection, Connection};
+use sqlx::{AnyConnection, Connection, Row};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// One write, as the store applies it.
@@ -61,6 +62,8 @@ pub struct Writer {
 
 /// A batch this large (in documents) gets more time than `timeout`, which is sized for a few.
 const DOCS_PER_TIMEOUT: usize = 1000;
+/// Acknowledged write ids are pruned once this many have gathered.
+const FORGET_EVERY: usize = 256;
 
 impl Writer {
     pub fn new(store: &Store) -> Self {
@@ -78,7 +81,22 @@ impl Writer {
     pub async fn commit(&mut self, batch: &[(String, Change)]) -> Result<Vec<Outcome>, StoreError> {
         let docs: usize = batch.iter().map(|(_, c)| c.docs()).sum();
         let budget = self.timeout * (1 + (docs / DOCS_PER_TIMEOUT) as u32);
-        let done = match tokio::time::timeout(budget, self.commit_within(batch)).await {
+        // Optimistic: no savepoints (two more round trips per write). A write that fails on its
+        // own aborts the transaction; the batch is then run again with a savepoint per write.
+        let mut done = self.commit_timed(batch, false, budget).await;
+        if batch.len() > 1 && done.as_ref().is_err_and(|e| !e.is_unreachable()) {
+            done = self.commit_timed(batch, true, budget).await;
+        }
+        done
+    }
+
+    async fn commit_timed(
+        &mut self,
+        batch: &[(String, Change)],
+        savepoints: bool,
+        budget: Duration,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let done = match tokio::time::timeout(budget, self.commit_within(batch, savepoints)).await {
             Ok(done) => done,
             Err(_) => Err(StoreError::TimedOut(budget)),
         };
@@ -113,22 +131,31 @@ impl Writer {
     async fn commit_within(
         &mut self,
         batch: &[(String, Change)],
+        savepoints: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
         let postgres = self.postgres;
-        let forget = std::mem::take(&mut self.forget);
+        // Pruned in bulk: one statement per FORGET_EVERY writes, not one per batch.
+        let forget = if self.forget.len() >= FORGET_EVERY {
+            std::mem::take(&mut self.forget)
+        } else {
+            Vec::new()
+        };
         let result = async {
             let conn = self.connection().await?;
             let mut tx = conn.begin().await?;
             forget_ids(&mut tx, &forget).await?;
-            // One write alone needs no savepoint: its failure is the transaction's.
-            let savepoints = batch.len() > 1;
+            let claimed = claim(&mut tx, batch).await?;
             let mut out = Vec::with_capacity(batch.len());
             let mut changed: Vec<&str> = Vec::new();
             for (write_id, change) in batch {
+                if !claimed.contains(write_id.as_str()) {
+                    out.push(Ok(Applied::AlreadyApplied));
+                    continue;
+                }
                 if savepoints {
                     sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
                 }
-                match apply(&mut tx, write_id, change).await {
+                match apply(&mut tx, change).await {
                     Ok(applied) => {
                         if savepoints {
                             sqlx::query("RELEASE SAVEPOINT w").execute(&mut *tx).await?;
@@ -160,10 +187,7 @@ impl Writer {
     }
 }
 
-async fn apply(conn: &mut AnyConnection, write_id: &str, change: &Change) -> Outcome {
-    if !claim(conn, write_id).await? {
-        return Ok(Applied::AlreadyApplied);
-    }
+async fn apply(conn: &mut AnyConnection, change: &Change) -> Outcome {
     Ok(match change {
         Change::Put { doc, expect } => Applied::Put(put_on(conn, doc, *expect).await?),
         Change::PutMany(docs) => {
@@ -206,17 +230,29 @@ fn changed_ids<'a>(change: &'a Change, applied: &Applied) -> Vec<&'a str> {
     }
 }
 
-/// Records `write_id` in the write's transaction; false when it was recorded before.
-async fn claim(conn: &mut AnyConnection, write_id: &str) -> Result<bool, StoreError> {
-    let row = sqlx::query(
-        "INSERT INTO applied_writes (write_id, applied_at) VALUES ($1, $2)
+/// Records the batch's write ids in its transaction (one statement); returns those not recorded
+/// before: the others were applied by an earlier attempt.
+async fn claim(
+    conn: &mut AnyConnection,
+    batch: &[(String, Change)],
+) -> Result<HashSet<String>, StoreError> {
+    let marks: Vec<String> = (0..batch.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "INSERT INTO applied_writes (write_id, applied_at) VALUES {}
          ON CONFLICT (write_id) DO NOTHING RETURNING write_id",
-    )
-    .bind(write_id)
-    .bind(chrono::Utc::now().to_rfc3339())
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.is_some())
+        marks.join(", ")
+    );
+    let at = chrono::Utc::now().to_rfc3339();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (write_id, _) in batch {
+        q = q.bind(write_id).bind(&at);
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
+        .collect()
 }
 
 async fn forget_ids(conn: &mut AnyConnection, ids: &[String]) -> Result<(), StoreError> {
@@ -246,12 +282,15 @@ async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreErr
     } else {
         ids.to_vec()
     };
+    // One statement for all of them: a round trip per id would cost more than the writes.
+    let calls: Vec<String> = (0..payloads.len())
+        .map(|i| format!("pg_notify($1, ${})", i + 2))
+        .collect();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", calls.join(", "))))
+        .bind(CHANGES_CHANNEL);
     for p in payloads {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANGES_CHANNEL)
-            .bind(p)
-            .execute(&mut *conn)
-            .await?;
+        q = q.bind(p);
     }
+    q.execute(&mut *conn).await?;
     Ok(())
 }

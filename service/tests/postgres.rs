@@ -159,3 +159,55 @@ fn sixty_four_writers_with_conflicts_equal_a_serial_run_of_the_winners() {
         assert_eq!(served["rev"], chain.len() + 1, "{id}");
     }
 }
+
+#[test]
+fn a_write_the_database_refuses_fails_alone_in_its_batch() {
+    use service::store::{Expect, Store, WriteDoc};
+    use service::writer::{Applied, Change, Writer};
+    let pg = Postgres::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcomes = runtime.block_on(async {
+        let store = Store::open(&pg.url(), Duration::from_secs(5))
+            .await
+            .expect("open");
+        let put = |id: &str| Change::Put {
+            doc: WriteDoc::new(id, &serde_json::Map::new(), "2026-11-23T00:00:00.000Z"),
+            expect: Expect::Any,
+        };
+        // PostgreSQL text refuses NUL (validation keeps clients from sending one).
+        let batch = vec![
+            ("w1".to_owned(), put("a")),
+            ("w2".to_owned(), put("bad\0id")),
+            ("w3".to_owned(), put("b")),
+        ];
+        let mut writer = Writer::new(&store);
+        let outcomes = writer.commit(&batch).await.expect("the batch commits");
+        // The same ids again: recorded, so applied once.
+        let again = writer.commit(&batch).await.expect("again");
+        assert!(
+            again
+                .iter()
+                .all(|o| matches!(o, Ok(Applied::AlreadyApplied))),
+            "{again:?}"
+        );
+        writer.close().await;
+        store.close().await;
+        outcomes
+    });
+    assert!(
+        matches!(outcomes[0], Ok(Applied::Put(Some(1)))),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].is_err(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], Ok(Applied::Put(Some(1)))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        pg.psql("SELECT string_agg(id, ',' ORDER BY id) FROM users"),
+        "a,b"
+    );
+}
