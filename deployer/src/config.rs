@@ -1,5 +1,5 @@
-//! `deploy.toml`: the schema of DESIGN.md, strict (an unknown key is an error that names it),
-//! with paths relative to the file and `~` expanded.
+//! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
+//! key is an error that names it), with paths relative to the file and `~` expanded.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `deployer deploy`: the flow of DESIGN.md, every stage a barrier across hosts.
+//! `deployer deploy`: the Capistrano-style flow, every stage a barrier across hosts.
 //!
 //! connect → lock → stage (upload + shared links + REVISION) → before_publish → publish (all
 //! hosts, or `--rolling N` at a time) → after_publish → health → cleanup + log + unlock.

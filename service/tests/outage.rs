@@ -37,6 +37,14 @@ fn queue_writes(s: &Usersvc, from: u32, to: u32) {
     }
 }
 
+/// Waits until the journal is replayed and the service is healthy again.
+fn replayed(s: &Usersvc) {
+    eventually("the journal is replayed", || {
+        let h = s.get("/health");
+        h.status == 200 && h.json()["journal_depth"] == 0
+    });
+}
+
 fn stored(pg: &Postgres, id: &str) -> (i64, Value) {
     let row = pg.psql(&format!(
         "SELECT rev || ' ' || doc FROM users WHERE id = '{id}'"
@@ -88,10 +96,7 @@ fn store_outage_under_traffic_loses_no_write() {
     );
 
     pg.restart();
-    eventually("the journal is replayed", || {
-        let h = s.get("/health");
-        h.status == 200 && h.json()["journal_depth"] == 0
-    });
+    replayed(&s);
     // 20 queued writes applied once each, in order: rev 1 + 20, last value wins.
     let (rev, doc) = stored(&pg, "seq");
     assert_eq!((rev, doc["n"].clone()), (21, json!(20)));
@@ -136,16 +141,23 @@ fn queued_writes_survive_kill_9() {
     assert_eq!(s.result("get_user", json!(["bulk2"]))["id"], "bulk2");
 }
 
+/// "seq" written at n = 0, then `n = 1..to` queued with the store stopped, then kill -9: the
+/// service (to start again) and its journal.
+fn killed_with_queued_writes(pg: &mut Postgres, to: u32) -> (Usersvc, std::path::PathBuf) {
+    let mut s = on(pg);
+    s.result("put_user", json!({"user": {"id": "seq", "n": 0}}));
+    pg.stop();
+    queue_writes(&s, 1, to);
+    s.kill();
+    let journal = s.dir().join("usersvc.journal");
+    (s, journal)
+}
+
 #[test]
 fn a_journal_cut_short_replays_its_intact_prefix() {
     let mut pg = Postgres::start();
-    let mut s = on(&pg);
-    s.result("put_user", json!({"user": {"id": "seq", "n": 0}}));
-    pg.stop();
-    queue_writes(&s, 1, 4);
-    s.kill();
+    let (mut s, journal) = killed_with_queued_writes(&mut pg, 4);
     // A crash in the middle of the last append: its record is cut short.
-    let journal = s.dir().join("usersvc.journal");
     let bytes = std::fs::read(&journal).expect("journal exists");
     std::fs::write(&journal, &bytes[..bytes.len() - 7]).expect("truncate");
     pg.restart();
@@ -228,10 +240,7 @@ fn a_crashed_store_queues_every_write_at_once_with_the_default_flags() {
     }
     assert!(!s.log().contains("pool timed out"), "{}", s.log());
     pg.restart();
-    eventually("the journal is replayed", || {
-        let h = s.get("/health");
-        h.status == 200 && h.json()["journal_depth"] == 0
-    });
+    replayed(&s);
     // 20 writes to "seq", each applied once and in order: rev 1 + 20, the last value wins.
     let (rev, doc) = stored(&pg, "seq");
     assert_eq!((rev, doc["n"].clone()), (21, json!(20)));
@@ -262,10 +271,7 @@ fn a_stalled_store_times_the_request_out_and_loses_no_write() {
         s.get("/health").json()["journal_depth"] == 1
     });
     pg.resume();
-    eventually("the journal is replayed", || {
-        let h = s.get("/health");
-        h.status == 200 && h.json()["journal_depth"] == 0
-    });
+    replayed(&s);
     let (rev, doc) = stored(&pg, "stalled");
     assert_eq!(
         (rev, doc["v"].clone()),
@@ -339,34 +345,25 @@ fn shutdown_finishes_the_writes_it_took_without_opening_the_breaker() {
         0,
         "nothing queued"
     );
-    let stored: usize = pg
+    let count: usize = pg
         .psql("SELECT count(*) FROM users WHERE id LIKE 'w%'")
         .parse()
         .expect("count");
     assert!(
-        stored >= committed.len(),
-        "{stored} stored < {} answered",
+        count >= committed.len(),
+        "{count} stored < {} answered",
         committed.len()
     );
     for id in committed.iter().step_by(37) {
-        assert_eq!(stored_rev(&pg, id), 1, "{id}");
+        assert_eq!(stored(&pg, id).0, 1, "{id}");
     }
-}
-
-fn stored_rev(pg: &Postgres, id: &str) -> i64 {
-    stored(pg, id).0
 }
 
 #[test]
 fn a_journal_with_a_flipped_byte_replays_the_records_before_it() {
     let mut pg = Postgres::start();
-    let mut s = on(&pg);
-    s.result("put_user", json!({"user": {"id": "seq", "n": 0}}));
-    pg.stop();
-    queue_writes(&s, 1, 6);
-    s.kill();
+    let (mut s, journal) = killed_with_queued_writes(&mut pg, 6);
     // Damage inside the third record's payload: records 1 and 2 are intact, 3..5 are not trusted.
-    let journal = s.dir().join("usersvc.journal");
     let mut bytes = std::fs::read(&journal).expect("journal exists");
     let first = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize + 8;
     let second_len = u32::from_be_bytes([

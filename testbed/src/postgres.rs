@@ -121,28 +121,22 @@ impl Postgres {
 
     /// Stops the server (fast shutdown): clients lose their connections.
     pub fn stop(&mut self) {
-        if self.running {
-            checked(
-                "pg_ctl stop",
-                as_owner(&self.bin.join("pg_ctl"))
-                    .arg("-D")
-                    .arg(self.dir.path().join("data"))
-                    .args(["-w", "-m", "fast", "stop"])
-                    .output(),
-            );
-            self.running = false;
-        }
+        self.stop_with("fast");
     }
 
     /// Crashes the server (`pg_ctl -m immediate`): no shutdown, as a power cut or OOM kill.
     pub fn crash(&mut self) {
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&mut self, mode: &str) {
         if self.running {
             checked(
-                "pg_ctl stop -m immediate",
+                &format!("pg_ctl stop -m {mode}"),
                 as_owner(&self.bin.join("pg_ctl"))
                     .arg("-D")
                     .arg(self.dir.path().join("data"))
-                    .args(["-w", "-m", "immediate", "stop"])
+                    .args(["-w", "-m", mode, "stop"])
                     .output(),
             );
             self.running = false;
