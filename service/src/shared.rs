@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub breaker: std::sync::Mutex<Breaker>,
     pub journal: std::sync::Mutex<crate::journal::Journal>,
     pub copy: PathBuf,
+    /// The snapshot generation the copy holds (`u64::MAX`: none written by this process).
+    pub copied: AtomicU64,
     /// Set by a cold start; cleared once the store answered and the snapshot came from it.
     pub from_copy: AtomicBool,
     /// Set by `Users::close`: the supervisor and the follower stop.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The local copy is rewritten at most this often (and at shutdown) while writes change it.
 const COPY_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -24,7 +25,7 @@ pub enum ReplayError {
 }
 
 pub(crate) async fn supervise(shared: Weak<Shared>) {
-    let mut saved: Option<(u64, Instant)> = None;
+    let mut saved_at: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(shared) = shared.upgrade() else {
@@ -33,32 +34,28 @@ pub(crate) async fn supervise(shared: Weak<Shared>) {
         if shared.closing.load(Ordering::Acquire) {
             return;
         }
-        let due = saved.is_none_or(|(generation, at)| {
-            generation != shared.snapshot.generation() && at.elapsed() >= COPY_EVERY
-        });
-        if due && !shared.from_copy.load(Ordering::Acquire) {
-            let generation = shared.snapshot.generation();
+        if saved_at.is_none_or(|at| at.elapsed() >= COPY_EVERY) {
             if let Err(e) = save_copy(&shared).await {
                 tracing::warn!(error = %e, "cannot keep the local snapshot copy");
             }
-            saved = Some((generation, Instant::now()));
+            saved_at = Some(Instant::now());
         }
         if !shared.degradation().degraded() || !lock(&shared.breaker).try_probe(Instant::now()) {
             continue;
         }
         // Probe without the writer lock: queued writes must not wait on a dead store's timeouts.
-        let alive = matches!(
-            tokio::time::timeout(Duration::from_secs(1), shared.store.ping()).await,
-            Ok(Ok(()))
-        );
-        let outcome = if alive {
-            let mut writer = shared.writer.lock().await;
-            if shared.closing.load(Ordering::Acquire) {
-                return;
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping())
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(PROBE_TIMEOUT)));
+        let outcome = match probe {
+            Ok(()) => {
+                let mut writer = shared.writer.lock().await;
+                if shared.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                recover(&shared, &mut writer).await
             }
-            recover(&shared, &mut writer).await
-        } else {
-            Err(StoreError::TimedOut(Duration::from_secs(1)).into())
+            Err(e) => Err(e.into()),
         };
         match outcome {
             Ok(n) => {
@@ -138,12 +135,19 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
     Ok(replayed)
 }
 
-/// Writes the snapshot's local copy (off the async workers: it fsyncs).
+/// Writes the snapshot's local copy (off the async workers: it fsyncs), unless it holds this
+/// snapshot already or the snapshot came from the copy.
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
+    let generation = shared.snapshot.generation();
+    if shared.from_copy.load(Ordering::Acquire)
+        || shared.copied.load(Ordering::Acquire) == generation
+    {
+        return Ok(());
+    }
     let array = shared.snapshot.all();
     let path = shared.copy.clone();
     let users = shared.snapshot.len();
-    tokio::task::spawn_blocking(move || {
+    let saved = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         snapshot_file::write(&path, &array)?;
         tracing::debug!(users, bytes = array.len(), ms = started.elapsed().as_millis() as u64,
@@ -156,5 +160,9 @@ pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
             path: shared.copy.clone(),
             source: std::io::Error::other(e.to_string()),
         })
-    })
+    });
+    if saved.is_ok() {
+        shared.copied.store(generation, Ordering::Release);
+    }
+    saved
 }

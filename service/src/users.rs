@@ -112,6 +112,7 @@ impl Users {
             breaker: std::sync::Mutex::new(breaker),
             journal: std::sync::Mutex::new(journal),
             copy,
+            copied: std::sync::atomic::AtomicU64::new(u64::MAX),
             from_copy: AtomicBool::new(cold.is_some()),
             closing: AtomicBool::new(false),
             stats: Stats::default(),
@@ -160,9 +161,7 @@ impl Users {
         self.shared.closing.store(true, Ordering::Release);
         // Waits for a replay or reload in progress.
         let mut writer = self.shared.writer.lock().await;
-        if !self.shared.from_copy.load(Ordering::Acquire)
-            && let Err(e) = supervise::save_copy(&self.shared).await
-        {
+        if let Err(e) = supervise::save_copy(&self.shared).await {
             tracing::warn!(error = %e, "cannot save the local snapshot copy");
         }
         writer.close().await;
