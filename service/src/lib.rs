@@ -216,7 +216,7 @@ pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeErro
     let valid = validate::validate_list(list, false).map_err(|e| bad(e.0))?;
     // Straight to the store in one transaction: an import is all or nothing, never queued.
     let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = shared::now();
     let writes = valid
         .iter()
         .map(|u| store::WriteDoc::new(&u.id, &u.doc, &now))

@@ -119,13 +119,11 @@ impl Writer {
     }
 
     async fn connection(&mut self) -> Result<&mut AnyConnection, StoreError> {
-        if self.conn.is_none() {
-            let conn = AnyConnection::connect(&self.url).await?;
-            self.conn = Some(conn);
-        }
-        self.conn
-            .as_mut()
-            .ok_or(StoreError::TimedOut(Duration::ZERO))
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => AnyConnection::connect(&self.url).await?,
+        };
+        Ok(self.conn.insert(conn))
     }
 
     async fn commit_within(
