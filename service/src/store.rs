@@ -202,9 +202,11 @@ impl Store {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations)
-            .run(&self.pool)
-            .await?;
+        let run = Migrator::with_migrations(migrations);
+        match tokio::time::timeout(self.timeout * LOAD_TIMEOUTS, run.run(&self.pool)).await {
+            Ok(done) => done?,
+            Err(_) => return Err(StoreError::TimedOut(self.timeout * LOAD_TIMEOUTS)),
+        }
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -224,19 +226,21 @@ impl Store {
     }
 
     /// One document, straight from the database.
+    /// Within `timeout`: callers hold the writer lock, and a stalled database must not hold
+    /// every write behind them.
     pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let row = sqlx::query("SELECT id, rev, doc, updated_at FROM users WHERE id = $1")
+        let query = sqlx::query("SELECT id, rev, doc, updated_at FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(&self.pool);
+        let row = bounded(self.timeout, query).await?;
         row.as_ref().map(decode).transpose()
     }
 
-    /// Every document, ordered by id.
+    /// Every document, ordered by id; within `LOAD_TIMEOUTS` × `timeout` (it reads them all).
     pub async fn load_all(&self) -> Result<Vec<Record>, StoreError> {
-        let rows = sqlx::query("SELECT id, rev, doc, updated_at FROM users ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let query = sqlx::query("SELECT id, rev, doc, updated_at FROM users ORDER BY id")
+            .fetch_all(&self.pool);
+        let rows = bounded(self.timeout * LOAD_TIMEOUTS, query).await?;
         rows.iter().map(decode).collect()
     }
 
@@ -318,6 +322,20 @@ pub(crate) async fn put_on(
         Some(row) => Some(row.try_get::<i64, _>(0)?),
         None => None,
     })
+}
+
+/// A full read gets this many store timeouts (30 s by default): it grows with the data.
+const LOAD_TIMEOUTS: u32 = 15;
+
+/// A query that has not answered within `budget` counts as the store unreachable.
+async fn bounded<T>(
+    budget: Duration,
+    query: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(budget, query).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(StoreError::TimedOut(budget)),
+    }
 }
 
 fn decode(row: &sqlx::any::AnyRow) -> Result<Record, StoreError> {
