@@ -1,16 +1,15 @@
 //! `deployer check`: on every selected host, in parallel — connect and verify the host key,
-//! authenticate, then one remote script reports the deploy directory, whether it is writable, and
-//! the lock. Changes nothing.
+//! authenticate, then one remote step reports whether the deploy directory is writable and reads
+//! the layout (the lock as `layout` reads it for every command). Changes nothing.
 
 use crate::config::Target;
-use crate::ssh::{Remote, SshSettings, quote};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lock {
-    Free,
-    /// Held; with what the holder wrote (owner, pid, time).
-    Held(String),
-}
+use crate::fleet::{self, Host, each};
+use crate::layout;
+use crate::outcome::{Outcome, Unfinished};
+use crate::settings::Settings;
+use crate::ssh::quote;
+use crate::table::table;
+use std::fmt;
 
 /// What `check` found on one host; `problem` is set when the host is not ready to deploy.
 #[derive(Debug, Clone)]
@@ -20,74 +19,55 @@ pub struct HostReport {
     pub reachable: bool,
     pub dir_exists: bool,
     pub writable: bool,
-    pub lock: Option<Lock>,
+    /// `None` when not read; else the holder's line when the lock is held.
+    pub lock: Option<Option<String>>,
     pub problem: Option<String>,
 }
 
-/// The remote half: key=value lines, one exec.
-fn script(deploy_to: &str) -> String {
-    let d = quote(deploy_to);
+/// Every selected host's report.
+pub struct Checked {
+    pub hosts: Vec<HostReport>,
+}
+
+/// Whether `deploy_to`, or its nearest existing parent, is writable: `writable=yes|no`.
+fn writable_script(deploy_to: &str) -> String {
     format!(
-        "d={d}
-if [ -d \"$d\" ]; then echo dir=yes; t=\"$d\"; else echo dir=no; t=$(dirname \"$d\"); while [ ! -d \"$t\" ]; do t=$(dirname \"$t\"); done; fi
+        "d={}
+if [ -d \"$d\" ]; then t=\"$d\"; else t=$(dirname \"$d\"); while [ ! -d \"$t\" ]; do t=$(dirname \"$t\"); done; fi
 if [ -w \"$t\" ]; then echo writable=yes; else echo writable=no; fi
-if [ -d \"$d/.deploy/lock\" ]; then echo lock=held; cat \"$d/.deploy/lock/owner\" 2>/dev/null | head -c 500 | tr '\\n' ' '; echo; else echo lock=free; fi
-"
+",
+        quote(deploy_to)
     )
 }
 
-impl HostReport {
-    fn new(t: &Target, problem: Option<String>) -> Self {
-        Self {
-            name: t.name.clone(),
-            deploy_to: t.deploy_to.clone(),
-            reachable: false,
-            dir_exists: false,
-            writable: false,
-            lock: None,
-            problem,
+fn check_host(h: &mut Host) -> HostReport {
+    let mut r = HostReport {
+        name: h.target.name.clone(),
+        deploy_to: h.target.deploy_to.clone(),
+        reachable: h.ok(),
+        dir_exists: false,
+        writable: false,
+        lock: None,
+        problem: None,
+    };
+    if h.ok() {
+        let d = &h.target.deploy_to;
+        let script = format!("{}{}", writable_script(d), layout::state_script(d, false));
+        match h.run(&script, None) {
+            Ok(o) => {
+                let state = layout::parse_state(&o.stdout);
+                r.writable = o.stdout.lines().any(|l| l == "writable=yes");
+                r.dir_exists = state.exists;
+                r.lock = Some(state.lock);
+            }
+            Err(e) => h.fail(fleet::Stage::State, e),
         }
     }
-}
-
-pub fn check_host(t: &Target, ssh: &SshSettings) -> HostReport {
-    let mut r = HostReport::new(t, None);
-    let remote = match Remote::connect(&t.name, &t.host, t.port, ssh) {
-        Ok(remote) => remote,
-        Err(e) => {
-            r.problem = Some(e.to_string());
-            return r;
-        }
-    };
-    r.reachable = true;
-    let out = match remote.exec(&script(&t.deploy_to)) {
-        Ok(o) if o.status == 0 => o,
-        Ok(o) => {
-            r.problem = Some(format!(
-                "check script exited {}: {}",
-                o.status,
-                o.stderr.trim()
-            ));
-            return r;
-        }
-        Err(e) => {
-            r.problem = Some(e.to_string());
-            return r;
-        }
-    };
-    let mut lines = out.stdout.lines();
-    while let Some(line) = lines.next() {
-        match line {
-            "dir=yes" => r.dir_exists = true,
-            "writable=yes" => r.writable = true,
-            "lock=free" => r.lock = Some(Lock::Free),
-            "lock=held" => r.lock = Some(Lock::Held(lines.next().unwrap_or("").trim().to_owned())),
-            _ => {}
-        }
-    }
-    r.problem = if !r.writable {
-        Some(format!("{} is not writable by this user", t.deploy_to))
-    } else if let Some(Lock::Held(by)) = &r.lock {
+    r.problem = if let Some(f) = &h.failure {
+        Some(f.message.clone())
+    } else if !r.writable {
+        Some(format!("{} is not writable by this user", r.deploy_to))
+    } else if let Some(Some(by)) = &r.lock {
         Some(format!(
             "locked by another deploy: {by} (deployer unlock to clear a stale lock)"
         ))
@@ -98,45 +78,54 @@ pub fn check_host(t: &Target, ssh: &SshSettings) -> HostReport {
 }
 
 /// Checks all hosts, at most `parallel` at a time; reports in the targets' order.
-pub fn check_all(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<HostReport> {
-    let mut targets = targets.to_vec();
-    crate::fleet::each(&mut targets, parallel, |t| check_host(t, ssh))
+pub fn check(targets: &[Target], settings: &Settings) -> Checked {
+    let mut hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
+    Checked {
+        hosts: each(&mut hosts, settings.parallel, check_host),
+    }
 }
 
-/// A table, one host a row.
-pub fn render(reports: &[HostReport]) -> String {
-    let yes = |b: bool| if b { "yes" } else { "no" };
-    let mut rows = vec![[
-        "HOST".to_owned(),
-        "SSH".into(),
-        "DEPLOY_TO".into(),
-        "EXISTS".into(),
-        "WRITABLE".into(),
-        "LOCK".into(),
-        "STATUS".into(),
-    ]];
-    for r in reports {
-        rows.push([
-            r.name.clone(),
-            yes(r.reachable).into(),
-            r.deploy_to.clone(),
-            if r.reachable {
-                yes(r.dir_exists).into()
-            } else {
-                "-".into()
-            },
-            if r.reachable {
-                yes(r.writable).into()
-            } else {
-                "-".into()
-            },
-            match &r.lock {
-                None => "-".into(),
-                Some(Lock::Free) => "free".into(),
-                Some(Lock::Held(_)) => "held".into(),
-            },
-            r.problem.clone().unwrap_or_else(|| "ok".into()),
-        ]);
+impl fmt::Display for Checked {
+    /// A table, one host a row.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut rows = vec![vec![
+            "HOST".to_owned(),
+            "SSH".into(),
+            "DEPLOY_TO".into(),
+            "EXISTS".into(),
+            "WRITABLE".into(),
+            "LOCK".into(),
+            "STATUS".into(),
+        ]];
+        for r in &self.hosts {
+            let read = r.lock.is_some();
+            rows.push(vec![
+                r.name.clone(),
+                yes(r.reachable).into(),
+                r.deploy_to.clone(),
+                if read { yes(r.dir_exists) } else { "-" }.into(),
+                if read { yes(r.writable) } else { "-" }.into(),
+                match &r.lock {
+                    None => "-".into(),
+                    Some(None) => "free".into(),
+                    Some(Some(_)) => "held".into(),
+                },
+                r.problem.clone().unwrap_or_else(|| "ok".into()),
+            ]);
+        }
+        f.write_str(&table(&rows))
     }
-    crate::report::table(&rows.into_iter().map(Vec::from).collect::<Vec<_>>())
+}
+
+impl Outcome for Checked {
+    fn verdict(&self) -> Result<(), Unfinished> {
+        match self.hosts.iter().filter(|r| r.problem.is_some()).count() {
+            0 => Ok(()),
+            bad => Err(Unfinished::NotReady {
+                bad,
+                of: self.hosts.len(),
+            }),
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
 //! key is an error that names it), with paths relative to the file and `~` expanded.
 
+use crate::ssh::{HostKeyPolicy, SshSettings};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,33 +77,31 @@ pub struct Health {
     pub command: Option<String>,
     #[serde(default = "default_retries")]
     pub retries: u32,
-    #[serde(default = "default_interval")]
-    pub interval: String,
+    /// Between checks [default: 1s]
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
     /// Per check [default: 10s]
-    pub timeout: Option<String>,
-}
-
-impl Health {
-    pub fn interval(&self) -> Result<std::time::Duration, String> {
-        humantime::parse_duration(&self.interval)
-            .map_err(|e| format!("[health] interval {:?}: {e}", self.interval))
-    }
-    pub fn timeout(&self) -> Result<std::time::Duration, String> {
-        match &self.timeout {
-            None => Ok(std::time::Duration::from_secs(10)),
-            Some(t) => {
-                humantime::parse_duration(t).map_err(|e| format!("[health] timeout {t:?}: {e}"))
-            }
-        }
-    }
+    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 fn default_retries() -> u32 {
     10
 }
 
-fn default_interval() -> String {
-    "1s".into()
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `"1s"`, `"500ms"`, `"2m"`: humantime's syntax, an error naming the key otherwise.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,8 +118,41 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {problem}")]
+    Invalid { path: PathBuf, problem: Problem },
+}
+
+/// What is wrong inside a `deploy.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// Syntax, an unknown key, a wrong type: the TOML reader's own words, with the line.
+    #[error("{0}")]
+    Toml(String),
+    #[error("no [[hosts]]: add at least one `[[hosts]] address = \"app1:22\"`")]
+    NoHosts,
+    #[error("keep_releases must be at least 1")]
+    KeepNone,
+    #[error("deploy_to {0:?} must be an absolute path")]
+    RelativeDeployTo(String),
+    #[error("shared path {0:?} must be relative to the release, without '..'")]
+    SharedPath(String),
+    #[error("bad address {0:?}")]
+    Address(String),
+    #[error("bad port in {0:?}")]
+    Port(String),
+    #[error("[health] method needs a url")]
+    MethodWithoutUrl,
+}
+
+/// `--hosts`/`--role` select nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("--hosts {0:?} is not in the config")]
+    UnknownHost(String),
+    #[error("no host matches --hosts/--role")]
+    NoneMatch,
+    #[error(transparent)]
+    Address(#[from] Problem),
 }
 
 fn expand_home(p: &Path) -> PathBuf {
@@ -153,12 +186,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let invalid = |message: String| ConfigError::Invalid {
+        let invalid = |problem: Problem| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            problem,
         };
-        let mut cfg: Config =
-            toml::from_str(&text).map_err(|e| invalid(e.to_string().trim().to_owned()))?;
+        let mut cfg: Config = toml::from_str(&text)
+            .map_err(|e| invalid(Problem::Toml(e.to_string().trim().to_owned())))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         cfg.source = resolve(&base, &cfg.source);
         cfg.base = if base.as_os_str().is_empty() {
@@ -172,49 +205,46 @@ impl Config {
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Problem> {
         if self.hosts.is_empty() {
-            return Err("no [[hosts]]: add at least one `[[hosts]] address = \"app1:22\"`".into());
+            return Err(Problem::NoHosts);
         }
         if self.keep_releases == 0 {
-            return Err("keep_releases must be at least 1".into());
+            return Err(Problem::KeepNone);
         }
         for d in std::iter::once(&self.deploy_to)
             .chain(self.hosts.iter().filter_map(|h| h.deploy_to.as_ref()))
         {
             if !d.starts_with('/') {
-                return Err(format!("deploy_to {d:?} must be an absolute path"));
+                return Err(Problem::RelativeDeployTo(d.clone()));
             }
         }
         for s in self.shared_dirs.iter().chain(&self.shared_files) {
             if s.starts_with('/') || s.split('/').any(|c| c == "..") || s.is_empty() {
-                return Err(format!(
-                    "shared path {s:?} must be relative to the release, without '..'"
-                ));
+                return Err(Problem::SharedPath(s.clone()));
             }
         }
         for h in &self.hosts {
             self.split_address(&h.address)?;
         }
-        if let Some(h) = &self.health {
-            h.interval()?;
-            h.timeout()?;
-            if h.method.is_some() && h.url.is_none() {
-                return Err("[health] method needs a url".into());
-            }
+        if let Some(h) = &self.health
+            && h.method.is_some()
+            && h.url.is_none()
+        {
+            return Err(Problem::MethodWithoutUrl);
         }
         Ok(())
     }
 
-    fn split_address(&self, address: &str) -> Result<(String, u16), String> {
+    fn split_address(&self, address: &str) -> Result<(String, u16), Problem> {
         let default = self.ssh.port.unwrap_or(22);
         // [v6]:port, host:port, or a bare host
         if let Some(rest) = address.strip_prefix('[') {
             let (h, p) = rest
                 .split_once(']')
-                .ok_or_else(|| format!("bad address {address:?}"))?;
+                .ok_or_else(|| Problem::Address(address.to_owned()))?;
             let port = match p.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("bad port in {address:?}"))?,
+                Some(p) => p.parse().map_err(|_| Problem::Port(address.to_owned()))?,
                 None => default,
             };
             return Ok((h.to_owned(), port));
@@ -222,14 +252,18 @@ impl Config {
         match address.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => Ok((
                 h.to_owned(),
-                p.parse().map_err(|_| format!("bad port in {address:?}"))?,
+                p.parse().map_err(|_| Problem::Port(address.to_owned()))?,
             )),
             _ => Ok((address.to_owned(), default)),
         }
     }
 
     /// The hosts to act on: all, or those named in `names` and/or having `role`.
-    pub fn targets(&self, names: &[String], role: Option<&str>) -> Result<Vec<Target>, String> {
+    pub fn targets(
+        &self,
+        names: &[String],
+        role: Option<&str>,
+    ) -> Result<Vec<Target>, SelectError> {
         for n in names {
             if !self.hosts.iter().any(|h| {
                 &h.address == n
@@ -237,7 +271,7 @@ impl Config {
                         .split_address(&h.address)
                         .is_ok_and(|(host, _)| &host == n)
             }) {
-                return Err(format!("--hosts {n:?} is not in the config"));
+                return Err(SelectError::UnknownHost(n.clone()));
             }
         }
         let mut out = Vec::new();
@@ -259,7 +293,7 @@ impl Config {
             }
         }
         if out.is_empty() {
-            return Err("no host matches --hosts/--role".into());
+            return Err(SelectError::NoneMatch);
         }
         Ok(out)
     }
@@ -279,6 +313,17 @@ impl Config {
             .clone()
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "root".into())
+    }
+
+    /// How to reach the hosts: `[ssh]` with the command line's host-key policy and timeout.
+    pub fn ssh_settings(&self, policy: HostKeyPolicy, timeout: Duration) -> SshSettings {
+        SshSettings {
+            user: self.user(),
+            identity: self.ssh.identity.clone(),
+            known_hosts: self.known_hosts(),
+            policy,
+            timeout,
+        }
     }
 
     pub fn known_hosts(&self) -> PathBuf {

@@ -7,38 +7,36 @@
 //! puts every published host back on its previous release and marks the new one bad; every
 //! exit path releases the locks this run took (a host that went away keeps its lock, named in
 //! the report, and `deployer unlock` clears it once the host is back).
+//! `deploy --dry-run` ([`plan`]) reads the hosts and describes the same flow.
 
 use crate::config::{Config, Target};
-use crate::fleet::{self, Failure, Host, each};
+use crate::events;
+use crate::fleet::{self, Host, Stage, each};
 use crate::health::Gate;
-use crate::layout::{self, HostState, LogEntry};
-use crate::lock;
+use crate::layout::{self, HostState};
+use crate::lock::{self, LockHeld};
 use crate::manifest::{Delta, Manifest};
-use crate::ssh::SshSettings;
+use crate::outcome::{Outcome, Unfinished};
+use crate::report::{HostOutcome, Report};
+use crate::settings::Settings;
+use crate::stages::{self, Release};
+use crate::table::{bytes, table};
 use crate::upload;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-/// How a run behaves, from the command line.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub ssh: SshSettings,
-    pub parallel: usize,
+/// What `deploy` is asked for beyond the settings every command shares.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
     /// Publish this many hosts at a time, with the health gate between batches.
     pub rolling: Option<usize>,
-    pub hook_timeout: Duration,
     /// Overrides the revision written to REVISION (default: git HEAD of the source, else a
     /// hash of its content).
     pub revision: Option<String>,
-    /// No stage headings or progress bars on stderr.
-    pub quiet: bool,
-    /// Set on SIGINT/SIGTERM: the run stops at the next stage boundary (or mid-upload) and
-    /// takes the failure path, so nothing is left half-done or locked.
-    pub interrupted: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,44 +45,6 @@ pub enum DeployError {
     Build { command: String, message: String },
     #[error("cannot read the source tree: {0}")]
     Source(#[from] crate::manifest::ManifestError),
-    #[error("{0}")]
-    Config(String),
-}
-
-/// Per host, what happened.
-#[derive(Debug, Clone)]
-pub struct HostOutcome {
-    pub name: String,
-    pub host: String,
-    pub previous: Option<String>,
-    pub sent_files: usize,
-    pub sent_bytes: u64,
-    pub linked_files: usize,
-    /// `published`, `not published`, `rolled back to …`, …
-    pub result: String,
-    pub failure: Option<Failure>,
-    /// Things left for the user (a lock on an unreachable host, a failed cleanup).
-    pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub release: String,
-    pub revision: String,
-    pub hosts: Vec<HostOutcome>,
-    pub ok: bool,
-    pub elapsed: Duration,
-}
-
-impl Report {
-    /// The first failure, as `host at stage: message`.
-    pub fn failure(&self) -> Option<String> {
-        self.hosts.iter().find_map(|h| {
-            h.failure
-                .as_ref()
-                .map(|f| format!("{} at {}: {}", h.name, f.stage, f.message))
-        })
-    }
 }
 
 /// One host's deploy state on top of its connection.
@@ -117,18 +77,19 @@ impl Run {
             warnings: Vec::new(),
         }
     }
-    fn d(&self) -> &str {
+    fn deploy_to(&self) -> &str {
         &self.host.target.deploy_to
     }
     fn ok(&self) -> bool {
-        self.host.failure.is_none()
+        self.host.ok()
     }
 }
 
 /// What every stage of one run shares.
 struct Ctx<'a> {
     cfg: &'a Config,
-    s: &'a Settings,
+    settings: &'a Settings,
+    options: &'a Options,
     release: String,
     revision: String,
     user: String,
@@ -136,31 +97,32 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn entry<'b>(&'b self, outcome: &'b str, failure: Option<&'b Failure>) -> LogEntry<'b> {
-        LogEntry {
-            release: &self.release,
+    /// The new release, as seen from a host whose `current` was `previous`.
+    fn release<'b>(&'b self, previous: Option<&'b str>) -> Release<'b> {
+        Release {
+            name: &self.release,
             revision: &self.revision,
-            user: &self.user,
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            outcome,
-            stage: failure.map(|f| f.stage),
-            error: failure.map(|f| f.message.as_str()),
-            from: None,
+            previous,
         }
     }
 
-    /// After a signal: every host still going fails at `stage`, so the caller aborts.
-    fn stop_if_interrupted(&self, runs: &mut [Run], stage: &'static str) {
-        if self.s.interrupted.load(Ordering::Relaxed) {
+    /// The end of a stage: after a signal every host still going fails at `stage`; then, if any
+    /// host failed, the run stops with `why`.
+    fn barrier(
+        &self,
+        runs: &mut [Run],
+        stage: Stage,
+        why: &'static str,
+    ) -> Result<(), &'static str> {
+        if self.settings.interrupted() {
             for r in runs.iter_mut() {
                 r.host.fail(stage, "interrupted by a signal");
             }
         }
-    }
-
-    fn say(&self, text: &str) {
-        if !self.s.quiet {
-            eprintln!("deployer: {text}");
+        if runs.iter().all(Run::ok) {
+            Ok(())
+        } else {
+            Err(why)
         }
     }
 
@@ -175,8 +137,171 @@ impl Ctx<'_> {
     }
 }
 
+/// The whole deploy. `Err` only for problems found before any host was touched; the report
+/// says how every host ended. Deploy events go to `[riemann] server` when set.
+pub fn deploy(
+    cfg: &Config,
+    targets: &[Target],
+    settings: &Settings,
+    options: &Options,
+) -> Result<Report, DeployError> {
+    let started = Instant::now();
+    let gate = cfg.health.as_ref().and_then(Gate::new);
+    build(cfg)?;
+    let manifest = Manifest::scan(&cfg.source)?;
+    let user = cfg.user();
+    let mut c = Ctx {
+        cfg,
+        settings,
+        options,
+        release: String::new(),
+        revision: revision(&cfg.source, &manifest, options.revision.as_deref()),
+        owner: lock::owner_line(&user),
+        user,
+    };
+    settings.say(&format!(
+        "deploying {} ({} files, revision {}) to {} host(s)",
+        cfg.application,
+        manifest.file_count(),
+        c.revision,
+        targets.len()
+    ));
+    let mut runs: Vec<Run> = fleet::connect(targets, &settings.ssh, settings.parallel)
+        .into_iter()
+        .map(Run::new)
+        .collect();
+    let ok = match advance(&mut c, &mut runs, &manifest, gate.as_ref()) {
+        Ok(()) => {
+            finish(&mut runs, &c);
+            true
+        }
+        Err(why) => {
+            settings.say(why);
+            back_out(&mut runs, &c);
+            false
+        }
+    };
+    let report = c.report(runs, ok, started);
+    if let Some(r) = &cfg.riemann
+        && let Err(e) = events::send(&r.server, &events::deploy_events(&cfg.application, &report))
+    {
+        eprintln!("warning: {e}");
+    }
+    Ok(report)
+}
+
+/// Every stage up to the last health gate; `Err` says why the run stops there.
+fn advance(
+    c: &mut Ctx,
+    runs: &mut [Run],
+    manifest: &Manifest,
+    gate: Option<&Gate>,
+) -> Result<(), &'static str> {
+    let parallel = c.settings.parallel;
+    c.barrier(
+        runs,
+        Stage::Connect,
+        "not every host could be reached; nothing was changed",
+    )?;
+    // Lock. The upload channel starts first so its session start overlaps the lock step.
+    each(runs, parallel, |r| lock_host(r, c));
+    c.barrier(
+        runs,
+        Stage::Lock,
+        "not every host could be locked; nothing was changed",
+    )?;
+
+    // One release name for all hosts; what each host needs.
+    c.release = layout::next_release(
+        chrono::Utc::now(),
+        runs.iter()
+            .flat_map(|r| r.host.state.releases.iter().map(|x| x.name.as_str())),
+    );
+    let shared = c.cfg.shared_paths();
+    for r in runs.iter_mut() {
+        (r.previous, r.previous_manifest) = previous(&r.host.state);
+        r.delta = manifest.delta(r.previous_manifest.as_ref(), &shared);
+    }
+
+    c.settings.say(&format!("staging release {}", c.release));
+    stage_all(runs, c, manifest);
+    c.barrier(
+        runs,
+        Stage::Upload,
+        "staging failed; removing the staged release everywhere",
+    )?;
+
+    let c = &*c;
+    let before = &c.cfg.hooks.before_publish;
+    if !before.is_empty() {
+        c.settings.say("running before_publish hooks");
+        each(runs, parallel, |r| {
+            let release = c.release(r.previous.as_deref());
+            if let Err(e) = stages::hooks(&mut r.host, &release, before, c.settings.hook_timeout) {
+                r.host.fail(Stage::BeforePublish, e);
+            }
+        });
+    }
+    c.barrier(
+        runs,
+        Stage::BeforePublish,
+        "a before_publish hook failed; removing the staged release everywhere",
+    )?;
+
+    // Publish, in batches when rolling; after_publish hooks and the health gate per batch.
+    let count = runs.len();
+    let size = c.options.rolling.unwrap_or(count).clamp(1, count.max(1));
+    for (i, batch) in runs.chunks_mut(size).enumerate() {
+        let start = i * size;
+        c.settings.say(&if size < count {
+            format!(
+                "publishing {} on hosts {}-{} of {count}",
+                c.release,
+                start + 1,
+                start + batch.len()
+            )
+        } else {
+            format!("publishing {}", c.release)
+        });
+        publish_batch(batch, c, gate);
+        c.barrier(
+            batch,
+            Stage::Publish,
+            "failed after publish; putting every host back on its previous release",
+        )?;
+    }
+    Ok(())
+}
+
+/// Cleanup, log and unlock: one step per host.
+fn finish(runs: &mut [Run], c: &Ctx) {
+    each(runs, c.settings.parallel, |r| {
+        let d = r.deploy_to().to_owned();
+        let remove =
+            layout::cleanup_after_publish(&r.host.state.releases, &c.release, c.cfg.keep_releases);
+        let entry = stages::log_entry(
+            &c.release(r.previous.as_deref()),
+            &c.user,
+            "deployed",
+            None,
+            None,
+        );
+        let script = format!(
+            "{}\n{}",
+            layout::remove_script(&d, &remove),
+            layout::log_script(&d, &entry),
+        );
+        if let Err(e) = lock::release(&mut r.host, &c.owner, &script) {
+            r.warnings.push(format!(
+                "published, but cleanup or unlock failed: {e}; then run `deployer cleanup --hosts {}`",
+                r.host.name()
+            ));
+        }
+    });
+}
+
 /// Runs the local build command, in the config file's directory.
-pub fn build(cfg: &Config) -> Result<(), DeployError> {
+fn build(cfg: &Config) -> Result<(), DeployError> {
     let Some(command) = &cfg.build else {
         return Ok(());
     };
@@ -203,7 +328,7 @@ pub fn build(cfg: &Config) -> Result<(), DeployError> {
 
 /// The revision of the source: the override, git HEAD when the source is in a checkout, else
 /// the manifest's content hash.
-pub fn revision(source: &Path, manifest: &Manifest, given: Option<&str>) -> String {
+fn revision(source: &Path, manifest: &Manifest, given: Option<&str>) -> String {
     if let Some(r) = given {
         return r.to_owned();
     }
@@ -218,162 +343,6 @@ pub fn revision(source: &Path, manifest: &Manifest, given: Option<&str>) -> Stri
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| manifest.digest())
-}
-
-/// The whole deploy. `Err` only for problems found before any host was touched.
-pub fn deploy(cfg: &Config, targets: &[Target], s: &Settings) -> Result<Report, DeployError> {
-    let started = Instant::now();
-    let gate = match &cfg.health {
-        Some(h) => Gate::new(h).map_err(DeployError::Config)?,
-        None => None,
-    };
-    build(cfg)?;
-    let manifest = Manifest::scan(&cfg.source)?;
-    let user = cfg.user();
-    let mut c = Ctx {
-        cfg,
-        s,
-        release: String::new(),
-        revision: revision(&cfg.source, &manifest, s.revision.as_deref()),
-        owner: lock::owner_line(&user),
-        user,
-    };
-    let shared = cfg.shared_paths();
-    let p = s.parallel;
-    c.say(&format!(
-        "deploying {} ({} files, revision {}) to {} host(s)",
-        cfg.application,
-        manifest.file_count(),
-        c.revision,
-        targets.len()
-    ));
-    let mut runs: Vec<Run> = fleet::connect(targets, &s.ssh, p)
-        .into_iter()
-        .map(Run::new)
-        .collect();
-
-    if runs.iter().any(|r| !r.ok()) {
-        c.say("not every host could be reached; nothing was changed");
-        return Ok(c.report(runs, false, started));
-    }
-    // Lock. The upload channel starts first so its session start overlaps the lock step.
-    each(&mut runs, p, |r| lock_host(r, &c));
-    c.stop_if_interrupted(&mut runs, "lock");
-    if runs.iter().any(|r| !r.ok()) {
-        c.say("not every host could be locked; nothing was changed");
-        back_out(&mut runs, &c);
-        return Ok(c.report(runs, false, started));
-    }
-
-    // One release name for all hosts; what each host needs.
-    c.release = layout::next_release(
-        chrono::Utc::now(),
-        runs.iter()
-            .flat_map(|r| r.host.state.releases.iter().map(|x| x.name.as_str())),
-    );
-    for r in &mut runs {
-        (r.previous, r.previous_manifest) = previous(&r.host.state);
-        r.delta = manifest.delta(r.previous_manifest.as_ref(), &shared);
-    }
-
-    // Stage: upload, shared links, REVISION.
-    c.say(&format!("staging release {}", c.release));
-    let bars = MultiProgress::with_draw_target(if s.quiet {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    });
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    let width = runs.iter().map(|r| r.host.name().len()).max().unwrap_or(0);
-    let mut staging: Vec<(&mut Run, ProgressBar)> = runs
-        .iter_mut()
-        .map(|r| {
-            let b = bars.add(ProgressBar::new(r.delta.bytes.max(1)));
-            b.set_style(style.clone());
-            b.set_prefix(format!("{:>width$}", r.host.name()));
-            (r, b)
-        })
-        .collect();
-    each(&mut staging, p, |(r, bar)| {
-        stage(r, &c, &manifest, bar);
-        bar.finish();
-    });
-    drop(staging);
-    let _ = bars.clear();
-    c.stop_if_interrupted(&mut runs, "upload");
-    if runs.iter().any(|r| !r.ok()) {
-        c.say("staging failed; removing the staged release everywhere");
-        back_out(&mut runs, &c);
-        return Ok(c.report(runs, false, started));
-    }
-
-    if !cfg.hooks.before_publish.is_empty() {
-        c.say("running before_publish hooks");
-        each(&mut runs, p, |r| {
-            let script = layout::hooks_script(
-                r.d(),
-                &c.release,
-                r.previous.as_deref(),
-                &c.revision,
-                &cfg.hooks.before_publish,
-            );
-            if let Err(e) = r.host.run(&script, Some(s.hook_timeout)) {
-                r.host.fail("before_publish", e);
-            }
-        });
-        c.stop_if_interrupted(&mut runs, "before_publish");
-        if runs.iter().any(|r| !r.ok()) {
-            c.say("a before_publish hook failed; removing the staged release everywhere");
-            back_out(&mut runs, &c);
-            return Ok(c.report(runs, false, started));
-        }
-    }
-
-    // Publish, in batches when rolling; after_publish hooks and the health gate per batch.
-    let count = runs.len();
-    let batch = s.rolling.unwrap_or(count).clamp(1, count.max(1));
-    for start in (0..count).step_by(batch) {
-        let end = (start + batch).min(count);
-        c.say(&if batch < count {
-            format!(
-                "publishing {} on hosts {}-{end} of {count}",
-                c.release,
-                start + 1
-            )
-        } else {
-            format!("publishing {}", c.release)
-        });
-        publish_batch(&mut runs[start..end], &c, gate.as_ref());
-        c.stop_if_interrupted(&mut runs[start..end], "publish");
-        if runs.iter().any(|r| !r.ok()) {
-            c.say("failed after publish; putting every host back on its previous release");
-            back_out(&mut runs, &c);
-            return Ok(c.report(runs, false, started));
-        }
-    }
-
-    // Cleanup, log and unlock: one step per host.
-    each(&mut runs, p, |r| {
-        let d = r.d().to_owned();
-        let remove =
-            layout::cleanup_after_publish(&r.host.state.releases, &c.release, cfg.keep_releases);
-        let script = format!(
-            "{}\n{}",
-            layout::remove_script(&d, &remove),
-            layout::log_script(&d, &c.entry("deployed", None)),
-        );
-        if let Err(e) = lock::release(&mut r.host, &c.owner, &script) {
-            r.warnings.push(format!(
-                "published, but cleanup or unlock failed: {e}; then run `deployer cleanup --hosts {}`",
-                r.host.name()
-            ));
-        }
-    });
-    Ok(c.report(runs, true, started))
 }
 
 /// The complete release `current` points at, and its manifest: what unchanged files are
@@ -396,53 +365,68 @@ fn lock_host(r: &mut Run, c: &Ctx) {
         return;
     }
     if let Some(remote) = &r.host.remote {
-        match remote.start(&upload::remote_command(r.d())) {
+        match remote.start(&upload::remote_command(r.deploy_to())) {
             Ok(ch) => r.upload = Some(ch),
-            Err(e) => return r.host.fail("connect", e.to_string()),
+            Err(e) => return r.host.fail(Stage::Connect, e),
         }
     }
     lock::acquire(&mut r.host, &c.owner, true);
 }
 
+/// Uploads and stages the release on every host, a progress bar per host.
+fn stage_all(runs: &mut [Run], c: &Ctx, manifest: &Manifest) {
+    let bars = MultiProgress::with_draw_target(if c.settings.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let width = runs.iter().map(|r| r.host.name().len()).max().unwrap_or(0);
+    let mut staging: Vec<(&mut Run, ProgressBar)> = runs
+        .iter_mut()
+        .map(|r| {
+            let b = bars.add(ProgressBar::new(r.delta.bytes.max(1)));
+            b.set_style(style.clone());
+            b.set_prefix(format!("{:>width$}", r.host.name()));
+            (r, b)
+        })
+        .collect();
+    each(&mut staging, c.settings.parallel, |(r, bar)| {
+        stage(r, c, manifest, bar);
+        bar.finish();
+    });
+    drop(staging);
+    let _ = bars.clear();
+}
+
 /// Publishes one batch, runs its after_publish hooks, then its health gate.
 fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
-    let p = c.s.parallel;
-    each(batch, p, |r| {
-        let script = layout::switch_script(r.d(), Some(&c.release));
-        match r.host.run(&script, None) {
-            Ok(_) => {
-                r.published = true;
-                r.result = "published".into();
-            }
-            Err(e) => r.host.fail("publish", e),
+    let parallel = c.settings.parallel;
+    each(batch, parallel, |r| {
+        let script = layout::switch_script(r.deploy_to(), Some(&c.release));
+        if r.host.step(Stage::Publish, &script, None) {
+            r.published = true;
+            r.result = "published".into();
         }
     });
-    if batch.iter().all(Run::ok) && !c.cfg.hooks.after_publish.is_empty() {
-        c.say("running after_publish hooks");
-        each(batch, p, |r| {
-            let script = layout::hooks_script(
-                r.d(),
-                &c.release,
-                r.previous.as_deref(),
-                &c.revision,
-                &c.cfg.hooks.after_publish,
-            );
-            if let Err(e) = r.host.run(&script, Some(c.s.hook_timeout)) {
-                r.host.fail("after_publish", e);
+    let after = &c.cfg.hooks.after_publish;
+    if batch.iter().all(Run::ok) && !after.is_empty() {
+        c.settings.say("running after_publish hooks");
+        each(batch, parallel, |r| {
+            let release = c.release(r.previous.as_deref());
+            if let Err(e) = stages::hooks(&mut r.host, &release, after, c.settings.hook_timeout) {
+                r.host.fail(Stage::AfterPublish, e);
             }
         });
     }
     if let Some(gate) = gate.filter(|_| batch.iter().all(Run::ok)) {
-        c.say("health gate");
-        each(batch, p, |r| {
-            let subject = crate::health::Subject {
-                host: &r.host.target.host,
-                release: &c.release,
-                revision: &c.revision,
-            };
-            if let Err(e) = gate.wait_healthy(&subject) {
-                r.host.fail("health", e);
-            }
+        c.settings.say("health gate");
+        each(batch, parallel, |r| {
+            stages::health(&mut r.host, gate, &c.release(None));
         });
     }
 }
@@ -450,14 +434,14 @@ fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
 /// Uploads the release and finishes staging it on one host.
 fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
     let Some(channel) = r.upload.take() else {
-        return r.host.fail("upload", "not connected");
+        return r.host.fail(Stage::Upload, fleet::StepError::NotConnected);
     };
     r.staged = true;
     let counting = upload::Counting::new(
         std::io::BufWriter::with_capacity(256 * 1024, channel),
         Box::new({
             let bar = bar.clone();
-            let stop = c.s.interrupted.clone();
+            let stop = c.settings.interrupted.clone();
             move |n| {
                 bar.inc(n);
                 !stop.load(Ordering::Relaxed)
@@ -483,9 +467,10 @@ fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
     let (sent, ch) = match written {
         Ok(x) => x,
         Err(e) => {
-            return r
-                .host
-                .fail("upload", format!("connection lost while sending: {e}"));
+            return r.host.fail(
+                Stage::Upload,
+                format_args!("connection lost while sending: {e}"),
+            );
         }
     };
     r.sent_bytes = sent;
@@ -493,26 +478,24 @@ fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
         Ok(o) if o.status == 0 => {}
         Ok(o) => {
             return r.host.fail(
-                "upload",
-                format!(
+                Stage::Upload,
+                format_args!(
                     "tar exited {}: {}",
                     o.status,
                     fleet::last_lines(&o.stderr, 4).unwrap_or_default()
                 ),
             );
         }
-        Err(e) => return r.host.fail("upload", e.to_string()),
+        Err(e) => return r.host.fail(Stage::Upload, e),
     }
     let script = layout::link_shared_script(
-        r.d(),
+        r.deploy_to(),
         &c.release,
         &c.cfg.shared_dirs,
         &c.cfg.shared_files,
         &c.revision,
     );
-    if let Err(e) = r.host.run(&script, None) {
-        r.host.fail("shared links", e);
-    }
+    r.host.step(Stage::SharedLinks, &script, None);
 }
 
 /// The failure path, at any stage: every host that may have switched goes back to its previous
@@ -521,19 +504,24 @@ fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
 /// got that far logs the failure, and every lock this run holds is released.
 fn back_out(runs: &mut [Run], c: &Ctx) {
     let first = runs.iter().find_map(|r| r.host.failure.clone());
-    each(runs, c.s.parallel, |r| {
+    each(runs, c.settings.parallel, |r| {
         if !r.host.locked {
             return;
         }
-        let d = r.d().to_owned();
+        let d = r.deploy_to().to_owned();
         let why = r.host.failure.clone().or_else(|| first.clone());
-        let reason = why
-            .as_ref()
-            .map(|f| format!("{} failed: {}", f.stage, f.message))
-            .unwrap_or_default();
-        let switched = r.published || why.as_ref().is_some_and(|f| f.stage == "publish");
+        // A host whose own switch failed may have switched before the connection broke.
+        let switched = r.published
+            || r.host
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.stage == Stage::Publish);
         if switched {
             let prev = r.previous.clone();
+            let reason = why
+                .as_ref()
+                .map(|f| format!("failed {f}"))
+                .unwrap_or_default();
             let script = format!(
                 "{}\n{}",
                 layout::switch_script(&d, prev.as_deref()),
@@ -546,6 +534,11 @@ fn back_out(runs: &mut [Run], c: &Ctx) {
                     prev.as_deref().unwrap_or("the previous state"),
                     r.host.name()
                 ));
+                let held = LockHeld {
+                    host: r.host.name().to_owned(),
+                    cause: None,
+                };
+                r.warnings.push(held.to_string());
                 return;
             }
             r.published = false;
@@ -553,10 +546,15 @@ fn back_out(runs: &mut [Run], c: &Ctx) {
                 Some(p) => format!("rolled back to {p}"),
                 None => "rolled back (no previous release: current removed)".into(),
             };
-            if let (Some(p), false) = (&prev, c.cfg.hooks.after_publish.is_empty()) {
-                let script =
-                    layout::hooks_script(&d, p, None, &c.revision, &c.cfg.hooks.after_publish);
-                if let Err(e) = r.host.run(&script, Some(c.s.hook_timeout)) {
+            if let Some(p) = &prev {
+                // Restart the previous release: the hooks see it as the release.
+                let back = Release {
+                    name: p,
+                    revision: &c.revision,
+                    previous: None,
+                };
+                let after = &c.cfg.hooks.after_publish;
+                if let Err(e) = stages::hooks(&mut r.host, &back, after, c.settings.hook_timeout) {
                     r.warnings.push(format!(
                         "after_publish hooks failed on {p} after the rollback: {e}"
                     ));
@@ -569,29 +567,17 @@ fn back_out(runs: &mut [Run], c: &Ctx) {
         }
         if switched || r.staged {
             let outcome = if switched { "rolled_back" } else { "failed" };
-            script.push_str(&layout::log_script(&d, &c.entry(outcome, why.as_ref())));
+            let entry = stages::log_entry(&c.release(None), &c.user, outcome, why.as_ref(), None);
+            script.push_str(&layout::log_script(&d, &entry));
             script.push('\n');
         }
-        release_lock(r, c, &script);
+        if let Err(e) = lock::release(&mut r.host, &c.owner, &script) {
+            r.warnings.push(e.to_string());
+        }
     });
 }
 
-/// Runs the last step of a failed run, which ends by releasing the lock.
-fn release_lock(r: &mut Run, c: &Ctx, before: &str) {
-    if let Err(e) = lock::release(&mut r.host, &c.owner, before) {
-        r.warnings.push(e);
-    }
-}
-
 fn outcome(r: Run) -> HostOutcome {
-    let mut warnings = r.warnings;
-    if r.host.locked && !warnings.iter().any(|w| w.contains("unlock")) {
-        warnings.push(format!(
-            "the lock on {} is still held: run `deployer unlock --hosts {}` once it is reachable",
-            r.host.name(),
-            r.host.name()
-        ));
-    }
     HostOutcome {
         name: r.host.target.name.clone(),
         host: r.host.target.host.clone(),
@@ -601,24 +587,51 @@ fn outcome(r: Run) -> HostOutcome {
         linked_files: r.delta.link.len(),
         result: r.result,
         failure: r.host.failure,
-        warnings,
+        warnings: r.warnings,
+    }
+}
+
+/// What `deploy --dry-run` found: the plan, and whether a deploy now would go through.
+pub struct Plan {
+    text: String,
+    ready: bool,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text.trim_end())
+    }
+}
+
+impl Outcome for Plan {
+    fn verdict(&self) -> Result<(), Unfinished> {
+        if self.ready {
+            Ok(())
+        } else {
+            Err(Unfinished::PlanFails)
+        }
     }
 }
 
 /// `deploy --dry-run`: reads every host (no lock, no change) and describes what a deploy would
 /// do. The build command is not run; the plan is for the source tree as it is now.
-pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, bool), DeployError> {
+pub fn plan(
+    cfg: &Config,
+    targets: &[Target],
+    settings: &Settings,
+    options: &Options,
+) -> Result<Plan, DeployError> {
     let manifest = Manifest::scan(&cfg.source)?;
-    let revision = revision(&cfg.source, &manifest, s.revision.as_deref());
+    let revision = revision(&cfg.source, &manifest, options.revision.as_deref());
     let shared = cfg.shared_paths();
-    let hosts = crate::releases::list_with_manifests(targets, s);
+    let hosts = fleet::read(targets, settings, true);
     let release = layout::next_release(
         chrono::Utc::now(),
         hosts
             .iter()
             .flat_map(|h| h.state.releases.iter().map(|x| x.name.as_str())),
     );
-    let mut ok = true;
+    let mut ready = true;
     let mut out = format!(
         "Plan (dry run, nothing changed): deploy {} revision {revision} ({} files) as release {release}\n",
         cfg.application,
@@ -640,21 +653,17 @@ pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, b
         let st = &h.state;
         let delta = manifest.delta(previous(st).1.as_ref(), &shared);
         let status = match (&h.failure, &st.lock) {
-            (Some(f), _) => format!("FAILS at {}: {}", f.stage, f.message),
+            (Some(f), _) => format!("FAILS {f}"),
             (None, Some(l)) => format!("FAILS at lock: locked by {l}"),
             (None, None) => "ready".into(),
         };
-        ok &= status == "ready";
+        ready &= h.failure.is_none() && st.lock.is_none();
         let remove = layout::cleanup_after_publish(&st.releases, &release, cfg.keep_releases);
         rows.push(vec![
             h.target.name.clone(),
             h.target.deploy_to.clone(),
             st.current.clone().unwrap_or_else(|| "-".into()),
-            format!(
-                "{} files, {}",
-                delta.send.len(),
-                crate::report::bytes(delta.bytes)
-            ),
+            format!("{} files, {}", delta.send.len(), bytes(delta.bytes)),
             format!("{} files", delta.link.len()),
             if remove.is_empty() {
                 "-".into()
@@ -664,7 +673,7 @@ pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, b
             status,
         ]);
     }
-    out.push_str(&crate::report::table(&rows));
+    out.push_str(&table(&rows));
     out.push('\n');
     let steps = [
         ("shared dirs", cfg.shared_dirs.join(", ")),
@@ -673,7 +682,7 @@ pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, b
         ("after_publish", cfg.hooks.after_publish.join(" && ")),
         (
             "publish",
-            match s.rolling {
+            match options.rolling {
                 Some(n) => format!("{n} host(s) at a time, health gate between batches"),
                 None => "all hosts at once, once all are staged".into(),
             },
@@ -702,5 +711,5 @@ pub fn plan(cfg: &Config, targets: &[Target], s: &Settings) -> Result<(String, b
             out.push_str(&format!("  {what}: {v}\n"));
         }
     }
-    Ok((out, ok))
+    Ok(Plan { text: out, ready })
 }

@@ -2,8 +2,8 @@
 //! state `ok` or `critical`, metric = the run's seconds, attributes application, release,
 //! revision, result, and the failing stage. A Riemann that is down never fails a deploy.
 
-use crate::deploy::Report;
-use riemann_probe::client::{Client, ClientConfig};
+use crate::report::Report;
+use riemann_probe::client::{self, Client, ClientConfig};
 use riemann_probe::event::event;
 use std::time::Duration;
 
@@ -25,23 +25,34 @@ pub fn deploy_events(application: &str, r: &Report) -> Vec<riemann_probe::proto:
                 .attribute("revision", &r.revision)
                 .attribute("result", &h.result)
                 .description(match &h.failure {
-                    Some(f) => format!("{}: failed at {}: {}", h.result, f.stage, f.message),
+                    Some(f) => format!("{}: failed {f}", h.result),
                     None if r.ok => format!("{} is live", r.release),
                     None => h.result.clone(),
                 });
             if let Some(f) = &h.failure {
-                e = e.attribute("stage", f.stage);
+                e = e.attribute("stage", f.stage.name());
             }
             e.build()
         })
         .collect()
 }
 
+/// Riemann did not take the events; the deploy stands.
+#[derive(Debug, thiserror::Error)]
+#[error("could not send deploy events to Riemann at {server}: {source}")]
+pub struct NotSent {
+    pub server: String,
+    pub source: client::Error,
+}
+
 /// Sends the events over TCP with a short timeout.
-pub fn send(server: &str, events: &[riemann_probe::proto::Event]) -> Result<(), String> {
+pub fn send(server: &str, events: &[riemann_probe::proto::Event]) -> Result<(), NotSent> {
     let mut cfg = ClientConfig::tcp(server);
     cfg.timeout = Duration::from_secs(3);
     Client::connect(&cfg)
         .and_then(|mut c| c.send(events))
-        .map_err(|e| format!("could not send deploy events to Riemann at {server}: {e}"))
+        .map_err(|source| NotSent {
+            server: server.to_owned(),
+            source,
+        })
 }

@@ -1,10 +1,12 @@
 //! The selected hosts and how a stage runs on them: every host in parallel (at most `parallel`
 //! at a time, a worker taking the next host as soon as it is free), returning when all are done
-//! — each call is a barrier.
+//! — each call is a barrier. Also what a host's failure is ([`Stage`], [`Failure`]), written once.
 
 use crate::config::Target;
-use crate::layout::HostState;
-use crate::ssh::{Output, Remote, Shell, SshSettings};
+use crate::layout::{self, HostState};
+use crate::settings::Settings;
+use crate::ssh::{Output, Remote, Shell, SshError, SshSettings};
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,11 +40,73 @@ pub fn each<H: Send, R: Send>(
         .collect()
 }
 
-/// Why a host is not going on, and at which stage.
+/// Where on a host a command stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    State,
+    Lock,
+    Upload,
+    SharedLinks,
+    BeforePublish,
+    Publish,
+    AfterPublish,
+    Health,
+    Rollback,
+    Switch,
+    Unlock,
+}
+
+impl Stage {
+    /// The name in output and in `revisions.log`'s `stage`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::State => "state",
+            Stage::Lock => "lock",
+            Stage::Upload => "upload",
+            Stage::SharedLinks => "shared links",
+            Stage::BeforePublish => "before_publish",
+            Stage::Publish => "publish",
+            Stage::AfterPublish => "after_publish",
+            Stage::Health => "health",
+            Stage::Rollback => "rollback",
+            Stage::Switch => "switch",
+            Stage::Unlock => "unlock",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a host is not going on, and at which stage. Every command prints it the same way:
+/// `at <stage>: <message>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub stage: &'static str,
+    pub stage: Stage,
     pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at {}: {}", self.stage, self.message)
+    }
+}
+
+/// Why a remote step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("not connected")]
+    NotConnected,
+    /// The step exited non-zero; its last lines of output, or its status.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Connection(#[from] SshError),
 }
 
 /// One host of a run: its connection, its shell, and how far it got.
@@ -62,29 +126,44 @@ impl Host {
         &self.target.name
     }
 
-    pub fn fail(&mut self, stage: &'static str, message: impl Into<String>) {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// Records the first failure; later ones are consequences of it.
+    pub fn fail(&mut self, stage: Stage, message: impl fmt::Display) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 stage,
-                message: message.into(),
+                message: message.to_string(),
             });
         }
     }
 
     /// Runs a step in the host's shell: its output when it exits 0, else what it said.
-    pub fn run(&mut self, script: &str, timeout: Option<Duration>) -> Result<Output, String> {
-        let shell = self
-            .shell
-            .as_mut()
-            .ok_or_else(|| "not connected".to_owned())?;
+    pub fn run(&mut self, script: &str, timeout: Option<Duration>) -> Result<Output, StepError> {
+        let shell = self.shell.as_mut().ok_or(StepError::NotConnected)?;
         match shell.run(script, timeout) {
             Ok(o) if o.status == 0 => Ok(o),
-            Ok(o) => Err(last_lines(&o.stdout, 8)
-                .unwrap_or_else(|| format!("remote step exited {}", o.status))),
+            Ok(o) => Err(StepError::Failed(
+                last_lines(&o.stdout, 8)
+                    .unwrap_or_else(|| format!("remote step exited {}", o.status)),
+            )),
             Err(e) => {
                 // The connection is gone: no later step can reach this host.
                 self.shell = None;
-                Err(e.to_string())
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs `script`; a failure stops this host at `stage`. True when it ran.
+    pub fn step(&mut self, stage: Stage, script: &str, timeout: Option<Duration>) -> bool {
+        match self.run(script, timeout) {
+            Ok(_) => true,
+            Err(e) => {
+                self.fail(stage, e);
+                false
             }
         }
     }
@@ -117,10 +196,29 @@ pub fn connect(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<Ho
                 h.remote = Some(r);
                 h.shell = Some(s);
             }
-            Err(e) => h.fail("connect", e.to_string()),
+            Err(e) => h.fail(Stage::Connect, e),
         }
     });
     hosts
+}
+
+/// Connects and reads every host's layout (no lock: read only), with the current release's
+/// manifest when `manifest`.
+pub fn read(targets: &[Target], s: &Settings, manifest: bool) -> Vec<Host> {
+    let mut hosts = connect(targets, &s.ssh, s.parallel);
+    each(&mut hosts, s.parallel, |h| read_state(h, manifest));
+    hosts
+}
+
+/// Reads one connected host's layout into `h.state`; a failure stops it at `state`.
+pub fn read_state(h: &mut Host, manifest: bool) {
+    if !h.ok() {
+        return;
+    }
+    match h.run(&layout::state_script(&h.target.deploy_to, manifest), None) {
+        Ok(o) => h.state = layout::parse_state(&o.stdout),
+        Err(e) => h.fail(Stage::State, e),
+    }
 }
 
 #[cfg(test)]

@@ -19,42 +19,73 @@ pub struct Gate {
     pub timeout: Duration,
 }
 
+/// The gate's verdict on a host that never passed.
+#[derive(Debug, thiserror::Error)]
+#[error("unhealthy after {checks} checks {} apart: {last}", humantime::format_duration(*interval))]
+pub struct Unhealthy {
+    pub checks: u32,
+    pub interval: Duration,
+    /// What the last check said.
+    pub last: CheckFailed,
+}
+
+/// Why one check did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailed {
+    /// The JSON-RPC check's status line, not OK.
+    #[error("{0}")]
+    NotOk(String),
+    #[error("{command:?}: {line}")]
+    TimedOut { command: String, line: String },
+    #[error("{command:?} exited {code}: {line}")]
+    Exited {
+        command: String,
+        code: i32,
+        line: String,
+    },
+    #[error("{command:?} was killed by a signal")]
+    Killed { command: String },
+    #[error(transparent)]
+    Run(#[from] plugin_api::RunError),
+}
+
 impl Gate {
     /// `None` when `[health]` configures no check.
-    pub fn new(h: &Health) -> Result<Option<Self>, String> {
+    pub fn new(h: &Health) -> Option<Self> {
         if h.url.is_none() && h.command.is_none() {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(Self {
+        Some(Self {
             url: h.url.clone(),
             method: h.method.clone().unwrap_or_else(|| "ping".into()),
             command: h.command.clone(),
             retries: h.retries,
-            interval: h.interval()?,
-            timeout: h.timeout()?,
-        }))
+            interval: h.interval,
+            timeout: h.timeout,
+        })
     }
 
-    /// Tries until healthy or out of retries; the last check's output either way.
-    pub fn wait_healthy(&self, subject: &Subject) -> Result<String, String> {
-        let mut last = String::new();
-        for attempt in 0..=self.retries {
-            if attempt > 0 {
-                std::thread::sleep(self.interval);
-            }
+    /// Tries until healthy or out of retries; what the passing check said.
+    pub fn wait_healthy(&self, subject: &Subject) -> Result<String, Unhealthy> {
+        let mut attempt = 0;
+        loop {
             match self.check_once(subject) {
                 Ok(out) => return Ok(out),
-                Err(e) => last = e,
+                Err(last) if attempt == self.retries => {
+                    return Err(Unhealthy {
+                        checks: self.retries + 1,
+                        interval: self.interval,
+                        last,
+                    });
+                }
+                Err(_) => {}
             }
+            attempt += 1;
+            std::thread::sleep(self.interval);
         }
-        Err(format!(
-            "unhealthy after {} checks {} apart: {last}",
-            self.retries + 1,
-            humantime::format_duration(self.interval)
-        ))
     }
 
-    fn check_once(&self, subject: &Subject) -> Result<String, String> {
+    fn check_once(&self, subject: &Subject) -> Result<String, CheckFailed> {
         let mut said = Vec::new();
         if let Some(url) = &self.url {
             let url = subject.fill(url, |field, value| match field {
@@ -66,7 +97,7 @@ impl Gate {
             let out = run(&cfg);
             let line = out.render().lines().next().unwrap_or_default().to_owned();
             if out.state != State::Ok {
-                return Err(line);
+                return Err(CheckFailed::NotOk(line));
             }
             said.push(line);
         }
@@ -115,13 +146,21 @@ fn url_host(host: &str) -> String {
 }
 
 /// Runs a plugin command with `sh -c`; exit 0 is healthy. Killed after `timeout`.
-fn run_plugin(cmd: &str, timeout: Duration) -> Result<String, String> {
-    let run = plugin_api::run_shell(cmd, timeout).map_err(|e| e.to_string())?;
+fn run_plugin(cmd: &str, timeout: Duration) -> Result<String, CheckFailed> {
+    let run = plugin_api::run_shell(cmd, timeout)?;
+    let command = cmd.to_owned();
     match run.code {
         Some(0) => Ok(run.first_line),
-        _ if run.timed_out => Err(format!("{cmd:?}: {}", run.first_line)),
-        Some(code) => Err(format!("{cmd:?} exited {code}: {}", run.first_line)),
-        None => Err(format!("{cmd:?} was killed by a signal")),
+        _ if run.timed_out => Err(CheckFailed::TimedOut {
+            command,
+            line: run.first_line,
+        }),
+        Some(code) => Err(CheckFailed::Exited {
+            command,
+            code,
+            line: run.first_line,
+        }),
+        None => Err(CheckFailed::Killed { command }),
     }
 }
 
@@ -151,12 +190,15 @@ mod tests {
     #[test]
     fn plugin_commands_decide_by_exit_status() {
         assert_eq!(
-            gate("echo OK - {host} fine", 0).wait_healthy(&on("app1")),
-            Ok("OK - app1 fine".into())
+            gate("echo OK - {host} fine", 0)
+                .wait_healthy(&on("app1"))
+                .expect("healthy"),
+            "OK - app1 fine"
         );
         let e = gate("echo CRITICAL - down; exit 2", 2)
             .wait_healthy(&on("app1"))
-            .expect_err("unhealthy");
+            .expect_err("unhealthy")
+            .to_string();
         assert!(
             e.contains("after 3 checks") && e.contains("CRITICAL - down"),
             "{e}"
@@ -172,8 +214,10 @@ mod tests {
     #[test]
     fn release_and_revision_are_substituted() {
         assert_eq!(
-            gate("echo '/revision=\"{revision}\"' {release}", 0).wait_healthy(&on("app1")),
-            Ok("/revision=\"abc123\" 20261123201500".into())
+            gate("echo '/revision=\"{revision}\"' {release}", 0)
+                .wait_healthy(&on("app1"))
+                .expect("healthy"),
+            "/revision=\"abc123\" 20261123201500"
         );
         // An odd revision is quoted: it arrives whole and runs nothing.
         let odd = Subject {
@@ -181,8 +225,10 @@ mod tests {
             ..on("app1")
         };
         assert_eq!(
-            gate("printf %s {revision}", 0).wait_healthy(&odd),
-            Ok("a b;touch /tmp/x".into())
+            gate("printf %s {revision}", 0)
+                .wait_healthy(&odd)
+                .expect("healthy"),
+            "a b;touch /tmp/x"
         );
     }
 }

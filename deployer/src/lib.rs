@@ -1,17 +1,68 @@
-//! `deployer`: Capistrano-style releases over SSH to many hosts, all or nothing. `deploy.rs`
-//! holds the flow; ARCHITECTURE.md maps the other modules and the invariants they keep.
+//! `deployer`: Capistrano-style releases over SSH to many hosts, all or nothing.
+//!
+//! Each host gets `releases/<UTC timestamp>/`, a `current` symlink switched atomically,
+//! `shared/`, `revisions.log` and `.deploy/` (lock, manifests, bad marks). A deploy is staged on
+//! every host before any host publishes; a failure before publish removes the staged release
+//! everywhere, a failure after publish puts every host back on its previous release.
+//!
+//! Every command is a function from the configuration, the selected hosts and the
+//! [`Settings`] to an [`Outcome`]: a summary to print and a verdict.
+//!
+//! ```
+//! use deployer::{Config, HostKeyPolicy, Outcome, Settings};
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("deploy.toml");
+//! std::fs::write(&path, r#"
+//!     application = "usersvc"
+//!     deploy_to = "/srv/usersvc"
+//!     source = "dist"
+//!     [[hosts]]
+//!     address = "127.0.0.1:1"
+//!     roles = ["app"]
+//! "#)?;
+//! let cfg = Config::load(&path)?;
+//! let hosts = cfg.targets(&[], Some("app"))?;
+//! let ssh = cfg.ssh_settings(HostKeyPolicy::Strict, Duration::from_secs(2));
+//!
+//! // Nothing listens on port 1: the host is not ready, and the table says why.
+//! let checked = deployer::check(&hosts, &Settings::new(ssh));
+//! assert!(checked.verdict().is_err());
+//! assert!(checked.to_string().contains("cannot connect to 127.0.0.1:1"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ARCHITECTURE.md maps the modules and the invariants they keep.
 
-pub mod check;
-pub mod config;
-pub mod deploy;
-pub mod events;
-pub mod fleet;
-pub mod health;
-pub mod layout;
-pub mod lock;
-pub mod manifest;
-pub mod releases;
-pub mod report;
-pub mod rollback;
-pub mod ssh;
-pub mod upload;
+mod check;
+mod config;
+mod deploy;
+mod events;
+mod fleet;
+mod health;
+mod layout;
+mod lock;
+mod manifest;
+mod outcome;
+mod releases;
+mod report;
+mod rollback;
+mod settings;
+mod ssh;
+mod stages;
+mod table;
+mod unlock;
+mod upload;
+
+pub use check::{Checked, HostReport, check};
+pub use config::{Config, ConfigError, Problem, SelectError, Target};
+pub use deploy::{DeployError, Options, Plan, deploy, plan};
+pub use fleet::{Failure, Stage};
+pub use outcome::{Outcome, Unfinished};
+pub use releases::{Cleanup, Listing, cleanup, list};
+pub use report::{HostOutcome, Report};
+pub use rollback::{Moved, Rollback, rollback};
+pub use settings::Settings;
+pub use ssh::{HostKeyPolicy, SshSettings};
+pub use unlock::{Unlocked, unlock};

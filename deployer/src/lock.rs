@@ -3,9 +3,21 @@
 //! that line is still its own (compare and delete); `unlock` clears a stale lock of this user and
 //! machine whose process is gone, `unlock --force` any lock.
 
-use crate::fleet::{Host, last_lines};
+use crate::fleet::{Host, Stage, StepError, last_lines};
 use crate::layout::{parse_state, state_script};
 use crate::ssh::quote;
+
+/// A lock this run took and could not release: the host keeps it until `deployer unlock`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the lock on {host} is still held{}: run `deployer unlock --hosts {host}` once it is reachable",
+    cause.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
+)]
+pub struct LockHeld {
+    pub host: String,
+    /// Why releasing it failed; `None` when it was not tried (the host was already lost).
+    pub cause: Option<StepError>,
+}
 
 /// Exit status of [`acquire_script`] when the lock is held; the holder follows `held=`.
 pub const HELD: i32 = 11;
@@ -48,7 +60,7 @@ fi
 pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
     let d = h.target.deploy_to.clone();
     let Some(shell) = h.shell.as_mut() else {
-        return h.fail("lock", "not connected");
+        return h.fail(Stage::Lock, StepError::NotConnected);
     };
     match shell.run(&acquire_script(&d, owner, manifest), None) {
         Ok(o) if o.status == 0 => {
@@ -63,29 +75,29 @@ pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
                 .unwrap_or("?")
                 .to_owned();
             h.fail(
-                "lock",
-                format!(
+                Stage::Lock,
+                format_args!(
                     "locked by another deploy: {holder} (wait for it to finish; `deployer unlock` clears a stale lock)"
                 ),
             );
         }
         Ok(o) => h.fail(
-            "lock",
-            format!(
+            Stage::Lock,
+            format_args!(
                 "cannot create {d} (may the SSH user write there?): {}",
                 last_lines(&o.stdout, 3).unwrap_or_default()
             ),
         ),
         Err(e) => {
             h.shell = None;
-            h.fail("lock", e.to_string());
+            h.fail(Stage::Lock, e);
         }
     }
 }
 
 /// Runs `before` (the run's last changes) then releases this run's lock, in one step. A host
 /// that cannot be reached keeps its lock: the error says how to clear it.
-pub fn release(h: &mut Host, owner: &str, before: &str) -> Result<(), String> {
+pub fn release(h: &mut Host, owner: &str, before: &str) -> Result<(), LockHeld> {
     if !h.locked {
         return Ok(());
     }
@@ -95,10 +107,10 @@ pub fn release(h: &mut Host, owner: &str, before: &str) -> Result<(), String> {
             h.locked = false;
             Ok(())
         }
-        Err(e) => Err(format!(
-            "the lock on {n} could not be released ({e}): run `deployer unlock --hosts {n}` once it is reachable",
-            n = h.name()
-        )),
+        Err(e) => Err(LockHeld {
+            host: h.name().to_owned(),
+            cause: Some(e),
+        }),
     }
 }
 
@@ -118,48 +130,6 @@ pub fn force_script(deploy_to: &str) -> String {
     format!(
         r#"if [ -d {d}/.deploy/lock ]; then printf 'removed=%s\n' "$(head -n 1 {d}/.deploy/lock/owner 2>/dev/null)"; rm -rf {d}/.deploy/lock; else echo free; fi"#
     )
-}
-
-/// `deployer unlock [--force]` on every selected host: what happened there.
-pub fn unlock(
-    targets: &[crate::config::Target],
-    ssh: &crate::ssh::SshSettings,
-    parallel: usize,
-    user: &str,
-    force: bool,
-) -> Vec<(String, Result<String, String>)> {
-    let mut hosts = crate::fleet::connect(targets, ssh, parallel);
-    let results = crate::fleet::each(&mut hosts, parallel, |h| {
-        if let Some(f) = &h.failure {
-            return Err(f.message.clone());
-        }
-        let d = h.target.deploy_to.clone();
-        let out = h.run(&state_script(&d, false), None)?;
-        let Some(holder) = parse_state(&out.stdout).lock else {
-            return Ok("not locked".into());
-        };
-        if force {
-            let out = h.run(&force_script(&d), None)?;
-            let removed = out.stdout.trim().strip_prefix("removed=").unwrap_or("");
-            return Ok(format!("removed the lock of {removed}"));
-        }
-        if !is_stale_own(&holder, user) {
-            return Err(format!(
-                "locked by {holder}; not removed: it is not a stale lock of {user} on this machine (use --force if you are sure no deploy is running)"
-            ));
-        }
-        // Compare and delete: only if the same stale holder still has it.
-        let out = h.run(&release_script(&d, &holder), None)?;
-        match out.stdout.trim() {
-            "released" => Ok(format!("removed the stale lock of {holder}")),
-            other => Err(format!("the lock changed meanwhile: {other}")),
-        }
-    });
-    hosts
-        .into_iter()
-        .zip(results)
-        .map(|(h, r)| (h.target.name, r))
-        .collect()
 }
 
 /// A lock left by this user on this machine by a process that no longer runs (a deployer that

@@ -1,11 +1,9 @@
+//! `deployer`: parses the command line and runs the command; the library does the rest.
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use deployer::config::Config;
-use deployer::deploy::Settings;
-use deployer::ssh::{HostKeyPolicy, SshSettings};
+use deployer::{Config, HostKeyPolicy, Options, Outcome, Settings};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -109,23 +107,6 @@ enum Command {
     },
 }
 
-fn print_results<T>(rows: Vec<(String, Result<T, String>)>, ok: impl Fn(&T) -> String) -> usize {
-    let mut table = vec![vec!["HOST".to_owned(), "RESULT".to_owned()]];
-    let mut failed = 0;
-    for (host, r) in rows {
-        let text = match r {
-            Ok(v) => ok(&v),
-            Err(e) => {
-                failed += 1;
-                format!("FAILED: {e}")
-            }
-        };
-        table.push(vec![host, text]);
-    }
-    println!("{}", deployer::report::table(&table));
-    failed
-}
-
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -152,41 +133,30 @@ fn cli_message(program: &str, e: &anyhow::Error) -> String {
         }
     }
     match hint {
-        Some(h) => format!(
-            "{program}: {}
-{h}",
-            line.join(": ")
-        ),
+        Some(h) => format!("{program}: {}\n{h}", line.join(": ")),
         None => format!("{program}: {}", line.join(": ")),
     }
+}
+
+/// Prints what the command did; its verdict becomes the exit status.
+fn report(outcome: impl Outcome) -> anyhow::Result<()> {
+    println!("{outcome}");
+    Ok(outcome.verdict()?)
 }
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
-    let targets = cfg
-        .targets(&cli.hosts, cli.role.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let ssh = SshSettings {
-        user: cfg.user(),
-        identity: cfg.ssh.identity.clone(),
-        known_hosts: cfg.known_hosts(),
-        policy: if cli.accept_new_host_keys {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        },
-        timeout: Duration::from_secs(cli.timeout),
+    let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
+    let policy = if cli.accept_new_host_keys {
+        HostKeyPolicy::AcceptNew
+    } else {
+        HostKeyPolicy::Strict
     };
-    let mut settings = Settings {
-        ssh,
-        parallel: usize::from(cli.parallel),
-        rolling: None,
-        hook_timeout: Duration::from_secs(cli.hook_timeout),
-        revision: None,
-        quiet: cli.quiet,
-        interrupted: Arc::new(AtomicBool::new(false)),
-    };
+    let mut settings = Settings::new(cfg.ssh_settings(policy, Duration::from_secs(cli.timeout)));
+    settings.parallel = usize::from(cli.parallel);
+    settings.hook_timeout = Duration::from_secs(cli.hook_timeout);
+    settings.quiet = cli.quiet;
     // First Ctrl-C/SIGTERM: finish the current step, then take the failure path (staged
     // releases removed or hosts rolled back, locks released). A second one exits at once.
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -196,119 +166,34 @@ fn run() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Deploy {
-            dry_run: true,
+            dry_run,
             rolling,
             revision,
         } => {
-            settings.rolling = rolling.map(usize::from);
-            settings.revision = revision;
-            let (plan, ok) = deployer::deploy::plan(&cfg, &targets, &settings)?;
-            print!("{plan}");
-            anyhow::ensure!(ok, "a deploy now would fail: see STATUS above");
-        }
-        Command::Deploy {
-            dry_run: false,
-            rolling,
-            revision,
-        } => {
-            settings.rolling = rolling.map(usize::from);
-            settings.revision = revision;
-            let report = deployer::deploy::deploy(&cfg, &targets, &settings)?;
-            println!("{}", deployer::report::deploy_summary(&report));
-            if let Some(r) = &cfg.riemann {
-                let events = deployer::events::deploy_events(&cfg.application, &report);
-                if let Err(e) = deployer::events::send(&r.server, &events) {
-                    eprintln!("warning: {e}");
-                }
+            let options = Options {
+                rolling: rolling.map(usize::from),
+                revision,
+            };
+            if dry_run {
+                report(deployer::plan(&cfg, &targets, &settings, &options)?)
+            } else {
+                report(deployer::deploy(&cfg, &targets, &settings, &options)?)
             }
-            if !report.ok {
-                anyhow::bail!(
-                    "deploy {} failed on {}",
-                    if report.release.is_empty() {
-                        "(no release staged)"
-                    } else {
-                        &report.release
-                    },
-                    report.failure().unwrap_or_else(|| "a host".into())
-                );
-            }
-            let warned = report.hosts.iter().any(|h| !h.warnings.is_empty());
-            anyhow::ensure!(
-                !warned,
-                "release {} is live, but see the warnings above",
-                report.release
-            );
         }
-        Command::Rollback { to, dry_run } => {
-            let moved =
-                deployer::rollback::rollback(&cfg, &targets, &settings, to.as_deref(), dry_run)
-                    .map_err(anyhow::Error::msg)?;
-            let rows = moved
-                .into_iter()
-                .map(|m| {
-                    let from = m.from.unwrap_or_else(|| "-".into());
-                    (m.name, m.result.map(|t| format!("{t} (was {from})")))
-                })
-                .collect();
-            let failed = print_results(rows, String::clone);
-            anyhow::ensure!(
-                failed == 0,
-                "rollback failed on {failed} host(s); current was left unchanged on hosts marked unchanged"
-            );
-        }
-        Command::Releases => {
-            let hosts = deployer::releases::list(&targets, &settings);
-            let mut failed = 0;
-            for h in &hosts {
-                match &h.failure {
-                    Some(f) => {
-                        failed += 1;
-                        println!(
-                            "{} ({})\n  FAILED: {}\n",
-                            h.target.name, h.target.deploy_to, f.message
-                        );
-                    }
-                    None => println!(
-                        "{}",
-                        deployer::report::releases(&h.target.name, &h.target.deploy_to, &h.state)
-                    ),
-                }
-            }
-            anyhow::ensure!(failed == 0, "{failed} host(s) could not be read");
-        }
+        Command::Rollback { to, dry_run } => report(deployer::rollback(
+            &cfg,
+            &targets,
+            &settings,
+            to.as_deref(),
+            dry_run,
+        )),
+        Command::Releases => report(deployer::list(&targets, &settings)),
         Command::Cleanup { dry_run } => {
-            let rows = deployer::releases::cleanup(&cfg, &targets, &settings, dry_run);
-            let verb = if dry_run { "would remove" } else { "removed" };
-            let failed = print_results(rows, |removed: &Vec<String>| {
-                if removed.is_empty() {
-                    "nothing to remove".into()
-                } else {
-                    format!("{verb} {}", removed.join(" "))
-                }
-            });
-            anyhow::ensure!(failed == 0, "cleanup failed on {failed} host(s)");
+            report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
         }
-        Command::Check => {
-            let reports = deployer::check::check_all(&targets, &settings.ssh, settings.parallel);
-            println!("{}", deployer::check::render(&reports));
-            let bad = reports.iter().filter(|r| r.problem.is_some()).count();
-            anyhow::ensure!(
-                bad == 0,
-                "{bad} of {} hosts are not ready to deploy",
-                reports.len()
-            );
-        }
+        Command::Check => report(deployer::check(&targets, &settings)),
         Command::Unlock { force } => {
-            let rows = deployer::lock::unlock(
-                &targets,
-                &settings.ssh,
-                settings.parallel,
-                &cfg.user(),
-                force,
-            );
-            let failed = print_results(rows, String::clone);
-            anyhow::ensure!(failed == 0, "{failed} host(s) still locked");
+            report(deployer::unlock(&targets, &settings, &cfg.user(), force))
         }
     }
-    Ok(())
 }

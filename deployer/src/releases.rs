@@ -2,87 +2,174 @@
 //! releases and good ones beyond `keep_releases`, never `current`; under the lock).
 
 use crate::config::{Config, Target};
-use crate::deploy::Settings;
-use crate::fleet::{self, Host, each};
-use crate::layout;
+use crate::fleet::{self, Failure, Host, each};
+use crate::layout::{self, HostState};
 use crate::lock;
+use crate::outcome::{Outcome, Unfinished};
+use crate::settings::Settings;
+use crate::table::{host_results, table};
+use std::fmt;
+
+/// Every selected host's releases, or why it could not be read.
+pub struct Listing {
+    pub hosts: Vec<Host>,
+}
 
 /// Reads every host's layout (no lock: read only).
-pub fn list(targets: &[Target], s: &Settings) -> Vec<Host> {
-    read(targets, s, false)
+pub fn list(targets: &[Target], settings: &Settings) -> Listing {
+    Listing {
+        hosts: fleet::read(targets, settings, false),
+    }
 }
 
-/// Like [`list`], with the current release's manifest.
-pub fn list_with_manifests(targets: &[Target], s: &Settings) -> Vec<Host> {
-    read(targets, s, true)
+impl fmt::Display for Listing {
+    /// A table per host, the current release and bad ones marked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, h) in self.hosts.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            writeln!(f, "{} ({})", h.target.name, h.target.deploy_to)?;
+            match &h.failure {
+                Some(failure) => writeln!(f, "  FAILED {failure}")?,
+                None => f.write_str(&host_table(&h.state))?,
+            }
+        }
+        Ok(())
+    }
 }
 
-fn read(targets: &[Target], s: &Settings, manifest: bool) -> Vec<Host> {
-    let mut hosts = fleet::connect(targets, &s.ssh, s.parallel);
-    each(&mut hosts, s.parallel, |h| {
-        if h.failure.is_some() {
-            return;
+impl Outcome for Listing {
+    fn verdict(&self) -> Result<(), Unfinished> {
+        match self.hosts.iter().filter(|h| !h.ok()).count() {
+            0 => Ok(()),
+            n => Err(Unfinished::Unreadable(n)),
         }
-        match h.run(&layout::state_script(&h.target.deploy_to, manifest), None) {
-            Ok(o) => h.state = layout::parse_state(&o.stdout),
-            Err(e) => h.fail("state", e),
+    }
+}
+
+/// One host's releases, indented, newest last.
+fn host_table(st: &HostState) -> String {
+    if !st.exists || st.releases.is_empty() {
+        return "  no releases\n".into();
+    }
+    let mut rows = vec![vec![
+        String::new(),
+        "RELEASE".into(),
+        "REVISION".into(),
+        "STATUS".into(),
+    ]];
+    for r in &st.releases {
+        let current = st.current.as_deref() == Some(r.name.as_str());
+        let mut status = Vec::new();
+        if current {
+            status.push("current".to_owned());
         }
-    });
-    hosts
+        if let Some(why) = &r.bad {
+            status.push(format!("bad ({why})"));
+        }
+        if !r.complete {
+            status.push("incomplete".into());
+        }
+        rows.push(vec![
+            if current { "*".into() } else { " ".into() },
+            r.name.clone(),
+            if r.revision.is_empty() {
+                "-".into()
+            } else {
+                r.revision.clone()
+            },
+            status.join(", "),
+        ]);
+    }
+    let mut out = String::new();
+    for line in table(&rows).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some(l) = &st.lock {
+        out.push_str(&format!("  locked by {l}\n"));
+    }
+    out
 }
 
 /// Per host: the releases removed (or that would be, with `dry_run`), or what went wrong.
-pub fn cleanup(
-    cfg: &Config,
-    targets: &[Target],
-    s: &Settings,
-    dry_run: bool,
-) -> Vec<(String, Result<Vec<String>, String>)> {
-    if dry_run {
-        return list(targets, s)
+pub struct Cleanup {
+    pub dry_run: bool,
+    pub hosts: Vec<(String, Result<Vec<String>, Failure>)>,
+}
+
+pub fn cleanup(cfg: &Config, targets: &[Target], settings: &Settings, dry_run: bool) -> Cleanup {
+    let keep = cfg.keep_releases;
+    let plan = |st: &HostState| layout::cleanup_plan(&st.releases, st.current.as_deref(), keep);
+    let hosts = if dry_run {
+        fleet::read(targets, settings, false)
             .into_iter()
             .map(|h| {
-                let r = match &h.failure {
-                    Some(f) => Err(format!("{}: {}", f.stage, f.message)),
-                    None => Ok(layout::cleanup_plan(
-                        &h.state.releases,
-                        h.state.current.as_deref(),
-                        cfg.keep_releases,
-                    )),
+                let r = match h.failure {
+                    Some(f) => Err(f),
+                    None => Ok(plan(&h.state)),
                 };
                 (h.target.name, r)
             })
-            .collect();
-    }
-    let owner = lock::owner_line(&cfg.user());
-    let mut hosts = fleet::connect(targets, &s.ssh, s.parallel);
-    each(&mut hosts, s.parallel, |h| {
-        if h.failure.is_some() {
-            return Err(String::new());
-        }
-        lock::acquire(h, &owner, false);
-        if h.failure.is_some() {
-            return Err(String::new());
-        }
-        let remove = layout::cleanup_plan(
-            &h.state.releases,
-            h.state.current.as_deref(),
-            cfg.keep_releases,
-        );
-        let script = layout::remove_script(&h.target.deploy_to, &remove);
-        match lock::release(h, &owner, &script) {
-            Ok(()) => Ok(remove),
-            Err(e) => Err(e),
-        }
-    })
-    .into_iter()
-    .zip(hosts)
-    .map(|(r, h)| {
-        let r = match (&h.failure, r) {
-            (Some(f), _) => Err(format!("{}: {}", f.stage, f.message)),
-            (None, r) => r,
+            .collect()
+    } else {
+        let owner = lock::owner_line(&cfg.user());
+        let mut hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
+        let removed = each(&mut hosts, settings.parallel, |h| {
+            lock::acquire(h, &owner, false);
+            let remove = plan(&h.state);
+            let script = layout::remove_script(&h.target.deploy_to, &remove);
+            if !h.ok() {
+                return Vec::new();
+            }
+            if let Err(e) = lock::release(h, &owner, &script) {
+                h.fail(fleet::Stage::Unlock, e);
+            }
+            remove
+        });
+        hosts
+            .into_iter()
+            .zip(removed)
+            .map(|(h, removed)| {
+                let r = match h.failure {
+                    Some(f) => Err(f),
+                    None => Ok(removed),
+                };
+                (h.target.name, r)
+            })
+            .collect()
+    };
+    Cleanup { dry_run, hosts }
+}
+
+impl fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
         };
-        (h.target.name, r)
-    })
-    .collect()
+        let rows = self.hosts.iter().map(|(name, r)| {
+            let text = r.as_ref().map(|removed| {
+                if removed.is_empty() {
+                    "nothing to remove".to_owned()
+                } else {
+                    format!("{verb} {}", removed.join(" "))
+                }
+            });
+            (name.as_str(), text)
+        });
+        f.write_str(&host_results(rows))
+    }
+}
+
+impl Outcome for Cleanup {
+    fn verdict(&self) -> Result<(), Unfinished> {
+        match self.hosts.iter().filter(|(_, r)| r.is_err()).count() {
+            0 => Ok(()),
+            n => Err(Unfinished::Cleanup(n)),
+        }
+    }
 }

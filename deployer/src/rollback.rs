@@ -4,11 +4,15 @@
 //! (restart) and the health gate, a `rollback` line in revisions.log, unlock.
 
 use crate::config::{Config, Target};
-use crate::deploy::Settings;
-use crate::fleet::{self, Host, each};
+use crate::fleet::{self, Failure, Host, Stage, each};
 use crate::health::Gate;
-use crate::layout::{self, LogEntry};
+use crate::layout;
 use crate::lock;
+use crate::outcome::{Outcome, Unfinished};
+use crate::settings::Settings;
+use crate::stages::{self, Release};
+use crate::table;
+use std::fmt;
 
 /// Per host: where it was, where it went, and any failure.
 #[derive(Debug, Clone)]
@@ -16,9 +20,18 @@ pub struct Moved {
     pub name: String,
     pub from: Option<String>,
     pub to: Option<String>,
-    pub result: Result<String, String>,
+    /// What happened, or why it did not.
+    pub result: Result<String, Failure>,
+    /// Left for the user (a host that could not be switched back, a lock still held).
+    pub warnings: Vec<String>,
 }
 
+/// What `rollback` did on every host.
+pub struct Rollback {
+    pub hosts: Vec<Moved>,
+}
+
+/// One host of the rollback.
 struct Step {
     host: Host,
     to: Option<String>,
@@ -27,21 +40,59 @@ struct Step {
     warnings: Vec<String>,
 }
 
+impl Step {
+    fn release(&self) -> Release<'_> {
+        Release {
+            name: self.to.as_deref().unwrap_or_default(),
+            revision: &self.revision,
+            previous: self.host.state.current.as_deref(),
+        }
+    }
+
+    /// The release this host goes to and its revision, owned: the stages borrow the host.
+    fn target(&self) -> (String, String) {
+        (self.to.clone().unwrap_or_default(), self.revision.clone())
+    }
+
+    /// Chooses where this host goes: `to`, or the newest good release older than `current`.
+    fn choose(&mut self, to: Option<&str>) {
+        let state = &self.host.state;
+        let target = match to {
+            Some(t) => state.releases.iter().find(|r| r.name == t && r.complete),
+            None => layout::previous_good(state),
+        };
+        match target {
+            Some(t) if Some(t.name.as_str()) == state.current.as_deref() => {
+                let why = format!("{} is already current", t.name);
+                self.host.fail(Stage::Rollback, why);
+            }
+            Some(t) => {
+                self.to = Some(t.name.clone());
+                self.revision = t.revision.clone();
+            }
+            None => {
+                let why = match to {
+                    Some(t) => format!("no complete release {t} on this host"),
+                    None => "no older good release to roll back to".into(),
+                };
+                self.host.fail(Stage::Rollback, why);
+            }
+        }
+    }
+}
+
 pub fn rollback(
     cfg: &Config,
     targets: &[Target],
-    s: &Settings,
+    settings: &Settings,
     to: Option<&str>,
     dry_run: bool,
-) -> Result<Vec<Moved>, String> {
-    let gate = match &cfg.health {
-        Some(h) => Gate::new(h)?,
-        None => None,
-    };
+) -> Rollback {
+    let gate = cfg.health.as_ref().and_then(Gate::new);
     let user = cfg.user();
     let owner = lock::owner_line(&user);
-    let p = s.parallel;
-    let mut steps: Vec<Step> = fleet::connect(targets, &s.ssh, p)
+    let parallel = settings.parallel;
+    let mut steps: Vec<Step> = fleet::connect(targets, &settings.ssh, parallel)
         .into_iter()
         .map(|host| Step {
             host,
@@ -51,57 +102,27 @@ pub fn rollback(
             warnings: Vec::new(),
         })
         .collect();
-    each(&mut steps, p, |st| {
-        if st.host.failure.is_some() {
+    each(&mut steps, parallel, |st| {
+        if !st.host.ok() {
             return;
         }
         if dry_run {
-            let script = layout::state_script(&st.host.target.deploy_to, false);
-            match st.host.run(&script, None) {
-                Ok(o) => st.host.state = layout::parse_state(&o.stdout),
-                Err(e) => st.host.fail("state", e),
-            }
+            fleet::read_state(&mut st.host, false);
         } else {
             lock::acquire(&mut st.host, &owner, false);
         }
-        if st.host.failure.is_some() {
-            return;
-        }
-        let state = &st.host.state;
-        let target = match to {
-            Some(t) => state.releases.iter().find(|r| r.name == t && r.complete),
-            None => layout::previous_good(state),
-        };
-        match target {
-            Some(t) if Some(t.name.as_str()) == state.current.as_deref() => {
-                st.host
-                    .fail("rollback", format!("{} is already current", t.name));
-            }
-            Some(t) => {
-                st.to = Some(t.name.clone());
-                st.revision = t.revision.clone();
-            }
-            None => {
-                let why = match to {
-                    Some(t) => format!("no complete release {t} on this host"),
-                    None => "no older good release to roll back to".into(),
-                };
-                st.host.fail("rollback", why);
-            }
+        if st.host.ok() {
+            st.choose(to);
         }
     });
-    let all_ready = steps.iter().all(|st| st.host.failure.is_none());
-    if all_ready && !dry_run {
-        each(&mut steps, p, |st| {
+    if steps.iter().all(|st| st.host.ok()) && !dry_run {
+        each(&mut steps, parallel, |st| {
             let script = layout::switch_script(&st.host.target.deploy_to, st.to.as_deref());
-            match st.host.run(&script, None) {
-                Ok(_) => st.switched = true,
-                Err(e) => st.host.fail("switch", e),
-            }
+            st.switched = st.host.step(Stage::Switch, &script, None);
         });
-        if steps.iter().any(|st| st.host.failure.is_some()) {
+        if steps.iter().any(|st| !st.host.ok()) {
             // All or nothing: put back the hosts that moved.
-            each(&mut steps, p, |st| {
+            each(&mut steps, parallel, |st| {
                 if st.switched {
                     let from = st.host.state.current.clone();
                     let script = layout::switch_script(&st.host.target.deploy_to, from.as_deref());
@@ -112,92 +133,89 @@ pub fn rollback(
                 }
             });
         } else {
-            if !cfg.hooks.after_publish.is_empty() {
-                each(&mut steps, p, |st| {
-                    let to = st.to.clone().unwrap_or_default();
-                    let script = layout::hooks_script(
-                        &st.host.target.deploy_to,
-                        &to,
-                        None,
-                        &st.revision,
-                        &cfg.hooks.after_publish,
-                    );
-                    if let Err(e) = st.host.run(&script, Some(s.hook_timeout)) {
-                        st.host.fail("after_publish", e);
-                    }
-                });
-            }
+            let after = &cfg.hooks.after_publish;
+            each(&mut steps, parallel, |st| {
+                let (name, revision) = st.target();
+                let release = Release::new(&name, &revision);
+                if let Err(e) = stages::hooks(&mut st.host, &release, after, settings.hook_timeout)
+                {
+                    st.host.fail(Stage::AfterPublish, e);
+                }
+            });
             if let Some(gate) = &gate {
-                each(&mut steps, p, |st| {
-                    // The gate checks that the release rolled back to is what answers.
-                    let subject = crate::health::Subject {
-                        host: &st.host.target.host,
-                        release: st.to.as_deref().unwrap_or_default(),
-                        revision: &st.revision,
-                    };
-                    if st.host.failure.is_none()
-                        && let Err(e) = gate.wait_healthy(&subject)
-                    {
-                        st.host.fail("health", e);
+                // The gate checks that the release rolled back to is what answers.
+                each(&mut steps, parallel, |st| {
+                    let (name, revision) = st.target();
+                    if st.host.ok() {
+                        stages::health(&mut st.host, gate, &Release::new(&name, &revision));
                     }
                 });
             }
         }
     }
     // Log and unlock.
-    each(&mut steps, p, |st| {
-        let d = st.host.target.deploy_to.clone();
+    each(&mut steps, parallel, |st| {
         let log = if st.switched {
-            let to = st.to.clone().unwrap_or_default();
-            let failure = st.host.failure.clone();
-            layout::log_script(
-                &d,
-                &LogEntry {
-                    release: &to,
-                    revision: &st.revision,
-                    user: &user,
-                    time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    outcome: "rollback",
-                    stage: failure.as_ref().map(|f| f.stage),
-                    error: failure.as_ref().map(|f| f.message.as_str()),
-                    from: st.host.state.current.as_deref(),
-                },
-            )
+            let entry = stages::log_entry(
+                &st.release(),
+                &user,
+                "rollback",
+                st.host.failure.as_ref(),
+                st.host.state.current.as_deref(),
+            );
+            layout::log_script(&st.host.target.deploy_to, &entry)
         } else {
             String::new()
         };
         if let Err(e) = lock::release(&mut st.host, &owner, &log) {
-            st.warnings.push(e);
+            st.warnings.push(e.to_string());
         }
     });
-    Ok(steps
-        .into_iter()
-        .map(|st| {
-            let mut text = match (&st.host.failure, dry_run, st.switched) {
-                (Some(f), _, _) => Err(format!("{}: {}", f.stage, f.message)),
-                (None, true, _) => Ok(format!(
-                    "would switch current to {}",
-                    st.to.as_deref().unwrap_or("-")
-                )),
-                (None, false, true) => Ok(format!(
-                    "current is now {}",
-                    st.to.as_deref().unwrap_or("-")
-                )),
-                (None, false, false) => Ok("unchanged (another host failed)".into()),
-            };
-            if !st.warnings.is_empty() {
-                let w = st.warnings.join("; ");
-                text = match text {
-                    Ok(t) => Ok(format!("{t}; warning: {w}")),
-                    Err(t) => Err(format!("{t}; warning: {w}")),
-                };
+    Rollback {
+        hosts: steps.into_iter().map(|st| moved(st, dry_run)).collect(),
+    }
+}
+
+fn moved(st: Step, dry_run: bool) -> Moved {
+    let to = st.to.as_deref().unwrap_or("-");
+    let result = match (st.host.failure, dry_run, st.switched) {
+        (Some(f), _, _) => Err(f),
+        (None, true, _) => Ok(format!("would switch current to {to}")),
+        (None, false, true) => Ok(format!("current is now {to}")),
+        (None, false, false) => Ok("unchanged (another host failed)".into()),
+    };
+    Moved {
+        name: st.host.target.name,
+        from: st.host.state.current,
+        to: st.to,
+        result,
+        warnings: st.warnings,
+    }
+}
+
+impl fmt::Display for Rollback {
+    /// `HOST RESULT`, each result followed by where the host was.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows = self.hosts.iter().map(|m| {
+            let from = m.from.as_deref().unwrap_or("-");
+            let result = m.result.as_ref().map(|t| format!("{t} (was {from})"));
+            (m.name.as_str(), result)
+        });
+        f.write_str(&table::host_results(rows))?;
+        for m in &self.hosts {
+            for w in &m.warnings {
+                write!(f, "\nwarning: {}: {w}", m.name)?;
             }
-            Moved {
-                name: st.host.target.name.clone(),
-                from: st.host.state.current.clone(),
-                to: st.to,
-                result: text,
-            }
-        })
-        .collect())
+        }
+        Ok(())
+    }
+}
+
+impl Outcome for Rollback {
+    fn verdict(&self) -> Result<(), Unfinished> {
+        match self.hosts.iter().filter(|m| m.result.is_err()).count() {
+            0 => Ok(()),
+            n => Err(Unfinished::Rollback(n)),
+        }
+    }
 }

@@ -159,7 +159,7 @@ fn a_failing_health_gate_puts_every_host_back() {
         .lines()
         .find(|l| l.contains(&bad))
         .expect("bad release listed");
-    assert!(bad_line.contains("bad (health failed"), "{r}");
+    assert!(bad_line.contains("bad (failed at health: "), "{r}");
     // rollback never goes to a bad release, and the next deploy's cleanup removes it.
     std::fs::write(flags.join(&h.servers[1].ip), "").expect("flag");
     h.write("v", "3");

@@ -1,0 +1,37 @@
+//! What a command leaves the user: a summary on stdout ([`std::fmt::Display`]) and a verdict,
+//! which the binary turns into its exit status and one closing line on stderr.
+
+use crate::fleet::Failure;
+
+pub trait Outcome: std::fmt::Display {
+    /// `Err` when the command did not do all it was asked: what to tell the user.
+    fn verdict(&self) -> Result<(), Unfinished>;
+}
+
+/// Why a command that ran did not finish everywhere; its summary says per host.
+#[derive(Debug, thiserror::Error)]
+pub enum Unfinished {
+    #[error(
+        "deploy {release} failed on {host}{}",
+        failure.as_ref().map(|f| format!(" {f}")).unwrap_or_default()
+    )]
+    Deploy {
+        release: String,
+        host: String,
+        failure: Option<Failure>,
+    },
+    #[error("release {0} is live, but see the warnings above")]
+    LiveWithWarnings(String),
+    #[error("a deploy now would fail: see STATUS above")]
+    PlanFails,
+    #[error("rollback failed on {0} host(s); current was left unchanged on hosts marked unchanged")]
+    Rollback(usize),
+    #[error("{0} host(s) could not be read")]
+    Unreadable(usize),
+    #[error("cleanup failed on {0} host(s)")]
+    Cleanup(usize),
+    #[error("{bad} of {of} hosts are not ready to deploy")]
+    NotReady { bad: usize, of: usize },
+    #[error("{0} host(s) still locked")]
+    StillLocked(usize),
+}

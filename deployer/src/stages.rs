@@ -1,0 +1,81 @@
+//! The stages `deploy` and `rollback` share, each on one host: the hooks, the health gate, and
+//! the `revisions.log` entry. A command runs them on every host with [`crate::fleet::each`].
+
+use crate::fleet::{Failure, Host, Stage, StepError};
+use crate::health::{Gate, Subject};
+use crate::layout::{self, LogEntry};
+use std::time::Duration;
+
+/// The release a stage is about, on one host.
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    pub name: &'a str,
+    pub revision: &'a str,
+    /// What `current` pointed at before (for the hooks' `$PREVIOUS_RELEASE`).
+    pub previous: Option<&'a str>,
+}
+
+impl<'a> Release<'a> {
+    /// A release with no previous one to tell the hooks about.
+    pub fn new(name: &'a str, revision: &'a str) -> Self {
+        Self {
+            name,
+            revision,
+            previous: None,
+        }
+    }
+}
+
+/// Runs `commands` in the release's directory, one after the other; the first that fails
+/// stops them. No commands: nothing runs.
+pub fn hooks(
+    host: &mut Host,
+    release: &Release,
+    commands: &[String],
+    timeout: Duration,
+) -> Result<(), StepError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let script = layout::hooks_script(
+        &host.target.deploy_to,
+        release.name,
+        release.previous,
+        release.revision,
+        commands,
+    );
+    host.run(&script, Some(timeout)).map(drop)
+}
+
+/// The health gate on one host: the release that should now answer there does, or the host
+/// fails at `health`.
+pub fn health(host: &mut Host, gate: &Gate, release: &Release) {
+    let subject = Subject {
+        host: &host.target.host,
+        release: release.name,
+        revision: release.revision,
+    };
+    if let Err(e) = gate.wait_healthy(&subject) {
+        host.fail(Stage::Health, e);
+    }
+}
+
+/// One line of `revisions.log`, stamped now.
+pub fn log_entry<'a>(
+    release: &Release<'a>,
+    user: &'a str,
+    outcome: &'a str,
+    failure: Option<&'a Failure>,
+    from: Option<&'a str>,
+) -> LogEntry<'a> {
+    LogEntry {
+        release: release.name,
+        revision: release.revision,
+        user,
+        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        outcome,
+        stage: failure.map(|f| f.stage.name()),
+        error: failure.map(|f| f.message.as_str()),
+        from,
+    }
+}
