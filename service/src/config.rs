@@ -2,14 +2,9 @@
 //! optional TOML file, over defaults. Precedence: flag > environment > file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://usersvc.db";
-pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -75,10 +70,14 @@ Examples:
   usersvc --config /srv/usersvc/shared/usersvc.toml upgrade --start   (a deploy hook)
   systemctl reload usersvc                      (the shipped unit's ExecReload runs upgrade)";
 
-#[derive(Args, Debug, Default, Clone)]
+/// Every setting, written once: its flag, environment variable and help here, the same name
+/// (with underscores) as a key of the TOML file, and its default in [`Settings`].
+#[derive(Args, Serialize, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct Options {
     /// TOML file with any of the settings below (keys as the long flags, with underscores)
     #[arg(long, env = "USERSVC_CONFIG", value_name = "FILE", global = true)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
@@ -105,6 +104,7 @@ pub struct Options {
 
     /// Longest a request may take, e.g. 500ms, 30s, 1m [default: 30s]
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
     pub request_timeout: Option<Duration>,
 
     /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold start serves sits beside it (.snapshot) [default: usersvc.journal]
@@ -113,6 +113,7 @@ pub struct Options {
 
     /// Longest wait for the database (a connection, a batch of writes) before it counts as unreachable and writes are queued [default: 2s]
     #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
     pub store_timeout: Option<Duration>,
 
     /// Consecutive store failures that open the circuit breaker [default: 3]
@@ -121,6 +122,7 @@ pub struct Options {
 
     /// Wait before probing an unreachable store (doubles per failed probe) [default: 1s]
     #[arg(long, env = "USERSVC_BREAKER_BACKOFF", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
     pub breaker_backoff: Option<Duration>,
 
     /// Pull users from this URL (a JSON array of user objects with ids) every --pull-interval
@@ -129,10 +131,12 @@ pub struct Options {
 
     /// How often to pull [default: 1m]
     #[arg(long, env = "USERSVC_PULL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
     pub pull_interval: Option<Duration>,
 
     /// Longest one pull may take [default: 10s]
     #[arg(long, env = "USERSVC_PULL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
     pub pull_timeout: Option<Duration>,
 
     /// Largest pulled payload in bytes; a larger one is refused whole [default: 16777216]
@@ -150,6 +154,7 @@ pub struct Options {
 
     /// Reporting interval; events carry ttl = 3 x interval [default: 5s]
     #[arg(long, env = "USERSVC_RIEMANN_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
     pub riemann_interval: Option<Duration>,
 
     /// Threads serving requests [default: one per CPU core]
@@ -173,38 +178,12 @@ pub struct Options {
     pub log: Option<String>,
 }
 
-#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// The TOML file's keys. Unknown keys are an error, so a typo never silently falls back to a default.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    database_url: Option<String>,
-    auth_token: Option<String>,
-    body_limit: Option<usize>,
-    request_timeout: Option<String>,
-    journal: Option<PathBuf>,
-    riemann: Option<String>,
-    riemann_interval: Option<String>,
-    riemann_host: Option<String>,
-    pid_file: Option<PathBuf>,
-    pull_url: Option<String>,
-    pull_interval: Option<String>,
-    pull_timeout: Option<String>,
-    pull_max_size: Option<u64>,
-    store_timeout: Option<String>,
-    breaker_failures: Option<u32>,
-    breaker_backoff: Option<String>,
-    workers: Option<u16>,
-    log_format: Option<LogFormat>,
-    log: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,129 +198,155 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Every setting resolved.
-#[derive(Debug, Clone)]
+/// Every setting resolved: flag > environment > file > the default written here.
+#[derive(Deserialize, Debug, Clone)]
 pub struct Settings {
+    #[serde(default = "default::listen")]
     pub listen: String,
+    #[serde(default = "default::database_url")]
     pub database_url: String,
     pub auth_token: Option<String>,
+    #[serde(default = "default::body_limit")]
     pub body_limit: usize,
+    #[serde(default = "default::request_timeout", with = "duration_text::required")]
     pub request_timeout: Duration,
+    #[serde(default = "default::journal")]
     pub journal: PathBuf,
-    pub riemann: Option<crate::metrics::RiemannConfig>,
-    pub pull: Option<crate::pull::PullConfig>,
+    pub riemann: Option<String>,
+    #[serde(
+        default = "default::riemann_interval",
+        with = "duration_text::required"
+    )]
+    pub riemann_interval: Duration,
+    pub riemann_host: Option<String>,
+    pub pull_url: Option<String>,
+    #[serde(default = "default::pull_interval", with = "duration_text::required")]
+    pub pull_interval: Duration,
+    #[serde(default = "default::pull_timeout", with = "duration_text::required")]
+    pub pull_timeout: Duration,
+    #[serde(default = "default::pull_max_size")]
+    pub pull_max_size: u64,
+    #[serde(default = "default::store_timeout", with = "duration_text::required")]
     pub store_timeout: Duration,
     pub pid_file: Option<PathBuf>,
+    #[serde(default = "default::breaker_failures")]
     pub breaker_failures: u32,
+    #[serde(default = "default::breaker_backoff", with = "duration_text::required")]
     pub breaker_backoff: Duration,
     /// `None`: one per core.
     pub workers: Option<u16>,
+    #[serde(default)]
     pub log_format: LogFormat,
+    #[serde(default = "default::log")]
     pub log: String,
 }
 
+/// The defaults, each written once (the flags' help repeats them for the reader).
+mod default {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn listen() -> String {
+        "127.0.0.1:8080".into()
+    }
+    pub fn database_url() -> String {
+        "sqlite://usersvc.db".into()
+    }
+    pub fn body_limit() -> usize {
+        1024 * 1024
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn journal() -> PathBuf {
+        PathBuf::from("usersvc.journal")
+    }
+    pub fn riemann_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn pull_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn pull_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn pull_max_size() -> u64 {
+        16 * 1024 * 1024
+    }
+    pub fn store_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn breaker_failures() -> u32 {
+        3
+    }
+    pub fn breaker_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn log() -> String {
+        "info".into()
+    }
+}
+
+/// Durations as people write them (`500ms`, `30s`, `1m`), in the file and between the layers.
+mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text).map_err(|e| {
+            E::custom(format!(
+                "{text:?} is not a duration: {e} (write it like 500ms, 30s, 1m)"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| parse(&text))
+            .transpose()
+    }
+
+    pub mod required {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            parse(&String::deserialize(d)?)
+        }
+    }
+}
+
 impl Options {
+    /// Flags (with their environment variables) over the file over the defaults.
     pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let path = self.config.clone().unwrap_or_default();
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
         let file = match &self.config {
             Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+            None => Options::default(),
         };
-        let duration = |key: &str,
-                        flag: Option<Duration>,
-                        file: &Option<String>,
-                        default: Duration| match (flag, file) {
-            (Some(d), _) => Ok(d),
-            (None, Some(s)) => humantime::parse_duration(s).map_err(|e| ConfigError::Invalid {
-                path: self.config.clone().unwrap_or_default(),
-                message: format!("{key} {s:?}: {e} (write it like 500ms, 30s, 1m)"),
-            }),
-            (None, None) => Ok(default),
-        };
-        let request_timeout = duration(
-            "request_timeout",
-            self.request_timeout,
-            &file.request_timeout,
-            DEFAULT_REQUEST_TIMEOUT,
-        )?;
-        let store_timeout = duration(
-            "store_timeout",
-            self.store_timeout,
-            &file.store_timeout,
-            Duration::from_secs(2),
-        )?;
-        let pull = match self.pull_url.or(file.pull_url) {
-            None => None,
-            Some(url) => Some(crate::pull::PullConfig {
-                url,
-                interval: duration(
-                    "pull_interval",
-                    self.pull_interval,
-                    &file.pull_interval,
-                    Duration::from_secs(60),
-                )?,
-                timeout: duration(
-                    "pull_timeout",
-                    self.pull_timeout,
-                    &file.pull_timeout,
-                    Duration::from_secs(10),
-                )?,
-                max_size: self
-                    .pull_max_size
-                    .or(file.pull_max_size)
-                    .unwrap_or(16 * 1024 * 1024),
-            }),
-        };
-        let riemann = match self.riemann.or(file.riemann) {
-            None => None,
-            Some(addr) => Some(crate::metrics::RiemannConfig {
-                addr,
-                interval: duration(
-                    "riemann_interval",
-                    self.riemann_interval,
-                    &file.riemann_interval,
-                    Duration::from_secs(5),
-                )?,
-                host: self.riemann_host.or(file.riemann_host),
-            }),
-        };
-        let breaker_backoff = duration(
-            "breaker_backoff",
-            self.breaker_backoff,
-            &file.breaker_backoff,
-            Duration::from_secs(1),
-        )?;
-        Ok(Settings {
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            database_url: self
-                .database_url
-                .or(file.database_url)
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
-            auth_token: self
-                .auth_token
-                .or(file.auth_token)
-                .filter(|t| !t.is_empty()),
-            body_limit: self
-                .body_limit
-                .or(file.body_limit)
-                .unwrap_or(DEFAULT_BODY_LIMIT),
-            request_timeout,
-            journal: self
-                .journal
-                .or(file.journal)
-                .unwrap_or_else(|| PathBuf::from("usersvc.journal")),
-            riemann,
-            pull,
-            store_timeout,
-            pid_file: self.pid_file.or(file.pid_file),
-            breaker_failures: self.breaker_failures.or(file.breaker_failures).unwrap_or(3),
-            breaker_backoff,
-            workers: self.workers.or(file.workers),
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
-        })
+        // Each layer as the keys it sets; a later layer's key wins.
+        let mut merged = serde_json::Map::new();
+        for layer in [&file, &self] {
+            if let serde_json::Value::Object(keys) =
+                serde_json::to_value(layer).map_err(|e| invalid(e.to_string()))?
+            {
+                merged.extend(keys.into_iter().filter(|(_, v)| !v.is_null()));
+            }
+        }
+        let mut settings: Settings =
+            serde_json::from_value(merged.into()).map_err(|e| invalid(e.to_string()))?;
+        settings.auth_token = settings.auth_token.filter(|t| !t.is_empty());
+        Ok(settings)
     }
 }
 
@@ -353,9 +358,28 @@ impl Settings {
             backoff: self.breaker_backoff,
         }
     }
+
+    /// Where and how often to pull users, when `pull_url` is set.
+    pub fn pull(&self) -> Option<crate::pull::PullConfig> {
+        Some(crate::pull::PullConfig {
+            url: self.pull_url.clone()?,
+            interval: self.pull_interval,
+            timeout: self.pull_timeout,
+            max_size: self.pull_max_size,
+        })
+    }
+
+    /// Where to send heartbeats and metrics, when `riemann` is set.
+    pub fn riemann(&self) -> Option<crate::metrics::RiemannConfig> {
+        Some(crate::metrics::RiemannConfig {
+            addr: self.riemann.clone()?,
+            interval: self.riemann_interval,
+            host: self.riemann_host.clone(),
+        })
+    }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn load_file(path: &Path) -> Result<Options, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -373,8 +397,7 @@ mod tests {
     #[test]
     fn shipped_example_config_is_valid() {
         let example = include_str!("../../packaging/usersvc.toml");
-        toml::from_str::<FileConfig>(example)
-            .expect("packaging/usersvc.toml matches the config keys");
+        toml::from_str::<Options>(example).expect("packaging/usersvc.toml matches the config keys");
     }
 
     #[test]
@@ -397,7 +420,20 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:2");
         assert_eq!(s.request_timeout, Duration::from_secs(2));
         assert_eq!(s.log_format, LogFormat::Json);
-        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.database_url, default::database_url());
+        assert_eq!(s.store_timeout, Duration::from_secs(2));
+
+        std::fs::write(&path, "store_timeout = \"soon\"\n").expect("write");
+        let err = Options {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("not a duration");
+        assert!(
+            err.to_string().contains("store_timeout") && err.to_string().contains("500ms"),
+            "{err}"
+        );
 
         std::fs::write(&path, "lisen = \"x\"\n").expect("write");
         let err = Options {

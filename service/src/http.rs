@@ -1,12 +1,22 @@
 //! HTTP transport: `POST /` carries JSON-RPC; `GET /health` and `GET /version` are plain JSON.
 //! Transport problems are HTTP statuses (401, 405, 413, 415); every JSON-RPC body is a 200.
+//!
+//! `POST /` is the handler wrapped in layers, one job each, outermost first: [`record`] (the
+//! request metrics, refusals included) → [`require_bearer`] (only with `--auth-token`) →
+//! [`require_json`] → `DefaultBodyLimit` (413, enforced by the `Bytes` extractor) → [`rpc_endpoint`].
+//! The request deadline is not a layer: a tower timeout answers for the whole body, but a call
+//! past it must be answered -32003 under its own id, which only the dispatcher knows
+//! (`rpc::Deadline`).
 
 use crate::methods::Api;
 use crate::methods::codes;
+use crate::metrics::Metrics;
 use crate::rpc::{self, Reply, RpcError};
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
@@ -14,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub struct HttpConfig {
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<Metrics>,
     pub pull: Option<Arc<crate::pull::PullStats>>,
     pub auth_token: Option<String>,
     pub body_limit: usize,
@@ -27,12 +37,21 @@ struct Shared {
 }
 
 pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
-    let shared = Arc::new(Shared { api, config });
+    let metrics = config.metrics.clone();
+    let token = config.auth_token.clone().map(Arc::<str>::from);
+    // route_layer: the layers see only POSTs; another method is a plain 405.
+    let mut rpc = post(rpc_endpoint)
+        .route_layer(DefaultBodyLimit::max(config.body_limit))
+        .route_layer(middleware::from_fn(require_json));
+    if let Some(token) = token {
+        rpc = rpc.route_layer(middleware::from_fn_with_state(token, require_bearer));
+    }
+    let rpc = rpc.route_layer(middleware::from_fn_with_state(metrics, record));
     Router::new()
-        .route("/", post(rpc_endpoint))
+        .route("/", rpc)
         .route("/health", get(health))
         .route("/version", get(version))
-        .with_state(shared)
+        .with_state(Arc::new(Shared { api, config }))
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -84,61 +103,55 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-async fn rpc_endpoint(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+/// Counts every JSON-RPC request with its latency; an error is a transport refusal or a body
+/// carrying a JSON-RPC error object.
+async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let resp = rpc_response(&shared, req).await;
-    // An error is a transport refusal or a JSON-RPC error object in the body.
+    let resp = next.run(req).await;
     let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
-    shared.config.metrics.record(started.elapsed(), error);
+    metrics.record(started.elapsed(), error);
     resp
+}
+
+/// 401 unless `Authorization: Bearer <token>`.
+async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    if authorized(req.headers(), &token) {
+        return next.run(req).await;
+    }
+    let mut resp = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"usersvc\""),
+    );
+    resp
+}
+
+/// 415 unless the body says it is JSON.
+async fn require_json(req: Request, next: Next) -> Response {
+    if is_json(req.headers()) {
+        next.run(req).await
+    } else {
+        plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "JSON-RPC requests need Content-Type: application/json\n",
+        )
+    }
 }
 
 /// Marks a response whose body carries at least one JSON-RPC error object.
 #[derive(Clone, Copy)]
 struct HadError;
 
-async fn rpc_response(shared: &Shared, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    if let Some(token) = &shared.config.auth_token
-        && !authorized(&parts.headers, token)
-    {
-        let mut resp = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"usersvc\""),
-        );
-        return resp;
-    }
-    if !is_json(&parts.headers) {
-        return plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "JSON-RPC requests need Content-Type: application/json\n",
-        );
-    }
-    let bytes = match axum::body::to_bytes(body, shared.config.body_limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            // to_bytes fails on over-limit bodies and on aborted uploads alike; the limit is what
-            // a client can act on, the abort has no one left to read the answer.
-            return plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body over the limit\n",
-            );
-        }
-    };
+async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     // A call past the deadline is answered -32003 under its own id; dropping it is safe (the
     // committer owns writes: commit.rs).
+    let timeout = shared.config.request_timeout;
     let deadline = rpc::Deadline {
-        at: tokio::time::Instant::now() + shared.config.request_timeout,
-        error: RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
-            format!(
-                "no answer within {}",
-                humantime::format_duration(shared.config.request_timeout)
-            )
-            .into(),
-        ),
+        at: tokio::time::Instant::now() + timeout,
+        error: RpcError::new(codes::TIMEOUT, "Request timed out")
+            .with_data(format!("no answer within {}", humantime::format_duration(timeout)).into()),
     };
-    match rpc::handle_body_counted(shared.api.as_ref(), &bytes, Some(&deadline)).await {
+    match rpc::handle_body_counted(shared.api.as_ref(), &body, Some(&deadline)).await {
         (Reply::Body(body), errors) => {
             let mut resp = json_response(StatusCode::OK, body);
             if errors > 0 {
