@@ -6,7 +6,7 @@
 
 use crate::config::Health;
 use nagios_plugin::State;
-use nagios_plugin::check::{CheckConfig, run};
+use nagios_plugin::{CheckConfig, run};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]

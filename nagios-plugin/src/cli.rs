@@ -1,13 +1,13 @@
 //! Command-line interface, named after check_http's options. Every way argument handling can end
 //! (help, version, a bad argument) is mapped onto the plugin contract: exit 3 with one line.
 
-use crate::State;
 use crate::assertion::{Assertion, Measure};
-use crate::check::{CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
-use crate::range::Range;
+use crate::config::{CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{ArgAction, Parser};
+use plugin_api::Range;
+use plugin_api::State;
 use serde_json::Value;
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -1,61 +1,45 @@
 //! `check_jsonrpc`: a Nagios/Icinga plugin that calls a JSON-RPC 2.0 method over HTTP and
 //! validates the envelope, the result and its timing, following the Monitoring Plugins guidelines.
 //!
-//! The library is usable in-process (the deployer's health gate runs [`check::run`]).
+//! The library is usable in-process (the deployer's health gate runs [`run`]); [`evaluate`]
+//! judges a response without any I/O:
+//!
+//! ```
+//! use nagios_plugin::{CheckConfig, State, evaluate};
+//!
+//! let mut check = CheckConfig::new("http://127.0.0.1:8080/", "get_users");
+//! check.critical = Some("2".parse()?); // seconds
+//! let body = br#"{"jsonrpc":"2.0","result":[],"id":1}"#;
+//! let outcome = evaluate(&check, 200, Some("OK"), "application/json", body, 0.25);
+//! assert_eq!(outcome.state, State::Ok);
+//! assert!(outcome.render().starts_with("JSONRPC OK - get_users returned [] in 0.250 s | time=0.25s;;2;0;10 size="));
+//!
+//! let late = evaluate(&check, 200, Some("OK"), "application/json", body, 2.5);
+//! assert_eq!(late.state, State::Critical);
+//! # Ok::<(), nagios_plugin::RangeError>(())
+//! ```
 
-pub mod assertion;
-pub mod check;
-pub mod cli;
-pub mod envelope;
-pub mod perfdata;
-pub mod range;
+mod assertion;
+mod cli;
+mod config;
+mod envelope;
+mod evaluate;
+mod guard;
+mod outcome;
+mod transport;
 
-pub use check::{CheckConfig, Outcome, run};
-pub use plugin_api::State;
-
-use std::io::Write;
-use std::time::Duration;
-
-/// Makes any panic end as the plugin contract says: one UNKNOWN line, exit 3 (never 101).
-pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        let line = Outcome::new(State::Unknown, format!("internal error: {msg}{at}")).render();
-        let _ = writeln!(std::io::stdout(), "{line}");
-        let _ = std::io::stdout().flush();
-        std::process::exit(State::Unknown.exit_code());
-    }));
-}
-
-/// A backstop past the HTTP timeout: whatever hangs, the core gets an answer before it kills us.
-pub fn start_watchdog(timeout: Duration, state: State) {
-    std::thread::spawn(move || {
-        std::thread::sleep(timeout + Duration::from_millis(500));
-        let line = Outcome::new(
-            state,
-            format!("plugin timed out after {} s (-t)", timeout.as_secs_f64()),
-        )
-        .render();
-        let _ = writeln!(std::io::stdout(), "{line}");
-        let _ = std::io::stdout().flush();
-        std::process::exit(state.exit_code());
-    });
-}
+pub use config::{CheckConfig, DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, IpFamily};
+pub use evaluate::evaluate;
+pub use guard::install_panic_hook;
+pub use outcome::Outcome;
+pub use plugin_api::{Perf, Range, RangeError, State};
+pub use transport::run;
 
 /// The whole plugin: arguments in, (output, exit code) out.
 pub fn main_with_args(argv: Vec<std::ffi::OsString>) -> (String, i32) {
     match cli::parse(argv) {
         Ok(cfg) => {
-            start_watchdog(cfg.timeout, cfg.timeout_state);
+            guard::start_watchdog(cfg.timeout, cfg.timeout_state);
             let o = run(&cfg);
             (o.render(), o.state.exit_code())
         }

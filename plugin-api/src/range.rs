@@ -11,6 +11,7 @@
 //! Ends are inclusive. Unlike check_http, anything else is refused (`-w abc` is an error, not a
 //! threshold of zero).
 
+use crate::State;
 use std::fmt;
 use std::str::FromStr;
 
@@ -112,6 +113,23 @@ impl Range {
     }
 }
 
+/// A value against a warning and a critical range, as the guidelines decide it: CRITICAL when
+/// the critical range alerts, else WARNING when the warning range does, else OK; with the range
+/// that alerted.
+pub fn judge<'a>(
+    value: f64,
+    warning: Option<&'a Range>,
+    critical: Option<&'a Range>,
+) -> (State, Option<&'a Range>) {
+    if let Some(c) = critical.filter(|c| c.alerts(value)) {
+        (State::Critical, Some(c))
+    } else if let Some(w) = warning.filter(|w| w.alerts(value)) {
+        (State::Warning, Some(w))
+    } else {
+        (State::Ok, None)
+    }
+}
+
 impl fmt::Display for Range {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -121,6 +139,15 @@ impl fmt::Display for Range {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn critical_wins_over_warning() {
+        let (w, c) = (r("5"), r("10"));
+        assert_eq!(judge(3.0, Some(&w), Some(&c)), (State::Ok, None));
+        assert_eq!(judge(7.0, Some(&w), Some(&c)), (State::Warning, Some(&w)));
+        assert_eq!(judge(12.0, Some(&w), Some(&c)), (State::Critical, Some(&c)));
+        assert_eq!(judge(12.0, None, None), (State::Ok, None));
+    }
 
     fn r(s: &str) -> Range {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))

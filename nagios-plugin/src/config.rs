@@ -1,0 +1,80 @@
+//! What one check is asked to do: [`CheckConfig`], with the plugin's defaults.
+
+use crate::assertion::{Assertion, Measure};
+use plugin_api::{Range, State};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_SIZE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// Everything one check needs. `CheckConfig::new(url, method)` gives the plugin's defaults.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub url: String,
+    /// Connect here instead of resolving the URL's host (`-I`); Host and SNI stay the URL's.
+    pub connect_ip: Option<IpAddr>,
+    pub ip_family: Option<IpFamily>,
+    pub timeout: Duration,
+    pub timeout_state: State,
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
+    pub headers: Vec<(String, String)>,
+    pub method: String,
+    pub params: Option<Value>,
+    pub id: Value,
+    /// Thresholds on the response time in seconds.
+    pub warning: Option<Range>,
+    pub critical: Option<Range>,
+    pub assertions: Vec<Assertion>,
+    pub measure: Option<Measure>,
+    pub value_warning: Option<Range>,
+    pub value_critical: Option<Range>,
+    pub label: Option<String>,
+    pub max_size: u64,
+    pub verbose: u8,
+}
+
+impl CheckConfig {
+    pub fn new(url: impl Into<String>, method: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connect_ip: None,
+            ip_family: None,
+            timeout: DEFAULT_TIMEOUT,
+            timeout_state: State::Critical,
+            insecure: false,
+            ca_file: None,
+            headers: Vec::new(),
+            method: method.into(),
+            params: None,
+            id: json!(1),
+            warning: None,
+            critical: None,
+            assertions: Vec::new(),
+            measure: None,
+            value_warning: None,
+            value_critical: None,
+            label: None,
+            max_size: DEFAULT_MAX_SIZE,
+            verbose: 0,
+        }
+    }
+
+    /// The request body this check sends.
+    pub fn request_body(&self) -> String {
+        let mut req = json!({"jsonrpc": "2.0", "method": self.method, "id": self.id});
+        if let Some(p) = &self.params {
+            req["params"] = p.clone();
+        }
+        req.to_string()
+    }
+}

@@ -1,0 +1,250 @@
+//! Judging a complete HTTP response, without I/O: the HTTP status and content type, the
+//! JSON-RPC envelope, the `--expect*` assertions, the `--value`/`--count` thresholds and the
+//! response time. Every rule is testable without a socket.
+
+use crate::assertion::{Measure, brief, show};
+use crate::config::CheckConfig;
+use crate::envelope::{self, Answer};
+use crate::outcome::Outcome;
+use plugin_api::{Perf, State, judge, num};
+
+fn is_json_type(ct: &str) -> bool {
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Judges a complete HTTP response (separate from I/O so every rule is testable without a socket).
+pub fn evaluate(
+    cfg: &CheckConfig,
+    status: u16,
+    reason: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+    elapsed: f64,
+) -> Outcome {
+    let time_perf = Perf::new("time", elapsed, "s")
+        .thresholds(cfg.warning.as_ref(), cfg.critical.as_ref())
+        .bounds(Some(0.0), Some(cfg.timeout.as_secs_f64()));
+    let size_perf = Perf::new("size", body.len() as f64, "B").bounds(Some(0.0), None);
+    let perfdata = vec![time_perf, size_perf];
+    let fail = |state: State, why: String| Outcome {
+        state,
+        summary: why,
+        perfdata: perfdata.clone(),
+        details: Vec::new(),
+    };
+    if !(200..300).contains(&status) {
+        let reason = reason.unwrap_or("");
+        let mut why = format!("HTTP {status} {reason}").trim_end().to_owned();
+        if !content_type.is_empty() && !is_json_type(content_type) {
+            why.push_str(&format!(" ({content_type} body, not a JSON-RPC response)"));
+        }
+        return fail(State::Critical, why);
+    }
+    if !is_json_type(content_type) {
+        let shown = if content_type.is_empty() {
+            "missing"
+        } else {
+            content_type
+        };
+        return fail(
+            State::Critical,
+            format!("HTTP {status} but Content-Type is {shown}, not application/json"),
+        );
+    }
+    let answer = match envelope::validate(body, &cfg.id) {
+        Ok(a) => a,
+        Err(v) => return fail(State::Critical, v.to_string()),
+    };
+    let result = match answer {
+        Answer::Result(r) => r,
+        Answer::Error {
+            code,
+            message,
+            data,
+        } => {
+            let data = data
+                .map(|d| format!(" ({})", brief(&d)))
+                .unwrap_or_default();
+            return fail(
+                State::Critical,
+                format!("{}: JSON-RPC error {code}: {message}{data}", cfg.method),
+            );
+        }
+    };
+
+    let mut state = State::Ok;
+    let mut problems = Vec::new();
+    let mut perfdata = perfdata;
+    for a in &cfg.assertions {
+        if let Some(why) = a.failure(&result) {
+            state = state.worst(State::Critical);
+            problems.push(why);
+        }
+    }
+    let mut measured = None;
+    if let Some(m) = &cfg.measure {
+        let label = cfg
+            .label
+            .clone()
+            .unwrap_or_else(|| m.default_label().to_owned());
+        match m.extract(&result) {
+            Ok(v) => {
+                let what = match m {
+                    Measure::Value(p) => show(p).to_owned(),
+                    Measure::Count(p) => format!("count({})", show(p)),
+                };
+                let (s, range) = judge(v, cfg.value_warning.as_ref(), cfg.value_critical.as_ref());
+                let note = range
+                    .map(|r| format!(" (outside {} range {r})", range_name(s)))
+                    .unwrap_or_default();
+                let line = format!("{what} = {}{note}", num(v));
+                if s == State::Ok {
+                    measured = Some(line);
+                } else {
+                    problems.push(line);
+                }
+                state = state.worst(s);
+                perfdata.push(
+                    Perf::new(label, v, "")
+                        .thresholds(cfg.value_warning.as_ref(), cfg.value_critical.as_ref()),
+                );
+            }
+            Err(why) => {
+                state = state.worst(State::Critical);
+                problems.push(why);
+            }
+        }
+    }
+    let (time_state, _) = judge(elapsed, cfg.warning.as_ref(), cfg.critical.as_ref());
+    if time_state != State::Ok {
+        let flag = if time_state == State::Critical {
+            "-c"
+        } else {
+            "-w"
+        };
+        problems.push(format!("response time {elapsed:.3} s outside {flag} range"));
+        state = state.worst(time_state);
+    }
+
+    let mut summary = if problems.is_empty() {
+        let mut s = format!("{} returned {}", cfg.method, brief(&result));
+        if let Some(m) = measured {
+            s = format!("{} returned, {m}", cfg.method);
+        }
+        if !cfg.assertions.is_empty() {
+            let n = cfg.assertions.len();
+            s.push_str(&format!(
+                ", {n} expectation{} met",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        s
+    } else {
+        format!("{}: {}", cfg.method, problems.join(", "))
+    };
+    summary.push_str(&format!(" in {elapsed:.3} s"));
+    Outcome {
+        state,
+        summary,
+        perfdata,
+        details: Vec::new(),
+    }
+}
+
+/// The range that decided `state`, as messages name it.
+fn range_name(state: State) -> &'static str {
+    if state == State::Critical {
+        "critical"
+    } else {
+        "warning"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assertion::Assertion;
+    use serde_json::json;
+
+    fn cfg() -> CheckConfig {
+        let mut c = CheckConfig::new("http://x/", "get_users");
+        c.id = json!(7);
+        c
+    }
+
+    fn judge(c: &CheckConfig, body: &str) -> Outcome {
+        evaluate(
+            c,
+            200,
+            Some("OK"),
+            "application/json",
+            body.as_bytes(),
+            0.01,
+        )
+    }
+
+    #[test]
+    fn http_level_failures() {
+        let c = cfg();
+        let o = evaluate(&c, 502, Some("Bad Gateway"), "text/html", b"<html>", 0.01);
+        assert_eq!(o.state, State::Critical);
+        assert!(o.summary.contains("HTTP 502 Bad Gateway"), "{}", o.summary);
+        let o = evaluate(&c, 200, Some("OK"), "text/html", b"<html>", 0.01);
+        assert!(
+            o.summary.contains("Content-Type is text/html"),
+            "{}",
+            o.summary
+        );
+    }
+
+    #[test]
+    fn thresholds_and_assertions() {
+        let mut c = cfg();
+        c.measure = Some(Measure::Count("".into()));
+        c.value_warning = Some("2".parse().expect("range"));
+        c.value_critical = Some("5".parse().expect("range"));
+        c.assertions
+            .push(Assertion::parse_type("=array").expect("valid"));
+        let ok = judge(&c, r#"{"jsonrpc":"2.0","result":[1,2],"id":7}"#);
+        assert_eq!(ok.state, State::Ok, "{}", ok.render());
+        assert!(ok.render().starts_with("JSONRPC OK - get_users returned, count(result) = 2, 1 expectation met in 0.010 s | time=0.01s;;;0;10 size="));
+        assert!(ok.render().ends_with(" count=2;2;5"), "{}", ok.render());
+        let warn = judge(&c, r#"{"jsonrpc":"2.0","result":[1,2,3],"id":7}"#);
+        assert_eq!(warn.state, State::Warning, "{}", warn.render());
+        let crit = judge(&c, r#"{"jsonrpc":"2.0","result":[1,2,3,4,5,6],"id":7}"#);
+        assert_eq!(crit.state, State::Critical);
+        assert!(
+            crit.summary
+                .contains("count(result) = 6 (outside critical range 5)"),
+            "{}",
+            crit.summary
+        );
+        let wrong = judge(&c, r#"{"jsonrpc":"2.0","result":{"a":1},"id":7}"#);
+        assert_eq!(wrong.state, State::Critical);
+        assert!(
+            wrong
+                .summary
+                .contains("result is an object, expected array"),
+            "{}",
+            wrong.summary
+        );
+    }
+
+    #[test]
+    fn response_time_thresholds() {
+        let mut c = cfg();
+        c.warning = Some("0.5".parse().expect("range"));
+        c.critical = Some("1".parse().expect("range"));
+        let body = r#"{"jsonrpc":"2.0","result":"pong","id":7}"#;
+        let at = |t: f64| evaluate(&c, 200, None, "application/json", body.as_bytes(), t).state;
+        assert_eq!(at(0.1), State::Ok);
+        assert_eq!(at(0.7), State::Warning);
+        assert_eq!(at(1.5), State::Critical);
+    }
+}

@@ -1,0 +1,256 @@
+//! The HTTP exchange of one check (ureq): TLS options, `-I`, the size limit, and what went wrong
+//! on the wire as a plugin state. The complete response goes to [`crate::evaluate`].
+
+use crate::config::{CheckConfig, IpFamily};
+use crate::evaluate::evaluate;
+use crate::outcome::Outcome;
+use plugin_api::State;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+/// Connects to a fixed address (`-I`) whatever the URL's host is.
+#[derive(Debug)]
+struct FixedResolver(SocketAddr);
+
+impl Resolver for FixedResolver {
+    fn resolve(
+        &self,
+        _uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(self.0);
+        Ok(addrs)
+    }
+}
+
+/// The check cannot even be sent as configured: UNKNOWN, as the guidelines say.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("cannot read --ca-file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--ca-file {} holds no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("bad URL {url}: {source}")]
+    Url {
+        url: String,
+        source: ureq::http::uri::InvalidUri,
+    },
+}
+
+fn agent(cfg: &CheckConfig) -> Result<ureq::Agent, SetupError> {
+    let mut tls = ureq::tls::TlsConfig::builder().disable_verification(cfg.insecure);
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+            path: path.clone(),
+            source,
+        })?;
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(SetupError::NoCertificate(path.clone()));
+        }
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+    }
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(cfg.timeout))
+        .max_redirects(0)
+        .tls_config(tls.build())
+        .user_agent(format!(
+            "check_jsonrpc/{} (monitoring-plugins)",
+            env!("CARGO_PKG_VERSION")
+        ));
+    config = match cfg.ip_family {
+        Some(IpFamily::V4) => config.ip_family(ureq::config::IpFamily::Ipv4Only),
+        Some(IpFamily::V6) => config.ip_family(ureq::config::IpFamily::Ipv6Only),
+        None => config,
+    };
+    let config = config.build();
+    Ok(match cfg.connect_ip {
+        Some(ip) => {
+            let uri: ureq::http::Uri = cfg.url.parse().map_err(|source| SetupError::Url {
+                url: cfg.url.clone(),
+                source,
+            })?;
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            ureq::Agent::with_parts(
+                config,
+                DefaultConnector::new(),
+                FixedResolver(SocketAddr::new(ip, port)),
+            )
+        }
+        None => ureq::Agent::new_with_config(config),
+    })
+}
+
+/// What went wrong on the wire, as a state and a reason. `sending`: no response head arrived yet
+/// (on https, that includes the TLS handshake).
+fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outcome {
+    let secs = cfg.timeout.as_secs_f64();
+    let handshake = sending && cfg.url.starts_with("https://");
+    let (state, why) = match e {
+        ureq::Error::Timeout(_) => (
+            cfg.timeout_state,
+            format!("no complete answer within {secs} s (-t)"),
+        ),
+        ureq::Error::HostNotFound => (State::Critical, "host not found (DNS)".to_owned()),
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                (State::Critical, "connection refused".to_owned())
+            }
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => (
+                cfg.timeout_state,
+                format!("no complete answer within {secs} s (-t)"),
+            ),
+            // rustls reports handshake errors through the I/O layer; a peer that does not speak
+            // TLS often just closes the connection on our ClientHello.
+            std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+                if handshake =>
+            {
+                (
+                    State::Critical,
+                    format!("TLS failure: {io} (does the server speak TLS?)"),
+                )
+            }
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => (
+                State::Critical,
+                format!("connection closed before the response was complete ({io})"),
+            ),
+            // std reports getaddrinfo failures as uncategorized I/O errors; its text is all we have.
+            _ if io.to_string().contains("lookup address") => {
+                (State::Critical, format!("host not found (DNS): {io}"))
+            }
+            _ => (State::Critical, format!("I/O error: {io}")),
+        },
+        ureq::Error::Tls(msg) => (State::Critical, format!("TLS failure: {msg}")),
+        ureq::Error::Rustls(r) => (State::Critical, format!("TLS failure: {r}")),
+        ureq::Error::BodyExceedsLimit(n) => (
+            State::Critical,
+            format!("response body larger than {n} bytes (--max-size)"),
+        ),
+        ureq::Error::BadUri(u) => (State::Unknown, format!("bad URL: {u}")),
+        ureq::Error::ConnectionFailed => (State::Critical, "connection failed".to_owned()),
+        ureq::Error::Protocol(p) => (State::Critical, format!("HTTP protocol error: {p}")),
+        other => (State::Critical, other.to_string()),
+    };
+    Outcome::new(state, format!("{}: {why}", cfg.url))
+}
+
+/// Runs the check. Never panics on anything the network or the server can send.
+pub fn run(cfg: &CheckConfig) -> Outcome {
+    let agent = match agent(cfg) {
+        Ok(a) => a,
+        Err(why) => return Outcome::new(State::Unknown, why.to_string()),
+    };
+    let body = cfg.request_body();
+    let mut details = Vec::new();
+    if cfg.verbose >= 1 {
+        details.push(format!("POST {} {}", cfg.url, brief_text(&body, 500)));
+    }
+    let started = Instant::now();
+    let mut req = agent
+        .post(&cfg.url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json");
+    for (k, v) in &cfg.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let mut resp = match req.send(body.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut o = transport_failure(cfg, &e, true);
+            o.details = details;
+            return o;
+        }
+    };
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if cfg.verbose >= 3 {
+        for (k, v) in resp.headers() {
+            details.push(format!("< {k}: {}", v.to_str().unwrap_or("(binary)")));
+        }
+    }
+    // Read at most max_size + 1 bytes ourselves: going over is then detected without buffering more.
+    let mut bytes = Vec::new();
+    let read = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .reader()
+        .take(cfg.max_size + 1)
+        .read_to_end(&mut bytes);
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Err(e) = read {
+        let e = match e.downcast::<ureq::Error>() {
+            Ok(u) => u,
+            Err(io) => ureq::Error::Io(io),
+        };
+        let mut o = transport_failure(cfg, &e, false);
+        o.details = details;
+        return o;
+    }
+    if bytes.len() as u64 > cfg.max_size {
+        let mut o = Outcome::new(
+            State::Critical,
+            format!(
+                "response body larger than {} bytes (--max-size)",
+                cfg.max_size
+            ),
+        );
+        o.details = details;
+        return o;
+    }
+    if cfg.verbose >= 1 {
+        details.push(format!(
+            "HTTP {status}, {} bytes, {content_type}, {elapsed:.6} s",
+            bytes.len()
+        ));
+    }
+    if cfg.verbose >= 2 {
+        details.push(brief_text(&String::from_utf8_lossy(&bytes), 4000));
+    }
+    let mut o = evaluate(
+        cfg,
+        status.as_u16(),
+        status.canonical_reason(),
+        &content_type,
+        &bytes,
+        elapsed,
+    );
+    o.details = details;
+    o
+}
+
+fn brief_text(s: &str, max: usize) -> String {
+    if s.chars().count() > max {
+        format!(
+            "{}… ({} bytes)",
+            s.chars().take(max).collect::<String>(),
+            s.len()
+        )
+    } else {
+        s.to_owned()
+    }
+}
