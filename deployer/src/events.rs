@@ -3,11 +3,11 @@
 //! revision, result, and the failing stage. A Riemann that is down never fails a deploy.
 
 use crate::report::Report;
-use riemann_probe::client::{self, Client, ClientConfig};
-use riemann_probe::event::event;
+use riemann_probe::event;
+use riemann_probe::{self as riemann, Client, ClientConfig, Event};
 use std::time::Duration;
 
-pub fn deploy_events(application: &str, r: &Report) -> Vec<riemann_probe::proto::Event> {
+pub fn deploy_events(application: &str, r: &Report) -> Vec<Event> {
     r.hosts
         .iter()
         .map(|h| {
@@ -42,11 +42,11 @@ pub fn deploy_events(application: &str, r: &Report) -> Vec<riemann_probe::proto:
 #[error("could not send deploy events to Riemann at {server}: {source}")]
 pub struct NotSent {
     pub server: String,
-    pub source: client::Error,
+    pub source: riemann::Error,
 }
 
 /// Sends the events over TCP with a short timeout.
-pub fn send(server: &str, events: &[riemann_probe::proto::Event]) -> Result<(), NotSent> {
+pub fn send(server: &str, events: &[Event]) -> Result<(), NotSent> {
     let mut cfg = ClientConfig::tcp(server);
     cfg.timeout = Duration::from_secs(3);
     Client::connect(&cfg)

@@ -35,7 +35,7 @@ pub fn owner_line(user: &str) -> String {
 }
 
 pub fn local_host() -> String {
-    riemann_probe::event::hostname()
+    riemann_probe::hostname()
 }
 
 /// Creates the layout's directories, takes the lock, then prints the state (with the current

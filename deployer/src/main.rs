@@ -111,30 +111,9 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}", cli_message("deployer", &e));
+            eprintln!("{}", cli_message::render("deployer", e.as_ref()));
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// A failure as a CLI prints it (DESIGN.md, "Errors, as a CLI prints them"): what failed, with
-/// each cause once (a cause already quoted by the message above it is not repeated), then the
-/// outermost context, which says what to do, on a line of its own. Never a backtrace.
-fn cli_message(program: &str, e: &anyhow::Error) -> String {
-    let messages: Vec<String> = e.chain().map(ToString::to_string).collect();
-    let (hint, causes) = match messages.split_first() {
-        Some((first, rest)) if !rest.is_empty() => (Some(first), rest),
-        _ => (None, messages.as_slice()),
-    };
-    let mut line: Vec<&str> = Vec::new();
-    for m in causes {
-        if !line.last().is_some_and(|prev| prev.contains(m.as_str())) {
-            line.push(m);
-        }
-    }
-    match hint {
-        Some(h) => format!("{program}: {}\n{h}", line.join(": ")),
-        None => format!("{program}: {}", line.join(": ")),
     }
 }
 

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use riemann_probe::{Client, ClientConfig, TlsFiles, Transport, event, nagios};
+use riemann_probe::{Client, ClientConfig, TlsFiles, Transport, event, event_json, nagios_events};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -134,34 +134,9 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}", cli_message("riemann-probe", &e));
+            eprintln!("{}", cli_message::render("riemann-probe", e.as_ref()));
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// A failure as a CLI prints it (DESIGN.md, "Errors, as a CLI prints them"): what failed, with
-/// each cause once (a cause already quoted by the message above it is not repeated), then the
-/// outermost context, which says what to do, on a line of its own. Never a backtrace.
-fn cli_message(program: &str, e: &anyhow::Error) -> String {
-    let messages: Vec<String> = e.chain().map(ToString::to_string).collect();
-    let (hint, causes) = match messages.split_first() {
-        Some((first, rest)) if !rest.is_empty() => (Some(first), rest),
-        _ => (None, messages.as_slice()),
-    };
-    let mut line: Vec<&str> = Vec::new();
-    for m in causes {
-        if !line.last().is_some_and(|prev| prev.contains(m.as_str())) {
-            line.push(m);
-        }
-    }
-    match hint {
-        Some(h) => format!(
-            "{program}: {}
-{h}",
-            line.join(": ")
-        ),
-        None => format!("{program}: {}", line.join(": ")),
     }
 }
 
@@ -209,7 +184,7 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Query { query } => {
             for e in connect()?.query(&query).context("the query failed")? {
-                println!("{}", riemann_probe::client::event_json(&e));
+                println!("{}", event_json(&e));
             }
         }
         Cmd::Nagios {
@@ -225,7 +200,7 @@ fn run() -> anyhow::Result<()> {
                     .file_name()
                     .map_or_else(|| plugin[0].clone(), |n| n.to_string_lossy().into_owned())
             });
-            let events = nagios::events(&run, &service, host.as_deref(), ttl);
+            let events = nagios_events(&run, &service, host.as_deref(), ttl);
             connect()?
                 .send(&events)
                 .context("the plugin's events were not accepted")?;

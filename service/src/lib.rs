@@ -1,8 +1,39 @@
 //! `usersvc`: users as JSON documents behind a JSON-RPC 2.0 over HTTP API.
 //!
-//! Layers, outermost first: `http` (axum: auth, content type, body limit, timeout) → `rpc` (the
-//! JSON-RPC envelope, ours) → `methods` (params → calls) → `users` (rules, concurrency) →
-//! `snapshot` (reads) and `store` (sqlx, SQLite or PostgreSQL).
+//! Layers, outermost first: `http` (axum middleware: metrics, bearer token, content type, body
+//! limit) → `rpc` (the JSON-RPC envelope, ours; the request deadline) → `methods` (params →
+//! calls) → `users` (the write path, breaker, journal) → `snapshot` (reads) and `store` (sqlx,
+//! SQLite or PostgreSQL). [`serve`] runs it all behind a socket; the same dispatcher answers
+//! in-process:
+//!
+//! ```
+//! use service::{methods::Api, release::Release, rpc, users::{Resilience, Users}};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     let url = format!("sqlite://{}", dir.path().join("users.db").display());
+//!     let resilience = Resilience {
+//!         journal: dir.path().join("usersvc.journal"),
+//!         failures: 3,
+//!         backoff: Duration::from_secs(1),
+//!     };
+//!     let users = Users::open(&url, Duration::from_secs(2), &resilience).await?;
+//!     let api = Api::new(users.clone(), &Release::of_running_exe());
+//!
+//!     let put = br#"{"jsonrpc":"2.0","method":"put_user","params":{"user":{"id":"ada"}},"id":1}"#;
+//!     let get = br#"{"jsonrpc":"2.0","method":"get_user","params":["ada"],"id":2}"#;
+//!     rpc::handle_body(&api, put).await;
+//!     let rpc::Reply::Body(body) = rpc::handle_body(&api, get).await else { unreachable!() };
+//!     let answer: serde_json::Value = serde_json::from_slice(&body)?;
+//!     assert_eq!((answer["id"].as_i64(), answer["result"]["id"].as_str()), (Some(2), Some("ada")));
+//!     users.close().await;
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
 
 pub mod breaker;
 mod commit;
@@ -75,14 +106,14 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     )
     .await?;
     tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
-    let pull_stats = settings.pull.clone().map(|cfg| {
+    let pull_stats = settings.pull().map(|cfg| {
         let stats = Arc::new(pull::PullStats::default());
         tracing::info!(url = %cfg.url, interval = %humantime::format_duration(cfg.interval), "pulling users");
         tokio::spawn(pull::run(cfg, users.clone(), stats.clone()));
         stats
     });
     let metrics = Arc::new(metrics::Metrics::default());
-    let probe = settings.riemann.clone().map(|cfg| {
+    let probe = settings.riemann().map(|cfg| {
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
         metrics::start_reporter(cfg, metrics.clone(), users.clone())
     });

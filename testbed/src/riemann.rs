@@ -5,7 +5,7 @@
 //! honest about the wire format.
 
 use prost::Message;
-use riemann_probe::proto::{Event, Msg};
+use riemann_probe::{Event, Msg};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
