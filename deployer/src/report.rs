@@ -3,7 +3,7 @@
 
 use crate::fleet::Failure;
 use crate::outcome::{Outcome, Unfinished};
-use crate::table::{bytes, table};
+use crate::table::{bytes, table, warnings};
 use std::fmt;
 use std::time::Duration;
 
@@ -61,12 +61,11 @@ impl fmt::Display for Report {
             ]);
         }
         f.write_str(&table(&rows))?;
-        for h in &self.hosts {
-            for w in &h.warnings {
-                write!(f, "\nwarning: {}: {w}", h.name)?;
-            }
-        }
-        Ok(())
+        let warned = self
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), &h.warnings[..]));
+        f.write_str(&warnings(warned))
     }
 }
 

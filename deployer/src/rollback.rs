@@ -202,12 +202,11 @@ impl fmt::Display for Rollback {
             (m.name.as_str(), result)
         });
         f.write_str(&table::host_results(rows))?;
-        for m in &self.hosts {
-            for w in &m.warnings {
-                write!(f, "\nwarning: {}: {w}", m.name)?;
-            }
-        }
-        Ok(())
+        let warned = self
+            .hosts
+            .iter()
+            .map(|m| (m.name.as_str(), &m.warnings[..]));
+        f.write_str(&table::warnings(warned))
     }
 }
 

@@ -42,6 +42,14 @@ pub fn host_results<'a, E: Display + 'a>(
     table(&out)
 }
 
+/// After a table: one `warning: <host>: <what>` line per warning, each starting a new line.
+pub fn warnings<'a>(hosts: impl IntoIterator<Item = (&'a str, &'a [String])>) -> String {
+    hosts
+        .into_iter()
+        .flat_map(|(host, ws)| ws.iter().map(move |w| format!("\nwarning: {host}: {w}")))
+        .collect()
+}
+
 /// `512 B`, `1.5 KiB`, `3.2 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
