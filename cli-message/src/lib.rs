@@ -18,6 +18,21 @@
 //! ```
 
 use std::error::Error;
+use std::process::ExitCode;
+
+/// A binary's `main`: success, or the failure printed on stderr by [`render`] and exit 1.
+pub fn exit<E>(program: &str, result: Result<(), E>) -> ExitCode
+where
+    E: AsRef<dyn Error + Send + Sync + 'static>,
+{
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", render(program, e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `program: message: cause…`, then the hint line when the error has a context above its causes.
 pub fn render(program: &str, e: &(dyn Error + 'static)) -> String {

@@ -108,13 +108,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", cli_message::render("deployer", e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli_message::exit("deployer", run())
 }
 
 /// Prints what the command did; its verdict becomes the exit status.

@@ -119,11 +119,11 @@ pub fn cleanup(cfg: &Config, targets: &[Target], settings: &Settings, dry_run: b
         let mut hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
         let removed = each(&mut hosts, settings.parallel, |h| {
             lock::acquire(h, &owner, false);
-            let remove = plan(&h.state);
-            let script = layout::remove_script(&h.target.deploy_to, &remove);
             if !h.ok() {
                 return Vec::new();
             }
+            let remove = plan(&h.state);
+            let script = layout::remove_script(&h.target.deploy_to, &remove);
             if let Err(e) = lock::release(h, &owner, &script) {
                 h.fail(fleet::Stage::Unlock, e);
             }

@@ -131,13 +131,7 @@ fn client_config(c: &Conn) -> anyhow::Result<ClientConfig> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", cli_message::render("riemann-probe", e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli_message::exit("riemann-probe", run())
 }
 
 fn run() -> anyhow::Result<()> {
