@@ -6,6 +6,7 @@
 
 pub mod canned;
 pub mod cores;
+pub mod history;
 pub mod http;
 pub mod load;
 pub mod postgres;
@@ -13,6 +14,7 @@ pub mod process;
 pub mod riemann;
 pub mod sshd;
 pub mod usersvc;
+pub mod writers;
 
 pub use postgres::Postgres;
 pub use process::{Peer, eventually, is_root, workspace_root};
