@@ -7,7 +7,7 @@ PROFILE ?= release
 PROFILE_DIR = $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 DEPLOY_CONFIG ?= deploy.toml
 
-.PHONY: run test lint peers build bench clean dist deploy
+.PHONY: run test lint peers build bench faults clean dist deploy
 
 ## run: build and start usersvc on 127.0.0.1:8080 with ./usersvc.db (created on first run)
 run:
@@ -54,6 +54,11 @@ deploy:
 ## bench: side-by-side benchmarks against peers; prints ratios (ours/peer)
 bench: peers
 	./bench/run.sh
+
+## faults: the seeded fault-schedule test with its checker, longer than make test runs it:
+## FAULTS_SEED (default: the clock) and FAULTS_SECS (default 120); a failure names its seed
+faults: peers build
+	./bench/faults.sh
 
 clean:
 	$(CARGO) clean

@@ -4,9 +4,12 @@
 //! under the write ids it was tried with. Each write keeps its own answer.
 //!
 //! A client that goes away never cancels a write: the committer owns it until it is answered.
+//! Nothing is committed or queued before this process owns the journal (an upgrade's new server
+//! waits for the old one to release it): a write must never overtake one queued before it.
 
-use crate::journal::{Entry, JournalError, Op};
-use crate::shared::{Shared, UserError, Written, change_of, ids_of, lock, now};
+use crate::journal::{Entry, JournalError};
+use crate::queued::Tentative;
+use crate::shared::{Ownership, Shared, UserError, Written, change_of, ids_of, lock, now};
 use crate::writer::{Change, Writer};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,23 +28,32 @@ pub(crate) struct Pending {
 /// Commits batches until every sender is gone and the queue is empty (shutdown).
 pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut ownership = shared.ownership.subscribe();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let owned = ownership
+            .wait_for(|o| *o != Ownership::Awaiting)
+            .await
+            .is_ok_and(|o| *o == Ownership::Owned);
+        if !owned {
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(UserError::ShuttingDown));
+            }
+            continue;
+        }
         let mut writer = shared.writer.lock().await;
         commit(&shared, &mut writer, std::mem::take(&mut batch)).await;
     }
 }
 
 async fn commit(shared: &Arc<Shared>, writer: &mut Writer, batch: Vec<Pending>) {
-    let queueing = !lock(&shared.breaker).is_closed() || lock(&shared.journal).depth() > 0;
-    let batch = if queueing {
-        batch
-    } else {
-        match direct(shared, writer, batch).await {
-            Some(unreached) => unreached,
-            None => return,
-        }
-    };
-    enqueue(shared, batch).await;
+    let queueing = !lock(&shared.breaker).is_closed() || shared.journal_depth() > 0;
+    if queueing {
+        return enqueue(shared, batch, false).await;
+    }
+    if let Some(unreached) = direct(shared, writer, batch).await {
+        // Tried: each may have been committed, so each is queued whatever a check says.
+        enqueue(shared, unreached, true).await;
+    }
 }
 
 /// Commits the batch and answers it; gives it back when it must be queued instead.
@@ -90,13 +102,25 @@ async fn direct(shared: &Shared, writer: &mut Writer, batch: Vec<Pending>) -> Op
 }
 
 /// Journals the writes that can still succeed (one append, one fsync) and answers `queued`.
-async fn enqueue(shared: &Arc<Shared>, batch: Vec<Pending>) {
+/// `tried`: the store may have committed them already (replay applies each exactly once, by its
+/// write id). One whose check fails against an exact view cannot have been applied: it is
+/// refused. One that cannot be checked is queued all the same: refusing it could deny a write
+/// that was committed.
+async fn enqueue(shared: &Arc<Shared>, batch: Vec<Pending>, tried: bool) {
     let mut waiting = Vec::with_capacity(batch.len());
-    for p in batch {
-        match precheck(shared, &p.entry.op) {
-            Ok(()) => waiting.push(p),
-            Err(e) => {
-                let _ = p.reply.send(Err(e));
+    let mut effects = Tentative::default();
+    {
+        let queued = lock(&shared.queued);
+        for p in batch {
+            match queued.check(&mut effects, &p.entry.op, &shared.snapshot) {
+                Ok(()) => waiting.push(p),
+                Err(UserError::Unverifiable) if tried => {
+                    queued.force(&mut effects);
+                    waiting.push(p);
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
             }
         }
     }
@@ -106,16 +130,20 @@ async fn enqueue(shared: &Arc<Shared>, batch: Vec<Pending>) {
     let entries: Vec<Entry> = waiting.iter().map(|p| p.entry.clone()).collect();
     let journal = shared.clone();
     // fsync blocks: keep it off the async workers.
-    let appended = tokio::task::spawn_blocking(move || lock(&journal.journal).append_all(&entries))
-        .await
-        .unwrap_or_else(|e| {
-            Err(JournalError::Io {
-                path: lock(&shared.journal).path().to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        });
+    let appended = tokio::task::spawn_blocking(move || match lock(&journal.journal).as_mut() {
+        Some(j) => j.append_all(&entries),
+        None => Err(JournalError::NotOwned(journal.journal_path.clone())),
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(JournalError::Io {
+            path: shared.journal_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    });
     match appended {
         Ok(()) => {
+            lock(&shared.queued).keep(effects);
             shared
                 .stats
                 .queued
@@ -136,32 +164,4 @@ async fn enqueue(shared: &Arc<Shared>, batch: Vec<Pending>) {
             }
         }
     }
-}
-
-/// Refuses, against the last known state, a queued write that cannot succeed.
-fn precheck(shared: &Shared, op: &Op) -> Result<(), UserError> {
-    let conflict = |id: &str, expected: i64, current: Option<i64>| UserError::Conflict {
-        id: id.to_owned(),
-        expected,
-        current,
-    };
-    match op {
-        Op::Put {
-            id,
-            expect: Some(n),
-            ..
-        } => {
-            let current = shared.snapshot.rev(id);
-            if (*n == 0 && current.is_some()) || (*n > 0 && current != Some(*n)) {
-                return Err(conflict(id, *n, current));
-            }
-        }
-        Op::Delete { id, expect } => match (shared.snapshot.rev(id), expect) {
-            (None, _) => return Err(UserError::NotFound(id.clone())),
-            (Some(cur), Some(n)) if cur != *n => return Err(conflict(id, *n, Some(cur))),
-            _ => {}
-        },
-        _ => {}
-    }
-    Ok(())
 }

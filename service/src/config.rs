@@ -98,7 +98,7 @@ pub struct Options {
     )]
     pub auth_token: Option<String>,
 
-    /// Largest request body in bytes; larger ones get HTTP 413 [default: 1048576]
+    /// Largest request body in bytes; larger ones get HTTP 413 (at most 67108864) [default: 1048576]
     #[arg(long, env = "USERSVC_BODY_LIMIT", value_name = "BYTES", global = true)]
     pub body_limit: Option<usize>,
 
@@ -196,7 +196,14 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A setting out of its allowed range, whichever layer set it.
+    #[error("{0}")]
+    Setting(String),
 }
+
+/// The largest `body_limit` allowed: a queued write is one journal record, and records are
+/// bounded (`journal.rs`).
+pub const MAX_BODY_LIMIT: usize = 64 << 20;
 
 /// Every setting resolved: flag > environment > file > the default written here.
 #[derive(Deserialize, Debug, Clone)]
@@ -346,6 +353,12 @@ impl Options {
         let mut settings: Settings =
             serde_json::from_value(merged.into()).map_err(|e| invalid(e.to_string()))?;
         settings.auth_token = settings.auth_token.filter(|t| !t.is_empty());
+        if settings.body_limit > MAX_BODY_LIMIT {
+            return Err(ConfigError::Setting(format!(
+                "body_limit (--body-limit) is {} bytes; at most {MAX_BODY_LIMIT} (64 MiB) is allowed",
+                settings.body_limit
+            )));
+        }
         Ok(settings)
     }
 }
@@ -356,6 +369,7 @@ impl Settings {
             journal: self.journal.clone(),
             failures: self.breaker_failures,
             backoff: self.breaker_backoff,
+            handover: false,
         }
     }
 

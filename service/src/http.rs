@@ -191,7 +191,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "queued_total": stats.queued.load(Ordering::Relaxed),
         "replayed_total": stats.replayed.load(Ordering::Relaxed),
         "replay_conflicts": stats.replay_conflicts.load(Ordering::Relaxed),
+        // Journal records that could not be replayed, kept bytes intact beside the journal.
+        "quarantined": stats.quarantined.load(Ordering::Relaxed),
     });
+    if d.handover {
+        body["journal"] = "waiting for the previous server to release it".into();
+    }
     if let Some(e) = store_error {
         body["error"] = e.into();
     }

@@ -4,15 +4,25 @@
 //! Frame: `len: u32 BE | crc32(payload): u32 BE | payload (len bytes, JSON)`. A crash mid-append
 //! leaves a short or mismatching last frame: reading stops there, reports it, and keeps the
 //! intact prefix.
+//!
+//! One owner at a time: a process appends to, replays or rewrites a journal only while it holds
+//! the exclusive lock on `<journal>.lock` ([`Owner`], which also records its pid for the message
+//! a second server gets). Nothing read is dropped silently: a record that cannot be used (it does
+//! not decode, or the framing from it on is damaged) is moved, bytes intact, into
+//! `<journal>.quarantine` (same framing, one frame per unusable piece) before the journal is
+//! rewritten without it.
 
+use crate::atomic_file;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Largest accepted frame: anything bigger is corruption, not a write.
-const MAX_FRAME: u32 = 64 * 1024 * 1024;
+/// Largest accepted frame: anything bigger is corruption, not a write. A request body is at most
+/// `config::MAX_BODY_LIMIT` (64 MiB) and its encoding a few times that.
+const MAX_FRAME: u32 = 1 << 30;
 
 /// One queued write, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +45,7 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Unique per write (UUIDv7): replay records it with the write, so it is applied once.
+    /// First field: a record that no longer decodes is still named by it (`write_id_of`).
     pub write_id: String,
     pub op: Op,
 }
@@ -47,32 +58,167 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the journal {} is in use by another usersvc{}: stop it first, or give this server its own --journal",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Held { path: PathBuf, pid: Option<u32> },
+    #[error("journal {}: this server does not own it (yet)", .0.display())]
+    NotOwned(PathBuf),
 }
 
-/// Where reading stopped early, and why.
+/// A piece of the journal that could not be used, moved to the quarantine file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage {
+pub struct Bad {
     pub offset: u64,
     pub reason: String,
+    /// The write id, when the record still names one.
+    pub write_id: Option<String>,
+    pub bytes: Vec<u8>,
 }
 
+/// What reading a journal found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Contents {
+    /// Every record that decodes, in order.
+    pub entries: Vec<Entry>,
+    /// What could not be used: undecodable records (reading goes on after them) and, last, a
+    /// damaged tail (reading stops there: the framing after it cannot be trusted).
+    pub bad: Vec<Bad>,
+}
+
+/// The exclusive right to a journal, held for the life of this value (`flock` on
+/// `<journal>.lock`, released by the kernel when the process dies, however it dies).
+#[derive(Debug)]
+pub struct Owner {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// `<journal>.lock`, `<journal>.quarantine`.
+fn beside(journal: &Path, suffix: &str) -> PathBuf {
+    let mut p = journal.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Where records that cannot be replayed are kept: `<journal>.quarantine`.
+pub fn quarantine_path(journal: &Path) -> PathBuf {
+    beside(journal, ".quarantine")
+}
+
+impl Owner {
+    /// Takes the journal's lock without waiting: `Held` (with the holder's pid) when another
+    /// process has it.
+    pub fn acquire(journal: &Path) -> Result<Self, JournalError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = beside(journal, ".lock");
+        let io = |source| JournalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(atomic_file::PRIVATE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let pid = format!("{}\n", std::process::id());
+                lock.set_len(0)
+                    .and_then(|()| lock.rewind())
+                    .and_then(|()| lock.write_all(pid.as_bytes()))
+                    .map_err(io)?;
+                Ok(Self { _lock: lock })
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                Err(JournalError::Held {
+                    path: journal.to_owned(),
+                    pid: text.trim().parse().ok(),
+                })
+            }
+            Err((_, errno)) => Err(io(std::io::Error::from(errno))),
+        }
+    }
+}
+
+/// An owned journal, open for appending.
 pub struct Journal {
     path: PathBuf,
     file: File,
     depth: usize,
+    /// Frames in the quarantine file (this run's and earlier ones').
+    quarantined: u64,
+    _owner: Owner,
 }
 
-fn frame(entry: &Entry) -> Vec<u8> {
-    let payload = serde_json::to_vec(entry).unwrap_or_default();
+fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
-/// Reads every intact entry; `Damage` says where and why reading stopped early.
-pub fn read(path: &Path) -> Result<(Vec<Entry>, Option<Damage>), JournalError> {
+fn encode(entry: &Entry) -> Vec<u8> {
+    frame(&serde_json::to_vec(entry).unwrap_or_default())
+}
+
+/// The write id a record names, read from its text (it is the first field), so that a record
+/// too broken to decode is still logged by it.
+fn write_id_of(payload: &[u8]) -> Option<String> {
+    let rest = payload.strip_prefix(br#"{"write_id":""#)?;
+    let end = rest.iter().take(64).position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+}
+
+/// The frames of a file: each intact payload with its offset, then the damage (its offset and
+/// why) that stopped the walk, if any.
+struct Frames<'a> {
+    records: Vec<(usize, &'a [u8])>,
+    damage: Option<(usize, String)>,
+}
+
+fn frames(bytes: &[u8]) -> Frames<'_> {
+    let mut out = Frames {
+        records: Vec::new(),
+        damage: None,
+    };
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(head) = bytes.get(at..at + 8) else {
+            let why = format!("{} stray bytes (an append cut short)", bytes.len() - at);
+            out.damage = Some((at, why));
+            break;
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if len > MAX_FRAME {
+            out.damage = Some((at, format!("frame length {len} is implausible")));
+            break;
+        }
+        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else {
+            out.damage = Some((at, "last record is cut short (crash mid-append)".into()));
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            out.damage = Some((at, "checksum mismatch".into()));
+            break;
+        }
+        out.records.push((at, payload));
+        at += 8 + len as usize;
+    }
+    out
+}
+
+/// Reads every record: those that decode, in order, and what could not be used.
+pub fn read(path: &Path) -> Result<Contents, JournalError> {
     let io = |source| JournalError::Io {
         path: path.to_owned(),
         source,
@@ -80,73 +226,92 @@ pub fn read(path: &Path) -> Result<(Vec<Entry>, Option<Damage>), JournalError> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut f) => f.read_to_end(&mut bytes).map_err(io)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
         Err(e) => return Err(io(e)),
     };
-    let mut entries = Vec::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let damage = |reason: String| Damage {
+    let Frames { records, damage } = frames(&bytes);
+    let mut contents = Contents::default();
+    for (at, payload) in records {
+        match serde_json::from_slice(payload) {
+            Ok(e) => contents.entries.push(e),
+            Err(e) => contents.bad.push(Bad {
+                offset: at as u64,
+                reason: format!("record does not decode: {e}"),
+                write_id: write_id_of(payload),
+                bytes: payload.to_vec(),
+            }),
+        }
+    }
+    if let Some((at, reason)) = damage {
+        contents.bad.push(Bad {
             offset: at as u64,
             reason,
-        };
-        let Some(head) = bytes.get(at..at + 8) else {
-            return Ok((
-                entries,
-                Some(damage(format!(
-                    "{} stray bytes (an append cut short)",
-                    bytes.len() - at
-                ))),
-            ));
-        };
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if len > MAX_FRAME {
-            return Ok((
-                entries,
-                Some(damage(format!("frame length {len} is implausible"))),
-            ));
-        }
-        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else {
-            return Ok((
-                entries,
-                Some(damage("last record is cut short (crash mid-append)".into())),
-            ));
-        };
-        if crc32fast::hash(payload) != crc {
-            return Ok((entries, Some(damage("checksum mismatch".into()))));
-        }
-        match serde_json::from_slice(payload) {
-            Ok(e) => entries.push(e),
-            Err(e) => {
-                return Ok((
-                    entries,
-                    Some(damage(format!("record is not a journal entry: {e}"))),
-                ));
-            }
-        }
-        at += 8 + len as usize;
+            write_id: None,
+            bytes: bytes[at..].to_vec(),
+        });
     }
-    Ok((entries, None))
+    Ok(contents)
 }
 
 impl Journal {
-    /// Opens (creating) the journal. Damaged tails must have been dealt with by the caller
-    /// (`read`, then `rewrite` with the intact entries) before appending.
-    pub fn open(path: &Path, depth: usize) -> Result<Self, JournalError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+    /// Opens the journal `owner` holds: reads it, moves what cannot be used into quarantine (and
+    /// rewrites the journal without it), and returns it with the entries still to replay.
+    pub fn open(path: &Path, owner: Owner) -> Result<(Self, Vec<Entry>), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let quarantined = match std::fs::read(quarantine_path(path)) {
+            Ok(bytes) => frames(&bytes).records.len() as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(e)),
+        };
+        let mut journal = Self {
+            path: path.to_owned(),
+            file: atomic_file::open_append(path).map_err(io)?,
+            depth: 0,
+            quarantined,
+            _owner: owner,
+        };
+        let entries = journal.pending()?;
+        Ok((journal, entries))
+    }
+
+    /// The entries waiting to be replayed, read from the file; anything unusable is quarantined
+    /// first (logged with its write id) and the journal rewritten without it.
+    pub fn pending(&mut self) -> Result<Vec<Entry>, JournalError> {
+        let Contents { entries, bad } = read(&self.path)?;
+        if !bad.is_empty() {
+            self.quarantine(&bad)?;
+            self.rewrite(&entries)?;
+        }
+        self.depth = entries.len();
+        Ok(entries)
+    }
+
+    fn quarantine(&mut self, bad: &[Bad]) -> Result<(), JournalError> {
+        let path = quarantine_path(&self.path);
+        let bytes: Vec<u8> = bad.iter().flat_map(|b| frame(&b.bytes)).collect();
+        atomic_file::open_append(&path)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_data()
+            })
+            .and_then(|()| atomic_file::sync_dir(&path))
             .map_err(|source| JournalError::Io {
-                path: path.to_owned(),
+                path: path.clone(),
                 source,
             })?;
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-            depth,
-        })
+        for b in bad {
+            tracing::error!(
+                journal = %self.path.display(), quarantine = %path.display(), offset = b.offset,
+                bytes = b.bytes.len(), write_id = b.write_id.as_deref().unwrap_or("unknown"),
+                reason = %b.reason,
+                "journal record cannot be replayed: moved to quarantine, bytes intact"
+            );
+        }
+        self.quarantined += bad.len() as u64;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -158,6 +323,11 @@ impl Journal {
         self.depth
     }
 
+    /// Pieces moved to the quarantine file, ever (it is kept until an operator removes it).
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined
+    }
+
     fn io(&self, source: std::io::Error) -> JournalError {
         JournalError::Io {
             path: self.path.clone(),
@@ -165,38 +335,26 @@ impl Journal {
         }
     }
 
-    /// Appends and fsyncs: when this returns Ok, the write survives a crash.
-    pub fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
-        self.append_all(std::slice::from_ref(entry))
-    }
-
-    /// Appends every entry, in order, with one write and one fsync (group commit).
+    /// Appends every entry, in order, with one write and one fsync (group commit): when this
+    /// returns Ok, they survive a crash.
     pub fn append_all(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
-        let bytes: Vec<u8> = entries.iter().flat_map(frame).collect();
+        let bytes: Vec<u8> = entries.iter().flat_map(encode).collect();
         self.file.write_all(&bytes).map_err(|e| self.io(e))?;
         self.file.sync_data().map_err(|e| self.io(e))?;
         self.depth += entries.len();
         Ok(())
     }
 
-    /// Replaces the content with `entries` atomically (temp file, fsync, rename, fsync the dir).
+    /// Replaces the content with `entries` atomically (`atomic_file`).
     pub fn rewrite(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
-        let tmp = self.path.with_extension("rewrite");
-        let mut f = File::create(&tmp).map_err(|e| self.io(e))?;
-        for e in entries {
-            f.write_all(&frame(e)).map_err(|e| self.io(e))?;
-        }
-        f.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| self.io(e))?;
-        }
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| self.io(e))?;
+        atomic_file::write(&self.path, |f| {
+            for e in entries {
+                f.write_all(&encode(e))?;
+            }
+            Ok(())
+        })
+        .map_err(|e| self.io(e))?;
+        self.file = atomic_file::open_append(&self.path).map_err(|e| self.io(e))?;
         self.depth = entries.len();
         Ok(())
     }
@@ -221,47 +379,89 @@ mod tests {
         }
     }
 
+    fn owned(path: &Path) -> Journal {
+        let owner = Owner::acquire(path).expect("lock");
+        Journal::open(path, owner).expect("open").0
+    }
+
+    /// What reading found, as (entries, damage reasons).
+    fn read_back(path: &Path) -> (Vec<Entry>, Vec<String>) {
+        let c = read(path).expect("read");
+        (c.entries, c.bad.into_iter().map(|b| b.reason).collect())
+    }
+
     #[test]
     fn round_trip_and_damaged_tails() {
-        let dir = tempfile_dir();
-        let path = dir.join("j");
-        let mut j = Journal::open(&path, 0).expect("open");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j");
+        let mut j = owned(&path);
         for n in 0..3 {
-            j.append(&put(n)).expect("append");
+            j.append_all(&[put(n)]).expect("append");
         }
         assert_eq!(j.depth(), 3);
-        let (entries, damage) = read(&path).expect("read");
-        assert_eq!(entries, vec![put(0), put(1), put(2)]);
-        assert_eq!(damage, None);
+        assert_eq!(read_back(&path), (vec![put(0), put(1), put(2)], vec![]));
 
         // Cut the last record short, as a crash mid-append would.
         let full = std::fs::read(&path).expect("bytes");
         std::fs::write(&path, &full[..full.len() - 5]).expect("truncate");
-        let (entries, damage) = read(&path).expect("read");
+        let (entries, damage) = read_back(&path);
         assert_eq!(entries, vec![put(0), put(1)]);
-        assert!(
-            damage
-                .expect("damage reported")
-                .reason
-                .contains("cut short")
-        );
+        assert!(damage[0].contains("cut short"), "{damage:?}");
 
         // Flip a byte inside the second record's payload.
         let mut bad = full.clone();
-        let second = 8 + frame(&put(0)).len() - 8 + 8 + 3;
+        let second = encode(&put(0)).len() + 8 + 3;
         bad[second] ^= 0xff;
         std::fs::write(&path, &bad).expect("write");
-        let (entries, damage) = read(&path).expect("read");
+        let (entries, damage) = read_back(&path);
         assert_eq!(entries, vec![put(0)]);
-        assert!(damage.expect("damage").reason.contains("checksum"));
+        assert!(damage[0].contains("checksum"), "{damage:?}");
 
         // Rewrite keeps the intact prefix and appends continue after it.
         j.rewrite(&entries).expect("rewrite");
-        j.append(&put(9)).expect("append");
-        assert_eq!(read(&path).expect("read").0, vec![put(0), put(9)]);
+        j.append_all(&[put(9)]).expect("append");
+        assert_eq!(read_back(&path).0, vec![put(0), put(9)]);
         j.rewrite(&[]).expect("empty");
-        assert_eq!(read(&path).expect("read"), (vec![], None));
-        let _ = std::fs::remove_dir_all(dir);
+        assert_eq!(read_back(&path), (vec![], vec![]));
+    }
+
+    #[test]
+    fn one_owner_at_a_time_named_by_pid() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j");
+        let first = Owner::acquire(&path).expect("free");
+        match Owner::acquire(&path) {
+            Err(JournalError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second owner: {other:?}"),
+        }
+        drop(first);
+        Owner::acquire(&path).expect("free again once released");
+    }
+
+    #[test]
+    fn an_undecodable_record_is_quarantined_and_the_others_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j");
+        // A well-framed record that is not an entry, between two good ones.
+        let odd = br#"{"write_id":"w-odd","op":{"op":"teleport"}}"#;
+        let bytes = [encode(&put(1)), frame(odd), encode(&put(2))].concat();
+        std::fs::write(&path, &bytes).expect("write");
+        let mut j = owned(&path);
+        assert_eq!(j.pending().expect("pending"), vec![put(1), put(2)]);
+        assert_eq!(j.quarantined(), 1);
+        // Moved, bytes intact: the quarantine holds exactly that frame.
+        let q = std::fs::read(quarantine_path(&path)).expect("quarantine");
+        assert_eq!(q, frame(odd));
+        assert_eq!(write_id_of(odd).as_deref(), Some("w-odd"));
+        // The journal no longer holds it; a damaged tail goes to quarantine too.
+        let mut again = std::fs::read(&path).expect("journal");
+        again.extend_from_slice(b"\x00\x00");
+        std::fs::write(&path, &again).expect("write");
+        assert_eq!(j.pending().expect("pending"), vec![put(1), put(2)]);
+        assert_eq!(j.quarantined(), 2);
+        drop(j);
+        // A later run counts what earlier ones quarantined.
+        assert_eq!(owned(&path).quarantined(), 2);
     }
 
     /// Entries of varied sizes, their file bytes, and where each frame ends.
@@ -278,7 +478,7 @@ mod tests {
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         for e in &entries {
-            bytes.extend(frame(e));
+            bytes.extend(encode(e));
             ends.push(bytes.len());
         }
         (entries, bytes, ends)
@@ -291,38 +491,40 @@ mod tests {
 
     #[test]
     fn damage_at_any_offset_keeps_exactly_the_intact_prefix() {
-        let dir = tempfile_dir();
-        let path = dir.join("prop");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("prop");
         let (entries, bytes, ends) = sample();
         // Every truncation point: a cut on a frame boundary is a shorter, undamaged journal.
         for cut in 0..=bytes.len() {
             std::fs::write(&path, &bytes[..cut]).expect("write");
-            let (got, damage) = read(&path).expect("read");
+            let (got, damage) = read_back(&path);
             let keep = intact_before(&ends, cut);
             assert_eq!(got, entries[..keep], "cut at {cut}");
             assert_eq!(
-                damage.is_none(),
+                damage.is_empty(),
                 cut == 0 || ends.contains(&cut),
                 "cut at {cut}"
             );
         }
-        // Every byte flipped, with three masks: nothing from the damaged frame on is trusted.
+        // Every byte flipped, with three masks: nothing from the damaged frame on is trusted
+        // (a flip inside a payload that still decodes is caught by the checksum).
         for at in 0..bytes.len() {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bad = bytes.clone();
                 bad[at] ^= mask;
                 std::fs::write(&path, &bad).expect("write");
-                let (got, damage) = read(&path).expect("read");
+                let (got, damage) = read_back(&path);
                 assert_eq!(
                     got,
                     entries[..intact_before(&ends, at)],
                     "flip {mask:#x} at {at}"
                 );
-                assert!(damage.is_some(), "flip {mask:#x} at {at} not reported");
+                assert!(!damage.is_empty(), "flip {mask:#x} at {at} not reported");
             }
         }
         // Random damage (several flips, then maybe a cut), from a fixed seed: the first damaged
-        // offset decides the prefix; the repaired journal takes appends again.
+        // offset decides the prefix; the repaired journal takes appends again, and every byte
+        // not kept is in the quarantine.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |n: usize| {
             seed ^= seed << 13;
@@ -343,25 +545,22 @@ mod tests {
             let first = (0..bad.len())
                 .find(|&i| bad[i] != bytes[i])
                 .unwrap_or(bad.len());
+            let _ = std::fs::remove_file(quarantine_path(&path));
             std::fs::write(&path, &bad).expect("write");
-            let (got, _) = read(&path).expect("read");
             let keep = intact_before(&ends, first);
-            assert_eq!(got, entries[..keep], "round {round}");
-            let mut j = Journal::open(&path, got.len()).expect("open");
-            j.rewrite(&got).expect("rewrite");
-            j.append(&put(99)).expect("append");
-            let (after, damage) = read(&path).expect("read");
-            assert_eq!((after.len(), damage), (keep + 1, None), "round {round}");
+            let mut j = owned(&path);
+            assert_eq!(j.depth(), keep, "round {round}");
+            let kept_bytes = ends.get(keep.wrapping_sub(1)).copied().unwrap_or(0);
+            let quarantined = std::fs::read(quarantine_path(&path)).unwrap_or_default();
+            let pieces = frames(&quarantined).records;
+            assert_eq!(
+                pieces.iter().map(|(_, p)| p.len()).sum::<usize>(),
+                bad.len() - kept_bytes.min(bad.len()),
+                "round {round}: every byte not kept is quarantined"
+            );
+            j.append_all(&[put(99)]).expect("append");
+            let (after, damage) = read_back(&path);
+            assert_eq!((after.len(), damage), (keep + 1, vec![]), "round {round}");
         }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        // Per test: tests run in parallel threads of one process.
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("usersvc-journal-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("dir");
-        d
     }
 }

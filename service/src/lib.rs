@@ -19,6 +19,7 @@
 //!         journal: dir.path().join("usersvc.journal"),
 //!         failures: 3,
 //!         backoff: Duration::from_secs(1),
+//!         handover: false,
 //!     };
 //!     let users = Users::open(&url, Duration::from_secs(2), &resilience).await?;
 //!     let api = Api::new(users.clone(), &Release::of_running_exe());
@@ -35,6 +36,7 @@
 //! # }
 //! ```
 
+mod atomic_file;
 pub mod breaker;
 mod commit;
 pub mod config;
@@ -46,6 +48,7 @@ pub mod methods;
 pub mod metrics;
 pub mod pidfile;
 pub mod pull;
+mod queued;
 pub mod release;
 pub mod rpc;
 mod server;
@@ -99,12 +102,12 @@ pub enum ServeError {
 /// On an error before it served, `inherited` still holds the channel to whoever started this
 /// server: pass the message to [`Inherited::failed`].
 pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), ServeError> {
-    let users = users::Users::open(
-        &settings.database_url,
-        settings.store_timeout,
-        &settings.resilience(),
-    )
-    .await?;
+    let resilience = users::Resilience {
+        handover: inherited.replaces_a_server(),
+        ..settings.resilience()
+    };
+    let users =
+        users::Users::open(&settings.database_url, settings.store_timeout, &resilience).await?;
     tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
     let pull_stats = settings.pull().map(|cfg| {
         let stats = Arc::new(pull::PullStats::default());
@@ -134,6 +137,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     // Fired when an upgrade has handed the socket on: this server then stops accepting.
     let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<upgrade::Successor>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<upgrade::Successor>>();
+    let stopping = users.clone();
     let stop = async move {
         let handed_over = async {
             match handed_rx.await {
@@ -146,6 +150,8 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
             () = shutdown_signal() => None,
             s = handed_over => Some(s),
         };
+        // Writes still waiting for a previous server's journal would hold up the drain.
+        stopping.stop_waiting_for_journal();
         let _ = stop_tx.send(successor);
     };
     // A duplicate of the socket for a successor, taken before the accept loop owns it.
@@ -162,13 +168,15 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         Some(pid_file) => upgrade::listen_control(pid_file, dup, handed_tx)?,
         None => drop((dup, handed_tx)),
     }
-    announce_ready(&settings, inherited.take_upgrade_channel(), &users).await?;
+    announce_ready(&settings, inherited.take_upgrade_channel()).await?;
     accepting
         .await
         .map_err(|e| std::io::Error::other(format!("the accept loop failed: {e}")))?;
     if let Ok(Some(successor)) = stop_rx.await {
-        tracing::info!(new_pid = successor.pid, "drained; the new server serves");
-        successor.drained().await;
+        tracing::info!(
+            new_pid = successor.pid,
+            "drained; the new server serves and takes the journal over once this one has closed it"
+        );
     }
     tracing::info!("in-flight requests done; finishing the writes taken, closing the store");
     if let Some(probe) = probe {
@@ -191,12 +199,11 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
 }
 
 /// Says this server serves: the pid file, systemd (`READY=1`, `MAINPID=`), and the process that
-/// started it, if any. A server started by an upgrade then waits (in the background) for the old
-/// one to drain and reloads the snapshot, so writes the old one took meanwhile are seen.
+/// started it, if any. (A server started by an upgrade sees what the old one wrote meanwhile
+/// once it takes the journal over: `users.rs`.)
 async fn announce_ready(
     settings: &Settings,
     channel: Option<listener::UpgradeChannel>,
-    users: &users::Users,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
     if let Some(path) = &settings.pid_file {
@@ -215,18 +222,6 @@ async fn announce_ready(
     }
     if let Some(mut channel) = channel {
         channel.ready();
-        let users = users.clone();
-        tokio::spawn(async move {
-            let drained = tokio::task::spawn_blocking(move || channel.wait_drained())
-                .await
-                .unwrap_or(false);
-            if drained {
-                match users.reload().await {
-                    Ok(()) => tracing::info!("the old server drained; snapshot reloaded"),
-                    Err(e) => tracing::warn!(error = %e, "reload after the upgrade failed"),
-                }
-            }
-        });
     }
     Ok(())
 }

@@ -3,9 +3,9 @@
 //!
 //! Both hand-overs use systemd's protocol (`LISTEN_FDS`, fds from 3 on, `LISTEN_FDNAMES`); an
 //! upgrade adds one more fd named `upgrade`: a stream back to whoever started this server, on
-//! which it says when it is ready (or why it failed) and hears when the old server has drained.
+//! which it says when it is ready (or why it failed).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 /// The name the upgrade channel carries in `LISTEN_FDNAMES`.
@@ -31,6 +31,9 @@ pub struct Inherited {
     listener: Option<std::net::TcpListener>,
     upgrade: Option<UpgradeChannel>,
     origin: Origin,
+    /// Started by a running server's upgrade (not by `upgrade --start`): that server still
+    /// serves, and owns the journal until it has closed.
+    replaces: bool,
 }
 
 impl Inherited {
@@ -50,6 +53,7 @@ impl Inherited {
                     .map_err(ListenError::Inherited)?;
                 inherited.upgrade = stream.map(UpgradeChannel);
             } else if inherited.listener.is_none() {
+                inherited.replaces = names.get(i).map(String::as_str) == Some(HTTP_FD_NAME);
                 // systemd names it after the socket unit unless told otherwise: take the first.
                 inherited.listener = fds.take_tcp_listener(i).map_err(ListenError::Inherited)?;
             }
@@ -57,7 +61,13 @@ impl Inherited {
         if inherited.upgrade.is_some() {
             inherited.origin = Origin::Upgrade;
         }
+        inherited.replaces &= inherited.upgrade.is_some();
         Ok(inherited)
+    }
+
+    /// Whether a running server started this one to replace it (an upgrade).
+    pub fn replaces_a_server(&self) -> bool {
+        self.replaces
     }
 
     /// The inherited listener, or a new one bound to `addr`.
@@ -128,8 +138,6 @@ pub(crate) struct UpgradeChannel(UnixStream);
 /// What a new server tells the process that started it: one line.
 pub(crate) const READY: &str = "READY";
 pub(crate) const ERROR: &str = "ERROR";
-/// What the old server tells the new one once its last connection is closed.
-pub(crate) const DRAINED: &str = "DRAINED";
 
 impl UpgradeChannel {
     pub(crate) fn ready(&mut self) {
@@ -139,11 +147,5 @@ impl UpgradeChannel {
 
     pub(crate) fn failed(mut self, error: &str) {
         let _ = writeln!(self.0, "{ERROR} {}", error.replace('\n', " "));
-    }
-
-    /// Blocks until the old server says it has drained, or goes away.
-    pub(crate) fn wait_drained(self) -> bool {
-        let mut line = String::new();
-        BufReader::new(self.0).read_line(&mut line).is_ok() && line.trim() == DRAINED
     }
 }

@@ -140,8 +140,10 @@ pub fn to_rpc(e: UserError) -> RpcError {
             current,
         } => RpcError::new(codes::CONFLICT, "Revision conflict")
             .with_data(json!({"id": id, "expected": expected, "current": current})),
-        UserError::ShuttingDown => RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")
-            .with_data(UserError::ShuttingDown.to_string().into()),
+        e @ (UserError::ShuttingDown | UserError::Unverifiable) => {
+            RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")
+                .with_data(e.to_string().into())
+        }
         UserError::Journal(e) => {
             tracing::error!(error = %e, "cannot queue a write");
             RpcError::new(codes::STORE_UNAVAILABLE, "Store unavailable")

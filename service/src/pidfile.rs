@@ -14,13 +14,9 @@ pub fn log_path(pid_file: &Path) -> PathBuf {
     pid_file.with_extension("log")
 }
 
-/// Writes `pid` atomically (temp file, rename): a reader sees the old pid or the new, whole.
+/// Writes `pid` atomically (`atomic_file`): a reader sees the old pid or the new, whole.
 pub fn write(path: &Path, pid: u32) -> std::io::Result<()> {
-    let tmp = sibling(path, ".tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{pid}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(path, |f| writeln!(f, "{pid}"))
 }
 
 /// The pid in the file if that process is alive; `None` when there is no file or its process

@@ -30,6 +30,12 @@ pub enum UserError {
     Journal(Arc<JournalError>),
     #[error("the server is shutting down; retry on the new one")]
     ShuttingDown,
+    /// A conditional write or delete while queued writes this server did not check wait to be
+    /// replayed (`queued.rs`): refused, nothing changed.
+    #[error(
+        "the store is unreachable and writes queued earlier wait to be replayed: a conditional write or delete cannot be checked now; nothing changed, retry later"
+    )]
+    Unverifiable,
 }
 
 impl From<StoreError> for UserError {
@@ -62,6 +68,8 @@ pub struct Stats {
     pub queued: AtomicU64,
     pub replayed: AtomicU64,
     pub replay_conflicts: AtomicU64,
+    /// Journal records moved to the quarantine file (by this run and earlier ones).
+    pub quarantined: AtomicU64,
 }
 
 /// The store's health as seen by the write path.
@@ -71,6 +79,8 @@ pub struct Degradation {
     pub journal_depth: usize,
     /// Serving the local copy of a cold start: the store has not answered since.
     pub from_copy: bool,
+    /// An upgrade's new server waiting for the old one to release the journal; writes wait.
+    pub handover: bool,
 }
 
 impl Degradation {
@@ -80,6 +90,16 @@ impl Degradation {
     }
 }
 
+/// Whether this process owns the journal (`journal::Owner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// An upgrade's new server, until the old one has released it.
+    Awaiting,
+    Owned,
+    /// Closed before it was released: writes taken meanwhile are refused, never committed.
+    GaveUp,
+}
+
 pub(crate) struct Shared {
     pub store: Store,
     pub snapshot: Snapshot,
@@ -87,7 +107,12 @@ pub(crate) struct Shared {
     /// applies changes in commit order and queued writes keep their order.
     pub writer: tokio::sync::Mutex<Writer>,
     pub breaker: std::sync::Mutex<Breaker>,
-    pub journal: std::sync::Mutex<crate::journal::Journal>,
+    /// `None` until this process owns it (`ownership`).
+    pub journal: std::sync::Mutex<Option<crate::journal::Journal>>,
+    pub journal_path: PathBuf,
+    pub ownership: tokio::sync::watch::Sender<Ownership>,
+    /// What the queued writes will leave: conditional writes are checked against it.
+    pub queued: std::sync::Mutex<crate::queued::Queued>,
     pub copy: PathBuf,
     /// The snapshot generation the copy holds (`u64::MAX`: none written by this process).
     pub copied: AtomicU64,
@@ -144,16 +169,33 @@ pub(crate) fn ids_of(op: &Op) -> Vec<String> {
 }
 
 impl Shared {
-    /// Replaces the snapshot with the database's content.
+    /// Entries waiting in the journal (0 while this process does not own it).
+    pub fn journal_depth(&self) -> usize {
+        lock(&self.journal).as_ref().map_or(0, |j| j.depth())
+    }
+
+    pub fn owns_journal(&self) -> bool {
+        *self.ownership.borrow() == Ownership::Owned
+    }
+
+    /// Replaces the snapshot with the database's content. Not while writes are queued: the
+    /// checks of conditional writes (`queued.rs`) stand on the snapshot they were made against,
+    /// and the replay reloads it anyway.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _serial = self.writer.lock().await;
+        if self.journal_depth() > 0 {
+            return Ok(());
+        }
         self.snapshot.replace_all(&self.store.load_all().await?);
         Ok(())
     }
 
-    /// Re-reads one user (a write elsewhere announced it).
+    /// Re-reads one user (a write elsewhere announced it); not while writes are queued (`reload`).
     pub async fn refresh(&self, id: &str) -> Result<(), StoreError> {
         let _serial = self.writer.lock().await;
+        if self.journal_depth() > 0 {
+            return Ok(());
+        }
         // Always apply: a user deleted and created again elsewhere can be back at the same rev.
         match self.store.get(id).await? {
             Some(rec) => self.snapshot.upsert(&rec),
@@ -166,8 +208,9 @@ impl Shared {
         use std::sync::atomic::Ordering;
         Degradation {
             breaker: lock(&self.breaker).state(),
-            journal_depth: lock(&self.journal).depth(),
+            journal_depth: self.journal_depth(),
             from_copy: self.from_copy.load(Ordering::Relaxed),
+            handover: *self.ownership.borrow() == Ownership::Awaiting,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The snapshot's local copy, beside the journal: what a cold start serves when the database is
-//! unreachable. Written atomically (temp file, fsync, rename, fsync the directory).
+//! unreachable. Written atomically (`atomic_file`), only by the journal's owner.
 //!
 //! Format: `USVCSNAP` | format version: u32 BE | body length: u64 BE | crc32(body): u32 BE | body,
 //! where the body is the JSON array `get_users` answers (each user with its `rev` and
@@ -8,7 +8,6 @@
 
 use crate::store::Record;
 use serde_json::Value;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -43,31 +42,19 @@ pub fn path_for(journal: &Path) -> PathBuf {
 
 /// Writes `array` (the JSON array of every user) as the copy at `path`, replacing it atomically.
 pub fn write(path: &Path, array: &[u8]) -> Result<(), CopyError> {
-    let err = |source| CopyError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    // Per process: during an upgrade two servers may save at once; each rename is whole.
-    let tmp = path.with_extension(format!("snapshot.{}.tmp", std::process::id()));
-    let mut f = File::create(&tmp).map_err(err)?;
     let mut head = Vec::with_capacity(HEADER);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_be_bytes());
     head.extend_from_slice(&(array.len() as u64).to_be_bytes());
     head.extend_from_slice(&crc32fast::hash(array).to_be_bytes());
-    let written = f
-        .write_all(&head)
-        .and_then(|()| f.write_all(array))
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(())
+    crate::atomic_file::write(path, |f| {
+        f.write_all(&head)?;
+        f.write_all(array)
+    })
+    .map_err(|source| CopyError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads the copy at `path` back into records.

@@ -1,9 +1,10 @@
 //! The supervisor: while the store is unreachable or writes are queued, probe it after each
 //! backoff; when it answers, replay the journal in order (a transaction per batch) and close the
-//! breaker. It also keeps the snapshot's local copy (`snapshot_file.rs`) up to date.
+//! breaker. It also keeps the snapshot's local copy (`snapshot_file.rs`) up to date. It does
+//! nothing before this process owns the journal: the copy and the replay are the owner's.
 
 use crate::commit::MAX_BATCH;
-use crate::journal::{self, JournalError};
+use crate::journal::JournalError;
 use crate::shared::{Shared, UserError, change_of, lock, now};
 use crate::snapshot_file::{self, CopyError};
 use crate::store::StoreError;
@@ -33,6 +34,9 @@ pub(crate) async fn supervise(shared: Weak<Shared>) {
         };
         if shared.closing.load(Ordering::Acquire) {
             return;
+        }
+        if !shared.owns_journal() {
+            continue;
         }
         if saved_at.is_none_or(|at| at.elapsed() >= COPY_EVERY) {
             if let Err(e) = save_copy(&shared).await {
@@ -71,15 +75,21 @@ pub(crate) async fn supervise(shared: Weak<Shared>) {
 }
 
 /// The store answers again: migrate (a cold start could not), replay, and take the snapshot from
-/// the store when the journal or a cold start may have left it behind.
-async fn recover(shared: &Arc<Shared>, writer: &mut Writer) -> Result<usize, ReplayError> {
+/// the store when the journal, a cold start or a handover may have left it behind.
+pub(crate) async fn recover(
+    shared: &Arc<Shared>,
+    writer: &mut Writer,
+) -> Result<usize, ReplayError> {
     shared.store.migrate().await?;
-    let depth = lock(&shared.journal).depth();
+    let depth = shared.journal_depth();
     let n = replay(shared, writer).await?;
-    if depth > 0 || shared.from_copy.load(Ordering::Acquire) {
+    let behind = !lock(&shared.queued).is_exact() || shared.from_copy.load(Ordering::Acquire);
+    if depth > 0 || behind {
         shared.snapshot.replace_all(&shared.store.load_all().await?);
         shared.from_copy.store(false, Ordering::Release);
     }
+    // Nothing queued, the snapshot is the store's: conditional writes are checked exactly again.
+    lock(&shared.queued).clear();
     Ok(n)
 }
 
@@ -88,8 +98,23 @@ async fn recover(shared: &Arc<Shared>, writer: &mut Writer) -> Result<usize, Rep
 /// attempt committed is skipped. A conflict is reported and counted, not dropped silently. On a
 /// store failure the unreplayed rest stays queued.
 pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize, ReplayError> {
-    let path = lock(&shared.journal).path().to_owned();
-    let (entries, _) = journal::read(&path)?;
+    let not_owned = || JournalError::NotOwned(shared.journal_path.clone());
+    let entries = {
+        let mut journal = lock(&shared.journal);
+        let journal = journal.as_mut().ok_or_else(not_owned)?;
+        let entries = journal.pending()?;
+        shared
+            .stats
+            .quarantined
+            .store(journal.quarantined(), Ordering::Relaxed);
+        entries
+    };
+    let rewrite = |rest: &[crate::journal::Entry]| -> Result<(), JournalError> {
+        lock(&shared.journal)
+            .as_mut()
+            .ok_or_else(not_owned)?
+            .rewrite(rest)
+    };
     let mut replayed = 0;
     for (n, chunk) in entries.chunks(MAX_BATCH).enumerate() {
         let updated_at = now();
@@ -100,7 +125,7 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
         let outcomes = match writer.commit(&changes).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                lock(&shared.journal).rewrite(&entries[n * MAX_BATCH..])?;
+                rewrite(&entries[n * MAX_BATCH..])?;
                 return Err(e.into());
             }
         };
@@ -117,6 +142,9 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
                     shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    // What the queued writes were checked against did not hold (another
+                    // instance wrote): later checks cannot be exact until the next reload.
+                    lock(&shared.queued).unknown();
                     shared
                         .stats
                         .replay_conflicts
@@ -129,17 +157,19 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
             }
         }
     }
-    lock(&shared.journal).rewrite(&[])?;
+    rewrite(&[])?;
     // Nothing can replay them again: their records go with the next batch.
     writer.forget_later(entries.into_iter().map(|e| e.write_id));
     Ok(replayed)
 }
 
 /// Writes the snapshot's local copy (off the async workers: it fsyncs), unless it holds this
-/// snapshot already or the snapshot came from the copy.
+/// snapshot already, the snapshot came from the copy, or another process owns the journal (and
+/// with it the copy beside it).
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
     let generation = shared.snapshot.generation();
-    if shared.from_copy.load(Ordering::Acquire)
+    if !shared.owns_journal()
+        || shared.from_copy.load(Ordering::Acquire)
         || shared.copied.load(Ordering::Acquire) == generation
     {
         return Ok(());

@@ -9,7 +9,7 @@
 //! Control protocol (one line each way): `upgrade <timeout ms>` → `ok <new pid>` or
 //! `error <message>`.
 
-use crate::listener::{DRAINED, ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
+use crate::listener::{ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
 use crate::pidfile;
 use command_fds::{CommandFdExt, FdMapping};
 use std::ffi::OsString;
@@ -281,21 +281,9 @@ pub(crate) struct Handoff {
     done: tokio::sync::Mutex<Option<tokio::sync::oneshot::Sender<Successor>>>,
 }
 
-/// The server that took over, told when this one has drained.
+/// The server that took over.
 pub(crate) struct Successor {
     pub pid: u32,
-    channel: tokio::net::UnixStream,
-}
-
-impl Successor {
-    /// Tells the new server the old one's last request is done (it then reloads what the old one
-    /// wrote meanwhile).
-    pub(crate) async fn drained(mut self) {
-        let _ = self
-            .channel
-            .write_all(format!("{DRAINED}\n").as_bytes())
-            .await;
-    }
 }
 
 /// Binds the control socket beside the pid file (a temp name renamed over the old server's: the
@@ -374,7 +362,7 @@ async fn hand_over(handoff: &Handoff, timeout: Duration) -> Result<u32, String> 
         spawn_with_channel(cmd, &program, Some(listener)).map_err(|e| e.to_string())?;
     let pid = child.id().unwrap_or_default();
     match await_ready(&mut child, channel, timeout).await {
-        Ok(channel) => {
+        Ok(_channel) => {
             tracing::info!(new_pid = pid, "upgrade: the new server is ready; draining");
             // Under systemd the new server becomes the main process before this one exits (else
             // systemd would stop the service, the new server included).
@@ -384,7 +372,7 @@ async fn hand_over(handoff: &Handoff, timeout: Duration) -> Result<u32, String> 
                 tracing::warn!(error = %e, "cannot tell systemd the new main pid");
             }
             if let Some(tx) = handoff.done.lock().await.take() {
-                let _ = tx.send(Successor { pid, channel });
+                let _ = tx.send(Successor { pid });
             }
             // It now runs on its own: reaped by init once this process is gone.
             drop(child);

@@ -4,8 +4,9 @@
 
 use crate::breaker::Breaker;
 use crate::commit::{self, Pending};
-use crate::journal::{self, Entry, Journal, JournalError, Op};
-use crate::shared::{Shared, lock};
+use crate::journal::{Entry, Journal, JournalError, Op, Owner};
+use crate::queued::Queued;
+use crate::shared::{Ownership, Shared, lock};
 use crate::snapshot::Snapshot;
 use crate::snapshot_file::{self, CopyError};
 use crate::store::{Store, StoreError};
@@ -31,6 +32,9 @@ pub struct Resilience {
     pub failures: u32,
     /// How long the breaker stays open before a probe (doubles per failed probe, capped).
     pub backoff: Duration,
+    /// This server replaces another (an upgrade): when the journal is still held, wait for the
+    /// old server to release it (writes wait meanwhile) instead of refusing to start.
+    pub handover: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +75,18 @@ impl Users {
         timeout: Duration,
         resilience: &Resilience,
     ) -> Result<Self, OpenError> {
-        let copy = snapshot_file::path_for(&resilience.journal);
+        let path = resilience.journal.clone();
+        // First: a second server on the same journal is refused before it touches anything.
+        let owner = match Owner::acquire(&path) {
+            Ok(owner) => Some(owner),
+            Err(JournalError::Held { pid, .. }) if resilience.handover => {
+                tracing::info!(journal = %path.display(), holder = ?pid,
+                    "the previous server still owns the journal: writes wait until it releases it");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let copy = snapshot_file::path_for(&path);
         let (store, cold) = match Store::open(url, timeout).await {
             Ok(store) => (store, None),
             Err(e) if e.is_unreachable() => match snapshot_file::read(&copy) {
@@ -89,33 +104,46 @@ impl Users {
             Some(records) => snapshot.replace_all(records),
             None => snapshot.replace_all(&store.load_all().await?),
         }
-        let path = resilience.journal.clone();
-        let (entries, damage) = journal::read(&path)?;
-        if let Some(d) = &damage {
-            tracing::error!(
-                journal = %path.display(), offset = d.offset, reason = %d.reason, kept = entries.len(),
-                "journal tail is damaged (a crash mid-append?): replaying the intact prefix"
-            );
-        }
-        let mut journal = Journal::open(&path, entries.len())?;
-        if damage.is_some() {
-            journal.rewrite(&entries)?;
-        }
+        let owned = owner.is_some();
+        let (journal, entries) = match owner {
+            Some(owner) => {
+                let (journal, entries) = Journal::open(&path, owner)?;
+                (Some(journal), entries)
+            }
+            None => (None, Vec::new()),
+        };
         let mut breaker = Breaker::new(resilience.failures, resilience.backoff);
         if cold.is_some() {
             breaker.trip(Instant::now());
         }
+        let mut queued = Queued::new(cold.is_none());
+        if !entries.is_empty() {
+            // Queued by an earlier run: their checks were not made against this snapshot.
+            queued.unknown();
+        }
+        let stats = Stats::default();
+        if let Some(j) = &journal {
+            stats.quarantined.store(j.quarantined(), Ordering::Relaxed);
+        }
+        let ownership = if owned {
+            Ownership::Owned
+        } else {
+            Ownership::Awaiting
+        };
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(Writer::new(&store)),
             store,
             snapshot,
             breaker: std::sync::Mutex::new(breaker),
             journal: std::sync::Mutex::new(journal),
+            journal_path: path,
+            ownership: tokio::sync::watch::channel(ownership).0,
+            queued: std::sync::Mutex::new(queued),
             copy,
             copied: std::sync::atomic::AtomicU64::new(u64::MAX),
             from_copy: AtomicBool::new(cold.is_some()),
             closing: AtomicBool::new(false),
-            stats: Stats::default(),
+            stats,
         });
         if !entries.is_empty() && cold.is_none() {
             tracing::warn!(
@@ -123,13 +151,9 @@ impl Users {
                 "replaying writes queued by an earlier run"
             );
             let mut writer = shared.writer.lock().await;
-            match supervise::replay(&shared, &mut writer).await {
-                // Some may have been committed before the crash: their answers were lost.
-                Ok(_) => shared.snapshot.replace_all(&shared.store.load_all().await?),
-                Err(e) => {
-                    tracing::error!(error = %e, "replay failed; writes stay queued until the store is back");
-                    lock(&shared.breaker).trip(Instant::now());
-                }
+            if let Err(e) = supervise::recover(&shared, &mut writer).await {
+                tracing::error!(error = %e, "replay failed; writes stay queued until the store is back");
+                lock(&shared.breaker).trip(Instant::now());
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -137,6 +161,9 @@ impl Users {
         tokio::spawn(supervise::supervise(Arc::downgrade(&shared)));
         if shared.store.is_shared() {
             tokio::spawn(crate::follow::follow_changes(Arc::downgrade(&shared)));
+        }
+        if !owned {
+            tokio::spawn(take_over(shared.clone()));
         }
         Ok(Self {
             shared,
@@ -148,9 +175,11 @@ impl Users {
     }
 
     /// Stops taking writes, waits until every write already taken is answered (committed or
-    /// queued), saves the local copy and closes the store. The breaker is not touched: a clean
-    /// shutdown is not an outage.
+    /// queued), saves the local copy, releases the journal (a new server waiting for it takes
+    /// over at once) and closes the store. The breaker is not touched: a clean shutdown is not
+    /// an outage.
     pub async fn close(&self) {
+        self.stop_waiting_for_journal();
         drop(lock(&self.lane.queue).take());
         let committer = lock(&self.lane.committer).take();
         if let Some(committer) = committer
@@ -164,8 +193,23 @@ impl Users {
         if let Err(e) = supervise::save_copy(&self.shared).await {
             tracing::warn!(error = %e, "cannot save the local snapshot copy");
         }
+        self.shared.ownership.send_replace(Ownership::GaveUp);
+        drop(lock(&self.shared.journal).take());
         writer.close().await;
         self.shared.store.close().await;
+    }
+
+    /// This server stops before it ever owned the journal (it is being replaced or shut down
+    /// during a handover): writes waiting for the journal are refused now (-32000, nothing
+    /// changed, retry on the new server) instead of holding up the drain. Nothing otherwise.
+    pub fn stop_waiting_for_journal(&self) {
+        self.shared.ownership.send_if_modified(|o| {
+            let waiting = *o == Ownership::Awaiting;
+            if waiting {
+                *o = Ownership::GaveUp;
+            }
+            waiting
+        });
     }
 
     /// Replaces the snapshot with the store's content (after another process wrote to it).
@@ -175,6 +219,11 @@ impl Users {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// The journal's path (its lock, quarantine and local copy sit beside it).
+    pub fn journal_path(&self) -> &std::path::Path {
+        &self.shared.journal_path
     }
 
     pub fn stats(&self) -> &Stats {
@@ -254,5 +303,83 @@ impl Users {
             .await
             .map_err(|_| UserError::ShuttingDown)?;
         answer.await.map_err(|_| UserError::ShuttingDown)?
+    }
+}
+
+/// An upgrade's new server: waits until the old one releases the journal, then owns it. The old
+/// one's last writes are then final (committed, or in the journal): the snapshot is reloaded, or
+/// the journal replayed first, before any write of this server is committed or queued.
+async fn take_over(shared: Arc<Shared>) {
+    const POLL: Duration = Duration::from_millis(20);
+    let mut warned = Instant::now();
+    loop {
+        if *shared.ownership.borrow() != Ownership::Awaiting {
+            return;
+        }
+        let owner = match Owner::acquire(&shared.journal_path) {
+            Ok(owner) => owner,
+            Err(JournalError::Held { pid, .. }) => {
+                if warned.elapsed() >= Duration::from_secs(10) {
+                    warned = Instant::now();
+                    tracing::warn!(holder = ?pid, journal = %shared.journal_path.display(),
+                        "still waiting for the previous server to release the journal; writes wait");
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the journal over; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let writer = shared.writer.lock().await;
+        let (journal, entries) = match Journal::open(&shared.journal_path, owner) {
+            Ok(opened) => opened,
+            Err(e) => {
+                drop(writer);
+                tracing::error!(error = %e, "cannot open the journal; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        shared
+            .stats
+            .quarantined
+            .store(journal.quarantined(), Ordering::Relaxed);
+        *lock(&shared.journal) = Some(journal);
+        if entries.is_empty() {
+            match shared.store.load_all().await {
+                Ok(records) => {
+                    shared.snapshot.replace_all(&records);
+                    lock(&shared.queued).clear();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload what the previous server wrote; reloading once the store answers");
+                    lock(&shared.queued).unknown();
+                    lock(&shared.breaker).trip(Instant::now());
+                }
+            }
+        } else {
+            // The supervisor replays them (and reloads) before any new write goes ahead.
+            lock(&shared.queued).unknown();
+        }
+        let won = shared.ownership.send_if_modified(|o| {
+            let waiting = *o == Ownership::Awaiting;
+            if waiting {
+                *o = Ownership::Owned;
+            }
+            waiting
+        });
+        if won {
+            tracing::info!(
+                queued = entries.len(),
+                "took the journal over from the previous server"
+            );
+        } else {
+            drop(lock(&shared.journal).take());
+        }
+        drop(writer);
+        return;
     }
 }

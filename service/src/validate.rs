@@ -3,6 +3,12 @@
 use serde_json::{Map, Value};
 
 pub const MAX_ID_LEN: usize = 256;
+/// Deepest nesting a user document may have (the user object itself is level 1). Every copy of
+/// a document (a journal record, the local copy, the store's text) wraps it in a few levels of
+/// its own and is read back with serde_json's limit of 128: anything accepted here reads back.
+pub const MAX_DEPTH: usize = 64;
+/// Largest user document, as JSON text.
+pub const MAX_DOC_BYTES: usize = 1 << 20;
 
 /// Why a user (or a list of them) was refused; the message is for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +33,7 @@ pub fn validate(user: Value) -> Result<NewUser, Invalid> {
     };
     doc.remove("rev");
     doc.remove("updated_at");
+    bounded(&doc)?;
     let id = match doc.get("id") {
         None | Some(Value::Null) => {
             let id = uuid::Uuid::now_v7().to_string();
@@ -55,6 +62,48 @@ pub fn validate(user: Value) -> Result<NewUser, Invalid> {
         }
     };
     Ok(NewUser { id, doc })
+}
+
+/// Refuses a document deeper than `MAX_DEPTH` or longer than `MAX_DOC_BYTES`.
+fn bounded(doc: &Map<String, Value>) -> Result<(), Invalid> {
+    let depth = 1 + doc.values().map(depth).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        return Err(Invalid(format!(
+            "a user may be nested at most {MAX_DEPTH} levels deep (the user object is level 1); this one is {depth}"
+        )));
+    }
+    let mut size = Counter(0);
+    // Writing to a counter cannot fail; a map of JSON values always serializes.
+    let _ = serde_json::to_writer(&mut size, doc);
+    if size.0 > MAX_DOC_BYTES {
+        return Err(Invalid(format!(
+            "a user may be at most {MAX_DOC_BYTES} bytes as JSON; this one is {}",
+            size.0
+        )));
+    }
+    Ok(())
+}
+
+/// Levels of nesting of a value: 0 for a scalar.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Validates a list of users as one unit (bulk write, import, pull): every user valid, no id twice.
@@ -113,5 +162,33 @@ mod tests {
         assert_eq!(twice.expect_err("dup").0, "user #1: id \"a\" appears twice");
         let anon = validate_list(vec![json!({"n": 1})], true);
         assert_eq!(anon.expect_err("no id").0, "user #0 has no \"id\"");
+    }
+
+    /// A user object nested `levels` deep (itself included).
+    pub(crate) fn nested(levels: usize) -> Value {
+        let mut v = json!(1);
+        for n in 1..levels {
+            v = if n % 2 == 0 {
+                json!([v])
+            } else {
+                json!({"d": v})
+            };
+        }
+        json!({"id": "deep", "d": v})
+    }
+
+    #[test]
+    fn depth_and_size_limits() {
+        assert_eq!(depth(&nested(MAX_DEPTH)), MAX_DEPTH);
+        assert!(validate(nested(MAX_DEPTH)).is_ok());
+        let e = validate(nested(MAX_DEPTH + 1)).expect_err("too deep").0;
+        assert!(e.contains("at most 64 levels") && e.ends_with("65"), "{e}");
+        let big = json!({"id": "big", "s": "x".repeat(MAX_DOC_BYTES)});
+        let e = validate(big).expect_err("too big").0;
+        assert!(e.contains("at most 1048576 bytes"), "{e}");
+        // Exactly at the limit reads back through every wrapping a copy adds.
+        let doc = validate(nested(MAX_DEPTH)).expect("valid").doc;
+        let wrapped = json!([[{"op": {"users": [["deep", doc]]}}]]).to_string();
+        serde_json::from_str::<Value>(&wrapped).expect("reads back");
     }
 }

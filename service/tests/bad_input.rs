@@ -215,7 +215,14 @@ fn failures_print_one_line() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let addr = s.addr().to_string();
-    let taken = run(&["--listen", &addr, "--database-url", "sqlite://taken.db"]);
+    let taken = run(&[
+        "--listen",
+        &addr,
+        "--database-url",
+        "sqlite://taken.db",
+        "--journal",
+        "taken.journal",
+    ]);
     assert_eq!(taken.lines().count(), 1, "{taken}");
     assert!(
         taken.starts_with(&format!("usersvc: cannot listen on {addr}: ")),

@@ -58,9 +58,18 @@ fn a_cold_start_serves_the_local_copy_queues_writes_and_replays_them() {
     );
     let queued = s.call("put_user", json!({"user": {"id": "c", "name": "Cy"}}));
     assert_eq!(queued["result"]["queued"], true, "{queued}");
-    // Checked against the copy's state: a stale rev is refused now, not queued to fail later.
-    let stale = s.call("put_user", json!({"user": {"id": "a"}, "rev": 1}));
-    assert_eq!(stale["error"]["code"], -32002, "{stale}");
+    // The copy may be behind the store: a conditional write cannot be checked against it, so
+    // it is refused (nothing changed, retry later) rather than acknowledged and lost on replay.
+    for rev in [1, 2] {
+        let r = s.call("put_user", json!({"user": {"id": "a"}, "rev": rev}));
+        assert_eq!(r["error"]["code"], -32000, "{r}");
+        assert!(
+            r["error"]["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("cannot be checked")),
+            "{r}"
+        );
+    }
 
     pg.restart();
     testbed::eventually(
@@ -121,5 +130,72 @@ fn without_a_usable_copy_it_refuses_to_start_and_names_the_copy() {
     assert!(
         stderr.contains("no snapshot copy at usersvc.snapshot"),
         "{stderr}"
+    );
+}
+
+/// A user `id` nested exactly `levels` deep (the user object is level 1).
+fn nested(id: &str, levels: usize) -> Value {
+    let mut v = json!("leaf");
+    for n in 1..levels {
+        v = if n % 2 == 0 {
+            json!([v])
+        } else {
+            json!({"d": v})
+        };
+    }
+    json!({"id": id, "d": v})
+}
+
+#[test]
+fn a_document_at_the_depth_limit_reads_back_through_the_journal_the_copy_and_the_store() {
+    let limit = service::validate::MAX_DEPTH;
+    let mut pg = Postgres::start();
+    let mut s = on(&pg);
+    let same = |got: &Value, want: &Value| {
+        assert_eq!(got["d"], want["d"], "document changed on its way back");
+    };
+    // The store.
+    s.result("put_user", json!({"user": nested("stored", limit)}));
+    same(
+        &s.result("get_user", json!(["stored"])),
+        &nested("stored", limit),
+    );
+    // One level more is refused, and the answer names the limit.
+    let r = s.call("put_user", json!({"user": nested("deeper", limit + 1)}));
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let data = r["error"]["data"].as_str().unwrap_or_default();
+    assert!(data.contains(&format!("at most {limit} levels")), "{r}");
+    // The local copy.
+    copy_holds(&s, 1);
+    // The journal: three such writes queued during an outage, then a restart during it.
+    pg.crash();
+    for n in 0..3 {
+        let r = s.call("put_user", json!({"user": nested(&format!("q{n}"), limit)}));
+        assert_eq!(r["result"]["queued"], true, "{r}");
+    }
+    s.kill();
+    s.start_again_with_health(503);
+    same(
+        &s.result("get_user", json!(["stored"])),
+        &nested("stored", limit),
+    );
+    pg.restart();
+    testbed::eventually("the journal is replayed", Duration::from_secs(30), || {
+        let h = s.get("/health");
+        h.status == 200 && h.json()["journal_depth"] == 0
+    });
+    for n in 0..3 {
+        let id = format!("q{n}");
+        let stored: Value =
+            serde_json::from_str(&pg.psql(&format!("SELECT doc FROM users WHERE id = '{id}'")))
+                .expect("stored as JSON");
+        same(&stored, &nested(&id, limit));
+        same(&s.result("get_user", json!([id])), &nested(&id, limit));
+    }
+    let h = s.get("/health").json();
+    assert_eq!(
+        (h["replay_conflicts"].clone(), h["quarantined"].clone()),
+        (json!(0), json!(0)),
+        "{h}"
     );
 }

@@ -153,6 +153,16 @@ fn killed_with_queued_writes(pg: &mut Postgres, to: u32) -> (Usersvc, std::path:
     (s, journal)
 }
 
+/// Bytes taken by the first two records of a journal.
+fn intact_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    for _ in 0..2 {
+        at += 8 + u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+            as usize;
+    }
+    at
+}
+
 #[test]
 fn a_journal_cut_short_replays_its_intact_prefix() {
     let mut pg = Postgres::start();
@@ -162,7 +172,15 @@ fn a_journal_cut_short_replays_its_intact_prefix() {
     std::fs::write(&journal, &bytes[..bytes.len() - 7]).expect("truncate");
     pg.restart();
     s.start_again();
-    assert!(s.log().contains("journal tail is damaged"), "{}", s.log());
+    assert!(s.log().contains("last record is cut short"), "{}", s.log());
+    // Moved aside, bytes intact, not dropped.
+    let quarantined =
+        std::fs::read(s.dir().join("usersvc.journal.quarantine")).expect("quarantine");
+    assert_eq!(
+        quarantined.len(),
+        8 + (bytes.len() - 7) - intact_len(&bytes)
+    );
+    assert_eq!(s.get("/health").json()["quarantined"], 1);
     let (rev, doc) = stored(&pg, "seq");
     assert_eq!(
         (rev, doc["n"].clone()),
@@ -176,24 +194,48 @@ fn a_journal_cut_short_replays_its_intact_prefix() {
 }
 
 #[test]
+fn a_conditional_write_is_checked_against_the_writes_queued_ahead_of_it() {
+    let mut pg = Postgres::start();
+    let s = on(&pg);
+    s.result("put_user", json!({"user": {"id": "x", "v": 0}}));
+    pg.stop();
+    let first = s.call("put_user", json!({"user": {"id": "x", "v": 1}, "rev": 1}));
+    assert_eq!(first["result"]["queued"], true, "{first}");
+    // The queued write will leave rev 2: a second write on rev 1 cannot win, so it is refused
+    // now rather than acknowledged and then lost on replay.
+    let second = s.call("put_user", json!({"user": {"id": "x", "v": 2}, "rev": 1}));
+    assert_eq!(second["error"]["code"], -32002, "{second}");
+    assert_eq!(second["error"]["data"]["current"], 2, "{second}");
+    let third = s.call("put_user", json!({"user": {"id": "x", "v": 3}, "rev": 2}));
+    assert_eq!(third["result"]["queued"], true, "{third}");
+    pg.restart();
+    replayed(&s);
+    let (rev, doc) = stored(&pg, "x");
+    assert_eq!((rev, doc["v"].clone()), (3, json!(3)));
+    assert_eq!(s.get("/health").json()["replay_conflicts"], 0);
+}
+
+#[test]
 fn a_conflict_found_on_replay_is_reported_not_dropped_silently() {
     let mut pg = Postgres::start();
     let s = on(&pg);
     s.result("put_user", json!({"user": {"id": "x", "v": 0}}));
     pg.stop();
-    // Both pass the check against the last known state (rev 1); only the first can win.
-    for v in [1, 2] {
-        let r = s.call("put_user", json!({"user": {"id": "x", "v": v}, "rev": 1}));
-        assert_eq!(r["result"]["queued"], true, "{r}");
-    }
+    let r = s.call("put_user", json!({"user": {"id": "x", "v": 1}, "rev": 1}));
+    assert_eq!(r["result"]["queued"], true, "{r}");
+    // Another instance writes "x" before this one replays (usersvc is frozen meanwhile, so
+    // the order is certain): the queued write's condition no longer holds.
+    s.signal(libc::SIGSTOP);
     pg.restart();
+    pg.psql("UPDATE users SET rev = 2 WHERE id = 'x'");
+    s.signal(libc::SIGCONT);
     eventually("the journal is replayed", || {
         s.get("/health").json()["journal_depth"] == 0
     });
     let h = s.get("/health").json();
     assert_eq!(
         (h["replayed_total"].clone(), h["replay_conflicts"].clone()),
-        (json!(1), json!(1)),
+        (json!(0), json!(1)),
         "{h}"
     );
     assert!(
@@ -203,7 +245,7 @@ fn a_conflict_found_on_replay_is_reported_not_dropped_silently() {
         s.log()
     );
     let (rev, doc) = stored(&pg, "x");
-    assert_eq!((rev, doc["v"].clone()), (2, json!(1)));
+    assert_eq!((rev, doc["v"].clone()), (2, json!(0)));
 }
 
 fn with_defaults(pg: &Postgres, extra: &[&str]) -> Usersvc {
@@ -379,4 +421,54 @@ fn a_journal_with_a_flipped_byte_replays_the_records_before_it() {
     assert!(s.log().contains("checksum mismatch"), "{}", s.log());
     let (rev, doc) = stored(&pg, "seq");
     assert_eq!((rev, doc["n"].clone()), (3, json!(2)));
+}
+
+#[test]
+fn an_undecodable_record_is_quarantined_and_the_records_around_it_replayed() {
+    let mut pg = Postgres::start();
+    let (mut s, journal) = killed_with_queued_writes(&mut pg, 4);
+    // Replace the second of the three records with a well-framed one that is not a write.
+    let bytes = std::fs::read(&journal).expect("journal exists");
+    let one = 8 + u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let two = intact_len(&bytes);
+    let odd = br#"{"write_id":"w-odd","op":{"op":"teleport"}}"#;
+    let mut frame = (odd.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&crc32fast::hash(odd).to_be_bytes());
+    frame.extend_from_slice(odd);
+    let damaged = [&bytes[..one], &frame[..], &bytes[two..]].concat();
+    std::fs::write(&journal, &damaged).expect("damage");
+    pg.restart();
+    s.start_again();
+    // n = 1 and n = 3 applied, in order: rev 1 (n = 0) + 2.
+    let (rev, doc) = stored(&pg, "seq");
+    assert_eq!((rev, doc["n"].clone()), (3, json!(3)));
+    let quarantined =
+        std::fs::read(s.dir().join("usersvc.journal.quarantine")).expect("quarantine");
+    assert_eq!(quarantined, frame, "moved bytes intact");
+    let h = s.get("/health").json();
+    assert_eq!(
+        (h["quarantined"].clone(), h["journal_depth"].clone()),
+        (json!(1), json!(0)),
+        "{h}"
+    );
+    assert!(
+        s.log().contains("w-odd"),
+        "logged with its write id: {}",
+        s.log()
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_journal_is_refused_naming_the_holder() {
+    let s = Usersvc::start();
+    let (status, stderr) = s.run_to_failure();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("usersvc: the journal usersvc.journal is in use by another usersvc")
+            && stderr.contains(&format!("(pid {})", s.pid())),
+        "{stderr}"
+    );
+    // The first one was not disturbed.
+    assert_eq!(s.result("ping", Value::Null), "pong");
 }

@@ -1,0 +1,124 @@
+//! Files usersvc replaces whole (the journal when it is rewritten, the local snapshot copy, the
+//! pid file) are written one way: a temp file beside the target, created exclusively (never an
+//! existing file, never through a symlink) and private (0600), filled, fsync'd, renamed over the
+//! target, then the directory fsync'd so the rename itself survives a crash. A reader sees the
+//! old content or the new, whole; a crash at any point leaves one of them.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Mode of every file usersvc creates: its users' data is nobody else's.
+pub const PRIVATE: u32 = 0o600;
+
+/// Replaces `path` with what `fill` writes, atomically and durably.
+pub fn write(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let (tmp, mut file) = create_temp(path)?;
+    let written = fill(&mut file)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(path)
+}
+
+/// Opens `path` for appending, creating it private (0600) if missing.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE)
+        .open(path)
+}
+
+/// fsyncs the directory holding `path`, so a create or rename in it is durable.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// A new file beside `path` with a name no one can predict and no one else holds.
+fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    loop {
+        let nonce = uuid::Uuid::now_v7().simple().to_string();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(".{name}.{}.{seq}.{nonce}.tmp", std::process::id()));
+        // O_EXCL refuses an existing file and a symlink alike; O_NOFOLLOW says so twice.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
+        write(path, |f| f.write_all(bytes))
+    }
+
+    #[test]
+    fn replaces_whole_private_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        write_bytes(&path, b"one").expect("write");
+        write_bytes(&path, b"two").expect("rewrite");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, PRIVATE);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f")], "no temp left");
+    }
+
+    #[test]
+    fn a_failed_fill_keeps_the_old_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        write_bytes(&path, b"old").expect("write");
+        let failed = write(&path, |f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&path).expect("read"), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("victim");
+        let path = dir.path().join("f");
+        std::os::unix::fs::symlink(&victim, &path).expect("link");
+        write_bytes(&path, b"ours").expect("write");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
+        assert!(!std::fs::symlink_metadata(&path).expect("meta").is_symlink());
+    }
+}
