@@ -27,7 +27,10 @@ Examples:
   check_jsonrpc -H app1 -p 8080 -m ping --expect '=\"pong\"'
   check_jsonrpc -H app1 -p 8080 -m get_users --count '' --value-warning 1: --value-critical 1:
   check_jsonrpc -H node -p 8545 -m eth_blockNumber --value '' --value-critical 1:
-  check_jsonrpc -H api.example.com -S -u /rpc --bearer \"$TOKEN\" -w 0.5 -c 2";
+  check_jsonrpc -H api.example.com -S -u /rpc --bearer-file /etc/nagios4/api.token -w 0.5 -c 2
+
+Secrets: prefer --bearer-file, --authorization-file or CHECK_JSONRPC_BEARER to --bearer and -a,
+which any local user can read in ps.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,13 +98,30 @@ pub struct Args {
     #[arg(short = 'c', long = "critical", value_name = "RANGE")]
     critical: Option<String>,
 
-    /// HTTP basic auth as USER:PASSWORD
+    /// HTTP basic auth as USER:PASSWORD (visible in ps: prefer --authorization-file)
     #[arg(short = 'a', long = "authorization", value_name = "USER:PASSWORD")]
     authorization: Option<String>,
 
-    /// Send Authorization: Bearer TOKEN
-    #[arg(long = "bearer", value_name = "TOKEN")]
+    /// HTTP basic auth read from FILE (USER:PASSWORD, a trailing newline dropped)
+    #[arg(
+        long = "authorization-file",
+        value_name = "FILE",
+        conflicts_with = "authorization"
+    )]
+    authorization_file: Option<std::path::PathBuf>,
+
+    /// Send Authorization: Bearer TOKEN (visible in ps: prefer --bearer-file or the environment)
+    #[arg(
+        long = "bearer",
+        value_name = "TOKEN",
+        env = "CHECK_JSONRPC_BEARER",
+        hide_env_values = true
+    )]
     bearer: Option<String>,
+
+    /// Send Authorization: Bearer with the token read from FILE (a trailing newline dropped)
+    #[arg(long = "bearer-file", value_name = "FILE", conflicts_with = "bearer")]
+    bearer_file: Option<std::path::PathBuf>,
 
     /// Extra header "Name: value" (repeatable)
     #[arg(short = 'k', long = "header", value_name = "HEADER")]
@@ -215,7 +235,11 @@ impl Args {
             )
         })?;
         let mut headers = Vec::new();
-        if let Some(auth) = &self.authorization {
+        let authorization = match &self.authorization_file {
+            Some(path) => Some(secret("--authorization-file", path)?),
+            None => self.authorization.clone(),
+        };
+        if let Some(auth) = &authorization {
             if !auth.contains(':') {
                 return Err("-a/--authorization must be USER:PASSWORD".into());
             }
@@ -224,7 +248,11 @@ impl Args {
                 format!("Basic {}", BASE64.encode(auth.as_bytes())),
             ));
         }
-        if let Some(token) = &self.bearer {
+        let bearer = match &self.bearer_file {
+            Some(path) => Some(secret("--bearer-file", path)?),
+            None => self.bearer.clone(),
+        };
+        if let Some(token) = &bearer {
             headers.push(("Authorization".into(), format!("Bearer {token}")));
         }
         for h in &self.header {
@@ -331,6 +359,18 @@ where
             }
         },
     }
+}
+
+/// A secret read from a file: its content without the trailing newline; the error names the
+/// file, never its content.
+fn secret(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{flag} {}: the file is empty", path.display()));
+    }
+    Ok(secret.to_owned())
 }
 
 #[cfg(test)]

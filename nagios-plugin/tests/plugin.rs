@@ -243,6 +243,37 @@ fn auth_headers_reach_the_server() {
         "OK",
         "pong",
     );
+    // Secrets kept off the command line: a file (its newline dropped), or the environment.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0k\n").expect("token");
+    let file = token.to_str().expect("utf-8");
+    expect(
+        &["-H", "127.0.0.1", "-p", &port, "--bearer-file", file],
+        0,
+        "OK",
+        "pong",
+    );
+    let from_env = Command::new(env!("CARGO_BIN_EXE_check_jsonrpc"))
+        .args(["-H", "127.0.0.1", "-p", &port])
+        .env("CHECK_JSONRPC_BEARER", "t0k")
+        .output()
+        .expect("run");
+    assert_eq!(from_env.status.code(), Some(0));
+    let missing = expect(
+        &[
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--bearer-file",
+            "/nonexistent/token",
+        ],
+        3,
+        "UNKNOWN",
+        "--bearer-file /nonexistent/token",
+    );
+    assert!(!missing.stdout.contains("t0k"));
 
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let keep = seen.clone();

@@ -35,6 +35,24 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Takes group and other permissions off an existing file of ours (one left by an older
+/// version or another umask). Nothing when it is missing or already private.
+pub fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "made private (0600): it holds users' data")
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot make it private"),
+        }
+    }
+}
+
 /// fsyncs the directory holding `path`, so a create or rename in it is durable.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {

@@ -85,7 +85,13 @@ pub struct Options {
     pub listen: Option<String>,
 
     /// sqlite://PATH (created on first run) or postgres://USER@HOST:PORT/DB [default: sqlite://usersvc.db]
-    #[arg(long, env = "USERSVC_DATABASE_URL", value_name = "URL", global = true)]
+    #[arg(
+        long,
+        env = "USERSVC_DATABASE_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 
     /// Require `Authorization: Bearer TOKEN` on POST / (GET /health and /version stay open)
@@ -98,9 +104,51 @@ pub struct Options {
     )]
     pub auth_token: Option<String>,
 
+    /// Read the bearer token from this file (its trailing newline dropped); keeps it off the
+    /// command line and out of the environment. Prefer it to --auth-token
+    #[arg(
+        long,
+        env = "USERSVC_AUTH_TOKEN_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    pub auth_token_file: Option<PathBuf>,
+
     /// Largest request body in bytes; larger ones get HTTP 413 (at most 67108864) [default: 1048576]
     #[arg(long, env = "USERSVC_BODY_LIMIT", value_name = "BYTES", global = true)]
     pub body_limit: Option<usize>,
+
+    /// Most calls in one JSON-RPC batch; a larger batch is refused whole (-32600) [default: 1000]
+    #[arg(long, env = "USERSVC_MAX_BATCH", value_name = "N", global = true)]
+    pub max_batch: Option<usize>,
+
+    /// Largest answer to one request in bytes; a read past it is refused (-32004: page with limit/after) [default: 16777216]
+    #[arg(
+        long,
+        env = "USERSVC_MAX_RESPONSE",
+        value_name = "BYTES",
+        global = true
+    )]
+    pub max_response: Option<usize>,
+
+    /// Longest a client may take to send a request's headers; then the connection is closed [default: 10s]
+    #[arg(long, env = "USERSVC_HEADER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
+    pub header_timeout: Option<Duration>,
+
+    /// Longest a keep-alive connection may sit idle between requests [default: 60s]
+    #[arg(long, env = "USERSVC_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
+    pub idle_timeout: Option<Duration>,
+
+    /// Longest a client may take to send a request's body (HTTP 408 after it) [default: 30s]
+    #[arg(long, env = "USERSVC_BODY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
+    #[serde(default, with = "duration_text")]
+    pub body_timeout: Option<Duration>,
+
+    /// Most open client connections; past it the longest-idle ones are closed to make room [default: the open-file limit less 64]
+    #[arg(long, env = "USERSVC_MAX_CONNECTIONS", value_name = "N", global = true)]
+    pub max_connections: Option<usize>,
 
     /// Longest a request may take, e.g. 500ms, 30s, 1m [default: 30s]
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
@@ -126,7 +174,13 @@ pub struct Options {
     pub breaker_backoff: Option<Duration>,
 
     /// Pull users from this URL (a JSON array of user objects with ids) every --pull-interval
-    #[arg(long, env = "USERSVC_PULL_URL", value_name = "URL", global = true)]
+    #[arg(
+        long,
+        env = "USERSVC_PULL_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub pull_url: Option<String>,
 
     /// How often to pull [default: 1m]
@@ -213,8 +267,21 @@ pub struct Settings {
     #[serde(default = "default::database_url")]
     pub database_url: String,
     pub auth_token: Option<String>,
+    pub auth_token_file: Option<PathBuf>,
     #[serde(default = "default::body_limit")]
     pub body_limit: usize,
+    #[serde(default = "default::max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default::max_response")]
+    pub max_response: usize,
+    #[serde(default = "default::header_timeout", with = "duration_text::required")]
+    pub header_timeout: Duration,
+    #[serde(default = "default::idle_timeout", with = "duration_text::required")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default::body_timeout", with = "duration_text::required")]
+    pub body_timeout: Duration,
+    /// `None`: from the open-file limit (`server::Limits`).
+    pub max_connections: Option<usize>,
     #[serde(default = "default::request_timeout", with = "duration_text::required")]
     pub request_timeout: Duration,
     #[serde(default = "default::journal")]
@@ -263,6 +330,21 @@ mod default {
         1024 * 1024
     }
     pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_batch() -> usize {
+        1000
+    }
+    pub fn max_response() -> usize {
+        16 * 1024 * 1024
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn body_timeout() -> Duration {
         Duration::from_secs(30)
     }
     pub fn journal() -> PathBuf {
@@ -353,17 +435,80 @@ impl Options {
         let mut settings: Settings =
             serde_json::from_value(merged.into()).map_err(|e| invalid(e.to_string()))?;
         settings.auth_token = settings.auth_token.filter(|t| !t.is_empty());
-        if settings.body_limit > MAX_BODY_LIMIT {
-            return Err(ConfigError::Setting(format!(
-                "body_limit (--body-limit) is {} bytes; at most {MAX_BODY_LIMIT} (64 MiB) is allowed",
-                settings.body_limit
-            )));
+        settings.check()?;
+        if let Some(path) = &settings.auth_token_file {
+            if settings.auth_token.is_some() {
+                return Err(ConfigError::Setting(
+                    "auth_token and auth_token_file are both set: keep one (the file)".into(),
+                ));
+            }
+            settings.auth_token = Some(read_secret(path)?);
         }
         Ok(settings)
     }
 }
 
+/// A secret from a file: its content without the trailing newline; never empty, never printed.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(ConfigError::Setting(format!(
+            "auth_token_file {} is empty: write the token in it",
+            path.display()
+        )));
+    }
+    Ok(secret.to_owned())
+}
+
 impl Settings {
+    /// Refuses settings that cannot work, naming the setting and what is allowed.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Setting(m));
+        for (name, d) in [
+            ("request_timeout", self.request_timeout),
+            ("store_timeout", self.store_timeout),
+            ("breaker_backoff", self.breaker_backoff),
+            ("pull_interval", self.pull_interval),
+            ("pull_timeout", self.pull_timeout),
+            ("riemann_interval", self.riemann_interval),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!(
+                    "{name} (--{}) is 0: it must be longer than that, e.g. 500ms or 5s",
+                    name.replace('_', "-")
+                ));
+            }
+        }
+        for (name, n, least) in [
+            ("body_limit", self.body_limit, 1),
+            ("max_batch", self.max_batch, 1),
+            ("max_response", self.max_response, 1024),
+            ("max_connections", self.max_connections.unwrap_or(1), 1),
+            ("pull_max_size", self.pull_max_size as usize, 1),
+        ] {
+            if n < least {
+                return bad(format!(
+                    "{name} (--{}) is {n}: at least {least}",
+                    name.replace('_', "-")
+                ));
+            }
+        }
+        if self.body_limit > MAX_BODY_LIMIT {
+            return bad(format!(
+                "body_limit (--body-limit) is {} bytes; at most {MAX_BODY_LIMIT} (64 MiB) is allowed",
+                self.body_limit
+            ));
+        }
+        Ok(())
+    }
+
     pub fn resilience(&self) -> crate::users::Resilience {
         crate::users::Resilience {
             journal: self.journal.clone(),
@@ -400,8 +545,31 @@ fn load_file(path: &Path) -> Result<Options, ConfigError> {
     })?;
     toml::from_str(&text).map_err(|e| ConfigError::Invalid {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: toml_message(&text, &e),
     })
+}
+
+/// Where a TOML error is and what it says, without quoting the file: the line may hold a
+/// secret (`auth_token = "…"`).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |n| n + 1);
+            let column = before.len() - start + 1;
+            // The key is named (never the value): `name = …` at the start of that line.
+            let key = text[start..].split('=').next().map(str::trim).filter(|k| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+            match key {
+                Some(key) => format!("line {line}, column {column} ({key}): {message}"),
+                None => format!("line {line}, column {column}: {message}"),
+            }
+        }
+        None => message.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +616,52 @@ mod tests {
             err.to_string().contains("store_timeout") && err.to_string().contains("500ms"),
             "{err}"
         );
+
+        // A TOML error names the line, never echoes it: it may hold the token.
+        std::fs::write(&path, "auth_token = \"s3cret-token\" oops\n").expect("write");
+        let err = Options {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("bad TOML");
+        assert!(
+            err.to_string().contains("line 1") && !err.to_string().contains("s3cret"),
+            "{err}"
+        );
+
+        // Settings that cannot work fail at start, named.
+        std::fs::write(&path, "pull_interval = \"0s\"\n").expect("write");
+        let err = Options {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("zero interval");
+        assert!(
+            err.to_string()
+                .starts_with("pull_interval (--pull-interval) is 0"),
+            "{err}"
+        );
+
+        // The token from a file, its newline dropped; not with auth_token too.
+        let token = dir.join("token");
+        std::fs::write(&token, "from-file\n").expect("write");
+        let s = Options {
+            auth_token_file: Some(token.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(s.auth_token.as_deref(), Some("from-file"));
+        let err = Options {
+            auth_token_file: Some(token),
+            auth_token: Some("x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("both");
+        assert!(err.to_string().contains("both set"), "{err}");
 
         std::fs::write(&path, "lisen = \"x\"\n").expect("write");
         let err = Options {

@@ -3,7 +3,8 @@
 //!
 //! `POST /` is the handler wrapped in layers, one job each, outermost first: [`record`] (the
 //! request metrics, refusals included) → [`require_bearer`] (only with `--auth-token`) →
-//! [`require_json`] → `DefaultBodyLimit` (413, enforced by the `Bytes` extractor) → [`rpc_endpoint`].
+//! [`require_json`] → [`read_body`] (the whole body within `--body-limit` (413) and
+//! `--body-timeout` (408)) → [`rpc_endpoint`] (within `--max-batch` and `--max-response`).
 //! The request deadline is not a layer: a tower timeout answers for the whole body, but a call
 //! past it must be answered -32003 under its own id, which only the dispatcher knows
 //! (`rpc::Deadline`).
@@ -14,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::rpc::{self, Reply, RpcError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +29,16 @@ pub struct HttpConfig {
     pub pull: Option<Arc<crate::pull::PullStats>>,
     pub auth_token: Option<String>,
     pub body_limit: usize,
+    pub body_timeout: Duration,
     pub request_timeout: Duration,
+    pub limits: rpc::Limits,
+}
+
+/// What [`read_body`] allows one body.
+#[derive(Clone, Copy)]
+struct BodyBounds {
+    limit: usize,
+    timeout: Duration,
 }
 
 struct Shared {
@@ -40,8 +50,12 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
     let metrics = config.metrics.clone();
     let token = config.auth_token.clone().map(Arc::<str>::from);
     // route_layer: the layers see only POSTs; another method is a plain 405.
+    let bounds = BodyBounds {
+        limit: config.body_limit,
+        timeout: config.body_timeout,
+    };
     let mut rpc = post(rpc_endpoint)
-        .route_layer(DefaultBodyLimit::max(config.body_limit))
+        .route_layer(middleware::from_fn_with_state(bounds, read_body))
         .route_layer(middleware::from_fn(require_json));
     if let Some(token) = token {
         rpc = rpc.route_layer(middleware::from_fn_with_state(token, require_bearer));
@@ -138,6 +152,40 @@ async fn require_json(req: Request, next: Next) -> Response {
     }
 }
 
+/// Reads the whole body before the handler runs: at most `limit` bytes (413), within `timeout`
+/// (408, and the connection is closed): a slow or endless body costs no more than that.
+async fn read_body(State(bounds): State<BodyBounds>, req: Request, next: Next) -> Response {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    let too_large = || plain(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large\n");
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > bounds.limit as u64) {
+        return too_large();
+    }
+    let read = Limited::new(body, bounds.limit).collect();
+    match tokio::time::timeout(bounds.timeout, read).await {
+        Ok(Ok(collected)) => {
+            let body = axum::body::Body::from(collected.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => too_large(),
+        Ok(Err(_)) => plain(StatusCode::BAD_REQUEST, "request body could not be read\n"),
+        Err(_) => {
+            let mut resp = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
+}
+
 /// Marks a response whose body carries at least one JSON-RPC error object.
 #[derive(Clone, Copy)]
 struct HadError;
@@ -151,7 +199,8 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
         error: RpcError::new(codes::TIMEOUT, "Request timed out")
             .with_data(format!("no answer within {}", humantime::format_duration(timeout)).into()),
     };
-    match rpc::handle_body_counted(shared.api.as_ref(), &body, Some(&deadline)).await {
+    let limits = &shared.config.limits;
+    match rpc::handle_body_counted(shared.api.as_ref(), &body, Some(&deadline), limits).await {
         (Reply::Body(body), errors) => {
             let mut resp = json_response(StatusCode::OK, body);
             if errors > 0 {
@@ -176,10 +225,11 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let probe = tokio::time::timeout(Duration::from_secs(2), users.store().ping()).await;
     let store_error = match probe {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
+        Ok(Err(e)) => Some(crate::redact::text(&e.to_string())),
         Err(_) => Some("store did not answer within 2s".to_owned()),
     };
-    let ok = store_error.is_none() && !d.degraded();
+    let failed_tasks = users.tasks().failed();
+    let ok = store_error.is_none() && !d.degraded() && failed_tasks.is_empty();
     let stats = users.stats();
     let mut body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
@@ -194,6 +244,9 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         // Journal records that could not be replayed, kept bytes intact beside the journal.
         "quarantined": stats.quarantined.load(Ordering::Relaxed),
     });
+    if !failed_tasks.is_empty() {
+        body["failed_tasks"] = failed_tasks.into();
+    }
     if d.handover {
         body["journal"] = "waiting for the previous server to release it".into();
     }

@@ -13,6 +13,7 @@
 //! rewritten without it.
 
 use crate::atomic_file;
+use crate::validate::DocText;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
@@ -34,7 +35,7 @@ pub enum Op {
         expect: Option<i64>,
     },
     PutMany {
-        users: Vec<(String, Map<String, Value>)>,
+        users: Vec<(String, DocText)>,
     },
     Delete {
         id: String,
@@ -423,6 +424,34 @@ mod tests {
         assert_eq!(read_back(&path).0, vec![put(0), put(9)]);
         j.rewrite(&[]).expect("empty");
         assert_eq!(read_back(&path), (vec![], vec![]));
+    }
+
+    #[test]
+    fn every_kind_of_write_reads_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j");
+        let Value::Object(doc) = json!({"id": "b", "tags": [1, {"x": null}]}) else {
+            unreachable!("object")
+        };
+        let entries = vec![
+            put(1),
+            Entry {
+                write_id: "w-many".into(),
+                op: Op::PutMany {
+                    users: vec![("b".into(), DocText::new(&doc))],
+                },
+            },
+            Entry {
+                write_id: "w-del".into(),
+                op: Op::Delete {
+                    id: "u1".into(),
+                    expect: Some(3),
+                },
+            },
+        ];
+        let mut j = owned(&path);
+        j.append_all(&entries).expect("append");
+        assert_eq!(read_back(&path), (entries, vec![]));
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod pidfile;
 pub mod pull;
 mod queued;
+pub mod redact;
 pub mod release;
 pub mod rpc;
 mod server;
@@ -57,6 +58,7 @@ pub mod snapshot;
 pub mod snapshot_file;
 pub mod store;
 mod supervise;
+pub mod tasks;
 mod upgrade;
 pub mod users;
 pub mod validate;
@@ -64,10 +66,17 @@ pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::{Cli, Command, Settings};
 pub use listener::{Inherited, ListenError};
 pub use upgrade::{UpgradeError, Upgraded, upgrade};
+
+/// Every file and socket usersvc creates is its user's alone (files 0600, directories 0700),
+/// whatever umask it was started with: they hold users' data. Call it first in `main`.
+pub fn keep_files_private() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -108,11 +117,13 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     };
     let users =
         users::Users::open(&settings.database_url, settings.store_timeout, &resilience).await?;
-    tracing::info!(users = users.count(), database = %redact(&settings.database_url), "store ready");
+    tracing::info!(users = users.count(), database = %redact::text(&settings.database_url), "store ready");
     let pull_stats = settings.pull().map(|cfg| {
         let stats = Arc::new(pull::PullStats::default());
-        tracing::info!(url = %cfg.url, interval = %humantime::format_duration(cfg.interval), "pulling users");
-        tokio::spawn(pull::run(cfg, users.clone(), stats.clone()));
+        tracing::info!(url = %redact::text(&cfg.url), interval = %humantime::format_duration(cfg.interval), "pulling users");
+        users
+            .tasks()
+            .spawn("pull", pull::run(cfg, users.clone(), stats.clone()));
         stats
     });
     let metrics = Arc::new(metrics::Metrics::default());
@@ -128,16 +139,25 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
             metrics,
             auth_token: settings.auth_token.clone(),
             body_limit: settings.body_limit,
+            body_timeout: settings.body_timeout,
             request_timeout: settings.request_timeout,
+            limits: rpc::Limits {
+                max_batch: settings.max_batch,
+                max_response: settings.max_response,
+            },
             pull: pull_stats,
         },
     );
     let (listener, origin) = inherited.listener(&settings.listen)?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && settings.auth_token.is_none() {
+        tracing::warn!(%addr, "listening beyond loopback without a token: anyone who can reach this port can read and write every user; set auth_token_file");
+    }
     // Fired when an upgrade has handed the socket on: this server then stops accepting.
     let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<upgrade::Successor>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<upgrade::Successor>>();
     let stopping = users.clone();
+    let request_timeout = settings.request_timeout;
     let stop = async move {
         let handed_over = async {
             match handed_rx.await {
@@ -152,6 +172,9 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         };
         // Writes still waiting for a previous server's journal would hold up the drain.
         stopping.stop_waiting_for_journal();
+        shutdown_deadline(request_timeout + SHUTDOWN_GRACE);
+        // First, so a stalled store or client cannot keep it from being saved.
+        stopping.save_copy().await;
         let _ = stop_tx.send(successor);
     };
     // A duplicate of the socket for a successor, taken before the accept loop owns it.
@@ -159,7 +182,14 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         use std::os::fd::AsFd;
         listener.as_fd().try_clone_to_owned()?
     };
-    let accepting = tokio::spawn(server::serve(listener, app, stop));
+    let limits = server::Limits {
+        header_timeout: settings.header_timeout,
+        idle_timeout: settings.idle_timeout,
+        max_connections: settings
+            .max_connections
+            .unwrap_or_else(server::default_max_connections),
+    };
+    let accepting = tokio::spawn(server::serve(listener, app, limits, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     tracing::info!(%addr, socket = origin.as_str(), revision = ?release.revision, release = ?release.name, "listening on http://{addr}/");
     // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by
@@ -179,23 +209,42 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         );
     }
     tracing::info!("in-flight requests done; finishing the writes taken, closing the store");
-    if let Some(probe) = probe {
-        // Flush what is queued, but never hold up the exit for long.
-        let stats =
-            tokio::task::spawn_blocking(move || probe.shutdown(std::time::Duration::from_secs(2)))
-                .await
-                .unwrap_or_default();
-        tracing::info!(
-            sent = stats.sent,
-            dropped = stats.dropped,
-            "Riemann probe flushed"
-        );
-    }
     users.close().await;
+    if let Some(probe) = probe {
+        // Flush what is queued, but never hold up the exit for long, even when the Riemann
+        // server stalls mid-answer.
+        let flush = tokio::task::spawn_blocking(move || probe.shutdown(Duration::from_secs(2)));
+        match tokio::time::timeout(Duration::from_secs(3), flush).await {
+            Ok(Ok(stats)) => tracing::info!(
+                sent = stats.sent,
+                dropped = stats.dropped,
+                "Riemann probe flushed"
+            ),
+            _ => tracing::warn!("Riemann did not take the last events in time; leaving them"),
+        }
+    }
     if let Some(pid_file) = &settings.pid_file {
         pidfile::remove_if_ours(pid_file, std::process::id());
     }
     Ok(())
+}
+
+/// How long shutdown may take beyond `--request-timeout` (the drain's bound) before the process
+/// exits anyway: closing the store, the journal and Riemann get this much.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Exits the process `after` from now if it is still running: a stalled store, client or
+/// Riemann server never keeps a stopped server alive. A thread of its own, so a stuck runtime
+/// cannot hold it up.
+fn shutdown_deadline(after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        tracing::error!(
+            after = %humantime::format_duration(after),
+            "shutdown did not finish in time; exiting now (the local copy was saved when it began)"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Says this server serves: the pid file, systemd (`READY=1`, `MAINPID=`), and the process that
@@ -261,25 +310,6 @@ pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeErro
     }
 }
 
-/// Hides a password in a database URL before it is logged.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -292,18 +322,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact("postgres://u:pw@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
     }
 }

@@ -4,14 +4,16 @@ use service::{Cli, Command, Inherited};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    service::keep_files_private();
     // First, while this is the only thread: it takes LISTEN_FDS out of the environment.
     let mut inherited = Inherited::from_env();
     let cli = Cli::parse();
     match run(cli, &mut inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One message (ours carry their cause), no "Caused by:" chain, no backtrace.
-            let message = e.to_string();
+            // One message (ours carry their cause), no "Caused by:" chain, no backtrace, no
+            // password from a URL it quotes.
+            let message = service::redact::text(&e.to_string());
             eprintln!("usersvc: {message}");
             if let Ok(inherited) = &mut inherited {
                 // An upgrade or `upgrade --start` waiting for us reports this as the reason.
@@ -34,7 +36,11 @@ fn run(cli: Cli, inherited: &mut Result<Inherited, service::ListenError>) -> any
     match command {
         Command::Serve => {
             let inherited = inherited.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(runtime.block_on(service::serve(settings, inherited))?)
+            let served = runtime.block_on(service::serve(settings, inherited));
+            // A blocking call stuck on a stalled peer (a Riemann flush) must not keep the
+            // process alive: the runtime waits for it this long, no more.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(served?)
         }
         Command::Import { file } => {
             let n = runtime

@@ -19,6 +19,23 @@ pub mod codes {
     pub const CONFLICT: i64 = -32002;
     /// The request did not finish within the server's request timeout.
     pub const TIMEOUT: i64 = -32003;
+    /// The answer would pass `--max-response`: page with `limit`/`after`, or split the batch.
+    pub use crate::rpc::RESPONSE_TOO_LARGE;
+}
+
+/// A read whose answer would pass the budget: refused before it is built.
+fn too_large(size: usize, budget: usize, page: bool) -> RpcError {
+    let hint = if page {
+        "read the users in pages: get_users {\"limit\": 1000} then {\"limit\": 1000, \"after\": <last id>}"
+    } else {
+        "send it in a request of its own"
+    };
+    RpcError::new(codes::RESPONSE_TOO_LARGE, "Response too large").with_data(
+        format!(
+            "the answer would be about {size} bytes; at most {budget} may be sent (--max-response): {hint}"
+        )
+        .into(),
+    )
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -60,7 +77,12 @@ impl Api {
         self.version.clone()
     }
 
-    async fn dispatch(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
+    async fn dispatch(
+        &self,
+        method: &str,
+        params: Params,
+        budget: usize,
+    ) -> Result<RawJson, RpcError> {
         match method {
             "ping" => Ok(RawJson::from_trusted(Bytes::from_static(b"\"pong\""))),
             "version" => Ok(RawJson::from_trusted(self.version())),
@@ -69,17 +91,24 @@ impl Api {
                 let limit = opt_u64(&params, 0, "limit")?;
                 let after = opt_str(&params, 1, "after")?;
                 let body = match (limit, after) {
-                    (None, None) => self.users.all(),
+                    (None, None) => self.users.all(budget),
                     (limit, after) => self.users.page(
                         after.as_deref(),
                         limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+                        budget,
                     ),
                 };
-                Ok(RawJson::from_trusted(body))
+                Ok(RawJson::from_trusted(
+                    body.map_err(|size| too_large(size, budget, true))?,
+                ))
             }
             "get_user" => {
                 let id = req_str(&params, 0, "id")?;
-                Ok(RawJson::from_trusted(self.users.get(&id).map_err(to_rpc)?))
+                let user = self.users.get(&id).map_err(to_rpc)?;
+                if user.len() > budget {
+                    return Err(too_large(user.len(), budget, false));
+                }
+                Ok(RawJson::from_trusted(user))
             }
             "put_user" => {
                 let (user, rev) = put_user_params(params)?;
@@ -103,8 +132,8 @@ impl Api {
 }
 
 impl Handler for Api {
-    async fn call(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
-        self.dispatch(method, params).await
+    async fn call(&self, method: &str, params: Params, budget: usize) -> Result<RawJson, RpcError> {
+        self.dispatch(method, params, budget).await
     }
 }
 

@@ -77,7 +77,8 @@ pub struct RiemannConfig {
 pub fn start_reporter(cfg: RiemannConfig, metrics: std::sync::Arc<Metrics>, users: Users) -> Probe {
     let probe = Probe::start(ProbeConfig::new(ClientConfig::tcp(cfg.addr.clone())));
     let reporter = probe.clone();
-    tokio::spawn(async move {
+    let tasks = users.tasks().clone();
+    tasks.spawn("riemann reporter", async move {
         let ttl = (cfg.interval * 3).as_secs_f32();
         let secs = cfg.interval.as_secs_f64();
         let mut tick = tokio::time::interval(cfg.interval);

@@ -3,7 +3,7 @@
 //! body is logged and counted and changes nothing.
 
 use crate::users::{UserError, Users};
-use crate::validate::{NewUser, validate_list};
+use crate::validate::{DocText, validate_text};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,17 +31,19 @@ pub enum PullError {
     Fetch { url: String, message: String },
     #[error("upstream answered HTTP {0}")]
     Status(u16),
-    #[error("payload is not a JSON array of users: {0}")]
+    #[error("bad payload: {0}")]
     Payload(String),
     #[error("storing the pulled users: {0}")]
     Store(#[source] UserError),
 }
 
-/// Fetches and validates the whole payload; any problem rejects all of it.
-fn fetch(cfg: &PullConfig) -> Result<Vec<NewUser>, PullError> {
+/// Fetches and validates the whole payload; any problem rejects all of it. Users are kept as
+/// text, parsed one at a time: about twice the payload in memory, however it ends.
+fn fetch(cfg: &PullConfig) -> Result<Vec<(String, DocText)>, PullError> {
+    // The URL may carry credentials: never in an error, a log line or /health.
     let fetch_err = |message: String| PullError::Fetch {
-        url: cfg.url.clone(),
-        message,
+        url: crate::redact::text(&cfg.url),
+        message: crate::redact::text(&message),
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -57,15 +59,21 @@ fn fetch(cfg: &PullConfig) -> Result<Vec<NewUser>, PullError> {
     if status != 200 {
         return Err(PullError::Status(status));
     }
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(cfg.max_size)
-        .read_to_vec()
-        .map_err(|e| fetch_err(e.to_string()))?;
-    let list: Vec<serde_json::Value> =
-        serde_json::from_slice(&body).map_err(|e| PullError::Payload(e.to_string()))?;
-    validate_list(list, true).map_err(|e| PullError::Payload(e.0))
+    // Sized by Content-Length when the upstream sends one: a growing buffer would double past
+    // the payload.
+    let declared = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n <= cfg.max_size);
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    std::io::Read::read_to_end(
+        &mut resp.body_mut().with_config().limit(cfg.max_size).reader(),
+        &mut body,
+    )
+    .map_err(|e| fetch_err(e.to_string()))?;
+    validate_text(&body).map_err(|e| PullError::Payload(e.0))
 }
 
 /// One pull: fetch, then write what changed in one transaction. Returns how many changed.
@@ -82,7 +90,7 @@ pub async fn pull_once(cfg: &PullConfig, users: &Users) -> Result<usize, PullErr
     let changed = users.changed(fetched);
     let n = changed.len();
     if n > 0 {
-        users.put_many(changed).await.map_err(PullError::Store)?;
+        users.put_texts(changed).await.map_err(PullError::Store)?;
     }
     Ok(n)
 }
@@ -101,14 +109,15 @@ pub async fn run(cfg: PullConfig, users: Users, stats: std::sync::Arc<PullStats>
                     *e = None;
                 }
                 if n > 0 {
-                    tracing::info!(changed = n, url = %cfg.url, "pulled users");
+                    tracing::info!(changed = n, url = %crate::redact::text(&cfg.url), "pulled users");
                 }
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, url = %cfg.url, "pull failed; nothing changed");
+                let e = crate::redact::text(&e.to_string());
+                tracing::warn!(error = %e, url = %crate::redact::text(&cfg.url), "pull failed; nothing changed");
                 if let Ok(mut last) = stats.last_error.lock() {
-                    *last = Some(e.to_string());
+                    *last = Some(e);
                 }
             }
         }

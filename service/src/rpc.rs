@@ -89,13 +89,46 @@ pub enum Params {
     Object(serde_json::Map<String, serde_json::Value>),
 }
 
-/// What the dispatcher calls for each valid request.
+/// What the dispatcher calls for each valid request. `budget` is how many bytes the answer may
+/// still grow by (`Limits::max_response` less what the batch's earlier answers took): a method
+/// whose result could be large (a read) checks it and answers an error instead of building it.
 pub trait Handler: Sync {
     fn call(
         &self,
         method: &str,
         params: Params,
+        budget: usize,
     ) -> impl Future<Output = Result<RawJson, RpcError>> + Send;
+}
+
+/// What one body may cost: calls per batch, and bytes of the whole answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_batch: usize,
+    pub max_response: usize,
+}
+
+impl Default for Limits {
+    /// go-ethereum's batch limit, and 16 MiB of answer.
+    fn default() -> Self {
+        Self {
+            max_batch: 1000,
+            max_response: 16 << 20,
+        }
+    }
+}
+
+/// The answer to a call that was not run because the batch's answer already reached
+/// `max_response`; `data` names the limit.
+pub const RESPONSE_TOO_LARGE: i64 = -32004;
+
+fn response_full(max: usize) -> RpcError {
+    RpcError::new(RESPONSE_TOO_LARGE, "Response too large").with_data(
+        format!(
+            "the batch's answer reached {max} bytes (--max-response); this call was not run: send it again in another request"
+        )
+        .into(),
+    )
 }
 
 /// The HTTP-independent result of handling one body.
@@ -134,20 +167,23 @@ pub struct Deadline {
     pub error: RpcError,
 }
 
-/// Handles one HTTP body: a single request or a batch.
+/// Handles one HTTP body: a single request or a batch, within the default [`Limits`].
 pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
-    handle_body_counted(handler, body, None).await.0
+    handle_body_counted(handler, body, None, &Limits::default())
+        .await
+        .0
 }
 
-/// As [`handle_body`], with an optional deadline, also counting the error objects in the reply
-/// (for metrics).
+/// As [`handle_body`], with an optional deadline and the given limits, also counting the error
+/// objects in the reply (for metrics).
 pub async fn handle_body_counted<H: Handler>(
     handler: &H,
     body: &[u8],
     deadline: Option<&Deadline>,
+    limits: &Limits,
 ) -> (Reply, usize) {
     let mut errors = 0;
-    let reply = dispatch_body(handler, body, deadline, &mut errors).await;
+    let reply = dispatch_body(handler, body, deadline, limits, &mut errors).await;
     (reply, errors)
 }
 
@@ -155,6 +191,7 @@ async fn dispatch_body<H: Handler>(
     handler: &H,
     body: &[u8],
     deadline: Option<&Deadline>,
+    limits: &Limits,
     errors: &mut usize,
 ) -> Reply {
     let text = match std::str::from_utf8(body) {
@@ -177,11 +214,27 @@ async fn dispatch_body<H: Handler>(
             *errors += 1;
             return single_error(RpcError::invalid_request("empty batch"));
         }
+        if items.len() > limits.max_batch {
+            *errors += 1;
+            // Refused whole, before any call runs: a batch is not a way around the limits.
+            return single_error(RpcError::invalid_request(&format!(
+                "a batch may hold at most {} calls (--max-batch); this one holds {}",
+                limits.max_batch,
+                items.len()
+            )));
+        }
         let mut out = Vec::with_capacity(64 * items.len());
         out.push(b'[');
         let mut any = false;
         for item in items {
-            if let Some((id, outcome)) = handle_one(handler, item, deadline).await {
+            let budget = limits.max_response.saturating_sub(out.len());
+            let answered = if budget == 0 {
+                // Full: the rest is not run; each call still gets its answer (its id, if any).
+                not_run(item, response_full(limits.max_response))
+            } else {
+                handle_one(handler, item, deadline, budget).await
+            };
+            if let Some((id, outcome)) = answered {
                 *errors += usize::from(outcome.is_err());
                 if any {
                     out.push(b',');
@@ -204,7 +257,7 @@ async fn dispatch_body<H: Handler>(
                 return single_error(RpcError::parse_error(e));
             }
         };
-        match handle_one(handler, item, deadline).await {
+        match handle_one(handler, item, deadline, limits.max_response).await {
             Some((id, outcome)) => {
                 *errors += usize::from(outcome.is_err());
                 let mut out = Vec::with_capacity(128);
@@ -242,11 +295,25 @@ fn classify_id(id: Option<&RawValue>) -> IdKind<'_> {
     }
 }
 
+/// The answer to a call that is not run: `error` under its id (nothing for a notification, or
+/// for an item whose id cannot be read: it gets `null`).
+fn not_run(item: &RawValue, error: RpcError) -> Option<(&str, Result<RawJson, RpcError>)> {
+    let id = serde_json::from_str::<Envelope<'_>>(item.get())
+        .ok()
+        .map(|env| classify_id(env.id));
+    match id {
+        Some(IdKind::Absent) => None,
+        Some(IdKind::Valid(id)) => Some((id, Err(error))),
+        _ => Some((NULL_ID, Err(error))),
+    }
+}
+
 /// Handles one request object. `None` means it was a valid notification: no response.
 async fn handle_one<'a, H: Handler>(
     handler: &H,
     item: &'a RawValue,
     deadline: Option<&Deadline>,
+    budget: usize,
 ) -> Option<(&'a str, Result<RawJson, RpcError>)> {
     if !item.get().starts_with('{') {
         return Some((
@@ -300,10 +367,12 @@ async fn handle_one<'a, H: Handler>(
         Some(_) => return invalid("\"params\" must be an array or an object"),
     };
     let outcome = match (params, deadline) {
-        (Ok(params), None) => handler.call(&method, params).await,
-        (Ok(params), Some(d)) => tokio::time::timeout_at(d.at, handler.call(&method, params))
-            .await
-            .unwrap_or_else(|_| Err(d.error.clone())),
+        (Ok(params), None) => handler.call(&method, params, budget).await,
+        (Ok(params), Some(d)) => {
+            tokio::time::timeout_at(d.at, handler.call(&method, params, budget))
+                .await
+                .unwrap_or_else(|_| Err(d.error.clone()))
+        }
         (Err(e), _) => Err(e),
     };
     // A notification is executed but never answered, even when it fails.
@@ -343,7 +412,7 @@ mod tests {
     struct Spec;
 
     impl Handler for Spec {
-        async fn call(&self, method: &str, params: Params) -> Result<RawJson, RpcError> {
+        async fn call(&self, method: &str, params: Params, _: usize) -> Result<RawJson, RpcError> {
             let nums = |p: &Params| match p {
                 Params::Array(a) => a.iter().filter_map(Value::as_i64).collect::<Vec<_>>(),
                 _ => vec![],

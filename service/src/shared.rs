@@ -150,7 +150,7 @@ pub(crate) fn change_of(op: &Op, updated_at: &str) -> Change {
         Op::PutMany { users } => Change::PutMany(
             users
                 .iter()
-                .map(|(id, doc)| WriteDoc::new(id, doc, updated_at))
+                .map(|(id, doc)| WriteDoc::from_text(id, doc.as_str(), updated_at))
                 .collect(),
         ),
         Op::Delete { id, expect } => Change::Delete {
@@ -245,7 +245,7 @@ impl Shared {
             (Op::PutMany { users }, Applied::PutMany(revs)) => {
                 let mut out = Vec::with_capacity(users.len());
                 for ((id, doc), rev) in users.iter().zip(revs) {
-                    self.snapshot.upsert(&record(id, doc, rev));
+                    self.snapshot.upsert(&record(id, &doc.to_map(), rev));
                     out.push((id.clone(), rev));
                 }
                 Ok(Written::Many(out))

@@ -23,6 +23,14 @@ struct Inner {
     users: BTreeMap<String, Entry>,
     /// The encoded array of all users; `None` after a write until the next full read.
     all: Option<Bytes>,
+    /// The length of that array, kept as users change: an unpaged read too large to send is
+    /// refused without building it.
+    encoded: usize,
+}
+
+/// Bytes `e` takes in an encoded array (its JSON and a comma).
+fn span(e: &Entry) -> usize {
+    e.json.len() + 1
 }
 
 #[derive(Default)]
@@ -42,9 +50,13 @@ pub fn render(rec: &Record) -> Bytes {
 
 /// A stable hash of a document: serde_json maps are ordered, so equal documents encode equally.
 pub fn doc_hash(doc: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    text_hash(&serde_json::to_string(doc).unwrap_or_default())
+}
+
+fn text_hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
-    serde_json::to_string(doc).unwrap_or_default().hash(&mut h);
+    text.hash(&mut h);
     h.finish()
 }
 
@@ -67,8 +79,14 @@ impl Snapshot {
     }
 
     pub fn replace_all(&self, records: &[Record]) {
-        let users = records.iter().map(|r| (r.id.clone(), entry(r))).collect();
-        *self.write() = Inner { users, all: None };
+        let users: BTreeMap<String, Entry> =
+            records.iter().map(|r| (r.id.clone(), entry(r))).collect();
+        let encoded = users.values().map(span).sum();
+        *self.write() = Inner {
+            users,
+            all: None,
+            encoded,
+        };
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -80,14 +98,18 @@ impl Snapshot {
     pub fn upsert(&self, rec: &Record) {
         let e = entry(rec);
         let mut inner = self.write();
-        inner.users.insert(rec.id.clone(), e);
+        inner.encoded += span(&e);
+        if let Some(old) = inner.users.insert(rec.id.clone(), e) {
+            inner.encoded -= span(&old);
+        }
         inner.all = None;
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn remove(&self, id: &str) {
         let mut inner = self.write();
-        if inner.users.remove(id).is_some() {
+        if let Some(old) = inner.users.remove(id) {
+            inner.encoded -= span(&old);
             inner.all = None;
             self.generation.fetch_add(1, Ordering::Release);
         }
@@ -101,12 +123,13 @@ impl Snapshot {
         self.read().users.get(id).map(|e| e.rev)
     }
 
-    /// Whether the stored document for `id` is exactly `doc`.
-    pub fn holds(&self, id: &str, doc: &serde_json::Map<String, serde_json::Value>) -> bool {
+    /// Whether the stored document for `id` is exactly the one whose compact JSON is `text`.
+    pub fn holds_text(&self, id: &str, text: &str) -> bool {
+        let hash = text_hash(text);
         self.read()
             .users
             .get(id)
-            .is_some_and(|e| e.doc_hash == doc_hash(doc))
+            .is_some_and(|e| e.doc_hash == hash)
     }
 
     pub fn len(&self) -> usize {
@@ -115,6 +138,12 @@ impl Snapshot {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The length of the JSON array of every user (`all`), without building it.
+    pub fn encoded_len(&self) -> usize {
+        // `[` and `]`, each user, and a comma between two.
+        self.read().encoded.max(1) + 1
     }
 
     /// The JSON array of every user, ordered by id. Encoded outside the lock (only refcounts
@@ -137,22 +166,29 @@ impl Snapshot {
         all
     }
 
-    /// Up to `limit` users with ids after `after`, ordered by id (keyset paging).
-    pub fn page(&self, after: Option<&str>, limit: usize) -> Bytes {
-        let inner = self.read();
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = inner
-            .users
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(_, e)| e)
-            .take(limit);
-        encode_array(range)
+    /// Up to `limit` users with ids after `after`, ordered by id (keyset paging); `Err` with the
+    /// size reached when the page would pass `budget` bytes (nothing is built then).
+    pub fn page(&self, after: Option<&str>, limit: usize, budget: usize) -> Result<Bytes, usize> {
+        let parts = {
+            let inner = self.read();
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut size = 2;
+            let mut parts = Vec::new();
+            for (_, e) in inner
+                .users
+                .range::<str, _>((lower, Bound::Unbounded))
+                .take(limit)
+            {
+                size += span(e);
+                if size > budget {
+                    return Err(size);
+                }
+                parts.push(e.json.clone());
+            }
+            parts
+        };
+        Ok(encode_parts(&parts))
     }
-}
-
-fn encode_array<'a>(entries: impl Iterator<Item = &'a Entry>) -> Bytes {
-    let parts: Vec<Bytes> = entries.map(|e| e.json.clone()).collect();
-    encode_parts(&parts)
 }
 
 fn encode_parts(parts: &[Bytes]) -> Bytes {
@@ -198,13 +234,21 @@ mod tests {
         let s = Snapshot::default();
         s.replace_all(&[rec("a", 1), rec("c", 1), rec("b", 2)]);
         assert_eq!(ids(s.all()), ["a", "b", "c"]);
-        assert_eq!(ids(s.page(None, 2)), ["a", "b"]);
-        assert_eq!(ids(s.page(Some("b"), 2)), ["c"]);
-        assert_eq!(ids(s.page(Some("c"), 2)), Vec::<String>::new());
+        assert_eq!(Snapshot::default().encoded_len(), 2);
+        let page = |after, limit| s.page(after, limit, usize::MAX).expect("within budget");
+        assert_eq!(ids(page(None, 2)), ["a", "b"]);
+        assert_eq!(ids(page(Some("b"), 2)), ["c"]);
+        assert_eq!(ids(page(Some("c"), 2)), Vec::<String>::new());
+        assert_eq!(s.encoded_len(), s.all().len());
         s.upsert(&rec("d", 1));
+        s.upsert(&rec("d", 2));
         assert_eq!(ids(s.all()), ["a", "b", "c", "d"]);
         s.remove("a");
         assert_eq!(ids(s.all()), ["b", "c", "d"]);
+        assert_eq!(s.encoded_len(), s.all().len());
+        // A page that would pass the budget is refused, not built.
+        let two = page(None, 2).len();
+        assert!(s.page(None, 2, two - 1).is_err());
         let b: Value = serde_json::from_slice(&s.get("b").expect("b exists")).expect("json");
         assert_eq!(b["rev"], 2);
         assert_eq!(b["name"], "user b");

@@ -121,6 +121,15 @@ pub struct Store {
     migrated: Arc<AtomicBool>,
 }
 
+/// The database file of a `sqlite:` URL (none for `:memory:` or PostgreSQL).
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && !path.contains(":memory:")).then_some(path)
+}
+
 /// A `sqlite:` URL without `mode` gets `mode=rwc`: the default store is created on first run.
 fn normalize_url(url: &str) -> Result<String, StoreError> {
     if url.starts_with("sqlite:") {
@@ -146,6 +155,13 @@ impl Store {
         // reports only that it timed out; this says why, at once.
         match tokio::time::timeout(timeout, AnyConnection::connect(&store.url)).await {
             Ok(Ok(mut conn)) => {
+                if let Some(path) = sqlite_path(&store.url) {
+                    for suffix in ["", "-wal", "-shm"] {
+                        crate::atomic_file::make_private(std::path::Path::new(&format!(
+                            "{path}{suffix}"
+                        )));
+                    }
+                }
                 if !store.postgres && !store.url.contains(":memory:") {
                     // Write-ahead log: a commit is one append and one fsync, and readers (a
                     // reload, the server an upgrade overlaps with) never block the writer.
@@ -268,9 +284,18 @@ impl WriteDoc {
         doc: &serde_json::Map<String, serde_json::Value>,
         updated_at: &str,
     ) -> Self {
+        Self::from_text(
+            id,
+            &serde_json::to_string(doc).unwrap_or_default(),
+            updated_at,
+        )
+    }
+
+    /// A document already encoded (`validate::DocText`).
+    pub fn from_text(id: &str, json: &str, updated_at: &str) -> Self {
         Self {
             id: id.to_owned(),
-            json: serde_json::to_string(doc).unwrap_or_default(),
+            json: json.to_owned(),
             updated_at: updated_at.to_owned(),
         }
     }

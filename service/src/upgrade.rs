@@ -297,6 +297,9 @@ pub(crate) fn listen_control(
     let tmp = pidfile::sibling(&path, &format!(".{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let control = tokio::net::UnixListener::bind(&tmp)?;
+    // Only its own user may even connect (the umask already says so; this says it whatever
+    // the umask was); `trusted` checks every peer anyway.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     std::fs::rename(&tmp, &path)?;
     let handoff = Arc::new(Handoff {
         listener,
@@ -319,10 +322,42 @@ pub(crate) fn listen_control(
     Ok(())
 }
 
+/// The longest command line the control socket reads.
+const MAX_COMMAND: u64 = 256;
+
+/// Whether the peer may command this server: its own user, or root.
+fn trusted(stream: &tokio::net::UnixStream) -> Result<(), String> {
+    let ours = nix::unistd::Uid::effective().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == ours || cred.uid() == 0 => Ok(()),
+        Ok(cred) => Err(format!(
+            "uid {} (pid {:?}) is neither this server's user (uid {ours}) nor root",
+            cred.uid(),
+            cred.pid()
+        )),
+        Err(e) => Err(format!("its credentials cannot be read: {e}")),
+    }
+}
+
 async fn answer(stream: tokio::net::UnixStream, handoff: Arc<Handoff>) {
+    if let Err(why) = trusted(&stream) {
+        tracing::warn!(why = %why, "control socket: command refused");
+        let mut stream = stream;
+        let _ = stream.write_all(b"error not allowed\n").await;
+        return;
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await.is_err() {
+    let mut bounded = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_COMMAND));
+    if bounded.read_line(&mut line).await.is_err() {
+        return;
+    }
+    if !line.ends_with('\n') {
+        tracing::warn!(
+            bytes = line.len(),
+            "control socket: command refused (no complete line within {MAX_COMMAND} bytes)"
+        );
+        let _ = write.write_all(b"error command too long\n").await;
         return;
     }
     let reply = match line.trim().strip_prefix("upgrade") {

@@ -11,7 +11,8 @@ use crate::snapshot::Snapshot;
 use crate::snapshot_file::{self, CopyError};
 use crate::store::{Store, StoreError};
 use crate::supervise;
-use crate::validate::NewUser;
+use crate::tasks::Tasks;
+use crate::validate::{DocText, NewUser};
 use crate::writer::Writer;
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -55,6 +56,7 @@ const QUEUE: usize = 4 * commit::MAX_BATCH;
 pub struct Users {
     shared: Arc<Shared>,
     lane: Arc<Lane>,
+    tasks: Tasks,
 }
 
 /// The way to the committer; emptied by `close`.
@@ -87,6 +89,9 @@ impl Users {
             Err(e) => return Err(e.into()),
         };
         let copy = snapshot_file::path_for(&path);
+        for file in [&path, &copy, &crate::journal::quarantine_path(&path)] {
+            crate::atomic_file::make_private(file);
+        }
         let (store, cold) = match Store::open(url, timeout).await {
             Ok(store) => (store, None),
             Err(e) if e.is_unreachable() => match snapshot_file::read(&copy) {
@@ -157,12 +162,17 @@ impl Users {
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let committer = tokio::spawn(commit::run(shared.clone(), rx));
-        tokio::spawn(supervise::supervise(Arc::downgrade(&shared)));
+        let tasks = Tasks::default();
+        let committer = tasks.spawn("committer", commit::run(shared.clone(), rx));
+        tasks.spawn("supervisor", supervise::supervise(Arc::downgrade(&shared)));
         if shared.store.is_shared() {
-            tokio::spawn(crate::follow::follow_changes(Arc::downgrade(&shared)));
+            tasks.spawn(
+                "follower",
+                crate::follow::follow_changes(Arc::downgrade(&shared)),
+            );
         }
         if !owned {
+            // Ends once it owns the journal: not a task that must run for good.
             tokio::spawn(take_over(shared.clone()));
         }
         Ok(Self {
@@ -171,6 +181,7 @@ impl Users {
                 queue: std::sync::Mutex::new(Some(tx)),
                 committer: std::sync::Mutex::new(Some(committer)),
             }),
+            tasks,
         })
     }
 
@@ -179,6 +190,7 @@ impl Users {
     /// over at once) and closes the store. The breaker is not touched: a clean shutdown is not
     /// an outage.
     pub async fn close(&self) {
+        self.tasks.stopping();
         self.stop_waiting_for_journal();
         drop(lock(&self.lane.queue).take());
         let committer = lock(&self.lane.committer).take();
@@ -221,6 +233,19 @@ impl Users {
         &self.shared.store
     }
 
+    /// Saves the local copy now if the snapshot changed since it was last saved (shutdown does
+    /// this first, before anything that may stall).
+    pub async fn save_copy(&self) {
+        if let Err(e) = supervise::save_copy(&self.shared).await {
+            tracing::warn!(error = %e, "cannot save the local snapshot copy");
+        }
+    }
+
+    /// The background tasks of this server; others (pull, reporting) join them.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
     /// The journal's path (its lock, quarantine and local copy sit beside it).
     pub fn journal_path(&self) -> &std::path::Path {
         &self.shared.journal_path
@@ -238,12 +263,18 @@ impl Users {
         self.shared.snapshot.len()
     }
 
-    pub fn all(&self) -> Bytes {
-        self.shared.snapshot.all()
+    /// Every user, as one JSON array; `Err` with its size when that passes `budget` bytes (it is
+    /// then not built).
+    pub fn all(&self, budget: usize) -> Result<Bytes, usize> {
+        match self.shared.snapshot.encoded_len() {
+            size if size > budget => Err(size),
+            _ => Ok(self.shared.snapshot.all()),
+        }
     }
 
-    pub fn page(&self, after: Option<&str>, limit: usize) -> Bytes {
-        self.shared.snapshot.page(after, limit)
+    /// A page of users after `after` (keyset paging); `Err` when it would pass `budget` bytes.
+    pub fn page(&self, after: Option<&str>, limit: usize, budget: usize) -> Result<Bytes, usize> {
+        self.shared.snapshot.page(after, limit, budget)
     }
 
     pub fn get(&self, id: &str) -> Result<Bytes, UserError> {
@@ -265,17 +296,20 @@ impl Users {
 
     /// Upserts many users in one transaction: all are stored or none.
     pub async fn put_many(&self, users: Vec<NewUser>) -> Result<Written, UserError> {
-        self.submit(Op::PutMany {
-            users: users.into_iter().map(|u| (u.id, u.doc)).collect(),
-        })
-        .await
+        self.put_texts(users.into_iter().map(NewUser::into_text).collect())
+            .await
+    }
+
+    /// As [`Users::put_many`], with each document already as text (`validate::validate_text`).
+    pub async fn put_texts(&self, users: Vec<(String, DocText)>) -> Result<Written, UserError> {
+        self.submit(Op::PutMany { users }).await
     }
 
     /// Leaves out users whose stored document is already exactly this one (idempotent re-uploads).
-    pub fn changed(&self, users: Vec<NewUser>) -> Vec<NewUser> {
+    pub fn changed(&self, users: Vec<(String, DocText)>) -> Vec<(String, DocText)> {
         users
             .into_iter()
-            .filter(|u| !self.shared.snapshot.holds(&u.id, &u.doc))
+            .filter(|(id, doc)| !self.shared.snapshot.holds_text(id, doc.as_str()))
             .collect()
     }
 

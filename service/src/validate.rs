@@ -22,6 +22,83 @@ pub struct NewUser {
     pub doc: Map<String, Value>,
 }
 
+/// A validated user document as its compact JSON text: what a bulk write (and the journal, the
+/// store) keeps of each user. Text costs about its size; a parsed map many times that, which
+/// matters for a large pull or `put_users`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(transparent)]
+pub struct DocText(Box<serde_json::value::RawValue>);
+
+/// Read back through a parsed value: a raw value cannot be taken from serde's buffered content,
+/// which is what a journal entry (an internally tagged enum) hands its fields.
+impl<'de> serde::Deserialize<'de> for DocText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(&Map::deserialize(d)?))
+    }
+}
+
+impl DocText {
+    pub fn new(doc: &Map<String, Value>) -> Self {
+        // A map of JSON values always encodes; the fallback is never taken.
+        Self(
+            serde_json::value::to_raw_value(doc)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// Its compact JSON text (the same text `serde_json::to_string` gives the map).
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The document parsed back (one at a time, where a map is needed).
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for DocText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl NewUser {
+    /// Keeps the document as text.
+    pub fn into_text(self) -> (String, DocText) {
+        let text = DocText::new(&self.doc);
+        (self.id, text)
+    }
+}
+
+/// Validates a JSON array of users (a pull's payload) as one unit, as [`validate_list`] with
+/// ids required, keeping each user as text: the payload is parsed one user at a time, so this
+/// costs about twice the payload, not a parsed tree of all of it.
+pub fn validate_text(payload: &[u8]) -> Result<Vec<(String, DocText)>, Invalid> {
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(payload)
+        .map_err(|e| Invalid(format!("not a JSON array of users: {e}")))?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, raw) in items.into_iter().enumerate() {
+        let user: Value =
+            serde_json::from_str(raw.get()).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
+        if user.get("id").is_none_or(Value::is_null) {
+            return Err(Invalid(format!("user #{i} has no \"id\"")));
+        }
+        let user = validate(user).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
+        out.push(user.into_text());
+    }
+    // Borrowing the ids once all are built: no second copy of them.
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    if let Some((i, (id, _))) = out
+        .iter()
+        .enumerate()
+        .find(|(_, (id, _))| !seen.insert(id.as_str()))
+    {
+        return Err(Invalid(format!("user #{i}: id {id:?} appears twice")));
+    }
+    Ok(out)
+}
+
 /// Checks a client's user object; gives it a UUIDv7 id when it has none. Server-owned fields
 /// (`rev`, `updated_at`) are dropped: they are ours to set.
 pub fn validate(user: Value) -> Result<NewUser, Invalid> {
@@ -175,6 +252,18 @@ mod tests {
             };
         }
         json!({"id": "deep", "d": v})
+    }
+
+    #[test]
+    fn a_payload_validates_as_text() {
+        let ok = validate_text(br#"[{"id": "b", "n": 1, "rev": 9}, {"id": "a"}]"#).expect("valid");
+        assert_eq!(ok[0].0, "b");
+        assert_eq!(ok[0].1.as_str(), r#"{"id":"b","n":1}"#);
+        let e = validate_text(br#"[{"id": "a"}, {"n": 1}]"#).expect_err("no id");
+        assert_eq!(e.0, "user #1 has no \"id\"");
+        let e = validate_text(br#"[{"id": "a"}, {"id": "a"}]"#).expect_err("twice");
+        assert!(e.0.contains("appears twice"), "{e}");
+        assert!(validate_text(b"{}").is_err());
     }
 
     #[test]

@@ -72,3 +72,41 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let (_, said) = verify(dir.path(), &["typo.service"]);
     assert!(said.contains("Unknown key 'Typ'"), "{said}");
 }
+
+/// The unit keeps usersvc's files private and is hardened: `systemd-analyze security` (offline,
+/// on the shipped file) scores its exposure at most 2.0 ("OK"; 10 is an unconfined service).
+#[test]
+fn the_service_unit_is_private_and_hardened() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/usersvc.service");
+    let text = std::fs::read_to_string(&unit).expect("read unit");
+    for line in [
+        "UMask=0077",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "usersvc.service lacks {line}"
+        );
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("systemd-analyze (make peers installs it)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = said
+        .lines()
+        .find_map(|l| l.split("exposure level for usersvc.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 2.0, "exposure {score} (want at most 2.0):\n{said}");
+}
