@@ -8,9 +8,12 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 command -v wrk >/dev/null || { echo "wrk missing: make peers (apt-get install wrk)" >&2; exit 1; }
 
-cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
+# USERSVC_BIN: another build to measure (e.g. the previous commit's, for a before/after).
+if [ -n "${USERSVC_BIN:-}" ]; then ours_bin=$USERSVC_BIN; else
+  cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
+  ours_bin=../target/release/usersvc
+fi
 cargo build -q --release --manifest-path Cargo.toml -p peer-jsonrpsee
-ours_bin=../target/release/usersvc
 peer_bin=target/release/peer-jsonrpsee
 
 tmp=$(mktemp -d)
@@ -24,11 +27,12 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 ours_port=$(free_port); peer_port=$(free_port)
-"$ours_bin" --listen "127.0.0.1:$ours_port" --database-url "sqlite://$tmp/bench.db" --log warn &
+# Each server its own journal (one owner per journal), all under $tmp: nothing left in bench/.
+"$ours_bin" --listen "127.0.0.1:$ours_port" --database-url "sqlite://$tmp/bench.db" --journal "$tmp/a.journal" --log warn &
 pids+=($!); ours_pid=$!
 # The same service with one worker thread: on this 2-core machine wrk holds the other core.
 ours1_port=$(free_port)
-"$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --log warn --workers 1 &
+"$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --journal "$tmp/b.journal" --log warn --workers 1 &
 pids+=($!); ours1_pid=$!
 "$peer_bin" "127.0.0.1:$peer_port" 2>/dev/null &
 pids+=($!); peer_pid=$!
@@ -40,7 +44,7 @@ curl -sf "http://127.0.0.1:$ours_port/" -H 'content-type: application/json' \
   -d "{\"jsonrpc\":\"2.0\",\"method\":\"put_users\",\"params\":{\"users\":$users},\"id\":1}" >/dev/null
 # The one-worker instance loaded its snapshot before the seed: restart it on the seeded file.
 kill "$ours1_pid"; wait "$ours1_pid" 2>/dev/null || true
-"$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --log warn --workers 1 &
+"$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --journal "$tmp/b.journal" --log warn --workers 1 &
 pids+=($!); ours1_pid=$!
 wait_port "$ours1_port"
 sleep 0.5

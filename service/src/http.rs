@@ -44,6 +44,8 @@ struct BodyBounds {
 struct Shared {
     api: Arc<Api>,
     config: HttpConfig,
+    /// The -32003 a late call gets (built once, not per request).
+    late: Arc<RpcError>,
 }
 
 pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
@@ -65,7 +67,19 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
         .route("/", rpc)
         .route("/health", get(health))
         .route("/version", get(version))
-        .with_state(Arc::new(Shared { api, config }))
+        .with_state(Arc::new(Shared {
+            late: Arc::new(
+                RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(config.request_timeout)
+                    )
+                    .into(),
+                ),
+            ),
+            api,
+            config,
+        }))
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -193,11 +207,9 @@ struct HadError;
 async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     // A call past the deadline is answered -32003 under its own id; dropping it is safe (the
     // committer owns writes: commit.rs).
-    let timeout = shared.config.request_timeout;
     let deadline = rpc::Deadline {
-        at: tokio::time::Instant::now() + timeout,
-        error: RpcError::new(codes::TIMEOUT, "Request timed out")
-            .with_data(format!("no answer within {}", humantime::format_duration(timeout)).into()),
+        at: tokio::time::Instant::now() + shared.config.request_timeout,
+        error: shared.late.clone(),
     };
     let limits = &shared.config.limits;
     match rpc::handle_body_counted(shared.api.as_ref(), &body, Some(&deadline), limits).await {

@@ -164,7 +164,8 @@ const NULL_ID: &str = "null";
 #[derive(Debug, Clone)]
 pub struct Deadline {
     pub at: tokio::time::Instant,
-    pub error: RpcError,
+    /// Shared: built once, cloned only when a call is late.
+    pub error: std::sync::Arc<RpcError>,
 }
 
 /// Handles one HTTP body: a single request or a batch, within the default [`Limits`].
@@ -371,7 +372,7 @@ async fn handle_one<'a, H: Handler>(
         (Ok(params), Some(d)) => {
             tokio::time::timeout_at(d.at, handler.call(&method, params, budget))
                 .await
-                .unwrap_or_else(|_| Err(d.error.clone()))
+                .unwrap_or_else(|_| Err(RpcError::clone(&d.error)))
         }
         (Err(e), _) => Err(e),
     };

@@ -47,17 +47,25 @@ pub(crate) fn default_max_connections() -> usize {
     soft.saturating_sub(RESERVED_FDS).clamp(16, 100_000) as usize
 }
 
-/// One connection's state, as the accept loop and its watchdog see it.
+/// One connection's state. The request path only touches atomics (no clock): the connection's
+/// watchdog, waking every `TICK`, turns what they say into times.
 struct Tracked {
     /// Requests being served on it (its handler is running).
     busy: AtomicUsize,
-    /// When the request head being received began (the accept, or the next request's first
-    /// byte), in ms since `Registry::epoch`; 0 when none is.
-    head_since: AtomicU64,
-    /// When it last became idle (its last answer), in ms since the epoch.
+    /// Answers sent on it so far.
+    served: AtomicU64,
+    /// Bytes of a request head have arrived that no handler has taken yet.
+    reading: AtomicBool,
+    /// Since when it has been idle, in ms since `Registry::epoch` (kept by the watchdog): the
+    /// accept loop closes the longest-idle first.
     idle_since: AtomicU64,
-    evict: Notify,
+    /// Set by the accept loop to make room (and `evict_now` woken): the watchdog closes it.
+    evict: AtomicBool,
+    evict_now: Notify,
 }
+
+/// How often a connection's watchdog looks: the timeouts are that precise.
+const TICK: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct Open {
@@ -73,8 +81,7 @@ struct Registry {
 
 impl Registry {
     fn now(&self) -> u64 {
-        // Never 0: that means "none" in `head_since`.
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, Open> {
@@ -82,12 +89,13 @@ impl Registry {
     }
 
     fn add(&self) -> (u64, Arc<Tracked>) {
-        let now = self.now();
         let tracked = Arc::new(Tracked {
             busy: AtomicUsize::new(0),
-            head_since: AtomicU64::new(now),
-            idle_since: AtomicU64::new(now),
-            evict: Notify::new(),
+            served: AtomicU64::new(0),
+            reading: AtomicBool::new(false),
+            idle_since: AtomicU64::new(self.now()),
+            evict: AtomicBool::new(false),
+            evict_now: Notify::new(),
         });
         let mut open = self.open();
         open.next_id += 1;
@@ -105,22 +113,21 @@ impl Registry {
         self.open().conns.len()
     }
 
-    /// Asks the connection idle the longest (none being served) to close; false if every one is
-    /// serving a request.
-    fn evict_idlest(&self) -> bool {
+    /// Asks the `n` connections idle the longest (none being served) to close; how many it
+    /// asked (0: every one is serving a request).
+    fn evict_idlest(&self, n: usize) -> usize {
         let open = self.open();
-        let idlest = open
+        let mut idle: Vec<&Arc<Tracked>> = open
             .conns
             .values()
-            .filter(|t| t.busy.load(Ordering::Acquire) == 0)
-            .min_by_key(|t| t.idle_since.load(Ordering::Acquire));
-        match idlest {
-            Some(t) => {
-                t.evict.notify_one();
-                true
-            }
-            None => false,
+            .filter(|t| t.busy.load(Ordering::Acquire) == 0 && !t.evict.load(Ordering::Acquire))
+            .collect();
+        idle.sort_by_key(|t| t.idle_since.load(Ordering::Acquire));
+        for t in idle.iter().take(n) {
+            t.evict.store(true, Ordering::Release);
+            t.evict_now.notify_one();
         }
+        idle.len().min(n)
     }
 }
 
@@ -146,9 +153,14 @@ pub(crate) async fn serve(
         // ones wait in the listen queue until one ends.
         if registry.len() >= limits.max_connections {
             let closed = registry.closed.notified();
-            if registry.evict_idlest() {
-                evicted += 1;
-                if evicted.is_power_of_two() {
+            // A few at a time: a flood is cleared in a few rounds, not one connection each.
+            let batch = (limits.max_connections / 16).max(1);
+            let asked = registry.evict_idlest(batch) as u64;
+            if asked > 0 {
+                let before = evicted;
+                evicted += asked;
+                // Logged when the count passes a power of two: a flood is seen, not spelt out.
+                if before == 0 || evicted.ilog2() != before.ilog2() {
                     tracing::warn!(
                         max_connections = limits.max_connections,
                         evicted,
@@ -213,12 +225,12 @@ impl Connection {
         draining: Arc<AtomicBool>,
         mut drain: watch::Receiver<bool>,
     ) {
-        let (start, end) = (self.clone_parts(), self.clone_parts());
+        let (start, end) = (self.tracked.clone(), self.tracked.clone());
         let svc = tower::ServiceExt::<axum::extract::Request<hyper::body::Incoming>>::map_request(
             app,
             move |req| {
-                start.0.busy.fetch_add(1, Ordering::AcqRel);
-                start.0.head_since.store(0, Ordering::Release);
+                start.busy.fetch_add(1, Ordering::AcqRel);
+                start.reading.store(false, Ordering::Release);
                 req
             },
         );
@@ -228,14 +240,13 @@ impl Connection {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                end.0.idle_since.store(end.1.now(), Ordering::Release);
-                end.0.busy.fetch_sub(1, Ordering::AcqRel);
+                end.served.fetch_add(1, Ordering::AcqRel);
+                end.busy.fetch_sub(1, Ordering::AcqRel);
                 resp
             });
         let io = Watched {
             inner: stream,
             tracked: self.tracked.clone(),
-            registry: self.registry.clone(),
         };
         let conn = hyper::server::conn::http1::Builder::new().serve_connection(
             TokioIo::new(io),
@@ -245,7 +256,6 @@ impl Connection {
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = drain.wait_for(|d| *d) => {}
-            () = self.tracked.evict.notified() => return,
             why = self.watchdog() => {
                 tracing::debug!(why, "connection closed");
                 return;
@@ -269,41 +279,51 @@ impl Connection {
         }
     }
 
-    fn clone_parts(&self) -> (Arc<Tracked>, Arc<Registry>) {
-        (self.tracked.clone(), self.registry.clone())
-    }
-
     /// Resolves when the connection has outlived its header or idle timeout (never while a
-    /// request on it is being served).
+    /// request on it is being served), or was chosen to make room.
     async fn watchdog(&self) -> &'static str {
         let t = &self.tracked;
         let ms = |d: Duration| d.as_millis() as u64;
+        let now = || self.registry.now();
+        // A new connection is waiting for its first request head.
+        let mut head_from = Some(now());
+        let mut idle_from = now();
+        let mut served = 0;
         loop {
-            let now = self.registry.now();
-            let head = t.head_since.load(Ordering::Acquire);
-            let (deadline, why) = if t.busy.load(Ordering::Acquire) > 0 {
-                (u64::MAX, "")
-            } else if head > 0 {
-                (head + ms(self.limits.header_timeout), "header timeout")
-            } else {
-                let idle = t.idle_since.load(Ordering::Acquire);
-                (idle + ms(self.limits.idle_timeout), "idle timeout")
-            };
-            if now >= deadline {
-                return why;
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = t.evict_now.notified() => return "closed to make room (--max-connections)",
             }
-            // State changes (a request begins or ends) are seen within a second.
-            let wait = (deadline - now).clamp(10, 1000);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let at = now();
+            if t.busy.load(Ordering::Acquire) > 0 {
+                head_from = None;
+                continue;
+            }
+            let answered = t.served.load(Ordering::Acquire);
+            if answered != served {
+                served = answered;
+                head_from = None;
+                idle_from = at;
+                t.idle_since.store(at, Ordering::Release);
+            }
+            if head_from.is_none() && t.reading.load(Ordering::Acquire) {
+                head_from = Some(at);
+            }
+            match head_from {
+                Some(from) if at >= from + ms(self.limits.header_timeout) => {
+                    return "header timeout";
+                }
+                None if at >= idle_from + ms(self.limits.idle_timeout) => return "idle timeout",
+                _ => {}
+            }
         }
     }
 }
 
-/// The client's socket, noting when the bytes of a new request head begin to arrive.
+/// The client's socket, noting when the bytes of a new request head arrive.
 struct Watched {
     inner: tokio::net::TcpStream,
     tracked: Arc<Tracked>,
-    registry: Arc<Registry>,
 }
 
 impl AsyncRead for Watched {
@@ -315,11 +335,8 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let t = &self.tracked;
-        if buf.filled().len() > before
-            && t.busy.load(Ordering::Acquire) == 0
-            && t.head_since.load(Ordering::Acquire) == 0
-        {
-            t.head_since.store(self.registry.now(), Ordering::Release);
+        if buf.filled().len() > before && t.busy.load(Ordering::Acquire) == 0 {
+            t.reading.store(true, Ordering::Release);
         }
         polled
     }

@@ -141,13 +141,18 @@ pub fn validate(user: Value) -> Result<NewUser, Invalid> {
     Ok(NewUser { id, doc })
 }
 
-/// Refuses a document deeper than `MAX_DEPTH` or longer than `MAX_DOC_BYTES`.
+/// Refuses a document deeper than `MAX_DEPTH` or longer than `MAX_DOC_BYTES`. One walk gives
+/// the depth and an upper bound of the encoded size; only a document whose bound passes the
+/// limit is encoded to be measured exactly (on the write path, most never are).
 fn bounded(doc: &Map<String, Value>) -> Result<(), Invalid> {
-    let depth = 1 + doc.values().map(depth).max().unwrap_or(0);
+    let (depth, bound) = measure_map(doc);
     if depth > MAX_DEPTH {
         return Err(Invalid(format!(
             "a user may be nested at most {MAX_DEPTH} levels deep (the user object is level 1); this one is {depth}"
         )));
+    }
+    if bound <= MAX_DOC_BYTES {
+        return Ok(());
     }
     let mut size = Counter(0);
     // Writing to a counter cannot fail; a map of JSON values always serializes.
@@ -161,13 +166,35 @@ fn bounded(doc: &Map<String, Value>) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Levels of nesting of a value: 0 for a scalar.
-fn depth(v: &Value) -> usize {
+/// Bytes a string may take encoded: each byte escaped as `\u00XX` at worst, and the quotes.
+fn string_bound(s: &str) -> usize {
+    6 * s.len() + 2
+}
+
+/// Levels of nesting (an object or array is 1 more than its deepest member) and an upper bound
+/// of the encoded size.
+fn measure(v: &Value) -> (usize, usize) {
     match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
+        Value::Array(a) => {
+            let (depth, bytes) = a
+                .iter()
+                .map(measure)
+                .fold((0, 2), |(d, b), (vd, vb)| (d.max(vd), b + vb + 1));
+            (depth + 1, bytes)
+        }
+        Value::Object(o) => measure_map(o),
+        Value::String(s) => (0, string_bound(s)),
+        // A number is at most 24 characters as serde_json writes it; null, true, false at most 5.
+        _ => (0, 24),
     }
+}
+
+fn measure_map(o: &Map<String, Value>) -> (usize, usize) {
+    let (depth, bytes) = o.iter().fold((0, 2), |(d, b), (k, v)| {
+        let (vd, vb) = measure(v);
+        (d.max(vd), b + string_bound(k) + 1 + vb + 1)
+    });
+    (depth + 1, bytes)
 }
 
 /// Counts the bytes written through it.
@@ -268,7 +295,14 @@ mod tests {
 
     #[test]
     fn depth_and_size_limits() {
-        assert_eq!(depth(&nested(MAX_DEPTH)), MAX_DEPTH);
+        assert_eq!(measure(&nested(MAX_DEPTH)).0, MAX_DEPTH);
+        // The bound is never below the real size.
+        for v in [
+            nested(3),
+            json!({"id": "q\"\u{1}é", "n": [1.5e300, -1, null, true]}),
+        ] {
+            assert!(measure(&v).1 >= v.to_string().len(), "{v}");
+        }
         assert!(validate(nested(MAX_DEPTH)).is_ok());
         let e = validate(nested(MAX_DEPTH + 1)).expect_err("too deep").0;
         assert!(e.contains("at most 64 levels") && e.ends_with("65"), "{e}");
