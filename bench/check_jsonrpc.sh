@@ -15,7 +15,7 @@ tmp=$(mktemp -d)
 cleanup() { kill "$svc" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-../target/release/usersvc --listen "127.0.0.1:$port" --database-url "sqlite://$tmp/b.db" --log warn &
+../target/release/usersvc --listen "127.0.0.1:$port" --database-url "sqlite://$tmp/b.db" --journal "$tmp/b.journal" --log warn &
 svc=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
 

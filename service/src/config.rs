@@ -63,8 +63,11 @@ pub enum Command {
 }
 
 const UPGRADE_HELP: &str = "\
-A server started by --start runs in the directory you ran upgrade from, with stdin and stdout
-on /dev/null and its log appended to the pid file's name with .log (usersvc.pid -> usersvc.log).
+A new server runs in the config file's directory (without --config, in the directory upgrade
+ran from), never in a release directory that cleanup may remove; relative paths given as flags
+are made absolute first. One started by --start has stdin and stdout on /dev/null and its log
+appended to the pid file's name with .log (usersvc.pid -> usersvc.log). When a new server exits
+before it is ready, the error quotes the last lines it wrote to that log.
 
 Examples:
   usersvc --config /srv/usersvc/shared/usersvc.toml upgrade --start   (a deploy hook)
@@ -75,7 +78,7 @@ Examples:
 #[derive(Args, Serialize, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// TOML file with any of the settings below (keys as the long flags, with underscores)
+    /// TOML file with any of the settings below (keys as the long flags, with underscores); paths in it are relative to its directory, paths in flags and the environment to the working directory
     #[arg(long, env = "USERSVC_CONFIG", value_name = "FILE", global = true)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -419,13 +422,24 @@ impl Options {
             path: path.clone(),
             message,
         };
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        // Paths in the file mean the same file wherever usersvc is started from: they are the
+        // file's directory's; flags and the environment are the working directory's.
+        let home = match &self.config {
+            Some(path) => cwd
+                .join(path)
+                .parent()
+                .map_or_else(|| cwd.clone(), Path::to_path_buf),
+            None => cwd.clone(),
+        };
         let file = match &self.config {
-            Some(path) => load_file(path)?,
+            Some(path) => load_file(path)?.anchored(&home),
             None => Options::default(),
         };
+        let flags = self.anchored(&cwd);
         // Each layer as the keys it sets; a later layer's key wins.
         let mut merged = serde_json::Map::new();
-        for layer in [&file, &self] {
+        for layer in [&file, &flags] {
             if let serde_json::Value::Object(keys) =
                 serde_json::to_value(layer).map_err(|e| invalid(e.to_string()))?
             {
@@ -434,6 +448,9 @@ impl Options {
         }
         let mut settings: Settings =
             serde_json::from_value(merged.into()).map_err(|e| invalid(e.to_string()))?;
+        // Defaults (usersvc.db, usersvc.journal) sit beside the config file when there is one.
+        settings.journal = anchor(&settings.journal, &home);
+        settings.database_url = anchor_url(&settings.database_url, &home);
         settings.auth_token = settings.auth_token.filter(|t| !t.is_empty());
         settings.check()?;
         if let Some(path) = &settings.auth_token_file {
@@ -445,6 +462,53 @@ impl Options {
             settings.auth_token = Some(read_secret(path)?);
         }
         Ok(settings)
+    }
+}
+
+/// `path` made absolute against `base` (unchanged when it already is).
+pub(crate) fn anchor(path: &Path, base: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+/// A `sqlite:` URL's relative file made absolute against `base`; any other URL unchanged.
+pub(crate) fn anchor_url(url: &str, base: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_owned();
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((f, q)) => (f, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    if file.is_empty() || file.starts_with('/') || file.contains(":memory:") {
+        return url.to_owned();
+    }
+    format!("sqlite://{}{query}", base.join(file).display())
+}
+
+impl Options {
+    /// Its relative paths made absolute against `base`.
+    fn anchored(mut self, base: &Path) -> Self {
+        for path in [
+            &mut self.journal,
+            &mut self.pid_file,
+            &mut self.auth_token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = anchor(path, base);
+        }
+        if let Some(url) = &mut self.database_url {
+            *url = anchor_url(url, base);
+        }
+        self
     }
 }
 
@@ -577,6 +641,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn paths_in_the_file_are_the_files_directorys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("usersvc.toml");
+        std::fs::write(
+            &path,
+            "journal = \"data/usersvc.journal\"\ndatabase_url = \"sqlite://usersvc.db?cache=shared\"\npid_file = \"/run/usersvc.pid\"\n",
+        )
+        .expect("write");
+        let s = Options {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        let d = dir.path();
+        assert_eq!(s.journal, d.join("data/usersvc.journal"));
+        assert_eq!(
+            s.database_url,
+            format!("sqlite://{}?cache=shared", d.join("usersvc.db").display())
+        );
+        assert_eq!(s.pid_file.as_deref(), Some(Path::new("/run/usersvc.pid")));
+        // A flag is the working directory's; a default, the file's.
+        std::fs::write(&path, "").expect("write");
+        let s = Options {
+            config: Some(path),
+            journal: Some("j".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(s.journal, cwd.join("j"));
+        assert_eq!(
+            s.database_url,
+            format!("sqlite://{}", d.join("usersvc.db").display())
+        );
+        assert_eq!(anchor_url("postgres://u@h/db", d), "postgres://u@h/db");
+        assert_eq!(anchor_url("sqlite::memory:", d), "sqlite::memory:");
+        assert_eq!(anchor_url("sqlite:///abs.db", d), "sqlite:///abs.db");
+    }
+
+    #[test]
     fn shipped_example_config_is_valid() {
         let example = include_str!("../../packaging/usersvc.toml");
         toml::from_str::<Options>(example).expect("packaging/usersvc.toml matches the config keys");
@@ -602,7 +708,12 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:2");
         assert_eq!(s.request_timeout, Duration::from_secs(2));
         assert_eq!(s.log_format, LogFormat::Json);
-        assert_eq!(s.database_url, default::database_url());
+        // The default database sits where usersvc is started (no path in a file to anchor it).
+        assert!(
+            s.database_url.starts_with("sqlite:///") && s.database_url.ends_with("/usersvc.db"),
+            "{}",
+            s.database_url
+        );
         assert_eq!(s.store_timeout, Duration::from_secs(2));
 
         std::fs::write(&path, "store_timeout = \"soon\"\n").expect("write");

@@ -170,7 +170,18 @@ async fn require_json(req: Request, next: Next) -> Response {
 /// (408, and the connection is closed): a slow or endless body costs no more than that.
 async fn read_body(State(bounds): State<BodyBounds>, req: Request, next: Next) -> Response {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
-    let too_large = || plain(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large\n");
+    // The rest of the body stays unread: the connection cannot carry another request.
+    let closing = |mut resp: Response| {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    let too_large = || {
+        closing(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is too large\n",
+        ))
+    };
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -187,16 +198,14 @@ async fn read_body(State(bounds): State<BodyBounds>, req: Request, next: Next) -
             next.run(Request::from_parts(parts, body)).await
         }
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => too_large(),
-        Ok(Err(_)) => plain(StatusCode::BAD_REQUEST, "request body could not be read\n"),
-        Err(_) => {
-            let mut resp = plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time\n",
-            );
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            resp
-        }
+        Ok(Err(_)) => closing(plain(
+            StatusCode::BAD_REQUEST,
+            "request body could not be read\n",
+        )),
+        Err(_) => closing(plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        )),
     }
 }
 

@@ -150,6 +150,7 @@ async fn start_detached(pid_file: &Path, timeout: Duration) -> Result<Upgraded, 
         .append(true)
         .open(&log)
         .map_err(|e| UpgradeError::Start(format!("cannot open its log {}: {e}", log.display())))?;
+    let from = stderr.metadata().map_or(0, |m| m.len());
     let (program, args) = serve_args_from_upgrade(std::env::args_os());
     let mut cmd = new_server_command(&program, &args);
     cmd.stdin(Stdio::null())
@@ -160,7 +161,12 @@ async fn start_detached(pid_file: &Path, timeout: Duration) -> Result<Upgraded, 
     let pid = child.id().unwrap_or_default();
     await_ready(&mut child, channel, timeout)
         .await
-        .map_err(|e| UpgradeError::Start(format!("{e} (its log: {})", log.display())))?;
+        .map_err(|e| {
+            let said = last_words(&log, from)
+                .map(|w| format!("; it said: {w}"))
+                .unwrap_or_default();
+            UpgradeError::Start(format!("{e}{said} (its log: {})", log.display()))
+        })?;
     Ok(Upgraded::Started { pid })
 }
 
@@ -195,14 +201,128 @@ fn serve_args_from_upgrade(mut argv: impl Iterator<Item = OsString>) -> (OsStrin
     (program, args)
 }
 
+/// Options whose value is a path (a database URL is anchored as one when it is SQLite's).
+const PATH_OPTIONS: &[(&str, &str)] = &[
+    ("--config", "USERSVC_CONFIG"),
+    ("--journal", "USERSVC_JOURNAL"),
+    ("--pid-file", "USERSVC_PID_FILE"),
+    ("--auth-token-file", "USERSVC_AUTH_TOKEN_FILE"),
+    ("--database-url", "USERSVC_DATABASE_URL"),
+];
+
+/// A path option's value made absolute against `base`.
+fn anchored(option: &str, value: &std::ffi::OsStr, base: &Path) -> OsString {
+    let Some(text) = value.to_str() else {
+        return crate::config::anchor(Path::new(value), base).into_os_string();
+    };
+    if option == "--database-url" {
+        crate::config::anchor_url(text, base).into()
+    } else {
+        crate::config::anchor(Path::new(text), base).into_os_string()
+    }
+}
+
+/// `args` with every path option's value absolute against `base` (`--opt value` and
+/// `--opt=value` alike): the new server runs elsewhere (`new_server_command`).
+fn absolute_args(args: &[OsString], base: &Path) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut pending: Option<&str> = None;
+    for a in args {
+        if let Some(option) = pending.take() {
+            out.push(anchored(option, a, base));
+            continue;
+        }
+        let text = a.to_string_lossy();
+        match PATH_OPTIONS.iter().find_map(|(o, _)| {
+            if text == *o {
+                Some((*o, None))
+            } else {
+                text.strip_prefix(o)?
+                    .strip_prefix('=')
+                    .map(|v| (*o, Some(v.to_owned())))
+            }
+        }) {
+            Some((option, None)) => {
+                pending = Some(option);
+                out.push(a.clone());
+            }
+            Some((option, Some(value))) => {
+                let mut joined = OsString::from(format!("{option}="));
+                joined.push(anchored(option, value.as_ref(), base));
+                out.push(joined);
+            }
+            None => out.push(a.clone()),
+        }
+    }
+    out
+}
+
+/// The new server's command. Its program and path options are made absolute against this
+/// process's directory, and it runs from the config file's directory when there is one: never
+/// from a release directory that cleanup will remove (without a config file, from this
+/// process's directory, where its defaults live).
 fn new_server_command(program: &OsString, args: &[OsString]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let program_path = Path::new(program);
+    let program = if program_path.is_relative() && program_path.components().count() > 1 {
+        here.join(program_path).into_os_string()
+    } else {
+        program.clone()
+    };
+    let args = absolute_args(args, &here);
+    let mut cmd = tokio::process::Command::new(&program);
+    for (option, var) in PATH_OPTIONS {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, anchored(option, &value, &here));
+        }
+    }
+    let config = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.to_str()?.strip_prefix("--config=").map(OsString::from))
+        })
+        .or_else(|| std::env::var_os("USERSVC_CONFIG").map(|v| anchored("--config", &v, &here)));
+    let dir = config
+        .as_deref()
+        .and_then(|c| Path::new(c).parent().map(Path::to_path_buf))
+        .unwrap_or(here);
+    cmd.args(&args)
+        .current_dir(dir)
         // listenfd accepts an unset LISTEN_PID; ours (the parent's) would make the child ignore
         // the sockets.
         .env_remove("LISTEN_PID")
         .kill_on_drop(false);
     cmd
+}
+
+/// The last lines a failed new server wrote to `log` after `from` (its stderr, when that is a
+/// file), for the error: the reason is where the operator reads it.
+fn last_words(log: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log).ok()?;
+    let end = f.metadata().ok()?.len();
+    let start = from.max(end.saturating_sub(4096));
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut text = String::new();
+    f.take(4096).read_to_string(&mut text).ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    (!tail.is_empty()).then(|| tail.join(" | "))
+}
+
+/// Where this process's stderr goes when it is a regular file (a new server inherits it), and
+/// its length now.
+fn stderr_file() -> Option<(PathBuf, u64)> {
+    let path = std::fs::read_link("/proc/self/fd/2").ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    meta.is_file().then_some((path, meta.len()))
 }
 
 /// Spawns with `listener` (if any) and the upgrade channel as systemd-style passed fds.
@@ -393,6 +513,7 @@ async fn hand_over(handoff: &Handoff, timeout: Duration) -> Result<u32, String> 
     };
     tracing::info!(program = %program.to_string_lossy(), "upgrade: starting the new server");
     let cmd = new_server_command(&program, &args);
+    let stderr = stderr_file();
     let (mut child, channel) =
         spawn_with_channel(cmd, &program, Some(listener)).map_err(|e| e.to_string())?;
     let pid = child.id().unwrap_or_default();
@@ -414,6 +535,12 @@ async fn hand_over(handoff: &Handoff, timeout: Duration) -> Result<u32, String> 
             Ok(pid)
         }
         Err(why) => {
+            // Its stderr is ours: when that is a file, its last lines say why.
+            let said = stderr
+                .and_then(|(log, from)| last_words(&log, from))
+                .map(|w| format!("; it said: {w}"))
+                .unwrap_or_default();
+            let why = format!("{why}{said}");
             tracing::error!(error = %why, "upgrade failed; still serving");
             Err(why)
         }
@@ -426,6 +553,38 @@ mod tests {
 
     fn args(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn path_options_are_made_absolute() {
+        let base = Path::new("/srv/u/releases/1");
+        assert_eq!(
+            absolute_args(
+                &args(&[
+                    "--config",
+                    "../../shared/usersvc.toml",
+                    "--journal=j",
+                    "--pid-file",
+                    "/run/u.pid",
+                    "--database-url",
+                    "sqlite://u.db",
+                    "--listen",
+                    "127.0.0.1:1",
+                ]),
+                base
+            ),
+            args(&[
+                "--config",
+                "/srv/u/releases/1/../../shared/usersvc.toml",
+                "--journal=/srv/u/releases/1/j",
+                "--pid-file",
+                "/run/u.pid",
+                "--database-url",
+                "sqlite:///srv/u/releases/1/u.db",
+                "--listen",
+                "127.0.0.1:1",
+            ])
+        );
     }
 
     #[test]

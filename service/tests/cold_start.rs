@@ -117,10 +117,11 @@ fn without_a_usable_copy_it_refuses_to_start_and_names_the_copy() {
         "{stderr}"
     );
     assert!(
-        // The journal's path is relative (the default), and so is its copy's.
-        last_line.ends_with(
-            "no local copy to start from: the snapshot copy usersvc.snapshot is damaged: checksum mismatch"
-        ),
+        // Named in full: the default journal (and its copy) is the working directory's.
+        last_line.ends_with(&format!(
+            "no local copy to start from: the snapshot copy {} is damaged: checksum mismatch",
+            copy.display()
+        )),
         "{stderr}"
     );
 
@@ -128,7 +129,7 @@ fn without_a_usable_copy_it_refuses_to_start_and_names_the_copy() {
     let (status, stderr) = s.run_to_failure();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("no snapshot copy at usersvc.snapshot"),
+        stderr.contains(&format!("no snapshot copy at {}", copy.display())),
         "{stderr}"
     );
 }

@@ -465,8 +465,10 @@ fn a_second_server_on_the_same_journal_is_refused_naming_the_holder() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(
-        stderr.starts_with("usersvc: the journal usersvc.journal is in use by another usersvc")
-            && stderr.contains(&format!("(pid {})", s.pid())),
+        stderr.starts_with(&format!(
+            "usersvc: the journal {} is in use by another usersvc",
+            s.dir().join("usersvc.journal").display()
+        )) && stderr.contains(&format!("(pid {})", s.pid())),
         "{stderr}"
     );
     // The first one was not disturbed.

@@ -110,3 +110,61 @@ fn the_service_unit_is_private_and_hardened() {
         });
     assert!(score <= 2.0, "exposure {score} (want at most 2.0):\n{said}");
 }
+
+/// What `make run` leaves in the checkout (usersvc with its defaults, started and stopped in the
+/// workspace root) is all covered by the repository's `.gitignore`: `git status` stays clean.
+#[test]
+fn running_with_the_defaults_leaves_the_checkout_clean() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git (a test peer)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["init", "-q"]);
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.gitignore"),
+        repo.path().join(".gitignore"),
+    )
+    .expect("copy .gitignore");
+    git(&["add", ".gitignore"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "ignore",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_usersvc"))
+        .args(["--listen", "127.0.0.1:0", "--log", "off"])
+        .current_dir(repo.path())
+        .spawn()
+        .expect("usersvc");
+    let copy = repo.path().join("usersvc.snapshot");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !copy.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usersvc never saved its copy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let left = git(&["status", "--porcelain", "--ignored=no"]);
+    assert!(left.trim().is_empty(), "left untracked: {left}");
+    assert!(
+        repo.path().join("usersvc.db").exists(),
+        "it did run in that directory"
+    );
+}

@@ -343,3 +343,145 @@ fn systemd_socket_activation_and_notify() {
     let failures = load::failures(&load.stop());
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// `bin/usersvc` becomes a wrapper that, asked to serve, says `says` on stderr and exits 1 (a
+/// release whose start script fails); any other command is usersvc's.
+fn broken_server(site: &Site, says: &str) {
+    let script = site.path("broken");
+    std::fs::write(
+        &script,
+        format!(
+            // exec -a keeps argv[0]: an upgrade starts what the wrapper was started through.
+            "#!/bin/bash\ncase \" $* \" in *\" serve \"*) echo '{says}' >&2; exit 1;; esac\nexec -a \"$0\" '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_usersvc")
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let _ = std::fs::remove_file(site.path("bin/usersvc"));
+    symlink(&script, site.path("bin/usersvc")).expect("link");
+}
+
+#[test]
+fn a_new_server_that_exits_says_why() {
+    let site = Site::new();
+    // Nothing running: `upgrade --start` of a server that is not usersvc (a wrapper that fails).
+    broken_server(&site, "cannot start: /opt/license.key is missing");
+    let out = site.usersvc(&["upgrade", "--start"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot start: /opt/license.key is missing"),
+        "{}",
+        stderr(&out)
+    );
+    // A running server replaced by one that fails: the old one serves on, the reason is shown.
+    std::fs::remove_file(site.path("bin/usersvc")).expect("rm");
+    symlink(env!("CARGO_BIN_EXE_usersvc"), site.path("bin/usersvc")).expect("link");
+    assert!(site.usersvc(&["upgrade", "--start"]).status.success());
+    let pid = site.pid().expect("pid");
+    broken_server(&site, "cannot start: port policy forbids it");
+    let out = site.usersvc(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the new server failed")
+            && err.contains("cannot start: port policy forbids it"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(alive(pid));
+}
+
+/// A deploy layout: `releases/<n>/bin/usersvc`, `current` switched to the newest, the config in
+/// `shared/` with relative paths. The shipped hook runs from inside the new release, and old
+/// releases are removed as cleanup would.
+#[test]
+fn relative_paths_follow_the_config_file_across_releases() {
+    let mut pg = testbed::Postgres::start();
+    let site = tempfile::tempdir().expect("temp dir");
+    let root = site.path();
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let port = free_port("127.0.0.1");
+    std::fs::write(
+        shared.join("usersvc.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"{}\"\njournal = \"usersvc.journal\"\npid_file = \"usersvc.pid\"\nstore_timeout = \"1s\"\nlog_format = \"json\"\n",
+            pg.url()
+        ),
+    )
+    .expect("config");
+    let agent = testbed::http::agent();
+    let call = |body: &str| {
+        testbed::http::post(
+            &agent,
+            &format!("http://127.0.0.1:{port}/"),
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .json()
+    };
+    let keep = 2;
+    let mut queued = 0;
+    for n in 1..=keep + 2 {
+        let release = root.join(format!("releases/{n}"));
+        std::fs::create_dir_all(release.join("bin")).expect("mkdir");
+        symlink(env!("CARGO_BIN_EXE_usersvc"), release.join("bin/usersvc")).expect("link");
+        let tmp = root.join("current.tmp");
+        symlink(&release, &tmp).expect("link");
+        std::fs::rename(&tmp, root.join("current")).expect("switch");
+        // The shipped after_publish hook, run in the release directory.
+        let out = Command::new(root.join("current/bin/usersvc"))
+            .arg("--config")
+            .arg(shared.join("usersvc.toml"))
+            .args(["upgrade", "--start"])
+            .current_dir(&release)
+            .output()
+            .expect("hook");
+        assert!(out.status.success(), "deploy {n}: {}", stderr(&out));
+        if n == 2 {
+            // The store goes away: writes are queued by the server of release 2.
+            pg.stop();
+            for i in 0..5 {
+                let r = call(&format!(
+                    r#"{{"jsonrpc":"2.0","method":"put_user","params":{{"user":{{"id":"q{i}"}}}},"id":1}}"#
+                ));
+                assert_eq!(r["result"]["queued"], true, "{r}");
+                queued += 1;
+            }
+        }
+        // Cleanup beyond keep_releases, the server's own release included once it is old.
+        if n > keep {
+            std::fs::remove_dir_all(root.join(format!("releases/{}", n - keep))).expect("rm");
+        }
+        let pid: u32 = std::fs::read_to_string(shared.join("usersvc.pid"))
+            .expect("pid file in shared/")
+            .trim()
+            .parse()
+            .expect("pid");
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+        assert_eq!(
+            cwd,
+            shared,
+            "deploy {n}: the server runs in {}",
+            cwd.display()
+        );
+    }
+    for name in [
+        "usersvc.journal",
+        "usersvc.snapshot",
+        "usersvc.pid",
+        "usersvc.log",
+    ] {
+        assert!(shared.join(name).exists(), "{name} is not in shared/");
+    }
+    pg.restart();
+    eventually(
+        "the queued writes are replayed",
+        Duration::from_secs(30),
+        || pg.psql("SELECT count(*) FROM users WHERE id LIKE 'q%'") == queued.to_string(),
+    );
+    let pid = std::fs::read_to_string(shared.join("usersvc.pid")).expect("pid");
+    signal(pid.trim().parse().expect("pid"), libc::SIGKILL);
+}
