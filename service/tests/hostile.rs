@@ -474,3 +474,31 @@ fn pulling_costs_a_small_multiple_of_the_payload() {
     );
     assert_eq!(s.result("get_users", json!({"limit": 1})), json!([]));
 }
+
+#[test]
+fn listening_beyond_loopback_without_a_token_is_warned_about() {
+    let open = Usersvc::start_with(bin(), &["--listen", "0.0.0.0:0"]);
+    assert!(
+        open.log()
+            .contains("listening beyond loopback without a token"),
+        "{}",
+        open.log()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").expect("token");
+    let guarded = Usersvc::start_with(
+        bin(),
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--auth-token-file",
+            token.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        !guarded.log().contains("without a token"),
+        "{}",
+        guarded.log()
+    );
+}
