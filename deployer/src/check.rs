@@ -54,12 +54,14 @@ fn check_host(h: &mut Host) -> HostReport {
         let d = &h.target.deploy_to;
         let script = format!("{}{}", writable_script(d), layout::state_script(d, false));
         match h.run(&script, None) {
-            Ok(o) => {
-                let state = layout::parse_state(&o.stdout);
-                r.writable = o.stdout.lines().any(|l| l == "writable=yes");
-                r.dir_exists = state.exists;
-                r.lock = Some(state.lock);
-            }
+            Ok(o) => match layout::parse_state(&o.stdout) {
+                Ok(state) => {
+                    r.writable = o.stdout.lines().any(|l| l == "writable=yes");
+                    r.dir_exists = state.exists;
+                    r.lock = Some(state.lock);
+                }
+                Err(e) => h.fail(fleet::Stage::State, e),
+            },
             Err(e) => h.fail(fleet::Stage::State, e),
         }
     }

@@ -133,9 +133,10 @@ impl Host {
     /// Records the first failure; later ones are consequences of it.
     pub fn fail(&mut self, stage: Stage, message: impl fmt::Display) {
         if self.failure.is_none() {
+            // Often what a host said: shown and recorded escaped, never obeyed by a terminal.
             self.failure = Some(Failure {
                 stage,
-                message: message.to_string(),
+                message: crate::remote_text::printable(&message.to_string()).into_owned(),
             });
         }
     }
@@ -171,8 +172,18 @@ impl Host {
 
 /// The last `n` non-empty lines of `text`, joined; `None` when there are none.
 pub fn last_lines(text: &str, n: usize) -> Option<String> {
+    /// What a failure keeps of a host's output: it is printed, and recorded on every host.
+    const MAX: usize = 2000;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(n)..].join(" | "))
+    let joined = (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(n)..].join(" | "))?;
+    if joined.len() <= MAX {
+        return Some(joined);
+    }
+    let mut cut = joined.len() - MAX;
+    while !joined.is_char_boundary(cut) {
+        cut += 1;
+    }
+    Some(format!("…{}", &joined[cut..]))
 }
 
 /// Connects to every target (host key checked, authenticated) and opens its shell.
@@ -216,7 +227,10 @@ pub fn read_state(h: &mut Host, manifest: bool) {
         return;
     }
     match h.run(&layout::state_script(&h.target.deploy_to, manifest), None) {
-        Ok(o) => h.state = layout::parse_state(&o.stdout),
+        Ok(o) => match layout::parse_state(&o.stdout) {
+            Ok(state) => h.state = state,
+            Err(e) => h.fail(Stage::State, e),
+        },
         Err(e) => h.fail(Stage::State, e),
     }
 }

@@ -29,22 +29,21 @@ pub struct Unhealthy {
     pub last: CheckFailed,
 }
 
-/// Why one check did not pass.
+/// Why one check did not pass: the plugin's state and first line, never its command line (it
+/// may carry a secret, and this text is recorded on every host).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckFailed {
     /// The JSON-RPC check's status line, not OK.
     #[error("{0}")]
     NotOk(String),
-    #[error("{command:?}: {line}")]
-    TimedOut { command: String, line: String },
-    #[error("{command:?} exited {code}: {line}")]
-    Exited {
-        command: String,
-        code: i32,
-        line: String,
-    },
-    #[error("{command:?} was killed by a signal")]
-    Killed { command: String },
+    #[error("timed out: {line}")]
+    TimedOut { line: String },
+    #[error("{} (exit {code}): {line}", State::from_exit(Some(*code)))]
+    Exited { code: i32, line: String },
+    #[error("the check was killed by a signal")]
+    Killed,
+    #[error("the check command {0}")]
+    Template(String),
     #[error(transparent)]
     Run(#[from] plugin_api::RunError),
 }
@@ -102,11 +101,7 @@ impl Gate {
             said.push(line);
         }
         if let Some(cmd) = &self.command {
-            let cmd = subject.fill(cmd, |field, value| match field {
-                "host" => crate::ssh::quote(value),
-                _ => crate::ssh::quote_word(value),
-            });
-            said.push(run_plugin(&cmd, self.timeout)?);
+            said.push(run_plugin(&subject.argv(cmd)?, self.timeout)?);
         }
         Ok(said.join("; "))
     }
@@ -121,6 +116,22 @@ pub struct Subject<'a> {
 }
 
 impl Subject<'_> {
+    /// The command template split into words as a shell would (quotes and all), then each
+    /// placeholder replaced inside its own word: a value is one argument, whatever it holds,
+    /// and no shell ever reads it.
+    fn argv(&self, template: &str) -> Result<Vec<String>, CheckFailed> {
+        let words = shlex::split(template).ok_or_else(|| {
+            CheckFailed::Template("has an unclosed quote or a trailing backslash".into())
+        })?;
+        if words.is_empty() {
+            return Err(CheckFailed::Template("is empty".into()));
+        }
+        Ok(words
+            .iter()
+            .map(|w| self.fill(w, |_, value| value.to_owned()))
+            .collect())
+    }
+
     /// Replaces `{host}`, `{release}` and `{revision}` in `template`, each value passed through
     /// `encode` (URL or shell quoting).
     fn fill(&self, template: &str, encode: impl Fn(&str, &str) -> String) -> String {
@@ -145,22 +156,19 @@ fn url_host(host: &str) -> String {
     }
 }
 
-/// Runs a plugin command with `sh -c`; exit 0 is healthy. Killed after `timeout`.
-fn run_plugin(cmd: &str, timeout: Duration) -> Result<String, CheckFailed> {
-    let run = plugin_api::run_shell(cmd, timeout)?;
-    let command = cmd.to_owned();
+/// Runs a plugin (program and arguments, no shell); exit 0 is healthy. Killed after `timeout`.
+fn run_plugin(argv: &[String], timeout: Duration) -> Result<String, CheckFailed> {
+    let run = plugin_api::run_argv(argv, timeout)?;
     match run.code {
         Some(0) => Ok(run.first_line),
         _ if run.timed_out => Err(CheckFailed::TimedOut {
-            command,
             line: run.first_line,
         }),
         Some(code) => Err(CheckFailed::Exited {
-            command,
             code,
             line: run.first_line,
         }),
-        None => Err(CheckFailed::Killed { command }),
+        None => Err(CheckFailed::Killed),
     }
 }
 
@@ -190,20 +198,26 @@ mod tests {
     #[test]
     fn plugin_commands_decide_by_exit_status() {
         assert_eq!(
-            gate("echo OK - {host} fine", 0)
+            gate("sh -c 'echo OK - $0 fine' {host}", 0)
                 .wait_healthy(&on("app1"))
                 .expect("healthy"),
             "OK - app1 fine"
         );
-        let e = gate("echo CRITICAL - down; exit 2", 2)
+        let e = gate("sh -c 'echo CRITICAL - down; exit 2'", 2)
             .wait_healthy(&on("app1"))
             .expect_err("unhealthy")
             .to_string();
         assert!(
-            e.contains("after 3 checks") && e.contains("CRITICAL - down"),
+            e.contains("after 3 checks") && e.contains("CRITICAL (exit 2): CRITICAL - down"),
             "{e}"
         );
-        // The host name is quoted: no injection through it.
+        // What a failure says never holds the command line (it may carry a secret).
+        let e = gate("sh -c 'exit 2' --bearer s3cret", 0)
+            .wait_healthy(&on("app1"))
+            .expect_err("unhealthy")
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        // The host is one argument, whatever it holds.
         assert!(
             gate("test {host} = 'a b'", 0)
                 .wait_healthy(&on("a b"))
@@ -219,16 +233,29 @@ mod tests {
                 .expect("healthy"),
             "/revision=\"abc123\" 20261123201500"
         );
-        // An odd revision is quoted: it arrives whole and runs nothing.
-        let odd = Subject {
-            revision: "a b;touch /tmp/x",
-            ..on("app1")
-        };
-        assert_eq!(
-            gate("printf %s {revision}", 0)
-                .wait_healthy(&odd)
-                .expect("healthy"),
-            "a b;touch /tmp/x"
+        // A hostile or odd revision arrives as one argument, unchanged, and runs nothing, even
+        // inside quotes of the template.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pwned = dir.path().join("PWNED");
+        for template in [
+            "printf %s {revision}",
+            "printf %s '{revision}'",
+            "printf %s \"x{revision}\"",
+        ] {
+            let odd = format!("a b';$(touch {})'", pwned.display());
+            let subject = Subject {
+                revision: &odd,
+                ..on("app1")
+            };
+            let said = gate(template, 0).wait_healthy(&subject).expect("healthy");
+            assert!(said.ends_with(&odd), "{template}: {said}");
+            assert!(!pwned.exists(), "{template} ran the revision");
+        }
+        let bad = gate("printf 'unclosed", 0).wait_healthy(&on("app1"));
+        assert!(
+            bad.expect_err("template")
+                .to_string()
+                .contains("unclosed quote")
         );
     }
 }

@@ -4,6 +4,7 @@
 //! `manifests/<ts>`, `bad/<ts>` holding why a release was rolled back). Every interpolated
 //! value goes through [`quote`].
 
+use crate::remote_text::{MAX_REVISION, printable, release_name_ok, revision_ok};
 use crate::ssh::quote;
 use serde::Serialize;
 
@@ -53,7 +54,23 @@ for b in .deploy/bad/*; do [ -f "$b" ] && printf 'bad=%s\t%s\n' "${{b##*/}}" "$(
     s
 }
 
-pub fn parse_state(out: &str) -> HostState {
+/// The lock's holder line in [`state_script`]'s output (escaped), whatever else the layout holds:
+/// `unlock` must work on a host whose layout is not trusted.
+pub fn lock_holder(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("lock="))
+        .map(|l| printable(l).into_owned())
+}
+
+/// A host said something that is not what the layout holds (a release name that is not a time
+/// stamp, a revision with control characters): the host is refused, not believed.
+#[derive(Debug, thiserror::Error)]
+#[error("the host's layout is not trusted: {0}")]
+pub struct Untrusted(String);
+
+/// Reads [`state_script`]'s output. Names and revisions are checked; reasons and the lock's
+/// owner are kept escaped ([`printable`]).
+pub fn parse_state(out: &str) -> Result<HostState, Untrusted> {
     let mut st = HostState {
         exists: true,
         ..HostState::default()
@@ -71,12 +88,30 @@ pub fn parse_state(out: &str) -> HostState {
         if line == "missing" {
             st.exists = false;
         } else if let Some(c) = line.strip_prefix("current=") {
+            if !c.is_empty() && !release_name_ok(c) {
+                return Err(Untrusted(format!(
+                    "current points to {:?}, not a release",
+                    printable(c)
+                )));
+            }
             st.current = Some(c.to_owned()).filter(|c| !c.is_empty());
         } else if let Some(r) = line.strip_prefix("release=") {
             let mut f = r.splitn(3, '\t');
             let name = f.next().unwrap_or_default().to_owned();
             let complete = f.next() == Some("1");
             let revision = f.next().unwrap_or_default().to_owned();
+            if !release_name_ok(&name) {
+                return Err(Untrusted(format!(
+                    "releases/{:?} is not a release name (YYYYmmddHHMMSS)",
+                    printable(&name)
+                )));
+            }
+            if !revision_ok(&revision) {
+                return Err(Untrusted(format!(
+                    "release {name}'s REVISION {:?} is not a revision (printable, at most {MAX_REVISION} bytes)",
+                    printable(&revision)
+                )));
+            }
             st.releases.push(ReleaseInfo {
                 name,
                 complete,
@@ -85,9 +120,9 @@ pub fn parse_state(out: &str) -> HostState {
             });
         } else if let Some(b) = line.strip_prefix("bad=") {
             let (name, why) = b.split_once('\t').unwrap_or((b, ""));
-            bad.push((name.to_owned(), why.to_owned()));
+            bad.push((name.to_owned(), printable(why).into_owned()));
         } else if let Some(l) = line.strip_prefix("lock=") {
-            st.lock = Some(l.to_owned());
+            st.lock = Some(printable(l).into_owned());
         }
     }
     for (name, why) in bad {
@@ -96,7 +131,7 @@ pub fn parse_state(out: &str) -> HostState {
         }
     }
     st.releases.sort_by(|a, b| a.name.cmp(&b.name));
-    st
+    Ok(st)
 }
 
 pub const RELEASE_FORMAT: &str = "%Y%m%d%H%M%S";
@@ -234,12 +269,16 @@ rm -rf {x} && mkdir -p "$(dirname {x})" && ln -s "$s"/{x} {x} || exit 1
 }
 
 /// Runs `hooks` one after the other in the release directory; stops at the first that fails.
+/// Each hook runs under GNU `timeout` when the host has it: past `timeout` it is signalled with
+/// its whole process group (sshd signals nothing: a command without a terminal would run on),
+/// killed 2 s later, and reported as timed out.
 pub fn hooks_script(
     deploy_to: &str,
     release: &str,
     previous: Option<&str>,
     revision: &str,
     hooks: &[String],
+    timeout: std::time::Duration,
 ) -> String {
     let path = format!("{deploy_to}/releases/{release}");
     let mut s = format!(
@@ -252,9 +291,13 @@ export DEPLOY_TO={d} RELEASE={r} RELEASE_PATH={p} PREVIOUS_RELEASE={prev} REVISI
         prev = quote(previous.unwrap_or("")),
         rev = quote(revision),
     );
+    let secs = timeout.as_secs().max(1);
+    s.push_str(&format!(
+        "if command -v timeout >/dev/null 2>&1; then t=\"timeout -k 2 {secs}\"; else t=; fi\n"
+    ));
     for h in hooks {
         s.push_str(&format!(
-            "sh -c {q}; s=$?; if [ $s -ne 0 ]; then printf 'hook %s exited %s\\n' {q} $s; exit $s; fi\n",
+            "$t sh -c {q}; s=$?; if [ $s -ne 0 ]; then if [ -n \"$t\" ] && {{ [ $s -eq 124 ] || [ $s -eq 137 ]; }}; then printf 'hook %s timed out after {secs}s (killed)\\n' {q}; else printf 'hook %s exited %s\\n' {q} $s; fi; exit $s; fi\n",
             q = quote(h)
         ));
     }
@@ -306,7 +349,8 @@ mod tests {
     fn parses_the_state() {
         let st = parse_state(
             "current=20261123100002\nrelease=20261123100001\t1\tabc\nrelease=20261123100002\t1\tdef 1\nrelease=20261123100003\t0\t\nbad=20261123100001\thealth gate failed\nlock=bob@x pid 4 since t\nmanifest:\n{\"entries\":{}}\n",
-        );
+        )
+        .expect("trusted");
         assert!(st.exists);
         assert_eq!(st.current.as_deref(), Some("20261123100002"));
         assert_eq!(st.releases.len(), 3);
@@ -315,8 +359,30 @@ mod tests {
         assert_eq!(st.releases[0].bad.as_deref(), Some("health gate failed"));
         assert_eq!(st.lock.as_deref(), Some("bob@x pid 4 since t"));
         assert_eq!(st.manifest.as_deref(), Some("{\"entries\":{}}\n"));
-        assert!(!parse_state("missing\n").exists);
+        assert!(!parse_state("missing\n").expect("trusted").exists);
         assert_eq!(previous_good(&st), None, "the older one is bad");
+    }
+
+    #[test]
+    fn what_a_host_says_is_checked_or_escaped() {
+        let untrusted = |out: &str| parse_state(out).expect_err("refused").to_string();
+        let e = untrusted("release=20261123100001\t1\tx$(id)\u{1b}[2J\n");
+        assert!(e.contains("REVISION") && e.contains("\\u{1b}"), "{e}");
+        assert!(untrusted("release=../../etc\t1\tabc\n").contains("not a release name"));
+        assert!(untrusted("current=..\n").contains("not a release"));
+        // Shell text is a fine revision: it is data (the gate gets it as one argument).
+        let st = parse_state("release=20261123100001\t1\tx$(id>/tmp/p)\n").expect("printable");
+        assert_eq!(st.releases[0].revision, "x$(id>/tmp/p)");
+        let st = parse_state(
+            "release=20261123100001\t1\tabc\nbad=20261123100001\t\u{1b}]0;owned\u{7}\nlock=\u{1b}[31mmallory\n",
+        )
+        .expect("escaped");
+        assert_eq!(st.releases[0].bad.as_deref(), Some("\\u{1b}]0;owned\\u{7}"));
+        assert_eq!(st.lock.as_deref(), Some("\\u{1b}[31mmallory"));
+        assert_eq!(
+            lock_holder("lock=\u{1b}[1mx\n").as_deref(),
+            Some("\\u{1b}[1mx")
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ mod lock;
 mod manifest;
 mod outcome;
 mod releases;
+mod remote_text;
 mod report;
 mod rollback;
 mod settings;

@@ -65,7 +65,11 @@ pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
     match shell.run(&acquire_script(&d, owner, manifest), None) {
         Ok(o) if o.status == 0 => {
             h.locked = true;
-            h.state = parse_state(&o.stdout);
+            match parse_state(&o.stdout) {
+                Ok(state) => h.state = state,
+                // Locked: the failure path releases it like any other.
+                Err(e) => h.fail(Stage::State, e),
+            }
         }
         Ok(o) if o.status == HELD => {
             let holder = o

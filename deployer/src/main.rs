@@ -56,7 +56,8 @@ struct Cli {
     /// Connect timeout and limit for each remote step, in seconds
     #[arg(long, default_value_t = 10, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
-    /// Limit for the hooks of one host, in seconds
+    /// Limit for each hook, in seconds: past it the hook is killed on its host (with what it
+    /// started) and the deploy fails
     #[arg(long, default_value_t = 600, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     hook_timeout: u64,
     /// No stage headings or progress bars on stderr

@@ -60,15 +60,6 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Like [`quote`], but a word of only safe characters stays bare, so it can also stand inside a
-/// quoted string in a template (`--expect '/revision="{revision}"'`).
-pub fn quote_word(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+:/@%=,".contains(&b));
-    if safe { s.to_owned() } else { quote(s) }
-}
-
 /// The output of one remote command.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -215,28 +206,48 @@ pub fn finish(host: &str, mut ch: ssh2::Channel) -> Result<Output, SshError> {
     })
 }
 
+/// Output of one step kept for the report: its last bytes (a hook may print without end).
+const KEEP_OUTPUT: usize = 64 * 1024;
+
 impl Shell {
     /// Runs `script` in a subshell (so `exit` and `cd` stay inside it) with stdin from
-    /// /dev/null and stderr merged into stdout; waits at most `timeout` for each read.
-    pub fn run(&mut self, script: &str, timeout: Option<Duration>) -> Result<Output, SshError> {
+    /// /dev/null and stderr merged into stdout. `deadline`: the most the whole script may take
+    /// (None: the default wait for each read). Only the last `KEEP_OUTPUT` bytes of output are
+    /// kept; what was dropped is counted at the top.
+    pub fn run(&mut self, script: &str, deadline: Option<Duration>) -> Result<Output, SshError> {
         let lost = |what: &str, e: &dyn std::fmt::Display| SshError::Session {
             host: self.host.clone(),
             message: format!("connection lost while {what}: {e}"),
         };
-        let timeout = timeout.unwrap_or(self.default_timeout);
-        self.session
-            .set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
+        let ends = deadline.map(|d| std::time::Instant::now() + d);
         let wrapped = format!(
             "(\n{script}\n) </dev/null 2>&1; printf '\\n{m} %s\\n' \"$?\"\n",
             m = self.marker
         );
+        self.session
+            .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
         self.channel
             .write_all(wrapped.as_bytes())
             .and_then(|()| self.channel.flush())
             .map_err(|e| lost("sending a command", &e))?;
         let mut buf = Vec::with_capacity(4096);
+        let mut dropped = 0usize;
         let mut chunk = [0u8; 16384];
         let status = loop {
+            if let Some(ends) = ends {
+                let left = ends.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(lost(
+                        "waiting for a command",
+                        &format!(
+                            "no end within {}",
+                            humantime::format_duration(deadline.unwrap_or_default())
+                        ),
+                    ));
+                }
+                self.session
+                    .set_timeout(u32::try_from(left.as_millis().max(1)).unwrap_or(u32::MAX));
+            }
             let n = self
                 .channel
                 .read(&mut chunk)
@@ -249,12 +260,21 @@ impl Shell {
                 buf.truncate(at);
                 break status;
             }
+            if buf.len() > 2 * KEEP_OUTPUT {
+                let cut = buf.len() - KEEP_OUTPUT;
+                buf.drain(..cut);
+                dropped += cut;
+            }
         };
         self.session
             .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
+        let mut stdout = String::from_utf8_lossy(&buf).into_owned();
+        if dropped > 0 {
+            stdout.insert_str(0, &format!("[{dropped} bytes of output dropped]\n"));
+        }
         Ok(Output {
             status,
-            stdout: String::from_utf8_lossy(&buf).into_owned(),
+            stdout,
             stderr: String::new(),
         })
     }

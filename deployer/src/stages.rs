@@ -43,8 +43,11 @@ pub fn hooks(
         release.previous,
         release.revision,
         commands,
+        timeout,
     );
-    host.run(&script, Some(timeout)).map(drop)
+    // The host kills a hook at `timeout`; this is the deployer's own bound, should it not.
+    let whole = (timeout + Duration::from_secs(5)) * commands.len() as u32;
+    host.run(&script, Some(whole)).map(drop)
 }
 
 /// The health gate on one host: the release that should now answer there does, or the host

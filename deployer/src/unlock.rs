@@ -3,7 +3,7 @@
 
 use crate::config::Target;
 use crate::fleet::{self, Failure, Stage, each};
-use crate::layout::{parse_state, state_script};
+use crate::layout::{lock_holder, state_script};
 use crate::lock::{force_script, is_stale_own, release_script};
 use crate::outcome::{Outcome, Unfinished};
 use crate::settings::Settings;
@@ -28,13 +28,16 @@ pub fn unlock(targets: &[Target], s: &Settings, user: &str, force: bool) -> Unlo
         let d = h.target.deploy_to.clone();
         let mut run = |script: &str| h.run(script, None).map_err(|e| fail(e.to_string()));
         let out = run(&state_script(&d, false))?;
-        let Some(holder) = parse_state(&out.stdout).lock else {
+        let Some(holder) = lock_holder(&out.stdout) else {
             return Ok("not locked".into());
         };
         if force {
             let out = run(&force_script(&d))?;
             let removed = out.stdout.trim().strip_prefix("removed=").unwrap_or("");
-            return Ok(format!("removed the lock of {removed}"));
+            return Ok(format!(
+                "removed the lock of {}",
+                crate::remote_text::printable(removed)
+            ));
         }
         if !is_stale_own(&holder, user) {
             return Err(fail(format!(

@@ -114,7 +114,7 @@ fn a_failing_health_gate_puts_every_host_back() {
     let flags = h.dir.path().join("healthy");
     std::fs::create_dir_all(&flags).expect("mkdir");
     let health = format!(
-        "[hooks]\nafter_publish = [\"echo \\\"$RELEASE\\\" >> \\\"$DEPLOY_TO/restarts\\\"\"]\n[health]\ncommand = \"test -e '{}'/{{host}} && echo OK - up || {{ echo CRITICAL - down; exit 2; }}\"\nretries = 2\ninterval = \"50ms\"\n",
+        "[hooks]\nafter_publish = [\"echo \\\"$RELEASE\\\" >> \\\"$DEPLOY_TO/restarts\\\"\"]\n[health]\ncommand = \"sh -c 'test -e \\\"$0\\\" && echo OK - up || {{ echo CRITICAL - down; exit 2; }}' '{}/{{host}}'\"\nretries = 2\ninterval = \"50ms\"\n",
         flags.display()
     );
     h.configure("", &health);

@@ -1,0 +1,65 @@
+//! Text read from hosts is data, never terminal control: what a host says (a hook's output, a
+//! bad-release reason, a lock owner) is escaped before it is printed or recorded, and what names
+//! things (release names, revisions) is checked when read.
+//!
+//! Architecture Invariant: every string that came from a host reaches the terminal through
+//! [`printable`] (`fleet::Host::fail`, `layout::parse_state`).
+
+use std::borrow::Cow;
+
+/// `text` with control characters (but newline and tab) and bidirectional overrides escaped
+/// as `\u{…}`: a host cannot move the cursor, recolour, retitle or reorder the terminal.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Longest revision accepted from a host (the layout script reads at most 200 bytes of it).
+pub const MAX_REVISION: usize = 200;
+
+/// Whether `revision` (a release's `REVISION`, as read) is one: printable, on one line, bounded.
+pub fn revision_ok(revision: &str) -> bool {
+    revision.len() <= MAX_REVISION
+        && printable(revision) == revision
+        && !revision.contains(['\n', '\t'])
+}
+
+/// Whether `name` is a release name: a UTC time stamp, `%Y%m%d%H%M%S`.
+pub fn release_name_ok(name: &str) -> bool {
+    name.len() == 14
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && chrono::NaiveDateTime::parse_from_str(name, crate::layout::RELEASE_FORMAT).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_shown_not_obeyed() {
+        assert_eq!(printable("ok\nnext\tcol"), "ok\nnext\tcol");
+        assert_eq!(printable("\u{1b}[31mred\u{7}"), "\\u{1b}[31mred\\u{7}");
+        assert_eq!(printable("a\rb"), "a\\u{d}b");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert!(revision_ok("v1.2 (build 42)"));
+        assert!(!revision_ok("x\u{1b}]0;pwned\u{7}"));
+        assert!(!revision_ok(&"x".repeat(201)));
+        assert!(release_name_ok("20261201101500"));
+        assert!(!release_name_ok("../../etc"));
+        assert!(!release_name_ok("20261399101500"));
+    }
+}

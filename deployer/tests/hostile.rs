@@ -1,0 +1,168 @@
+//! The deploy machine never trusts what a host holds: a revision is data (one argument of the
+//! gate, never shell text), text from hosts is escaped before a terminal sees it, and a hook is
+//! bounded in time (killed on the host) and in the output kept. Real sshd hosts on loopback.
+
+mod common;
+
+use common::Hosts;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_revision_from_a_host_is_one_argument_never_code() {
+    let h = Hosts::start(&[30]);
+    let pwned = h.dir.path().join("PWNED");
+    let seen = h.dir.path().join("seen");
+    // The gate records the argument it got; the template quotes {revision} as users do.
+    h.configure(
+        "",
+        &format!(
+            "[health]\ncommand = \"sh -c 'printf %s \\\"$0\\\" > {}; echo OK' '{{revision}}'\"\n",
+            seen.display()
+        ),
+    );
+    h.write("v", "1");
+    let r = h.run(&["deploy", "--revision", "release 42"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("gate ran"),
+        "release 42"
+    );
+    let first = h.current(0).expect("current");
+    h.write("v", "2");
+    h.deploy_ok();
+    // A compromised host rewrites the old release's REVISION; rollback gates on it.
+    let hostile = format!("x$(id>{})'\"`touch {}`", pwned.display(), pwned.display());
+    std::fs::write(
+        h.deploy_to(0)
+            .join("releases")
+            .join(&first)
+            .join("REVISION"),
+        &hostile,
+    )
+    .expect("tamper");
+    let r = h.run(&["rollback"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("gate ran"),
+        hostile,
+        "unchanged, whole"
+    );
+    assert!(!pwned.exists(), "the revision ran on the deploy machine");
+}
+
+#[test]
+fn control_characters_from_a_host_are_shown_escaped() {
+    let h = Hosts::start(&[31]);
+    h.write("v", "1");
+    h.deploy_ok();
+    let release = h.current(0).expect("current");
+    let dir = h.deploy_to(0);
+    // A bad mark and a lock owner holding terminal escapes (clear screen, retitle).
+    std::fs::create_dir_all(dir.join(".deploy/bad")).expect("mkdir");
+    std::fs::write(
+        dir.join(".deploy/bad").join(&release),
+        "\u{1b}[2Jgone\u{1b}]0;owned\u{7}\n",
+    )
+    .expect("mark");
+    let r = h.run(&["releases"]);
+    assert!(
+        !r.stdout.contains('\u{1b}') && !r.stderr.contains('\u{1b}'),
+        "{r}"
+    );
+    assert!(r.stdout.contains("\\u{1b}[2Jgone"), "{r}");
+    std::fs::remove_file(dir.join(".deploy/bad").join(&release)).expect("unmark");
+    std::fs::create_dir_all(dir.join(".deploy/lock")).expect("lock");
+    std::fs::write(dir.join(".deploy/lock/owner"), "\u{1b}[31mmallory\n").expect("owner");
+    h.write("v", "2");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        !r.stderr.contains('\u{1b}') && r.stderr.contains("\\u{1b}[31mmallory"),
+        "{r}"
+    );
+    std::fs::remove_dir_all(dir.join(".deploy/lock")).expect("unlock");
+    // A REVISION with control characters is not a revision: the host is refused by name.
+    std::fs::write(
+        dir.join("releases").join(&release).join("REVISION"),
+        "v\u{1b}[8m\n",
+    )
+    .expect("tamper");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains(&h.servers[0].addr) && r.stderr.contains("not trusted"),
+        "{r}"
+    );
+    assert!(!r.stderr.contains('\u{1b}'), "{r}");
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_on_the_host() {
+    let h = Hosts::start(&[32]);
+    let late = h.dir.path().join("late");
+    h.configure(
+        "",
+        &format!(
+            "[hooks]\nbefore_publish = [\"echo starting; sleep 8; touch '{}'\"]\n",
+            late.display()
+        ),
+    );
+    h.write("v", "1");
+    let started = Instant::now();
+    let r = h.run(&["--hook-timeout", "3", "deploy"]);
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("timed out after 3s"), "{r}");
+    assert!(took < Duration::from_secs(7), "the deploy took {took:?}");
+    assert!(!h.locked(0), "the lock is released like after any failure");
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(!late.exists(), "the hook ran on after its timeout");
+}
+
+/// The deployer's peak resident memory while `args` runs, in KiB.
+fn peak_kib(h: &Hosts, args: &[&str]) -> (u64, i32) {
+    let mut child = common::spawn_deployer(&h.config, args);
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            let hwm = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(hwm);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (peak, status.code().unwrap_or(-1))
+}
+
+#[test]
+fn a_hook_that_prints_without_end_costs_no_memory() {
+    let h = Hosts::start(&[33]);
+    h.configure(
+        "",
+        "[hooks]\nbefore_publish = [\"head -c 100000000 /dev/zero | tr -c x x; echo; echo the last words; exit 3\"]\n",
+    );
+    h.write("v", "1");
+    let (peak, code) = peak_kib(&h, &["--hook-timeout", "120", "deploy"]);
+    assert_eq!(code, 1);
+    assert!(
+        peak < 64 * 1024,
+        "the deployer peaked at {peak} KiB for 100 MB of output"
+    );
+    let log = h.log(0);
+    let error = log.last().expect("log")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("the last words"), "{error}");
+    assert!(
+        error.len() < 4096,
+        "{} bytes recorded on the host",
+        error.len()
+    );
+}
