@@ -40,7 +40,27 @@ pub fn evaluate(
     };
     if !(200..300).contains(&status) {
         let reason = reason.unwrap_or("");
-        let mut why = format!("HTTP {status} {reason}").trim_end().to_owned();
+        let http = format!("HTTP {status} {reason}").trim_end().to_owned();
+        // Some servers (legacy bitcoind) answer a JSON-RPC error with a non-2xx status: its
+        // code and message say what went wrong, the status alone does not.
+        if let Ok(Answer::Error {
+            code,
+            message,
+            data,
+        }) = envelope::validate(body, &cfg.id)
+        {
+            let data = data
+                .map(|d| format!(" ({})", brief(&d)))
+                .unwrap_or_default();
+            return fail(
+                State::Critical,
+                format!(
+                    "{}: JSON-RPC error {code}: {message}{data} ({http})",
+                    cfg.method
+                ),
+            );
+        }
+        let mut why = http;
         if !content_type.is_empty() && !is_json_type(content_type) {
             why.push_str(&format!(" ({content_type} body, not a JSON-RPC response)"));
         }
@@ -195,6 +215,24 @@ mod tests {
         let o = evaluate(&c, 502, Some("Bad Gateway"), "text/html", b"<html>", 0.01);
         assert_eq!(o.state, State::Critical);
         assert!(o.summary.contains("HTTP 502 Bad Gateway"), "{}", o.summary);
+        // A JSON-RPC error carried by a 500 (legacy bitcoind): its code and message, and the status.
+        let body = br#"{"jsonrpc":"2.0","error":{"code":-8,"message":"Block height out of range"},"id":7}"#;
+        let o = evaluate(
+            &c,
+            500,
+            Some("Internal Server Error"),
+            "application/json",
+            body,
+            0.1,
+        );
+        assert_eq!(o.state, State::Critical);
+        assert!(
+            o.summary
+                .contains("JSON-RPC error -8: Block height out of range")
+                && o.summary.contains("HTTP 500"),
+            "{}",
+            o.summary
+        );
         let o = evaluate(&c, 200, Some("OK"), "text/html", b"<html>", 0.01);
         assert!(
             o.summary.contains("Content-Type is text/html"),

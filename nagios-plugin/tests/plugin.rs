@@ -373,6 +373,22 @@ fn http_failures() {
         "CRITICAL",
         "HTTP 502 Bad Gateway (text/html body",
     );
+    // A JSON-RPC error sent with HTTP 500 (legacy bitcoind does): its code and message are shown.
+    let legacy = Canned::start(|s: &Seen| {
+        Reply::Http {
+        status: "500 Internal Server Error",
+        content_type: "application/json",
+        body: json!({"jsonrpc": "2.0", "error": {"code": -28, "message": "Loading block index..."}, "id": s.json()["id"]})
+            .to_string()
+            .into_bytes(),
+    }
+    });
+    expect(
+        &["-H", "127.0.0.1", "-p", &legacy.port().to_string()],
+        2,
+        "CRITICAL",
+        "JSON-RPC error -28: Loading block index... (HTTP 500 Internal Server Error)",
+    );
     let wrong_type = Canned::start(|s: &Seen| Reply::Http {
         status: "200 OK",
         content_type: "text/plain",
