@@ -51,6 +51,7 @@ pub fn send(server: &str, events: &[Event]) -> Result<(), NotSent> {
     cfg.timeout = Duration::from_secs(3);
     Client::connect(&cfg)
         .and_then(|mut c| c.send(events))
+        .map(drop)
         .map_err(|source| NotSent {
             server: server.to_owned(),
             source,

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Riemann's UDP listener drops larger datagrams.
 pub const MAX_DATAGRAM: usize = 16 * 1024;
@@ -37,8 +37,6 @@ pub enum Error {
     Server(String),
     #[error("malformed response: {0}")]
     Decode(String),
-    #[error("a {0}-byte message is over UDP's 16 KiB limit: send fewer events or use TCP")]
-    DatagramTooLarge(usize),
     #[error("queries need TCP or TLS (UDP has no response)")]
     QueryOverUdp,
     #[error("TLS setup: {0}")]
@@ -69,7 +67,8 @@ pub struct ClientConfig {
     /// `HOST:PORT`
     pub addr: String,
     pub transport: Transport,
-    /// Connect timeout, and read/write timeout of each request.
+    /// The most one operation may take in all: connecting, or one request with its answer
+    /// (however slowly the server dribbles it).
     pub timeout: Duration,
 }
 
@@ -92,6 +91,67 @@ enum Conn {
 pub struct Client {
     conn: Conn,
     addr: String,
+    timeout: Duration,
+    /// Everything this client does ends by then (a one-shot command's total), when set.
+    until: Option<Instant>,
+}
+
+/// Time left before `deadline`, or a timeout error naming `addr`.
+fn left(addr: &str, deadline: Instant) -> Result<Duration, Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(Error::Timeout(addr.to_owned()))
+    } else {
+        Ok(left)
+    }
+}
+
+/// One read or write on the stream, its socket's timeout set to what is left before
+/// `deadline`: the deadline bounds the whole exchange, not each call.
+fn step<T>(
+    conn: &mut Conn,
+    addr: &str,
+    deadline: Instant,
+    f: impl FnOnce(&mut dyn ReadWrite) -> std::io::Result<T>,
+) -> Result<T, Error> {
+    let left = left(addr, deadline)?;
+    let set = |s: &TcpStream| {
+        s.set_read_timeout(Some(left))
+            .and_then(|()| s.set_write_timeout(Some(left)))
+    };
+    let done = match conn {
+        Conn::Tcp(s) => set(s).and_then(|()| f(s)),
+        Conn::Tls(t) => set(&t.sock).and_then(|()| f(t.as_mut())),
+        Conn::Udp(_) => return Err(Error::QueryOverUdp),
+    };
+    done.map_err(|e| io_err(addr, e))
+}
+
+fn write_all_by(conn: &mut Conn, addr: &str, deadline: Instant, buf: &[u8]) -> Result<(), Error> {
+    let mut at = 0;
+    while at < buf.len() {
+        match step(conn, addr, deadline, |s| s.write(&buf[at..]))? {
+            0 => return Err(io_err(addr, std::io::ErrorKind::WriteZero.into())),
+            n => at += n,
+        }
+    }
+    step(conn, addr, deadline, |s| s.flush())
+}
+
+fn read_exact_by(
+    conn: &mut Conn,
+    addr: &str,
+    deadline: Instant,
+    buf: &mut [u8],
+) -> Result<(), Error> {
+    let mut at = 0;
+    while at < buf.len() {
+        match step(conn, addr, deadline, |s| s.read(&mut buf[at..]))? {
+            0 => return Err(io_err(addr, std::io::ErrorKind::UnexpectedEof.into())),
+            n => at += n,
+        }
+    }
+    Ok(())
 }
 
 fn io_err(addr: &str, e: std::io::Error) -> Error {
@@ -117,16 +177,12 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Error> {
     Ok(addrs)
 }
 
-fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, Error> {
+fn connect_tcp(addr: &str, deadline: Instant) -> Result<TcpStream, Error> {
     let mut last = None;
     for a in resolve(addr)? {
-        match TcpStream::connect_timeout(&a, timeout) {
+        match TcpStream::connect_timeout(&a, left(addr, deadline)?) {
             Ok(s) => {
-                let set = s
-                    .set_read_timeout(Some(timeout))
-                    .and_then(|()| s.set_write_timeout(Some(timeout)))
-                    .and_then(|()| s.set_nodelay(true));
-                set.map_err(|e| io_err(addr, e))?;
+                s.set_nodelay(true).map_err(|e| io_err(addr, e))?;
                 return Ok(s);
             }
             Err(e) => last = Some(e),
@@ -167,9 +223,18 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, Error> 
 }
 
 impl Client {
+    /// Connects within `cfg.timeout`.
     pub fn connect(cfg: &ClientConfig) -> Result<Self, Error> {
+        Self::connect_until(cfg, None)
+    }
+
+    /// Connects, and ends everything this client does by `until` too: a one-shot command
+    /// (`riemann-probe send --timeout 5s`) takes at most that in all.
+    pub fn connect_until(cfg: &ClientConfig, until: Option<Instant>) -> Result<Self, Error> {
+        let deadline = Instant::now() + cfg.timeout;
+        let deadline = until.map_or(deadline, |u| u.min(deadline));
         let conn = match &cfg.transport {
-            Transport::Tcp => Conn::Tcp(connect_tcp(&cfg.addr, cfg.timeout)?),
+            Transport::Tcp => Conn::Tcp(connect_tcp(&cfg.addr, deadline)?),
             Transport::Udp => {
                 let target = resolve(&cfg.addr)?[0];
                 let local: SocketAddr = if target.is_ipv4() {
@@ -194,7 +259,7 @@ impl Client {
                 });
                 let name = rustls_pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| Error::Tls(format!("server name {host:?}: {e}")))?;
-                let tcp = connect_tcp(&cfg.addr, cfg.timeout)?;
+                let tcp = connect_tcp(&cfg.addr, deadline)?;
                 let conn = rustls::ClientConnection::new(config, name)
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 Conn::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
@@ -203,31 +268,23 @@ impl Client {
         Ok(Self {
             conn,
             addr: cfg.addr.clone(),
+            timeout: cfg.timeout,
+            until,
         })
     }
 
-    fn stream(&mut self) -> Option<&mut dyn ReadWrite> {
-        match &mut self.conn {
-            Conn::Tcp(s) => Some(s),
-            Conn::Tls(s) => Some(s.as_mut()),
-            Conn::Udp(_) => None,
-        }
-    }
-
-    /// Sends one request and reads its acknowledgement (TCP/TLS).
+    /// Sends one request and reads its acknowledgement (TCP/TLS), all within the timeout.
     fn exchange(&mut self, msg: &Msg) -> Result<Msg, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let deadline = self.until.map_or(deadline, |u| u.min(deadline));
         let addr = self.addr.clone();
         let body = msg.encode_to_vec();
-        let Some(stream) = self.stream() else {
-            return Err(Error::QueryOverUdp);
-        };
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
         frame.extend_from_slice(&body);
-        stream.write_all(&frame).map_err(|e| io_err(&addr, e))?;
-        stream.flush().map_err(|e| io_err(&addr, e))?;
+        write_all_by(&mut self.conn, &addr, deadline, &frame)?;
         let mut len = [0u8; 4];
-        stream.read_exact(&mut len).map_err(|e| io_err(&addr, e))?;
+        read_exact_by(&mut self.conn, &addr, deadline, &mut len)?;
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_RESPONSE {
             return Err(Error::Decode(format!(
@@ -235,7 +292,7 @@ impl Client {
             )));
         }
         let mut buf = vec![0u8; len];
-        stream.read_exact(&mut buf).map_err(|e| io_err(&addr, e))?;
+        read_exact_by(&mut self.conn, &addr, deadline, &mut buf)?;
         let resp = Msg::decode(&buf[..]).map_err(|e| Error::Decode(e.to_string()))?;
         if resp.ok == Some(false) || resp.error.is_some() {
             return Err(Error::Server(
@@ -246,21 +303,22 @@ impl Client {
         Ok(resp)
     }
 
-    /// Sends events; over TCP/TLS, returns once the server acknowledged them.
-    pub fn send(&mut self, events: &[Event]) -> Result<(), Error> {
+    /// Sends events; over TCP/TLS, returns once the server acknowledged them. Over UDP the
+    /// events are split across datagrams of at most 16 KiB; one that alone is larger cannot be
+    /// sent and is dropped. Returns how many were dropped so (always 0 over TCP/TLS).
+    pub fn send(&mut self, events: &[Event]) -> Result<usize, Error> {
+        if let Conn::Udp(sock) = &self.conn {
+            let (datagrams, dropped) = datagrams(events);
+            for bytes in datagrams {
+                sock.send(&bytes).map_err(|e| io_err(&self.addr, e))?;
+            }
+            return Ok(dropped);
+        }
         let msg = Msg {
             events: events.to_vec(),
             ..Default::default()
         };
-        if let Conn::Udp(sock) = &self.conn {
-            let bytes = msg.encode_to_vec();
-            if bytes.len() > MAX_DATAGRAM {
-                return Err(Error::DatagramTooLarge(bytes.len()));
-            }
-            sock.send(&bytes).map_err(|e| io_err(&self.addr, e))?;
-            return Ok(());
-        }
-        self.exchange(&msg).map(|_| ())
+        self.exchange(&msg).map(|_| 0)
     }
 
     /// Runs a query (Riemann's query language) and returns the matching events.
@@ -273,6 +331,49 @@ impl Client {
         };
         self.exchange(&msg).map(|r| r.events)
     }
+}
+
+/// `events` as encoded `Msg`s of at most `MAX_DATAGRAM` bytes each, in order, and how many
+/// events were left out because each alone is larger.
+fn datagrams(events: &[Event]) -> (Vec<Vec<u8>>, usize) {
+    // What one event adds to a Msg: its field key, its length, itself.
+    let cost = |e: &Event| {
+        let len = e.encoded_len();
+        1 + prost::encoding::encoded_len_varint(len as u64) + len
+    };
+    let encode = |events: &[Event]| {
+        Msg {
+            events: events.to_vec(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let mut out = Vec::new();
+    let mut dropped = 0;
+    let mut start = 0;
+    let mut size = 0;
+    for (i, e) in events.iter().enumerate() {
+        let c = cost(e);
+        if c > MAX_DATAGRAM {
+            if start < i {
+                out.push(encode(&events[start..i]));
+            }
+            start = i + 1;
+            size = 0;
+            dropped += 1;
+            continue;
+        }
+        if size + c > MAX_DATAGRAM {
+            out.push(encode(&events[start..i]));
+            start = i;
+            size = 0;
+        }
+        size += c;
+    }
+    if start < events.len() {
+        out.push(encode(&events[start..]));
+    }
+    (out, dropped)
 }
 
 trait ReadWrite: Read + Write {}

@@ -46,7 +46,7 @@ struct Conn {
     /// Name to verify in the server's certificate [default: the server's host]
     #[arg(long, global = true, value_name = "NAME")]
     tls_server_name: Option<String>,
-    /// Connect and I/O timeout, e.g. 500ms, 5s
+    /// The most a command may spend talking to Riemann in all (connect, send, answer), e.g. 500ms, 5s
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -137,8 +137,11 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = client_config(&cli.conn)?;
-    let connect =
-        || Client::connect(&cfg).with_context(|| format!("is Riemann listening on {}?", cfg.addr));
+    // --timeout bounds each command in all (connect, send, answer), from when it talks to Riemann.
+    let connect = || {
+        Client::connect_until(&cfg, Some(std::time::Instant::now() + cfg.timeout))
+            .with_context(|| format!("is Riemann listening on {}?", cfg.addr))
+    };
     match cli.command {
         Cmd::Send(a) => {
             let mut b = event(a.service);
@@ -172,9 +175,13 @@ fn run() -> anyhow::Result<()> {
             if let Some(d) = a.description {
                 b = b.description(d);
             }
-            connect()?
+            let dropped = connect()?
                 .send(&[b.build()])
                 .context("the event was not accepted")?;
+            anyhow::ensure!(
+                dropped == 0,
+                "the event is over UDP's 16 KiB limit and was not sent: use TCP"
+            );
         }
         Cmd::Query { query } => {
             for e in connect()?.query(&query).context("the query failed")? {
@@ -195,9 +202,15 @@ fn run() -> anyhow::Result<()> {
                     .map_or_else(|| plugin[0].clone(), |n| n.to_string_lossy().into_owned())
             });
             let events = nagios_events(&run, &service, host.as_deref(), ttl);
-            connect()?
+            let dropped = connect()?
                 .send(&events)
                 .context("the plugin's events were not accepted")?;
+            if dropped > 0 {
+                eprintln!(
+                    "riemann-probe: {dropped} of {} events were over UDP's 16 KiB limit and not sent; the others were",
+                    events.len()
+                );
+            }
             if run.timed_out {
                 println!("{}", run.first_line);
             } else {

@@ -165,6 +165,14 @@ fn requeue(s: &Shared, events: impl DoubleEndedIterator<Item = Event>) {
     }
 }
 
+/// Counts `n` events that will never be sent (reported as the drop event).
+fn drop_counted(s: &Shared, n: usize) {
+    if n > 0 {
+        s.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        s.unreported.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 fn run(s: Arc<Shared>, cfg: ProbeConfig) {
     let mut client: Option<Client> = None;
     let mut backoff = cfg.backoff_min;
@@ -239,13 +247,21 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
             let n = pending.len().min(s.batch);
             let batch: Vec<Event> = pending.drain(..n).collect();
             let result = client.as_mut().map(|c| c.send(&batch));
-            if let Some(Ok(())) = result {
-                s.sent.fetch_add(n as u64, Ordering::Relaxed);
-            } else {
-                client = None;
-                retry_at = Instant::now() + jitter(&mut seed, backoff);
-                requeue(&s, batch.into_iter().chain(pending.drain(..)));
-                break;
+            match result {
+                Some(Ok(oversized)) => {
+                    // Over UDP, an event too large for any datagram is dropped and counted.
+                    s.sent.fetch_add((n - oversized) as u64, Ordering::Relaxed);
+                    drop_counted(&s, oversized);
+                }
+                // The server read the batch and refused it for its content: sending it again
+                // would be refused again, and hold up every event behind it.
+                Some(Err(crate::Error::Server(_))) => drop_counted(&s, n),
+                _ => {
+                    client = None;
+                    retry_at = Instant::now() + jitter(&mut seed, backoff);
+                    requeue(&s, batch.into_iter().chain(pending.drain(..)));
+                    break;
+                }
             }
         }
     }

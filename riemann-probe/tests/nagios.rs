@@ -150,3 +150,34 @@ fn a_hung_plugin_is_killed_and_reported_critical() {
     assert_eq!(e.state.as_deref(), Some("critical"));
     assert_eq!(e.description.as_deref(), Some("plugin timed out after 1s"));
 }
+
+#[test]
+fn over_udp_one_huge_perfdata_value_does_not_stop_the_others() {
+    let sink = Sink::start();
+    let big = "x".repeat(20_000);
+    let script = format!("echo 'OK - fine | small=1 {big}=2 last=3'");
+    let out = Command::new(env!("CARGO_BIN_EXE_riemann-probe"))
+        .args([
+            "--server",
+            &sink.udp_addr().to_string(),
+            "--udp",
+            "nagios",
+            "--service",
+            "u",
+            "--",
+        ])
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("run riemann-probe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over UDP's 16 KiB limit"));
+    for service in ["u small", "u last"] {
+        sink.wait_for(Duration::from_secs(5), |e| {
+            e.service.as_deref() == Some(service)
+        });
+    }
+}

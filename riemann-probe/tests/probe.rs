@@ -131,3 +131,23 @@ fn a_stopped_heartbeat_expires() {
     });
     probe.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn a_batch_the_server_refuses_is_dropped_and_counted_not_retried_for_ever() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 1000);
+    sink.set_fault(Fault::NotOk("no such stream".into()));
+    for i in 0..10i64 {
+        probe.send(event("refused").metric(i).build());
+    }
+    eventually("the refused batch is counted", || {
+        probe.stats().dropped >= 10
+    });
+    sink.set_fault(Fault::None);
+    probe.send(event("after").build());
+    sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("after")
+    });
+    let st = probe.shutdown(Duration::from_secs(5));
+    assert!(st.dropped >= 10, "{st:?}");
+}

@@ -176,9 +176,23 @@ fn udp_and_its_size_limit() {
     sink.wait_for(Duration::from_secs(5), |e| {
         e.service.as_deref() == Some("over udp")
     });
+    // A batch over one datagram is split; an event that alone is over it is dropped and
+    // counted, and the events around it arrive.
     let big = event("big").description("x".repeat(20_000)).build();
-    let err = c.send(&[big]).expect_err("over 16 KiB is refused");
-    assert!(err.to_string().contains("16 KiB"), "{err}");
+    let mut batch: Vec<_> = (0..300)
+        .map(|i| {
+            event(format!("split {i}"))
+                .description("y".repeat(100))
+                .build()
+        })
+        .collect();
+    batch.insert(150, big);
+    assert_eq!(c.send(&batch).expect("sent"), 1, "the big one is dropped");
+    for i in [0, 149, 299] {
+        sink.wait_for(Duration::from_secs(5), |e| {
+            e.service.as_deref() == Some(&format!("split {i}"))
+        });
+    }
     assert!(c.query("true").is_err(), "no queries over UDP");
     // riemann-c-client over UDP lands too
     let out = c_client(&[
@@ -333,4 +347,29 @@ fn errors_are_one_line_and_non_zero() {
         "{out:?}"
     );
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A server that answers one byte at a time: `--timeout` is the whole command's, not each read's.
+#[test]
+fn a_dripping_server_cannot_hold_a_command_past_its_timeout() {
+    let sink = Sink::start();
+    sink.set_fault(testbed::riemann::Fault::Drip);
+    let started = std::time::Instant::now();
+    let out = probe_cli(&[
+        "--server",
+        &sink.tcp_addr().to_string(),
+        "--timeout",
+        "2s",
+        "send",
+        "--service",
+        "x",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("timed out"), "{err}");
 }

@@ -24,6 +24,9 @@ pub enum Fault {
     Stall,
     /// Answer with half a frame, then close.
     CloseMidFrame,
+    /// Answer one byte every half second, forever (a frame it says is 200 bytes long): each
+    /// read a client makes succeeds, the answer never ends.
+    Drip,
 }
 
 /// Server-side TLS files (PEM) and the CA that must have signed client certificates.
@@ -374,6 +377,14 @@ fn serve(mut conn: impl Read + Write, state: &State) {
                 let _ = conn.write_all(&[0, 0]);
                 let _ = conn.flush();
                 return;
+            }
+            Fault::Drip => {
+                for b in [0u8, 0, 0, 200].into_iter().chain(std::iter::repeat(0)) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if conn.write_all(&[b]).is_err() {
+                        return;
+                    }
+                }
             }
             _ => {}
         }
