@@ -41,6 +41,7 @@ mod deploy;
 mod events;
 mod fleet;
 mod health;
+mod known_hosts;
 mod layout;
 mod lock;
 mod manifest;

@@ -2,6 +2,7 @@
 //! known_hosts (unknown or changed keys refused with their SHA256 fingerprint; accepting new keys
 //! is opt-in), key-file or agent authentication, and remote commands with their exit status.
 
+use crate::known_hosts::Verdict;
 use base64::Engine;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -45,6 +46,12 @@ pub enum SshError {
         fingerprint: String,
         known_hosts: String,
     },
+    #[error("host key of {host} ({fingerprint}) is REVOKED in {known_hosts}: refusing to connect")]
+    RevokedHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
     #[error("{host}: authentication as {user} failed: {message}")]
     Auth {
         host: String,
@@ -83,15 +90,6 @@ pub struct Shell {
     session: ssh2::Session,
     marker: String,
     default_timeout: Duration,
-}
-
-/// `[host]:port` as known_hosts writes non-default ports.
-fn known_hosts_name(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_owned()
-    } else {
-        format!("[{host}]:{port}")
-    }
 }
 
 impl Remote {
@@ -314,40 +312,39 @@ fn verify_host_key(
             )
         })
         .unwrap_or_else(|| "unknown fingerprint".into());
-    let mut known = session
-        .known_hosts()
-        .map_err(|e| session_err(e.to_string()))?;
     let path: &Path = &s.known_hosts;
-    if path.exists() {
-        known
-            .read_file(path, ssh2::KnownHostFileKind::OpenSSH)
-            .map_err(|e| session_err(format!("reading {}: {e}", path.display())))?;
-    }
     let shown = path.display().to_string();
-    match known.check_port(host, port, key) {
-        ssh2::CheckResult::Match => Ok(()),
-        ssh2::CheckResult::Mismatch => Err(SshError::ChangedHostKey {
+    let key = crate::known_hosts::HostKey {
+        blob: key,
+        kind: key_type,
+    };
+    let system = Path::new(crate::known_hosts::SYSTEM);
+    let checked = crate::known_hosts::check(session, &[path, system], host, port, &key)
+        .map_err(|e| session_err(e.to_string()))?;
+    let verdict = match checked {
+        Verdict::Unknown if s.policy == HostKeyPolicy::AcceptNew => {
+            crate::known_hosts::add(session, path, host, port, &key)
+                .map_err(|e| session_err(e.to_string()))?
+        }
+        other => other,
+    };
+    match verdict {
+        Verdict::Known => Ok(()),
+        Verdict::Changed => Err(SshError::ChangedHostKey {
             host: name.to_owned(),
             fingerprint,
             known_hosts: shown,
         }),
-        ssh2::CheckResult::NotFound if s.policy == HostKeyPolicy::AcceptNew => known
-            .add(
-                &known_hosts_name(host, port),
-                key,
-                "added by deployer",
-                key_type.into(),
-            )
-            .and_then(|()| known.write_file(path, ssh2::KnownHostFileKind::OpenSSH))
-            .map_err(|e| session_err(format!("adding the host key to {shown}: {e}"))),
-        ssh2::CheckResult::NotFound => Err(SshError::UnknownHostKey {
+        Verdict::Revoked(file) => Err(SshError::RevokedHostKey {
+            host: name.to_owned(),
+            fingerprint,
+            known_hosts: file.display().to_string(),
+        }),
+        Verdict::Unknown => Err(SshError::UnknownHostKey {
             host: name.to_owned(),
             fingerprint,
             known_hosts: shown,
         }),
-        ssh2::CheckResult::Failure => Err(session_err(format!(
-            "cannot check the host key against {shown}"
-        ))),
     }
 }
 

@@ -166,3 +166,65 @@ fn a_hook_that_prints_without_end_costs_no_memory() {
         error.len()
     );
 }
+
+#[test]
+fn host_keys_as_openssh_keeps_them() {
+    let h = Hosts::start(&[34, 35, 36]);
+    let known = h.dir.path().join("known_hosts");
+    let lines = std::fs::read_to_string(&known).expect("known_hosts");
+    let first: Vec<&str> = lines
+        .lines()
+        .find(|l| l.contains(&h.servers[0].ip))
+        .expect("host 0's key")
+        .split_whitespace()
+        .collect();
+    // The key of host 0 revoked: refused even though it is also listed as known.
+    std::fs::write(
+        &known,
+        format!("@revoked * {} {}\n{lines}", first[1], first[2]),
+    )
+    .expect("revoke");
+    let r = h.run(&["check"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("REVOKED") || r.stderr.contains("REVOKED"),
+        "{r}"
+    );
+    // --accept-new-host-keys never adds a revoked key.
+    std::fs::write(&known, format!("@revoked * {} {}\n", first[1], first[2])).expect("revoke");
+    let r = h.run(&["--accept-new-host-keys", "check"]);
+    assert_eq!(r.code, 1, "{r}");
+    let after = std::fs::read_to_string(&known).expect("known_hosts");
+    assert_eq!(
+        after.matches(first[2]).count(),
+        1,
+        "the revoked key was added: {after}"
+    );
+
+    // Three runs at once adding keys: every key is kept, and so are comments and lines this
+    // deployer does not understand.
+    let kept = "# our fleet\n@cert-authority *.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC8k\nsome line nobody understands\n";
+    std::fs::write(&known, kept).expect("reset");
+    let runs: Vec<_> = (0..3)
+        .map(|_| common::spawn_deployer(&h.config, &["--accept-new-host-keys", "check"]))
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let after = std::fs::read_to_string(&known).expect("known_hosts");
+    assert!(after.starts_with(kept), "{after}");
+    for s in &h.servers {
+        assert_eq!(
+            after.matches(&format!("[{}]:", s.ip)).count(),
+            1,
+            "{}: {after}",
+            s.ip
+        );
+    }
+    assert_eq!(h.run(&["check"]).code, 0, "every host now known");
+}
