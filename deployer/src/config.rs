@@ -75,6 +75,28 @@ pub struct Health {
     pub url: Option<String>,
     pub method: Option<String>,
     pub command: Option<String>,
+    /// The in-process check's options, named as check_jsonrpc's long options (`expect` is
+    /// `--expect`, …) and read by its own parser: secrets from files on this machine, no
+    /// subprocess, and nothing of them ever sent to a host. `{host}`, `{release}` and
+    /// `{revision}` may appear in any value.
+    pub bearer_file: Option<PathBuf>,
+    pub authorization_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+    pub params: Option<String>,
+    #[serde(default)]
+    pub expect: Vec<String>,
+    #[serde(default)]
+    pub expect_type: Vec<String>,
+    pub value: Option<String>,
+    pub count: Option<String>,
+    pub value_warning: Option<String>,
+    pub value_critical: Option<String>,
+    pub warning: Option<String>,
+    pub critical: Option<String>,
+    #[serde(default)]
+    pub header: Vec<String>,
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Between checks [default: 1s]
@@ -83,6 +105,44 @@ pub struct Health {
     /// Per check [default: 10s]
     #[serde(default = "default_check_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+impl Health {
+    /// The in-process check's options as check_jsonrpc arguments (`--expect V` …).
+    pub fn check_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut one = |flag: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                args.push(flag.to_owned());
+                args.push(v.clone());
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        one("--bearer-file", &path(&self.bearer_file));
+        one("--authorization-file", &path(&self.authorization_file));
+        one("--ca-file", &path(&self.ca_file));
+        one("--params", &self.params);
+        one("--value", &self.value);
+        one("--count", &self.count);
+        one("--value-warning", &self.value_warning);
+        one("--value-critical", &self.value_critical);
+        one("-w", &self.warning);
+        one("-c", &self.critical);
+        for (flag, values) in [
+            ("--expect", &self.expect),
+            ("--expect-type", &self.expect_type),
+            ("--header", &self.header),
+        ] {
+            for v in values {
+                args.push(flag.to_owned());
+                args.push(v.clone());
+            }
+        }
+        if self.insecure {
+            args.push("--insecure".into());
+        }
+        args
+    }
 }
 
 fn default_retries() -> u32 {
@@ -140,7 +200,9 @@ pub enum Problem {
     Address(String),
     #[error("bad port in {0:?}")]
     Port(String),
-    #[error("[health] method needs a url")]
+    #[error("[health] {0}")]
+    CheckOption(String),
+    #[error("[health] method and check_jsonrpc's options need a url")]
     MethodWithoutUrl,
 }
 
@@ -201,6 +263,15 @@ impl Config {
         };
         cfg.ssh.identity = cfg.ssh.identity.as_deref().map(|p| resolve(&base, p));
         cfg.ssh.known_hosts = cfg.ssh.known_hosts.as_deref().map(|p| resolve(&base, p));
+        if let Some(h) = &mut cfg.health {
+            for p in [
+                &mut h.bearer_file,
+                &mut h.authorization_file,
+                &mut h.ca_file,
+            ] {
+                *p = p.as_deref().map(|p| resolve(&base, p));
+            }
+        }
         cfg.check().map_err(invalid)?;
         Ok(cfg)
     }
@@ -227,11 +298,33 @@ impl Config {
         for h in &self.hosts {
             self.split_address(&h.address)?;
         }
-        if let Some(h) = &self.health
-            && h.method.is_some()
-            && h.url.is_none()
-        {
-            return Err(Problem::MethodWithoutUrl);
+        if let Some(h) = &self.health {
+            let args = h.check_args();
+            if (h.method.is_some() || !args.is_empty()) && h.url.is_none() {
+                return Err(Problem::MethodWithoutUrl);
+            }
+            // Read by check_jsonrpc's own parser now, so a bad range or pointer stops the
+            // deploy before it starts. Secret files are read when the gate runs, not here:
+            // commands that never check health must not need them.
+            let mut shown = Vec::with_capacity(args.len());
+            let mut args = args.into_iter();
+            while let Some(a) = args.next() {
+                if a == "--bearer-file" || a == "--authorization-file" {
+                    args.next();
+                } else {
+                    shown.push(a);
+                }
+            }
+            if let Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) =
+                nagios_plugin::parse_args(
+                    ["check_jsonrpc", "-H", "localhost"]
+                        .into_iter()
+                        .map(String::from)
+                        .chain(shown),
+                )
+            {
+                return Err(Problem::CheckOption(why));
+            }
         }
         Ok(())
     }

@@ -6,13 +6,15 @@
 
 use crate::config::Health;
 use nagios_plugin::State;
-use nagios_plugin::{CheckConfig, run};
+use nagios_plugin::run;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Gate {
     pub url: Option<String>,
     pub method: String,
+    /// check_jsonrpc's options for the in-process check (`[health]` keys, as arguments).
+    pub check_args: Vec<String>,
     pub command: Option<String>,
     pub retries: u32,
     pub interval: Duration,
@@ -42,7 +44,7 @@ pub enum CheckFailed {
     Exited { code: i32, line: String },
     #[error("the check was killed by a signal")]
     Killed,
-    #[error("the check command {0}")]
+    #[error("{0}")]
     Template(String),
     #[error(transparent)]
     Run(#[from] plugin_api::RunError),
@@ -57,6 +59,7 @@ impl Gate {
         Some(Self {
             url: h.url.clone(),
             method: h.method.clone().unwrap_or_else(|| "ping".into()),
+            check_args: h.check_args(),
             command: h.command.clone(),
             retries: h.retries,
             interval: h.interval,
@@ -91,7 +94,26 @@ impl Gate {
                 "host" => url_host(value),
                 _ => value.to_owned(),
             });
-            let mut cfg = CheckConfig::new(url, &self.method);
+            // check_jsonrpc's own parser reads the options (placeholders filled per word); the
+            // URL and method are the gate's.
+            let args = ["check_jsonrpc", "-H", "localhost"]
+                .into_iter()
+                .map(String::from)
+                .chain(
+                    self.check_args
+                        .iter()
+                        .map(|a| subject.fill(a, |_, v| v.to_owned())),
+                );
+            let mut cfg = match nagios_plugin::parse_args(args) {
+                Ok(cfg) => cfg,
+                Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) => {
+                    return Err(CheckFailed::Template(format!(
+                        "check_jsonrpc options: {why}"
+                    )));
+                }
+            };
+            cfg.url = url;
+            cfg.method = self.method.clone();
             cfg.timeout = self.timeout;
             let out = run(&cfg);
             let line = out.render().lines().next().unwrap_or_default().to_owned();
@@ -121,10 +143,12 @@ impl Subject<'_> {
     /// and no shell ever reads it.
     fn argv(&self, template: &str) -> Result<Vec<String>, CheckFailed> {
         let words = shlex::split(template).ok_or_else(|| {
-            CheckFailed::Template("has an unclosed quote or a trailing backslash".into())
+            CheckFailed::Template(
+                "the check command has an unclosed quote or a trailing backslash".into(),
+            )
         })?;
         if words.is_empty() {
-            return Err(CheckFailed::Template("is empty".into()));
+            return Err(CheckFailed::Template("the check command is empty".into()));
         }
         Ok(words
             .iter()
@@ -180,6 +204,7 @@ mod tests {
         Gate {
             url: None,
             method: "ping".into(),
+            check_args: Vec::new(),
             command: Some(command.into()),
             retries,
             interval: Duration::from_millis(10),

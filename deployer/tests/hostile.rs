@@ -228,3 +228,56 @@ fn host_keys_as_openssh_keeps_them() {
     }
     assert_eq!(h.run(&["check"]).code, 0, "every host now known");
 }
+
+/// The in-process gate takes check_jsonrpc's options (a bearer token from a file here): no
+/// subprocess, and the token never reaches a host, even when the check fails.
+#[test]
+fn the_in_process_gate_sends_a_token_that_never_leaves_this_machine() {
+    let h = Hosts::start(&[37]);
+    let token = h.dir.path().join("usersvc.token");
+    std::fs::write(&token, "s3cret-t0ken\n").expect("token");
+    let svc = testbed::Usersvc::start_with(
+        &testbed::usersvc::binary(),
+        &[
+            "--listen",
+            "127.0.0.37:0",
+            "--auth-token-file",
+            token.to_str().expect("utf-8"),
+        ],
+    );
+    let gate = |file: &str| {
+        format!(
+            "[health]\nurl = \"http://{{host}}:{}/\"\nmethod = \"version\"\nbearer_file = \"{file}\"\nexpect = ['/name=\"usersvc\"']\nretries = 1\ninterval = \"50ms\"\n",
+            svc.addr().port()
+        )
+    };
+    h.configure("", &gate("usersvc.token"));
+    h.write("v", "1");
+    h.deploy_ok();
+    // A wrong token: the gate fails, every host goes back, and no host holds the token.
+    let wrong = h.dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-t0ken").expect("token");
+    h.configure("", &gate("wrong.token"));
+    h.write("v", "2");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("HTTP 401"), "{r}");
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-l", "-e", "t0ken", "-e", "wrong.token"])
+        .arg(h.deploy_to(0))
+        .output()
+        .expect("grep");
+    assert!(
+        grep.stdout.is_empty(),
+        "the secret reached the host: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    // A typo in an option is refused before anything is sent.
+    h.configure(
+        "",
+        "[health]\nurl = \"http://{host}:1/\"\nvalue_warning = \"10:5\"\n",
+    );
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("[health]"), "{r}");
+}

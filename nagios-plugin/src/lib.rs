@@ -28,6 +28,7 @@ mod guard;
 mod outcome;
 mod transport;
 
+pub use cli::{Early, parse as parse_args};
 pub use config::{CheckConfig, DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, IpFamily};
 pub use evaluate::evaluate;
 pub use guard::install_panic_hook;
