@@ -149,6 +149,7 @@ fn a_hook_that_prints_without_end_costs_no_memory() {
     );
     h.write("v", "1");
     let (peak, code) = peak_kib(&h, &["--hook-timeout", "120", "deploy"]);
+    eprintln!("100 MB of hook output: the deployer peaked at {peak} KiB");
     assert_eq!(code, 1);
     assert!(
         peak < 64 * 1024,
