@@ -66,6 +66,8 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
     Router::new()
         .route("/", rpc)
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/version", get(version))
         .with_state(Arc::new(Shared {
             late: Arc::new(
@@ -288,6 +290,40 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, body.to_string().into_bytes())
+}
+
+/// For a load balancer or systemd: whether the process serves (200) — only a shutdown says no.
+async fn live(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.api.users.is_stopping() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"stopping"}"#.to_vec(),
+        )
+    } else {
+        json_response(StatusCode::OK, br#"{"status":"live"}"#.to_vec())
+    }
+}
+
+/// For a load balancer: whether to send it work (200) — reads answered and writes taken,
+/// committed or queued, so a database outage does not eject it; 503 while it stops or when a
+/// background task died. `/health` stays the monitoring view (503 when anything is degraded).
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let users = &shared.api.users;
+    if users.ready() {
+        json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+    } else {
+        let why = if users.is_stopping() {
+            "stopping"
+        } else {
+            "a background task stopped"
+        };
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "not ready", "why": why})
+                .to_string()
+                .into_bytes(),
+        )
+    }
 }
 
 async fn version(State(shared): State<Arc<Shared>>) -> Response {

@@ -127,11 +127,11 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         stats
     });
     let metrics = Arc::new(metrics::Metrics::default());
+    let release = release::Release::of_running_exe();
     let probe = settings.riemann().map(|cfg| {
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
-        metrics::start_reporter(cfg, metrics.clone(), users.clone())
+        metrics::start_reporter(cfg, metrics.clone(), users.clone(), &release)
     });
-    let release = release::Release::of_running_exe();
     let api = Arc::new(methods::Api::new(users.clone(), &release));
     let app = http::router(
         api,

@@ -1,8 +1,10 @@
 //! Request metrics per reporting interval, and the Riemann reporter: a heartbeat with a TTL plus
 //! request rate, error rate, latency percentiles, breaker state and journal depth.
 
+use crate::breaker::BreakerState;
+use crate::users::Degradation;
 use crate::users::Users;
-use riemann_probe::{ClientConfig, Probe, ProbeConfig, event};
+use riemann_probe::{ClientConfig, Event, Probe, ProbeConfig, event};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -73,76 +75,105 @@ pub struct RiemannConfig {
     pub host: Option<String>,
 }
 
+/// What every event says of its sender.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub host: String,
+    /// Seconds: 3 × the interval, so Riemann expires the events when the service dies.
+    pub ttl: f32,
+    /// The release and revision that sent them (attributes `release`, `revision`), so a
+    /// dashboard compares revisions (a canary against the rest).
+    pub release: crate::release::Release,
+}
+
+/// One interval's events: heartbeat, request and error rates, latency percentiles, breaker and
+/// journal depth. Pure: what the reporter sends, testable without a network.
+pub fn events(m: &Interval, elapsed_secs: f64, d: &Degradation, from: &Sender) -> Vec<Event> {
+    let e = |service: &str| {
+        let mut b = event(format!("usersvc {service}"))
+            .host(from.host.as_str())
+            .ttl(from.ttl)
+            .tag("usersvc");
+        if let Some(r) = &from.release.name {
+            b = b.attribute("release", r.as_str());
+        }
+        if let Some(r) = &from.release.revision {
+            b = b.attribute("revision", r.as_str());
+        }
+        b
+    };
+    let mut out = vec![
+        e("heartbeat")
+            .state("ok")
+            .description("usersvc is alive")
+            .build(),
+        e("requests rate")
+            .state("ok")
+            .metric(m.requests as f64 / elapsed_secs)
+            .build(),
+        e("errors rate")
+            .state("ok")
+            .metric(m.errors as f64 / elapsed_secs)
+            .build(),
+    ];
+    for (name, v) in [
+        ("latency p50", m.p50),
+        ("latency p95", m.p95),
+        ("latency p99", m.p99),
+    ] {
+        out.push(e(name).state("ok").metric(v).build());
+    }
+    let breaker_state = match d.breaker {
+        BreakerState::Closed => "ok",
+        BreakerState::HalfOpen => "warning",
+        BreakerState::Open => "critical",
+    };
+    out.push(
+        e("breaker")
+            .state(breaker_state)
+            .metric(i64::from(d.breaker != BreakerState::Closed))
+            .description(d.breaker.as_str())
+            .build(),
+    );
+    out.push(
+        e("journal depth")
+            .state(if d.journal_depth == 0 {
+                "ok"
+            } else {
+                "warning"
+            })
+            .metric(d.journal_depth as i64)
+            .build(),
+    );
+    out
+}
+
 /// Reports every interval until the returned probe is shut down by the caller.
-pub fn start_reporter(cfg: RiemannConfig, metrics: std::sync::Arc<Metrics>, users: Users) -> Probe {
+pub fn start_reporter(
+    cfg: RiemannConfig,
+    metrics: std::sync::Arc<Metrics>,
+    users: Users,
+    release: &crate::release::Release,
+) -> Probe {
     let probe = Probe::start(ProbeConfig::new(ClientConfig::tcp(cfg.addr.clone())));
     let reporter = probe.clone();
     let tasks = users.tasks().clone();
+    let from = Sender {
+        host: cfg.host.clone().unwrap_or_else(riemann_probe::hostname),
+        ttl: (cfg.interval * 3).as_secs_f32(),
+        release: release.clone(),
+    };
     tasks.spawn("riemann reporter", async move {
-        let ttl = (cfg.interval * 3).as_secs_f32();
         let secs = cfg.interval.as_secs_f64();
         let mut tick = tokio::time::interval(cfg.interval);
         let mut last = Instant::now();
-        let host = cfg.host.unwrap_or_else(riemann_probe::hostname);
         loop {
             tick.tick().await;
             let elapsed = last.elapsed().as_secs_f64().max(secs / 10.0);
             last = Instant::now();
-            let m = metrics.take();
-            let d = users.degradation();
-            let e = |service: &str| {
-                event(format!("usersvc {service}"))
-                    .host(host.as_str())
-                    .ttl(ttl)
-                    .tag("usersvc")
-            };
-            reporter.send(
-                e("heartbeat")
-                    .state("ok")
-                    .description("usersvc is alive")
-                    .build(),
-            );
-            reporter.send(
-                e("requests rate")
-                    .state("ok")
-                    .metric(m.requests as f64 / elapsed)
-                    .build(),
-            );
-            reporter.send(
-                e("errors rate")
-                    .state("ok")
-                    .metric(m.errors as f64 / elapsed)
-                    .build(),
-            );
-            for (name, v) in [
-                ("latency p50", m.p50),
-                ("latency p95", m.p95),
-                ("latency p99", m.p99),
-            ] {
-                reporter.send(e(name).state("ok").metric(v).build());
+            for e in events(&metrics.take(), elapsed, &users.degradation(), &from) {
+                reporter.send(e);
             }
-            let breaker_state = match d.breaker {
-                crate::breaker::BreakerState::Closed => "ok",
-                crate::breaker::BreakerState::HalfOpen => "warning",
-                crate::breaker::BreakerState::Open => "critical",
-            };
-            reporter.send(
-                e("breaker")
-                    .state(breaker_state)
-                    .metric(i64::from(d.breaker != crate::breaker::BreakerState::Closed))
-                    .description(d.breaker.as_str())
-                    .build(),
-            );
-            reporter.send(
-                e("journal depth")
-                    .state(if d.journal_depth == 0 {
-                        "ok"
-                    } else {
-                        "warning"
-                    })
-                    .metric(d.journal_depth as i64)
-                    .build(),
-            );
         }
     });
     probe
@@ -163,5 +194,50 @@ mod tests {
         assert!((i.p50 - 0.050).abs() < 0.0015, "{i:?}");
         assert!((i.p99 - 0.099).abs() < 0.0015, "{i:?}");
         assert_eq!(m.take().requests, 0, "take starts a new interval");
+    }
+
+    #[test]
+    fn events_say_which_release_sent_them() {
+        let from = Sender {
+            host: "app1".into(),
+            ttl: 15.0,
+            release: crate::release::Release {
+                name: Some("20261201100000".into()),
+                revision: Some("abc123".into()),
+            },
+        };
+        let interval = Interval {
+            requests: 50,
+            errors: 5,
+            p50: 0.001,
+            p95: 0.002,
+            p99: 0.003,
+        };
+        let d = Degradation {
+            breaker: BreakerState::Open,
+            journal_depth: 3,
+            from_copy: false,
+            handover: false,
+        };
+        let all = events(&interval, 5.0, &d, &from);
+        let find = |service: &str| {
+            all.iter()
+                .find(|e| e.service.as_deref() == Some(service))
+                .unwrap_or_else(|| panic!("no {service}"))
+        };
+        assert_eq!(find("usersvc errors rate").metric(), Some(1.0));
+        assert_eq!(find("usersvc breaker").state.as_deref(), Some("critical"));
+        assert_eq!(find("usersvc journal depth").metric_sint64, Some(3));
+        for e in &all {
+            assert_eq!(e.ttl, Some(15.0));
+            let attr = |k: &str| {
+                e.attributes
+                    .iter()
+                    .find(|a| a.key == k)
+                    .and_then(|a| a.value.clone())
+            };
+            assert_eq!(attr("revision").as_deref(), Some("abc123"), "{e:?}");
+            assert_eq!(attr("release").as_deref(), Some("20261201100000"));
+        }
     }
 }

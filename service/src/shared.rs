@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     pub from_copy: AtomicBool,
     /// Set by `Users::close`: the supervisor and the follower stop.
     pub closing: AtomicBool,
+    /// Shutdown (or the hand-over to a new server) has begun: not ready for new work.
+    pub stopping: AtomicBool,
     pub stats: Stats,
 }
 

@@ -148,6 +148,7 @@ impl Users {
             copied: std::sync::atomic::AtomicU64::new(u64::MAX),
             from_copy: AtomicBool::new(cold.is_some()),
             closing: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             stats,
         });
         if !entries.is_empty() && cold.is_none() {
@@ -215,6 +216,7 @@ impl Users {
     /// during a handover): writes waiting for the journal are refused now (-32000, nothing
     /// changed, retry on the new server) instead of holding up the drain. Nothing otherwise.
     pub fn stop_waiting_for_journal(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
         self.shared.ownership.send_if_modified(|o| {
             let waiting = *o == Ownership::Awaiting;
             if waiting {
@@ -239,6 +241,18 @@ impl Users {
         if let Err(e) = supervise::save_copy(&self.shared).await {
             tracing::warn!(error = %e, "cannot save the local snapshot copy");
         }
+    }
+
+    /// Whether this server can take new work: it is not stopping (shutdown, or replaced by a
+    /// new server) and no background task has died. Reads are served from memory and writes
+    /// committed or queued, so a store outage does not make it unready.
+    pub fn ready(&self) -> bool {
+        !self.is_stopping() && self.tasks.failed().is_empty()
+    }
+
+    /// Shutdown or a hand-over has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
     }
 
     /// The background tasks of this server; others (pull, reporting) join them.

@@ -85,6 +85,13 @@ fn store_outage_under_traffic_loses_no_write() {
         (json!("degraded"), json!(20)),
         "{h}"
     );
+    // A load balancer keeps sending it work: reads are answered and writes queued.
+    let ready = s.get("/health/ready");
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, json!("ready"))
+    );
+    assert_eq!(s.get("/health/live").status, 200);
     // A conditional write that cannot succeed is refused now, not queued to fail later.
     assert_eq!(
         s.call("put_user", json!({"user": {"id": "other"}, "rev": 9}))["error"]["code"],

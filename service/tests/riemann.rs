@@ -99,3 +99,34 @@ fn riemann_outage_does_not_touch_requests() {
     assert_eq!(s.terminate().code(), Some(0), "{}", s.log());
     assert!(s.log().contains("Riemann probe flushed"), "{}", s.log());
 }
+
+/// The heartbeat says which release and revision sent it (the release directory the binary runs
+/// from, and its REVISION file), so a dashboard can compare revisions.
+#[test]
+fn events_carry_the_release_and_revision_that_sent_them() {
+    let sink = Sink::start();
+    let site = tempfile::tempdir().expect("temp dir");
+    let release = site.path().join("releases/20261201100000");
+    std::fs::create_dir_all(release.join("bin")).expect("mkdir");
+    // A copy, not a link: the release is read from the running executable's resolved path.
+    std::fs::copy(env!("CARGO_BIN_EXE_usersvc"), release.join("bin/usersvc")).expect("copy");
+    std::fs::write(release.join("REVISION"), "abc123\n").expect("revision");
+    let _s = Usersvc::start_with(
+        &release.join("bin/usersvc"),
+        &[
+            "--riemann",
+            &sink.tcp_addr().to_string(),
+            "--riemann-interval",
+            "200ms",
+        ],
+    );
+    let hb = sink.wait_for(Duration::from_secs(10), named("usersvc heartbeat"));
+    let attr = |k: &str| {
+        hb.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.clone())
+    };
+    assert_eq!(attr("revision").as_deref(), Some("abc123"), "{hb:?}");
+    assert_eq!(attr("release").as_deref(), Some("20261201100000"), "{hb:?}");
+}

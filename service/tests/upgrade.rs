@@ -181,6 +181,10 @@ fn upgrades_under_load_lose_no_request() {
         samples.len()
     );
     assert!(alive(*pids.last().expect("pid")));
+    // The detached servers' log is a file: plain text, no terminal colour codes.
+    let log = std::fs::read_to_string(site.path("usersvc.log")).expect("usersvc.log");
+    assert!(log.contains("listening on"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in usersvc.log:\n{log}");
 }
 
 #[test]
