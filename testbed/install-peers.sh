@@ -8,6 +8,10 @@ PACKAGES=(
   openssh-server openssh-client rsync postgresql
   nagios4-core monitoring-plugins-basic monitoring-plugins-standard liburiparser1
   icinga2-bin icinga2-common riemann-c-client clojure wrk hyperfine time openssl
+  # a real Prometheus text-format parser reads usersvc's /metrics (Debian's /usr/bin/python3)
+  python3-prometheus-client
+  # check_jsonrpc over TLS (an expiring certificate, a required client certificate) and a proxy
+  stunnel4 tinyproxy
   # systemd-analyze verify checks the shipped units (systemd is not PID 1 here)
   systemd
   # build dependencies: the deployer's ssh2 compiles libssh2 against the system OpenSSL

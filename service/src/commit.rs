@@ -46,6 +46,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<Pending>)
 }
 
 async fn commit(shared: &Arc<Shared>, writer: &mut Writer, batch: Vec<Pending>) {
+    shared.stats.write_batches.record(batch.len());
     let queueing = !lock(&shared.breaker).is_closed() || shared.journal_depth() > 0;
     if queueing {
         return enqueue(shared, batch, false).await;

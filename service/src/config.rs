@@ -97,7 +97,7 @@ pub struct Options {
     )]
     pub database_url: Option<String>,
 
-    /// Require `Authorization: Bearer TOKEN` on POST / (GET /health and /version stay open)
+    /// Require `Authorization: Bearer TOKEN` on POST / and GET /metrics (the health probes and /version stay open)
     #[arg(
         long,
         env = "USERSVC_AUTH_TOKEN",
@@ -116,6 +116,12 @@ pub struct Options {
         global = true
     )]
     pub auth_token_file: Option<PathBuf>,
+
+    /// Serve GET /metrics without the bearer token (for a Prometheus that scrapes without one);
+    /// without a token set, /metrics is open anyway [default: false]
+    #[arg(long, env = "USERSVC_METRICS_PUBLIC", value_name = "BOOL", num_args = 0..=1,
+        default_missing_value = "true", global = true)]
+    pub metrics_public: Option<bool>,
 
     /// Largest request body in bytes; larger ones get HTTP 413 (at most 67108864) [default: 1048576]
     #[arg(long, env = "USERSVC_BODY_LIMIT", value_name = "BYTES", global = true)]
@@ -230,7 +236,7 @@ pub struct Options {
     #[arg(long, env = "USERSVC_LOG_FORMAT", value_name = "FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
 
-    /// Log filter, e.g. info, debug, service=debug,sqlx=warn [default: info]
+    /// Log filter, e.g. info, debug, usersvc::access=debug (a line per call; failed calls are at info), sqlx=warn [default: info]
     #[arg(long, env = "USERSVC_LOG", value_name = "FILTER", global = true)]
     pub log: Option<String>,
 }
@@ -271,6 +277,8 @@ pub struct Settings {
     pub database_url: String,
     pub auth_token: Option<String>,
     pub auth_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub metrics_public: bool,
     #[serde(default = "default::body_limit")]
     pub body_limit: usize,
     #[serde(default = "default::max_batch")]
@@ -690,8 +698,8 @@ mod tests {
 
     #[test]
     fn flags_win_over_file_over_defaults() {
-        let dir = std::env::temp_dir().join(format!("usersvc-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path();
         let path = dir.join("c.toml");
         std::fs::write(
             &path,

@@ -1,5 +1,7 @@
-//! HTTP transport: `POST /` carries JSON-RPC; `GET /health` and `GET /version` are plain JSON.
-//! Transport problems are HTTP statuses (401, 405, 413, 415); every JSON-RPC body is a 200.
+//! HTTP transport: `POST /` carries JSON-RPC; `GET /health`, `/health/live`, `/health/ready` and
+//! `/version` are plain JSON; `GET /metrics` is Prometheus's (behind the token when one is set,
+//! unless `metrics_public`). Transport problems are HTTP statuses (401, 405, 413, 415); every
+//! JSON-RPC body is a 200.
 //!
 //! `POST /` is the handler wrapped in layers, one job each, outermost first: [`record`] (the
 //! request metrics, refusals included) → [`require_bearer`] (only with `--auth-token`) →
@@ -9,9 +11,11 @@
 //! past it must be answered -32003 under its own id, which only the dispatcher knows
 //! (`rpc::Deadline`).
 
+use crate::access_log::AccessLog;
 use crate::methods::Api;
 use crate::methods::codes;
 use crate::metrics::Metrics;
+use crate::prometheus::Exposition;
 use crate::rpc::{self, Reply, RpcError};
 use axum::Router;
 use axum::body::Bytes;
@@ -26,6 +30,8 @@ use std::time::Duration;
 
 pub struct HttpConfig {
     pub metrics: Arc<Metrics>,
+    pub exposition: Arc<Exposition>,
+    pub metrics_public: bool,
     pub pull: Option<Arc<crate::pull::PullStats>>,
     pub auth_token: Option<String>,
     pub body_limit: usize,
@@ -49,7 +55,10 @@ struct Shared {
 }
 
 pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
-    let metrics = config.metrics.clone();
+    let recorders = Recorders {
+        metrics: config.metrics.clone(),
+        exposition: config.exposition.clone(),
+    };
     let token = config.auth_token.clone().map(Arc::<str>::from);
     // route_layer: the layers see only POSTs; another method is a plain 405.
     let bounds = BodyBounds {
@@ -59,12 +68,20 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
     let mut rpc = post(rpc_endpoint)
         .route_layer(middleware::from_fn_with_state(bounds, read_body))
         .route_layer(middleware::from_fn(require_json));
+    let mut scrape = get(metrics);
     if let Some(token) = token {
-        rpc = rpc.route_layer(middleware::from_fn_with_state(token, require_bearer));
+        rpc = rpc.route_layer(middleware::from_fn_with_state(
+            token.clone(),
+            require_bearer,
+        ));
+        if !config.metrics_public {
+            scrape = scrape.route_layer(middleware::from_fn_with_state(token, require_bearer));
+        }
     }
-    let rpc = rpc.route_layer(middleware::from_fn_with_state(metrics, record));
+    let rpc = rpc.route_layer(middleware::from_fn_with_state(recorders, record));
     Router::new()
         .route("/", rpc)
+        .route("/metrics", scrape)
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -133,13 +150,22 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Counts every JSON-RPC request with its latency; an error is a transport refusal or a body
-/// carrying a JSON-RPC error object.
-async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+/// Where [`record`] counts: Riemann's interval figures and Prometheus's.
+#[derive(Clone)]
+struct Recorders {
+    metrics: Arc<Metrics>,
+    exposition: Arc<Exposition>,
+}
+
+/// Counts every JSON-RPC request with its latency and status; an error is a transport refusal
+/// or a body carrying a JSON-RPC error object. (Each call is counted by the dispatcher.)
+async fn record(State(r): State<Recorders>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
+    let in_flight = r.exposition.request();
     let resp = next.run(req).await;
+    in_flight.answered(resp.status().as_u16());
     let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
-    metrics.record(started.elapsed(), error);
+    r.metrics.record(started.elapsed(), error);
     resp
 }
 
@@ -223,7 +249,15 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
         error: shared.late.clone(),
     };
     let limits = &shared.config.limits;
-    match rpc::handle_body_counted(shared.api.as_ref(), &body, Some(&deadline), limits).await {
+    let observer = (shared.config.exposition.as_ref(), AccessLog);
+    let handled = rpc::handle_body_observed(
+        shared.api.as_ref(),
+        &body,
+        Some(&deadline),
+        limits,
+        &observer,
+    );
+    match handled.await {
         (Reply::Body(body), errors) => {
             let mut resp = json_response(StatusCode::OK, body);
             if errors > 0 {
@@ -324,6 +358,18 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
                 .into_bytes(),
         )
     }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::prometheus::CONTENT_TYPE),
+        )],
+        shared.config.exposition.render(),
+    )
+        .into_response()
 }
 
 async fn version(State(shared): State<Arc<Shared>>) -> Response {

@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+mod access_log;
 mod atomic_file;
 pub mod breaker;
 mod commit;
@@ -47,6 +48,7 @@ mod listener;
 pub mod methods;
 pub mod metrics;
 pub mod pidfile;
+pub mod prometheus;
 pub mod pull;
 mod queued;
 pub mod redact;
@@ -133,10 +135,17 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         metrics::start_reporter(cfg, metrics.clone(), users.clone(), &release)
     });
     let api = Arc::new(methods::Api::new(users.clone(), &release));
+    let exposition = Arc::new(prometheus::Exposition::new(prometheus::Sources {
+        users: users.clone(),
+        pull: pull_stats.clone(),
+        release: release.clone(),
+    }));
     let app = http::router(
         api,
         http::HttpConfig {
             metrics,
+            exposition,
+            metrics_public: settings.metrics_public,
             auth_token: settings.auth_token.clone(),
             body_limit: settings.body_limit,
             body_timeout: settings.body_timeout,

@@ -27,7 +27,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli, inherited: &mut Result<Inherited, service::ListenError>) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     let settings = cli.options.resolve()?;
-    init_logging(settings.log_format, &settings.log)?;
+    // Held to the end: dropping it writes out the lines still buffered.
+    let _log = init_logging(settings.log_format, &settings.log)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = settings.workers {
         runtime.worker_threads(n.into());
@@ -63,19 +64,25 @@ fn run(cli: Cli, inherited: &mut Result<Inherited, service::ListenError>) -> any
     }
 }
 
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+fn init_logging(
+    format: LogFormat,
+    filter: &str,
+) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
-        anyhow::anyhow!("bad log filter {filter:?} (try info or service=debug): {e}")
+        anyhow::anyhow!("bad log filter {filter:?} (try info or usersvc::access=debug): {e}")
     })?;
     use std::io::IsTerminal;
+    // A thread writes the lines, so a slow pipe or journald never holds a request (the access
+    // log writes one per failed call); when it falls far behind, lines are dropped, not waited on.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     // Colour only for a person at a terminal: a log file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Ok(())
+    Ok(guard)
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::future::Future;
+use std::time::Instant;
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
@@ -140,6 +141,76 @@ pub enum Reply {
     Nothing,
 }
 
+/// One call as the dispatcher answered it: what the metrics and the access log are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// `None` when the request was refused before a method could be read from it.
+    pub method: Option<&'a str>,
+    /// The id as sent (JSON text); `None` for a notification or an id that could not be read.
+    pub id: Option<&'a str>,
+    /// The error code answered; `None` for a result.
+    pub code: Option<i64>,
+    pub elapsed: std::time::Duration,
+    /// Its position in the batch; `None` for a single request.
+    pub batch_index: Option<usize>,
+}
+
+/// Told of every call and batch, as they are answered (notifications and refusals included).
+pub trait Observe: Sync {
+    fn call(&self, call: &Call<'_>);
+    /// A batch of `size` calls is about to be run.
+    fn batch(&self, _size: usize) {}
+}
+
+/// Observes nothing.
+impl Observe for () {
+    fn call(&self, _: &Call<'_>) {}
+}
+
+impl<T: Observe> Observe for &T {
+    fn call(&self, call: &Call<'_>) {
+        (**self).call(call);
+    }
+
+    fn batch(&self, size: usize) {
+        (**self).batch(size);
+    }
+}
+
+/// Both, in turn (metrics and the access log).
+impl<A: Observe, B: Observe> Observe for (A, B) {
+    fn call(&self, call: &Call<'_>) {
+        self.0.call(call);
+        self.1.call(call);
+    }
+
+    fn batch(&self, size: usize) {
+        self.0.batch(size);
+        self.1.batch(size);
+    }
+}
+
+/// A call's answer: the id to answer under (`None`: a notification, answered with nothing) and
+/// what the dispatcher saw, for the [`Observe`]r.
+struct Answer<'a> {
+    reply_id: Option<&'a str>,
+    logged_id: Option<&'a str>,
+    method: Option<String>,
+    outcome: Result<RawJson, RpcError>,
+}
+
+impl<'a> Answer<'a> {
+    /// Refused before its method was read, answered under the `null` id.
+    fn refused(error: RpcError) -> Self {
+        Self {
+            reply_id: Some(NULL_ID),
+            logged_id: None,
+            method: None,
+            outcome: Err(error),
+        }
+    }
+}
+
 /// Present-but-null must differ from absent (`"id": null` is a request, no `id` a notification).
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -170,110 +241,107 @@ pub struct Deadline {
 
 /// Handles one HTTP body: a single request or a batch, within the default [`Limits`].
 pub async fn handle_body<H: Handler>(handler: &H, body: &[u8]) -> Reply {
-    handle_body_counted(handler, body, None, &Limits::default())
+    handle_body_observed(handler, body, None, &Limits::default(), &())
         .await
         .0
 }
 
-/// As [`handle_body`], with an optional deadline and the given limits, also counting the error
-/// objects in the reply (for metrics).
-pub async fn handle_body_counted<H: Handler>(
+/// As [`handle_body`], with an optional deadline and the given limits; `observer` is told of
+/// every call. Also returns how many error objects the reply holds.
+pub async fn handle_body_observed<H: Handler, O: Observe>(
     handler: &H,
     body: &[u8],
     deadline: Option<&Deadline>,
     limits: &Limits,
+    observer: &O,
 ) -> (Reply, usize) {
     let mut errors = 0;
-    let reply = dispatch_body(handler, body, deadline, limits, &mut errors).await;
+    let mut answered = |out: &mut Vec<u8>, a: Answer<'_>, started: Instant, index| {
+        observer.call(&Call {
+            method: a.method.as_deref(),
+            id: a.logged_id,
+            code: a.outcome.as_ref().err().map(|e| e.code),
+            elapsed: started.elapsed(),
+            batch_index: index,
+        });
+        errors += usize::from(a.outcome.is_err() && a.reply_id.is_some());
+        a.reply_id.map(|id| write_response(out, id, &a.outcome))
+    };
+    let mut out = Vec::with_capacity(128);
+    let started = Instant::now();
+    let items = match split_body(body, limits) {
+        Ok(Body::Single(item)) => {
+            let a = handle_one(handler, item, deadline, limits.max_response).await;
+            let reply = match answered(&mut out, a, started, None) {
+                Some(()) => Reply::Body(out),
+                None => Reply::Nothing,
+            };
+            return (reply, errors);
+        }
+        Ok(Body::Batch(items)) => items,
+        Err(refused) => {
+            answered(&mut out, Answer::refused(refused), started, None);
+            return (Reply::Body(out), errors);
+        }
+    };
+    observer.batch(items.len());
+    out.reserve(64 * items.len());
+    out.push(b'[');
+    let mut any = false;
+    for (index, item) in items.into_iter().enumerate() {
+        let started = Instant::now();
+        let budget = limits.max_response.saturating_sub(out.len());
+        let a = if budget == 0 {
+            // Full: the rest is not run; each call still gets its answer (its id, if any).
+            not_run(item, response_full(limits.max_response))
+        } else {
+            handle_one(handler, item, deadline, budget).await
+        };
+        if a.reply_id.is_some() {
+            if any {
+                out.push(b',');
+            }
+            any = true;
+        }
+        answered(&mut out, a, started, Some(index));
+    }
+    out.push(b']');
+    let reply = if any {
+        Reply::Body(out)
+    } else {
+        Reply::Nothing
+    };
     (reply, errors)
 }
 
-async fn dispatch_body<H: Handler>(
-    handler: &H,
-    body: &[u8],
-    deadline: Option<&Deadline>,
-    limits: &Limits,
-    errors: &mut usize,
-) -> Reply {
-    let text = match std::str::from_utf8(body) {
-        Ok(t) => t,
-        Err(e) => {
-            *errors += 1;
-            return single_error(RpcError::parse_error(format!("body is not UTF-8: {e}")));
-        }
-    };
-    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
-    if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> = match serde_json::from_str(trimmed) {
-            Ok(items) => items,
-            Err(e) => {
-                *errors += 1;
-                return single_error(RpcError::parse_error(e));
-            }
-        };
-        if items.is_empty() {
-            *errors += 1;
-            return single_error(RpcError::invalid_request("empty batch"));
-        }
-        if items.len() > limits.max_batch {
-            *errors += 1;
-            // Refused whole, before any call runs: a batch is not a way around the limits.
-            return single_error(RpcError::invalid_request(&format!(
-                "a batch may hold at most {} calls (--max-batch); this one holds {}",
-                limits.max_batch,
-                items.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(64 * items.len());
-        out.push(b'[');
-        let mut any = false;
-        for item in items {
-            let budget = limits.max_response.saturating_sub(out.len());
-            let answered = if budget == 0 {
-                // Full: the rest is not run; each call still gets its answer (its id, if any).
-                not_run(item, response_full(limits.max_response))
-            } else {
-                handle_one(handler, item, deadline, budget).await
-            };
-            if let Some((id, outcome)) = answered {
-                *errors += usize::from(outcome.is_err());
-                if any {
-                    out.push(b',');
-                }
-                any = true;
-                write_response(&mut out, id, &outcome);
-            }
-        }
-        out.push(b']');
-        if any {
-            Reply::Body(out)
-        } else {
-            Reply::Nothing
-        }
-    } else {
-        let item: &RawValue = match serde_json::from_str(trimmed) {
-            Ok(item) => item,
-            Err(e) => {
-                *errors += 1;
-                return single_error(RpcError::parse_error(e));
-            }
-        };
-        match handle_one(handler, item, deadline, limits.max_response).await {
-            Some((id, outcome)) => {
-                *errors += usize::from(outcome.is_err());
-                let mut out = Vec::with_capacity(128);
-                write_response(&mut out, id, &outcome);
-                Reply::Body(out)
-            }
-            None => Reply::Nothing,
-        }
-    }
+enum Body<'a> {
+    Single(&'a RawValue),
+    Batch(Vec<&'a RawValue>),
 }
 
-fn single_error(err: RpcError) -> Reply {
-    let mut out = Vec::with_capacity(128);
-    write_response(&mut out, NULL_ID, &Err(err));
-    Reply::Body(out)
+/// The body's request or batch of requests, or the error that refuses it whole.
+fn split_body<'a>(body: &'a [u8], limits: &Limits) -> Result<Body<'a>, RpcError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| RpcError::parse_error(format!("body is not UTF-8: {e}")))?;
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    if !trimmed.starts_with('[') {
+        return serde_json::from_str(trimmed)
+            .map(Body::Single)
+            .map_err(RpcError::parse_error);
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(trimmed).map_err(RpcError::parse_error)?;
+    if items.is_empty() {
+        return Err(RpcError::invalid_request("empty batch"));
+    }
+    if items.len() > limits.max_batch {
+        // Refused whole, before any call runs: a batch is not a way around the limits.
+        return Err(RpcError::invalid_request(&format!(
+            "a batch may hold at most {} calls (--max-batch); this one holds {}",
+            limits.max_batch,
+            items.len()
+        )));
+    }
+    Ok(Body::Batch(items))
 }
 
 enum IdKind<'a> {
@@ -298,55 +366,60 @@ fn classify_id(id: Option<&RawValue>) -> IdKind<'_> {
 
 /// The answer to a call that is not run: `error` under its id (nothing for a notification, or
 /// for an item whose id cannot be read: it gets `null`).
-fn not_run(item: &RawValue, error: RpcError) -> Option<(&str, Result<RawJson, RpcError>)> {
-    let id = serde_json::from_str::<Envelope<'_>>(item.get())
-        .ok()
-        .map(|env| classify_id(env.id));
-    match id {
-        Some(IdKind::Absent) => None,
-        Some(IdKind::Valid(id)) => Some((id, Err(error))),
-        _ => Some((NULL_ID, Err(error))),
+fn not_run(item: &RawValue, error: RpcError) -> Answer<'_> {
+    let env = serde_json::from_str::<Envelope<'_>>(item.get()).ok();
+    let method = env
+        .as_ref()
+        .and_then(|e| e.method)
+        .and_then(|m| serde_json::from_str::<String>(m.get()).ok());
+    let id = env.map(|env| classify_id(env.id));
+    let (reply_id, logged_id) = match id {
+        Some(IdKind::Absent) => (None, None),
+        Some(IdKind::Valid(id)) => (Some(id), Some(id)),
+        _ => (Some(NULL_ID), None),
+    };
+    Answer {
+        reply_id,
+        logged_id,
+        method,
+        outcome: Err(error),
     }
 }
 
-/// Handles one request object. `None` means it was a valid notification: no response.
+/// Handles one request object (a notification is run, and answered with nothing).
 async fn handle_one<'a, H: Handler>(
     handler: &H,
     item: &'a RawValue,
     deadline: Option<&Deadline>,
     budget: usize,
-) -> Option<(&'a str, Result<RawJson, RpcError>)> {
+) -> Answer<'a> {
     if !item.get().starts_with('{') {
-        return Some((
-            NULL_ID,
-            Err(RpcError::invalid_request("a request must be an object")),
-        ));
+        return Answer::refused(RpcError::invalid_request("a request must be an object"));
     }
     let env: Envelope<'a> = match serde_json::from_str(item.get()) {
         Ok(env) => env,
         Err(e) => {
-            return Some((
-                NULL_ID,
-                Err(RpcError::invalid_request(&format!(
-                    "malformed request object: {e}"
-                ))),
-            ));
+            return Answer::refused(RpcError::invalid_request(&format!(
+                "malformed request object: {e}"
+            )));
         }
     };
     let id = match classify_id(env.id) {
         IdKind::Absent => None,
         IdKind::Valid(id) => Some(id),
         IdKind::Invalid => {
-            return Some((
-                NULL_ID,
-                Err(RpcError::invalid_request(
-                    "id must be a string, a number or null",
-                )),
+            return Answer::refused(RpcError::invalid_request(
+                "id must be a string, a number or null",
             ));
         }
     };
-    let reply_id = id.unwrap_or(NULL_ID);
-    let invalid = |why: &str| Some((reply_id, Err(RpcError::invalid_request(why))));
+    let reply_id = Some(id.unwrap_or(NULL_ID));
+    let invalid = |why: &str| Answer {
+        reply_id,
+        logged_id: id,
+        method: None,
+        outcome: Err(RpcError::invalid_request(why)),
+    };
 
     match env.jsonrpc.map(|v| serde_json::from_str::<&str>(v.get())) {
         Some(Ok("2.0")) => {}
@@ -376,8 +449,13 @@ async fn handle_one<'a, H: Handler>(
         }
         (Err(e), _) => Err(e),
     };
-    // A notification is executed but never answered, even when it fails.
-    id.map(|id| (id, outcome))
+    Answer {
+        // A notification is executed but never answered, even when it fails.
+        reply_id: id,
+        logged_id: id,
+        method: Some(method),
+        outcome,
+    }
 }
 
 /// Appends one response object.

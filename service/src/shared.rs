@@ -9,7 +9,7 @@ use crate::validate::Invalid;
 use crate::writer::{Change, Writer};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -70,6 +70,37 @@ pub struct Stats {
     pub replay_conflicts: AtomicU64,
     /// Journal records moved to the quarantine file (by this run and earlier ones).
     pub quarantined: AtomicU64,
+    /// The committer's batches: how many writes each took at once.
+    pub write_batches: BatchSizes,
+}
+
+/// Upper bounds of the write-batch size buckets (the committer takes at most 256 at once).
+pub const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// A histogram of batch sizes, kept as plain atomics so the write path knows nothing of the
+/// exposition format (`prometheus.rs` reads it at scrape time).
+#[derive(Debug, Default)]
+pub struct BatchSizes {
+    /// Per bucket of [`BATCH_BOUNDS`], then one for larger; not cumulative.
+    counts: [AtomicU64; BATCH_BOUNDS.len() + 1],
+    writes: AtomicU64,
+}
+
+impl BatchSizes {
+    pub fn record(&self, size: usize) {
+        let size = size as u64;
+        let bucket = BATCH_BOUNDS.partition_point(|&b| b < size);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// (writes in all, batches per bucket, not cumulative).
+    pub fn read(&self) -> (u64, [u64; BATCH_BOUNDS.len() + 1]) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
+        )
+    }
 }
 
 /// The store's health as seen by the write path.

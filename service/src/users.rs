@@ -265,6 +265,11 @@ impl Users {
         &self.shared.journal_path
     }
 
+    /// The snapshot's local copy (what a cold start serves).
+    pub fn copy_path(&self) -> &std::path::Path {
+        &self.shared.copy
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
