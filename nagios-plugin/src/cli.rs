@@ -2,7 +2,7 @@
 //! (help, version, a bad argument) is mapped onto the plugin contract: exit 3 with one line.
 
 use crate::assertion::{Assertion, Measure};
-use crate::config::{CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
+use crate::config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{ArgAction, Parser};
@@ -28,6 +28,12 @@ Examples:
   check_jsonrpc -H app1 -p 8080 -m get_users --count '' --value-warning 1: --value-critical 1:
   check_jsonrpc -H node -p 8545 -m eth_blockNumber --value '' --value-critical 1:
   check_jsonrpc -H api.example.com -S -u /rpc --bearer-file /etc/nagios4/api.token -w 0.5 -c 2
+  check_jsonrpc -H api.example.com -S -C 30,14        (the call, and the certificate's days left)
+  check_jsonrpc -H app1 -S --client-cert /etc/nagios4/client.pem --proxy http://proxy:3128
+
+-C checks the certificate in the same run as the call (check_http's -C checks only the
+certificate): the worse of the two states is the result, the days left are in the output and in
+the perfdata (certificate_days). An expired certificate is CRITICAL.
 
 Secrets: prefer --bearer-file, --authorization-file or CHECK_JSONRPC_BEARER to --bearer and -a,
 which any local user can read in ps.";
@@ -72,6 +78,24 @@ pub struct Args {
     /// Trust the CA certificates in this PEM file instead of the built-in roots
     #[arg(long = "ca-file", value_name = "FILE")]
     ca_file: Option<PathBuf>,
+
+    /// Present this client certificate (PEM, chain allowed) to a server that asks for one
+    #[arg(long = "client-cert", value_name = "FILE")]
+    client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM) [default: the --client-cert file]
+    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+
+    /// Go through this HTTP proxy (http://[USER:PASSWORD@]HOST:PORT) [default: ALL_PROXY,
+    /// HTTPS_PROXY or HTTP_PROXY from the environment, except hosts in NO_PROXY]
+    #[arg(long = "proxy", value_name = "URL")]
+    proxy: Option<String>,
+
+    /// Also check the server certificate: WARNING with fewer than WARN days of validity left,
+    /// CRITICAL with fewer than CRIT or once expired (needs https)
+    #[arg(short = 'C', long = "certificate", value_name = "WARN[,CRIT]")]
+    certificate: Option<String>,
 
     /// Seconds before giving up, fractions allowed
     #[arg(
@@ -297,6 +321,25 @@ impl Args {
         if measure.is_none() && (value_warning.is_some() || value_critical.is_some()) {
             return Err("--value-warning/--value-critical need --value or --count".into());
         }
+        let cert_days = self
+            .certificate
+            .as_deref()
+            .map(str::parse::<CertDays>)
+            .transpose()?;
+        if cert_days.is_some() && !url.starts_with("https://") {
+            return Err("-C needs https: add -S, or give an https:// URL in -u".into());
+        }
+        let client_cert = self.client_cert.map(|cert| {
+            let key = self.client_key.unwrap_or_else(|| cert.clone());
+            (cert, key)
+        });
+        if let Some(p) = &self.proxy
+            && !(p.starts_with("http://") || p.starts_with("https://"))
+        {
+            return Err(format!(
+                "--proxy {p:?}: write http://HOST:PORT (user:password@ before the host if it asks)"
+            ));
+        }
         Ok(CheckConfig {
             url,
             connect_ip: self.ip_address,
@@ -309,6 +352,9 @@ impl Args {
             timeout_state,
             insecure: self.insecure,
             ca_file: self.ca_file,
+            client_cert,
+            proxy: self.proxy,
+            cert_days,
             headers,
             method: self.method,
             params,

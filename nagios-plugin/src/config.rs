@@ -16,6 +16,36 @@ pub enum IpFamily {
     V6,
 }
 
+/// `-C warn[,crit]`: fewer days left than `warning` is WARNING, fewer than `critical` (or an
+/// expired certificate) CRITICAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertDays {
+    pub warning: u32,
+    pub critical: Option<u32>,
+}
+
+impl std::str::FromStr for CertDays {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("-C {s:?}: write days as WARN or WARN,CRIT (e.g. 30,14)");
+        let (w, c) = match s.split_once(',') {
+            Some((w, c)) => (w, Some(c)),
+            None => (s, None),
+        };
+        let warning = w.trim().parse::<u32>().map_err(|_| bad())?;
+        let critical = c
+            .map(|c| c.trim().parse::<u32>().map_err(|_| bad()))
+            .transpose()?;
+        if critical.is_some_and(|c| c > warning) {
+            return Err(format!(
+                "-C {s:?}: the critical days must not exceed the warning days"
+            ));
+        }
+        Ok(Self { warning, critical })
+    }
+}
+
 /// Everything one check needs. `CheckConfig::new(url, method)` gives the plugin's defaults.
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
@@ -27,6 +57,14 @@ pub struct CheckConfig {
     pub timeout_state: State,
     pub insecure: bool,
     pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM files) to present (`--client-cert`,
+    /// `--client-key`; one file may hold both).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// An `http://[user:password@]host:port` proxy (`--proxy`); `None`: the environment's
+    /// (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, with `NO_PROXY`), if any.
+    pub proxy: Option<String>,
+    /// Days of certificate validity left below which to warn / go critical (`-C`).
+    pub cert_days: Option<CertDays>,
     pub headers: Vec<(String, String)>,
     pub method: String,
     pub params: Option<Value>,
@@ -53,6 +91,9 @@ impl CheckConfig {
             timeout_state: State::Critical,
             insecure: false,
             ca_file: None,
+            client_cert: None,
+            proxy: None,
+            cert_days: None,
             headers: Vec::new(),
             method: method.into(),
             params: None,

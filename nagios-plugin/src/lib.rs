@@ -20,16 +20,18 @@
 //! ```
 
 mod assertion;
+mod certificate;
 mod cli;
 mod config;
 mod envelope;
 mod evaluate;
 mod guard;
 mod outcome;
+mod tls;
 mod transport;
 
 pub use cli::{Early, parse as parse_args};
-pub use config::{CheckConfig, DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, IpFamily};
+pub use config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, IpFamily};
 pub use evaluate::evaluate;
 pub use guard::install_panic_hook;
 pub use outcome::Outcome;

@@ -1,13 +1,14 @@
 //! The HTTP exchange of one check (ureq): TLS options, `-I`, the size limit, and what went wrong
 //! on the wire as a plugin state. The complete response goes to [`crate::evaluate`].
 
-use crate::config::{CheckConfig, IpFamily};
+use crate::certificate;
+use crate::config::{CertDays, CheckConfig, IpFamily};
 use crate::evaluate::evaluate;
 use crate::outcome::Outcome;
+use crate::tls::{TlsFileError, TlsFiles};
 use plugin_api::State;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
@@ -33,39 +34,63 @@ impl Resolver for FixedResolver {
 /// The check cannot even be sent as configured: UNKNOWN, as the guidelines say.
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
-    #[error("cannot read --ca-file {}: {source}", path.display())]
-    CaFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("--ca-file {} holds no PEM certificate", .0.display())]
-    NoCertificate(PathBuf),
+    #[error(transparent)]
+    File(#[from] TlsFileError),
     #[error("bad URL {url}: {source}")]
     Url {
         url: String,
         source: ureq::http::uri::InvalidUri,
     },
+    #[error("--proxy {url}: {source}")]
+    Proxy { url: String, source: ureq::Error },
 }
 
-fn agent(cfg: &CheckConfig) -> Result<ureq::Agent, SetupError> {
+/// The proxy the call goes through: `--proxy`, else the environment's (unless `NO_PROXY`
+/// exempts the URL's host).
+fn proxy(cfg: &CheckConfig) -> Result<Option<ureq::Proxy>, SetupError> {
+    match &cfg.proxy {
+        Some(url) => ureq::Proxy::new(url)
+            .map(Some)
+            .map_err(|source| SetupError::Proxy {
+                url: url.clone(),
+                source,
+            }),
+        None => Ok(ureq::Proxy::try_from_env().filter(|p| {
+            cfg.url
+                .parse::<ureq::http::Uri>()
+                .is_ok_and(|uri| !p.is_no_proxy(&uri))
+        })),
+    }
+}
+
+fn agent(
+    cfg: &CheckConfig,
+    files: &TlsFiles,
+    proxy: Option<ureq::Proxy>,
+) -> Result<ureq::Agent, SetupError> {
     let mut tls = ureq::tls::TlsConfig::builder().disable_verification(cfg.insecure);
-    if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
-            path: path.clone(),
-            source,
-        })?;
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
+    if let Some(certs) = &files.ca {
+        let certs = certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
             .collect();
-        if certs.is_empty() {
-            return Err(SetupError::NoCertificate(path.clone()));
-        }
         tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
     }
+    if let (Some((chain, _)), Some((_, key_path))) = (&files.client, &cfg.client_cert) {
+        let chain: Vec<_> = chain
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        let key = ureq::tls::parse_pem(&files.client_key_pem)
+            .find_map(|item| match item {
+                Ok(ureq::tls::PemItem::PrivateKey(k)) => Some(k.to_owned()),
+                _ => None,
+            })
+            .ok_or_else(|| TlsFileError::NoKey(key_path.clone()))?;
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
     let mut config = ureq::Agent::config_builder()
+        .proxy(proxy)
         .http_status_as_error(false)
         .timeout_global(Some(cfg.timeout))
         .max_redirects(0)
@@ -153,12 +178,56 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
     Outcome::new(state, format!("{}: {why}", cfg.url))
 }
 
-/// Runs the check. Never panics on anything the network or the server can send.
+/// Runs the check: the call, then (with `-C`) the certificate; the worse state wins. Never
+/// panics on anything the network or the server can send.
 pub fn run(cfg: &CheckConfig) -> Outcome {
-    let agent = match agent(cfg) {
+    let deadline = Instant::now() + cfg.timeout;
+    let prepared = TlsFiles::load(cfg)
+        .map_err(SetupError::from)
+        .and_then(|files| Ok((proxy(cfg)?, files)));
+    let (proxy, files) = match prepared {
+        Ok(p) => p,
+        Err(why) => return Outcome::new(State::Unknown, why.to_string()),
+    };
+    let agent = match agent(cfg, &files, proxy.clone()) {
         Ok(a) => a,
         Err(why) => return Outcome::new(State::Unknown, why.to_string()),
     };
+    let mut outcome = call(cfg, &agent);
+    if let Some(limits) = &cfg.cert_days {
+        add_certificate(&mut outcome, cfg, limits, &files, proxy.as_ref(), deadline);
+    }
+    outcome
+}
+
+/// Adds the certificate's verdict to the call's: the worse state, its text after the call's,
+/// its perfdata after the call's.
+fn add_certificate(
+    outcome: &mut Outcome,
+    cfg: &CheckConfig,
+    limits: &CertDays,
+    files: &TlsFiles,
+    proxy: Option<&ureq::Proxy>,
+    deadline: Instant,
+) {
+    match certificate::fetch(cfg, files, proxy, deadline) {
+        Ok(presented) => {
+            let (state, text, perf) =
+                certificate::judge(&presented, limits, std::time::SystemTime::now());
+            outcome.state = outcome.state.worst(state);
+            outcome.summary = format!("{}; {text}", outcome.summary);
+            outcome.perfdata.push(perf);
+        }
+        Err(e) => {
+            // The certificate could not be checked: as check_http, at least UNKNOWN; a call
+            // that failed already says worse.
+            outcome.state = outcome.state.worst(State::Unknown);
+            outcome.summary = format!("{}; certificate not checked: {e}", outcome.summary);
+        }
+    }
+}
+
+fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
     let body = cfg.request_body();
     let mut details = Vec::new();
     if cfg.verbose >= 1 {

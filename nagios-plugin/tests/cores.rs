@@ -5,6 +5,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use testbed::Usersvc;
 use testbed::cores::{self, CoreResult, Service};
+use testbed::tls_front::Stunnel;
 
 fn plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_check_jsonrpc"))
@@ -164,4 +165,68 @@ fn icinga2_records_every_state() {
     );
     assert!(crit.perfdata.contains("count=1;;5:"), "{crit:?}");
     assert_core("icinga2", &r, "unknown", 3, "invalid range \"abc\"");
+}
+
+#[test]
+fn icinga2_checks_the_certificate_and_presents_a_client_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The core runs the plugin as its own user: it must read the CA and the client's files.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let [ca, cert, key, client_cert, client_key] = testbed::riemann::make_certs(dir.path());
+    for f in [&ca, &client_cert, &client_key] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let svc = Usersvc::start();
+    let open = Stunnel::start(dir.path(), svc.addr().port(), &cert, &key, None);
+    let mutual = Stunnel::start(dir.path(), svc.addr().port(), &cert, &key, Some(&ca));
+    let tls = |port: u16| {
+        format!(
+            "check_command = \"jsonrpc\"\nvars.jsonrpc_vhost = \"localhost\"\nvars.jsonrpc_port = {port}\n\
+             vars.jsonrpc_ssl = true\nvars.jsonrpc_ca_file = \"{}\"\n",
+            ca.display()
+        )
+    };
+    let checks = [
+        (
+            "expiring",
+            format!("{}vars.jsonrpc_certificate = \"30,14\"", tls(open.port)),
+        ),
+        (
+            "clientcert",
+            format!(
+                "{}vars.jsonrpc_clientcert = \"{}\"\nvars.jsonrpc_privatekey = \"{}\"",
+                tls(mutual.port),
+                client_cert.display(),
+                client_key.display()
+            ),
+        ),
+    ];
+    let services: Vec<Service> = checks
+        .iter()
+        .map(|(n, c)| Service { name: n, check: c })
+        .collect();
+    let r = cores::icinga(
+        &plugin_dir(),
+        &[packaging("icinga2/check_jsonrpc.conf")],
+        &services,
+    );
+    let crit = assert_core(
+        "icinga2",
+        &r,
+        "expiring",
+        2,
+        "certificate 'server' expires in 1 days",
+    );
+    assert!(
+        crit.perfdata.contains("certificate_days=1;30:;14:"),
+        "{crit:?}"
+    );
+    assert_core(
+        "icinga2",
+        &r,
+        "clientcert",
+        0,
+        "JSONRPC OK - ping returned \"pong\"",
+    );
 }

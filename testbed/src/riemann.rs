@@ -433,6 +433,12 @@ fn server_tls(files: &TlsServerFiles) -> Arc<rustls::ServerConfig> {
 /// A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, made
 /// with the openssl CLI in `dir`. Returns (ca, server cert, server key, client cert, client key).
 pub fn make_certs(dir: &Path) -> [PathBuf; 5] {
+    make_certs_valid_for(dir, 2)
+}
+
+/// As [`make_certs`], every certificate valid for `days` from now (to test expiry warnings).
+pub fn make_certs_valid_for(dir: &Path, days: u32) -> [PathBuf; 5] {
+    let days = days.to_string();
     let run = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
             .args(args)
@@ -461,7 +467,7 @@ pub fn make_certs(dir: &Path) -> [PathBuf; 5] {
         "-out",
         "ca.pem",
         "-days",
-        "2",
+        &days,
         "-subj",
         "/CN=test CA",
     ]);
@@ -493,7 +499,7 @@ pub fn make_certs(dir: &Path) -> [PathBuf; 5] {
             "-out",
             &*format!("{who}.pem"),
             "-days",
-            "2",
+            &days,
         ]
         .into_iter()
         .map(str::to_owned)
