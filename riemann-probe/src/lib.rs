@@ -1,7 +1,8 @@
 //! An in-process Riemann emitter. [`Client`] is a synchronous TCP/UDP/TLS client; [`Probe`] sends
 //! through it from a background thread so that callers never wait on Riemann; [`Heartbeat`] keeps
 //! a service's event alive with a TTL so that Riemann alerts when it stops. [`nagios_events`]
-//! turns a Nagios plugin's run into events.
+//! turns a Nagios plugin's run into events; [`watch`] sends a host's health, a plugin's or a
+//! command's events every interval until stopped.
 //!
 //! ```
 //! use riemann_probe::{ClientConfig, Probe, ProbeConfig, event};
@@ -19,12 +20,16 @@
 
 mod client;
 mod event;
+mod health;
 mod nagios;
 mod probe;
 mod proto;
+mod watch;
 
 pub use client::{Client, ClientConfig, Error, TlsFiles, Transport, event_json};
 pub use event::{EventBuilder, Metric, event, hostname};
+pub use health::{HealthLimits, Thresholds};
 pub use nagios::events as nagios_events;
 pub use probe::{Heartbeat, Probe, ProbeConfig, ProbeStats};
 pub use proto::{Attribute, Event, Msg, Query};
+pub use watch::{Collector, WatchConfig, watch};

@@ -1,7 +1,12 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use riemann_probe::{Client, ClientConfig, TlsFiles, Transport, event, event_json, nagios_events};
+use riemann_probe::{
+    Client, ClientConfig, Collector, HealthLimits, Thresholds, TlsFiles, Transport, WatchConfig,
+    event, event_json, nagios_events,
+};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -14,6 +19,8 @@ use std::time::Duration;
   riemann-probe --udp send --service 'disk /' --metric 0.82 --tag disk
   riemann-probe query 'service = \"usersvc heartbeat\"'
   riemann-probe nagios --service usersvc -- check_jsonrpc -H app1 -p 8080
+  riemann-probe watch --interval 10s --health
+  riemann-probe watch --interval 1m --nagios -- check_jsonrpc -H app1 -p 8080
   riemann-probe --tls --tls-ca ca.pem --tls-cert me.pem --tls-key me.key send --service x"
 )]
 struct Cli {
@@ -79,6 +86,147 @@ enum Cmd {
         #[arg(last = true, required = true)]
         plugin: Vec<String>,
     },
+    /// Send events every interval until stopped: the host's health, a plugin's or a command's
+    #[command(after_help = WATCH_HELP)]
+    Watch(WatchArgs),
+}
+
+const WATCH_HELP: &str = "\
+Runs until SIGTERM or SIGINT, then sends what is queued (within --timeout) and exits 0. Every
+event carries a ttl (default: three intervals), so Riemann expires them, and alerts, when the
+watcher dies. Riemann being down or slow never delays sampling: events wait in a bounded queue.
+
+--health sends, as riemann-health does: cpu (busy fraction over the interval), memory (used
+fraction: 1 - MemAvailable/MemTotal), load (1-minute load average per core) and \"disk MOUNT\"
+(used fraction of each real filesystem), each with a state from its thresholds.
+
+Examples:
+  riemann-probe watch --interval 10s --health
+  riemann-probe watch --interval 1m --nagios -- /usr/lib/nagios/plugins/check_disk -w 10% -c 5%
+  riemann-probe watch --interval 30s --command --service backup -- test -e /srv/backup/done";
+
+#[derive(Args)]
+struct WatchArgs {
+    /// How often to sample and send, e.g. 10s, 1m
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Seconds the events stay valid in Riemann [default: three intervals]
+    #[arg(long)]
+    ttl: Option<f32>,
+    /// Host of the events [default: this machine]
+    #[arg(long)]
+    host: Option<String>,
+    /// Send cpu, memory, load and disk usage, as riemann-health
+    #[arg(long)]
+    health: bool,
+    /// cpu busy fraction that is a warning
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.9)]
+    cpu_warning: f64,
+    /// cpu busy fraction that is critical
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.95)]
+    cpu_critical: f64,
+    /// Memory used fraction that is a warning
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.85)]
+    memory_warning: f64,
+    /// Memory used fraction that is critical
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.95)]
+    memory_critical: f64,
+    /// Load average per core that is a warning
+    #[arg(long, value_name = "LOAD", default_value_t = 3.0)]
+    load_warning: f64,
+    /// Load average per core that is critical
+    #[arg(long, value_name = "LOAD", default_value_t = 8.0)]
+    load_critical: f64,
+    /// Disk used fraction that is a warning
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.9)]
+    disk_warning: f64,
+    /// Disk used fraction that is critical
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.95)]
+    disk_critical: f64,
+    /// Run the Nagios plugin given after -- every interval; send its state and perfdata
+    #[arg(long, conflicts_with = "command")]
+    nagios: bool,
+    /// Run the command given after -- every interval: ok when it exits 0, else critical
+    #[arg(long)]
+    command: bool,
+    /// Service of the plugin's or command's event [default: its file name]
+    #[arg(long)]
+    service: Option<String>,
+    /// Kill a plugin or command still running after this long, reported critical [default: the interval]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    command_timeout: Option<Duration>,
+    /// The plugin or command and its arguments, after --
+    #[arg(last = true)]
+    program: Vec<String>,
+}
+
+impl WatchArgs {
+    fn into_config(self, client: ClientConfig) -> anyhow::Result<WatchConfig> {
+        anyhow::ensure!(
+            self.interval >= Duration::from_millis(100),
+            "--interval {} is too short: at least 100ms",
+            humantime::format_duration(self.interval)
+        );
+        anyhow::ensure!(
+            self.ttl.is_none_or(|t| t.is_finite() && t > 0.0),
+            "--ttl must be seconds above 0"
+        );
+        let pair = |name: &str, warning: f64, critical: f64| {
+            anyhow::ensure!(
+                warning.is_finite() && critical.is_finite() && warning <= critical,
+                "--{name}-warning {warning} must not exceed --{name}-critical {critical}"
+            );
+            Ok(Thresholds { warning, critical })
+        };
+        let limits = HealthLimits {
+            cpu: pair("cpu", self.cpu_warning, self.cpu_critical)?,
+            memory: pair("memory", self.memory_warning, self.memory_critical)?,
+            load: pair("load", self.load_warning, self.load_critical)?,
+            disk: pair("disk", self.disk_warning, self.disk_critical)?,
+        };
+        let mut collectors = Vec::new();
+        if self.health {
+            collectors.push(Collector::Health(limits));
+        }
+        let runs_program = self.nagios || self.command;
+        anyhow::ensure!(
+            runs_program != self.program.is_empty(),
+            "{}",
+            if runs_program {
+                "--nagios and --command need the program after --, e.g. -- check_disk -w 10%"
+            } else {
+                "a program after -- needs --nagios or --command to say how to read it"
+            }
+        );
+        if runs_program {
+            let service = self.service.unwrap_or_else(|| {
+                std::path::Path::new(&self.program[0])
+                    .file_name()
+                    .map_or_else(
+                        || self.program[0].clone(),
+                        |n| n.to_string_lossy().into_owned(),
+                    )
+            });
+            let argv = self.program;
+            collectors.push(if self.nagios {
+                Collector::Nagios { argv, service }
+            } else {
+                Collector::Command { argv, service }
+            });
+        }
+        anyhow::ensure!(
+            !collectors.is_empty(),
+            "nothing to watch: give --health, --nagios -- PLUGIN… or --command -- CMD…"
+        );
+        Ok(WatchConfig {
+            client,
+            interval: self.interval,
+            ttl: self.ttl,
+            host: self.host,
+            command_timeout: self.command_timeout.unwrap_or(self.interval),
+            collectors,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -186,6 +334,21 @@ fn run() -> anyhow::Result<()> {
         Cmd::Query { query } => {
             for e in connect()?.query(&query).context("the query failed")? {
                 println!("{}", event_json(&e));
+            }
+        }
+        Cmd::Watch(args) => {
+            let cfg = args.into_config(cfg)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())
+                    .context("cannot handle SIGTERM/SIGINT")?;
+            }
+            let stats = riemann_probe::watch(cfg, &stop);
+            if stats.dropped > 0 || stats.queued > 0 {
+                eprintln!(
+                    "riemann-probe: {} events sent; {} dropped and {} undelivered at exit (was Riemann reachable?)",
+                    stats.sent, stats.dropped, stats.queued
+                );
             }
         }
         Cmd::Nagios {

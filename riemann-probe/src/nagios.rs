@@ -2,15 +2,14 @@
 //! one for the check (state from the exit code, the first output line as description) and one
 //! per perfdata value (a metric).
 
-use crate::event::event;
+use crate::event::{EventBuilder, event};
 use crate::proto::Event;
 use plugin_api::PluginRun;
 
 /// The events for one plugin run: the check, then one per perfdata value (`SERVICE LABEL`).
 pub fn events(run: &PluginRun, service: &str, host: Option<&str>, ttl: Option<f32>) -> Vec<Event> {
-    let state = run.state.as_lower();
-    let base = |name: String| {
-        let mut b = event(name).state(state).tag("nagios");
+    events_with(run, service, &|name| {
+        let mut b = event(name);
         if let Some(h) = host {
             b = b.host(h);
         }
@@ -18,14 +17,25 @@ pub fn events(run: &PluginRun, service: &str, host: Option<&str>, ttl: Option<f3
             b = b.ttl(t);
         }
         b
-    };
+    })
+}
+
+/// As [`events`], each event started by `base` (which sets what every event of the caller
+/// carries: host, ttl, tags).
+pub(crate) fn events_with(
+    run: &PluginRun,
+    service: &str,
+    base: &dyn Fn(String) -> EventBuilder,
+) -> Vec<Event> {
+    let state = run.state.as_lower();
+    let with_state = |name: String| base(name).state(state).tag("nagios");
     let mut out = vec![
-        base(service.to_owned())
+        with_state(service.to_owned())
             .description(run.first_line.clone())
             .build(),
     ];
     for p in &run.perfdata {
-        let mut b = base(format!("{service} {}", p.label)).metric(p.value);
+        let mut b = with_state(format!("{service} {}", p.label)).metric(p.value);
         if !p.uom.is_empty() {
             b = b.attribute("uom", p.uom.clone());
         }

@@ -36,8 +36,18 @@ fn systemd_units_pass_systemd_analyze_verify() {
         deploy_to.join("current/bin/usersvc"),
     )
     .expect("link");
+    std::os::unix::fs::symlink(
+        testbed::process::workspace_bin("riemann-probe", "riemann-probe"),
+        deploy_to.join("current/bin/riemann-probe"),
+    )
+    .expect("link");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd");
-    for unit in ["usersvc.socket", "usersvc.service"] {
+    let units = [
+        "usersvc.socket",
+        "usersvc.service",
+        "riemann-probe-health.service",
+    ];
+    for unit in units {
         let text = std::fs::read_to_string(shipped.join(unit)).expect("read unit");
         std::fs::write(
             dir.path().join(unit),
@@ -45,7 +55,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         )
         .expect("write unit");
     }
-    let (ok, said) = verify(dir.path(), &["usersvc.socket", "usersvc.service"]);
+    let (ok, said) = verify(dir.path(), &units);
     assert!(
         ok && said.trim().is_empty(),
         "systemd-analyze verify:\n{said}"
@@ -60,6 +70,12 @@ fn systemd_units_pass_systemd_analyze_verify() {
     ] {
         assert!(service.contains(line), "usersvc.service lacks {line:?}");
     }
+    let health =
+        std::fs::read_to_string(dir.path().join("riemann-probe-health.service")).expect("read");
+    assert!(
+        health.contains("current/bin/riemann-probe watch --interval 10s --health"),
+        "{health}"
+    );
     let socket = std::fs::read_to_string(dir.path().join("usersvc.socket")).expect("read");
     assert!(socket.contains("ListenStream=8080"));
 
