@@ -230,3 +230,61 @@ fn icinga2_checks_the_certificate_and_presents_a_client_certificate() {
         "JSONRPC OK - ping returned \"pong\"",
     );
 }
+
+/// Nagios keeps /health: CRITICAL through a database outage, while /health/ready (what a load
+/// balancer asks) stays 200 because reads are served and writes queued.
+#[test]
+fn nagios4_sees_the_outage_that_readiness_rides_through() {
+    use std::os::unix::fs::PermissionsExt;
+    let check_http = Path::new("/usr/lib/nagios/plugins/check_http");
+    assert!(
+        check_http.exists(),
+        "check_http is missing: apt-get install monitoring-plugins-basic (make test does, as root)"
+    );
+    let plugins = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(plugins.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::os::unix::fs::symlink(check_http, plugins.path().join("check_http")).expect("link");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_check_jsonrpc"),
+        plugins.path().join("check_jsonrpc"),
+    )
+    .expect("link");
+
+    let mut pg = testbed::Postgres::start();
+    let svc = Usersvc::start_on(
+        &testbed::usersvc::binary(),
+        Some(&pg.url()),
+        &["--breaker-failures", "1", "--store-timeout", "300ms"],
+    );
+    svc.result("put_user", json!({"user": {"id": "a"}}));
+    pg.stop();
+    assert_eq!(
+        svc.result("put_user", json!({"user": {"id": "b"}}))["queued"],
+        true
+    );
+    let p = svc.addr().port();
+    let health = format!("check_usersvc_health!{p}");
+    let ping = format!("check_jsonrpc!-p {p} -m get_user --params '[\"a\"]'");
+    let services = [
+        Service {
+            name: "health",
+            check: &health,
+        },
+        Service {
+            name: "reads",
+            check: &ping,
+        },
+    ];
+    let r = cores::nagios(
+        plugins.path(),
+        &[packaging("nagios/check_jsonrpc.cfg")],
+        &services,
+    );
+    let h = r.get("health").expect("a health result");
+    assert_eq!(h.state, 2, "{h:?}");
+    assert!(h.output.contains("503"), "{h:?}");
+    assert_core("nagios", &r, "reads", 0, "JSONRPC OK - get_user returned");
+    assert_eq!(svc.get("/health/ready").status, 200);
+    assert_eq!(svc.get("/health").status, 503);
+}
