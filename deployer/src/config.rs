@@ -82,6 +82,9 @@ pub struct Health {
     pub bearer_file: Option<PathBuf>,
     pub authorization_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub proxy: Option<String>,
     #[serde(default)]
     pub insecure: bool,
     pub params: Option<String>,
@@ -121,6 +124,9 @@ impl Health {
         one("--bearer-file", &path(&self.bearer_file));
         one("--authorization-file", &path(&self.authorization_file));
         one("--ca-file", &path(&self.ca_file));
+        one("--client-cert", &path(&self.client_cert));
+        one("--client-key", &path(&self.client_key));
+        one("--proxy", &self.proxy);
         one("--params", &self.params);
         one("--value", &self.value);
         one("--count", &self.count);
@@ -268,6 +274,8 @@ impl Config {
                 &mut h.bearer_file,
                 &mut h.authorization_file,
                 &mut h.ca_file,
+                &mut h.client_cert,
+                &mut h.client_key,
             ] {
                 *p = p.as_deref().map(|p| resolve(&base, p));
             }
@@ -483,5 +491,28 @@ mod tests {
         assert!(
             load("application = \"x\"\ndeploy_to = \"/x\"\nsource = \"d\"\nhosts = []\n").is_err()
         );
+    }
+
+    #[test]
+    fn the_gate_takes_tls_and_proxy_options_as_check_jsonrpc_does() {
+        let cfg = load(&format!(
+            "{MINIMAL}[health]\nurl = \"https://{{host}}:8443/\"\nclient_cert = \"client.pem\"\n\
+             client_key = \"client.key\"\nproxy = \"http://proxy:3128\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let args = cfg.health.expect("[health]").check_args();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].clone()
+        };
+        // Relative paths are the config file's directory's, as ca_file.
+        assert!(after("--client-cert").ends_with("/client.pem"), "{args:?}");
+        assert!(Path::new(&after("--client-key")).is_absolute(), "{args:?}");
+        assert_eq!(after("--proxy"), "http://proxy:3128");
+        let e = load(&format!(
+            "{MINIMAL}[health]\nurl = \"http://{{host}}/\"\nproxy = \"proxy:3128\"\n"
+        ))
+        .expect_err("not a URL");
+        assert!(e.to_string().contains("--proxy"), "{e}");
     }
 }
