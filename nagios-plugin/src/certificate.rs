@@ -175,7 +175,7 @@ fn connect(
     {
         return Err(CertError::Setup(format!(
             "the certificate is checked only through an http:// proxy, not {}",
-            p.uri()
+            crate::config::without_password(&p.uri().to_string())
         )));
     }
     let addrs: Vec<SocketAddr> = match (proxy, cfg.connect_ip) {
@@ -211,7 +211,7 @@ fn connect(
         .set_write_timeout(Some(left()))
         .map_err(connect_err)?;
     match proxy {
-        Some(p) => tunnel(p, stream, &target),
+        Some(p) => tunnel(p, stream, &target, deadline),
         None => Ok(stream),
     }
 }
@@ -221,6 +221,7 @@ fn tunnel(
     proxy: &ureq::Proxy,
     mut stream: TcpStream,
     target: &str,
+    deadline: Instant,
 ) -> Result<TcpStream, CertError> {
     let io = |source| CertError::Connect {
         target: target.to_owned(),
@@ -248,6 +249,12 @@ fn tunnel(
         });
     }
     loop {
+        if Instant::now() >= deadline {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the proxy did not finish its answer within the timeout (-t)",
+            )));
+        }
         let mut line = String::new();
         if reader.read_line(&mut line).map_err(io)? == 0 || line.trim().is_empty() {
             break;
@@ -284,6 +291,18 @@ pub fn fetch(
     let mut tcp = connect(cfg, proxy, &host, port, deadline)?;
     let mut handshake = Ok(());
     while conn.is_handshaking() {
+        // Socket timeouts are per call: set to what is left each time, so a peer that trickles
+        // bytes cannot stretch the whole past the deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            handshake = Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no TLS handshake within the timeout (-t)",
+            ));
+            break;
+        }
+        let _ = tcp.set_read_timeout(Some(left));
+        let _ = tcp.set_write_timeout(Some(left));
         if let Err(e) = conn.complete_io(&mut tcp) {
             handshake = Err(e);
             break;
@@ -316,40 +335,41 @@ pub fn read(der: &[u8]) -> Result<Presented, CertError> {
     })
 }
 
-/// The certificate's state, its part of the summary and its perfdata: WARNING with fewer than
-/// `warn` days left, CRITICAL with fewer than `crit` or once expired.
+/// The certificate's state, its part of the summary and its perfdata, as check_http judges:
+/// whole days left (rounded down) at most `warn` is WARNING, at most `crit` (0 unless given:
+/// less than a day left) or expired is CRITICAL.
 pub fn judge(p: &Presented, limits: &CertDays, now: SystemTime) -> (State, String, Perf) {
     let secs = match p.not_after.duration_since(now) {
         Ok(left) => left.as_secs() as i64,
         Err(past) => -(past.duration().as_secs() as i64),
     };
     let days = secs.div_euclid(86_400);
-    let state = if secs < 0 || limits.critical.is_some_and(|c| days < i64::from(c)) {
+    let crit = i64::from(limits.critical.unwrap_or(0));
+    let state = if secs < 0 || days <= crit {
         State::Critical
-    } else if days < i64::from(limits.warning) {
+    } else if days <= i64::from(limits.warning) {
         State::Warning
     } else {
         State::Ok
     };
+    let subject = &p.subject;
+    let when = &p.not_after_text;
     let text = if secs < 0 {
+        format!("certificate '{subject}' expired on {when}")
+    } else if days == 0 {
         format!(
-            "certificate '{}' expired on {} ({} days ago)",
-            p.subject,
-            p.not_after_text,
-            -days - 1
+            "certificate '{subject}' expires in {} hours ({when})",
+            secs / 3600
         )
     } else {
-        format!(
-            "certificate '{}' expires in {days} days ({})",
-            p.subject, p.not_after_text
-        )
+        format!("certificate '{subject}' expires in {days} days ({when})")
     };
-    // Ranges as the guidelines write them: "30:" alerts below 30.
-    let at_least = |d: u32| format!("{d}:").parse::<Range>().ok();
+    // "@~:30" alerts at 30 or fewer: the limit as given, in the guidelines' range syntax.
+    let at_most = |d: i64| format!("@~:{d}").parse::<Range>().ok();
     let perf = Perf::new("certificate_days", days as f64, "")
         .thresholds(
-            at_least(limits.warning).as_ref(),
-            limits.critical.and_then(at_least).as_ref(),
+            at_most(i64::from(limits.warning)).as_ref(),
+            at_most(crit).as_ref(),
         )
         .bounds(Some(0.0), None);
     (state, text, perf)
@@ -383,7 +403,7 @@ mod tests {
         let (s, text, perf) = judge(&presented(10.5, now), &limits(30, None), now);
         assert_eq!(s, State::Warning);
         assert!(text.contains("expires in 10 days"), "{text}");
-        assert_eq!(perf.to_string(), "certificate_days=10;30:;;0");
+        assert_eq!(perf.to_string(), "certificate_days=10;@~:30;@~:0;0");
         assert_eq!(
             judge(&presented(10.5, now), &limits(30, Some(14)), now).0,
             State::Critical
@@ -392,10 +412,23 @@ mod tests {
             judge(&presented(40.0, now), &limits(30, Some(14)), now).0,
             State::Ok
         );
+        // At the limit is inside it, as check_http's `days_left <= warn`.
+        assert_eq!(
+            judge(&presented(30.2, now), &limits(30, None), now).0,
+            State::Warning
+        );
+        assert_eq!(
+            judge(&presented(14.5, now), &limits(30, Some(14)), now).0,
+            State::Critical
+        );
+        // Less than a day left is critical unless a critical limit says otherwise (it cannot
+        // be lower than 0).
+        let (s, text, _) = judge(&presented(0.5, now), &limits(30, None), now);
+        assert_eq!(s, State::Critical);
+        assert!(text.contains("expires in 12 hours"), "{text}");
         let (s, text, _) = judge(&presented(-2.5, now), &limits(30, Some(14)), now);
         assert_eq!(s, State::Critical);
         assert!(text.contains("expired on"), "{text}");
-        // Even without a critical limit, an expired certificate is critical.
         assert_eq!(
             judge(&presented(-0.1, now), &limits(30, None), now).0,
             State::Critical

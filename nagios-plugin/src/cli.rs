@@ -2,7 +2,7 @@
 //! (help, version, a bad argument) is mapped onto the plugin contract: exit 3 with one line.
 
 use crate::assertion::{Assertion, Measure};
-use crate::config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
+use crate::config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, IpFamily, without_password};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{ArgAction, Parser};
@@ -92,8 +92,9 @@ pub struct Args {
     #[arg(long = "proxy", value_name = "URL")]
     proxy: Option<String>,
 
-    /// Also check the server certificate: WARNING with fewer than WARN days of validity left,
-    /// CRITICAL with fewer than CRIT or once expired (needs https)
+    /// Also check the server certificate, as check_http: WARNING with WARN or fewer whole days
+    /// of validity left, CRITICAL with CRIT or fewer (default 0: less than a day) or expired
+    /// (needs https)
     #[arg(short = 'C', long = "certificate", value_name = "WARN[,CRIT]")]
     certificate: Option<String>,
 
@@ -333,12 +334,23 @@ impl Args {
             let key = self.client_key.unwrap_or_else(|| cert.clone());
             (cert, key)
         });
-        if let Some(p) = &self.proxy
-            && !(p.starts_with("http://") || p.starts_with("https://"))
-        {
-            return Err(format!(
-                "--proxy {p:?}: write http://HOST:PORT (user:password@ before the host if it asks)"
-            ));
+        if let Some(p) = &self.proxy {
+            let shown = without_password(p);
+            if !(p.starts_with("http://") || p.starts_with("https://")) {
+                return Err(format!(
+                    "--proxy {shown:?}: write http://HOST:PORT (user:password@ before the host if it asks)"
+                ));
+            }
+            if self.ip_address.is_some() {
+                return Err(
+                    "-I and --proxy exclude each other: the proxy connects to the host".into(),
+                );
+            }
+            if cert_days.is_some() && p.starts_with("https://") {
+                return Err(format!(
+                    "--proxy {shown:?}: -C checks the certificate through an http:// proxy only"
+                ));
+            }
         }
         Ok(CheckConfig {
             url,

@@ -119,3 +119,38 @@ impl CheckConfig {
         req.to_string()
     }
 }
+
+/// A URL fit to print: its `user:password@` shown as `***@`, so a proxy's password never
+/// reaches the plugin's output (the monitoring UI, notifications, the deployer's errors).
+pub fn without_password(url: &str) -> String {
+    // Without a scheme the text starts with the authority (`user:password@host:port`).
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_urls_carry_no_password() {
+        assert_eq!(
+            without_password("http://u:s3cret@proxy:3128/"),
+            "http://***@proxy:3128/"
+        );
+        assert_eq!(without_password("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(
+            without_password("http://proxy:3128/a@b"),
+            "http://proxy:3128/a@b"
+        );
+        assert_eq!(without_password("proxy:3128"), "proxy:3128");
+        assert_eq!(without_password("u:pw@proxy:3128"), "***@proxy:3128");
+    }
+}

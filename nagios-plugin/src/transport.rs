@@ -2,7 +2,7 @@
 //! on the wire as a plugin state. The complete response goes to [`crate::evaluate`].
 
 use crate::certificate;
-use crate::config::{CertDays, CheckConfig, IpFamily};
+use crate::config::{CertDays, CheckConfig, IpFamily, without_password};
 use crate::evaluate::evaluate;
 use crate::outcome::Outcome;
 use crate::tls::{TlsFileError, TlsFiles};
@@ -41,12 +41,12 @@ enum SetupError {
         url: String,
         source: ureq::http::uri::InvalidUri,
     },
-    #[error("--proxy {url}: {source}")]
+    #[error("--proxy {}: {source}", without_password(url))]
     Proxy { url: String, source: ureq::Error },
 }
 
 /// The proxy the call goes through: `--proxy`, else the environment's (unless `NO_PROXY`
-/// exempts the URL's host).
+/// exempts the URL's host, or `-I` names the address to connect to).
 fn proxy(cfg: &CheckConfig) -> Result<Option<ureq::Proxy>, SetupError> {
     match &cfg.proxy {
         Some(url) => ureq::Proxy::new(url)
@@ -55,6 +55,8 @@ fn proxy(cfg: &CheckConfig) -> Result<Option<ureq::Proxy>, SetupError> {
                 url: url.clone(),
                 source,
             }),
+        // -I connects to that address: an environment proxy would be asked to instead.
+        None if cfg.connect_ip.is_some() => Ok(None),
         None => Ok(ureq::Proxy::try_from_env().filter(|p| {
             cfg.url
                 .parse::<ureq::http::Uri>()

@@ -219,7 +219,7 @@ fn icinga2_checks_the_certificate_and_presents_a_client_certificate() {
         "certificate 'server' expires in 1 days",
     );
     assert!(
-        crit.perfdata.contains("certificate_days=1;30:;14:"),
+        crit.perfdata.contains("certificate_days=1;@~:30;@~:14"),
         "{crit:?}"
     );
     assert_core(

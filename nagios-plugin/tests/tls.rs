@@ -85,7 +85,7 @@ fn certificate_expiry_is_judged_in_the_same_run_as_the_call() {
         ],
     );
     assert!(
-        r.first_line.contains("certificate_days=9;30:;;0"),
+        r.first_line.contains("certificate_days=9;@~:30;@~:0;0"),
         "{}",
         r.first_line
     );
@@ -96,7 +96,7 @@ fn certificate_expiry_is_judged_in_the_same_run_as_the_call() {
         &[
             "JSONRPC CRITICAL - ",
             "expires in 9 days",
-            "certificate_days=9;30:;14:;0",
+            "certificate_days=9;@~:30;@~:14;0",
         ],
     );
     expect(
@@ -150,7 +150,7 @@ fn a_client_certificate_the_server_requires() {
     with_cert.extend(["--client-cert", &client_cert, "--client-key", &client_key]);
     expect(&with_cert, &[], 0, &["JSONRPC OK - ", "pong"]);
     // The certificate check presents it too.
-    with_cert.extend(["-C", "1"]);
+    with_cert.extend(["-C", "0"]);
     expect(&with_cert, &[], 0, &["JSONRPC OK - ", "expires in 1 days"]);
     // One PEM holding both certificate and key.
     let both = dir.path().join("both.pem");
@@ -194,7 +194,7 @@ fn through_an_http_proxy_by_flag_and_by_environment() {
             "--ca-file",
             &ca,
             "-C",
-            "1",
+            "0",
             "--proxy",
             &url,
         ],
@@ -246,4 +246,60 @@ fn through_an_http_proxy_by_flag_and_by_environment() {
         3,
         &["--proxy"],
     );
+    // A proxy's password never reaches the output.
+    let r = expect(
+        &[
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &plain,
+            "--proxy",
+            "u:s3cret@proxy:3128",
+        ],
+        &[],
+        3,
+        &["--proxy"],
+    );
+    assert!(!r.first_line.contains("s3cret"), "{}", r.first_line);
+    let r = expect(
+        &[
+            "-H",
+            "localhost",
+            "-p",
+            &p,
+            "-S",
+            "-C",
+            "30",
+            "--proxy",
+            "https://u:s3cret@127.0.0.1:1",
+        ],
+        &[],
+        3,
+        &["http:// proxy only"],
+    );
+    assert!(!r.first_line.contains("s3cret"), "{}", r.first_line);
+    expect(
+        &[
+            "-H",
+            "localhost",
+            "-I",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "--proxy",
+            &url,
+        ],
+        &[],
+        3,
+        &["-I and --proxy"],
+    );
+    // -I names the address to connect to: an environment proxy is not asked.
+    let before = proxy.requests().len();
+    expect(
+        &["-H", "localhost", "-I", "127.0.0.1", "-p", &plain],
+        &[("HTTP_PROXY", url.as_str())],
+        0,
+        &["pong"],
+    );
+    assert_eq!(proxy.requests().len(), before);
 }

@@ -1,10 +1,20 @@
 //! The host's health as riemann-health reports it: `cpu` (busy fraction since the last sample),
 //! `memory` (used fraction: 1 − MemAvailable/MemTotal), `load` (1-minute load average per core)
-//! and `disk MOUNT` (used fraction of each real filesystem, as df counts it), each with a state
+//! and `disk MOUNT` (used fraction of each local filesystem, as df counts it), each with a state
 //! from its warning and critical thresholds. Read from /proc and statvfs(2), Linux only.
+//!
+//! Network and FUSE filesystems are left out: statvfs on a hung NFS mount never returns. The
+//! disks are sampled on a thread of their own all the same, and a sample that does not come back
+//! within [`DISK_DEADLINE`] is reported as a critical `disk` event instead of stopping the watch.
 
 use crate::event::EventBuilder;
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest wait for one round of statvfs calls.
+pub const DISK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Thresholds (a value at or above one gives its state), riemann-health's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,6 +83,31 @@ const PSEUDO: &[&str] = &[
     "selinuxfs",
 ];
 
+/// Filesystems whose statvfs waits on a network or another process.
+const REMOTE: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "afs",
+    "lustre",
+    "davfs",
+    "sshfs",
+];
+
+/// Whether a mount is a local filesystem worth a `disk` event. An overlay counts only as the
+/// root of a container: a Docker host has one per container, which come and go.
+fn is_local_disk(fstype: &str, point: &str) -> bool {
+    !PSEUDO.contains(&fstype)
+        && !REMOTE.contains(&fstype)
+        && !fstype.starts_with("fuse")
+        && (fstype != "overlay" || point == "/")
+}
+
 /// Busy and total jiffies from /proc/stat's `cpu` line.
 fn cpu_times(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
@@ -110,7 +145,7 @@ fn mounts(text: &str) -> Vec<String> {
             let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
             // Octal escapes (\040 for a space) as the kernel writes them.
             let point = point.replace("\\040", " ").replace("\\011", "\t");
-            (!PSEUDO.contains(&fstype) && seen.insert(point.clone())).then_some(point)
+            (is_local_disk(fstype, &point) && seen.insert(point.clone())).then_some(point)
         })
         .collect()
 }
@@ -123,23 +158,69 @@ fn disk_used(point: &str) -> Option<f64> {
     (used + available > 0.0).then(|| used / (used + available))
 }
 
+/// The machine's cores as /proc/stat counts them (`cpuN` lines), not the cgroup's quota: the
+/// load average is the whole machine's.
+fn cores(stat: &str) -> usize {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+        .max(1)
+}
+
+/// One round of statvfs calls: (mount point, used fraction) for each that answered.
+fn disks() -> Vec<(String, f64)> {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| mounts(&m))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| disk_used(&p).map(|used| (p, used)))
+        .collect()
+}
+
 /// Samples the host; keeps the last CPU sample so each `cpu` event covers one interval.
 pub struct HostHealth {
     limits: HealthLimits,
-    last_cpu: Option<(u64, u64)>,
+    /// Busy and total jiffies, and when they were read.
+    last_cpu: Option<(u64, u64, Instant)>,
+    /// A `cpu` event needs at least this much time since the last sample (half an interval):
+    /// over a few jiffies the busy fraction is 0, 0.5 or 1, noise that would page.
+    min_cpu_span: Duration,
     cores: usize,
+    /// A disk round still running (a hung mount): the next rounds wait for it.
+    disks_busy: Arc<AtomicBool>,
+    disks_since: Option<Instant>,
 }
 
 impl HostHealth {
-    /// Takes the first CPU sample now: the first `cpu` event covers the first interval.
-    pub fn new(limits: HealthLimits) -> Self {
+    /// Takes the first CPU sample now; the first `cpu` event comes once `interval / 2` passed.
+    pub fn new(limits: HealthLimits, interval: Duration) -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         Self {
             limits,
-            last_cpu: std::fs::read_to_string("/proc/stat")
-                .ok()
-                .and_then(|s| cpu_times(&s)),
-            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            last_cpu: cpu_times(&stat).map(|(b, t)| (b, t, Instant::now())),
+            min_cpu_span: interval / 2,
+            cores: cores(&stat),
+            disks_busy: Arc::new(AtomicBool::new(false)),
+            disks_since: None,
         }
+    }
+
+    /// The disks, from a thread of their own, within [`DISK_DEADLINE`]; `Err` with how long a
+    /// round has been stuck.
+    fn sample_disks(&mut self) -> Result<Vec<(String, f64)>, Duration> {
+        if self.disks_busy.load(Ordering::Acquire) {
+            let since = self.disks_since.map_or(Duration::ZERO, |t| t.elapsed());
+            return Err(since);
+        }
+        self.disks_busy.store(true, Ordering::Release);
+        self.disks_since = Some(Instant::now());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let busy = self.disks_busy.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(disks());
+            busy.store(false, Ordering::Release);
+        });
+        rx.recv_timeout(DISK_DEADLINE).map_err(|_| DISK_DEADLINE)
     }
 
     /// This interval's events (without host and ttl: the caller's `base` adds them).
@@ -154,22 +235,25 @@ impl HostHealth {
                     .build(),
             );
         };
-        if let Some(now) = std::fs::read_to_string("/proc/stat")
+        if let Some((busy, total)) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| cpu_times(&s))
         {
-            if let Some((busy0, total0)) = self.last_cpu
-                && now.1 > total0
-            {
-                let busy = (now.0.saturating_sub(busy0)) as f64 / (now.1 - total0) as f64;
-                push(
-                    "cpu".into(),
-                    busy,
-                    &self.limits.cpu,
-                    format!("{:.1}% busy", busy * 100.0),
-                );
+            match self.last_cpu {
+                // Too soon: the older sample stays, so the next event spans enough time.
+                Some((_, _, at)) if at.elapsed() < self.min_cpu_span => {}
+                Some((busy0, total0, _)) if total > total0 => {
+                    let fraction = busy.saturating_sub(busy0) as f64 / (total - total0) as f64;
+                    push(
+                        "cpu".into(),
+                        fraction,
+                        &self.limits.cpu,
+                        format!("{:.1}% busy", fraction * 100.0),
+                    );
+                    self.last_cpu = Some((busy, total, Instant::now()));
+                }
+                _ => self.last_cpu = Some((busy, total, Instant::now())),
             }
-            self.last_cpu = Some(now);
         }
         if let Some(used) = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -194,18 +278,26 @@ impl HostHealth {
                 format!("1-minute load average {one} over {} cores", self.cores),
             );
         }
-        let points = std::fs::read_to_string("/proc/mounts")
-            .map(|m| mounts(&m))
-            .unwrap_or_default();
-        for point in points {
-            if let Some(used) = disk_used(&point) {
-                push(
-                    format!("disk {point}"),
-                    used,
-                    &self.limits.disk,
-                    format!("{:.1}% used", used * 100.0),
-                );
+        match self.sample_disks() {
+            Ok(disks) => {
+                for (point, used) in disks {
+                    push(
+                        format!("disk {point}"),
+                        used,
+                        &self.limits.disk,
+                        format!("{:.1}% used", used * 100.0),
+                    );
+                }
             }
+            Err(stuck) => out.push(
+                base("disk".into())
+                    .state("critical")
+                    .description(format!(
+                        "statvfs has not returned for {} s: a hung mount?",
+                        stuck.as_secs()
+                    ))
+                    .build(),
+            ),
         }
         out
     }
@@ -229,6 +321,12 @@ mod tests {
              /dev/sdb1 /srv/my\\040data xfs rw 0 0\n/dev/sda1 / ext4 rw 0 0\n",
         );
         assert_eq!(m, ["/", "/srv/my data"]);
+        let m = mounts(
+            "srv:/export /mnt/nfs nfs4 rw 0 0\nsshfs#x /mnt/s fuse.sshfs rw 0 0\n\
+             overlay /var/lib/docker/overlay2/x/merged overlay rw 0 0\noverlay / overlay rw 0 0\n",
+        );
+        assert_eq!(m, ["/"], "no network, FUSE or per-container overlay mounts");
+        assert_eq!(cores("cpu  1 2 3\ncpu0 1\ncpu1 2\nintr 5\n"), 2);
     }
 
     #[test]

@@ -168,6 +168,11 @@ impl WatchArgs {
             humantime::format_duration(self.interval)
         );
         anyhow::ensure!(
+            self.interval <= Duration::from_secs(86_400),
+            "--interval {} is too long: at most 1 day",
+            humantime::format_duration(self.interval)
+        );
+        anyhow::ensure!(
             self.ttl.is_none_or(|t| t.is_finite() && t > 0.0),
             "--ttl must be seconds above 0"
         );

@@ -82,7 +82,7 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         .collectors
         .into_iter()
         .map(|c| match c {
-            Collector::Health(limits) => Running::Health(HostHealth::new(limits)),
+            Collector::Health(limits) => Running::Health(HostHealth::new(limits, cfg.interval)),
             Collector::Nagios { argv, service } => Running::Nagios { argv, service },
             Collector::Command { argv, service } => Running::Command { argv, service },
         })

@@ -52,6 +52,7 @@ struct Shared {
     config: HttpConfig,
     /// The -32003 a late call gets (built once, not per request).
     late: Arc<RpcError>,
+    access_log: AccessLog,
 }
 
 pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
@@ -98,6 +99,7 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
             ),
             api,
             config,
+            access_log: AccessLog::default(),
         }))
 }
 
@@ -249,7 +251,7 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
         error: shared.late.clone(),
     };
     let limits = &shared.config.limits;
-    let observer = (shared.config.exposition.as_ref(), AccessLog);
+    let observer = (shared.config.exposition.as_ref(), &shared.access_log);
     let handled = rpc::handle_body_observed(
         shared.api.as_ref(),
         &body,

@@ -248,9 +248,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 fn shutdown_deadline(after: Duration) {
     std::thread::spawn(move || {
         std::thread::sleep(after);
-        tracing::error!(
-            after = %humantime::format_duration(after),
-            "shutdown did not finish in time; exiting now (the local copy was saved when it began)"
+        // Straight to stderr: the log's writer thread may not get to a line before the exit.
+        eprintln!(
+            "usersvc: shutdown did not finish within {}; exiting now (the local copy was saved when it began)",
+            humantime::format_duration(after)
         );
         std::process::exit(1);
     });

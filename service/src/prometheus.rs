@@ -212,6 +212,13 @@ impl rpc::Observe for Exposition {
     }
 }
 
+/// A label value as the text format writes it: backslash, quote and newline escaped.
+fn label_text(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The figures read at each scrape.
 struct Scraped(Sources);
 
@@ -254,10 +261,15 @@ impl Collector for Scraped {
             None,
             MetricType::Gauge,
         )?;
+        // The encoder writes label values as they are: a quote in a REVISION file would break
+        // every scrape, so they are escaped here.
         let labels = [
-            ("version", crate::methods::VERSION),
-            ("revision", release.revision.as_deref().unwrap_or("")),
-            ("release", release.name.as_deref().unwrap_or("")),
+            ("version", label_text(crate::methods::VERSION)),
+            (
+                "revision",
+                label_text(release.revision.as_deref().unwrap_or("")),
+            ),
+            ("release", label_text(release.name.as_deref().unwrap_or(""))),
         ];
         ConstGauge::new(1i64).encode(build.encode_family(&labels)?)?;
 
@@ -378,5 +390,16 @@ impl Collector for Scraped {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_text;
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_wants() {
+        assert_eq!(label_text("fix \"x\"\\y\nz"), "fix \\\"x\\\"\\\\y\\nz");
+        assert_eq!(label_text("abc123"), "abc123");
     }
 }

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# usersvc as its user set grows, on SQLite and PostgreSQL: for each size in SIZES (default
+# "10000 100000 1000000") and each store in STORES (default "sqlite postgres"):
+#   import    `usersvc import` of the users (files of 100k, ~110 bytes each), seconds
+#   start     from exec until it serves (/health/ready), seconds; copy_s: from the local copy alone
+#   rss       resident memory after start, and after the write load, MiB
+#   get_user  wrk, 32 connections, random ids: req/s and p99
+#   put_user  wrk, 1 and 32 connections, random existing ids: req/s, p50, p99
+#   disk      bytes the process wrote per minute during the write load (/proc/PID/io), MiB/min
+# The figure that matters is the growth from the smallest size to the largest: memory linear
+# with a small constant, everything per request flat. DURATION (default 10s) per wrk run.
+set -euo pipefail
+cd "$(dirname "$0")"
+SIZES=${SIZES:-"10000 100000 1000000"}
+STORES=${STORES:-"sqlite postgres"}
+DURATION=${DURATION:-10s}
+command -v wrk >/dev/null || { echo "wrk missing: make peers" >&2; exit 1; }
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if [ -n "${USERSVC_BIN:-}" ]; then bin=$USERSVC_BIN; else
+  cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
+  bin=$PWD/../target/release/usersvc
+fi
+
+tmp=$(mktemp -d); chmod 755 "$tmp"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pids=()
+pg_up=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "$pg_up" ] && as_pg "$PGBIN/pg_ctl" -D "$tmp/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  wait 2>/dev/null; rm -rf "$tmp"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_mib() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
+
+# Starts the server and waits until it serves (/health/ready 200): sets $pid and $took (seconds).
+# Not in a $(…) subshell: the EXIT trap would run there and tear everything down.
+start() {
+  local url=$1 port=$2 t0
+  t0=$(date +%s.%N)
+  (cd "$tmp" && exec "$bin" --listen "127.0.0.1:$port" --database-url "$url" \
+     --journal "$tmp/$store.journal" --log error 2>>"$tmp/usersvc.log") &
+  pid=$!; pids+=("$pid")
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/health/ready"; do
+    kill -0 "$pid" 2>/dev/null || { echo "usersvc died at start:" >&2; tail -5 "$tmp/usersvc.log" >&2; exit 1; }
+    sleep 0.02
+  done
+  took=$(python3 -c "import time; print(round(time.time() - $t0, 2))")
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+
+# Prints "req/s p50_ms p99_ms".
+wrk_run() {
+  local port=$1 conns=$2 script=$3 out
+  out=$(wrk -t1 -c"$conns" -d"$DURATION" --latency -s "$script" "http://127.0.0.1:$port/")
+  echo "$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') \
+$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+}
+
+lua() { # $1: method, $2: params template with ID for a random existing id
+  cat > "$tmp/$1.lua" <<LUA
+math.randomseed(os.time())
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local id = string.format("user-%07d", math.random(0, N - 1))
+  return wrk.format(nil, nil, nil, string.gsub('{"jsonrpc":"2.0","method":"$1","params":$2,"id":1}', "ID", id))
+end
+LUA
+}
+lua get_user '["ID"]'
+lua put_user '{"user":{"id":"ID","name":"Renamed","email":"x@example.com"}}'
+
+if [[ " $STORES " == *" postgres "* ]]; then
+  [ -x "$PGBIN/initdb" ] || { echo "PostgreSQL missing: make peers" >&2; exit 1; }
+  mkdir -p "$tmp/pg"; [ "$(id -u)" = 0 ] && chown postgres "$tmp/pg"
+  pg_port=$(free_port)
+  as_pg "$PGBIN/initdb" -D "$tmp/pg/data" -A trust -U postgres >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/log" -w start -o "-p $pg_port -k $tmp/pg -c listen_addresses=127.0.0.1" >/dev/null
+  pg_up=1
+fi
+
+printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s\n' store users import_s start_s copy_s \
+  rss_MiB get_rps get_p99 put1_rps put1_p50 put1_p99 put32_rps put32_p99 rss2_MiB disk_MiB/min
+for n in $SIZES; do
+  # Files of at most 100k users, ~110 bytes each.
+  python3 - "$tmp/users" "$n" <<'PY'
+import json, os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+for f in os.listdir(d): os.remove(os.path.join(d, f))
+for start in range(0, n, 100_000):
+    users = [{"id": "user-%07d" % i, "name": "User number %d" % i, "email": "user%d@example.com" % i,
+              "team": "t%d" % (i % 97)} for i in range(start, min(n, start + 100_000))]
+    with open(os.path.join(d, "part-%07d.json" % start), "w") as f: json.dump(users, f)
+PY
+  for g in get_user put_user; do sed -i "1i N = $n" "$tmp/$g.lua"; done
+  for store in $STORES; do
+    case $store in
+      sqlite) url="sqlite://$tmp/scale-$n.db" ;;
+      postgres)
+        psql -q -h 127.0.0.1 -p "$pg_port" -U postgres -c "DROP DATABASE IF EXISTS scale" -c "CREATE DATABASE scale" >/dev/null
+        url="postgres://postgres@127.0.0.1:$pg_port/scale" ;;
+    esac
+    rm -f "$tmp/$store".journal*  "$tmp/$store".snapshot
+    t0=$(date +%s.%N)
+    for f in "$tmp"/users/part-*.json; do
+      (cd "$tmp" && "$bin" --database-url "$url" --journal "$tmp/$store.journal" --log error import "$f" >/dev/null)
+    done
+    import_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
+    port=$(free_port)
+    start "$url" "$port"; start_s=$took
+    rss1=$(rss_mib "$pid")
+    read -r g_rps _ g_p99 < <(wrk_run "$port" 32 "$tmp/get_user.lua")
+    w0=$(written "$pid"); t0=$(date +%s.%N)
+    read -r p1_rps p1_p50 p1_p99 < <(wrk_run "$port" 1 "$tmp/put_user.lua")
+    read -r p32_rps _ p32_p99 < <(wrk_run "$port" 32 "$tmp/put_user.lua")
+    w1=$(written "$pid")
+    disk=$(python3 -c "import time; print(round(($w1 - $w0) / 1048576 / ((time.time() - $t0) / 60), 1))")
+    rss2=$(rss_mib "$pid")
+    stop
+    # A cold start from the local copy alone: the database unreachable.
+    start "postgres://nobody@127.0.0.1:1/none" "$(free_port)"; copy_s=$took
+    stop
+    printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s\n' "$store" "$n" "$import_s" "$start_s" \
+      "$copy_s" "$rss1" "$g_rps" "$g_p99" "$p1_rps" "$p1_p50" "$p1_p99" "$p32_rps" "$p32_p99" "$rss2" "$disk"
+  done
+  for g in get_user put_user; do sed -i '1d' "$tmp/$g.lua"; done
+done
