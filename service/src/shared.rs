@@ -147,6 +147,9 @@ pub(crate) struct Shared {
     pub copy: PathBuf,
     /// The snapshot generation the copy holds (`u64::MAX`: none written by this process).
     pub copied: AtomicU64,
+    /// The copy on disk as this process last wrote it (`None`: no base written yet). Held for
+    /// a whole save: the supervisor's and the shutdown's saves must not interleave.
+    pub copy_state: tokio::sync::Mutex<Option<crate::snapshot_file::CopyState>>,
     /// Set by a cold start; cleared once the store answered and the snapshot came from it.
     pub from_copy: AtomicBool,
     /// Set by `Users::close`: the supervisor and the follower stop.
@@ -219,7 +222,8 @@ impl Shared {
         if self.journal_depth() > 0 {
             return Ok(());
         }
-        self.snapshot.replace_all(&self.store.load_all().await?);
+        self.snapshot
+            .replace_entries(self.store.load_entries().await?);
         Ok(())
     }
 

@@ -10,15 +10,61 @@ use std::ops::Bound;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Clone)]
-struct Entry {
-    rev: i64,
-    json: Bytes,
+/// One user as the snapshot keeps it: the object reads answer, already encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub rev: i64,
+    /// The document with `rev` and `updated_at` appended.
+    pub json: Bytes,
     /// Hash of the client's document (no rev/updated_at): tells an unchanged re-upload apart.
-    doc_hash: u64,
+    pub doc_hash: u64,
 }
 
-#[derive(Default)]
+impl Entry {
+    /// From a document's compact JSON text as the store keeps it (`serde_json::to_string` of
+    /// the validated object, so without `rev` and `updated_at`): no parsing, `rev` and
+    /// `updated_at` are appended to the text. `None` when the text is not an object's.
+    pub fn from_doc_text(doc: &str, rev: i64, updated_at: &str) -> Option<Entry> {
+        let inner = doc.trim().strip_prefix('{')?.strip_suffix('}')?;
+        let updated_at = serde_json::to_string(updated_at).ok()?;
+        let mut json = Vec::with_capacity(doc.len() + updated_at.len() + 40);
+        json.push(b'{');
+        json.extend_from_slice(inner.as_bytes());
+        if !inner.trim().is_empty() {
+            json.push(b',');
+        }
+        json.extend_from_slice(b"\"rev\":");
+        json.extend_from_slice(rev.to_string().as_bytes());
+        json.extend_from_slice(b",\"updated_at\":");
+        json.extend_from_slice(updated_at.as_bytes());
+        json.push(b'}');
+        Some(Entry {
+            rev,
+            json: Bytes::from(json),
+            doc_hash: text_hash(doc),
+        })
+    }
+
+    pub fn from_record(rec: &Record) -> Entry {
+        let text = serde_json::to_string(&rec.doc).unwrap_or_else(|_| "{}".into());
+        // The text of a serialized map is an object's.
+        Entry::from_doc_text(&text, rec.rev, &rec.updated_at).unwrap_or(Entry {
+            rev: rec.rev,
+            json: Bytes::from_static(b"{}"),
+            doc_hash: 0,
+        })
+    }
+}
+
+/// What the local copy has not yet recorded (`snapshot_file.rs`).
+#[derive(Debug)]
+pub enum Unsaved {
+    /// Everything: the snapshot was replaced whole.
+    All,
+    /// These users changed (an id may repeat).
+    Ids(Vec<String>),
+}
+
 struct Inner {
     users: BTreeMap<String, Entry>,
     /// The encoded array of all users; `None` after a write until the next full read.
@@ -26,6 +72,18 @@ struct Inner {
     /// The length of that array, kept as users change: an unpaged read too large to send is
     /// refused without building it.
     encoded: usize,
+    unsaved: Unsaved,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            users: BTreeMap::new(),
+            all: None,
+            encoded: 0,
+            unsaved: Unsaved::All,
+        }
+    }
 }
 
 /// Bytes `e` takes in an encoded array (its JSON and a comma).
@@ -42,10 +100,7 @@ pub struct Snapshot {
 
 /// The user object a client sees: its document with our `rev` and `updated_at` added.
 pub fn render(rec: &Record) -> Bytes {
-    let mut doc = rec.doc.clone();
-    doc.insert("rev".into(), rec.rev.into());
-    doc.insert("updated_at".into(), rec.updated_at.clone().into());
-    Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+    Entry::from_record(rec).json
 }
 
 /// A stable hash of a document: serde_json maps are ordered, so equal documents encode equally.
@@ -53,19 +108,12 @@ pub fn doc_hash(doc: &serde_json::Map<String, serde_json::Value>) -> u64 {
     text_hash(&serde_json::to_string(doc).unwrap_or_default())
 }
 
-fn text_hash(text: &str) -> u64 {
+/// The hash `Entry::doc_hash` holds for a document's compact text.
+pub fn text_hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
-}
-
-fn entry(rec: &Record) -> Entry {
-    Entry {
-        rev: rec.rev,
-        json: render(rec),
-        doc_hash: doc_hash(&rec.doc),
-    }
 }
 
 impl Snapshot {
@@ -79,15 +127,68 @@ impl Snapshot {
     }
 
     pub fn replace_all(&self, records: &[Record]) {
-        let users: BTreeMap<String, Entry> =
-            records.iter().map(|r| (r.id.clone(), entry(r))).collect();
+        self.replace_entries(
+            records
+                .iter()
+                .map(|r| (r.id.clone(), Entry::from_record(r)))
+                .collect(),
+        );
+    }
+
+    /// Replaces every user (from the store, or the local copy); ids sorted or not.
+    pub fn replace_entries(&self, entries: Vec<(String, Entry)>) {
+        // Collected whole: the map is bulk-built with full nodes (sorted input is not re-sorted).
+        let users: BTreeMap<String, Entry> = entries.into_iter().collect();
         let encoded = users.values().map(span).sum();
         *self.write() = Inner {
             users,
             all: None,
             encoded,
+            unsaved: Unsaved::All,
         };
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// What the local copy lacks, handed over: the next changes are collected afresh.
+    pub fn take_unsaved(&self) -> Unsaved {
+        std::mem::replace(&mut self.write().unsaved, Unsaved::Ids(Vec::new()))
+    }
+
+    /// Gives back what could not be saved, with what changed meanwhile.
+    pub fn restore_unsaved(&self, back: Unsaved) {
+        let mut inner = self.write();
+        match (&mut inner.unsaved, back) {
+            (Unsaved::All, _) => {}
+            (now, Unsaved::All) => *now = Unsaved::All,
+            (Unsaved::Ids(now), Unsaved::Ids(mut back)) => now.append(&mut back),
+        }
+    }
+
+    fn changed(inner: &mut Inner, id: &str) {
+        if let Unsaved::Ids(ids) = &mut inner.unsaved {
+            ids.push(id.to_owned());
+        }
+    }
+
+    /// Each of `ids` as it is now (`None`: deleted), for the copy's log.
+    pub fn lookup(&self, ids: &[String]) -> Vec<(String, Option<Entry>)> {
+        let inner = self.read();
+        ids.iter()
+            .map(|id| (id.clone(), inner.users.get(id).cloned()))
+            .collect()
+    }
+
+    /// Up to `n` users after `after`, in id order (the copy is written in chunks, so no lock is
+    /// held for long).
+    pub fn chunk(&self, after: Option<&str>, n: usize) -> Vec<(String, Entry)> {
+        let inner = self.read();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        inner
+            .users
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(n)
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect()
     }
 
     pub fn generation(&self) -> u64 {
@@ -96,13 +197,17 @@ impl Snapshot {
 
     /// Applies a committed write. Callers serialize writes, so revisions only move forward.
     pub fn upsert(&self, rec: &Record) {
-        let e = entry(rec);
+        self.upsert_entry(&rec.id, Entry::from_record(rec));
+    }
+
+    pub fn upsert_entry(&self, id: &str, e: Entry) {
         let mut inner = self.write();
         inner.encoded += span(&e);
-        if let Some(old) = inner.users.insert(rec.id.clone(), e) {
+        if let Some(old) = inner.users.insert(id.to_owned(), e) {
             inner.encoded -= span(&old);
         }
         inner.all = None;
+        Self::changed(&mut inner, id);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -111,6 +216,7 @@ impl Snapshot {
         if let Some(old) = inner.users.remove(id) {
             inner.encoded -= span(&old);
             inner.all = None;
+            Self::changed(&mut inner, id);
             self.generation.fetch_add(1, Ordering::Release);
         }
     }
@@ -252,5 +358,46 @@ mod tests {
         let b: Value = serde_json::from_slice(&s.get("b").expect("b exists")).expect("json");
         assert_eq!(b["rev"], 2);
         assert_eq!(b["name"], "user b");
+    }
+
+    #[test]
+    fn an_entry_from_the_stored_text_is_the_one_from_the_parsed_document() {
+        let r = rec("a\"b", 7);
+        let text = serde_json::to_string(&r.doc).expect("text");
+        let e = Entry::from_doc_text(&text, 7, &r.updated_at).expect("an object");
+        assert_eq!(e, Entry::from_record(&r));
+        let v: Value = serde_json::from_slice(&e.json).expect("valid JSON");
+        assert_eq!(
+            (v["id"].clone(), v["rev"].clone(), v["updated_at"].clone()),
+            (json!("a\"b"), json!(7), json!("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(e.doc_hash, doc_hash(&r.doc));
+        let empty = Entry::from_doc_text("{}", 1, "t").expect("an object");
+        assert_eq!(&empty.json[..], br#"{"rev":1,"updated_at":"t"}"#);
+        assert!(Entry::from_doc_text("[1]", 1, "t").is_none());
+    }
+
+    #[test]
+    fn changes_are_collected_for_the_copy_and_given_back_on_failure() {
+        let s = Snapshot::default();
+        s.replace_all(&[rec("a", 1)]);
+        assert!(matches!(s.take_unsaved(), Unsaved::All));
+        s.upsert(&rec("b", 1));
+        s.remove("a");
+        s.remove("zz"); // absent: nothing changed
+        let Unsaved::Ids(ids) = s.take_unsaved() else {
+            panic!("ids expected")
+        };
+        assert_eq!(ids, ["b", "a"]);
+        s.upsert(&rec("c", 1));
+        s.restore_unsaved(Unsaved::Ids(ids));
+        let Unsaved::Ids(ids) = s.take_unsaved() else {
+            panic!("ids expected")
+        };
+        assert_eq!(ids, ["c", "b", "a"]);
+        let now = s.lookup(&["a".into(), "b".into()]);
+        assert_eq!(now[0], ("a".to_owned(), None));
+        assert_eq!(now[1].1.as_ref().map(|e| e.rev), Some(1));
+        assert_eq!(s.chunk(Some("b"), 10).len(), 1);
     }
 }

@@ -1,19 +1,41 @@
 //! The snapshot's local copy, beside the journal: what a cold start serves when the database is
-//! unreachable. Written atomically (`atomic_file`), only by the journal's owner.
+//! unreachable. Kept by the journal's owner only, as a base and a log of changes, so that the
+//! disk work of keeping it current is proportional to what changed, not to every user:
 //!
-//! Format: `USVCSNAP` | format version: u32 BE | body length: u64 BE | crc32(body): u32 BE | body,
-//! where the body is the JSON array `get_users` answers (each user with its `rev` and
-//! `updated_at`). Anything else (short, wrong magic, unknown version, bad checksum, bad JSON) is
-//! damage, reported by name; a damaged copy is never served.
+//! - `usersvc.snapshot`, the base, written whole (atomically, `atomic_file`) at start and when the
+//!   log has grown past half the base: `USVCSNAP` | version 2: u32 | base id: u64 | users: u64 |
+//!   body length: u64 | crc32(body): u32 | body: one user record after another.
+//! - `usersvc.snapshot.log`, appended (and fsync'd) every few seconds with the users changed
+//!   since: `USVCSLOG` | version: u32 | base id: u64, then frames `length: u32 | crc32: u32 |
+//!   record`. It counts only with the base whose id it carries: a log left beside a newer base is
+//!   ignored (that base holds all it said).
+//!
+//! A user record is `kind: u8` (1 a user, 2 a deletion) | id length: u32 | id, then for a user
+//! `rev: i64 | doc hash: u64 | JSON length: u32 | JSON` (the object reads answer); integers big
+//! endian. Loading is a copy of bytes per user, no JSON parsing beyond a check of each JSON.
+//!
+//! Damage is reported by name: a base that is short, has the wrong magic, an unknown version, a
+//! bad checksum or a record that does not decode is never served. A log frame cut short or
+//! failing its checksum ends the log there: it is the last append, torn by a crash, and the
+//! changes it held (a few seconds of writes) are in the database. Version 1 copies (a JSON
+//! array, from earlier releases) are still read.
 
+use crate::snapshot::{Entry, text_hash};
 use crate::store::Record;
+use bytes::Bytes;
 use serde_json::Value;
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"USVCSNAP";
-const VERSION: u32 = 1;
-const HEADER: usize = 8 + 4 + 8 + 4;
+const LOG_MAGIC: &[u8; 8] = b"USVCSLOG";
+const VERSION: u32 = 2;
+const V1_HEADER: usize = 8 + 4 + 8 + 4;
+const HEADER: usize = 8 + 4 + 8 + 8 + 8 + 4;
+const LOG_HEADER: usize = 8 + 4 + 8;
+const USER: u8 = 1;
+const DELETED: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -40,25 +62,140 @@ pub fn path_for(journal: &Path) -> PathBuf {
     journal.with_extension("snapshot")
 }
 
-/// Writes `array` (the JSON array of every user) as the copy at `path`, replacing it atomically.
-pub fn write(path: &Path, array: &[u8]) -> Result<(), CopyError> {
-    let mut head = Vec::with_capacity(HEADER);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&VERSION.to_be_bytes());
-    head.extend_from_slice(&(array.len() as u64).to_be_bytes());
-    head.extend_from_slice(&crc32fast::hash(array).to_be_bytes());
-    crate::atomic_file::write(path, |f| {
-        f.write_all(&head)?;
-        f.write_all(array)
-    })
-    .map_err(|source| CopyError::Write {
-        path: path.to_owned(),
-        source,
-    })
+/// The log of changes beside the base: `usersvc.snapshot` → `usersvc.snapshot.log`.
+pub fn log_path(base: &Path) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
 }
 
-/// Reads the copy at `path` back into records.
-pub fn read(path: &Path) -> Result<Vec<Record>, CopyError> {
+/// What the writer knows of the copy on disk, between saves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyState {
+    pub base_id: u64,
+    pub base_bytes: u64,
+    pub log_bytes: u64,
+}
+
+impl CopyState {
+    /// The log has grown past half the base (or 1 MiB for a small one): time to write a base.
+    pub fn wants_compaction(&self) -> bool {
+        self.log_bytes > (self.base_bytes / 2).max(1 << 20)
+    }
+}
+
+fn put_record(out: &mut Vec<u8>, id: &str, entry: Option<&Entry>) {
+    out.push(if entry.is_some() { USER } else { DELETED });
+    out.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    if let Some(e) = entry {
+        out.extend_from_slice(&e.rev.to_be_bytes());
+        out.extend_from_slice(&e.doc_hash.to_be_bytes());
+        out.extend_from_slice(&(e.json.len() as u32).to_be_bytes());
+        out.extend_from_slice(&e.json);
+    }
+}
+
+/// Writes a new base from `chunks` (each a run of users in id order; an empty one ends it) and
+/// an empty log for it. Returns what was written.
+pub fn write_base(
+    path: &Path,
+    mut chunks: impl FnMut(Option<&str>) -> Vec<(String, Entry)>,
+) -> Result<CopyState, CopyError> {
+    let base_id = rand_id();
+    let werr = |source| CopyError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut state = CopyState {
+        base_id,
+        base_bytes: 0,
+        log_bytes: LOG_HEADER as u64,
+    };
+    crate::atomic_file::write(path, |f| {
+        let mut crc = crc32fast::Hasher::new();
+        let (mut users, mut body) = (0u64, 0u64);
+        f.write_all(&[0u8; HEADER])?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *f);
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut after: Option<String> = None;
+        loop {
+            let chunk = chunks(after.as_deref());
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            let last = last.clone();
+            for (id, e) in &chunk {
+                buf.clear();
+                put_record(&mut buf, id, Some(e));
+                crc.update(&buf);
+                out.write_all(&buf)?;
+                users += 1;
+                body += buf.len() as u64;
+            }
+            after = Some(last);
+        }
+        out.flush()?;
+        drop(out);
+        let mut head = Vec::with_capacity(HEADER);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_be_bytes());
+        head.extend_from_slice(&base_id.to_be_bytes());
+        head.extend_from_slice(&users.to_be_bytes());
+        head.extend_from_slice(&body.to_be_bytes());
+        head.extend_from_slice(&crc.finalize().to_be_bytes());
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&head)?;
+        state.base_bytes = HEADER as u64 + body;
+        Ok(())
+    })
+    .map_err(werr)?;
+    // Then the log for it. A crash before this leaves the old log, which names the old base
+    // and is ignored.
+    let mut head = Vec::with_capacity(LOG_HEADER);
+    head.extend_from_slice(LOG_MAGIC);
+    head.extend_from_slice(&VERSION.to_be_bytes());
+    head.extend_from_slice(&base_id.to_be_bytes());
+    let log = log_path(path);
+    crate::atomic_file::write(&log, |f| f.write_all(&head)).map_err(|source| CopyError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    Ok(state)
+}
+
+/// Appends these users as they are now (`None`: deleted) to the log, as one fsync'd frame.
+pub fn append_log(
+    base: &Path,
+    state: &mut CopyState,
+    changes: &[(String, Option<Entry>)],
+) -> Result<(), CopyError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let log = log_path(base);
+    let mut record = Vec::new();
+    for (id, e) in changes {
+        put_record(&mut record, id, e.as_ref());
+    }
+    let mut frame = Vec::with_capacity(record.len() + 8);
+    frame.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&record).to_be_bytes());
+    frame.extend_from_slice(&record);
+    let written = crate::atomic_file::open_append(&log)
+        .and_then(|mut f| f.write_all(&frame).and_then(|()| f.sync_data()));
+    written.map_err(|source| CopyError::Write { path: log, source })?;
+    state.log_bytes += frame.len() as u64;
+    Ok(())
+}
+
+fn rand_id() -> u64 {
+    let u = uuid::Uuid::now_v7().as_u128();
+    (u as u64) ^ ((u >> 64) as u64)
+}
+
+/// Reads the copy at `path` (its base, then its log) back into entries, in id order.
+pub fn read(path: &Path) -> Result<Vec<(String, Entry)>, CopyError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -71,30 +208,201 @@ pub fn read(path: &Path) -> Result<Vec<Record>, CopyError> {
             });
         }
     };
-    decode(&bytes).map_err(|reason| CopyError::Damaged {
+    let damaged = |reason| CopyError::Damaged {
         path: path.to_owned(),
         reason,
-    })
+    };
+    if bytes.get(8..12) == Some(&1u32.to_be_bytes()[..]) {
+        return decode_v1(&bytes).map_err(damaged);
+    }
+    let (base_id, users) = decode(&bytes).map_err(damaged)?;
+    let mut users: BTreeMap<String, Entry> = users.into_iter().collect();
+    let log = log_path(path);
+    match std::fs::read(&log) {
+        Ok(log_bytes) => {
+            if let Some(ended) = replay_log(&log_bytes, base_id, &mut users) {
+                tracing::warn!(log = %log.display(), reason = %ended,
+                    "the snapshot copy's log ends early; the changes after it are in the database");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(CopyError::Read { path: log, source }),
+    }
+    Ok(users.into_iter().collect())
 }
 
-fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
-    let Some(head) = bytes.get(..HEADER) else {
+/// A reader over a byte slice that never reads past its end.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!("a record at byte {} is cut short", self.at));
+        };
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    /// One record: the id and the user (`None`: a deletion).
+    fn record(&mut self) -> Result<(String, Option<Entry>), String> {
+        let kind = self.take(1)?[0];
+        let n = self.u32()? as usize;
+        let id = std::str::from_utf8(self.take(n)?)
+            .map_err(|_| "an id is not UTF-8".to_owned())?
+            .to_owned();
+        match kind {
+            DELETED => Ok((id, None)),
+            USER => {
+                let rev = self.u64()? as i64;
+                let doc_hash = self.u64()?;
+                let n = self.u32()? as usize;
+                let json = self.take(n)?;
+                // Served as it is: it must be JSON (an object), whatever wrote the file.
+                if json.first() != Some(&b'{')
+                    || serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err()
+                {
+                    return Err(format!("the user {id:?} is not a JSON object"));
+                }
+                let json = Bytes::copy_from_slice(json);
+                Ok((
+                    id,
+                    Some(Entry {
+                        rev,
+                        json,
+                        doc_hash,
+                    }),
+                ))
+            }
+            k => Err(format!("unknown record kind {k}")),
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<(u64, Vec<(String, Entry)>), String> {
+    if bytes.len() < HEADER {
+        return Err(format!("{} bytes, shorter than its header", bytes.len()));
+    }
+    let mut head = Cursor {
+        bytes: &bytes[..HEADER],
+        at: 0,
+    };
+    if head.take(8)? != MAGIC {
+        return Err("not a usersvc snapshot (wrong magic)".into());
+    }
+    let version = head.u32()?;
+    if version != VERSION {
+        return Err(format!(
+            "format version {version}; this usersvc reads versions 1 and {VERSION}"
+        ));
+    }
+    let base_id = head.u64()?;
+    let users = head.u64()?;
+    let len = head.u64()?;
+    let crc = head.u32()?;
+    let body = &bytes[HEADER..];
+    if body.len() as u64 != len {
+        return Err(format!(
+            "body is {} bytes, the header says {len} (cut short?)",
+            body.len()
+        ));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let mut c = Cursor { bytes: body, at: 0 };
+    let mut out = Vec::with_capacity(users.min(body.len() as u64 / 16) as usize);
+    while !c.done() {
+        match c.record()? {
+            (id, Some(e)) => out.push((id, e)),
+            (id, None) => return Err(format!("a deletion of {id:?} in the base")),
+        }
+    }
+    if out.len() as u64 != users {
+        return Err(format!("{} users, the header says {users}", out.len()));
+    }
+    Ok((base_id, out))
+}
+
+/// Applies the log's frames to `users`; `Some(reason)` when it ended before its last byte.
+fn replay_log(bytes: &[u8], base_id: u64, users: &mut BTreeMap<String, Entry>) -> Option<String> {
+    if bytes.len() < LOG_HEADER || &bytes[..8] != LOG_MAGIC {
+        return Some("no log header".into());
+    }
+    let mut c = Cursor { bytes, at: 8 };
+    let (version, logged_base) = match (c.u32(), c.u64()) {
+        (Ok(v), Ok(b)) => (v, b),
+        _ => return Some("no log header".into()),
+    };
+    if version != VERSION || logged_base != base_id {
+        // A log of an older base: the base already holds what it said.
+        return None;
+    }
+    while !c.done() {
+        let frame = (|| {
+            let len = c.u32()? as usize;
+            let crc = c.u32()?;
+            let record = c.take(len)?;
+            if crc32fast::hash(record) != crc {
+                return Err("a frame fails its checksum".to_owned());
+            }
+            let mut r = Cursor {
+                bytes: record,
+                at: 0,
+            };
+            let mut changes = Vec::new();
+            while !r.done() {
+                changes.push(r.record()?);
+            }
+            Ok(changes)
+        })();
+        match frame {
+            Ok(changes) => {
+                for (id, e) in changes {
+                    match e {
+                        Some(e) => users.insert(id, e),
+                        None => users.remove(&id),
+                    };
+                }
+            }
+            Err(reason) => return Some(reason),
+        }
+    }
+    None
+}
+
+/// Version 1: the body is the JSON array `get_users` answered.
+fn decode_v1(bytes: &[u8]) -> Result<Vec<(String, Entry)>, String> {
+    let Some(head) = bytes.get(..V1_HEADER) else {
         return Err(format!("{} bytes, shorter than its header", bytes.len()));
     };
     if &head[..8] != MAGIC {
         return Err("not a usersvc snapshot (wrong magic)".into());
     }
     let word = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-    let version = word(8);
-    if version != VERSION {
-        return Err(format!(
-            "format version {version}; this usersvc reads version {VERSION}"
-        ));
-    }
     let mut len = [0u8; 8];
     len.copy_from_slice(&head[12..20]);
     let len = u64::from_be_bytes(len);
-    let body = &bytes[HEADER..];
+    let body = &bytes[V1_HEADER..];
     if body.len() as u64 != len {
         return Err(format!(
             "body is {} bytes, the header says {len} (cut short?)",
@@ -106,7 +414,17 @@ fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
     }
     let users: Vec<Value> =
         serde_json::from_slice(body).map_err(|e| format!("body is not a JSON array: {e}"))?;
-    users.into_iter().map(record).collect()
+    users
+        .into_iter()
+        .map(|u| {
+            let r = record(u)?;
+            let text = serde_json::to_string(&r.doc).map_err(|e| e.to_string())?;
+            let e = Entry::from_doc_text(&text, r.rev, &r.updated_at)
+                .ok_or("an entry is not a JSON object")?;
+            debug_assert_eq!(e.doc_hash, text_hash(&text));
+            Ok((r.id, e))
+        })
+        .collect()
 }
 
 /// A served user object back into its record: `rev` and `updated_at` are ours, the rest is the doc.
@@ -147,8 +465,19 @@ mod tests {
         }
     }
 
+    fn entries(records: &[Record]) -> Vec<(String, Entry)> {
+        records
+            .iter()
+            .map(|r| (r.id.clone(), Entry::from_record(r)))
+            .collect()
+    }
+
+    fn write_all(path: &Path, s: &Snapshot) -> CopyState {
+        write_base(path, |after| s.chunk(after, 1)).expect("write")
+    }
+
     #[test]
-    fn round_trip_and_every_kind_of_damage() {
+    fn base_and_log_round_trip_and_every_kind_of_damage() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = path_for(&dir.path().join("usersvc.journal"));
         assert_eq!(
@@ -160,8 +489,41 @@ mod tests {
         let s = Snapshot::default();
         let records = vec![rec("a", 3), rec("b", 1)];
         s.replace_all(&records);
-        write(&path, &s.all()).expect("write");
-        assert_eq!(read(&path).expect("read"), records);
+        let mut state = write_all(&path, &s);
+        assert_eq!(read(&path).expect("read"), entries(&records));
+
+        // Changes go to the log: b rewritten, a deleted, c added.
+        let b2 = rec("b", 2);
+        let c = rec("c", 1);
+        append_log(
+            &path,
+            &mut state,
+            &[
+                ("b".into(), Some(Entry::from_record(&b2))),
+                ("a".into(), None),
+            ],
+        )
+        .expect("append");
+        append_log(
+            &path,
+            &mut state,
+            &[("c".into(), Some(Entry::from_record(&c)))],
+        )
+        .expect("append");
+        let after = entries(&[b2.clone(), c.clone()]);
+        assert_eq!(read(&path).expect("read"), after);
+        // A torn last append: the frames before it still count.
+        let log = log_path(&path);
+        let full = std::fs::read(&log).expect("log");
+        std::fs::write(&log, &full[..full.len() - 3]).expect("tear");
+        assert_eq!(read(&path).expect("read"), entries(std::slice::from_ref(&b2)));
+        // A log of another base is ignored: a new base holds everything.
+        std::fs::write(&log, &full).expect("log back");
+        let old_log = full.clone();
+        s.replace_all(&[b2.clone(), c.clone()]);
+        write_all(&path, &s);
+        std::fs::write(&log, &old_log).expect("old log beside the new base");
+        assert_eq!(read(&path).expect("read"), after);
 
         let good = std::fs::read(&path).expect("bytes");
         let damaged = |bytes: &[u8]| {
@@ -186,5 +548,40 @@ mod tests {
         std::fs::write(&path, &good[..3]).expect("write");
         let shown = read(&path).expect_err("damaged").to_string();
         assert!(shown.contains("usersvc.snapshot"), "{shown}");
+    }
+
+    #[test]
+    fn a_version_1_copy_from_an_earlier_release_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("usersvc.snapshot");
+        let records = vec![rec("a", 3), rec("b", 1)];
+        let s = Snapshot::default();
+        s.replace_all(&records);
+        let array = s.all();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.extend_from_slice(&(array.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&array).to_be_bytes());
+        bytes.extend_from_slice(&array);
+        std::fs::write(&path, bytes).expect("write");
+        assert_eq!(read(&path).expect("read"), entries(&records));
+    }
+
+    #[test]
+    fn compaction_when_the_log_outgrows_half_the_base() {
+        let small = CopyState {
+            base_id: 1,
+            base_bytes: 10 << 20,
+            log_bytes: 4 << 20,
+        };
+        assert!(!small.wants_compaction());
+        assert!(
+            CopyState {
+                log_bytes: 6 << 20,
+                ..small
+            }
+            .wants_compaction()
+        );
     }
 }

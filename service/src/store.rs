@@ -4,6 +4,7 @@
 //! Documents are stored as JSON text next to their `id`, `rev` and `updated_at`. Concurrency control
 //! is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a read-then-write.
 
+use crate::snapshot::Entry;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Row, SqlSafeStr};
@@ -252,12 +253,24 @@ impl Store {
         row.as_ref().map(decode).transpose()
     }
 
-    /// Every document, ordered by id; within `LOAD_TIMEOUTS` × `timeout` (it reads them all).
-    pub async fn load_all(&self) -> Result<Vec<Record>, StoreError> {
-        let query = sqlx::query("SELECT id, rev, doc, updated_at FROM users ORDER BY id")
-            .fetch_all(&self.pool);
-        let rows = bounded(self.timeout * LOAD_TIMEOUTS, query).await?;
-        rows.iter().map(decode).collect()
+    /// Every user as the snapshot keeps it, ordered by id; within `LOAD_TIMEOUTS` × `timeout`.
+    /// Read row by row into entries: no row set, and no parsed document, is ever held whole
+    /// (at a million users those were most of the memory, and of the start).
+    pub async fn load_entries(&self) -> Result<Vec<(String, Entry)>, StoreError> {
+        use futures_util::TryStreamExt;
+        let budget = self.timeout * LOAD_TIMEOUTS;
+        let load = async {
+            let mut rows = sqlx::query("SELECT id, rev, doc, updated_at FROM users ORDER BY id")
+                .fetch(&self.pool);
+            let mut out = Vec::new();
+            while let Some(row) = rows.try_next().await? {
+                out.push(decode_entry(&row)?);
+            }
+            Ok::<_, StoreError>(out)
+        };
+        tokio::time::timeout(budget, load)
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(budget)))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -299,6 +312,60 @@ impl WriteDoc {
             updated_at: updated_at.to_owned(),
         }
     }
+}
+
+/// Documents per statement of [`put_many`]: 3 parameters each, well under SQLite's 32766.
+const PUT_MANY_CHUNK: usize = 500;
+
+/// Upserts `docs` (no condition) with multi-row statements, in order, returning each one's new
+/// revision. A statement cannot update one row twice, so an id seen again starts the next one.
+/// One statement per 500 documents instead of one per document: an import of a million users
+/// is bound by the store, not by round trips.
+pub(crate) async fn put_many(
+    conn: &mut sqlx::AnyConnection,
+    docs: &[WriteDoc],
+) -> Result<Vec<i64>, StoreError> {
+    use std::fmt::Write;
+    let mut revs = Vec::with_capacity(docs.len());
+    let mut start = 0;
+    while start < docs.len() {
+        let mut seen = std::collections::HashSet::new();
+        let mut end = start;
+        while end < docs.len() && end - start < PUT_MANY_CHUNK && seen.insert(&docs[end].id) {
+            end += 1;
+        }
+        let chunk = &docs[start..end];
+        let mut sql = String::from("INSERT INTO users (id, rev, doc, updated_at) VALUES ");
+        for i in 0..chunk.len() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(
+                sql,
+                "{sep}(${}, 1, ${}, ${})",
+                3 * i + 1,
+                3 * i + 2,
+                3 * i + 3
+            );
+        }
+        sql.push_str(
+            " ON CONFLICT (id) DO UPDATE SET rev = users.rev + 1, doc = excluded.doc,
+             updated_at = excluded.updated_at RETURNING id, rev",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in chunk {
+            q = q.bind(&d.id).bind(&d.json).bind(&d.updated_at);
+        }
+        let rows = q.fetch_all(&mut *conn).await?;
+        // RETURNING's order is not promised: match by id.
+        let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            by_id.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+        }
+        for d in chunk {
+            revs.push(by_id.get(&d.id).copied().unwrap_or_default());
+        }
+        start = end;
+    }
+    Ok(revs)
 }
 
 pub(crate) async fn put_on(
@@ -360,6 +427,23 @@ async fn bounded<T>(
     match tokio::time::timeout(budget, query).await {
         Ok(done) => Ok(done?),
         Err(_) => Err(StoreError::TimedOut(budget)),
+    }
+}
+
+fn decode_entry(row: &sqlx::any::AnyRow) -> Result<(String, Entry), StoreError> {
+    let id: String = row.try_get("id")?;
+    let doc: String = row.try_get("doc")?;
+    let rev: i64 = row.try_get("rev")?;
+    let updated_at: String = row.try_get("updated_at")?;
+    match Entry::from_doc_text(&doc, rev, &updated_at) {
+        Some(e) => Ok((id, e)),
+        // Not an object's text: say why as the parser does.
+        None => Err(StoreError::Corrupt {
+            source: serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&doc)
+                .err()
+                .unwrap_or_else(|| serde::de::Error::custom("not a JSON object")),
+            id,
+        }),
     }
 }
 

@@ -6,7 +6,8 @@
 use crate::commit::MAX_BATCH;
 use crate::journal::JournalError;
 use crate::shared::{Shared, UserError, change_of, lock, now};
-use crate::snapshot_file::{self, CopyError};
+use crate::snapshot::Unsaved;
+use crate::snapshot_file::{self, CopyError, CopyState};
 use crate::store::StoreError;
 use crate::writer::{Applied, Change, Writer};
 use std::sync::atomic::Ordering;
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// The local copy is rewritten at most this often (and at shutdown) while writes change it.
 const COPY_EVERY: Duration = Duration::from_secs(5);
+/// Users read from the snapshot at a time while a base is written.
+const COPY_CHUNK: usize = 10_000;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,9 @@ pub(crate) async fn recover(
     let n = replay(shared, writer).await?;
     let behind = !lock(&shared.queued).is_exact() || shared.from_copy.load(Ordering::Acquire);
     if depth > 0 || behind {
-        shared.snapshot.replace_all(&shared.store.load_all().await?);
+        shared
+            .snapshot
+            .replace_entries(shared.store.load_entries().await?);
         shared.from_copy.store(false, Ordering::Release);
     }
     // Nothing queued, the snapshot is the store's: conditional writes are checked exactly again.
@@ -163,10 +168,13 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
     Ok(replayed)
 }
 
-/// Writes the snapshot's local copy (off the async workers: it fsyncs), unless it holds this
-/// snapshot already, the snapshot came from the copy, or another process owns the journal (and
-/// with it the copy beside it).
+/// Brings the snapshot's local copy up to date (off the async workers: it fsyncs), unless it
+/// holds this snapshot already, the snapshot came from the copy, or another process owns the
+/// journal (and with it the copy beside it). The users changed since the last save are appended
+/// to the copy's log; the whole base is written only at first, after a reload, and when the log
+/// has outgrown half of it (`snapshot_file.rs`).
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
+    let mut saving = shared.copy_state.lock().await;
     let generation = shared.snapshot.generation();
     if !shared.owns_journal()
         || shared.from_copy.load(Ordering::Acquire)
@@ -174,25 +182,71 @@ pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
     {
         return Ok(());
     }
-    let array = shared.snapshot.all();
+    let unsaved = shared.snapshot.take_unsaved();
+    let state = *saving;
+    let task = shared.clone();
     let path = shared.copy.clone();
-    let users = shared.snapshot.len();
-    let saved = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        snapshot_file::write(&path, &array)?;
-        tracing::debug!(users, bytes = array.len(), ms = started.elapsed().as_millis() as u64,
-            copy = %path.display(), "local snapshot copy saved");
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(CopyError::Write {
-            path: shared.copy.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    });
-    if saved.is_ok() {
-        shared.copied.store(generation, Ordering::Release);
+    let (saved, back) =
+        tokio::task::spawn_blocking(move || save_blocking(&task, &path, unsaved, state))
+            .await
+            .unwrap_or_else(|e| {
+                let err = CopyError::Write {
+                    path: shared.copy.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                };
+                (Err(err), Some(Unsaved::All))
+            });
+    match saved {
+        Ok(state) => {
+            *saving = Some(state);
+            shared.copied.store(generation, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            // What was not saved is saved next time, with what changed meanwhile.
+            shared
+                .snapshot
+                .restore_unsaved(back.unwrap_or(Unsaved::All));
+            Err(e)
+        }
     }
-    saved
+}
+
+/// The save itself: the log when it can take the changes, else a new base. On failure, gives
+/// back what is still unsaved.
+fn save_blocking(
+    shared: &Shared,
+    path: &std::path::Path,
+    unsaved: Unsaved,
+    state: Option<CopyState>,
+) -> (Result<CopyState, CopyError>, Option<Unsaved>) {
+    let started = Instant::now();
+    match (unsaved, state) {
+        (Unsaved::Ids(mut ids), Some(mut state)) if !state.wants_compaction() => {
+            ids.sort_unstable();
+            ids.dedup();
+            let changes = shared.snapshot.lookup(&ids);
+            match snapshot_file::append_log(path, &mut state, &changes) {
+                Ok(()) => {
+                    tracing::debug!(users = changes.len(), ms = started.elapsed().as_millis() as u64,
+                        copy = %path.display(), "local snapshot copy: changes logged");
+                    (Ok(state), None)
+                }
+                Err(e) => (Err(e), Some(Unsaved::Ids(ids))),
+            }
+        }
+        _ => {
+            // Read in chunks: no lock is held for long, and a write in between is in the log
+            // that follows this base (`take_unsaved` started it afresh).
+            let written =
+                snapshot_file::write_base(path, |after| shared.snapshot.chunk(after, COPY_CHUNK));
+            if let Ok(state) = &written {
+                tracing::debug!(users = shared.snapshot.len(), bytes = state.base_bytes,
+                    ms = started.elapsed().as_millis() as u64, copy = %path.display(),
+                    "local snapshot copy: base written");
+            }
+            let back = written.is_err().then_some(Unsaved::All);
+            (written, back)
+        }
+    }
 }

@@ -95,20 +95,26 @@ impl Users {
         let (store, cold) = match Store::open(url, timeout).await {
             Ok(store) => (store, None),
             Err(e) if e.is_unreachable() => match snapshot_file::read(&copy) {
-                Ok(records) => {
-                    tracing::warn!(error = %e, copy = %copy.display(), users = records.len(),
+                Ok(entries) => {
+                    tracing::warn!(error = %e, copy = %copy.display(), users = entries.len(),
                         "store unreachable: serving the local snapshot copy (stale) and queueing writes");
-                    (Store::lazy(url, timeout)?, Some(records))
+                    (Store::lazy(url, timeout)?, Some(entries))
                 }
                 Err(c) => return Err(OpenError::NoCopy { store: e, copy: c }),
             },
             Err(e) => return Err(e.into()),
         };
         let snapshot = Snapshot::default();
-        match &cold {
-            Some(records) => snapshot.replace_all(records),
-            None => snapshot.replace_all(&store.load_all().await?),
-        }
+        let cold = match cold {
+            Some(entries) => {
+                snapshot.replace_entries(entries);
+                true
+            }
+            None => {
+                snapshot.replace_entries(store.load_entries().await?);
+                false
+            }
+        };
         let owned = owner.is_some();
         let (journal, entries) = match owner {
             Some(owner) => {
@@ -118,10 +124,10 @@ impl Users {
             None => (None, Vec::new()),
         };
         let mut breaker = Breaker::new(resilience.failures, resilience.backoff);
-        if cold.is_some() {
+        if cold {
             breaker.trip(Instant::now());
         }
-        let mut queued = Queued::new(cold.is_none());
+        let mut queued = Queued::new(!cold);
         if !entries.is_empty() {
             // Queued by an earlier run: their checks were not made against this snapshot.
             queued.unknown();
@@ -146,12 +152,13 @@ impl Users {
             queued: std::sync::Mutex::new(queued),
             copy,
             copied: std::sync::atomic::AtomicU64::new(u64::MAX),
-            from_copy: AtomicBool::new(cold.is_some()),
+            copy_state: tokio::sync::Mutex::new(None),
+            from_copy: AtomicBool::new(cold),
             closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stats,
         });
-        if !entries.is_empty() && cold.is_none() {
+        if !entries.is_empty() && !cold {
             tracing::warn!(
                 queued = entries.len(),
                 "replaying writes queued by an earlier run"
@@ -402,9 +409,9 @@ async fn take_over(shared: Arc<Shared>) {
             .store(journal.quarantined(), Ordering::Relaxed);
         *lock(&shared.journal) = Some(journal);
         if entries.is_empty() {
-            match shared.store.load_all().await {
-                Ok(records) => {
-                    shared.snapshot.replace_all(&records);
+            match shared.store.load_entries().await {
+                Ok(entries) => {
+                    shared.snapshot.replace_entries(entries);
                     lock(&shared.queued).clear();
                 }
                 Err(e) => {

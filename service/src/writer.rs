@@ -6,7 +6,9 @@
 //! The connection is our own, not the pool's: sqlx's pool retries a refused connection until its
 //! acquire timeout, and a write must learn at once that the database is down.
 
-use crate::store::{CHANGES_CHANNEL, Expect, NOTIFY_EACH_MAX, Store, StoreError, WriteDoc, put_on};
+use crate::store::{
+    CHANGES_CHANNEL, Expect, NOTIFY_EACH_MAX, Store, StoreError, WriteDoc, put_many, put_on,
+};
 use sqlx::{AnyConnection, Connection, Row};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -188,14 +190,7 @@ impl Writer {
 async fn apply(conn: &mut AnyConnection, change: &Change) -> Outcome {
     Ok(match change {
         Change::Put { doc, expect } => Applied::Put(put_on(conn, doc, *expect).await?),
-        Change::PutMany(docs) => {
-            let mut revs = Vec::with_capacity(docs.len());
-            for doc in docs {
-                // Expect::Any never conflicts, so every write yields a revision.
-                revs.push(put_on(conn, doc, Expect::Any).await?.unwrap_or_default());
-            }
-            Applied::PutMany(revs)
-        }
+        Change::PutMany(docs) => Applied::PutMany(put_many(conn, docs).await?),
         Change::Delete { id, expect } => {
             let done = match expect {
                 Expect::Rev(rev) => {
