@@ -1,15 +1,36 @@
 //! Instances sharing one PostgreSQL learn of each other's writes: LISTEN on the changes channel
-//! (every commit announces the ids it changed, `writer.rs`) and refresh each announced id.
+//! (every commit announces the ids it changed, `writer.rs`) and refresh each announced id. An
+//! instance's own announcements are skipped: its snapshot has them already.
 
 use crate::shared::Shared;
+use sqlx::postgres::PgListener;
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// After any (re)connect, reloads everything, since notifications sent while we were not
-/// listening are lost. Ends when the service closes.
-pub(crate) async fn follow_changes(shared: Weak<Shared>) {
-    use sqlx::postgres::PgListener;
+/// A listener on the changes channel, or `None` when it cannot be had now.
+pub(crate) async fn listen(url: &str) -> Option<PgListener> {
+    let mut listener = match PgListener::connect(url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot listen for other instances' writes");
+            return None;
+        }
+    };
+    match listener.listen(crate::store::CHANGES_CHANNEL).await {
+        Ok(()) => Some(listener),
+        Err(e) => {
+            tracing::warn!(error = %e, "LISTEN failed");
+            None
+        }
+    }
+}
+
+/// Follows other instances' writes. `early`: a listener that was listening before the snapshot
+/// was loaded, so nothing was missed and no reload is needed; after any later (re)connect,
+/// everything is reloaded, since notifications sent while no one listened are lost. Ends when
+/// the service closes.
+pub(crate) async fn follow_changes(shared: Weak<Shared>, mut early: Option<PgListener>) {
     let Some(url) = shared.upgrade().map(|s| s.store.url().to_owned()) else {
         return;
     };
@@ -19,36 +40,33 @@ pub(crate) async fn follow_changes(shared: Weak<Shared>) {
         if shared.upgrade().is_none_or(|s| closing(&s)) {
             return;
         }
-        let mut listener = match PgListener::connect(&url).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot listen for other instances' writes; retrying");
-                tokio::time::sleep(retry).await;
-                continue;
+        let mut listener = match early.take() {
+            Some(l) => l,
+            None => {
+                let Some(l) = listen(&url).await else {
+                    tokio::time::sleep(retry).await;
+                    continue;
+                };
+                let Some(s) = shared.upgrade().filter(|s| !closing(s)) else {
+                    return;
+                };
+                if let Err(e) = s.reload().await {
+                    tracing::warn!(error = %e, "reload after (re)connect failed; retrying");
+                    tokio::time::sleep(retry).await;
+                    continue;
+                }
+                l
             }
         };
-        if let Err(e) = listener.listen(crate::store::CHANGES_CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN failed; retrying");
-            tokio::time::sleep(retry).await;
-            continue;
-        }
-        let Some(s) = shared.upgrade().filter(|s| !closing(s)) else {
-            return;
-        };
-        if let Err(e) = s.reload().await {
-            tracing::warn!(error = %e, "reload after (re)connect failed; retrying");
-            tokio::time::sleep(retry).await;
-            continue;
-        }
-        drop(s);
         // `None` or an error: the connection was lost; reconnect and reload what we missed.
         while let Ok(Some(n)) = listener.try_recv().await {
             let Some(s) = shared.upgrade().filter(|s| !closing(s)) else {
                 return;
             };
-            let done = match n.payload() {
-                "*" => s.reload().await,
-                id => s.refresh(id).await,
+            let done = match crate::store::announced(n.payload()) {
+                None => Ok(()),
+                Some("*") => s.reload().await,
+                Some(id) => s.refresh(id).await,
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "refresh after a notification failed");

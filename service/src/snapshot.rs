@@ -140,13 +140,18 @@ impl Snapshot {
         // Collected whole: the map is bulk-built with full nodes (sorted input is not re-sorted).
         let users: BTreeMap<String, Entry> = entries.into_iter().collect();
         let encoded = users.values().map(span).sum();
-        *self.write() = Inner {
-            users,
-            all: None,
-            encoded,
-            unsaved: Unsaved::All,
-        };
+        let old = std::mem::replace(
+            &mut *self.write(),
+            Inner {
+                users,
+                all: None,
+                encoded,
+                unsaved: Unsaved::All,
+            },
+        );
         self.generation.fetch_add(1, Ordering::Release);
+        // Freed outside the lock: a million entries take a while, and reads wait for the lock.
+        drop(old);
     }
 
     /// What the local copy lacks, handed over: the next changes are collected afresh.

@@ -516,7 +516,10 @@ mod tests {
         let log = log_path(&path);
         let full = std::fs::read(&log).expect("log");
         std::fs::write(&log, &full[..full.len() - 3]).expect("tear");
-        assert_eq!(read(&path).expect("read"), entries(std::slice::from_ref(&b2)));
+        assert_eq!(
+            read(&path).expect("read"),
+            entries(std::slice::from_ref(&b2))
+        );
         // A log of another base is ignored: a new base holds everything.
         std::fs::write(&log, &full).expect("log back");
         let old_log = full.clone();

@@ -314,6 +314,27 @@ impl WriteDoc {
     }
 }
 
+/// This process, as the payloads of its change notifications name it: 32 hex digits.
+pub(crate) fn instance() -> &'static str {
+    static ID: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::now_v7().simple().to_string());
+    &ID
+}
+
+/// The changed id a notification payload announces, unless this instance sent it (`None`).
+/// Payloads are `INSTANCE/ID` (`INSTANCE/*`: reload everything); a bare id is an earlier
+/// release's, in a rolling upgrade.
+pub(crate) fn announced(payload: &str) -> Option<&str> {
+    let from_instance = payload.len() > 33
+        && payload.as_bytes()[32] == b'/'
+        && payload.as_bytes()[..32].iter().all(u8::is_ascii_hexdigit);
+    if !from_instance {
+        return Some(payload);
+    }
+    let (sender, id) = payload.split_at(32);
+    (sender != instance()).then(|| &id[1..])
+}
+
 /// Documents per statement of [`put_many`]: 3 parameters each, well under SQLite's 32766.
 const PUT_MANY_CHUNK: usize = 500;
 
@@ -465,6 +486,17 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<Record, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_skips_its_own_notifications() {
+        let me = instance();
+        assert_eq!(announced(&format!("{me}/ann")), None);
+        let other = "0123456789abcdef0123456789abcdef";
+        assert_eq!(announced(&format!("{other}/ann/x")), Some("ann/x"));
+        assert_eq!(announced(&format!("{other}/*")), Some("*"));
+        // An earlier release's bare id.
+        assert_eq!(announced("ann"), Some("ann"));
+    }
 
     #[test]
     fn sqlite_urls_create_the_file() {

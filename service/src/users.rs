@@ -105,12 +105,18 @@ impl Users {
             Err(e) => return Err(e.into()),
         };
         let snapshot = Snapshot::default();
+        let mut early = None;
         let cold = match cold {
             Some(entries) => {
                 snapshot.replace_entries(entries);
                 true
             }
             None => {
+                // Listening before the load: another instance's write during it is announced
+                // to the follower, which then needs no second full load.
+                if store.is_shared() {
+                    early = crate::follow::listen(store.url()).await;
+                }
                 snapshot.replace_entries(store.load_entries().await?);
                 false
             }
@@ -176,7 +182,7 @@ impl Users {
         if shared.store.is_shared() {
             tasks.spawn(
                 "follower",
-                crate::follow::follow_changes(Arc::downgrade(&shared)),
+                crate::follow::follow_changes(Arc::downgrade(&shared), early),
             );
         }
         if !owned {

@@ -270,10 +270,12 @@ async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreErr
     if ids.is_empty() {
         return Ok(());
     }
-    let payloads: Vec<&str> = if ids.len() > NOTIFY_EACH_MAX {
-        vec!["*"]
+    // Each payload names this instance, so its follower skips its own writes.
+    let me = crate::store::instance();
+    let payloads: Vec<String> = if ids.len() > NOTIFY_EACH_MAX {
+        vec![format!("{me}/*")]
     } else {
-        ids.to_vec()
+        ids.iter().map(|id| format!("{me}/{id}")).collect()
     };
     // One statement for all of them: a round trip per id would cost more than the writes.
     let calls: Vec<String> = (0..payloads.len())
