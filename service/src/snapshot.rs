@@ -137,8 +137,12 @@ impl Snapshot {
 
     /// Replaces every user (from the store, or the local copy); ids sorted or not.
     pub fn replace_entries(&self, entries: Vec<(String, Entry)>) {
-        // Collected whole: the map is bulk-built with full nodes (sorted input is not re-sorted).
-        let users: BTreeMap<String, Entry> = entries.into_iter().collect();
+        // Collected whole: sorted once, then bulk-built with full nodes.
+        self.replace_map(entries.into_iter().collect());
+    }
+
+    /// Replaces every user.
+    pub fn replace_map(&self, users: BTreeMap<String, Entry>) {
         let encoded = users.values().map(span).sum();
         let old = std::mem::replace(
             &mut *self.write(),

@@ -253,18 +253,41 @@ impl Store {
         row.as_ref().map(decode).transpose()
     }
 
-    /// Every user as the snapshot keeps it, ordered by id; within `LOAD_TIMEOUTS` × `timeout`.
-    /// Read row by row into entries: no row set, and no parsed document, is ever held whole
-    /// (at a million users those were most of the memory, and of the start).
+    /// Every user as the snapshot keeps it, in no order; within `LOAD_TIMEOUTS` × `timeout`.
+    /// Read row by row into entries over a connection of the database's own driver (text
+    /// borrowed from each row, not converted through `Any`): no row set, and no parsed
+    /// document, is ever held whole. At a million users those were most of the memory and of
+    /// the start.
     pub async fn load_entries(&self) -> Result<Vec<(String, Entry)>, StoreError> {
         use futures_util::TryStreamExt;
+        // In table order, sorted in memory (`Snapshot::replace_entries`): SQLite reads its
+        // table sequentially instead of through the id index, a lookup per row.
+        const SQL: &str = "SELECT id, rev, doc, updated_at FROM users";
         let budget = self.timeout * LOAD_TIMEOUTS;
         let load = async {
-            let mut rows = sqlx::query("SELECT id, rev, doc, updated_at FROM users ORDER BY id")
-                .fetch(&self.pool);
             let mut out = Vec::new();
-            while let Some(row) = rows.try_next().await? {
-                out.push(decode_entry(&row)?);
+            if self.postgres {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+                let mut rows = sqlx::query(SQL).fetch(&mut conn);
+                while let Some(row) = rows.try_next().await? {
+                    out.push(entry_of(
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    )?);
+                }
+            } else {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
+                let mut rows = sqlx::query(SQL).fetch(&mut conn);
+                while let Some(row) = rows.try_next().await? {
+                    out.push(entry_of(
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    )?);
+                }
             }
             Ok::<_, StoreError>(out)
         };
@@ -345,6 +368,7 @@ const PUT_MANY_CHUNK: usize = 500;
 pub(crate) async fn put_many(
     conn: &mut sqlx::AnyConnection,
     docs: &[WriteDoc],
+    postgres: bool,
 ) -> Result<Vec<i64>, StoreError> {
     use std::fmt::Write;
     let mut revs = Vec::with_capacity(docs.len());
@@ -359,13 +383,14 @@ pub(crate) async fn put_many(
         let mut sql = String::from("INSERT INTO users (id, rev, doc, updated_at) VALUES ");
         for i in 0..chunk.len() {
             let sep = if i == 0 { "" } else { "," };
-            let _ = write!(
-                sql,
-                "{sep}(${}, 1, ${}, ${})",
-                3 * i + 1,
-                3 * i + 2,
-                3 * i + 3
-            );
+            if postgres {
+                let (a, b, c) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
+                let _ = write!(sql, "{sep}(${a}, 1, ${b}, ${c})");
+            } else {
+                // SQLite looks a numbered parameter's name up in a list, for each one: with
+                // 1500 of them that was a third of an import. Anonymous ones bind in order.
+                let _ = write!(sql, "{sep}(?, 1, ?, ?)");
+            }
         }
         sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET rev = users.rev + 1, doc = excluded.doc,
@@ -451,19 +476,21 @@ async fn bounded<T>(
     }
 }
 
-fn decode_entry(row: &sqlx::any::AnyRow) -> Result<(String, Entry), StoreError> {
-    let id: String = row.try_get("id")?;
-    let doc: String = row.try_get("doc")?;
-    let rev: i64 = row.try_get("rev")?;
-    let updated_at: String = row.try_get("updated_at")?;
-    match Entry::from_doc_text(&doc, rev, &updated_at) {
-        Some(e) => Ok((id, e)),
+/// One stored row as the snapshot keeps it.
+fn entry_of(
+    id: &str,
+    rev: i64,
+    doc: &str,
+    updated_at: &str,
+) -> Result<(String, Entry), StoreError> {
+    match Entry::from_doc_text(doc, rev, updated_at) {
+        Some(e) => Ok((id.to_owned(), e)),
         // Not an object's text: say why as the parser does.
         None => Err(StoreError::Corrupt {
-            source: serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&doc)
+            source: serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(doc)
                 .err()
                 .unwrap_or_else(|| serde::de::Error::custom("not a JSON object")),
-            id,
+            id: id.to_owned(),
         }),
     }
 }

@@ -107,8 +107,8 @@ impl Users {
         let snapshot = Snapshot::default();
         let mut early = None;
         let cold = match cold {
-            Some(entries) => {
-                snapshot.replace_entries(entries);
+            Some(users) => {
+                snapshot.replace_map(users);
                 true
             }
             None => {

@@ -155,7 +155,7 @@ impl Writer {
                 if savepoints {
                     sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
                 }
-                match apply(&mut tx, change).await {
+                match apply(&mut tx, change, postgres).await {
                     Ok(applied) => {
                         if savepoints {
                             sqlx::query("RELEASE SAVEPOINT w").execute(&mut *tx).await?;
@@ -187,10 +187,10 @@ impl Writer {
     }
 }
 
-async fn apply(conn: &mut AnyConnection, change: &Change) -> Outcome {
+async fn apply(conn: &mut AnyConnection, change: &Change, postgres: bool) -> Outcome {
     Ok(match change {
         Change::Put { doc, expect } => Applied::Put(put_on(conn, doc, *expect).await?),
-        Change::PutMany(docs) => Applied::PutMany(put_many(conn, docs).await?),
+        Change::PutMany(docs) => Applied::PutMany(put_many(conn, docs, postgres).await?),
         Change::Delete { id, expect } => {
             let done = match expect {
                 Expect::Rev(rev) => {
