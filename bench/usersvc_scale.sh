@@ -6,7 +6,9 @@
 #   rss       resident memory after start, and after the write load, MiB
 #   get_user  wrk, 32 connections, random ids: req/s and p99
 #   put_user  wrk, 1 and 32 connections, random existing ids: req/s, p50, p99
-#   disk      bytes the process wrote per minute during the write load (/proc/PID/io), MiB/min
+#   disk      bytes the process wrote per minute during the write load (/proc/PID/io), MiB/min:
+#             on PostgreSQL the journal and the local copy alone, on SQLite the database's too
+#   page      median ms of a keyset page of 100 (get_users limit/after) at the start and the end
 # The figure that matters is the growth from the smallest size to the largest: memory linear
 # with a small constant, everything per request flat. DURATION (default 10s) per wrk run.
 set -euo pipefail
@@ -83,8 +85,8 @@ if [[ " $STORES " == *" postgres "* ]]; then
   pg_up=1
 fi
 
-printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s\n' store users import_s start_s copy_s \
-  rss_MiB get_rps get_p99 put1_rps put1_p50 put1_p99 put32_rps put32_p99 rss2_MiB disk_MiB/min
+printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s %8s %8s\n' store users import_s start_s copy_s \
+  rss_MiB get_rps get_p99 put1_rps put1_p50 put1_p99 put32_rps put32_p99 rss2_MiB disk_MiB/min page0_ms pageN_ms
 for n in $SIZES; do
   # Files of at most 100k users, ~110 bytes each.
   python3 - "$tmp/users" "$n" <<'PY'
@@ -126,12 +128,30 @@ PY
     w1=$(written "$pid")
     disk=$(python3 -c "import time; print(round(($w1 - $w0) / 1048576 / ((time.time() - $t0) / 60), 1))")
     rss2=$(rss_mib "$pid")
+    # A page of 100 (keyset: after an id) at the start and near the end: the same cost.
+    read -r page0 pagen < <(python3 - "$port" "$n" <<'PY'
+import http.client, json, statistics, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+def median_ms(after):
+    params = {"limit": 100} if after is None else {"limit": 100, "after": after}
+    body = json.dumps({"jsonrpc": "2.0", "method": "get_users", "params": params, "id": 1})
+    times = []
+    for _ in range(200):
+        t = time.perf_counter()
+        c.request("POST", "/", body, {"Content-Type": "application/json"})
+        c.getresponse().read()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+print("%.3f %.3f" % (median_ms(None), median_ms("user-%07d" % max(0, n - 150))))
+PY
+)
     stop
     # A cold start from the local copy alone: the database unreachable.
     start "postgres://nobody@127.0.0.1:1/none" "$(free_port)"; copy_s=$took
     stop
-    printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s\n' "$store" "$n" "$import_s" "$start_s" \
-      "$copy_s" "$rss1" "$g_rps" "$g_p99" "$p1_rps" "$p1_p50" "$p1_p99" "$p32_rps" "$p32_p99" "$rss2" "$disk"
+    printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s %8s %8s\n' "$store" "$n" "$import_s" "$start_s" \
+      "$copy_s" "$rss1" "$g_rps" "$g_p99" "$p1_rps" "$p1_p50" "$p1_p99" "$p32_rps" "$p32_p99" "$rss2" "$disk" "$page0" "$pagen"
   done
   for g in get_user put_user; do sed -i '1d' "$tmp/$g.lua"; done
 done
