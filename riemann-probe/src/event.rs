@@ -6,15 +6,9 @@ use crate::proto::{Attribute, Event};
 
 /// This machine's hostname, or "localhost" if it cannot be read.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its full length; gethostname NUL-terminates on success.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// A metric value: integers travel as `metric_sint64`, fractions as `metric_d`.
