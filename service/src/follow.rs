@@ -1,6 +1,7 @@
 //! Instances sharing one PostgreSQL learn of each other's writes: LISTEN on the changes channel
 //! (every commit announces the ids it changed, `writer.rs`) and refresh each announced id. An
-//! instance's own announcements are skipped: its snapshot has them already.
+//! instance's own announcements (sent by its write connection's backend) are skipped: its
+//! snapshot has them already.
 
 use crate::shared::Shared;
 use sqlx::postgres::PgListener;
@@ -8,19 +9,21 @@ use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// A listener on the changes channel, or `None` when it cannot be had now.
-pub(crate) async fn listen(url: &str) -> Option<PgListener> {
-    let mut listener = match PgListener::connect(url).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot listen for other instances' writes");
-            return None;
-        }
+/// A listener on the changes channel, or `None` when it cannot be had within `within`.
+pub(crate) async fn listen(url: &str, within: Duration) -> Option<PgListener> {
+    let attempt = async {
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(crate::store::CHANGES_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
     };
-    match listener.listen(crate::store::CHANGES_CHANNEL).await {
-        Ok(()) => Some(listener),
-        Err(e) => {
-            tracing::warn!(error = %e, "LISTEN failed");
+    match tokio::time::timeout(within, attempt).await {
+        Ok(Ok(listener)) => Some(listener),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot listen for other instances' writes");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("cannot listen for other instances' writes: timed out");
             None
         }
     }
@@ -43,7 +46,7 @@ pub(crate) async fn follow_changes(shared: Weak<Shared>, mut early: Option<PgLis
         let mut listener = match early.take() {
             Some(l) => l,
             None => {
-                let Some(l) = listen(&url).await else {
+                let Some(l) = listen(&url, retry * 4).await else {
                     tokio::time::sleep(retry).await;
                     continue;
                 };
@@ -63,10 +66,11 @@ pub(crate) async fn follow_changes(shared: Weak<Shared>, mut early: Option<PgLis
             let Some(s) = shared.upgrade().filter(|s| !closing(s)) else {
                 return;
             };
-            let done = match crate::store::announced(n.payload()) {
-                None => Ok(()),
-                Some("*") => s.reload().await,
-                Some(id) => s.refresh(id).await,
+            let done = match n.payload() {
+                // This process's own write: its snapshot has it already.
+                _ if s.store.announced_by_me(n.process_id()) => Ok(()),
+                "*" => s.reload().await,
+                id => s.refresh(id).await,
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "refresh after a notification failed");

@@ -302,17 +302,15 @@ impl Collector for Scraped {
             "1 while serving the local copy of a cold start (the store has not answered since)",
             i64::from(d.from_copy),
         )?;
-        if let Ok(meta) = std::fs::metadata(users.copy_path()) {
+        if let Some((bytes, written)) = crate::snapshot_file::on_disk(users.copy_path()) {
             gauge(
                 &mut e,
                 "usersvc_local_copy_bytes",
-                "Size of the snapshot's local copy on disk",
-                meta.len() as i64,
+                "Size of the snapshot's local copy on disk (base and log)",
+                bytes as i64,
             )?;
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
+            let age = SystemTime::now()
+                .duration_since(written)
                 .unwrap_or(Duration::ZERO);
             gauge(
                 &mut e,

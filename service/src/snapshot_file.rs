@@ -164,7 +164,12 @@ pub fn write_base(
     Ok(state)
 }
 
-/// Appends these users as they are now (`None`: deleted) to the log, as one fsync'd frame.
+/// Most bytes of users in one log frame: a frame's length is a u32, and one is built in memory.
+const MAX_FRAME: usize = 4 << 20;
+
+/// Appends these users as they are now (`None`: deleted) to the log, in frames of at most
+/// [`MAX_FRAME`], then fsyncs it. An error leaves the log with a torn tail, after which nothing
+/// appended would count: the caller must write a new base next (`Unsaved::All`).
 pub fn append_log(
     base: &Path,
     state: &mut CopyState,
@@ -174,19 +179,46 @@ pub fn append_log(
         return Ok(());
     }
     let log = log_path(base);
+    let werr = |source| CopyError::Write {
+        path: log.clone(),
+        source,
+    };
+    let mut f = crate::atomic_file::open_append(&log).map_err(werr)?;
     let mut record = Vec::new();
-    for (id, e) in changes {
+    let mut appended = 0u64;
+    for (i, (id, e)) in changes.iter().enumerate() {
         put_record(&mut record, id, e.as_ref());
+        if record.len() < MAX_FRAME && i + 1 < changes.len() {
+            continue;
+        }
+        // One user is at most a few MiB (validation's limits): the frame fits a u32.
+        let len = u32::try_from(record.len())
+            .map_err(|_| werr(std::io::Error::other("a log frame over 4 GiB")))?;
+        let mut frame = Vec::with_capacity(record.len() + 8);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&record).to_be_bytes());
+        frame.extend_from_slice(&record);
+        f.write_all(&frame).map_err(werr)?;
+        appended += frame.len() as u64;
+        record.clear();
     }
-    let mut frame = Vec::with_capacity(record.len() + 8);
-    frame.extend_from_slice(&(record.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&record).to_be_bytes());
-    frame.extend_from_slice(&record);
-    let written = crate::atomic_file::open_append(&log)
-        .and_then(|mut f| f.write_all(&frame).and_then(|()| f.sync_data()));
-    written.map_err(|source| CopyError::Write { path: log, source })?;
-    state.log_bytes += frame.len() as u64;
+    f.sync_data().map_err(werr)?;
+    state.log_bytes += appended;
     Ok(())
+}
+
+/// The copy's size on disk (base and log) and when it was last written, for `/metrics`.
+pub fn on_disk(base: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let b = std::fs::metadata(base).ok()?;
+    let mut size = b.len();
+    let mut written = b.modified().ok()?;
+    if let Ok(l) = std::fs::metadata(log_path(base)) {
+        size += l.len();
+        if let Ok(t) = l.modified() {
+            written = written.max(t);
+        }
+    }
+    Some((size, written))
 }
 
 fn rand_id() -> u64 {
@@ -550,6 +582,38 @@ mod tests {
         std::fs::write(&path, &good[..3]).expect("write");
         let shown = read(&path).expect_err("damaged").to_string();
         assert!(shown.contains("usersvc.snapshot"), "{shown}");
+    }
+
+    #[test]
+    fn changes_past_a_frame_go_in_several_frames() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("usersvc.snapshot");
+        let s = Snapshot::default();
+        s.replace_all(&[rec("a", 1)]);
+        let mut state = write_all(&path, &s);
+        let big = |i: usize| {
+            let Value::Object(doc) = json!({"id": format!("u{i}"), "pad": "x".repeat(16 << 10)})
+            else {
+                unreachable!("literal is an object")
+            };
+            Record {
+                id: format!("u{i}"),
+                rev: 1,
+                updated_at: "t".into(),
+                doc,
+            }
+        };
+        let users: Vec<Record> = (0..400).map(big).collect();
+        let changes: Vec<(String, Option<Entry>)> = users
+            .iter()
+            .map(|r| (r.id.clone(), Some(Entry::from_record(r))))
+            .collect();
+        append_log(&path, &mut state, &changes).expect("append");
+        let log = std::fs::read(log_path(&path)).expect("log");
+        assert_eq!(state.log_bytes, log.len() as u64);
+        let got = read(&path).expect("read");
+        assert_eq!(got.len(), 401);
+        assert_eq!(got.get("u399"), Some(&Entry::from_record(&users[399])));
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct Store {
     timeout: Duration,
     /// False after a cold start (`lazy`) until the migrations ran against the reachable store.
     migrated: Arc<AtomicBool>,
+    /// PostgreSQL: the backend pid of this process's write connection, the one that announces
+    /// changes (0: none yet). Its own announcements are what the follower skips.
+    announcer: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// The database file of a `sqlite:` URL (none for `:memory:` or PostgreSQL).
@@ -199,7 +202,18 @@ impl Store {
             postgres,
             timeout,
             migrated: Arc::new(AtomicBool::new(false)),
+            announcer: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         })
+    }
+
+    /// Where the write connection records its PostgreSQL backend pid.
+    pub(crate) fn announcer(&self) -> Arc<std::sync::atomic::AtomicU32> {
+        self.announcer.clone()
+    }
+
+    /// Whether a change notification came from this process's own write connection.
+    pub(crate) fn announced_by_me(&self, backend_pid: u32) -> bool {
+        backend_pid != 0 && self.announcer.load(Ordering::Acquire) == backend_pid
     }
 
     /// Runs the migrations not applied yet (once per process).
@@ -266,28 +280,37 @@ impl Store {
         let budget = self.timeout * LOAD_TIMEOUTS;
         let load = async {
             let mut out = Vec::new();
+            // Connecting gets the usual `timeout`, as the pool's connections do.
             if self.postgres {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await?;
-                let mut rows = sqlx::query(SQL).fetch(&mut conn);
-                while let Some(row) = rows.try_next().await? {
-                    out.push(entry_of(
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                    )?);
+                let mut conn =
+                    bounded(self.timeout, sqlx::PgConnection::connect(&self.url)).await?;
+                {
+                    let mut rows = sqlx::query(SQL).fetch(&mut conn);
+                    while let Some(row) = rows.try_next().await? {
+                        out.push(entry_of(
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            row.try_get(2)?,
+                            row.try_get(3)?,
+                        )?);
+                    }
                 }
+                let _ = conn.close().await;
             } else {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
-                let mut rows = sqlx::query(SQL).fetch(&mut conn);
-                while let Some(row) = rows.try_next().await? {
-                    out.push(entry_of(
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                    )?);
+                let mut conn =
+                    bounded(self.timeout, sqlx::SqliteConnection::connect(&self.url)).await?;
+                {
+                    let mut rows = sqlx::query(SQL).fetch(&mut conn);
+                    while let Some(row) = rows.try_next().await? {
+                        out.push(entry_of(
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            row.try_get(2)?,
+                            row.try_get(3)?,
+                        )?);
+                    }
                 }
+                let _ = conn.close().await;
             }
             Ok::<_, StoreError>(out)
         };
@@ -335,27 +358,6 @@ impl WriteDoc {
             updated_at: updated_at.to_owned(),
         }
     }
-}
-
-/// This process, as the payloads of its change notifications name it: 32 hex digits.
-pub(crate) fn instance() -> &'static str {
-    static ID: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| uuid::Uuid::now_v7().simple().to_string());
-    &ID
-}
-
-/// The changed id a notification payload announces, unless this instance sent it (`None`).
-/// Payloads are `INSTANCE/ID` (`INSTANCE/*`: reload everything); a bare id is an earlier
-/// release's, in a rolling upgrade.
-pub(crate) fn announced(payload: &str) -> Option<&str> {
-    let from_instance = payload.len() > 33
-        && payload.as_bytes()[32] == b'/'
-        && payload.as_bytes()[..32].iter().all(u8::is_ascii_hexdigit);
-    if !from_instance {
-        return Some(payload);
-    }
-    let (sender, id) = payload.split_at(32);
-    (sender != instance()).then(|| &id[1..])
 }
 
 /// Documents per statement of [`put_many`]: 3 parameters each, well under SQLite's 32766.
@@ -513,17 +515,6 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<Record, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_instance_skips_its_own_notifications() {
-        let me = instance();
-        assert_eq!(announced(&format!("{me}/ann")), None);
-        let other = "0123456789abcdef0123456789abcdef";
-        assert_eq!(announced(&format!("{other}/ann/x")), Some("ann/x"));
-        assert_eq!(announced(&format!("{other}/*")), Some("*"));
-        // An earlier release's bare id.
-        assert_eq!(announced("ann"), Some("ann"));
-    }
 
     #[test]
     fn sqlite_urls_create_the_file() {

@@ -115,7 +115,7 @@ impl Users {
                 // Listening before the load: another instance's write during it is announced
                 // to the follower, which then needs no second full load.
                 if store.is_shared() {
-                    early = crate::follow::listen(store.url()).await;
+                    early = crate::follow::listen(store.url(), timeout).await;
                 }
                 snapshot.replace_entries(store.load_entries().await?);
                 false

@@ -57,6 +57,8 @@ pub struct Writer {
     postgres: bool,
     timeout: Duration,
     conn: Option<AnyConnection>,
+    /// This connection's backend pid, for the follower (`Store::announced_by_me`).
+    announcer: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Write ids of acknowledged writes: nothing will replay them, so the next batch drops their
     /// records.
     forget: Vec<String>,
@@ -71,6 +73,7 @@ impl Writer {
     pub fn new(store: &Store) -> Self {
         Self {
             url: store.url().to_owned(),
+            announcer: store.announcer(),
             postgres: store.is_shared(),
             timeout: store.timeout(),
             conn: None,
@@ -123,7 +126,18 @@ impl Writer {
     async fn connection(&mut self) -> Result<&mut AnyConnection, StoreError> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => AnyConnection::connect(&self.url).await?,
+            None => {
+                let mut conn = AnyConnection::connect(&self.url).await?;
+                if self.postgres {
+                    let row = sqlx::query("SELECT pg_backend_pid()")
+                        .fetch_one(&mut conn)
+                        .await?;
+                    let pid: i32 = row.try_get(0)?;
+                    self.announcer
+                        .store(pid as u32, std::sync::atomic::Ordering::Release);
+                }
+                conn
+            }
         };
         Ok(self.conn.insert(conn))
     }
@@ -270,12 +284,12 @@ async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreErr
     if ids.is_empty() {
         return Ok(());
     }
-    // Each payload names this instance, so its follower skips its own writes.
-    let me = crate::store::instance();
-    let payloads: Vec<String> = if ids.len() > NOTIFY_EACH_MAX {
-        vec![format!("{me}/*")]
+    // Bare ids, as every release sends them (a rolling upgrade mixes releases); the follower
+    // tells its own by the sending backend's pid.
+    let payloads: Vec<&str> = if ids.len() > NOTIFY_EACH_MAX {
+        vec!["*"]
     } else {
-        ids.iter().map(|id| format!("{me}/{id}")).collect()
+        ids.to_vec()
     };
     // One statement for all of them: a round trip per id would cost more than the writes.
     let calls: Vec<String> = (0..payloads.len())
