@@ -169,15 +169,19 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
 }
 
 /// Brings the snapshot's local copy up to date (off the async workers: it fsyncs), unless it
-/// holds this snapshot already, the snapshot came from the copy, or another process owns the
-/// journal (and with it the copy beside it). The users changed since the last save are appended
+/// holds this snapshot already, the snapshot came from the copy or may be behind the store, or
+/// another process owns the journal (and with it the copy beside it). The users changed since the last save are appended
 /// to the copy's log; the whole base is written only at first, after a reload, and when the log
 /// has outgrown half of it (`snapshot_file.rs`).
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
     let mut saving = shared.copy_state.lock().await;
     let generation = shared.snapshot.generation();
+    // Not while the snapshot may be behind the store (a handover whose reload failed, writes
+    // an earlier process queued): the copy on disk may hold more, and must not go back.
+    let behind = !lock(&shared.queued).is_exact();
     if !shared.owns_journal()
         || shared.from_copy.load(Ordering::Acquire)
+        || behind
         || shared.copied.load(Ordering::Acquire) == generation
     {
         return Ok(());
