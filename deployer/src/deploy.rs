@@ -37,6 +37,8 @@ pub struct Options {
     /// Overrides the revision written to REVISION (default: git HEAD of the source, else a
     /// hash of its content).
     pub revision: Option<String>,
+    /// Wait up to this long for a lock another deploy holds, instead of failing at once.
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -370,7 +372,7 @@ fn lock_host(r: &mut Run, c: &Ctx) {
             Err(e) => return r.host.fail(Stage::Connect, e),
         }
     }
-    lock::acquire(&mut r.host, &c.owner, true);
+    lock::acquire_waiting(&mut r.host, &c.owner, true, c.options.lock_wait);
 }
 
 /// Uploads and stages the release on every host, a progress bar per host.

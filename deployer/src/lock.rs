@@ -6,6 +6,7 @@
 use crate::fleet::{Host, Stage, StepError, last_lines};
 use crate::layout::{parse_state, state_script};
 use crate::ssh::quote;
+use std::time::{Duration, Instant};
 
 /// A lock this run took and could not release: the host keeps it until `deployer unlock`.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +59,67 @@ fi
 /// Takes the lock on `h` and reads its state (with the current manifest when `manifest`);
 /// marks the host failed at `lock` when it cannot.
 pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
+    acquire_waiting(h, owner, manifest, None);
+}
+
+/// As [`acquire`]; a lock another deploy holds is waited for, up to `wait` (`--lock-wait`):
+/// tried again every second or so, the holder shown when it changes, the wait reported.
+pub fn acquire_waiting(h: &mut Host, owner: &str, manifest: bool, wait: Option<Duration>) {
+    let started = Instant::now();
+    let mut shown: Option<String> = None;
+    loop {
+        match try_acquire(h, owner, manifest) {
+            Some(holder) => {
+                let waited = started.elapsed();
+                let Some(limit) = wait.filter(|w| waited < *w) else {
+                    let waited = if wait.is_some() {
+                        format!(
+                            " after waiting {}",
+                            humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return h.fail(
+                        Stage::Lock,
+                        format_args!(
+                            "locked by another deploy: {holder}{waited} (wait for it to finish, or give --lock-wait; `deployer unlock` clears a stale lock)"
+                        ),
+                    );
+                };
+                if shown.as_deref() != Some(holder.as_str()) {
+                    eprintln!(
+                        "deployer: {}: locked by {holder}; waiting up to {} (--lock-wait)",
+                        h.target.name,
+                        humantime::format_duration(limit)
+                    );
+                    shown = Some(holder);
+                }
+                std::thread::sleep(Duration::from_secs(1).min(limit - waited));
+            }
+            None => {
+                if h.locked && shown.is_some() {
+                    eprintln!(
+                        "deployer: {}: took the lock after waiting {}",
+                        h.target.name,
+                        humantime::format_duration(Duration::from_secs(
+                            started.elapsed().as_secs()
+                        ))
+                    );
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One attempt: `Some(holder)` when another deploy holds the lock; otherwise the host is
+/// locked (and its state read) or marked failed.
+fn try_acquire(h: &mut Host, owner: &str, manifest: bool) -> Option<String> {
     let d = h.target.deploy_to.clone();
     let Some(shell) = h.shell.as_mut() else {
-        return h.fail(Stage::Lock, StepError::NotConnected);
+        h.fail(Stage::Lock, StepError::NotConnected);
+        return None;
     };
     match shell.run(&acquire_script(&d, owner, manifest), None) {
         Ok(o) if o.status == 0 => {
@@ -69,21 +128,12 @@ pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
                 Ok(state) => h.state = state,
                 // Locked: the failure path releases it like any other.
                 Err(e) => h.fail(Stage::State, e),
-            }
+            };
         }
         Ok(o) if o.status == HELD => {
-            let holder = o
-                .stdout
-                .trim()
-                .strip_prefix("held=")
-                .unwrap_or("?")
-                .to_owned();
-            h.fail(
-                Stage::Lock,
-                format_args!(
-                    "locked by another deploy: {holder} (wait for it to finish; `deployer unlock` clears a stale lock)"
-                ),
-            );
+            // What the host says is data: shown escaped.
+            let holder = o.stdout.trim().strip_prefix("held=").unwrap_or("?");
+            return Some(crate::remote_text::printable(holder).into_owned());
         }
         Ok(o) => h.fail(
             Stage::Lock,
@@ -97,6 +147,7 @@ pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
             h.fail(Stage::Lock, e);
         }
     }
+    None
 }
 
 /// Runs `before` (the run's last changes) then releases this run's lock, in one step. A host

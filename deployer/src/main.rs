@@ -80,6 +80,10 @@ enum Command {
         /// The revision written to REVISION [default: git HEAD of the source, else a content hash]
         #[arg(long)]
         revision: Option<String>,
+        /// Wait up to this long for another deploy's lock (e.g. 5m), showing who holds it,
+        /// instead of failing at once: for CI pipelines that may deploy at the same time
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        lock_wait: Option<std::time::Duration>,
     },
     /// Switch `current` back to the previous good release (or RELEASE) on every selected host
     Rollback {
@@ -143,10 +147,12 @@ fn run() -> anyhow::Result<()> {
             dry_run,
             rolling,
             revision,
+            lock_wait,
         } => {
             let options = Options {
                 rolling: rolling.map(usize::from),
                 revision,
+                lock_wait,
             };
             if dry_run {
                 report(deployer::plan(&cfg, &targets, &settings, &options)?)

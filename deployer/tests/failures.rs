@@ -262,6 +262,66 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
 }
 
 #[test]
+fn with_lock_wait_a_second_deploy_waits_for_the_first_then_ships() {
+    let h = Hosts::start(&[27, 28]);
+    let go = h.dir.path().join("go");
+    h.configure("", &wait_hook(&go));
+    h.write("v", "1");
+    let first = common::spawn_deployer(&h.config, &["deploy", "--quiet"]);
+    eventually(
+        "the first deploy holds both locks",
+        Duration::from_secs(30),
+        || h.locked(0) && h.locked(1),
+    );
+    h.write("v", "2");
+    let mut second =
+        common::spawn_deployer(&h.config, &["deploy", "--quiet", "--lock-wait", "60s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        second.try_wait().expect("poll").is_none(),
+        "the second deploy waits while the first holds the locks"
+    );
+    std::fs::write(&go, "").expect("go");
+    let first_out = first.wait_with_output().expect("wait");
+    assert!(
+        first_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first_out.stderr)
+    );
+    let first_release = h.current(0).expect("first published");
+    let out = second.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("locked by") && err.contains("waiting up to 1m (--lock-wait)"),
+        "says who holds it: {err}"
+    );
+    assert!(err.contains("took the lock after waiting"), "{err}");
+    let second_release = h.current(0).expect("second published");
+    assert_ne!(first_release, second_release);
+    assert_eq!(h.current(1).as_deref(), Some(second_release.as_str()));
+    assert!(!h.locked(0) && !h.locked(1));
+
+    // The wait is bounded: a lock that stays is reported, with how long it was waited for.
+    let lock = h.deploy_to(0).join(".deploy/lock");
+    std::fs::create_dir_all(&lock).expect("lock");
+    std::fs::write(
+        lock.join("owner"),
+        "ci@runner7 pid 42 since 2026-12-01T10:00:00Z\n",
+    )
+    .expect("owner");
+    let r = h.run(&["deploy", "--lock-wait", "2s"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr
+            .contains("locked by another deploy: ci@runner7 pid 42")
+            && r.stderr.contains("after waiting 2s"),
+        "{r}"
+    );
+    assert_eq!(h.current(0).as_deref(), Some(second_release.as_str()));
+}
+
+#[test]
 fn unlock_clears_stale_locks_and_force_clears_any() {
     let h = Hosts::start(&[20]);
     let lock = h.deploy_to(0).join(".deploy/lock");
