@@ -64,9 +64,73 @@ pub struct Host {
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
     #[serde(default)]
-    pub before_publish: Vec<String>,
+    pub before_publish: Vec<Hook>,
     #[serde(default)]
-    pub after_publish: Vec<String>,
+    pub after_publish: Vec<Hook>,
+}
+
+/// A hook: a command line, or `{ command = "…", once = true }` for one that runs on one host
+/// only (the first selected), such as a database migration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "HookSpec")]
+pub struct Hook {
+    pub command: String,
+    pub once: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HookSpec {
+    Line(String),
+    Table(HookTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookTable {
+    command: String,
+    #[serde(default)]
+    once: bool,
+}
+
+impl From<HookSpec> for Hook {
+    fn from(spec: HookSpec) -> Self {
+        match spec {
+            HookSpec::Line(command) => Hook {
+                command,
+                once: false,
+            },
+            HookSpec::Table(t) => Hook {
+                command: t.command,
+                once: t.once,
+            },
+        }
+    }
+}
+
+/// The commands of `hooks` one host runs: every hook on the first selected host, the others
+/// without the `once` ones.
+pub fn hook_commands(hooks: &[Hook], first_host: bool) -> Vec<String> {
+    hooks
+        .iter()
+        .filter(|h| first_host || !h.once)
+        .map(|h| h.command.clone())
+        .collect()
+}
+
+/// The hooks as the plan shows them: `a && b (once)`.
+pub fn hooks_shown(hooks: &[Hook]) -> String {
+    hooks
+        .iter()
+        .map(|h| {
+            if h.once {
+                format!("{} (once, on the first host)", h.command)
+            } else {
+                h.command.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -491,6 +555,23 @@ mod tests {
         assert!(
             load("application = \"x\"\ndeploy_to = \"/x\"\nsource = \"d\"\nhosts = []\n").is_err()
         );
+    }
+
+    #[test]
+    fn a_hook_is_a_line_or_a_table_with_once() {
+        let cfg = load(&format!(
+            "{MINIMAL}[hooks]\nbefore_publish = [\"a\", {{ command = \"migrate\", once = true }}, {{ command = \"b\" }}]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let hooks = &cfg.hooks.before_publish;
+        assert_eq!(hook_commands(hooks, true), ["a", "migrate", "b"]);
+        assert_eq!(hook_commands(hooks, false), ["a", "b"]);
+        assert!(hooks_shown(hooks).contains("migrate (once"));
+        let e = load(&format!(
+            "{MINIMAL}[hooks]\nbefore_publish = [{{ command = \"x\", onse = true }}]\n"
+        ))
+        .expect_err("a misspelt key");
+        assert!(e.to_string().contains("before_publish"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! the report, and `deployer unlock` clears it once the host is back).
 //! `deploy --dry-run` ([`plan`]) reads the hosts and describes the same flow.
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Target, hook_commands, hooks_shown};
 use crate::events;
 use crate::fleet::{self, Host, Stage, each};
 use crate::health::Gate;
@@ -90,6 +90,8 @@ impl Run {
 /// What every stage of one run shares.
 struct Ctx<'a> {
     cfg: &'a Config,
+    /// The first selected host: the one `once` hooks run on.
+    first_host: String,
     settings: &'a Settings,
     options: &'a Options,
     release: String,
@@ -154,6 +156,7 @@ pub fn deploy(
     let user = cfg.user();
     let mut c = Ctx {
         cfg,
+        first_host: targets.first().map(|t| t.name.clone()).unwrap_or_default(),
         settings,
         options,
         release: String::new(),
@@ -239,7 +242,9 @@ fn advance(
         c.settings.say("running before_publish hooks");
         each(runs, parallel, |r| {
             let release = c.release(r.previous.as_deref());
-            if let Err(e) = stages::hooks(&mut r.host, &release, before, c.settings.hook_timeout) {
+            let commands = hook_commands(before, r.host.target.name == c.first_host);
+            let timeout = c.settings.hook_timeout;
+            if let Err(e) = stages::hooks(&mut r.host, &release, &commands, timeout) {
                 r.host.fail(Stage::BeforePublish, e);
             }
         });
@@ -420,7 +425,9 @@ fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
         c.settings.say("running after_publish hooks");
         each(batch, parallel, |r| {
             let release = c.release(r.previous.as_deref());
-            if let Err(e) = stages::hooks(&mut r.host, &release, after, c.settings.hook_timeout) {
+            let commands = hook_commands(after, r.host.target.name == c.first_host);
+            let timeout = c.settings.hook_timeout;
+            if let Err(e) = stages::hooks(&mut r.host, &release, &commands, timeout) {
                 r.host.fail(Stage::AfterPublish, e);
             }
         });
@@ -555,8 +562,11 @@ fn back_out(runs: &mut [Run], c: &Ctx) {
                     revision: &c.revision,
                     previous: None,
                 };
-                let after = &c.cfg.hooks.after_publish;
-                if let Err(e) = stages::hooks(&mut r.host, &back, after, c.settings.hook_timeout) {
+                let after = hook_commands(
+                    &c.cfg.hooks.after_publish,
+                    r.host.target.name == c.first_host,
+                );
+                if let Err(e) = stages::hooks(&mut r.host, &back, &after, c.settings.hook_timeout) {
                     r.warnings.push(format!(
                         "after_publish hooks failed on {p} after the rollback: {e}"
                     ));
@@ -680,8 +690,8 @@ pub fn plan(
     let steps = [
         ("shared dirs", cfg.shared_dirs.join(", ")),
         ("shared files", cfg.shared_files.join(", ")),
-        ("before_publish", cfg.hooks.before_publish.join(" && ")),
-        ("after_publish", cfg.hooks.after_publish.join(" && ")),
+        ("before_publish", hooks_shown(&cfg.hooks.before_publish)),
+        ("after_publish", hooks_shown(&cfg.hooks.after_publish)),
         (
             "publish",
             match options.rolling {

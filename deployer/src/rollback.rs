@@ -3,7 +3,7 @@
 //! moves, and hosts that switched are put back if another cannot. Then the after_publish hooks
 //! (restart) and the health gate, a `rollback` line in revisions.log, unlock.
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Target, hook_commands};
 use crate::fleet::{self, Failure, Host, Stage, each};
 use crate::health::Gate;
 use crate::layout;
@@ -134,10 +134,13 @@ pub fn rollback(
             });
         } else {
             let after = &cfg.hooks.after_publish;
+            let first = targets.first().map(|t| t.name.clone());
             each(&mut steps, parallel, |st| {
                 let (name, revision) = st.target();
                 let release = Release::new(&name, &revision);
-                if let Err(e) = stages::hooks(&mut st.host, &release, after, settings.hook_timeout)
+                let commands = hook_commands(after, Some(&st.host.target.name) == first.as_ref());
+                if let Err(e) =
+                    stages::hooks(&mut st.host, &release, &commands, settings.hook_timeout)
                 {
                     st.host.fail(Stage::AfterPublish, e);
                 }

@@ -401,3 +401,31 @@ fn the_build_command_runs_first_and_a_failing_one_stops_everything() {
     assert_eq!(h.releases(0), [first]);
     assert!(!h.locked(0));
 }
+
+#[test]
+fn a_once_hook_runs_on_the_first_host_only() {
+    let h = Hosts::start(&[38, 39, 40]);
+    h.configure(
+        "",
+        "[hooks]\nbefore_publish = [{ command = 'touch \"$DEPLOY_TO/shared/migrated\"', once = true }, 'touch \"$DEPLOY_TO/shared/every\"']\n\
+         after_publish = [{ command = 'touch \"$DEPLOY_TO/shared/announced\"', once = true }]\n",
+    );
+    h.write("v", "1");
+    let plan = h.run(&["deploy", "--dry-run"]);
+    assert!(plan.stdout.contains("(once, on the first host)"), "{plan}");
+    h.deploy_ok();
+    let has = |i: usize, f: &str| h.deploy_to(i).join("shared").join(f).exists();
+    assert_eq!(
+        (0..3).map(|i| has(i, "migrated")).collect::<Vec<_>>(),
+        [true, false, false],
+        "the once hook ran on exactly the first host"
+    );
+    assert_eq!(
+        (0..3).map(|i| has(i, "announced")).collect::<Vec<_>>(),
+        [true, false, false]
+    );
+    assert!(
+        (0..3).all(|i| has(i, "every")),
+        "plain hooks run everywhere"
+    );
+}
