@@ -104,6 +104,16 @@ enum Command {
     },
     /// Check every host: SSH and host key, deploy_to exists and is writable, lock free
     Check,
+    /// Run a command on every selected host, in parallel, in its current release; output
+    /// prefixed by host. Fails when it fails on any host, naming them
+    Exec {
+        /// Print each host's output under a heading instead of prefixing each line
+        #[arg(long)]
+        group: bool,
+        /// The command and its arguments, after -- (run as these words, within --hook-timeout)
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Remove a stale lock left by a deploy of yours that died; --force removes anyone's
     Unlock {
         /// Remove the lock whoever holds it
@@ -172,6 +182,9 @@ fn run() -> anyhow::Result<()> {
             report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
         }
         Command::Check => report(deployer::check(&targets, &settings)),
+        Command::Exec { group, command } => {
+            report(deployer::exec(&targets, &settings, &command, group))
+        }
         Command::Unlock { force } => {
             report(deployer::unlock(&targets, &settings, &cfg.user(), force))
         }

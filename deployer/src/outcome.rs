@@ -34,4 +34,6 @@ pub enum Unfinished {
     NotReady { bad: usize, of: usize },
     #[error("{0} host(s) still locked")]
     StillLocked(usize),
+    #[error("the command failed or could not run on {0}")]
+    Exec(String),
 }

@@ -429,3 +429,52 @@ fn a_once_hook_runs_on_the_first_host_only() {
         "plain hooks run everywhere"
     );
 }
+
+#[test]
+fn exec_runs_on_every_host_prefixed_and_names_the_ones_that_failed() {
+    let h = Hosts::start(&[41, 42, 43]);
+    h.configure("", "");
+    for i in 0..3 {
+        std::fs::create_dir_all(h.deploy_to(i)).expect("deploy_to");
+    }
+    std::fs::write(h.deploy_to(1).join("fail"), "").expect("marker");
+    let r = h.run(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo \"in $(basename \"$PWD\")\"; [ ! -e fail ]",
+    ]);
+    assert_eq!(r.code, 1, "{r}");
+    let names: Vec<String> = (0..3).map(|i| h.servers[i].addr.to_string()).collect();
+    for (i, name) in names.iter().enumerate() {
+        let dir = h
+            .deploy_to(i)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_owned();
+        assert!(
+            r.stdout.contains(&format!("{name}: in {dir}")),
+            "{name}: {r}"
+        );
+    }
+    assert!(r.stdout.contains(&format!("{}: exit 1", names[1])), "{r}");
+    assert!(
+        r.stderr.contains("the command failed or could not run on") && r.stderr.contains(&names[1]),
+        "{r}"
+    );
+    assert!(
+        !r.stderr.contains(&names[0]) && !r.stderr.contains(&names[2]),
+        "{r}"
+    );
+    // In the current release once there is one; --group puts output under each host.
+    h.write("v", "1");
+    h.deploy_ok();
+    let r = h.run(&["exec", "--group", "--hosts", &names[0], "--", "cat", "v"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains(&format!("== {} (exit 0)\n1", names[0])),
+        "{r}"
+    );
+}
