@@ -28,6 +28,9 @@ pub struct Config {
     pub hooks: Hooks,
     pub health: Option<Health>,
     pub riemann: Option<Riemann>,
+    /// The service's log on each host, relative to `deploy_to` (`deployer logs`).
+    #[serde(default = "default_log")]
+    pub log: String,
     /// The config file's directory: relative paths and `build` start there.
     #[serde(skip)]
     pub base: PathBuf,
@@ -215,6 +218,10 @@ impl Health {
     }
 }
 
+fn default_log() -> String {
+    "shared/usersvc.log".into()
+}
+
 fn default_retries() -> u32 {
     10
 }
@@ -266,6 +273,8 @@ pub enum Problem {
     RelativeDeployTo(String),
     #[error("shared path {0:?} must be relative to the release, without '..'")]
     SharedPath(String),
+    #[error("log {0:?} must be relative to deploy_to, without '..' (e.g. shared/usersvc.log)")]
+    LogPath(String),
     #[error("bad address {0:?}")]
     Address(String),
     #[error("bad port in {0:?}")]
@@ -354,6 +363,12 @@ impl Config {
         }
         if self.keep_releases == 0 {
             return Err(Problem::KeepNone);
+        }
+        if self.log.starts_with('/')
+            || self.log.split('/').any(|c| c == "..")
+            || self.log.is_empty()
+        {
+            return Err(Problem::LogPath(self.log.clone()));
         }
         for d in std::iter::once(&self.deploy_to)
             .chain(self.hosts.iter().filter_map(|h| h.deploy_to.as_ref()))

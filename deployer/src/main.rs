@@ -104,6 +104,13 @@ enum Command {
     },
     /// Check every host: SSH and host key, deploy_to exists and is writable, lock free
     Check,
+    /// The last lines of the service's log (`log`, default shared/usersvc.log) on every
+    /// selected host, prefixed by host
+    Logs {
+        /// How many lines from each host
+        #[arg(short = 'n', long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        lines: u32,
+    },
     /// Run a command on every selected host, in parallel, in its current release; output
     /// prefixed by host. Fails when it fails on any host, naming them
     Exec {
@@ -182,6 +189,7 @@ fn run() -> anyhow::Result<()> {
             report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
         }
         Command::Check => report(deployer::check(&targets, &settings)),
+        Command::Logs { lines } => report(deployer::logs(&targets, &settings, &cfg.log, lines)),
         Command::Exec { group, command } => {
             report(deployer::exec(&targets, &settings, &command, group))
         }

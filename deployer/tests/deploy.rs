@@ -478,3 +478,32 @@ fn exec_runs_on_every_host_prefixed_and_names_the_ones_that_failed() {
         "{r}"
     );
 }
+
+#[test]
+fn logs_shows_the_last_lines_of_each_host_s_log_prefixed() {
+    let h = Hosts::start(&[44, 45]);
+    h.configure("", "");
+    let names: Vec<String> = (0..2).map(|i| h.servers[i].addr.to_string()).collect();
+    for i in 0..2 {
+        let shared = h.deploy_to(i).join("shared");
+        std::fs::create_dir_all(&shared).expect("shared");
+        let lines: String = (1..=10).map(|n| format!("host{i} line {n}\n")).collect();
+        std::fs::write(shared.join("usersvc.log"), lines).expect("log");
+    }
+    let r = h.run(&["logs", "-n", "3"]);
+    assert_eq!(r.code, 0, "{r}");
+    for (i, name) in names.iter().enumerate() {
+        for n in 8..=10 {
+            assert!(
+                r.stdout.contains(&format!("{name}: host{i} line {n}")),
+                "{r}"
+            );
+        }
+        assert!(!r.stdout.contains(&format!("host{i} line 7")), "{r}");
+    }
+    // A host without the log fails, named.
+    std::fs::remove_file(h.deploy_to(1).join("shared/usersvc.log")).expect("rm");
+    let r = h.run(&["logs", "-n", "1"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains(&names[1]), "{r}");
+}
