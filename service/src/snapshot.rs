@@ -98,18 +98,8 @@ pub struct Snapshot {
     generation: AtomicU64,
 }
 
-/// The user object a client sees: its document with our `rev` and `updated_at` added.
-pub fn render(rec: &Record) -> Bytes {
-    Entry::from_record(rec).json
-}
-
-/// A stable hash of a document: serde_json maps are ordered, so equal documents encode equally.
-pub fn doc_hash(doc: &serde_json::Map<String, serde_json::Value>) -> u64 {
-    text_hash(&serde_json::to_string(doc).unwrap_or_default())
-}
-
 /// The hash `Entry::doc_hash` holds for a document's compact text.
-pub fn text_hash(text: &str) -> u64 {
+fn text_hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     text.hash(&mut h);
@@ -367,6 +357,11 @@ mod tests {
         let b: Value = serde_json::from_slice(&s.get("b").expect("b exists")).expect("json");
         assert_eq!(b["rev"], 2);
         assert_eq!(b["name"], "user b");
+    }
+
+    /// The hash a parsed document's compact text has (as pull and the old load computed it).
+    fn doc_hash(doc: &serde_json::Map<String, Value>) -> u64 {
+        text_hash(&serde_json::to_string(doc).unwrap_or_default())
     }
 
     #[test]

@@ -280,37 +280,30 @@ impl Store {
         let budget = self.timeout * LOAD_TIMEOUTS;
         let load = async {
             let mut out = Vec::new();
-            // Connecting gets the usual `timeout`, as the pool's connections do.
+            // Connecting gets the usual `timeout`, as the pool's connections do. The same loop
+            // over either driver's connection and rows.
+            macro_rules! read_all {
+                ($conn:ty) => {{
+                    let mut conn = bounded(self.timeout, <$conn>::connect(&self.url)).await?;
+                    {
+                        let mut rows = sqlx::query(SQL).fetch(&mut conn);
+                        while let Some(row) = rows.try_next().await? {
+                            let (id, rev, doc, at) = (
+                                row.try_get(0)?,
+                                row.try_get(1)?,
+                                row.try_get(2)?,
+                                row.try_get(3)?,
+                            );
+                            out.push(entry_of(id, rev, doc, at)?);
+                        }
+                    }
+                    let _ = conn.close().await;
+                }};
+            }
             if self.postgres {
-                let mut conn =
-                    bounded(self.timeout, sqlx::PgConnection::connect(&self.url)).await?;
-                {
-                    let mut rows = sqlx::query(SQL).fetch(&mut conn);
-                    while let Some(row) = rows.try_next().await? {
-                        out.push(entry_of(
-                            row.try_get(0)?,
-                            row.try_get(1)?,
-                            row.try_get(2)?,
-                            row.try_get(3)?,
-                        )?);
-                    }
-                }
-                let _ = conn.close().await;
+                read_all!(sqlx::PgConnection);
             } else {
-                let mut conn =
-                    bounded(self.timeout, sqlx::SqliteConnection::connect(&self.url)).await?;
-                {
-                    let mut rows = sqlx::query(SQL).fetch(&mut conn);
-                    while let Some(row) = rows.try_next().await? {
-                        out.push(entry_of(
-                            row.try_get(0)?,
-                            row.try_get(1)?,
-                            row.try_get(2)?,
-                            row.try_get(3)?,
-                        )?);
-                    }
-                }
-                let _ = conn.close().await;
+                read_all!(sqlx::SqliteConnection);
             }
             Ok::<_, StoreError>(out)
         };

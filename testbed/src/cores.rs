@@ -2,7 +2,7 @@
 //! throwaway configuration in a temp dir. A test defines services (a check command line per
 //! service), the core runs each check once, and the fixture returns what the core recorded.
 
-use crate::process::{Peer, current_user, is_root};
+use crate::process::{Peer, current_user, is_root, require};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,13 +15,6 @@ pub struct CoreResult {
     pub output: String,
     pub long_output: String,
     pub perfdata: String,
-}
-
-fn require(bin: &str, package: &str) {
-    assert!(
-        Path::new(bin).exists(),
-        "{bin} is missing: install it with `apt-get install {package}` (make test does, as root)"
-    );
 }
 
 /// Makes `dir` usable by the core's unprivileged user when we are root.

@@ -268,3 +268,11 @@ fn drain(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
         }
     });
 }
+
+/// Fails the test with the install step when a peer's binary is missing (never a silent skip).
+pub fn require(bin: &str, package: &str) {
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "{bin} is missing: install it with `apt-get install {package}` (make test does, as root)"
+    );
+}

@@ -2,18 +2,11 @@
 //! certificate signed by a given CA) and `tinyproxy`, an HTTP proxy that logs every request and
 //! CONNECT it relays. Both run in the foreground with a throwaway config in a temp dir.
 
-use crate::process::{Peer, free_port};
+use crate::process::{Peer, free_port, require};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn require(bin: &str, package: &str) {
-    assert!(
-        Path::new(bin).exists(),
-        "{bin} is missing: install it with `apt-get install {package}` (make test does, as root)"
-    );
-}
 
 fn wait_port(peer: &Peer, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
