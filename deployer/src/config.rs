@@ -70,6 +70,16 @@ pub struct Hooks {
     pub before_publish: Vec<Hook>,
     #[serde(default)]
     pub after_publish: Vec<Hook>,
+    /// Run here once the build is done, before any host is touched; one failing stops the
+    /// deploy.
+    #[serde(default)]
+    pub local_before: Vec<String>,
+    /// Run here at the end of every deploy that got past `local_before`, whatever its outcome.
+    #[serde(default)]
+    pub local_after: Vec<String>,
+    /// Run here when a deploy failed, before `local_after`.
+    #[serde(default)]
+    pub local_failed: Vec<String>,
 }
 
 /// A hook: a command line, or `{ command = "…", once = true }` for one that runs on one host

@@ -9,15 +9,16 @@
 //! the report, and `deployer unlock` clears it once the host is back).
 //! `deploy --dry-run` ([`plan`]) reads the hosts and describes the same flow.
 
-use crate::config::{Config, Target, hook_commands, hooks_shown};
+use crate::config::{Config, Hook, Target, hook_commands, hooks_shown};
 use crate::events;
 use crate::fleet::{self, Host, Stage, each};
 use crate::health::Gate;
 use crate::layout::{self, HostState};
+use crate::local_hook;
 use crate::lock::{self, LockHeld};
 use crate::manifest::{Delta, Manifest};
 use crate::outcome::{Outcome, Unfinished};
-use crate::report::{HostOutcome, Report};
+use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
 use crate::stages::{self, Release};
 use crate::table::{bytes, table};
@@ -62,6 +63,8 @@ struct Run {
     sent_bytes: u64,
     result: String,
     warnings: Vec<String>,
+    /// The remote hooks this host ran, for the report's log.
+    hooks: Vec<HookRun>,
 }
 
 impl Run {
@@ -77,6 +80,7 @@ impl Run {
             sent_bytes: 0,
             result: "not published".into(),
             warnings: Vec::new(),
+            hooks: Vec::new(),
         }
     }
     fn deploy_to(&self) -> &str {
@@ -130,19 +134,25 @@ impl Ctx<'_> {
         }
     }
 
-    fn report(&self, runs: Vec<Run>, ok: bool, started: Instant) -> Report {
+    fn report(&self, mut runs: Vec<Run>, ok: bool, started: Instant) -> Report {
         Report {
             release: self.release.clone(),
             revision: self.revision.clone(),
             ok,
             elapsed: started.elapsed(),
+            hooks: runs.iter_mut().flat_map(|r| r.hooks.drain(..)).collect(),
             hosts: runs.into_iter().map(outcome).collect(),
+            stopped: None,
+            show_hooks: false,
+            warnings: Vec::new(),
+            canary: Vec::new(),
         }
     }
 }
 
 /// The whole deploy. `Err` only for problems found before any host was touched; the report
-/// says how every host ended. Deploy events go to `[riemann] server` when set.
+/// says how every host ended. Local hooks run around it; deploy events go to
+/// `[riemann] server` when set.
 pub fn deploy(
     cfg: &Config,
     targets: &[Target],
@@ -159,14 +169,118 @@ pub fn deploy(
         first_host: targets.first().map(|t| t.name.clone()).unwrap_or_default(),
         settings,
         options,
-        release: String::new(),
+        // The name the clock gives; a host holding a later release moves it on (rare: skew).
+        release: layout::next_release(chrono::Utc::now(), std::iter::empty()),
         revision: revision(&cfg.source, &manifest, options.revision.as_deref()),
         owner: lock::owner_line(&user),
         user,
     };
+    let hosts = targets
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let revision = c.revision.clone();
+    let local = |stage: &'static str, commands: &[String], release: &str, outcome: &str| {
+        if !commands.is_empty() {
+            settings.say(&format!("running {stage} hooks here"));
+        }
+        let env = local_hook::Env {
+            application: &cfg.application,
+            release,
+            revision: &revision,
+            hosts: &hosts,
+            outcome,
+        };
+        local_hook::run(stage, commands, &cfg.base, &env, settings.hook_timeout)
+    };
+    let before = local("local_before", &cfg.hooks.local_before, &c.release, "");
+    let mut report = match before.iter().find_map(|h| h.problem.as_ref()) {
+        Some(problem) => {
+            let why = format!(
+                "the local_before hook {:?} {problem}{}",
+                before
+                    .last()
+                    .map(|h| h.command.as_str())
+                    .unwrap_or_default(),
+                before
+                    .last()
+                    .and_then(|h| fleet::last_lines(&h.output, 4))
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default()
+            );
+            settings.say(&why);
+            not_started(&c, targets, why, started)
+        }
+        None => remote(&mut c, targets, &manifest, gate.as_ref(), started),
+    };
+    report.hooks.splice(0..0, before);
+    let outcome = if report.ok { "ok" } else { "failed" };
+    if !report.ok {
+        report.hooks.extend(local(
+            "local_failed",
+            &cfg.hooks.local_failed,
+            &report.release,
+            outcome,
+        ));
+    }
+    report.hooks.extend(local(
+        "local_after",
+        &cfg.hooks.local_after,
+        &report.release,
+        outcome,
+    ));
+    for h in report.hooks.iter().filter(|h| h.host.is_none()) {
+        if let (Some(problem), "local_after" | "local_failed") = (&h.problem, h.stage) {
+            report
+                .warnings
+                .push(format!("the {} hook {:?} {problem}", h.stage, h.command));
+        }
+    }
+    report.show_hooks = settings.verbose;
+    report.elapsed = started.elapsed();
+    if let Some(r) = &cfg.riemann
+        && let Err(e) = events::send(&r.server, &events::deploy_events(&cfg.application, &report))
+    {
+        eprintln!("warning: {e}");
+    }
+    Ok(report)
+}
+
+/// What a deploy stopped before touching any host reports: every host not started.
+fn not_started(c: &Ctx, targets: &[Target], why: String, started: Instant) -> Report {
+    let hosts = targets
+        .iter()
+        .map(|t| HostOutcome {
+            name: t.name.clone(),
+            host: t.host.clone(),
+            previous: None,
+            sent_files: 0,
+            sent_bytes: 0,
+            linked_files: 0,
+            result: "not started".into(),
+            failure: None,
+            warnings: Vec::new(),
+        })
+        .collect();
+    let mut report = c.report(Vec::new(), false, started);
+    report.hosts = hosts;
+    report.stopped = Some(why);
+    report
+}
+
+/// The remote part of the deploy: connect, every stage, then finish or back out.
+fn remote(
+    c: &mut Ctx,
+    targets: &[Target],
+    manifest: &Manifest,
+    gate: Option<&Gate>,
+    started: Instant,
+) -> Report {
+    let settings = c.settings;
     settings.say(&format!(
         "deploying {} ({} files, revision {}) to {} host(s)",
-        cfg.application,
+        c.cfg.application,
         manifest.file_count(),
         c.revision,
         targets.len()
@@ -175,24 +289,18 @@ pub fn deploy(
         .into_iter()
         .map(Run::new)
         .collect();
-    let ok = match advance(&mut c, &mut runs, &manifest, gate.as_ref()) {
+    let ok = match advance(c, &mut runs, manifest, gate) {
         Ok(()) => {
-            finish(&mut runs, &c);
+            finish(&mut runs, c);
             true
         }
         Err(why) => {
             settings.say(why);
-            back_out(&mut runs, &c);
+            back_out(&mut runs, c);
             false
         }
     };
-    let report = c.report(runs, ok, started);
-    if let Some(r) = &cfg.riemann
-        && let Err(e) = events::send(&r.server, &events::deploy_events(&cfg.application, &report))
-    {
-        eprintln!("warning: {e}");
-    }
-    Ok(report)
+    c.report(runs, ok, started)
 }
 
 /// Every stage up to the last health gate; `Err` says why the run stops there.
@@ -218,7 +326,7 @@ fn advance(
 
     // One release name for all hosts; what each host needs.
     c.release = layout::next_release(
-        chrono::Utc::now(),
+        layout::release_time(&c.release).unwrap_or_else(chrono::Utc::now),
         runs.iter()
             .flat_map(|r| r.host.state.releases.iter().map(|x| x.name.as_str())),
     );
@@ -241,12 +349,7 @@ fn advance(
     if !before.is_empty() {
         c.settings.say("running before_publish hooks");
         each(runs, parallel, |r| {
-            let release = c.release(r.previous.as_deref());
-            let commands = hook_commands(before, r.host.target.name == c.first_host);
-            let timeout = c.settings.hook_timeout;
-            if let Err(e) = stages::hooks(&mut r.host, &release, &commands, timeout) {
-                r.host.fail(Stage::BeforePublish, e);
-            }
+            remote_hooks(r, c, Stage::BeforePublish, before);
         });
     }
     c.barrier(
@@ -278,6 +381,19 @@ fn advance(
         )?;
     }
     Ok(())
+}
+
+/// Runs a stage's hooks on one host; one failing fails the host at `stage`.
+fn remote_hooks(r: &mut Run, c: &Ctx, stage: Stage, hooks: &[Hook]) {
+    let release = c.release(r.previous.as_deref());
+    let commands = hook_commands(hooks, r.host.target.name == c.first_host);
+    let timeout = c.settings.hook_timeout;
+    if let Some(ran) = stages::hooks(&mut r.host, stage, &release, &commands, timeout) {
+        if let Some(problem) = &ran.problem {
+            r.host.fail(stage, problem);
+        }
+        r.hooks.push(ran);
+    }
 }
 
 /// Cleanup, log and unlock: one step per host.
@@ -424,12 +540,7 @@ fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
     if batch.iter().all(Run::ok) && !after.is_empty() {
         c.settings.say("running after_publish hooks");
         each(batch, parallel, |r| {
-            let release = c.release(r.previous.as_deref());
-            let commands = hook_commands(after, r.host.target.name == c.first_host);
-            let timeout = c.settings.hook_timeout;
-            if let Err(e) = stages::hooks(&mut r.host, &release, &commands, timeout) {
-                r.host.fail(Stage::AfterPublish, e);
-            }
+            remote_hooks(r, c, Stage::AfterPublish, after);
         });
     }
     if let Some(gate) = gate.filter(|_| batch.iter().all(Run::ok)) {
@@ -566,11 +677,19 @@ fn back_out(runs: &mut [Run], c: &Ctx) {
                     &c.cfg.hooks.after_publish,
                     r.host.target.name == c.first_host,
                 );
-                if let Err(e) = stages::hooks(&mut r.host, &back, &after, c.settings.hook_timeout) {
+                let ran = stages::hooks(
+                    &mut r.host,
+                    Stage::Rollback,
+                    &back,
+                    &after,
+                    c.settings.hook_timeout,
+                );
+                if let Some(problem) = ran.as_ref().and_then(|h| h.problem.as_ref()) {
                     r.warnings.push(format!(
-                        "after_publish hooks failed on {p} after the rollback: {e}"
+                        "after_publish hooks failed on {p} after the rollback: {problem}"
                     ));
                 }
+                r.hooks.extend(ran);
             }
         }
         let mut script = String::new();
@@ -690,6 +809,7 @@ pub fn plan(
     let steps = [
         ("shared dirs", cfg.shared_dirs.join(", ")),
         ("shared files", cfg.shared_files.join(", ")),
+        ("local_before", cfg.hooks.local_before.join(" && ")),
         ("before_publish", hooks_shown(&cfg.hooks.before_publish)),
         ("after_publish", hooks_shown(&cfg.hooks.after_publish)),
         (
@@ -718,6 +838,10 @@ pub fn plan(
                 .unwrap_or_default(),
         ),
     ];
+    let steps = steps.into_iter().chain([
+        ("local_failed", cfg.hooks.local_failed.join(" && ")),
+        ("local_after", cfg.hooks.local_after.join(" && ")),
+    ]);
     for (what, v) in steps {
         if !v.is_empty() {
             out.push_str(&format!("  {what}: {v}\n"));

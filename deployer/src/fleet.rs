@@ -143,19 +143,26 @@ impl Host {
 
     /// Runs a step in the host's shell: its output when it exits 0, else what it said.
     pub fn run(&mut self, script: &str, timeout: Option<Duration>) -> Result<Output, StepError> {
-        let shell = self.shell.as_mut().ok_or(StepError::NotConnected)?;
-        match shell.run(script, timeout) {
-            Ok(o) if o.status == 0 => Ok(o),
-            Ok(o) => Err(StepError::Failed(
-                last_lines(&o.stdout, 8)
-                    .unwrap_or_else(|| format!("remote step exited {}", o.status)),
-            )),
-            Err(e) => {
-                // The connection is gone: no later step can reach this host.
-                self.shell = None;
-                Err(e.into())
-            }
+        let o = self.run_output(script, timeout)?;
+        if o.status == 0 {
+            Ok(o)
+        } else {
+            Err(failed(&o))
         }
+    }
+
+    /// Runs a step in the host's shell: its output and status, whatever the status.
+    pub fn run_output(
+        &mut self,
+        script: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Output, StepError> {
+        let shell = self.shell.as_mut().ok_or(StepError::NotConnected)?;
+        shell.run(script, timeout).map_err(|e| {
+            // The connection is gone: no later step can reach this host.
+            self.shell = None;
+            e.into()
+        })
     }
 
     /// Runs `script`; a failure stops this host at `stage`. True when it ran.
@@ -168,6 +175,13 @@ impl Host {
             }
         }
     }
+}
+
+/// A step that exited non-zero: its last lines of output, or its status.
+pub fn failed(o: &Output) -> StepError {
+    StepError::Failed(
+        last_lines(&o.stdout, 8).unwrap_or_else(|| format!("remote step exited {}", o.status)),
+    )
 }
 
 /// The last `n` non-empty lines of `text`, joined; `None` when there are none.

@@ -145,14 +145,20 @@ pub fn next_release<'a>(
     // Names have whole seconds: compare at that grain (now = 10:00:00.7 collides with 10:00:00).
     let mut t = now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos()));
     for name in existing {
-        if let Ok(e) = chrono::NaiveDateTime::parse_from_str(name, RELEASE_FORMAT) {
-            let e = e.and_utc();
-            if e >= t {
-                t = e + chrono::Duration::seconds(1);
-            }
+        if let Some(e) = release_time(name)
+            && e >= t
+        {
+            t = e + chrono::Duration::seconds(1);
         }
     }
     t.format(RELEASE_FORMAT).to_string()
+}
+
+/// The time a release name stands for (`None`: not a release name).
+pub fn release_time(name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::NaiveDateTime::parse_from_str(name, RELEASE_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// Releases `cleanup` removes: bad and incomplete ones, and good ones beyond the newest `keep`;

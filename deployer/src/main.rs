@@ -23,7 +23,9 @@ build (run locally first), shared_dirs, shared_files,\n  \
 [ssh] user, port, identity (else the SSH agent), known_hosts (~/.ssh/known_hosts),\n  \
 [[hosts]] address = \"host[:port]\", roles, deploy_to,\n  \
 [hooks] before_publish, after_publish (run in the release directory, with $RELEASE,\n    \
-$RELEASE_PATH, $PREVIOUS_RELEASE, $DEPLOY_TO, $REVISION set),\n  \
+$RELEASE_PATH, $PREVIOUS_RELEASE, $DEPLOY_TO, $REVISION set; { command = \"…\", once = true }\n    \
+runs on the first host only), local_before, local_after, local_failed (run here, with\n    \
+$DEPLOY_RELEASE, $DEPLOY_REVISION, $DEPLOY_HOSTS, $DEPLOY_OUTCOME = ok|failed),\n  \
 [health] url (\"{host}\" is replaced) + method (ping), and/or command (a Nagios plugin,\n    \
 exit 0 = healthy), retries (10), interval (1s), timeout (10s),\n  \
 [riemann] server = \"host:5555\" (deploy events).\n\
@@ -63,6 +65,9 @@ struct Cli {
     /// No stage headings or progress bars on stderr
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// After the summary, every hook's output (remote and local), not only a failed one's
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,6 +157,7 @@ fn run() -> anyhow::Result<()> {
     settings.parallel = usize::from(cli.parallel);
     settings.hook_timeout = Duration::from_secs(cli.hook_timeout);
     settings.quiet = cli.quiet;
+    settings.verbose = cli.verbose;
     // First Ctrl-C/SIGTERM: finish the current step, then take the failure path (staged
     // releases removed or hosts rolled back, locks released). A second one exits at once.
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

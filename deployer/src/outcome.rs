@@ -20,6 +20,8 @@ pub enum Unfinished {
         host: String,
         failure: Option<Failure>,
     },
+    #[error("deploy stopped before any host was touched: {0}")]
+    Stopped(String),
     #[error("release {0} is live, but see the warnings above")]
     LiveWithWarnings(String),
     #[error("a deploy now would fail: see STATUS above")]

@@ -3,6 +3,7 @@
 
 use crate::fleet::Failure;
 use crate::outcome::{Outcome, Unfinished};
+use crate::remote_text::printable;
 use crate::table::{bytes, table, warnings};
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +24,34 @@ pub struct HostOutcome {
     pub warnings: Vec<String>,
 }
 
+/// One hook's run (`[hooks]`, remote or local): where, what, and what it printed.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    /// `local_before`, `before_publish`, …
+    pub stage: &'static str,
+    /// The host it ran on; `None`: this machine (a local hook).
+    pub host: Option<String>,
+    /// The command, or a stage's commands joined with `; ` (they run as one step on a host).
+    pub command: String,
+    /// Why it failed; `None`: it exited 0.
+    pub problem: Option<String>,
+    /// stdout and stderr together (the last 64 KiB on a host, 1 MiB here).
+    pub output: String,
+}
+
+/// The hooks' log as `-v` prints it after a command's table: nothing when no hook ran.
+pub fn hooks_log(hooks: &[HookRun]) -> String {
+    if hooks.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n\nHOOKS");
+    for h in hooks {
+        out.push('\n');
+        out.push_str(h.to_string().trim_end());
+    }
+    out
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     /// Empty when the run stopped before naming a release.
@@ -31,6 +60,35 @@ pub struct Report {
     pub hosts: Vec<HostOutcome>,
     pub ok: bool,
     pub elapsed: Duration,
+    /// Why the run stopped when no host's failure says it (a `local_before` hook failed).
+    pub stopped: Option<String>,
+    /// Every hook that ran, in order, with its output: the report's log.
+    pub hooks: Vec<HookRun>,
+    /// Print the hooks' log after the table (`-v`).
+    pub show_hooks: bool,
+    /// Warnings of the run itself, not of a host (a local hook after the deploy failed).
+    pub warnings: Vec<String>,
+    /// What the canary compared, and why the deploy went on or stopped.
+    pub canary: Vec<String>,
+}
+
+impl fmt::Display for HookRun {
+    /// `== before_publish on app1: cmd (exit 0)`, then each line of output, escaped.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.problem.as_deref().unwrap_or("ok");
+        writeln!(
+            f,
+            "== {} on {}: {} ({})",
+            self.stage,
+            self.host.as_deref().unwrap_or("this machine"),
+            printable(&self.command),
+            printable(status)
+        )?;
+        for line in self.output.lines() {
+            writeln!(f, "   {}", printable(line))?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Report {
@@ -61,11 +119,19 @@ impl fmt::Display for Report {
             ]);
         }
         f.write_str(&table(&rows))?;
-        let warned = self
-            .hosts
-            .iter()
-            .map(|h| (h.name.as_str(), &h.warnings[..]));
-        f.write_str(&warnings(warned))
+        for line in &self.canary {
+            write!(f, "\ncanary: {line}")?;
+        }
+        let warned = std::iter::once(("deploy", &self.warnings[..])).chain(
+            self.hosts
+                .iter()
+                .map(|h| (h.name.as_str(), &h.warnings[..])),
+        );
+        f.write_str(&warnings(warned))?;
+        if self.show_hooks {
+            f.write_str(&hooks_log(&self.hooks))?;
+        }
+        Ok(())
     }
 }
 
@@ -76,9 +142,10 @@ impl Outcome for Report {
                 .hosts
                 .iter()
                 .find_map(|h| h.failure.clone().map(|f| (h.name.clone(), f)));
-            let (host, failure) = match first {
-                Some((host, f)) => (host, Some(f)),
-                None => ("a host".into(), None),
+            let (host, failure) = match (first, &self.stopped) {
+                (Some((host, f)), _) => (host, Some(f)),
+                (None, Some(why)) => return Err(Unfinished::Stopped(why.clone())),
+                (None, None) => ("a host".into(), None),
             };
             return Err(Unfinished::Deploy {
                 release: if self.release.is_empty() {
@@ -90,7 +157,7 @@ impl Outcome for Report {
                 failure,
             });
         }
-        if self.hosts.iter().any(|h| !h.warnings.is_empty()) {
+        if !self.warnings.is_empty() || self.hosts.iter().any(|h| !h.warnings.is_empty()) {
             return Err(Unfinished::LiveWithWarnings(self.release.clone()));
         }
         Ok(())

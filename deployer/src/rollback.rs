@@ -9,6 +9,7 @@ use crate::health::Gate;
 use crate::layout;
 use crate::lock;
 use crate::outcome::{Outcome, Unfinished};
+use crate::report::{HookRun, hooks_log};
 use crate::settings::Settings;
 use crate::stages::{self, Release};
 use crate::table;
@@ -29,6 +30,10 @@ pub struct Moved {
 /// What `rollback` did on every host.
 pub struct Rollback {
     pub hosts: Vec<Moved>,
+    /// The after_publish hooks that ran, with their output.
+    pub hooks: Vec<HookRun>,
+    /// Print the hooks' log after the table (`-v`).
+    pub show_hooks: bool,
 }
 
 /// One host of the rollback.
@@ -38,6 +43,7 @@ struct Step {
     revision: String,
     switched: bool,
     warnings: Vec<String>,
+    hooks: Option<HookRun>,
 }
 
 impl Step {
@@ -100,6 +106,7 @@ pub fn rollback(
             revision: String::new(),
             switched: false,
             warnings: Vec::new(),
+            hooks: None,
         })
         .collect();
     each(&mut steps, parallel, |st| {
@@ -139,10 +146,16 @@ pub fn rollback(
                 let (name, revision) = st.target();
                 let release = Release::new(&name, &revision);
                 let commands = hook_commands(after, Some(&st.host.target.name) == first.as_ref());
-                if let Err(e) =
-                    stages::hooks(&mut st.host, &release, &commands, settings.hook_timeout)
-                {
-                    st.host.fail(Stage::AfterPublish, e);
+                let timeout = settings.hook_timeout;
+                st.hooks = stages::hooks(
+                    &mut st.host,
+                    Stage::AfterPublish,
+                    &release,
+                    &commands,
+                    timeout,
+                );
+                if let Some(problem) = st.hooks.as_ref().and_then(|h| h.problem.clone()) {
+                    st.host.fail(Stage::AfterPublish, problem);
                 }
             });
             if let Some(gate) = &gate {
@@ -174,8 +187,11 @@ pub fn rollback(
             st.warnings.push(e.to_string());
         }
     });
+    let hooks = steps.iter_mut().filter_map(|st| st.hooks.take()).collect();
     Rollback {
         hosts: steps.into_iter().map(|st| moved(st, dry_run)).collect(),
+        hooks,
+        show_hooks: settings.verbose,
     }
 }
 
@@ -209,7 +225,11 @@ impl fmt::Display for Rollback {
             .hosts
             .iter()
             .map(|m| (m.name.as_str(), &m.warnings[..]));
-        f.write_str(&table::warnings(warned))
+        f.write_str(&table::warnings(warned))?;
+        if self.show_hooks {
+            f.write_str(&hooks_log(&self.hooks))?;
+        }
+        Ok(())
     }
 }
 

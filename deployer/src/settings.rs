@@ -13,6 +13,8 @@ pub struct Settings {
     pub hook_timeout: Duration,
     /// No stage headings or progress bars on stderr.
     pub quiet: bool,
+    /// Every hook's output after the summary, not only a failed one's.
+    pub verbose: bool,
     /// Set on SIGINT/SIGTERM: the run stops at the next stage boundary (or mid-upload) and
     /// takes the failure path, so nothing is left half-done or locked.
     pub interrupted: Arc<AtomicBool>,
@@ -25,6 +27,7 @@ impl Settings {
             parallel: 16,
             hook_timeout: Duration::from_secs(600),
             quiet: false,
+            verbose: false,
             interrupted: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -1,9 +1,10 @@
 //! The stages `deploy` and `rollback` share, each on one host: the hooks, the health gate, and
 //! the `revisions.log` entry. A command runs them on every host with [`crate::fleet::each`].
 
-use crate::fleet::{Failure, Host, Stage, StepError};
+use crate::fleet::{Failure, Host, Stage, failed};
 use crate::health::{Gate, Subject};
 use crate::layout::{self, LogEntry};
+use crate::report::HookRun;
 use std::time::Duration;
 
 /// The release a stage is about, on one host.
@@ -27,15 +28,17 @@ impl<'a> Release<'a> {
 }
 
 /// Runs `commands` in the release's directory, one after the other; the first that fails
-/// stops them. No commands: nothing runs.
+/// stops them (its `problem` says why: the caller decides what that means for the host). What
+/// they printed is returned for the report's log; no commands: nothing runs, `None`.
 pub fn hooks(
     host: &mut Host,
+    stage: Stage,
     release: &Release,
     commands: &[String],
     timeout: Duration,
-) -> Result<(), StepError> {
+) -> Option<HookRun> {
     if commands.is_empty() {
-        return Ok(());
+        return None;
     }
     let script = layout::hooks_script(
         &host.target.deploy_to,
@@ -47,7 +50,18 @@ pub fn hooks(
     );
     // The host kills a hook at `timeout`; this is the deployer's own bound, should it not.
     let whole = (timeout + Duration::from_secs(5)) * commands.len() as u32;
-    host.run(&script, Some(whole)).map(drop)
+    let (problem, output) = match host.run_output(&script, Some(whole)) {
+        Ok(o) if o.status == 0 => (None, o.stdout),
+        Ok(o) => (Some(failed(&o)), o.stdout),
+        Err(e) => (Some(e), String::new()),
+    };
+    Some(HookRun {
+        stage: stage.name(),
+        host: Some(host.name().to_owned()),
+        command: commands.join("; "),
+        problem: problem.map(|e| e.to_string()),
+        output,
+    })
 }
 
 /// The health gate on one host: the release that should now answer there does, or the host

@@ -507,3 +507,71 @@ fn logs_shows_the_last_lines_of_each_host_s_log_prefixed() {
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains(&names[1]), "{r}");
 }
+
+#[test]
+fn local_hooks_see_the_outcome_and_a_failing_local_before_touches_no_host() {
+    let h = Hosts::start(&[46]);
+    let log = h.dir.path().join("local.log");
+    let record = |what: &str| {
+        format!(
+            "'echo {what} \"$DEPLOY_RELEASE $DEPLOY_REVISION $DEPLOY_HOSTS [$DEPLOY_OUTCOME]\" >> \"{}\"'",
+            log.display()
+        )
+    };
+    let hooks = |before: &str| {
+        format!(
+            "[hooks]\nlocal_before = [{before}]\nbefore_publish = ['echo remote says hello on \"$RELEASE\"']\n\
+             local_failed = [{}]\nlocal_after = [{}, 'echo after-output; exit 4']\n",
+            record("failed"),
+            record("after")
+        )
+    };
+    h.configure("", &hooks(&record("before")));
+    h.write("v", "1");
+    let r = h.run(&["-v", "deploy", "--revision", "rev1"]);
+    // local_after's own failure is a warning: the release is live, the exit status says so.
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("is live, but see the warnings"), "{r}");
+    let release = h.current(0).expect("published");
+    let host = &h.servers[0].addr;
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("the local hooks wrote"),
+        format!("before {release} rev1 {host} []\nafter {release} rev1 {host} [ok]\n"),
+        "local_before sees the release to come, local_after the outcome; local_failed did not run"
+    );
+    // -v: every hook's output in the report's log, remote and local.
+    assert!(
+        r.stdout.contains(&format!("== before_publish on {host}"))
+            && r.stdout
+                .contains(&format!("remote says hello on {release}")),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("== local_after on this machine") && r.stdout.contains("after-output"),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("warning: deploy: the local_after hook"),
+        "{r}"
+    );
+    // Without -v, a successful hook's output is not printed.
+    std::fs::remove_file(&log).expect("rm");
+    h.configure("", &hooks("'echo checking; exit 5'"));
+    h.write("v", "2");
+    let r = h.run(&["deploy", "--revision", "rev2"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("local_before hook") && r.stderr.contains("exited 5: checking"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("not started"), "{r}");
+    assert!(!r.stdout.contains("remote says hello"), "{r}");
+    assert_eq!(h.current(0), Some(release.clone()), "nothing sent");
+    assert_eq!(h.releases(0), [release]);
+    assert!(!h.locked(0));
+    let seen = std::fs::read_to_string(&log).expect("the local hooks wrote");
+    assert!(
+        seen.starts_with("failed ") && seen.contains(" rev2 ") && seen.ends_with("[failed]\n"),
+        "local_failed and local_after see the failure:\n{seen}"
+    );
+}

@@ -1,0 +1,124 @@
+//! Local hooks: `[hooks] local_before`, `local_after` and `local_failed`, run on the deploy
+//! machine with `sh -c` in the config file's directory, each within `--hook-timeout` (killed
+//! with what it started past it, by the same runner the health gate's plugins use). They see
+//! `DEPLOY_APPLICATION`, `DEPLOY_RELEASE`, `DEPLOY_REVISION`, `DEPLOY_HOSTS` (the selected
+//! hosts, comma-separated) and `DEPLOY_OUTCOME` (`ok` or `failed`; empty before the deploy).
+
+use crate::report::HookRun;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What every local hook of one deploy is told.
+pub struct Env<'a> {
+    pub application: &'a str,
+    pub release: &'a str,
+    pub revision: &'a str,
+    pub hosts: &'a str,
+    pub outcome: &'a str,
+}
+
+/// Runs `commands` one after the other in `dir`; the first that fails stops them. Every one
+/// that ran is in the returned list, its output (stdout and stderr together) with it.
+pub fn run(
+    stage: &'static str,
+    commands: &[String],
+    dir: &Path,
+    env: &Env,
+    timeout: Duration,
+) -> Vec<HookRun> {
+    let mut runs = Vec::new();
+    for command in commands {
+        let mut cmd = Command::new("sh");
+        // stderr joins stdout, in the order written, for the whole hook and what it starts.
+        cmd.arg("-c")
+            .arg(format!("exec 2>&1\n{command}"))
+            .current_dir(dir)
+            .env("DEPLOY_APPLICATION", env.application)
+            .env("DEPLOY_RELEASE", env.release)
+            .env("DEPLOY_REVISION", env.revision)
+            .env("DEPLOY_HOSTS", env.hosts)
+            .env("DEPLOY_OUTCOME", env.outcome);
+        let (status, output) = match plugin_api::run(cmd, timeout) {
+            Ok(r) if r.timed_out => (
+                Err(format!(
+                    "timed out after {} (killed)",
+                    humantime::format_duration(timeout)
+                )),
+                r.output,
+            ),
+            Ok(r) => match r.code {
+                Some(0) => (Ok(()), r.output),
+                Some(code) => (Err(format!("exited {code}")), r.output),
+                None => (Err("killed by a signal".into()), r.output),
+            },
+            Err(e) => (Err(e.to_string()), String::new()),
+        };
+        let failed = status.is_err();
+        runs.push(HookRun {
+            stage,
+            host: None,
+            command: command.clone(),
+            problem: status.err(),
+            output,
+        });
+        if failed {
+            break;
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_see_the_deploy_and_stop_at_the_first_failure() {
+        let dir = tempfile::tempdir().expect("dir");
+        let env = Env {
+            application: "usersvc",
+            release: "20261201100000",
+            revision: "abc123",
+            hosts: "app1,app2",
+            outcome: "ok",
+        };
+        let commands = [
+            "echo \"$DEPLOY_RELEASE $DEPLOY_REVISION $DEPLOY_HOSTS $DEPLOY_OUTCOME\"; pwd".into(),
+            "echo to stderr >&2; exit 3".into(),
+            "echo never".into(),
+        ];
+        let runs = run(
+            "local_after",
+            &commands,
+            dir.path(),
+            &env,
+            Duration::from_secs(10),
+        );
+        assert_eq!(runs.len(), 2, "the third never ran: {runs:?}");
+        assert!(
+            runs[0]
+                .output
+                .starts_with("20261201100000 abc123 app1,app2 ok\n"),
+            "{runs:?}"
+        );
+        assert!(runs[0].output.contains(&*dir.path().to_string_lossy()));
+        assert!(runs[0].problem.is_none());
+        assert_eq!(runs[1].output, "to stderr\n");
+        assert_eq!(runs[1].problem.as_deref(), Some("exited 3"));
+        let slow = run(
+            "local_before",
+            &["sleep 30".into()],
+            dir.path(),
+            &env,
+            Duration::from_millis(200),
+        );
+        assert!(
+            slow[0]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("timed out")),
+            "{slow:?}"
+        );
+    }
+}
