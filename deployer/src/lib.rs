@@ -67,7 +67,7 @@ pub use deploy::{DeployError, Options, Plan, deploy, plan};
 pub use exec::exec;
 pub use fleet::{Failure, Stage};
 pub use host_output::{Executed, HostRun};
-pub use logs::logs;
+pub use logs::{Followed, follow, logs};
 pub use outcome::{Outcome, Unfinished};
 pub use releases::{Cleanup, Listing, cleanup, list};
 pub use report::{HookRun, HostOutcome, Report};

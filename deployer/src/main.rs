@@ -32,6 +32,7 @@ exit 0 = healthy), retries (10), interval (1s), timeout (10s),\n  \
 Unknown keys are errors. Host keys are checked strictly against known_hosts.\n\n\
 EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --rolling 2\n  \
 deployer releases --hosts app1.example.com\n  deployer rollback --to 20261123101500\n  \
+deployer exec --role app -- systemctl status usersvc\n  deployer logs -n 20 -f\n  \
 deployer unlock"
 )]
 struct Cli {
@@ -110,11 +111,14 @@ enum Command {
     /// Check every host: SSH and host key, deploy_to exists and is writable, lock free
     Check,
     /// The last lines of the service's log (`log`, default shared/usersvc.log) on every
-    /// selected host, prefixed by host
+    /// selected host, prefixed by host; -f follows them until Ctrl-C
     Logs {
         /// How many lines from each host
         #[arg(short = 'n', long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         lines: u32,
+        /// Then print new lines as they are written, from every host at once, until Ctrl-C
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Run a command on every selected host, in parallel, in its current release; output
     /// prefixed by host. Fails when it fails on any host, naming them
@@ -195,7 +199,10 @@ fn run() -> anyhow::Result<()> {
             report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
         }
         Command::Check => report(deployer::check(&targets, &settings)),
-        Command::Logs { lines } => report(deployer::logs(&targets, &settings, &cfg.log, lines)),
+        Command::Logs { lines, follow } if follow => {
+            report(deployer::follow(&targets, &settings, &cfg.log, lines))
+        }
+        Command::Logs { lines, .. } => report(deployer::logs(&targets, &settings, &cfg.log, lines)),
         Command::Exec { group, command } => {
             report(deployer::exec(&targets, &settings, &command, group))
         }

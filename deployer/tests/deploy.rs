@@ -501,6 +501,61 @@ fn logs_shows_the_last_lines_of_each_host_s_log_prefixed() {
         }
         assert!(!r.stdout.contains(&format!("host{i} line 7")), "{r}");
     }
+    // -f: the last lines, then new ones from every host as they are written, until Ctrl-C;
+    // nothing is left running on the hosts.
+    let mut follow = common::spawn_deployer(&h.config, &["logs", "-n", "1", "-f"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |want: String| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !seen.contains(&want) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("never printed {want:?}; printed {seen:?}"),
+            }
+        }
+    };
+    wait_for(format!("{}: host0 line 10", names[0]));
+    wait_for(format!("{}: host1 line 10", names[1]));
+    for (i, name) in names.iter().enumerate() {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(h.deploy_to(i).join("shared/usersvc.log"))
+            .expect("open log");
+        std::io::Write::write_all(&mut f, format!("host{i} new line\n").as_bytes())
+            .expect("append");
+        wait_for(format!("{name}: host{i} new line"));
+    }
+    let ctrl_c = std::process::Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ctrl_c.success());
+    let status = follow.wait().expect("deployer ends");
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends a follow normally");
+    let log = h.deploy_to(0).join("shared/usersvc.log");
+    testbed::eventually(
+        "the remote tails end",
+        std::time::Duration::from_secs(10),
+        || {
+            !std::process::Command::new("pgrep")
+                .arg("-f")
+                .arg(format!("tail -n 1 -F -- {}", log.display()))
+                .status()
+                .is_ok_and(|s| s.success())
+        },
+    );
     // A host without the log fails, named.
     std::fs::remove_file(h.deploy_to(1).join("shared/usersvc.log")).expect("rm");
     let r = h.run(&["logs", "-n", "1"]);
