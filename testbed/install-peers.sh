@@ -12,6 +12,8 @@ PACKAGES=(
   python3-prometheus-client
   # check_jsonrpc over TLS (an expiring certificate, a required client certificate) and a proxy
   stunnel4 tinyproxy
+  # a network namespace and a veth pair put the deployer's hosts behind a bastion
+  iproute2
   # systemd-analyze verify checks the shipped units (systemd is not PID 1 here)
   systemd
   # build dependencies: the deployer's ssh2 compiles libssh2 against the system OpenSSL

@@ -1,7 +1,9 @@
 //! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
 //! key is an error that names it), with paths relative to the file and `~` expanded.
 
-use crate::ssh::{HostKeyPolicy, SshSettings};
+use crate::jump::{BadJump, parse_jumps};
+use crate::ssh::{HostKeyPolicy, Route, SshSettings};
+use crate::ssh_config::SshConfigFile;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +53,11 @@ pub struct Ssh {
     pub identity: Option<PathBuf>,
     /// [default: ~/.ssh/known_hosts]
     pub known_hosts: Option<PathBuf>,
+    /// Jump hosts for every host, as OpenSSH's ProxyJump: `[user@]host[:port]`, comma-separated.
+    pub proxy_jump: Option<String>,
+    /// Read HostName, User, Port, IdentityFile and ProxyJump for the hosts from this OpenSSH
+    /// client config (opt-in; this file's own keys win).
+    pub ssh_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +68,19 @@ pub struct Host {
     #[serde(default)]
     pub roles: Vec<String>,
     pub deploy_to: Option<String>,
+    /// Jump hosts for this host only (`"none"`: straight there, whatever `[ssh]` says).
+    pub proxy_jump: Option<String>,
+    /// Where and how to connect, resolved when the file is read.
+    #[serde(skip)]
+    reach: Reach,
+}
+
+/// Where a host is reached, and how, after `ssh_config` and the jump chain are resolved.
+#[derive(Debug, Clone, Default)]
+struct Reach {
+    host: String,
+    port: u16,
+    route: Route,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -293,6 +313,10 @@ pub enum Problem {
     CheckOption(String),
     #[error("[health] method and check_jsonrpc's options need a url")]
     MethodWithoutUrl,
+    #[error("{0}")]
+    Jump(#[from] BadJump),
+    #[error("[ssh] ssh_config: {0}")]
+    SshConfig(String),
 }
 
 /// `--hosts`/`--role` select nothing usable.
@@ -324,10 +348,13 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 pub struct Target {
     /// The address as written in the config (used to name the host in output).
     pub name: String,
+    /// What is connected to (`HostName` from `ssh_config` when it names one).
     pub host: String,
     pub port: u16,
     pub deploy_to: String,
     pub roles: Vec<String>,
+    /// The user, key and jump hosts for this host when they are not `[ssh]`'s.
+    pub route: Route,
 }
 
 impl Config {
@@ -352,6 +379,7 @@ impl Config {
         };
         cfg.ssh.identity = cfg.ssh.identity.as_deref().map(|p| resolve(&base, p));
         cfg.ssh.known_hosts = cfg.ssh.known_hosts.as_deref().map(|p| resolve(&base, p));
+        cfg.ssh.ssh_config = cfg.ssh.ssh_config.as_deref().map(|p| resolve(&base, p));
         if let Some(h) = &mut cfg.health {
             for p in [
                 &mut h.bearer_file,
@@ -364,7 +392,56 @@ impl Config {
             }
         }
         cfg.check().map_err(invalid)?;
+        cfg.resolve_reach().map_err(invalid)?;
         Ok(cfg)
+    }
+
+    /// Where and how each host is reached: its own entry, then `[ssh]`, then `ssh_config`.
+    fn resolve_reach(&mut self) -> Result<(), Problem> {
+        let file = match &self.ssh.ssh_config {
+            Some(path) => Some(SshConfigFile::read(path).map_err(Problem::SshConfig)?),
+            None => None,
+        };
+        let said = |host: &str| file.as_ref().map(|f| f.query(host)).unwrap_or_default();
+        let mut reaches = Vec::with_capacity(self.hosts.len());
+        for h in &self.hosts {
+            let (alias, port) = self.split_address(&h.address)?;
+            let s = said(&alias);
+            let chain = h
+                .proxy_jump
+                .as_deref()
+                .or(self.ssh.proxy_jump.as_deref())
+                .or(s.proxy_jump.as_deref())
+                .unwrap_or("");
+            let mut jumps = parse_jumps(chain)?;
+            // Jump hosts are looked up too, as OpenSSH does; what the chain says wins.
+            for j in &mut jumps {
+                let js = said(&j.host);
+                j.user = j.user.take().or(js.user);
+                j.port = j.port.or(js.port);
+                if let Some(name) = js.host_name {
+                    j.host = name;
+                }
+            }
+            reaches.push(Reach {
+                host: s.host_name.unwrap_or(alias),
+                port: port.or(self.ssh.port).or(s.port).unwrap_or(22),
+                route: Route {
+                    user: self.ssh.user.is_none().then_some(s.user).flatten(),
+                    identity: self
+                        .ssh
+                        .identity
+                        .is_none()
+                        .then(|| s.identity.map(|p| expand_home(&p)))
+                        .flatten(),
+                    jumps,
+                },
+            });
+        }
+        for (h, reach) in self.hosts.iter_mut().zip(reaches) {
+            h.reach = reach;
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), Problem> {
@@ -426,25 +503,27 @@ impl Config {
         Ok(())
     }
 
-    fn split_address(&self, address: &str) -> Result<(String, u16), Problem> {
-        let default = self.ssh.port.unwrap_or(22);
-        // [v6]:port, host:port, or a bare host
+    /// `[v6]:port`, `host:port` or a bare host; the port only when written.
+    fn split_address(&self, address: &str) -> Result<(String, Option<u16>), Problem> {
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| Problem::Port(address.to_owned()))
+        };
         if let Some(rest) = address.strip_prefix('[') {
             let (h, p) = rest
                 .split_once(']')
                 .ok_or_else(|| Problem::Address(address.to_owned()))?;
             let port = match p.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| Problem::Port(address.to_owned()))?,
-                None => default,
+                Some(p) => Some(port(p)?),
+                None => None,
             };
             return Ok((h.to_owned(), port));
         }
         match address.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') => Ok((
-                h.to_owned(),
-                p.parse().map_err(|_| Problem::Port(address.to_owned()))?,
-            )),
-            _ => Ok((address.to_owned(), default)),
+            Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), Some(port(p)?))),
+            _ => Ok((address.to_owned(), None)),
         }
     }
 
@@ -457,6 +536,7 @@ impl Config {
         for n in names {
             if !self.hosts.iter().any(|h| {
                 &h.address == n
+                    || &h.reach.host == n
                     || self
                         .split_address(&h.address)
                         .is_ok_and(|(host, _)| &host == n)
@@ -466,19 +546,23 @@ impl Config {
         }
         let mut out = Vec::new();
         for h in &self.hosts {
-            let (host, port) = self.split_address(&h.address)?;
-            let named = names.is_empty() || names.iter().any(|n| n == &h.address || n == &host);
+            let (alias, _) = self.split_address(&h.address)?;
+            let named = names.is_empty()
+                || names
+                    .iter()
+                    .any(|n| n == &h.address || n == &alias || n == &h.reach.host);
             let has_role = role.is_none_or(|r| h.roles.iter().any(|x| x == r));
             if named && has_role {
                 out.push(Target {
                     name: h.address.clone(),
-                    host,
-                    port,
+                    host: h.reach.host.clone(),
+                    port: h.reach.port,
                     deploy_to: h
                         .deploy_to
                         .clone()
                         .unwrap_or_else(|| self.deploy_to.clone()),
                     roles: h.roles.clone(),
+                    route: h.reach.route.clone(),
                 });
             }
         }
@@ -620,5 +704,74 @@ mod tests {
         ))
         .expect_err("not a URL");
         assert!(e.to_string().contains("--proxy"), "{e}");
+    }
+
+    #[test]
+    fn ssh_config_fills_in_what_deploy_toml_leaves_out() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("ssh_config"),
+            "Host app*\n  HostName 10.1.2.3\n  Port 2222\n  User someone\n  IdentityFile /keys/app\n  ProxyJump gw\n\
+             Host gw\n  HostName 10.9.9.9\n  User jumper\n  Port 2200\n",
+        )
+        .expect("ssh_config");
+        let path = dir.path().join("deploy.toml");
+        let write = |ssh: &str, hosts: &str| {
+            std::fs::write(
+                &path,
+                format!("application = \"a\"\ndeploy_to = \"/srv/a\"\nsource = \"d\"\n[ssh]\nssh_config = \"ssh_config\"\n{ssh}\n{hosts}"),
+            )
+            .expect("write");
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let cfg = write("", "[[hosts]]\naddress = \"app1\"\n");
+        let t = &cfg.targets(&[], None).expect("targets")[0];
+        assert_eq!(
+            (t.name.as_str(), t.host.as_str(), t.port),
+            ("app1", "10.1.2.3", 2222)
+        );
+        assert_eq!(t.route.user.as_deref(), Some("someone"));
+        assert_eq!(t.route.identity.as_deref(), Some(Path::new("/keys/app")));
+        assert_eq!(
+            t.route
+                .jumps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["jumper@10.9.9.9:2200"],
+            "the jump host's own entry is read too"
+        );
+        assert_eq!(
+            cfg.targets(&["10.1.2.3".into()], None)
+                .expect("by HostName")
+                .len(),
+            1
+        );
+        // deploy.toml wins: its port, user, key and jumps ("none": straight there).
+        let cfg = write(
+            "user = \"deploy\"\nidentity = \"/keys/mine\"\nproxy_jump = \"ops@bastion\"",
+            "[[hosts]]\naddress = \"app1:22\"\n[[hosts]]\naddress = \"app2\"\nproxy_jump = \"none\"\n",
+        );
+        let t = cfg.targets(&[], None).expect("targets");
+        assert_eq!(
+            (
+                t[0].port,
+                t[0].route.user.as_ref(),
+                t[0].route.identity.as_ref()
+            ),
+            (22, None, None)
+        );
+        assert_eq!(t[0].route.jumps[0].to_string(), "ops@bastion:22");
+        assert!(t[1].route.jumps.is_empty());
+        let e = Config::load(&{
+            std::fs::write(
+                &path,
+                "application = \"a\"\ndeploy_to = \"/srv/a\"\nsource = \"d\"\n[ssh]\nproxy_jump = \"-oProxyCommand=x\"\n[[hosts]]\naddress = \"h\"\n",
+            )
+            .expect("write");
+            path.clone()
+        })
+        .expect_err("not a jump chain");
+        assert!(e.to_string().contains("proxy_jump"), "{e}");
     }
 }

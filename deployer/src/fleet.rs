@@ -214,8 +214,14 @@ pub fn connect(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<Ho
         })
         .collect();
     each(&mut hosts, parallel, |h| {
-        match Remote::connect(&h.target.name, &h.target.host, h.target.port, ssh)
-            .and_then(|r| r.shell().map(|s| (r, s)))
+        match Remote::connect(
+            &h.target.name,
+            &h.target.host,
+            h.target.port,
+            &h.target.route,
+            ssh,
+        )
+        .and_then(|r| r.shell().map(|s| (r, s)))
         {
             Ok((r, s)) => {
                 h.remote = Some(r);

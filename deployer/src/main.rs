@@ -20,8 +20,10 @@ back on its previous release.",
     after_help = "CONFIG (default ./deploy.toml; example: packaging/deploy.toml; paths relative to the file):\n  \
 application, deploy_to, keep_releases (5), source (the directory that becomes a release),\n  \
 build (run locally first), shared_dirs, shared_files,\n  \
-[ssh] user, port, identity (else the SSH agent), known_hosts (~/.ssh/known_hosts),\n  \
-[[hosts]] address = \"host[:port]\", roles, deploy_to,\n  \
+[ssh] user, port, identity (else the SSH agent), known_hosts (~/.ssh/known_hosts),\n    \
+proxy_jump = \"[user@]bastion[:port],…\" (jump hosts, as OpenSSH's ProxyJump),\n    \
+ssh_config = \"~/.ssh/config\" (read HostName, User, Port, IdentityFile, ProxyJump; opt-in),\n  \
+[[hosts]] address = \"host[:port]\", roles, deploy_to, proxy_jump (\"none\": direct),\n  \
 [hooks] before_publish, after_publish (run in the release directory, with $RELEASE,\n    \
 $RELEASE_PATH, $PREVIOUS_RELEASE, $DEPLOY_TO, $REVISION set; { command = \"…\", once = true }\n    \
 runs on the first host only), local_before, local_after, local_failed (run here, with\n    \

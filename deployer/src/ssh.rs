@@ -2,10 +2,13 @@
 //! known_hosts (unknown or changed keys refused with their SHA256 fingerprint; accepting new keys
 //! is opt-in), key-file or agent authentication, and remote commands with their exit status.
 
+use crate::jump::Jump;
 use crate::known_hosts::Verdict;
 use base64::Engine;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,49 +95,75 @@ pub struct Shell {
     default_timeout: Duration,
 }
 
+/// How to reach one host beyond the shared [`SshSettings`]: what `~/.ssh/config` or the host's
+/// own entry says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Instead of [`SshSettings::user`].
+    pub user: Option<String>,
+    /// Instead of [`SshSettings::identity`].
+    pub identity: Option<PathBuf>,
+    /// Jump hosts, in order: the first is reached directly, each next through the one before.
+    pub jumps: Vec<Jump>,
+}
+
+/// The socket a session runs over: TCP to the first hop, or a tunnel through a jump host.
+enum Link {
+    Tcp(TcpStream),
+    Tunnel(UnixStream),
+}
+
 impl Remote {
-    pub fn connect(name: &str, host: &str, port: u16, s: &SshSettings) -> Result<Self, SshError> {
-        let connect_err = |message: String| SshError::Connect {
-            host: name.to_owned(),
-            message,
-        };
-        let session_err = |e: ssh2::Error| SshError::Session {
-            host: name.to_owned(),
-            message: e.to_string(),
-        };
-        let addrs: Vec<_> = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| connect_err(format!("cannot resolve: {e}")))?
-            .collect();
-        let mut last = String::from("no address");
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, s.timeout) {
-                Ok(t) => {
-                    tcp = Some(t);
-                    break;
+    /// Connects to `host:port` (named `name` in messages), through `route`'s jump hosts if any:
+    /// at every hop the host key is checked against known_hosts and the user authenticated.
+    pub fn connect(
+        name: &str,
+        host: &str,
+        port: u16,
+        route: &Route,
+        s: &SshSettings,
+    ) -> Result<Self, SshError> {
+        let identity = route.identity.as_ref().or(s.identity.as_ref());
+        let (first_host, first_port) = route
+            .jumps
+            .first()
+            .map_or((host, port), |j| (j.host.as_str(), j.port()));
+        let hop_name = |j: &Jump| format!("jump host {j} (on the way to {name})");
+        let first_name = route
+            .jumps
+            .first()
+            .map_or_else(|| name.to_owned(), hop_name);
+        let mut link = Link::Tcp(tcp_connect(&first_name, first_host, first_port, s.timeout)?);
+        for (i, j) in route.jumps.iter().enumerate() {
+            let (next_host, next_port) = route
+                .jumps
+                .get(i + 1)
+                .map_or((host, port), |n| (n.host.as_str(), n.port()));
+            let here = hop_name(j);
+            let user = j.user.as_deref().unwrap_or(&s.user);
+            let (session, watch) = login(link, &here, &j.host, j.port(), user, identity, s)?;
+            let channel = session
+                .channel_direct_tcpip(next_host, next_port, None)
+                .map_err(|e| SshError::Connect {
+                    host: name.to_owned(),
+                    message: format!(
+                        "{here} could not open a connection to {next_host}:{next_port}: {e}"
+                    ),
+                })?;
+            let (ours, theirs) = UnixStream::pair().map_err(|e| SshError::Session {
+                host: name.to_owned(),
+                message: format!("cannot make a socket pair for the tunnel: {e}"),
+            })?;
+            crate::jump::spawn_tunnel(session, channel, theirs, watch).map_err(|e| {
+                SshError::Session {
+                    host: name.to_owned(),
+                    message: format!("cannot start the tunnel through {here}: {e}"),
                 }
-                Err(e) => last = e.to_string(),
-            }
+            })?;
+            link = Link::Tunnel(ours);
         }
-        let tcp = tcp.ok_or_else(|| connect_err(last))?;
-        let _ = tcp.set_nodelay(true);
-        let mut session = ssh2::Session::new().map_err(session_err)?;
-        session.set_timeout(u32::try_from(s.timeout.as_millis()).unwrap_or(u32::MAX));
-        session.set_tcp_stream(tcp);
-        session
-            .handshake()
-            .map_err(|e| connect_err(format!("SSH handshake: {e}")))?;
-        verify_host_key(&session, name, host, port, s)?;
-        match &s.identity {
-            Some(key) => session.userauth_pubkey_file(&s.user, None, key, None),
-            None => session.userauth_agent(&s.user),
-        }
-        .map_err(|e| SshError::Auth {
-            host: name.to_owned(),
-            user: s.user.clone(),
-            message: e.to_string(),
-        })?;
+        let user = route.user.as_deref().unwrap_or(&s.user);
+        let (session, _) = login(link, name, host, port, user, identity, s)?;
         Ok(Self {
             name: name.to_owned(),
             session,
@@ -287,6 +316,81 @@ impl Shell {
         let status = line.strip_prefix(self.marker.as_str())?.strip_prefix(' ')?;
         Some((start, status.parse().unwrap_or(-1)))
     }
+}
+
+/// A TCP connection to the first address of `host:port` that answers within `timeout`.
+fn tcp_connect(
+    name: &str,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, SshError> {
+    let connect_err = |message: String| SshError::Connect {
+        host: name.to_owned(),
+        message,
+    };
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| connect_err(format!("cannot resolve: {e}")))?
+        .collect();
+    let mut last = String::from("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(t) => {
+                let _ = t.set_nodelay(true);
+                return Ok(t);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(connect_err(last))
+}
+
+/// The SSH handshake over `link`, the host key checked as `host:port`, then `user`
+/// authenticated. Also returns a duplicate of the socket, for a tunnel to poll.
+fn login(
+    link: Link,
+    name: &str,
+    host: &str,
+    port: u16,
+    user: &str,
+    identity: Option<&PathBuf>,
+    s: &SshSettings,
+) -> Result<(ssh2::Session, OwnedFd), SshError> {
+    let session_err = |e: &dyn std::fmt::Display| SshError::Session {
+        host: name.to_owned(),
+        message: e.to_string(),
+    };
+    let mut session = ssh2::Session::new().map_err(|e| session_err(&e))?;
+    session.set_timeout(u32::try_from(s.timeout.as_millis()).unwrap_or(u32::MAX));
+    let watch = match link {
+        Link::Tcp(t) => {
+            let w = t.as_fd().try_clone_to_owned();
+            session.set_tcp_stream(t);
+            w
+        }
+        Link::Tunnel(u) => {
+            let w = u.as_fd().try_clone_to_owned();
+            session.set_tcp_stream(u);
+            w
+        }
+    }
+    .map_err(|e| session_err(&e))?;
+    session.handshake().map_err(|e| SshError::Connect {
+        host: name.to_owned(),
+        message: format!("SSH handshake: {e}"),
+    })?;
+    verify_host_key(&session, name, host, port, s)?;
+    match identity {
+        Some(key) => session.userauth_pubkey_file(user, None, key, None),
+        None => session.userauth_agent(user),
+    }
+    .map_err(|e| SshError::Auth {
+        host: name.to_owned(),
+        user: user.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok((session, watch))
 }
 
 fn verify_host_key(

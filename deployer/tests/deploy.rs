@@ -4,6 +4,8 @@ mod common;
 
 use common::Hosts;
 use std::os::unix::fs::MetadataExt;
+use testbed::netns::Netns;
+use testbed::sshd::Sshd;
 
 #[test]
 fn deploys_incrementally_rolls_back_and_cleans_up() {
@@ -629,4 +631,127 @@ fn local_hooks_see_the_outcome_and_a_failing_local_before_touches_no_host() {
         seen.starts_with("failed ") && seen.contains(" rev2 ") && seen.ends_with("[failed]\n"),
         "local_failed and local_after see the failure:\n{seen}"
     );
+}
+
+// Hosts on a private network reached only through a bastion (OpenSSH's ProxyJump), tunnelled
+// by the deployer through the bastion's direct-tcpip channel: a real sshd for each, in a
+// network namespace, the hosts accepting the deployer's key only from the bastion's address.
+
+/// Edits `[ssh]` of the written deploy.toml: `lines` go right under the heading.
+fn with_ssh(h: &Hosts, lines: &str) {
+    let text = std::fs::read_to_string(&h.config).expect("deploy.toml");
+    let text = text.replacen("[ssh]\n", &format!("[ssh]\n{lines}\n"), 1);
+    std::fs::write(&h.config, text).expect("deploy.toml");
+}
+
+#[test]
+fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
+    let ns = Netns::start();
+    let bastion = Sshd::start_in(&ns, 2200);
+    let h = Hosts::with_servers(vec![Sshd::start_in(&ns, 2201), Sshd::start_in(&ns, 2202)]);
+    // The hosts take the deployer's key only from the bastion's address; the bastion takes it
+    // from anywhere, and its host key is known.
+    let key = std::fs::read_to_string(h.servers[0].identity.with_extension("pub")).expect("key");
+    for s in &h.servers {
+        let only_from_bastion = format!("from=\"{}\" {key}", ns.inside_ip);
+        std::fs::write(
+            s.known_hosts.with_file_name("authorized_keys"),
+            only_from_bastion,
+        )
+        .expect("authorized_keys");
+    }
+    std::fs::write(bastion.known_hosts.with_file_name("authorized_keys"), &key).expect("auth");
+    let known = h.dir.path().join("known_hosts");
+    let hosts_only = std::fs::read_to_string(&known).expect("known_hosts");
+    let bastion_key = std::fs::read_to_string(&bastion.known_hosts).expect("bastion key");
+    std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
+    h.write("bin/app", "v1\n");
+
+    // Straight to the hosts: refused, as the network wants.
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("authentication"), "{r}");
+    assert_eq!(h.current(0), None);
+
+    // Through the bastion: deployed, and exec goes the same way.
+    let jump = format!("{}@{}", bastion.user, bastion.addr);
+    with_ssh(&h, &format!("proxy_jump = \"{jump}\""));
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 0, "{r}");
+    let first = h.current(0).expect("deployed through the bastion");
+    assert_eq!(h.current(1).as_deref(), Some(first.as_str()));
+    let r = h.run(&["exec", "--", "cat", "bin/app"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains(&format!("{}: v1", h.servers[1].addr)),
+        "{r}"
+    );
+
+    // An unknown bastion key is refused, with its fingerprint; nothing changes.
+    std::fs::write(&known, &hosts_only).expect("known_hosts");
+    h.write("bin/app", "v2\n");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    let fingerprint = String::from_utf8_lossy(
+        &std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&bastion.known_hosts)
+            .output()
+            .expect("ssh-keygen -l")
+            .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .expect("a fingerprint")
+    .to_owned();
+    assert!(
+        r.stdout.contains(&format!("jump host {jump}"))
+            && r.stdout.contains("is unknown")
+            && r.stdout.contains(&fingerprint),
+        "names the bastion and its fingerprint {fingerprint}:\n{r}"
+    );
+    assert_eq!(h.current(0).as_deref(), Some(first.as_str()));
+
+    // The same hosts by their ssh_config names: HostName, Port, User, IdentityFile and ProxyJump
+    // from there (the bastion's own entry gives its address), deploy.toml naming only aliases.
+    std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
+    let (ip, user) = (&ns.inside_ip, &bastion.user);
+    let identity = h.servers[0].identity.display();
+    std::fs::write(
+        h.dir.path().join("ssh_config"),
+        format!(
+            "Host app-one\n  HostName {ip}\n  Port 2201\n\nHost app-two\n  HostName {ip}\n  Port 2202\n\n\
+             Host app-*\n  ProxyJump gateway\n  User {user}\n  IdentityFile {identity}\n\n\
+             Host gateway\n  HostName {ip}\n  Port 2200\n  User {user}\n"
+        ),
+    )
+    .expect("ssh_config");
+    let config = h.dir.path().join("via-ssh-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "application = \"usersvc\"\ndeploy_to = \"/unused\"\nsource = \"dist\"\n\
+             [ssh]\nssh_config = \"ssh_config\"\nknown_hosts = \"known_hosts\"\n\
+             [[hosts]]\naddress = \"app-one\"\ndeploy_to = '''{}'''\n\
+             [[hosts]]\naddress = \"app-two\"\ndeploy_to = '''{}'''\n",
+            h.deploy_to(0).display(),
+            h.deploy_to(1).display()
+        ),
+    )
+    .expect("deploy.toml");
+    let r = common::deployer(&config, &["deploy"]);
+    assert_eq!(r.code, 0, "{r}");
+    let second = h.current(0).expect("deployed");
+    assert_ne!(second, first);
+    assert_eq!(h.current(1).as_deref(), Some(second.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(h.deploy_to(1).join("current/bin/app")).expect("app"),
+        "v2\n"
+    );
+    assert!(
+        r.stdout.contains("app-two"),
+        "hosts are named as written: {r}"
+    );
+    drop(h);
+    drop(bastion);
 }

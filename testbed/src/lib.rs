@@ -9,6 +9,7 @@ pub mod cores;
 pub mod history;
 pub mod http;
 pub mod load;
+pub mod netns;
 pub mod postgres;
 pub mod process;
 pub mod riemann;

@@ -21,6 +21,8 @@ pub struct Sshd {
     pub deploy_root: PathBuf,
     peer: Option<Peer>,
     config: PathBuf,
+    /// The network namespace it runs in (`None`: this one).
+    netns: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -49,13 +51,28 @@ impl Sshd {
     /// Starts sshd on `127.0.0.{n}` for logins as `user`, who owns `deploy_root`. As root, a
     /// missing `user` is created the way PEERS.md says (`useradd -m`, password `*`).
     pub fn start_as(n: u8, user: &str) -> Self {
+        let mut sshd = Self::prepare(format!("127.0.0.{n}"), user);
+        sshd.launch(None);
+        sshd
+    }
+
+    /// Starts sshd inside `ns`, on its inside address and `port`, for logins as the current
+    /// user: a host on a private network.
+    pub fn start_in(ns: &crate::netns::Netns, port: u16) -> Self {
+        let mut sshd = Self::prepare(ns.inside_ip.clone(), &current_user());
+        sshd.netns = Some(ns.name.clone());
+        sshd.launch(Some(port));
+        sshd
+    }
+
+    /// Keys, authorized_keys and deploy_root for a server on `ip`, not started yet.
+    fn prepare(ip: String, user: &str) -> Self {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "sshd is missing: install it with `apt-get install openssh-server` (make test does)"
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let d = dir.path();
-        let ip = format!("127.0.0.{n}");
         keygen(&d.join("host_ed25519"));
         keygen(&d.join("client_ed25519"));
         let pubkey =
@@ -94,7 +111,7 @@ impl Sshd {
             );
         }
         let config = d.join("sshd_config");
-        let mut sshd = Self {
+        Self {
             addr: String::new(),
             ip,
             port: 0,
@@ -104,10 +121,9 @@ impl Sshd {
             deploy_root,
             peer: None,
             config,
+            netns: None,
             dir,
-        };
-        sshd.launch(None);
-        sshd
+        }
     }
 
     /// Starts sshd on `port`, or on a free one.
@@ -134,6 +150,9 @@ impl Sshd {
         );
         let mut cmd = Command::new("/usr/sbin/sshd");
         cmd.args(["-D", "-e", "-f"]).arg(&self.config);
+        if let Some(ns) = &self.netns {
+            cmd = crate::netns::wrap_in(ns, &cmd);
+        }
         self.peer = Some(Peer::spawn("sshd", cmd));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_err() {

@@ -64,7 +64,11 @@ impl Hosts {
     }
 
     pub fn start_as(ips: &[u8], user: &str) -> Self {
-        let servers: Vec<Sshd> = ips.iter().map(|&n| Sshd::start_as(n, user)).collect();
+        Self::with_servers(ips.iter().map(|&n| Sshd::start_as(n, user)).collect())
+    }
+
+    /// Hosts on servers already started: the first one's client key logs in to all.
+    pub fn with_servers(servers: Vec<Sshd>) -> Self {
         let key = std::fs::read_to_string(servers[0].identity.with_extension("pub")).expect("key");
         for s in &servers[1..] {
             std::fs::write(s.known_hosts.with_file_name("authorized_keys"), &key).expect("auth");

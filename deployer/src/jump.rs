@@ -1,0 +1,238 @@
+//! Jump hosts (OpenSSH's `ProxyJump`): the `[user@]host[:port]` chain, and the tunnel that
+//! carries the next hop's SSH connection through a jump host's direct-tcpip channel. Each
+//! tunnel is a socket pair pumped by a thread of its own: the next session runs over one end
+//! as it would over TCP, so host-key checks and authentication are the same at every hop, and
+//! no `ssh` subprocess is involved.
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+/// One hop of a jump chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    /// `None`: the user the deploy logs in as.
+    pub user: Option<String>,
+    pub host: String,
+    /// `None`: as written without one (22, unless `ssh_config` says otherwise).
+    pub port: Option<u16>,
+}
+
+impl Jump {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(22)
+    }
+}
+
+impl std::fmt::Display for Jump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port())
+        } else {
+            write!(f, "{}:{}", self.host, self.port())
+        }
+    }
+}
+
+/// A jump chain that is not `[user@]host[:port]`, comma-separated.
+#[derive(Debug, thiserror::Error)]
+#[error("proxy_jump {0:?} is not [user@]host[:port], comma-separated (e.g. \"deploy@bastion:22\")")]
+pub struct BadJump(pub String);
+
+/// Parses OpenSSH's ProxyJump syntax: `[user@]host[:port]` hops, comma-separated, each may be
+/// written `ssh://…`; `none` (or nothing) is no jump. A port left out is 22.
+pub fn parse_jumps(text: &str) -> Result<Vec<Jump>, BadJump> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|hop| parse_hop(hop.trim()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| BadJump(text.to_owned()))
+}
+
+fn parse_hop(hop: &str) -> Option<Jump> {
+    let hop = hop.strip_prefix("ssh://").unwrap_or(hop);
+    let (user, rest) = match hop.rsplit_once('@') {
+        Some((u, r)) if !u.is_empty() => (Some(u.to_owned()), r),
+        Some(_) => return None,
+        None => (None, hop),
+    };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, p) = v6.split_once(']')?;
+        match p.strip_prefix(':') {
+            Some(p) => (h, Some(p.parse().ok()?)),
+            None if p.is_empty() => (h, None),
+            None => return None,
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p.parse().ok()?)),
+            None => (rest, None),
+        }
+    };
+    let valid = !host.is_empty()
+        && port != Some(0)
+        && !host.starts_with('-')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c));
+    valid.then(|| Jump {
+        user,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// Carries bytes between `channel` (a direct-tcpip channel of `session`) and `local` until
+/// either side ends, on a thread of its own. `watch` is the session's own socket (a duplicate),
+/// polled so the thread sleeps while nothing moves. The thread owns the jump host's session:
+/// it disconnects when the tunnel ends.
+pub fn spawn_tunnel<W: AsFd + Send + 'static>(
+    session: ssh2::Session,
+    channel: ssh2::Channel,
+    local: UnixStream,
+    watch: W,
+) -> std::io::Result<()> {
+    local.set_nonblocking(true)?;
+    session.set_blocking(false);
+    std::thread::Builder::new()
+        .name("ssh-jump".into())
+        .spawn(move || pump(&session, channel, local, watch))
+        .map(drop)
+}
+
+fn pump(
+    session: &ssh2::Session,
+    mut channel: ssh2::Channel,
+    mut local: UnixStream,
+    watch: impl AsFd,
+) {
+    let mut to_local: Vec<u8> = Vec::new();
+    let mut to_remote: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    let blocked = |e: &std::io::Error| e.kind() == ErrorKind::WouldBlock;
+    loop {
+        let mut moved = false;
+        if to_local.is_empty() {
+            match channel.read(&mut buf) {
+                Ok(0) if channel.eof() => return,
+                Ok(0) => {}
+                Ok(n) => {
+                    to_local.extend_from_slice(&buf[..n]);
+                    moved = true;
+                }
+                Err(e) if blocked(&e) => {}
+                Err(_) => return,
+            }
+        }
+        if !to_local.is_empty() {
+            match local.write(&to_local) {
+                Ok(n) => {
+                    to_local.drain(..n);
+                    moved |= n > 0;
+                }
+                Err(e) if blocked(&e) => {}
+                Err(_) => return,
+            }
+        }
+        if to_remote.is_empty() {
+            match local.read(&mut buf) {
+                // The session above was dropped: the tunnel is done.
+                Ok(0) => {
+                    let _ = channel.send_eof();
+                    return;
+                }
+                Ok(n) => {
+                    to_remote.extend_from_slice(&buf[..n]);
+                    moved = true;
+                }
+                Err(e) if blocked(&e) => {}
+                Err(_) => return,
+            }
+        }
+        if !to_remote.is_empty() {
+            match channel.write(&to_remote) {
+                Ok(n) => {
+                    to_remote.drain(..n);
+                    moved |= n > 0;
+                }
+                Err(e) if blocked(&e) => {}
+                Err(_) => return,
+            }
+        }
+        if moved {
+            continue;
+        }
+        // Nothing moved: sleep until either socket is ready (or a second passes, should
+        // libssh2 want to write with nothing to read).
+        let mut remote_flags = PollFlags::POLLIN;
+        if session.block_directions() == ssh2::BlockDirections::Outbound
+            || session.block_directions() == ssh2::BlockDirections::Both
+        {
+            remote_flags |= PollFlags::POLLOUT;
+        }
+        let mut local_flags = PollFlags::empty();
+        if to_remote.is_empty() {
+            local_flags |= PollFlags::POLLIN;
+        }
+        if !to_local.is_empty() {
+            local_flags |= PollFlags::POLLOUT;
+        }
+        let mut fds = [
+            PollFd::new(watch.as_fd(), remote_flags),
+            PollFd::new(local.as_fd(), local_flags),
+        ];
+        if poll(&mut fds, PollTimeout::from(1000u16)).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_chains_parse_as_openssh_writes_them() {
+        let chain =
+            parse_jumps("deploy@bastion:2222, ssh://inner,ops@[fd00::1]:22").expect("valid");
+        assert_eq!(
+            chain,
+            [
+                Jump {
+                    user: Some("deploy".into()),
+                    host: "bastion".into(),
+                    port: Some(2222)
+                },
+                Jump {
+                    user: None,
+                    host: "inner".into(),
+                    port: None
+                },
+                Jump {
+                    user: Some("ops".into()),
+                    host: "fd00::1".into(),
+                    port: Some(22)
+                },
+            ]
+        );
+        assert_eq!(chain[2].to_string(), "ops@[fd00::1]:22");
+        assert!(parse_jumps("none").expect("none").is_empty());
+        for bad in [
+            "bastion:http",
+            "@bastion",
+            "-oProxyCommand=x",
+            "a,,b",
+            "host:0",
+            "[::1",
+        ] {
+            assert!(parse_jumps(bad).is_err(), "{bad}");
+        }
+    }
+}
