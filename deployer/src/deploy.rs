@@ -9,6 +9,7 @@
 //! the report, and `deployer unlock` clears it once the host is back).
 //! `deploy --dry-run` ([`plan`]) reads the hosts and describes the same flow.
 
+use crate::canary::{self, Judgement};
 use crate::config::{Config, Hook, Target, hook_commands, hooks_shown};
 use crate::events;
 use crate::fleet::{self, Host, Stage, each};
@@ -28,7 +29,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What `deploy` is asked for beyond the settings every command shares.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +41,10 @@ pub struct Options {
     pub revision: Option<String>,
     /// Wait up to this long for a lock another deploy holds, instead of failing at once.
     pub lock_wait: Option<std::time::Duration>,
+    /// Watch the first batch (`rolling` hosts, or one) this long after it publishes, with the
+    /// health gate and usersvc's Riemann events against the hosts still on the old release,
+    /// before publishing the rest.
+    pub canary: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,10 @@ pub enum DeployError {
     Build { command: String, message: String },
     #[error("cannot read the source tree: {0}")]
     Source(#[from] crate::manifest::ManifestError),
+    #[error(
+        "--canary has nothing to watch with: add a [health] check and/or [riemann] server = \"host:5555\" (usersvc's events)"
+    )]
+    CanaryBlind,
 }
 
 /// One host's deploy state on top of its connection.
@@ -161,6 +170,9 @@ pub fn deploy(
 ) -> Result<Report, DeployError> {
     let started = Instant::now();
     let gate = cfg.health.as_ref().and_then(Gate::new);
+    if options.canary.is_some() && gate.is_none() && cfg.riemann.is_none() {
+        return Err(DeployError::CanaryBlind);
+    }
     build(cfg)?;
     let manifest = Manifest::scan(&cfg.source)?;
     let user = cfg.user();
@@ -289,7 +301,8 @@ fn remote(
         .into_iter()
         .map(Run::new)
         .collect();
-    let ok = match advance(c, &mut runs, manifest, gate) {
+    let mut canary = Vec::new();
+    let ok = match advance(c, &mut runs, manifest, gate, &mut canary) {
         Ok(()) => {
             finish(&mut runs, c);
             true
@@ -300,7 +313,9 @@ fn remote(
             false
         }
     };
-    c.report(runs, ok, started)
+    let mut report = c.report(runs, ok, started);
+    report.canary = canary;
+    report
 }
 
 /// Every stage up to the last health gate; `Err` says why the run stops there.
@@ -309,6 +324,7 @@ fn advance(
     runs: &mut [Run],
     manifest: &Manifest,
     gate: Option<&Gate>,
+    canary: &mut Vec<String>,
 ) -> Result<(), &'static str> {
     let parallel = c.settings.parallel;
     c.barrier(
@@ -358,17 +374,21 @@ fn advance(
         "a before_publish hook failed; removing the staged release everywhere",
     )?;
 
-    // Publish, in batches when rolling; after_publish hooks and the health gate per batch.
+    // Publish, in batches when rolling (the canary first); after_publish hooks and the health
+    // gate per batch.
     let count = runs.len();
-    let size = c.options.rolling.unwrap_or(count).clamp(1, count.max(1));
-    for (i, batch) in runs.chunks_mut(size).enumerate() {
-        let start = i * size;
+    let mut start = 0;
+    for (i, size) in batch_sizes(count, c.options.rolling, c.options.canary.is_some())
+        .into_iter()
+        .enumerate()
+    {
+        let batch = &mut runs[start..start + size];
         c.settings.say(&if size < count {
             format!(
                 "publishing {} on hosts {}-{} of {count}",
                 c.release,
                 start + 1,
-                start + batch.len()
+                start + size
             )
         } else {
             format!("publishing {}", c.release)
@@ -379,8 +399,121 @@ fn advance(
             Stage::Publish,
             "failed after publish; putting every host back on its previous release",
         )?;
+        if let (0, Some(window)) = (i, c.options.canary) {
+            watch_canary(batch, c, gate, window, canary);
+            c.barrier(
+                batch,
+                Stage::Canary,
+                "the canary failed; putting every host back on its previous release",
+            )?;
+        }
+        start += size;
     }
     Ok(())
+}
+
+/// How many hosts each publish batch has: `rolling` at a time (all at once without it); with
+/// a canary, the first batch is `rolling` hosts or one, and the rest go as `rolling` says.
+fn batch_sizes(count: usize, rolling: Option<usize>, canary: bool) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut left = count;
+    if canary && left > 0 {
+        let first = rolling.unwrap_or(1).clamp(1, left);
+        sizes.push(first);
+        left -= first;
+    }
+    let size = rolling.unwrap_or(left).max(1);
+    while left > 0 {
+        let n = size.min(left);
+        sizes.push(n);
+        left -= n;
+    }
+    sizes
+}
+
+/// Watches the published first batch for `window`: every `[canary] interval` the health gate
+/// runs on it and, with `[riemann]`, usersvc's errors rate and latency p99 of the new revision
+/// are compared with the hosts still on the old one. Worse beyond a limit, unhealthy, or never
+/// heard of in Riemann: the batch fails at `canary`. `said` gets what was compared and why the
+/// deploy went on or stopped, for the report.
+fn watch_canary(
+    batch: &mut [Run],
+    c: &Ctx,
+    gate: Option<&Gate>,
+    window: Duration,
+    said: &mut Vec<String>,
+) {
+    let limits = &c.cfg.canary;
+    let watched: Vec<String> = batch
+        .iter()
+        .flat_map(|r| [r.host.target.name.clone(), r.host.target.host.clone()])
+        .collect();
+    let names: Vec<&str> = batch.iter().map(|r| r.host.name()).collect();
+    let shown = humantime::format_duration(window);
+    c.settings.say(&format!(
+        "canary: watching {} for {shown}",
+        names.join(", ")
+    ));
+    said.push(format!("watched {} for {shown}", names.join(", ")));
+    let server = c.cfg.riemann.as_ref().map(|r| r.server.as_str());
+    let ends = Instant::now() + window;
+    let mut last = None;
+    let mut looks = 0u32;
+    let stop = |batch: &mut [Run], why: &str| {
+        for r in batch.iter_mut() {
+            r.host.fail(Stage::Canary, why);
+        }
+    };
+    loop {
+        looks += 1;
+        if let Some(gate) = gate {
+            each(batch, c.settings.parallel, |r| {
+                stages::health(&mut r.host, gate, &c.release(None));
+            });
+            if batch.iter().any(|r| !r.ok()) {
+                said.push(format!("stopped: the health gate failed at look {looks}"));
+                return;
+            }
+        }
+        if let Some(server) = server {
+            let judged = match canary::query(server, c.settings.ssh.timeout) {
+                Ok(events) => canary::judge(
+                    &canary::sample(&events, &c.revision, &watched),
+                    &c.revision,
+                    limits,
+                ),
+                Err(e) => Judgement::NoNew(format!("cannot query Riemann at {server}: {e}")),
+            };
+            if let Judgement::Worse(why) = &judged {
+                said.push(format!("stopped: {why}"));
+                stop(batch, &format!("worse than the old release: {why}"));
+                return;
+            }
+            last = Some(judged);
+        }
+        let left = ends.saturating_duration_since(Instant::now());
+        if left.is_zero() || c.settings.interrupted() {
+            break;
+        }
+        let nap = Instant::now() + left.min(limits.interval);
+        while Instant::now() < nap && !c.settings.interrupted() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    match last {
+        Some(Judgement::Fine(text)) => said.push(format!("went on after {looks} looks: {text}")),
+        Some(Judgement::NoOld(text)) => said.push(format!("went on after {looks} looks: {text}")),
+        Some(Judgement::NoNew(text)) => {
+            let why = format!(
+                "{text} after {shown}: is usersvc reporting (riemann in usersvc.toml), and is the window longer than its riemann_interval?"
+            );
+            said.push(format!("stopped: {why}"));
+            stop(batch, &why);
+        }
+        Some(Judgement::Worse(_)) | None => {
+            said.push(format!("went on: healthy at each of {looks} looks"));
+        }
+    }
 }
 
 /// Runs a stage's hooks on one host; one failing fails the host at `stage`.
@@ -814,9 +947,22 @@ pub fn plan(
         ("after_publish", hooks_shown(&cfg.hooks.after_publish)),
         (
             "publish",
-            match options.rolling {
-                Some(n) => format!("{n} host(s) at a time, health gate between batches"),
-                None => "all hosts at once, once all are staged".into(),
+            match (options.rolling, options.canary) {
+                (n, Some(w)) => format!(
+                    "canary first: {} host(s), watched for {} (health gate{}), then {}",
+                    n.unwrap_or(1),
+                    humantime::format_duration(w),
+                    if cfg.riemann.is_some() {
+                        ", and errors rate and latency p99 in Riemann against the old release"
+                    } else {
+                        ""
+                    },
+                    n.map_or("the rest at once".to_owned(), |n| format!(
+                        "{n} host(s) at a time"
+                    )),
+                ),
+                (Some(n), None) => format!("{n} host(s) at a time, health gate between batches"),
+                (None, None) => "all hosts at once, once all are staged".into(),
             },
         ),
         (

@@ -35,6 +35,7 @@
 //!
 //! ARCHITECTURE.md maps the modules and the invariants they keep.
 
+mod canary;
 mod check;
 mod config;
 mod deploy;
@@ -64,7 +65,7 @@ mod unlock;
 mod upload;
 
 pub use check::{Checked, HostReport, check};
-pub use config::{Config, ConfigError, Problem, SelectError, Target};
+pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
 pub use deploy::{DeployError, Options, Plan, deploy, plan};
 pub use exec::exec;
 pub use fleet::{Failure, Stage};

@@ -30,9 +30,11 @@ runs on the first host only), local_before, local_after, local_failed (run here,
 $DEPLOY_RELEASE, $DEPLOY_REVISION, $DEPLOY_HOSTS, $DEPLOY_OUTCOME = ok|failed),\n  \
 [health] url (\"{host}\" is replaced) + method (ping), and/or command (a Nagios plugin,\n    \
 exit 0 = healthy), retries (10), interval (1s), timeout (10s),\n  \
-[riemann] server = \"host:5555\" (deploy events).\n\
+[riemann] server = \"host:5555\" (deploy events; what --canary queries),\n  \
+[canary] max_error_ratio (2), max_latency_ratio (1.5), min_error_rate (0.1/s), min_latency\n    \
+(5ms), interval (5s).\n\
 Unknown keys are errors. Host keys are checked strictly against known_hosts.\n\n\
-EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --rolling 2\n  \
+EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
 deployer releases --hosts app1.example.com\n  deployer rollback --to 20261123101500\n  \
 deployer exec --role app -- systemctl status usersvc\n  deployer logs -n 20 -f\n  \
 deployer unlock"
@@ -92,6 +94,13 @@ enum Command {
         /// instead of failing at once: for CI pipelines that may deploy at the same time
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         lock_wait: Option<std::time::Duration>,
+        /// Publish the first batch (--rolling N hosts, or one) and watch it this long (e.g. 60s)
+        /// before the rest: the health gate every [canary] interval and, with [riemann],
+        /// usersvc's errors rate and latency p99 on the new revision against the hosts still on
+        /// the old one. Worse beyond [canary] max_error_ratio/max_latency_ratio: every published
+        /// host goes back and the deploy fails
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        canary: Option<std::time::Duration>,
     },
     /// Switch `current` back to the previous good release (or RELEASE) on every selected host
     Rollback {
@@ -177,11 +186,13 @@ fn run() -> anyhow::Result<()> {
             rolling,
             revision,
             lock_wait,
+            canary,
         } => {
             let options = Options {
                 rolling: rolling.map(usize::from),
                 revision,
                 lock_wait,
+                canary,
             };
             if dry_run {
                 report(deployer::plan(&cfg, &targets, &settings, &options)?)

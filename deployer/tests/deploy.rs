@@ -755,3 +755,150 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     drop(h);
     drop(bastion);
 }
+
+/// Plays usersvc on each host for the Riemann sink: every 200 ms, events for `app{i}` carrying
+/// the revision the host's `current` release holds, with errors when that revision is "bad".
+struct Reporter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Reporter {
+    fn start(sink: std::net::SocketAddr, deploy_dirs: Vec<std::path::PathBuf>) -> Self {
+        use riemann_probe::{Client, ClientConfig, event};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&ClientConfig::tcp(sink.to_string())).expect("sink");
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut events = Vec::new();
+                for (i, d) in deploy_dirs.iter().enumerate() {
+                    let Ok(revision) = std::fs::read_to_string(d.join("current/REVISION")) else {
+                        continue;
+                    };
+                    let revision = revision.trim();
+                    let errors = if revision == "bad" { 5.0 } else { 0.2 };
+                    for (service, metric) in [
+                        ("usersvc errors rate", errors),
+                        ("usersvc latency p99", 0.010),
+                    ] {
+                        events.push(
+                            event(service)
+                                .host(format!("app{i}"))
+                                .attribute("revision", revision)
+                                .metric(metric)
+                                .ttl(2.0)
+                                .build(),
+                        );
+                    }
+                }
+                client.send(&events).expect("send to the sink");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_canary_that_does_worse_in_riemann_is_rolled_back_and_a_healthy_one_goes_on() {
+    let h = Hosts::start(&[47, 48, 49]);
+    let sink = testbed::riemann::Sink::start();
+    h.configure(
+        "",
+        &format!(
+            "[riemann]\nserver = \"{}\"\n[canary]\ninterval = \"300ms\"\n",
+            sink.tcp_addr()
+        ),
+    );
+    let _usersvc = Reporter::start(
+        sink.tcp_addr(),
+        (0..3).map(|i| h.deploy_to(i).to_owned()).collect(),
+    );
+    h.write("v", "1");
+    assert_eq!(h.run(&["deploy", "--revision", "good1"]).code, 0);
+    let revision = |i: usize| {
+        std::fs::read_to_string(h.deploy_to(i).join("current/REVISION"))
+            .expect("REVISION")
+            .trim()
+            .to_owned()
+    };
+
+    // Healthy: the canary does as well as the rest, and the deploy goes on, host by host.
+    h.write("v", "2");
+    let plan = h.run(&["deploy", "--dry-run", "--rolling", "1", "--canary", "2s"]);
+    assert!(
+        plan.stdout
+            .contains("canary first: 1 host(s), watched for 2s"),
+        "{plan}"
+    );
+    let r = h.run(&[
+        "deploy",
+        "--revision",
+        "good2",
+        "--rolling",
+        "1",
+        "--canary",
+        "2s",
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains("canary: went on after")
+            && r.stdout.contains(
+                "revision good2 (app0) against the others (app1, app2): errors 0.20/s vs 0.20/s"
+            ),
+        "{r}"
+    );
+    assert_eq!((0..3).map(revision).collect::<Vec<_>>(), ["good2"; 3]);
+    let good = h.current(0).expect("current");
+
+    // Worse: the canary's errors rate is 25× the others'; it goes back, the rest never move.
+    h.write("v", "3");
+    let r = h.run(&[
+        "deploy",
+        "--revision",
+        "bad",
+        "--rolling",
+        "1",
+        "--canary",
+        "3s",
+    ]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains(
+            "canary: stopped: revision bad (app0) against the others (app1, app2): errors 5.00/s vs 0.20/s (ratio 25.00 > 2)"
+        ),
+        "the report says what was compared and why it stopped:\n{r}"
+    );
+    assert!(
+        r.stderr.contains("at canary: worse than the old release"),
+        "{r}"
+    );
+    assert_eq!((0..3).map(revision).collect::<Vec<_>>(), ["good2"; 3]);
+    assert_eq!(h.current(0), Some(good.clone()));
+    let last = h.log(0).pop().expect("logged");
+    assert_eq!(
+        (last["outcome"].as_str(), last["stage"].as_str()),
+        (Some("rolled_back"), Some("canary"))
+    );
+    let staged_only = h.log(1).pop().expect("logged");
+    assert_eq!(
+        staged_only["outcome"], "failed",
+        "host 1 only staged the bad release, and dropped it: {staged_only}"
+    );
+    assert_eq!(h.releases(1).len(), 2, "the staged release is gone");
+
+    // Nothing to watch with: refused before anything happens.
+    h.configure("", "");
+    let r = h.run(&["deploy", "--canary", "1s"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("--canary has nothing to watch with"),
+        "{r}"
+    );
+}

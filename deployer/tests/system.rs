@@ -149,9 +149,10 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
     hosts.configure(
         "shared_files = [\"usersvc.toml\"]",
         &format!(
-            "[hooks]\nbefore_publish = [\"./bin/usersvc --version\"]\n{}\n[health]\ncommand = \"{}/bin/check_jsonrpc -H {{host}} -p {port} -m version --expect '/revision=\\\"{{revision}}\\\"'\"\nretries = 40\ninterval = \"250ms\"\ntimeout = \"5s\"\n",
+            "[hooks]\nbefore_publish = [\"./bin/usersvc --version\"]\n{}\n[health]\ncommand = \"{}/bin/check_jsonrpc -H {{host}} -p {port} -m version --expect '/revision=\\\"{{revision}}\\\"'\"\nretries = 40\ninterval = \"250ms\"\ntimeout = \"5s\"\n[riemann]\nserver = \"{}\"\n[canary]\ninterval = \"500ms\"\n",
             shipped_after_publish(),
-            dist.display()
+            dist.display(),
+            sink.tcp_addr()
         ),
     );
     // The deploy's source is what `make dist` assembled (or the broken copy of it).
@@ -202,9 +203,27 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
         r
     };
 
-    // 2. A second release; the gate checks that rev2 is what answers.
-    let r = step("rev2", &|| deploy("rev2"));
+    // 2. A second release, a canary first: app1 serves rev2 for 3 s while the deployer compares
+    //    its usersvc events in Riemann (errors rate, latency p99, by revision) with the others';
+    //    the gate checks that rev2 is what answers.
+    let r = step("rev2", &|| {
+        hosts.run(&[
+            "deploy",
+            "--revision",
+            "rev2",
+            "--rolling",
+            "1",
+            "--canary",
+            "3s",
+        ])
+    });
     assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains("canary: went on after")
+            && r.stdout
+                .contains("revision rev2 (app1) against the others (app2"),
+        "the real usersvc's events were compared: {r}"
+    );
     let rev2_pids: Vec<Option<u32>> = (0..IPS.len()).map(|i| servers.pid(i)).collect();
 
     // 3. A release whose server dies at start: the deploy fails and every host is back on rev2,

@@ -1,0 +1,233 @@
+//! The canary's judgement: usersvc's `errors rate` and `latency p99` events, read from Riemann
+//! with its query protocol, split by their `revision` attribute into the new release's hosts
+//! and the others, and compared against `[canary]`'s ratios. Pure but for [`query`]: what the
+//! deploy flow does with a verdict is its business.
+
+use crate::config::Canary;
+use riemann_probe::{Client, ClientConfig, Event};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const ERRORS: &str = "usersvc errors rate";
+const LATENCY: &str = "usersvc latency p99";
+
+/// usersvc's current error-rate and latency events, as Riemann's index holds them.
+pub fn query(server: &str, timeout: Duration) -> Result<Vec<Event>, riemann_probe::Error> {
+    let mut cfg = ClientConfig::tcp(server);
+    cfg.timeout = timeout;
+    let mut client = Client::connect(&cfg)?;
+    let mut events = client.query(&format!("service = \"{ERRORS}\""))?;
+    events.extend(client.query(&format!("service = \"{LATENCY}\""))?);
+    Ok(events)
+}
+
+/// One side's figures: the mean over its hosts of each host's latest event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    pub hosts: Vec<String>,
+    /// Errors per second.
+    pub errors: Option<f64>,
+    /// Seconds.
+    pub latency: Option<f64>,
+}
+
+/// The new revision's figures and the rest's; `None` where no host reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub new: Option<Figures>,
+    pub old: Option<Figures>,
+}
+
+/// Splits `events` by revision: `revision`'s on one side, every other revision's on the other.
+/// Events of the hosts being watched (`watched`: their names and addresses) never count for
+/// the old side: their last old-revision events may not have expired yet.
+pub fn sample(events: &[Event], revision: &str, watched: &[String]) -> Sample {
+    let mut new: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
+    let mut old = new.clone();
+    for e in events {
+        let (Some(host), Some(service), Some(metric)) = (&e.host, &e.service, e.metric()) else {
+            continue;
+        };
+        if !metric.is_finite() || metric < 0.0 {
+            continue;
+        }
+        let side = match e.attribute("revision") {
+            Some(r) if r == revision => &mut new,
+            Some(_) if !watched.contains(host) => &mut old,
+            _ => continue,
+        };
+        let slot = side.entry(host.clone()).or_default();
+        match service.as_str() {
+            ERRORS => slot.0 = Some(metric),
+            LATENCY => slot.1 = Some(metric),
+            _ => {}
+        }
+    }
+    Sample {
+        new: figures(new),
+        old: figures(old),
+    }
+}
+
+fn figures(side: BTreeMap<String, (Option<f64>, Option<f64>)>) -> Option<Figures> {
+    if side.is_empty() {
+        return None;
+    }
+    let mean = |values: Vec<f64>| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    Some(Figures {
+        errors: mean(side.values().filter_map(|v| v.0).collect()),
+        latency: mean(side.values().filter_map(|v| v.1).collect()),
+        hosts: side.into_keys().collect(),
+    })
+}
+
+/// What one look at Riemann says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    /// The new revision does worse beyond a limit: why, with the figures.
+    Worse(String),
+    /// Within the limits: the figures.
+    Fine(String),
+    /// Nothing from the new revision yet (it may not have reported).
+    NoNew(String),
+    /// The new revision reports, but no other revision does: nothing to compare against.
+    NoOld(String),
+}
+
+/// Compares the new revision with the rest. A rate below `min_error_rate` (a latency below
+/// `min_latency`) counts as that floor on both sides, so an idle service's one error (or a
+/// microsecond's jitter) is not a regression of "infinitely many times".
+pub fn judge(s: &Sample, revision: &str, limits: &Canary) -> Judgement {
+    let Some(new) = &s.new else {
+        return Judgement::NoNew(format!(
+            "no usersvc errors rate or latency p99 events of revision {revision} in Riemann"
+        ));
+    };
+    let Some(old) = &s.old else {
+        return Judgement::NoOld(format!(
+            "revision {revision} reports from {}, but no host on another revision does: nothing to compare against",
+            new.hosts.join(", ")
+        ));
+    };
+    let mut parts = Vec::new();
+    let mut worse = false;
+    let floor_latency = limits.min_latency.as_secs_f64();
+    let metrics = [
+        (
+            "errors",
+            new.errors,
+            old.errors,
+            limits.min_error_rate,
+            limits.max_error_ratio,
+        ),
+        (
+            "latency p99",
+            new.latency,
+            old.latency,
+            floor_latency,
+            limits.max_latency_ratio,
+        ),
+    ];
+    for (what, n, o, floor, max) in metrics {
+        let shown = |v: f64| match what {
+            "errors" => format!("{v:.2}/s"),
+            _ => format!("{:.1} ms", v * 1e3),
+        };
+        match (n, o) {
+            (Some(n), Some(o)) => {
+                let ratio = n.max(floor) / o.max(floor);
+                let over = ratio > max;
+                worse |= over;
+                parts.push(format!(
+                    "{what} {} vs {} (ratio {ratio:.2} {} {max})",
+                    shown(n),
+                    shown(o),
+                    if over { ">" } else { "≤" }
+                ));
+            }
+            _ => parts.push(format!("{what}: not reported by both sides")),
+        }
+    }
+    let text = format!(
+        "revision {revision} ({}) against the others ({}): {}",
+        new.hosts.join(", "),
+        old.hosts.join(", "),
+        parts.join(", ")
+    );
+    if worse {
+        Judgement::Worse(text)
+    } else {
+        Judgement::Fine(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use riemann_probe::event;
+
+    fn ev(host: &str, service: &str, revision: &str, metric: f64) -> Event {
+        event(service)
+            .host(host)
+            .attribute("revision", revision)
+            .metric(metric)
+            .build()
+    }
+
+    fn limits() -> Canary {
+        Canary::default()
+    }
+
+    #[test]
+    fn compares_the_new_revision_with_the_rest() {
+        let events = [
+            ev("app1", ERRORS, "new", 4.0),
+            ev("app1", LATENCY, "new", 0.012),
+            ev("app2", ERRORS, "old", 0.5),
+            ev("app2", LATENCY, "old", 0.010),
+            ev("app3", ERRORS, "old", 1.5),
+            ev("app3", LATENCY, "old", 0.010),
+            // The canary's last old-revision event, not yet expired: not part of "the others".
+            ev("app1-addr", ERRORS, "old", 100.0),
+        ];
+        let s = sample(&events, "new", &["app1".into(), "app1-addr".into()]);
+        let old = s.old.clone().expect("old side");
+        assert_eq!(old.hosts, ["app2", "app3"]);
+        assert_eq!(old.errors, Some(1.0));
+        match judge(&s, "new", &limits()) {
+            Judgement::Worse(why) => {
+                assert!(
+                    why.contains("errors 4.00/s vs 1.00/s (ratio 4.00 > 2)"),
+                    "{why}"
+                );
+                assert!(
+                    why.contains("latency p99 12.0 ms vs 10.0 ms (ratio 1.20 ≤ 1.5)"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn floors_keep_an_idle_service_from_looking_infinitely_worse() {
+        let events = [
+            ev("app1", ERRORS, "new", 0.05),
+            ev("app1", LATENCY, "new", 0.004),
+            ev("app2", ERRORS, "old", 0.0),
+            ev("app2", LATENCY, "old", 0.0001),
+        ];
+        let s = sample(&events, "new", &["app1".into()]);
+        assert!(matches!(judge(&s, "new", &limits()), Judgement::Fine(_)));
+        assert!(matches!(
+            judge(&sample(&events[..2], "new", &[]), "new", &limits()),
+            Judgement::NoOld(_)
+        ));
+        assert!(matches!(
+            judge(&sample(&events[2..], "new", &[]), "new", &limits()),
+            Judgement::NoNew(_)
+        ));
+    }
+}
