@@ -150,6 +150,14 @@ pub fn judge(s: &Sample, revision: &str, limits: &Canary) -> Judgement {
             _ => parts.push(format!("{what}: not reported by both sides")),
         }
     }
+    if parts
+        .iter()
+        .all(|p| p.ends_with("not reported by both sides"))
+    {
+        return Judgement::NoNew(format!(
+            "revision {revision} and the others report no metric in common (errors rate, latency p99)"
+        ));
+    }
     let text = format!(
         "revision {revision} ({}) against the others ({}): {}",
         new.hosts.join(", "),

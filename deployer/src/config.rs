@@ -97,10 +97,11 @@ pub struct Hooks {
     /// deploy.
     #[serde(default)]
     pub local_before: Vec<String>,
-    /// Run here at the end of every deploy that got past `local_before`, whatever its outcome.
+    /// Run here at the end of every deploy, whatever its outcome (a failed `local_before`
+    /// too).
     #[serde(default)]
     pub local_after: Vec<String>,
-    /// Run here when a deploy failed, before `local_after`.
+    /// Run here when a deploy failed (a failed `local_before` too), before `local_after`.
     #[serde(default)]
     pub local_failed: Vec<String>,
 }
@@ -472,12 +473,21 @@ impl Config {
                 .or(self.ssh.proxy_jump.as_deref())
                 .or(s.proxy_jump.as_deref())
                 .unwrap_or("");
-            let mut jumps = parse_jumps(chain)?;
+            let from_file = h.proxy_jump.is_none() && self.ssh.proxy_jump.is_none();
+            let mut jumps =
+                parse_jumps(chain).map_err(|e| match (from_file, &self.ssh.ssh_config) {
+                    (true, Some(path)) => Problem::SshConfig(format!(
+                        "{}: the ProxyJump for {alias}: {e}",
+                        path.display()
+                    )),
+                    _ => Problem::Jump(e),
+                })?;
             // Jump hosts are looked up too, as OpenSSH does; what the chain says wins.
             for j in &mut jumps {
                 let js = said(&j.host);
                 j.user = j.user.take().or(js.user);
                 j.port = j.port.or(js.port);
+                j.identity = js.identity.map(|p| expand_home(&p));
                 if let Some(name) = js.host_name {
                     j.host = name;
                 }

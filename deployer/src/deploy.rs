@@ -193,6 +193,7 @@ pub fn deploy(
         .collect::<Vec<_>>()
         .join(",");
     let revision = c.revision.clone();
+    let never = std::sync::atomic::AtomicBool::new(false);
     let local = |stage: &'static str, commands: &[String], release: &str, outcome: &str| {
         if !commands.is_empty() {
             settings.say(&format!("running {stage} hooks here"));
@@ -204,7 +205,20 @@ pub fn deploy(
             hosts: &hosts,
             outcome,
         };
-        local_hook::run(stage, commands, &cfg.base, &env, settings.hook_timeout)
+        local_hook::run(
+            stage,
+            commands,
+            &cfg.base,
+            &env,
+            settings.hook_timeout,
+            // A Ctrl-C stops local_before; the hooks after the deploy still tell of it (a
+            // second Ctrl-C exits at once).
+            if stage == "local_before" {
+                &settings.interrupted
+            } else {
+                &never
+            },
+        )
     };
     let before = local("local_before", &cfg.hooks.local_before, &c.release, "");
     let mut report = match before.iter().find_map(|h| h.problem.as_ref()) {
@@ -489,7 +503,12 @@ fn watch_canary(
                 stop(batch, &format!("worse than the old release: {why}"));
                 return;
             }
-            last = Some(judged);
+            // A look that saw nothing does not undo one that saw the canary do well (Riemann
+            // may be briefly out of reach at the last look).
+            let saw = matches!(judged, Judgement::Fine(_) | Judgement::NoOld(_));
+            if saw || !matches!(last, Some(Judgement::Fine(_) | Judgement::NoOld(_))) {
+                last = Some(judged);
+            }
         }
         let left = ends.saturating_duration_since(Instant::now());
         if left.is_zero() || c.settings.interrupted() {
@@ -499,6 +518,10 @@ fn watch_canary(
         while Instant::now() < nap && !c.settings.interrupted() {
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    if c.settings.interrupted() {
+        said.push(format!("interrupted after {looks} looks"));
+        return;
     }
     match last {
         Some(Judgement::Fine(text)) => said.push(format!("went on after {looks} looks: {text}")),
@@ -885,6 +908,9 @@ pub fn plan(
     settings: &Settings,
     options: &Options,
 ) -> Result<Plan, DeployError> {
+    if options.canary.is_some() && cfg.health.is_none() && cfg.riemann.is_none() {
+        return Err(DeployError::CanaryBlind);
+    }
     let manifest = Manifest::scan(&cfg.source)?;
     let revision = revision(&cfg.source, &manifest, options.revision.as_deref());
     let shared = cfg.shared_paths();
@@ -994,4 +1020,20 @@ pub fn plan(
         }
     }
     Ok(Plan { text: out, ready })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_sizes;
+
+    #[test]
+    fn batches_put_the_canary_first() {
+        assert_eq!(batch_sizes(5, None, false), [5]);
+        assert_eq!(batch_sizes(5, Some(2), false), [2, 2, 1]);
+        assert_eq!(batch_sizes(5, None, true), [1, 4]);
+        assert_eq!(batch_sizes(5, Some(2), true), [2, 2, 1]);
+        assert_eq!(batch_sizes(1, None, true), [1]);
+        assert_eq!(batch_sizes(3, Some(9), true), [3]);
+        assert!(batch_sizes(0, None, true).is_empty());
+    }
 }

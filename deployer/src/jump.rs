@@ -17,6 +17,8 @@ pub struct Jump {
     pub host: String,
     /// `None`: as written without one (22, unless `ssh_config` says otherwise).
     pub port: Option<u16>,
+    /// The key for this hop (`ssh_config`'s IdentityFile for it); `None`: the deploy's.
+    pub identity: Option<std::path::PathBuf>,
 }
 
 impl Jump {
@@ -86,13 +88,14 @@ fn parse_hop(hop: &str) -> Option<Jump> {
         user,
         host: host.to_owned(),
         port,
+        identity: None,
     })
 }
 
 /// Carries bytes between `channel` (a direct-tcpip channel of `session`) and `local` until
 /// either side ends, on a thread of its own. `watch` is the session's own socket (a duplicate),
 /// polled so the thread sleeps while nothing moves. The thread owns the jump host's session:
-/// it disconnects when the tunnel ends.
+/// it is dropped (its socket closed) when the tunnel ends.
 pub fn spawn_tunnel<W: AsFd + Send + 'static>(
     session: ssh2::Session,
     channel: ssh2::Channel,
@@ -121,8 +124,8 @@ fn pump(
         let mut moved = false;
         if to_local.is_empty() {
             match channel.read(&mut buf) {
-                Ok(0) if channel.eof() => return,
-                Ok(0) => {}
+                // EOF, or a close without one: the far end is gone.
+                Ok(0) => return,
                 Ok(n) => {
                     to_local.extend_from_slice(&buf[..n]);
                     moved = true;
@@ -169,12 +172,18 @@ fn pump(
         if moved {
             continue;
         }
-        // Nothing moved: sleep until either socket is ready (or a second passes, should
-        // libssh2 want to write with nothing to read).
-        let mut remote_flags = PollFlags::POLLIN;
-        if session.block_directions() == ssh2::BlockDirections::Outbound
-            || session.block_directions() == ssh2::BlockDirections::Both
-        {
+        // Nothing moved: sleep until a socket can take us further. The session's socket is
+        // watched for input only when that input can be used (there is room to read into, or a
+        // write waits for the window to open), else unread data would wake us forever; and a
+        // short timeout covers packets libssh2 queued while a write waited.
+        let mut remote_flags = PollFlags::empty();
+        if to_local.is_empty() || !to_remote.is_empty() {
+            remote_flags |= PollFlags::POLLIN;
+        }
+        if matches!(
+            session.block_directions(),
+            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+        ) {
             remote_flags |= PollFlags::POLLOUT;
         }
         let mut local_flags = PollFlags::empty();
@@ -188,7 +197,16 @@ fn pump(
             PollFd::new(watch.as_fd(), remote_flags),
             PollFd::new(local.as_fd(), local_flags),
         ];
-        if poll(&mut fds, PollTimeout::from(1000u16)).is_err() {
+        if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
+            return;
+        }
+        // Either side hung up: whatever is still buffered has nobody left to read it.
+        let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+        if fds
+            .iter()
+            .any(|f| f.revents().is_some_and(|r| r.intersects(gone)))
+        {
+            let _ = channel.send_eof();
             return;
         }
     }
@@ -208,17 +226,20 @@ mod tests {
                 Jump {
                     user: Some("deploy".into()),
                     host: "bastion".into(),
-                    port: Some(2222)
+                    port: Some(2222),
+                    identity: None
                 },
                 Jump {
                     user: None,
                     host: "inner".into(),
-                    port: None
+                    port: None,
+                    identity: None
                 },
                 Jump {
                     user: Some("ops".into()),
                     host: "fd00::1".into(),
-                    port: Some(22)
+                    port: Some(22),
+                    identity: None
                 },
             ]
         );

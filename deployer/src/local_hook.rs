@@ -3,10 +3,15 @@
 //! with what it started past it, by the same runner the health gate's plugins use). They see
 //! `DEPLOY_APPLICATION`, `DEPLOY_RELEASE`, `DEPLOY_REVISION`, `DEPLOY_HOSTS` (the selected
 //! hosts, comma-separated) and `DEPLOY_OUTCOME` (`ok` or `failed`; empty before the deploy).
+//! In `local_before`, `DEPLOY_RELEASE` is the name the clock gives: a host already holding a
+//! later release (another deploy that went first) moves it on, and the hooks after the deploy
+//! see the final one.
 
 use crate::report::HookRun;
+use plugin_api::Keep;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What every local hook of one deploy is told.
@@ -26,6 +31,7 @@ pub fn run(
     dir: &Path,
     env: &Env,
     timeout: Duration,
+    abort: &AtomicBool,
 ) -> Vec<HookRun> {
     let mut runs = Vec::new();
     for command in commands {
@@ -39,7 +45,12 @@ pub fn run(
             .env("DEPLOY_REVISION", env.revision)
             .env("DEPLOY_HOSTS", env.hosts)
             .env("DEPLOY_OUTCOME", env.outcome);
-        let (status, output) = match plugin_api::run(cmd, timeout) {
+        // The hook runs in a process group of its own (a timeout kills what it started): a
+        // Ctrl-C reaches the deployer only, which kills the hook through `abort`.
+        let (status, output) = match plugin_api::run_with(cmd, timeout, Keep::Tail, Some(abort)) {
+            Ok(r) if r.code.is_none() && !r.timed_out && abort.load(Ordering::Relaxed) => {
+                (Err("interrupted by a signal".into()), r.output)
+            }
             Ok(r) if r.timed_out => (
                 Err(format!(
                     "timed out after {} (killed)",
@@ -94,6 +105,7 @@ mod tests {
             dir.path(),
             &env,
             Duration::from_secs(10),
+            &AtomicBool::new(false),
         );
         assert_eq!(runs.len(), 2, "the third never ran: {runs:?}");
         assert!(
@@ -112,6 +124,7 @@ mod tests {
             dir.path(),
             &env,
             Duration::from_millis(200),
+            &AtomicBool::new(false),
         );
         assert!(
             slow[0]

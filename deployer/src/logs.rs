@@ -11,7 +11,8 @@ use crate::settings::Settings;
 use crate::ssh::quote;
 use std::fmt;
 use std::io::{Read, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// The last `lines` lines of `log` (relative to each host's `deploy_to`) on every host.
@@ -57,6 +58,8 @@ const MAX_LINE: usize = 64 * 1024;
 pub fn follow(targets: &[Target], settings: &Settings, log: &str, lines: u32) -> Followed {
     let hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
     let (done, ended) = mpsc::channel::<(String, Option<String>)>();
+    // Set when stdout is gone (`deployer logs -f | head`): the follow is over.
+    let closed = Arc::new(AtomicBool::new(false));
     let mut lost = Vec::new();
     let mut following = 0;
     for mut h in hosts {
@@ -85,15 +88,16 @@ pub fn follow(targets: &[Target], settings: &Settings, log: &str, lines: u32) ->
         // No timeout on reads: a quiet log is not a dead host.
         remote.set_timeout(Duration::ZERO);
         let done = done.clone();
+        let closed = closed.clone();
         following += 1;
         std::thread::spawn(move || {
-            let why = stream(channel, &name).err();
+            let why = stream(channel, &name, &closed).err();
             drop(remote);
             let _ = done.send((name, why));
         });
     }
     drop(done);
-    while following > 0 && !settings.interrupted() {
+    while following > 0 && !settings.interrupted() && !closed.load(Ordering::Relaxed) {
         match ended.recv_timeout(Duration::from_millis(100)) {
             Ok((name, why)) => {
                 following -= 1;
@@ -108,33 +112,39 @@ pub fn follow(targets: &[Target], settings: &Settings, log: &str, lines: u32) ->
 }
 
 /// Prints what `channel` carries, line by line, prefixed with `name`, until it ends.
-fn stream(mut channel: ssh2::Channel, name: &str) -> Result<(), String> {
+fn stream(mut channel: ssh2::Channel, name: &str, closed: &AtomicBool) -> Result<(), String> {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
         let n = channel.read(&mut chunk).map_err(|e| e.to_string())?;
         if n == 0 {
-            print_lines(name, &mut pending, true);
+            print_lines(name, &mut pending, true, closed);
             return Ok(());
         }
         pending.extend_from_slice(&chunk[..n]);
-        print_lines(name, &mut pending, false);
+        if !print_lines(name, &mut pending, false, closed) {
+            return Err("stdout is closed".into());
+        }
     }
 }
 
 /// Prints the complete lines of `pending` (all of it when `all`, or when a line is too long),
-/// keeping the rest.
-fn print_lines(name: &str, pending: &mut Vec<u8>, all: bool) {
+/// keeping the rest. False (and `closed` set) when stdout is gone.
+fn print_lines(name: &str, pending: &mut Vec<u8>, all: bool, closed: &AtomicBool) -> bool {
     let end = match pending.iter().rposition(|&b| b == b'\n') {
         Some(i) => i + 1,
         None if all || pending.len() > MAX_LINE => pending.len(),
-        None => return,
+        None => return true,
     };
     let text = String::from_utf8_lossy(&pending[..end]).into_owned();
     pending.drain(..end);
     let mut out = std::io::stdout().lock();
-    for line in text.lines() {
-        let _ = writeln!(out, "{name}: {}", printable(line));
+    let written = text
+        .lines()
+        .try_for_each(|line| writeln!(out, "{name}: {}", printable(line)))
+        .and_then(|()| out.flush());
+    if written.is_err() {
+        closed.store(true, Ordering::Relaxed);
     }
-    let _ = out.flush();
+    written.is_ok()
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deployer::{Config, HostKeyPolicy, Options, Outcome, Settings};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -155,7 +156,8 @@ fn main() -> std::process::ExitCode {
 
 /// Prints what the command did; its verdict becomes the exit status.
 fn report(outcome: impl Outcome) -> anyhow::Result<()> {
-    println!("{outcome}");
+    // A closed stdout (`| head`) is not a failure of the command.
+    let _ = writeln!(std::io::stdout(), "{outcome}");
     Ok(outcome.verdict()?)
 }
 

@@ -35,7 +35,7 @@ pub struct HookRun {
     pub command: String,
     /// Why it failed; `None`: it exited 0.
     pub problem: Option<String>,
-    /// stdout and stderr together (the last 64 KiB on a host, 1 MiB here).
+    /// stdout and stderr together (the last 64 KiB on a host, the last 1 MiB here).
     pub output: String,
 }
 
@@ -120,7 +120,8 @@ impl fmt::Display for Report {
         }
         f.write_str(&table(&rows))?;
         for line in &self.canary {
-            write!(f, "\ncanary: {line}")?;
+            // Host names and figures come from Riemann: data, escaped.
+            write!(f, "\ncanary: {}", printable(line))?;
         }
         let warned = std::iter::once(("deploy", &self.warnings[..])).chain(
             self.hosts

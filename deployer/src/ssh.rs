@@ -133,6 +133,10 @@ impl Remote {
             .jumps
             .first()
             .map_or_else(|| name.to_owned(), hop_name);
+        // sshd's MaxStartups (10:30:100 by default) drops unauthenticated connections beyond
+        // ten at random: however many hosts are worked on at once, at most a few logins to
+        // jump hosts are under way at any moment.
+        let permit = (!route.jumps.is_empty()).then(JumpLogins::acquire);
         let mut link = Link::Tcp(tcp_connect(&first_name, first_host, first_port, s.timeout)?);
         for (i, j) in route.jumps.iter().enumerate() {
             let (next_host, next_port) = route
@@ -141,7 +145,8 @@ impl Remote {
                 .map_or((host, port), |n| (n.host.as_str(), n.port()));
             let here = hop_name(j);
             let user = j.user.as_deref().unwrap_or(&s.user);
-            let (session, watch) = login(link, &here, &j.host, j.port(), user, identity, s)?;
+            let key = j.identity.as_ref().or(identity);
+            let (session, watch) = login(link, &here, &j.host, j.port(), user, key, s)?;
             let channel = session
                 .channel_direct_tcpip(next_host, next_port, None)
                 .map_err(|e| SshError::Connect {
@@ -162,6 +167,7 @@ impl Remote {
             })?;
             link = Link::Tunnel(ours);
         }
+        drop(permit);
         let user = route.user.as_deref().unwrap_or(&s.user);
         let (session, _) = login(link, name, host, port, user, identity, s)?;
         Ok(Self {
@@ -318,6 +324,36 @@ impl Shell {
     }
 }
 
+/// A permit to log in to jump hosts; at most [`JumpLogins::MAX`] are held at once.
+struct JumpLogins;
+
+static JUMP_LOGINS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+impl JumpLogins {
+    /// Below sshd's default MaxStartups start (10), leaving room for other clients.
+    const MAX: usize = 6;
+
+    fn acquire() -> Self {
+        let (count, freed) = &JUMP_LOGINS;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= Self::MAX {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Self
+    }
+}
+
+impl Drop for JumpLogins {
+    fn drop(&mut self) {
+        let (count, freed) = &JUMP_LOGINS;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        freed.notify_one();
+    }
+}
+
 /// A TCP connection to the first address of `host:port` that answers within `timeout`.
 fn tcp_connect(
     name: &str,
@@ -381,15 +417,28 @@ fn login(
         message: format!("SSH handshake: {e}"),
     })?;
     verify_host_key(&session, name, host, port, s)?;
-    match identity {
-        Some(key) => session.userauth_pubkey_file(user, None, key, None),
-        None => session.userauth_agent(user),
+    // The key file first; the agent when there is none, or when the file did not do (an
+    // encrypted key that the agent holds, as OpenSSH users expect).
+    let by_key = identity.map(|key| session.userauth_pubkey_file(user, None, key, None));
+    let agent = std::env::var_os("SSH_AUTH_SOCK").is_some();
+    match by_key {
+        Some(Ok(())) => {}
+        Some(Err(e)) if !agent => {
+            return Err(SshError::Auth {
+                host: name.to_owned(),
+                user: user.to_owned(),
+                message: e.to_string(),
+            });
+        }
+        by_key => session.userauth_agent(user).map_err(|e| SshError::Auth {
+            host: name.to_owned(),
+            user: user.to_owned(),
+            message: match by_key {
+                Some(Err(k)) => format!("{k}; then with the agent: {e}"),
+                _ => e.to_string(),
+            },
+        })?,
     }
-    .map_err(|e| SshError::Auth {
-        host: name.to_owned(),
-        user: user.to_owned(),
-        message: e.to_string(),
-    })?;
     Ok((session, watch))
 }
 

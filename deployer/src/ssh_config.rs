@@ -21,9 +21,11 @@ pub struct Said {
 impl SshConfigFile {
     /// Reads and parses `path`: a file that is missing or wrong is an error, not an empty config.
     pub fn read(path: &Path) -> Result<Self, String> {
-        let file = std::fs::File::open(path)
+        let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut reader = std::io::BufReader::new(file);
+        refuse_what_we_would_misread(&text)
+            .map_err(|(line, why)| format!("{}:{line}: {why}", path.display()))?;
+        let mut reader = std::io::Cursor::new(text);
         ssh2_config::SshConfig::default()
             .parse(&mut reader, ssh2_config::ParseRule::ALLOW_UNKNOWN_FIELDS)
             .map(Self)
@@ -44,6 +46,35 @@ impl SshConfigFile {
                 .filter(|j| !j.is_empty()),
         }
     }
+}
+
+/// Lines whose meaning would be lost: the parser skips `Match` (its body would then belong to
+/// the `Host` above it) and `ProxyCommand` (the host would be reached directly), and no `%`
+/// token is expanded. Better refused, naming the line, than a deploy to the wrong place.
+fn refuse_what_we_would_misread(text: &str) -> Result<(), (usize, &'static str)> {
+    for (i, line) in text.lines().enumerate() {
+        let mut words = line
+            .split(|c: char| c.is_whitespace() || c == '=')
+            .filter(|w| !w.is_empty());
+        let Some(key) = words.next().map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        let why = match key.as_str() {
+            k if k.starts_with('#') => continue,
+            "match" => {
+                "Match blocks are not supported here: use Host blocks, or set these hosts in deploy.toml"
+            }
+            "proxycommand" => {
+                "ProxyCommand is not supported here: use ProxyJump (or [ssh] proxy_jump)"
+            }
+            "hostname" | "user" | "identityfile" | "proxyjump" | "port" if line.contains('%') => {
+                "%-tokens are not expanded here: write the value out, or set it in deploy.toml"
+            }
+            _ => continue,
+        };
+        return Err((i + 1, why));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -76,5 +107,20 @@ mod tests {
             (Some("nobody"), None)
         );
         assert!(SshConfigFile::read(&dir.path().join("missing")).is_err());
+        for (text, want) in [
+            (
+                "Host a\n  User x\nMatch host prod-*\n  User root\n",
+                ":3: Match",
+            ),
+            (
+                "Host a\n  ProxyCommand ssh -W %h:%p gw\n",
+                ":2: ProxyCommand",
+            ),
+            ("Host a\n  HostName %h.internal\n", ":2: %-tokens"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let e = SshConfigFile::read(&path).err().expect("refused");
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

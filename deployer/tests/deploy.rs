@@ -539,6 +539,15 @@ fn logs_shows_the_last_lines_of_each_host_s_log_prefixed() {
             .expect("append");
         wait_for(format!("{name}: host{i} new line"));
     }
+    let log = h.deploy_to(0).join("shared/usersvc.log");
+    let tails = || {
+        std::process::Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("tail -n 1 -F -- {}", log.display()))
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(tails(), "the remote tail runs while following");
     let ctrl_c = std::process::Command::new("kill")
         .args(["-INT", &follow.id().to_string()])
         .status()
@@ -546,17 +555,10 @@ fn logs_shows_the_last_lines_of_each_host_s_log_prefixed() {
     assert!(ctrl_c.success());
     let status = follow.wait().expect("deployer ends");
     assert_eq!(status.code(), Some(0), "Ctrl-C ends a follow normally");
-    let log = h.deploy_to(0).join("shared/usersvc.log");
     testbed::eventually(
         "the remote tails end",
         std::time::Duration::from_secs(10),
-        || {
-            !std::process::Command::new("pgrep")
-                .arg("-f")
-                .arg(format!("tail -n 1 -F -- {}", log.display()))
-                .status()
-                .is_ok_and(|s| s.success())
-        },
+        || !tails(),
     );
     // A host without the log fails, named.
     std::fs::remove_file(h.deploy_to(1).join("shared/usersvc.log")).expect("rm");
@@ -666,6 +668,18 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     let bastion_key = std::fs::read_to_string(&bastion.known_hosts).expect("bastion key");
     std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
     h.write("bin/app", "v1\n");
+    // 4 MiB that do not compress: the tunnel's flow control (the channel window, a full socket
+    // buffer) is exercised, not only a few small packets.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(h.source.join("blob"), &noise).expect("blob");
 
     // Straight to the hosts: refused, as the network wants.
     let r = h.run(&["deploy"]);
@@ -680,6 +694,13 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     assert_eq!(r.code, 0, "{r}");
     let first = h.current(0).expect("deployed through the bastion");
     assert_eq!(h.current(1).as_deref(), Some(first.as_str()));
+    for i in 0..2 {
+        let got = std::fs::read(h.deploy_to(i).join("current/blob")).expect("blob");
+        assert!(
+            got == noise,
+            "host {i}: the 4 MiB arrived intact through the tunnel"
+        );
+    }
     let r = h.run(&["exec", "--", "cat", "bin/app"]);
     assert_eq!(r.code, 0, "{r}");
     assert!(
@@ -768,7 +789,7 @@ impl Reporter {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = stop.clone();
         std::thread::spawn(move || {
-            let mut client = Client::connect(&ClientConfig::tcp(sink.to_string())).expect("sink");
+            let mut client = None;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut events = Vec::new();
                 for (i, d) in deploy_dirs.iter().enumerate() {
@@ -776,6 +797,9 @@ impl Reporter {
                         continue;
                     };
                     let revision = revision.trim();
+                    if revision == "silent" {
+                        continue; // a release whose service never reports
+                    }
                     let errors = if revision == "bad" { 5.0 } else { 0.2 };
                     for (service, metric) in [
                         ("usersvc errors rate", errors),
@@ -791,7 +815,12 @@ impl Reporter {
                         );
                     }
                 }
-                client.send(&events).expect("send to the sink");
+                // A failed send is retried on a new connection: the events keep coming.
+                let sent = client
+                    .take()
+                    .or_else(|| Client::connect(&ClientConfig::tcp(sink.to_string())).ok())
+                    .and_then(|mut c| c.send(&events).ok().map(|_| c));
+                client = sent;
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
         });
@@ -892,6 +921,18 @@ fn a_canary_that_does_worse_in_riemann_is_rolled_back_and_a_healthy_one_goes_on(
         "host 1 only staged the bad release, and dropped it: {staged_only}"
     );
     assert_eq!(h.releases(1).len(), 2, "the staged release is gone");
+
+    // Never heard of: a canary nobody can see did not pass.
+    h.write("v", "4");
+    let r = h.run(&["deploy", "--revision", "silent", "--canary", "1s"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains(
+            "canary: stopped: no usersvc errors rate or latency p99 events of revision silent"
+        ),
+        "{r}"
+    );
+    assert_eq!((0..3).map(revision).collect::<Vec<_>>(), ["good2"; 3]);
 
     // Nothing to watch with: refused before anything happens.
     h.configure("", "");

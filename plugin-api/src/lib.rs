@@ -37,5 +37,5 @@ mod state;
 
 pub use perfdata::{Perf, PerfValue, num, parse_perfdata};
 pub use range::{Range, RangeError, judge};
-pub use run::{PluginRun, RunError, run, run_argv, run_shell};
+pub use run::{Keep, PluginRun, RunError, run, run_argv, run_shell, run_with};
 pub use state::State;

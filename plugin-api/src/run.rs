@@ -7,6 +7,7 @@ use crate::state::State;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Plugin output past this is not read (Nagios keeps far less).
@@ -54,7 +55,28 @@ pub fn run_shell(command: &str, timeout: Duration) -> Result<PluginRun, RunError
 }
 
 /// Runs `cmd` with stdin closed, stdout read, stderr discarded, killed after `timeout`.
-pub fn run(mut cmd: Command, timeout: Duration) -> Result<PluginRun, RunError> {
+pub fn run(cmd: Command, timeout: Duration) -> Result<PluginRun, RunError> {
+    run_with(cmd, timeout, Keep::Head, None)
+}
+
+/// Which part of a long output is kept ([`MAX_OUTPUT`] bytes); the rest is read and dropped,
+/// so the program never blocks or dies on a full pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The beginning: a plugin's first line is its status.
+    Head,
+    /// The end: a build or hook says why it failed last.
+    Tail,
+}
+
+/// [`run`], keeping `keep` of the output, and killing the program (with its process group)
+/// as soon as `abort` is set, as a timeout does.
+pub fn run_with(
+    mut cmd: Command,
+    timeout: Duration,
+    keep: Keep,
+    abort: Option<&AtomicBool>,
+) -> Result<PluginRun, RunError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -65,18 +87,42 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<PluginRun, RunError> {
         .spawn()
         .map_err(|source| RunError::Spawn { program, source })?;
     let (tx, rx) = std::sync::mpsc::channel();
-    if let Some(out) = child.stdout.take() {
+    if let Some(mut out) = child.stdout.take() {
         std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.take(MAX_OUTPUT).read_to_end(&mut s);
-            let _ = tx.send(String::from_utf8_lossy(&s).into_owned());
+            let max = usize::try_from(MAX_OUTPUT).unwrap_or(usize::MAX);
+            let mut kept = Vec::new();
+            let mut chunk = [0u8; 16384];
+            while let Ok(n) = out.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                match keep {
+                    Keep::Head => {
+                        let room = max.saturating_sub(kept.len()).min(n);
+                        kept.extend_from_slice(&chunk[..room]);
+                    }
+                    Keep::Tail => {
+                        kept.extend_from_slice(&chunk[..n]);
+                        if kept.len() > 2 * max {
+                            kept.drain(..kept.len() - max);
+                        }
+                    }
+                }
+            }
+            if keep == Keep::Tail && kept.len() > max {
+                kept.drain(..kept.len() - max);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&kept).into_owned());
         });
     }
     let deadline = Instant::now() + timeout;
+    let stop = || abort.is_some_and(|a| a.load(Ordering::Relaxed));
     let code = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status.code()),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) if Instant::now() < deadline && !stop() => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Ok(None) | Err(_) => {
                 if let Ok(pid) = i32::try_from(child.id()) {
                     let _ = nix::sys::signal::killpg(
@@ -92,6 +138,16 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<PluginRun, RunError> {
     };
     // Something it left running may still hold the pipe: do not wait for it forever.
     let output = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    if code.is_err() && stop() {
+        return Ok(PluginRun {
+            state: State::Unknown,
+            code: None,
+            first_line: "interrupted".into(),
+            output,
+            perfdata: Vec::new(),
+            timed_out: false,
+        });
+    }
     let Ok(code) = code else {
         return Ok(PluginRun {
             state: State::Critical,
@@ -155,6 +211,28 @@ mod tests {
             run_argv(&[], Duration::from_secs(1)),
             Err(RunError::Empty)
         ));
+    }
+
+    #[test]
+    fn long_output_is_drained_and_the_chosen_end_kept() {
+        // 3 MiB: a reader that stopped at the cap would kill the writer with SIGPIPE.
+        let script = "head -c 3145728 /dev/zero | tr '\\0' x; echo; echo the end";
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        let tail = run_with(cmd, Duration::from_secs(20), Keep::Tail, None).expect("runs");
+        assert_eq!(tail.code, Some(0));
+        assert!(tail.output.ends_with("x\nthe end\n"));
+        assert_eq!(tail.output.len() as u64, MAX_OUTPUT);
+        let head = run_shell(script, Duration::from_secs(20)).expect("runs");
+        assert_eq!(head.code, Some(0), "the writer was never cut off");
+        assert!(head.output.starts_with("xxx") && head.output.len() as u64 == MAX_OUTPUT);
+        let abort = AtomicBool::new(true);
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let r = run_with(cmd, Duration::from_secs(60), Keep::Tail, Some(&abort)).expect("runs");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!((r.code, r.first_line.as_str()), (None, "interrupted"));
     }
 
     #[test]
