@@ -708,6 +708,28 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
         "{r}"
     );
 
+    // A chain of two jump hosts, as OpenSSH writes it: the second reached through the first.
+    let inner = Sshd::start_in(&ns, 2203);
+    std::fs::write(inner.known_hosts.with_file_name("authorized_keys"), &key).expect("auth");
+    let inner_key = std::fs::read_to_string(&inner.known_hosts).expect("inner key");
+    std::fs::write(&known, format!("{hosts_only}{bastion_key}{inner_key}")).expect("known_hosts");
+    let text = std::fs::read_to_string(&h.config).expect("deploy.toml");
+    let chain = format!("{jump},{}@{}", inner.user, inner.addr);
+    std::fs::write(&h.config, text.replace(&jump, &chain)).expect("deploy.toml");
+    let r = h.run(&["exec", "--", "cat", "bin/app"]);
+    assert_eq!(r.code, 0, "{r}");
+    // The second hop is really taken: its key unknown, the chain stops there.
+    std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
+    let r = h.run(&["exec", "--", "true"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout
+            .contains(&format!("jump host {}@{}", inner.user, inner.addr)),
+        "{r}"
+    );
+    std::fs::write(&h.config, text).expect("deploy.toml");
+    drop(inner);
+
     // An unknown bastion key is refused, with its fingerprint; nothing changes.
     std::fs::write(&known, &hosts_only).expect("known_hosts");
     h.write("bin/app", "v2\n");
