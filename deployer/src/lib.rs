@@ -35,7 +35,6 @@
 //!
 //! ARCHITECTURE.md maps the modules and the invariants they keep.
 
-mod canary;
 mod check;
 mod config;
 mod deploy;
@@ -47,7 +46,6 @@ mod host_output;
 mod jump;
 mod known_hosts;
 mod layout;
-mod local_hook;
 mod lock;
 mod logs;
 mod manifest;
@@ -57,6 +55,7 @@ mod remote_text;
 mod report;
 mod rollback;
 mod settings;
+mod source;
 mod ssh;
 mod ssh_config;
 mod stages;

@@ -3,7 +3,7 @@
 //! moves, and hosts that switched are put back if another cannot. Then the after_publish hooks
 //! (restart) and the health gate, a `rollback` line in revisions.log, unlock.
 
-use crate::config::{Config, Target, hook_commands};
+use crate::config::{Config, Target};
 use crate::fleet::{self, Failure, Host, Stage, each};
 use crate::health::Gate;
 use crate::layout;
@@ -124,16 +124,18 @@ pub fn rollback(
     });
     if steps.iter().all(|st| st.host.ok()) && !dry_run {
         each(&mut steps, parallel, |st| {
-            let script = layout::switch_script(&st.host.target.deploy_to, st.to.as_deref());
-            st.switched = st.host.step(Stage::Switch, &script, None);
+            let to = st.to.clone();
+            match stages::switch(&mut st.host, to.as_deref(), "") {
+                Ok(()) => st.switched = true,
+                Err(e) => st.host.fail(Stage::Switch, e),
+            }
         });
         if steps.iter().any(|st| !st.host.ok()) {
             // All or nothing: put back the hosts that moved.
             each(&mut steps, parallel, |st| {
                 if st.switched {
                     let from = st.host.state.current.clone();
-                    let script = layout::switch_script(&st.host.target.deploy_to, from.as_deref());
-                    match st.host.run(&script, None) {
+                    match stages::switch(&mut st.host, from.as_deref(), "") {
                         Ok(_) => st.switched = false,
                         Err(e) => st.warnings.push(format!("could not switch back: {e}")),
                     }
@@ -145,13 +147,14 @@ pub fn rollback(
             each(&mut steps, parallel, |st| {
                 let (name, revision) = st.target();
                 let release = Release::new(&name, &revision);
-                let commands = hook_commands(after, Some(&st.host.target.name) == first.as_ref());
+                let is_first = Some(&st.host.target.name) == first.as_ref();
                 let timeout = settings.hook_timeout;
-                st.hooks = stages::hooks(
+                st.hooks = stages::restart(
                     &mut st.host,
                     Stage::AfterPublish,
                     &release,
-                    &commands,
+                    after,
+                    is_first,
                     timeout,
                 );
                 if let Some(problem) = st.hooks.as_ref().and_then(|h| h.problem.clone()) {

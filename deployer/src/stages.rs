@@ -1,7 +1,8 @@
 //! The stages `deploy` and `rollback` share, each on one host: the hooks, the health gate, and
 //! the `revisions.log` entry. A command runs them on every host with [`crate::fleet::each`].
 
-use crate::fleet::{Failure, Host, Stage, failed};
+use crate::config::{Hook, hook_commands};
+use crate::fleet::{Failure, Host, Stage, StepError, failed};
 use crate::health::{Gate, Subject};
 use crate::layout::{self, LogEntry};
 use crate::report::HookRun;
@@ -62,6 +63,30 @@ pub fn hooks(
         problem: problem.map(|e| e.to_string()),
         output,
     })
+}
+
+/// Points `current` at `to` (`None`: removes it), with `also` (a bad mark) in the same step.
+pub fn switch(host: &mut Host, to: Option<&str>, also: &str) -> Result<(), StepError> {
+    let script = format!(
+        "{}\n{also}",
+        layout::switch_script(&host.target.deploy_to, to)
+    );
+    host.run(&script, None).map(drop)
+}
+
+/// Restarts the service on `release`, which `current` now points at: the after_publish hooks
+/// run there (the `once` ones on the first host only). The one "switch back and restart" step
+/// the failure path and `rollback` share.
+pub fn restart(
+    host: &mut Host,
+    stage: Stage,
+    release: &Release,
+    after_publish: &[Hook],
+    first_host: bool,
+    timeout: Duration,
+) -> Option<HookRun> {
+    let commands = hook_commands(after_publish, first_host);
+    hooks(host, stage, release, &commands, timeout)
 }
 
 /// The health gate on one host: the release that should now answer there does, or the host

@@ -114,7 +114,7 @@ fn a_failing_health_gate_puts_every_host_back() {
     let flags = h.dir.path().join("healthy");
     std::fs::create_dir_all(&flags).expect("mkdir");
     let health = format!(
-        "[hooks]\nafter_publish = [\"echo \\\"$RELEASE\\\" >> \\\"$DEPLOY_TO/restarts\\\"\"]\n[health]\ncommand = \"sh -c 'test -e \\\"$0\\\" && echo OK - up || {{ echo CRITICAL - down; exit 2; }}' '{}/{{host}}'\"\nretries = 2\ninterval = \"50ms\"\n",
+        "[hooks]\nafter_publish = [\"echo \\\"$RELEASE $REVISION\\\" >> \\\"$DEPLOY_TO/restarts\\\"\"]\n[health]\ncommand = \"sh -c 'test -e \\\"$0\\\" && echo OK - up || {{ echo CRITICAL - down; exit 2; }}' '{}/{{host}}'\"\nretries = 2\ninterval = \"50ms\"\n",
         flags.display()
     );
     h.configure("", &health);
@@ -123,12 +123,12 @@ fn a_failing_health_gate_puts_every_host_back() {
         std::fs::write(flags.join(&s.ip), "").expect("flag");
     }
     h.write("v", "1");
-    h.deploy_ok();
+    assert_eq!(h.run(&["deploy", "--revision", "one"]).code, 0);
     let first = h.current(0).expect("current");
     // Host 1 turns unhealthy: the second release is published, then taken back everywhere.
     std::fs::remove_file(flags.join(&h.servers[1].ip)).expect("unflag");
     h.write("v", "2");
-    let r = h.run(&["deploy"]);
+    let r = h.run(&["deploy", "--revision", "two"]);
     assert_eq!(r.code, 1, "{r}");
     assert!(
         r.stderr
@@ -143,11 +143,15 @@ fn a_failing_health_gate_puts_every_host_back() {
     for i in 0..2 {
         assert_eq!(h.current(i).as_deref(), Some(first.as_str()), "host {i}");
         assert!(!h.locked(i));
-        // Restarted on the new release, then on the old one again.
+        // Restarted on the new release, then on the old one again, each with its own revision.
         let restarts = std::fs::read_to_string(h.deploy_to(i).join("restarts")).expect("restarts");
         assert_eq!(
             restarts.lines().collect::<Vec<_>>(),
-            [&first, &bad, &first],
+            [
+                format!("{first} one"),
+                format!("{bad} two"),
+                format!("{first} one")
+            ],
             "host {i}"
         );
         assert_eq!(h.log(i).last().expect("log")["outcome"], "rolled_back");

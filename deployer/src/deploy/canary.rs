@@ -2,11 +2,108 @@
 //! with its query protocol, split by their `revision` attribute into the new release's hosts
 //! and the others, and compared against `[canary]`'s ratios. Pure but for [`query`]: what the
 //! deploy flow does with a verdict is its business.
+//!
+//! [`watch`] is the flow's canary stage: it looks every `[canary] interval` while `--canary`
+//! lasts.
 
+use super::{Ctx, Run};
 use crate::config::Canary;
+use crate::fleet::{Stage, each};
+use crate::health::Gate;
+use crate::stages;
 use riemann_probe::{Client, ClientConfig, Event};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Watches the published first batch for `window`: every `[canary] interval` the health gate
+/// runs on it and, with `[riemann]`, usersvc's errors rate and latency p99 of the new revision
+/// are compared with the hosts still on the old one. Worse beyond a limit, unhealthy, or never
+/// heard of in Riemann: the batch fails at `canary`. `said` gets what was compared and why the
+/// deploy went on or stopped, for the report.
+pub(super) fn watch(
+    batch: &mut [Run],
+    c: &Ctx,
+    gate: Option<&Gate>,
+    window: Duration,
+    said: &mut Vec<String>,
+) {
+    let limits = &c.cfg.canary;
+    let watched: Vec<String> = batch
+        .iter()
+        .flat_map(|r| [r.host.target.name.clone(), r.host.target.host.clone()])
+        .collect();
+    let names: Vec<&str> = batch.iter().map(|r| r.host.name()).collect();
+    let shown = humantime::format_duration(window);
+    c.settings.say(&format!(
+        "canary: watching {} for {shown}",
+        names.join(", ")
+    ));
+    said.push(format!("watched {} for {shown}", names.join(", ")));
+    let server = c.cfg.riemann.as_ref().map(|r| r.server.as_str());
+    let ends = Instant::now() + window;
+    let mut last = None;
+    let mut looks = 0u32;
+    let stop = |batch: &mut [Run], why: &str| {
+        for r in batch.iter_mut() {
+            r.host.fail(Stage::Canary, why);
+        }
+    };
+    loop {
+        looks += 1;
+        if let Some(gate) = gate {
+            each(batch, c.settings.parallel, |r| {
+                stages::health(&mut r.host, gate, &c.release(None));
+            });
+            if batch.iter().any(|r| !r.ok()) {
+                said.push(format!("stopped: the health gate failed at look {looks}"));
+                return;
+            }
+        }
+        if let Some(server) = server {
+            let judged = match query(server, c.settings.ssh.timeout) {
+                Ok(events) => judge(&sample(&events, &c.revision, &watched), &c.revision, limits),
+                Err(e) => Judgement::NoNew(format!("cannot query Riemann at {server}: {e}")),
+            };
+            if let Judgement::Worse(why) = &judged {
+                said.push(format!("stopped: {why}"));
+                stop(batch, &format!("worse than the old release: {why}"));
+                return;
+            }
+            // A look that saw nothing does not undo one that saw the canary do well (Riemann
+            // may be briefly out of reach at the last look).
+            let saw = matches!(judged, Judgement::Fine(_) | Judgement::NoOld(_));
+            if saw || !matches!(last, Some(Judgement::Fine(_) | Judgement::NoOld(_))) {
+                last = Some(judged);
+            }
+        }
+        let left = ends.saturating_duration_since(Instant::now());
+        if left.is_zero() || c.settings.interrupted() {
+            break;
+        }
+        let nap = Instant::now() + left.min(limits.interval);
+        while Instant::now() < nap && !c.settings.interrupted() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if c.settings.interrupted() {
+        said.push(format!("interrupted after {looks} looks"));
+        return;
+    }
+    match last {
+        Some(Judgement::Fine(text)) => said.push(format!("went on after {looks} looks: {text}")),
+        Some(Judgement::NoOld(text)) => said.push(format!("went on after {looks} looks: {text}")),
+        Some(Judgement::NoNew(text)) => {
+            let why = format!(
+                "{text} after {shown}: is usersvc reporting (riemann in usersvc.toml), and is the window longer than its riemann_interval?"
+            );
+            said.push(format!("stopped: {why}"));
+            stop(batch, &why);
+        }
+        Some(Judgement::Worse(_)) | None => {
+            said.push(format!("went on: healthy at each of {looks} looks"));
+        }
+    }
+}
 
 const ERRORS: &str = "usersvc errors rate";
 const LATENCY: &str = "usersvc latency p99";

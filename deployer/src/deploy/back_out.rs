@@ -1,0 +1,95 @@
+//! The failure path, at any stage after the lock.
+
+use super::{Ctx, Run};
+use crate::fleet::{Stage, each};
+use crate::layout;
+use crate::lock::{self, LockHeld};
+use crate::stages::{self, Release};
+
+/// The failure path, at any stage: every host that may have switched goes back to its previous
+/// release (or loses `current` if it had none) and is restarted there by the after_publish
+/// hooks, the new release marked bad; hosts that only staged it drop it. Then each host that
+/// got that far logs the failure, and every lock this run holds is released.
+pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
+    let first = runs.iter().find_map(|r| r.host.failure.clone());
+    each(runs, c.settings.parallel, |r| {
+        if !r.host.locked {
+            return;
+        }
+        let d = r.deploy_to().to_owned();
+        let why = r.host.failure.clone().or_else(|| first.clone());
+        // A host whose own switch failed may have switched before the connection broke.
+        let switched = r.published
+            || r.host
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.stage == Stage::Publish);
+        if switched {
+            let prev = r.previous.clone();
+            let reason = why
+                .as_ref()
+                .map(|f| format!("failed {f}"))
+                .unwrap_or_default();
+            let bad = layout::mark_bad_script(&d, &c.release, &reason);
+            if let Err(e) = stages::switch(&mut r.host, prev.as_deref(), &bad) {
+                r.result = "ROLLBACK FAILED".into();
+                r.warnings.push(format!(
+                    "could not put back {}: {e} (run `deployer rollback --hosts {}` once it is reachable)",
+                    prev.as_deref().unwrap_or("the previous state"),
+                    r.host.name()
+                ));
+                let held = LockHeld {
+                    host: r.host.name().to_owned(),
+                    cause: None,
+                };
+                r.warnings.push(held.to_string());
+                return;
+            }
+            r.published = false;
+            r.result = match &prev {
+                Some(p) => format!("rolled back to {p}"),
+                None => "rolled back (no previous release: current removed)".into(),
+            };
+            if let Some(p) = &prev {
+                // Restart the previous release: the hooks see it, and its own revision.
+                let revision = r
+                    .host
+                    .state
+                    .releases
+                    .iter()
+                    .find(|x| &x.name == p)
+                    .map(|x| x.revision.clone())
+                    .unwrap_or_default();
+                let back = Release::new(p, &revision);
+                let first = r.host.target.name == c.first_host;
+                let ran = stages::restart(
+                    &mut r.host,
+                    Stage::Rollback,
+                    &back,
+                    &c.cfg.hooks.after_publish,
+                    first,
+                    c.settings.hook_timeout,
+                );
+                if let Some(problem) = ran.as_ref().and_then(|h| h.problem.as_ref()) {
+                    r.warnings.push(format!(
+                        "after_publish hooks failed on {p} after the rollback: {problem}"
+                    ));
+                }
+                r.hooks.extend(ran);
+            }
+        }
+        let mut script = String::new();
+        if !switched && r.staged {
+            script.push_str(&layout::remove_script(&d, std::slice::from_ref(&c.release)));
+        }
+        if switched || r.staged {
+            let outcome = if switched { "rolled_back" } else { "failed" };
+            let entry = stages::log_entry(&c.release(None), &c.user, outcome, why.as_ref(), None);
+            script.push_str(&layout::log_script(&d, &entry));
+            script.push('\n');
+        }
+        if let Err(e) = lock::release(&mut r.host, &c.owner, &script) {
+            r.warnings.push(e.to_string());
+        }
+    });
+}

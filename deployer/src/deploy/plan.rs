@@ -1,0 +1,155 @@
+//! `deploy --dry-run`: what a deploy would do, read from the hosts without changing them.
+
+use super::{DeployError, Options};
+use crate::config::{Config, Target, hooks_shown};
+use crate::fleet;
+use crate::layout;
+use crate::manifest::Manifest;
+use crate::outcome::{Outcome, Unfinished};
+use crate::settings::Settings;
+use crate::table::{bytes, table};
+use std::fmt;
+
+/// What `deploy --dry-run` found: the plan, and whether a deploy now would go through.
+pub struct Plan {
+    text: String,
+    ready: bool,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text.trim_end())
+    }
+}
+
+impl Outcome for Plan {
+    fn verdict(&self) -> Result<(), Unfinished> {
+        if self.ready {
+            Ok(())
+        } else {
+            Err(Unfinished::PlanFails)
+        }
+    }
+}
+
+/// `deploy --dry-run`: reads every host (no lock, no change) and describes what a deploy would
+/// do. The build command is not run; the plan is for the source tree as it is now.
+pub fn plan(
+    cfg: &Config,
+    targets: &[Target],
+    settings: &Settings,
+    options: &Options,
+) -> Result<Plan, DeployError> {
+    if options.canary.is_some() && cfg.health.is_none() && cfg.riemann.is_none() {
+        return Err(DeployError::CanaryBlind);
+    }
+    let manifest = Manifest::scan(&cfg.source)?;
+    let revision = crate::source::revision(&cfg.source, &manifest, options.revision.as_deref());
+    let shared = cfg.shared_paths();
+    let hosts = fleet::read(targets, settings, true);
+    let release = layout::next_release(
+        chrono::Utc::now(),
+        hosts
+            .iter()
+            .flat_map(|h| h.state.releases.iter().map(|x| x.name.as_str())),
+    );
+    let mut ready = true;
+    let mut out = format!(
+        "Plan (dry run, nothing changed): deploy {} revision {revision} ({} files) as release {release}\n",
+        cfg.application,
+        manifest.file_count()
+    );
+    if let Some(b) = &cfg.build {
+        out.push_str(&format!("  build locally first: {b}\n"));
+    }
+    let mut rows = vec![vec![
+        "HOST".to_owned(),
+        "DEPLOY_TO".into(),
+        "CURRENT".into(),
+        "SEND".into(),
+        "LINK".into(),
+        "CLEANUP".into(),
+        "STATUS".into(),
+    ]];
+    for h in &hosts {
+        let st = &h.state;
+        let delta = manifest.delta(super::previous(st).1.as_ref(), &shared);
+        let status = match (&h.failure, &st.lock) {
+            (Some(f), _) => format!("FAILS {f}"),
+            (None, Some(l)) => format!("FAILS at lock: locked by {l}"),
+            (None, None) => "ready".into(),
+        };
+        ready &= h.failure.is_none() && st.lock.is_none();
+        let remove = layout::cleanup_after_publish(&st.releases, &release, cfg.keep_releases);
+        rows.push(vec![
+            h.target.name.clone(),
+            h.target.deploy_to.clone(),
+            st.current.clone().unwrap_or_else(|| "-".into()),
+            format!("{} files, {}", delta.send.len(), bytes(delta.bytes)),
+            format!("{} files", delta.link.len()),
+            if remove.is_empty() {
+                "-".into()
+            } else {
+                remove.join(" ")
+            },
+            status,
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push('\n');
+    let steps = [
+        ("shared dirs", cfg.shared_dirs.join(", ")),
+        ("shared files", cfg.shared_files.join(", ")),
+        ("local_before", cfg.hooks.local_before.join(" && ")),
+        ("before_publish", hooks_shown(&cfg.hooks.before_publish)),
+        ("after_publish", hooks_shown(&cfg.hooks.after_publish)),
+        (
+            "publish",
+            match (options.rolling, options.canary) {
+                (n, Some(w)) => format!(
+                    "canary first: {} host(s), watched for {} (health gate{}), then {}",
+                    n.unwrap_or(1),
+                    humantime::format_duration(w),
+                    if cfg.riemann.is_some() {
+                        ", and errors rate and latency p99 in Riemann against the old release"
+                    } else {
+                        ""
+                    },
+                    n.map_or("the rest at once".to_owned(), |n| format!(
+                        "{n} host(s) at a time"
+                    )),
+                ),
+                (Some(n), None) => format!("{n} host(s) at a time, health gate between batches"),
+                (None, None) => "all hosts at once, once all are staged".into(),
+            },
+        ),
+        (
+            "health",
+            cfg.health
+                .as_ref()
+                .map(|h| {
+                    [
+                        h.url
+                            .as_ref()
+                            .map(|u| format!("{u} {}", h.method.as_deref().unwrap_or("ping"))),
+                        h.command.clone(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+                })
+                .unwrap_or_default(),
+        ),
+    ];
+    let steps = steps.into_iter().chain([
+        ("local_failed", cfg.hooks.local_failed.join(" && ")),
+        ("local_after", cfg.hooks.local_after.join(" && ")),
+    ]);
+    for (what, v) in steps {
+        if !v.is_empty() {
+            out.push_str(&format!("  {what}: {v}\n"));
+        }
+    }
+    Ok(Plan { text: out, ready })
+}

@@ -1,0 +1,124 @@
+//! Staging, on every host: the lock (with the upload channel opened first, so its session
+//! start overlaps the lock step), then the tar stream of the release and its shared links, a
+//! progress bar per host.
+
+use super::{Ctx, Run};
+use crate::fleet::{self, Stage, each};
+use crate::layout;
+use crate::lock;
+use crate::manifest::Manifest;
+use crate::upload;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+/// Starts the upload channel, then takes the lock and reads the host's state.
+pub(super) fn lock_host(r: &mut Run, c: &Ctx) {
+    if !r.ok() {
+        return;
+    }
+    if let Some(remote) = &r.host.remote {
+        match remote.start(&upload::remote_command(r.deploy_to())) {
+            Ok(ch) => r.upload = Some(ch),
+            Err(e) => return r.host.fail(Stage::Connect, e),
+        }
+    }
+    lock::acquire_waiting(&mut r.host, &c.owner, true, c.options.lock_wait);
+}
+
+/// Uploads and stages the release on every host, a progress bar per host.
+pub(super) fn stage_all(runs: &mut [Run], c: &Ctx, manifest: &Manifest) {
+    let bars = MultiProgress::with_draw_target(if c.settings.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let width = runs.iter().map(|r| r.host.name().len()).max().unwrap_or(0);
+    let mut staging: Vec<(&mut Run, ProgressBar)> = runs
+        .iter_mut()
+        .map(|r| {
+            let b = bars.add(ProgressBar::new(r.delta.bytes.max(1)));
+            b.set_style(style.clone());
+            b.set_prefix(format!("{:>width$}", r.host.name()));
+            (r, b)
+        })
+        .collect();
+    each(&mut staging, c.settings.parallel, |(r, bar)| {
+        stage(r, c, manifest, bar);
+        bar.finish();
+    });
+    drop(staging);
+    let _ = bars.clear();
+}
+
+/// Uploads the release and finishes staging it on one host.
+pub(super) fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
+    let Some(channel) = r.upload.take() else {
+        return r.host.fail(Stage::Upload, fleet::StepError::NotConnected);
+    };
+    r.staged = true;
+    let counting = upload::Counting::new(
+        std::io::BufWriter::with_capacity(256 * 1024, channel),
+        Box::new({
+            let bar = bar.clone();
+            let stop = c.settings.interrupted.clone();
+            move |n| {
+                bar.inc(n);
+                !stop.load(Ordering::Relaxed)
+            }
+        }),
+    );
+    let prev = r.previous_manifest.as_ref().and(r.previous.as_deref());
+    let written = upload::write_release(
+        counting,
+        &c.cfg.source,
+        manifest,
+        &r.delta,
+        &c.release,
+        prev,
+    )
+    .and_then(|mut w| {
+        w.flush()?;
+        let sent = w.written;
+        let ch = w.into_inner().into_inner().map_err(|e| e.into_error())?;
+        Ok((sent, ch))
+    });
+    let host = r.host.name().to_owned();
+    let (sent, ch) = match written {
+        Ok(x) => x,
+        Err(e) => {
+            return r.host.fail(
+                Stage::Upload,
+                format_args!("connection lost while sending: {e}"),
+            );
+        }
+    };
+    r.sent_bytes = sent;
+    match crate::ssh::finish(&host, ch) {
+        Ok(o) if o.status == 0 => {}
+        Ok(o) => {
+            return r.host.fail(
+                Stage::Upload,
+                format_args!(
+                    "tar exited {}: {}",
+                    o.status,
+                    fleet::last_lines(&o.stderr, 4).unwrap_or_default()
+                ),
+            );
+        }
+        Err(e) => return r.host.fail(Stage::Upload, e),
+    }
+    let script = layout::link_shared_script(
+        r.deploy_to(),
+        &c.release,
+        &c.cfg.shared_dirs,
+        &c.cfg.shared_files,
+        &c.revision,
+    );
+    r.host.step(Stage::SharedLinks, &script, None);
+}
