@@ -7,15 +7,114 @@
 //! later release (another deploy that went first) moves it on, and the hooks after the deploy
 //! see the final one.
 
-use crate::report::HookRun;
+use crate::config::{Config, Target};
+use crate::report::{HookRun, Report};
+use crate::settings::Settings;
 use plugin_api::Keep;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// The local hooks of one deploy, and what they are all told.
+pub(super) struct Local<'a> {
+    cfg: &'a Config,
+    settings: &'a Settings,
+    hosts: String,
+    revision: String,
+}
+
+impl<'a> Local<'a> {
+    pub(super) fn new(
+        cfg: &'a Config,
+        settings: &'a Settings,
+        targets: &[Target],
+        revision: &str,
+    ) -> Self {
+        let hosts = targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            cfg,
+            settings,
+            hosts,
+            revision: revision.to_owned(),
+        }
+    }
+
+    fn stage(
+        &self,
+        stage: &'static str,
+        commands: &[String],
+        release: &str,
+        outcome: &str,
+        abort: &AtomicBool,
+    ) -> Vec<HookRun> {
+        if !commands.is_empty() {
+            self.settings.say(&format!("running {stage} hooks here"));
+        }
+        let env = Env {
+            application: &self.cfg.application,
+            release,
+            revision: &self.revision,
+            hosts: &self.hosts,
+            outcome,
+        };
+        let timeout = self.settings.hook_timeout;
+        run(stage, commands, &self.cfg.base, &env, timeout, abort)
+    }
+
+    /// `local_before` (a Ctrl-C stops it): what ran, and why the deploy stops when one failed.
+    pub(super) fn before(&self, release: &str) -> (Vec<HookRun>, Option<String>) {
+        let hooks = &self.cfg.hooks.local_before;
+        let ran = self.stage(
+            "local_before",
+            hooks,
+            release,
+            "",
+            &self.settings.interrupted,
+        );
+        let why = ran.last().and_then(|h| {
+            let problem = h.problem.as_ref()?;
+            let said = crate::fleet::last_lines(&h.output, 4)
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default();
+            Some(format!(
+                "the local_before hook {:?} {problem}{said}",
+                h.command
+            ))
+        });
+        (ran, why)
+    }
+
+    /// `local_failed` when the deploy failed, then `local_after`, into the report's log; their
+    /// failures are the report's warnings (the deploy stands). A Ctrl-C does not stop them:
+    /// they tell of the deploy it ended (a second one exits at once).
+    pub(super) fn after(&self, report: &mut Report) {
+        let never = AtomicBool::new(false);
+        let outcome = if report.ok { "ok" } else { "failed" };
+        let mut ran = Vec::new();
+        if !report.ok {
+            let hooks = &self.cfg.hooks.local_failed;
+            ran.extend(self.stage("local_failed", hooks, &report.release, outcome, &never));
+        }
+        let hooks = &self.cfg.hooks.local_after;
+        ran.extend(self.stage("local_after", hooks, &report.release, outcome, &never));
+        for h in &ran {
+            if let Some(problem) = &h.problem {
+                report
+                    .warnings
+                    .push(format!("the {} hook {:?} {problem}", h.stage, h.command));
+            }
+        }
+        report.hooks.extend(ran);
+    }
+}
+
 /// What every local hook of one deploy is told.
-pub struct Env<'a> {
+pub(super) struct Env<'a> {
     pub application: &'a str,
     pub release: &'a str,
     pub revision: &'a str,
@@ -25,7 +124,7 @@ pub struct Env<'a> {
 
 /// Runs `commands` one after the other in `dir`; the first that fails stops them. Every one
 /// that ran is in the returned list, its output (stdout and stderr together) with it.
-pub fn run(
+pub(super) fn run(
     stage: &'static str,
     commands: &[String],
     dir: &Path,

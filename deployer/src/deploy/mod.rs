@@ -18,11 +18,12 @@ mod back_out;
 mod canary;
 mod local_hooks;
 mod plan;
+mod publish;
 mod staging;
 
 pub use plan::{Plan, plan};
 
-use crate::config::{Config, Hook, Target, hook_commands};
+use crate::config::{Config, Target};
 use crate::events;
 use crate::fleet::{self, Host, Stage, each};
 use crate::health::Gate;
@@ -32,7 +33,7 @@ use crate::manifest::{Delta, Manifest};
 use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
 use crate::source;
-use crate::stages::{self, Release};
+use crate::stages::Release;
 use std::time::{Duration, Instant};
 
 /// What `deploy` is asked for beyond the settings every command shares.
@@ -191,82 +192,17 @@ pub fn deploy(
         owner: lock::owner_line(&user),
         user,
     };
-    let hosts = targets
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let revision = c.revision.clone();
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let local = |stage: &'static str, commands: &[String], release: &str, outcome: &str| {
-        if !commands.is_empty() {
-            settings.say(&format!("running {stage} hooks here"));
-        }
-        let env = local_hooks::Env {
-            application: &cfg.application,
-            release,
-            revision: &revision,
-            hosts: &hosts,
-            outcome,
-        };
-        local_hooks::run(
-            stage,
-            commands,
-            &cfg.base,
-            &env,
-            settings.hook_timeout,
-            // A Ctrl-C stops local_before; the hooks after the deploy still tell of it (a
-            // second Ctrl-C exits at once).
-            if stage == "local_before" {
-                &settings.interrupted
-            } else {
-                &never
-            },
-        )
-    };
-    let before = local("local_before", &cfg.hooks.local_before, &c.release, "");
-    let mut report = match before.iter().find_map(|h| h.problem.as_ref()) {
-        Some(problem) => {
-            let why = format!(
-                "the local_before hook {:?} {problem}{}",
-                before
-                    .last()
-                    .map(|h| h.command.as_str())
-                    .unwrap_or_default(),
-                before
-                    .last()
-                    .and_then(|h| fleet::last_lines(&h.output, 4))
-                    .map(|l| format!(": {l}"))
-                    .unwrap_or_default()
-            );
+    let local = local_hooks::Local::new(cfg, settings, targets, &c.revision);
+    let (before, stop) = local.before(&c.release);
+    let mut report = match stop {
+        Some(why) => {
             settings.say(&why);
             not_started(&c, targets, why, started)
         }
         None => remote(&mut c, targets, &manifest, gate.as_ref(), started),
     };
     report.hooks.splice(0..0, before);
-    let outcome = if report.ok { "ok" } else { "failed" };
-    if !report.ok {
-        report.hooks.extend(local(
-            "local_failed",
-            &cfg.hooks.local_failed,
-            &report.release,
-            outcome,
-        ));
-    }
-    report.hooks.extend(local(
-        "local_after",
-        &cfg.hooks.local_after,
-        &report.release,
-        outcome,
-    ));
-    for h in report.hooks.iter().filter(|h| h.host.is_none()) {
-        if let (Some(problem), "local_after" | "local_failed") = (&h.problem, h.stage) {
-            report
-                .warnings
-                .push(format!("the {} hook {:?} {problem}", h.stage, h.command));
-        }
-    }
+    local.after(&mut report);
     report.show_hooks = settings.verbose;
     report.elapsed = started.elapsed();
     if let Some(r) = &cfg.riemann
@@ -322,7 +258,7 @@ fn remote(
     let mut canary = Vec::new();
     let ok = match advance(c, &mut runs, manifest, gate, &mut canary) {
         Ok(()) => {
-            finish(&mut runs, c);
+            publish::finish(&mut runs, c);
             true
         }
         Err(why) => {
@@ -383,7 +319,7 @@ fn advance(
     if !before.is_empty() {
         c.settings.say("running before_publish hooks");
         each(runs, parallel, |r| {
-            remote_hooks(r, c, Stage::BeforePublish, before);
+            publish::remote_hooks(r, c, Stage::BeforePublish, before);
         });
     }
     c.barrier(
@@ -396,7 +332,7 @@ fn advance(
     // gate per batch.
     let count = runs.len();
     let mut start = 0;
-    for (i, size) in batch_sizes(count, c.options.rolling, c.options.canary.is_some())
+    for (i, size) in publish::batch_sizes(count, c.options.rolling, c.options.canary.is_some())
         .into_iter()
         .enumerate()
     {
@@ -411,7 +347,7 @@ fn advance(
         } else {
             format!("publishing {}", c.release)
         });
-        publish_batch(batch, c, gate);
+        publish::publish_batch(batch, c, gate);
         c.barrier(
             batch,
             Stage::Publish,
@@ -428,90 +364,6 @@ fn advance(
         start += size;
     }
     Ok(())
-}
-
-/// How many hosts each publish batch has: `rolling` at a time (all at once without it); with
-/// a canary, the first batch is `rolling` hosts or one, and the rest go as `rolling` says.
-fn batch_sizes(count: usize, rolling: Option<usize>, canary: bool) -> Vec<usize> {
-    let mut sizes = Vec::new();
-    let mut left = count;
-    if canary && left > 0 {
-        let first = rolling.unwrap_or(1).clamp(1, left);
-        sizes.push(first);
-        left -= first;
-    }
-    let size = rolling.unwrap_or(left).max(1);
-    while left > 0 {
-        let n = size.min(left);
-        sizes.push(n);
-        left -= n;
-    }
-    sizes
-}
-
-/// Runs a stage's hooks on one host; one failing fails the host at `stage`.
-fn remote_hooks(r: &mut Run, c: &Ctx, stage: Stage, hooks: &[Hook]) {
-    let release = c.release(r.previous.as_deref());
-    let commands = hook_commands(hooks, r.host.target.name == c.first_host);
-    let timeout = c.settings.hook_timeout;
-    if let Some(ran) = stages::hooks(&mut r.host, stage, &release, &commands, timeout) {
-        if let Some(problem) = &ran.problem {
-            r.host.fail(stage, problem);
-        }
-        r.hooks.push(ran);
-    }
-}
-
-/// Publishes one batch, runs its after_publish hooks, then its health gate.
-fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
-    let parallel = c.settings.parallel;
-    each(batch, parallel, |r| {
-        let script = layout::switch_script(r.deploy_to(), Some(&c.release));
-        if r.host.step(Stage::Publish, &script, None) {
-            r.published = true;
-            r.result = "published".into();
-        }
-    });
-    let after = &c.cfg.hooks.after_publish;
-    if batch.iter().all(Run::ok) && !after.is_empty() {
-        c.settings.say("running after_publish hooks");
-        each(batch, parallel, |r| {
-            remote_hooks(r, c, Stage::AfterPublish, after);
-        });
-    }
-    if let Some(gate) = gate.filter(|_| batch.iter().all(Run::ok)) {
-        c.settings.say("health gate");
-        each(batch, parallel, |r| {
-            stages::health(&mut r.host, gate, &c.release(None));
-        });
-    }
-}
-
-/// Cleanup, log and unlock: one step per host.
-fn finish(runs: &mut [Run], c: &Ctx) {
-    each(runs, c.settings.parallel, |r| {
-        let d = r.deploy_to().to_owned();
-        let remove =
-            layout::cleanup_after_publish(&r.host.state.releases, &c.release, c.cfg.keep_releases);
-        let entry = stages::log_entry(
-            &c.release(r.previous.as_deref()),
-            &c.user,
-            "deployed",
-            None,
-            None,
-        );
-        let script = format!(
-            "{}\n{}",
-            layout::remove_script(&d, &remove),
-            layout::log_script(&d, &entry),
-        );
-        if let Err(e) = lock::release(&mut r.host, &c.owner, &script) {
-            r.warnings.push(format!(
-                "published, but cleanup or unlock failed: {e}; then run `deployer cleanup --hosts {}`",
-                r.host.name()
-            ));
-        }
-    });
 }
 
 /// The complete release `current` points at, and its manifest: what unchanged files are
@@ -539,21 +391,5 @@ fn outcome(r: Run) -> HostOutcome {
         result: r.result,
         failure: r.host.failure,
         warnings: r.warnings,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::batch_sizes;
-
-    #[test]
-    fn batches_put_the_canary_first() {
-        assert_eq!(batch_sizes(5, None, false), [5]);
-        assert_eq!(batch_sizes(5, Some(2), false), [2, 2, 1]);
-        assert_eq!(batch_sizes(5, None, true), [1, 4]);
-        assert_eq!(batch_sizes(5, Some(2), true), [2, 2, 1]);
-        assert_eq!(batch_sizes(1, None, true), [1]);
-        assert_eq!(batch_sizes(3, Some(9), true), [3]);
-        assert!(batch_sizes(0, None, true).is_empty());
     }
 }
