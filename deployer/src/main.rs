@@ -56,17 +56,17 @@ struct Cli {
     #[arg(long, global = true)]
     role: Option<String>,
     /// Hosts worked on at the same time
-    #[arg(long, default_value_t = 16, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = Settings::PARALLEL, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     parallel: u16,
     /// Add unknown host keys to known_hosts instead of refusing them (changed keys are still refused)
     #[arg(long, global = true)]
     accept_new_host_keys: bool,
     /// Connect timeout and limit for each remote step, in seconds
-    #[arg(long, default_value_t = 10, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Settings::TIMEOUT_SECS, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
     /// Limit for each hook, in seconds: past it the hook is killed on its host (with what it
     /// started) and the deploy fails
-    #[arg(long, default_value_t = 600, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = Settings::HOOK_TIMEOUT_SECS, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     hook_timeout: u64,
     /// No stage headings or progress bars on stderr
     #[arg(short, long, global = true)]

@@ -21,11 +21,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Hosts worked on at the same time, unless `--parallel` says otherwise.
+    pub const PARALLEL: u16 = 16;
+    /// Seconds a connect or a remote step may take, unless `--timeout` says otherwise.
+    pub const TIMEOUT_SECS: u64 = 10;
+    /// Seconds a hook may take, unless `--hook-timeout` says otherwise.
+    pub const HOOK_TIMEOUT_SECS: u64 = 600;
+
     pub fn new(ssh: SshSettings) -> Self {
         Self {
             ssh,
-            parallel: 16,
-            hook_timeout: Duration::from_secs(600),
+            parallel: usize::from(Self::PARALLEL),
+            hook_timeout: Duration::from_secs(Self::HOOK_TIMEOUT_SECS),
             quiet: false,
             verbose: false,
             interrupted: Arc::new(AtomicBool::new(false)),

@@ -309,6 +309,31 @@ fn help_teaches_the_commands_and_the_config() {
         .expect("deployer --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
+    // The defaults the help states are the ones the config takes (written once, in config.rs).
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("deploy.toml");
+    std::fs::write(
+        &path,
+        "application = \"a\"\ndeploy_to = \"/srv/a\"\nsource = \"d\"\n[[hosts]]\naddress = \"h\"\n[health]\ncommand = \"true\"\n",
+    )
+    .expect("deploy.toml");
+    let cfg = deployer::Config::load(&path).expect("loads");
+    let health = cfg.health.clone().expect("[health]");
+    let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
+    for stated in [
+        format!("keep_releases ({})", cfg.keep_releases),
+        format!("retries ({})", health.retries),
+        format!("interval ({})", d(health.interval)),
+        format!("timeout ({})", d(health.timeout)),
+        format!("max_error_ratio ({})", cfg.canary.max_error_ratio),
+        format!("max_latency_ratio ({})", cfg.canary.max_latency_ratio),
+        format!("min_error_rate ({}/s)", cfg.canary.min_error_rate),
+        format!("(5ms), interval ({})", d(cfg.canary.interval)),
+        format!("default: {}]", deployer::Settings::PARALLEL),
+    ] {
+        assert!(help.contains(&stated), "--help states {stated:?}? \n{help}");
+    }
+    assert_eq!(d(cfg.canary.min_latency), "5ms");
     for word in [
         "deploy",
         "rollback",
