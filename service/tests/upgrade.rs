@@ -233,7 +233,12 @@ fn a_failed_upgrade_leaves_the_old_server_serving() {
         let config = config.clone();
         move || cli(&["--config", &config, "upgrade", "--timeout", "2s"])
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The first upgrade holds the lock once the new server it started is running.
+    eventually(
+        "the slow upgrade started its server",
+        Duration::from_secs(10),
+        || hang_pid.exists(),
+    );
     let second = cli(&["--config", &config, "upgrade"]);
     assert_eq!(second.status.code(), Some(1));
     assert!(
