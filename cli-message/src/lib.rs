@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! A failure as a command-line tool prints it (DESIGN.md, "Errors, as a CLI prints them"):
 //! `program: what failed: cause`, each cause once (one already quoted by the message above it
 //! is not repeated), then the outermost message — when it is context that says what to do, not

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JsonType {
+pub(crate) enum JsonType {
     Null,
     Boolean,
     Number,
@@ -64,7 +64,7 @@ impl fmt::Display for JsonType {
 
 /// One `--expect` or `--expect-type`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Assertion {
+pub(crate) enum Assertion {
     Equals { pointer: String, value: Value },
     Type { pointer: String, ty: JsonType },
 }
@@ -80,7 +80,7 @@ fn check_pointer(p: &str) -> Result<(), String> {
 }
 
 /// Shows a pointer so that the result itself ("") is visible in messages.
-pub fn show(pointer: &str) -> &str {
+pub(crate) fn show(pointer: &str) -> &str {
     if pointer.is_empty() {
         "result"
     } else {
@@ -89,7 +89,7 @@ pub fn show(pointer: &str) -> &str {
 }
 
 /// Compact JSON, cut at 60 characters for a one-line message.
-pub fn brief(v: &Value) -> String {
+pub(crate) fn brief(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 60 {
         format!("{}…", s.chars().take(60).collect::<String>())
@@ -100,7 +100,7 @@ pub fn brief(v: &Value) -> String {
 
 impl Assertion {
     /// `POINTER=JSON`, e.g. `/status="ok"` or `/count=3` (`=JSON` alone: the result itself).
-    pub fn parse_equals(arg: &str) -> Result<Self, String> {
+    pub(crate) fn parse_equals(arg: &str) -> Result<Self, String> {
         let (pointer, json) = arg
             .split_once('=')
             .ok_or_else(|| format!("--expect {arg:?}: write POINTER=JSON, e.g. /status=\"ok\""))?;
@@ -115,7 +115,7 @@ impl Assertion {
     }
 
     /// `POINTER=TYPE`, e.g. `/users=array`.
-    pub fn parse_type(arg: &str) -> Result<Self, String> {
+    pub(crate) fn parse_type(arg: &str) -> Result<Self, String> {
         let (pointer, ty) = arg.split_once('=').ok_or_else(|| {
             format!("--expect-type {arg:?}: write POINTER=TYPE, e.g. /users=array")
         })?;
@@ -129,7 +129,7 @@ impl Assertion {
     }
 
     /// `None` when it holds, else what is wrong.
-    pub fn failure(&self, result: &Value) -> Option<String> {
+    pub(crate) fn failure(&self, result: &Value) -> Option<String> {
         match self {
             Assertion::Equals { pointer, value } => match result.pointer(pointer) {
                 None => Some(format!("{} not found", show(pointer))),
@@ -156,23 +156,23 @@ impl Assertion {
 
 /// `--value POINTER` (a number) or `--count POINTER` (an array's or object's length).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Measure {
+pub(crate) enum Measure {
     Value(String),
     Count(String),
 }
 
 impl Measure {
-    pub fn pointer(&self) -> &str {
+    pub(crate) fn pointer(&self) -> &str {
         match self {
             Measure::Value(p) | Measure::Count(p) => p,
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         check_pointer(self.pointer())
     }
 
-    pub fn default_label(&self) -> &'static str {
+    pub(crate) fn default_label(&self) -> &'static str {
         match self {
             Measure::Value(_) => "value",
             Measure::Count(_) => "count",
@@ -180,7 +180,7 @@ impl Measure {
     }
 
     /// The number to compare with the thresholds, or why there is none.
-    pub fn extract(&self, result: &Value) -> Result<f64, String> {
+    pub(crate) fn extract(&self, result: &Value) -> Result<f64, String> {
         let p = self.pointer();
         let v = result
             .pointer(p)

@@ -18,7 +18,7 @@ use x509_cert::der::Decode;
 
 /// What the server presented.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Presented {
+pub(crate) struct Presented {
     /// Its subject's common name, or the whole subject when it has none.
     pub subject: String,
     pub not_after: SystemTime,
@@ -27,7 +27,7 @@ pub struct Presented {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub(crate) enum CertError {
     #[error("-C needs an https URL (-S, or https:// in -u)")]
     NotTls,
     #[error("cannot connect to {target} for the certificate: {source}")]
@@ -267,7 +267,7 @@ fn tunnel(
 
 /// Shakes hands with the server (through `proxy`, an HTTP proxy, when given) and returns the
 /// certificate it presented.
-pub fn fetch(
+pub(crate) fn fetch(
     cfg: &CheckConfig,
     files: &TlsFiles,
     proxy: Option<&ureq::Proxy>,
@@ -318,7 +318,7 @@ pub fn fetch(
 }
 
 /// Reads the subject and expiry of a DER certificate.
-pub fn read(der: &[u8]) -> Result<Presented, CertError> {
+pub(crate) fn read(der: &[u8]) -> Result<Presented, CertError> {
     let cert =
         x509_cert::Certificate::from_der(der).map_err(|e| CertError::Unreadable(e.to_string()))?;
     let tbs = &cert.tbs_certificate;
@@ -338,7 +338,7 @@ pub fn read(der: &[u8]) -> Result<Presented, CertError> {
 /// The certificate's state, its part of the summary and its perfdata, as check_http judges:
 /// whole days left (rounded down) at most `warn` is WARNING, at most `crit` (0 unless given:
 /// less than a day left) or expired is CRITICAL.
-pub fn judge(p: &Presented, limits: &CertDays, now: SystemTime) -> (State, String, Perf) {
+pub(crate) fn judge(p: &Presented, limits: &CertDays, now: SystemTime) -> (State, String, Perf) {
     let secs = match p.not_after.duration_since(now) {
         Ok(left) => left.as_secs() as i64,
         Err(past) => -(past.duration().as_secs() as i64),

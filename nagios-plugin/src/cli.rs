@@ -46,7 +46,7 @@ which any local user can read in ps.";
     after_help = AFTER_HELP,
     disable_help_flag = true,
 )]
-pub struct Args {
+pub(crate) struct Args {
     /// Print this help and exit (UNKNOWN, as the guidelines ask)
     #[arg(short = 'h', long = "help", action = ArgAction::Help)]
     help: Option<bool>,
@@ -226,7 +226,7 @@ fn fresh_id() -> Value {
 
 impl Args {
     /// Checks the arguments as a whole and builds the check.
-    pub fn into_config(self) -> Result<CheckConfig, String> {
+    pub(crate) fn into_config(self) -> Result<CheckConfig, String> {
         let url = if self.url.starts_with("http://") || self.url.starts_with("https://") {
             self.url.clone()
         } else {

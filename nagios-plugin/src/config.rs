@@ -7,20 +7,27 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How long a check may take in all unless told otherwise (`-t`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest response body accepted unless told otherwise (`--max-size`), in bytes: 8 MiB.
 pub const DEFAULT_MAX_SIZE: u64 = 8 * 1024 * 1024;
 
+/// The one IP version to connect with (`-4`, `-6`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpFamily {
+    /// IPv4 only.
     V4,
+    /// IPv6 only.
     V6,
 }
 
-/// `-C warn[,crit]`: fewer days left than `warning` is WARNING, fewer than `critical` (or an
-/// expired certificate) CRITICAL.
+/// `-C warn[,crit]`, as check_http judges: `warning` or fewer whole days of validity left is
+/// WARNING, `critical` or fewer (or an expired certificate) CRITICAL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertDays {
+    /// WARNING at this many whole days left (rounded down) or fewer.
     pub warning: u32,
+    /// CRITICAL at this many whole days left or fewer; `None`: 0 (less than a day left).
     pub critical: Option<u32>,
 }
 
@@ -49,13 +56,19 @@ impl std::str::FromStr for CertDays {
 /// Everything one check needs. `CheckConfig::new(url, method)` gives the plugin's defaults.
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
+    /// The endpoint's full `http://` or `https://` URL.
     pub url: String,
     /// Connect here instead of resolving the URL's host (`-I`); Host and SNI stay the URL's.
     pub connect_ip: Option<IpAddr>,
+    /// Connect over IPv4 or IPv6 only (`-4`, `-6`); `None`: either.
     pub ip_family: Option<IpFamily>,
+    /// The most the whole check may take (`-t`) [default: 10 s].
     pub timeout: Duration,
+    /// The state reported when the timeout hits (`--timeout-state`) [default: CRITICAL].
     pub timeout_state: State,
+    /// Do not verify the server's certificate (`--insecure`).
     pub insecure: bool,
+    /// Trust the CA certificates in this PEM file instead of the built-in roots (`--ca-file`).
     pub ca_file: Option<PathBuf>,
     /// A client certificate chain and its key (PEM files) to present (`--client-cert`,
     /// `--client-key`; one file may hold both).
@@ -63,25 +76,39 @@ pub struct CheckConfig {
     /// An `http://[user:password@]host:port` proxy (`--proxy`); `None`: the environment's
     /// (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, with `NO_PROXY`), if any.
     pub proxy: Option<String>,
-    /// Days of certificate validity left below which to warn / go critical (`-C`).
+    /// Also judge the server certificate's days of validity left (`-C`).
     pub cert_days: Option<CertDays>,
+    /// Extra request headers, name and value, Authorization included (`-k`, `-a`, `--bearer`).
     pub headers: Vec<(String, String)>,
+    /// The JSON-RPC method to call.
     pub method: String,
+    /// The call's `params`: a JSON array or object; `None`: the member is left out.
     pub params: Option<Value>,
+    /// The request `id` (a JSON number or string); the response must carry the same.
     pub id: Value,
-    /// Thresholds on the response time in seconds.
+    /// Warning threshold on the response time in seconds (`-w`).
     pub warning: Option<Range>,
+    /// Critical threshold on the response time in seconds (`-c`).
     pub critical: Option<Range>,
-    pub assertions: Vec<Assertion>,
-    pub measure: Option<Measure>,
+    /// `--expect` and `--expect-type`: each failing one makes the check CRITICAL.
+    pub(crate) assertions: Vec<Assertion>,
+    /// `--value` or `--count`: the number judged by `value_warning` and `value_critical`.
+    pub(crate) measure: Option<Measure>,
+    /// Warning threshold on the measured value (`--value-warning`); needs a measure.
     pub value_warning: Option<Range>,
+    /// Critical threshold on the measured value (`--value-critical`); needs a measure.
     pub value_critical: Option<Range>,
+    /// Perfdata label of the measured value (`--label`) [default: `value` or `count`].
     pub label: Option<String>,
+    /// The largest response body accepted, in bytes; a larger one is CRITICAL (`--max-size`).
     pub max_size: u64,
+    /// Detail on the lines after the first, 0–3 (`-v` each).
     pub verbose: u8,
 }
 
 impl CheckConfig {
+    /// A check calling `method` at `url`, with the plugin's defaults: no thresholds, no
+    /// assertions, id 1, verification on, 10 s timeout, 8 MiB body limit.
     pub fn new(url: impl Into<String>, method: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -122,7 +149,7 @@ impl CheckConfig {
 
 /// A URL fit to print: its `user:password@` shown as `***@`, so a proxy's password never
 /// reaches the plugin's output (the monitoring UI, notifications, the deployer's errors).
-pub fn without_password(url: &str) -> String {
+pub(crate) fn without_password(url: &str) -> String {
     // Without a scheme the text starts with the authority (`user:password@host:port`).
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// What the server answered, once the envelope is known to be well formed.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
+pub(crate) enum Answer {
     Result(Value),
     Error {
         code: i64,
@@ -15,7 +15,7 @@ pub enum Answer {
 
 /// Which rule of the envelope the response broke (the message names it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Violation {
+pub(crate) enum Violation {
     #[error("response is not valid JSON: {0}")]
     NotJson(String),
     #[error("response is a JSON {0}, not a response object")]
@@ -36,7 +36,7 @@ pub enum Violation {
     BadError(&'static str),
 }
 
-pub fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -48,7 +48,7 @@ pub fn type_name(v: &Value) -> &'static str {
 }
 
 /// Parses and checks `body` as the response to a request with id `sent_id`.
-pub fn validate(body: &[u8], sent_id: &Value) -> Result<Answer, Violation> {
+pub(crate) fn validate(body: &[u8], sent_id: &Value) -> Result<Answer, Violation> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Violation::NotJson(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     let v: Value = serde_json::from_str(text).map_err(|e| Violation::NotJson(e.to_string()))?;

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! `check_jsonrpc`: a Nagios/Icinga plugin that calls a JSON-RPC 2.0 method over HTTP and
 //! validates the envelope, the result and its timing, following the Monitoring Plugins guidelines.
 //!

@@ -6,14 +6,18 @@ use plugin_api::{Perf, State};
 /// The plugin's verdict.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The verdict; its exit code is the plugin's.
     pub state: State,
+    /// The first line's text after `JSONRPC STATE - `.
     pub summary: String,
+    /// Perfdata, printed after a `|` on the first line.
     pub perfdata: Vec<Perf>,
     /// Lines after the first (shown with -v); never perfdata.
     pub details: Vec<String>,
 }
 
 impl Outcome {
+    /// A verdict with its summary, without perfdata or details.
     pub fn new(state: State, summary: impl Into<String>) -> Self {
         Self {
             state,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// A file the check cannot use: UNKNOWN, as the guidelines say for a check that cannot run.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsFileError {
+pub(crate) enum TlsFileError {
     #[error("cannot read {flag} {}: {source}", path.display())]
     Read {
         flag: &'static str,
@@ -22,7 +22,7 @@ pub enum TlsFileError {
     NoKey(PathBuf),
 }
 
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     pub ca: Option<Vec<CertificateDer<'static>>>,
     pub client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     /// The key file's PEM text, for ureq (which takes keys only as its own PEM items).
@@ -55,7 +55,7 @@ fn certificates(
 }
 
 impl TlsFiles {
-    pub fn load(cfg: &CheckConfig) -> Result<Self, TlsFileError> {
+    pub(crate) fn load(cfg: &CheckConfig) -> Result<Self, TlsFileError> {
         let ca = cfg
             .ca_file
             .as_deref()

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! The Nagios plugin API, written once for the toolkit: plugin states and their exit codes,
 //! threshold ranges and the warning/critical decision, perfdata (writing and reading it), and
 //! running a plugin with a timeout the way a monitoring core does.

@@ -4,18 +4,28 @@
 use crate::range::Range;
 use std::fmt;
 
+/// One perfdata item a check writes; its [`Display`](fmt::Display) is the guidelines' form,
+/// trailing empty fields dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Perf {
+    /// The label; quoted on output when it holds spaces, quotes or `=`.
     pub label: String,
+    /// The measured value.
     pub value: f64,
+    /// Unit of measure written right after the value (`s`, `%`, `B`, `c`, …), `""` for none.
     pub uom: &'static str,
+    /// The warning threshold, written as the user gave it.
     pub warning: Option<Range>,
+    /// The critical threshold, written as the user gave it.
     pub critical: Option<Range>,
+    /// The smallest possible value, if known.
     pub min: Option<f64>,
+    /// The largest possible value, if known.
     pub max: Option<f64>,
 }
 
 impl Perf {
+    /// A value with its label and unit, without thresholds or bounds.
     pub fn new(label: impl Into<String>, value: f64, uom: &'static str) -> Self {
         Self {
             label: label.into(),
@@ -28,12 +38,14 @@ impl Perf {
         }
     }
 
+    /// Sets the warning and critical thresholds.
     pub fn thresholds(mut self, warning: Option<&Range>, critical: Option<&Range>) -> Self {
         self.warning = warning.cloned();
         self.critical = critical.cloned();
         self
     }
 
+    /// Sets the minimum and maximum possible values.
     pub fn bounds(mut self, min: Option<f64>, max: Option<f64>) -> Self {
         self.min = min;
         self.max = max;
@@ -95,11 +107,14 @@ impl fmt::Display for Perf {
     }
 }
 
-/// One perfdata value.
+/// One perfdata value as a plugin printed it (thresholds and bounds are not kept).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PerfValue {
+    /// The label, unquoted.
     pub label: String,
+    /// The value.
     pub value: f64,
+    /// The unit of measure that followed the value, `""` for none.
     pub uom: String,
 }
 

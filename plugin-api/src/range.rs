@@ -15,6 +15,8 @@ use crate::State;
 use std::fmt;
 use std::str::FromStr;
 
+/// A threshold range, parsed from the guidelines' text form (see the table above) with
+/// [`str::parse`]; it displays as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Range {
     start: f64,
@@ -25,6 +27,7 @@ pub struct Range {
     text: String,
 }
 
+/// Why a threshold range was refused; its message quotes the text and lists the valid forms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid range {text:?}: {why} (forms: 10, 10:, ~:10, 10:20, @10:20)")]
 pub struct RangeError {

@@ -13,13 +13,18 @@ use std::time::{Duration, Instant};
 /// Plugin output past this is not read (Nagios keeps far less).
 const MAX_OUTPUT: u64 = 1024 * 1024;
 
+/// Why a plugin could not be started (one that started and failed is a [`PluginRun`]).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The argument vector was empty.
     #[error("no plugin command given")]
     Empty,
+    /// The program could not be spawned (not found, not executable, …).
     #[error("cannot run {program}: {source}")]
     Spawn {
+        /// The program as given.
         program: String,
+        /// The error from spawning it.
         #[source]
         source: std::io::Error,
     },
@@ -28,14 +33,17 @@ pub enum RunError {
 /// What a plugin run produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginRun {
+    /// The state its exit status means; CRITICAL on a timeout, UNKNOWN when aborted.
     pub state: State,
     /// The exit status; `None` when killed (a timeout, a signal).
     pub code: Option<i32>,
     /// The first line before any `|`, trimmed.
     pub first_line: String,
+    /// Its stdout, decoded lossily as UTF-8, at most 1 MiB of it (which end: [`Keep`]).
     pub output: String,
     /// Perfdata from the first line and from later lines after a `|`.
     pub perfdata: Vec<PerfValue>,
+    /// Whether it was killed for running past its timeout.
     pub timed_out: bool,
 }
 
@@ -59,7 +67,7 @@ pub fn run(cmd: Command, timeout: Duration) -> Result<PluginRun, RunError> {
     run_with(cmd, timeout, Keep::Head, None)
 }
 
-/// Which part of a long output is kept ([`MAX_OUTPUT`] bytes); the rest is read and dropped,
+/// Which part of a long output is kept (1 MiB); the rest is read and dropped,
 /// so the program never blocks or dies on a full pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {

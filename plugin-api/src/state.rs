@@ -5,9 +5,13 @@ use std::fmt;
 /// Ordered by severity for "worst wins": OK < WARNING < UNKNOWN < CRITICAL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// All is well (exit code 0).
     Ok,
+    /// Above a warning threshold, or otherwise degraded (exit code 1).
     Warning,
+    /// Above a critical threshold, or down (exit code 2).
     Critical,
+    /// The check itself could not tell: bad arguments, an internal failure (exit code 3).
     Unknown,
 }
 
@@ -33,6 +37,7 @@ impl State {
         }
     }
 
+    /// The exit code a plugin returns for this state: 0–3.
     pub fn exit_code(self) -> i32 {
         match self {
             State::Ok => 0,
@@ -60,6 +65,8 @@ impl State {
         }
     }
 
+    /// Reads a state by name (`ok`, `warning`/`warn`, `critical`/`crit`, `unknown`, any case)
+    /// or by exit code (`0`–`3`); `None` for anything else.
     pub fn parse(s: &str) -> Option<State> {
         match s.to_ascii_lowercase().as_str() {
             "ok" | "0" => Some(State::Ok),

@@ -11,38 +11,52 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Riemann's UDP listener drops larger datagrams.
-pub const MAX_DATAGRAM: usize = 16 * 1024;
+pub(crate) const MAX_DATAGRAM: usize = 16 * 1024;
 /// A response larger than this is not a Riemann answer.
 const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
+/// What went wrong talking to Riemann.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The address did not resolve (to any socket address).
     #[error("cannot resolve {0}")]
     Resolve(String),
+    /// No resolved address accepted a TCP connection.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// The address as configured (`HOST:PORT`).
         addr: String,
+        /// The last connection error.
         #[source]
         source: std::io::Error,
     },
+    /// The timeout (or the client's overall deadline) ran out; names the address.
     #[error("timed out talking to {0}")]
     Timeout(String),
+    /// Reading or writing the connection failed.
     #[error("connection to {addr} failed: {source}")]
     Io {
+        /// The address as configured (`HOST:PORT`).
         addr: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The server refused the request (`ok: false`); its error message.
     #[error("server error: {0}")]
     Server(String),
+    /// The response was not a valid `Msg`, or its length was implausible.
     #[error("malformed response: {0}")]
     Decode(String),
+    /// A query was attempted over UDP, which gets no response.
     #[error("queries need TCP or TLS (UDP has no response)")]
     QueryOverUdp,
+    /// The TLS files could not be loaded or the server name is invalid.
     #[error("TLS setup: {0}")]
     Tls(String),
 }
 
+/// The files for a TLS connection with a client certificate.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// CA certificate(s) (PEM) that signed the server's certificate.
@@ -55,17 +69,23 @@ pub struct TlsFiles {
     pub server_name: Option<String>,
 }
 
+/// How to reach the server.
 #[derive(Debug, Clone)]
 pub enum Transport {
+    /// Length-prefixed messages over TCP, each acknowledged.
     Tcp,
+    /// One message per datagram, unacknowledged, at most 16 KiB each.
     Udp,
+    /// TCP inside TLS, with a client certificate (Riemann's TLS listener requires one).
     Tls(TlsFiles),
 }
 
+/// Where and how a [`Client`] connects.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `HOST:PORT`
     pub addr: String,
+    /// TCP, UDP or TLS.
     pub transport: Transport,
     /// The most one operation may take in all: connecting, or one request with its answer
     /// (however slowly the server dribbles it).
@@ -73,6 +93,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Plain TCP to `addr` (`HOST:PORT`), with a 5 s timeout.
     pub fn tcp(addr: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
@@ -88,6 +109,7 @@ enum Conn {
     Udp(UdpSocket),
 }
 
+/// A connection to one Riemann server; every call blocks until done or timed out.
 pub struct Client {
     conn: Conn,
     addr: String,
@@ -195,7 +217,7 @@ fn connect_tcp(addr: &str, deadline: Instant) -> Result<TcpStream, Error> {
 }
 
 /// Builds the rustls configuration: the given CA as the only root, our certificate as client auth.
-pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, Error> {
+pub(crate) fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, Error> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let tls = |what: &str, e: &dyn std::fmt::Display| Error::Tls(format!("{what}: {e}"));

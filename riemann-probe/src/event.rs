@@ -14,7 +14,9 @@ pub fn hostname() -> String {
 /// A metric value: integers travel as `metric_sint64`, fractions as `metric_d`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Metric {
+    /// An integer, sent as `metric_sint64`.
     Int(i64),
+    /// A float, sent as `metric_d`.
     Float(f64),
 }
 
@@ -36,6 +38,7 @@ impl From<f64> for Metric {
     }
 }
 
+/// An [`Event`] being built; start one with [`event`], finish it with [`EventBuilder::build`].
 #[derive(Debug, Clone)]
 pub struct EventBuilder(Event);
 
@@ -49,16 +52,19 @@ pub fn event(service: impl Into<String>) -> EventBuilder {
 }
 
 impl EventBuilder {
+    /// The host the event is about, instead of this machine.
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.0.host = Some(host.into());
         self
     }
 
+    /// The state, by convention `ok`, `warning` or `critical`.
     pub fn state(mut self, state: impl Into<String>) -> Self {
         self.0.state = Some(state.into());
         self
     }
 
+    /// The metric; replaces one set before (an integer clears a float and vice versa).
     pub fn metric(mut self, m: impl Into<Metric>) -> Self {
         match m.into() {
             Metric::Int(i) => {
@@ -79,11 +85,13 @@ impl EventBuilder {
         self
     }
 
+    /// Adds a tag.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.0.tags.push(tag.into());
         self
     }
 
+    /// Adds a custom `key=value` attribute.
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.0.attributes.push(Attribute {
             key: key.into(),
@@ -92,6 +100,7 @@ impl EventBuilder {
         self
     }
 
+    /// Free-form text about the event.
     pub fn description(mut self, d: impl Into<String>) -> Self {
         self.0.description = Some(d.into());
         self
@@ -107,6 +116,7 @@ impl EventBuilder {
         self
     }
 
+    /// The finished event.
     pub fn build(self) -> Event {
         self.0
     }

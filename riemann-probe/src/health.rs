@@ -14,16 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest wait for one round of statvfs calls.
-pub const DISK_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const DISK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Thresholds (a value at or above one gives its state), riemann-health's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
+    /// At or above this, `warning`.
     pub warning: f64,
+    /// At or above this, `critical`.
     pub critical: f64,
 }
 
 impl Thresholds {
+    /// The state for `value`: `ok`, `warning` or `critical`.
     pub fn state(&self, value: f64) -> &'static str {
         if value >= self.critical {
             "critical"
@@ -35,11 +38,16 @@ impl Thresholds {
     }
 }
 
+/// The thresholds of each health event; the default is riemann-health's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthLimits {
+    /// Busy fraction of the CPUs (0–1) [default: 0.9, 0.95].
     pub cpu: Thresholds,
+    /// Used fraction of memory (0–1) [default: 0.85, 0.95].
     pub memory: Thresholds,
+    /// 1-minute load average per core [default: 3, 8].
     pub load: Thresholds,
+    /// Used fraction of each local filesystem (0–1) [default: 0.9, 0.95].
     pub disk: Thresholds,
 }
 
@@ -178,7 +186,7 @@ fn disks() -> Vec<(String, f64)> {
 }
 
 /// Samples the host; keeps the last CPU sample so each `cpu` event covers one interval.
-pub struct HostHealth {
+pub(crate) struct HostHealth {
     limits: HealthLimits,
     /// Busy and total jiffies, and when they were read.
     last_cpu: Option<(u64, u64, Instant)>,
@@ -193,7 +201,7 @@ pub struct HostHealth {
 
 impl HostHealth {
     /// Takes the first CPU sample now; the first `cpu` event comes once `interval / 2` passed.
-    pub fn new(limits: HealthLimits, interval: Duration) -> Self {
+    pub(crate) fn new(limits: HealthLimits, interval: Duration) -> Self {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         Self {
             limits,
@@ -224,7 +232,7 @@ impl HostHealth {
     }
 
     /// This interval's events (without host and ttl: the caller's `base` adds them).
-    pub fn sample(&mut self, base: &dyn Fn(String) -> EventBuilder) -> Vec<crate::Event> {
+    pub(crate) fn sample(&mut self, base: &dyn Fn(String) -> EventBuilder) -> Vec<crate::Event> {
         let mut out = Vec::new();
         let mut push = |service: String, value: f64, t: &Thresholds, description: String| {
             out.push(

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! An in-process Riemann emitter. [`Client`] is a synchronous TCP/UDP/TLS client; [`Probe`] sends
 //! through it from a background thread so that callers never wait on Riemann; [`Heartbeat`] keeps
 //! a service's event alive with a TTL so that Riemann alerts when it stops. [`nagios_events`]

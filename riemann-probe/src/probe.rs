@@ -13,8 +13,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How a [`Probe`] connects, queues and batches; [`ProbeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
+    /// The connection to Riemann.
     pub client: ClientConfig,
     /// Most events held while Riemann is slow or away; beyond it the oldest are dropped.
     pub capacity: usize,
@@ -22,13 +24,18 @@ pub struct ProbeConfig {
     pub batch: usize,
     /// ...or when the oldest has waited this long.
     pub flush_every: Duration,
+    /// Backoff after a first failed connect (each wait is jittered between half and all of
+    /// it); it doubles with each further failure.
     pub backoff_min: Duration,
+    /// The backoff stops doubling here.
     pub backoff_max: Duration,
     /// Service name of the event that reports drops.
     pub drop_service: String,
 }
 
 impl ProbeConfig {
+    /// The defaults for `client`: 10 000 events held, batches of 100 or every 100 ms, backoff
+    /// from 100 ms to 10 s, drops reported as `riemann-probe dropped`.
     pub fn new(client: ClientConfig) -> Self {
         Self {
             client,
@@ -45,9 +52,13 @@ impl ProbeConfig {
 /// Counters since the probe started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProbeStats {
+    /// Events the server acknowledged (over UDP: written to the socket).
     pub sent: u64,
+    /// Events dropped: queue overflow, too large for a datagram, or left queued at shutdown.
     pub dropped: u64,
+    /// Events waiting now.
     pub queued: usize,
+    /// Failed attempts to connect.
     pub connect_failures: u64,
 }
 
@@ -77,6 +88,7 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Starts the background sender; it connects on its own, retrying with backoff.
     pub fn start(cfg: ProbeConfig) -> Self {
         let capacity = cfg.capacity.max(1);
         let shared = Arc::new(Shared {
@@ -119,6 +131,7 @@ impl Probe {
         }
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> ProbeStats {
         let s = &self.shared;
         ProbeStats {
@@ -275,6 +288,8 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// Starts sending `service` (state `ok`, description `alive`) through `probe`, the first
+    /// at once.
     pub fn start(
         probe: Probe,
         service: impl Into<String>,
@@ -307,6 +322,7 @@ impl Heartbeat {
         Self { stop, thread }
     }
 
+    /// Stops sending and waits for the thread (the last heartbeat expires by its ttl).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {

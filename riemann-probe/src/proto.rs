@@ -22,58 +22,83 @@ pub struct State {
     pub ttl: Option<f32>,
 }
 
+/// One Riemann event: something measured about a service on a host at a time. Build one with
+/// [`event`](crate::event).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Event {
+    /// When it happened, Unix seconds; unset, the server stamps its arrival.
     #[prost(int64, optional, tag = "1")]
     pub time: Option<i64>,
+    /// Free-form state, by convention `ok`, `warning` or `critical`.
     #[prost(string, optional, tag = "2")]
     pub state: Option<String>,
+    /// What it is about (`api latency`); with `host`, the key of the server's index.
     #[prost(string, optional, tag = "3")]
     pub service: Option<String>,
+    /// The host it is about.
     #[prost(string, optional, tag = "4")]
     pub host: Option<String>,
+    /// Free-form text.
     #[prost(string, optional, tag = "5")]
     pub description: Option<String>,
+    /// Labels, for the server's streams to match on.
     #[prost(string, repeated, tag = "7")]
     pub tags: Vec<String>,
+    /// Seconds it stays valid: the index expires it at `time + ttl`.
     #[prost(float, optional, tag = "8")]
     pub ttl: Option<f32>,
+    /// Custom key/value fields.
     #[prost(message, repeated, tag = "9")]
     pub attributes: Vec<Attribute>,
+    /// When it happened, Unix microseconds; takes precedence over `time`.
     #[prost(int64, optional, tag = "10")]
     pub time_micros: Option<i64>,
+    /// The metric as an integer; read first of the three metric fields.
     #[prost(sint64, optional, tag = "13")]
     pub metric_sint64: Option<i64>,
+    /// The metric as a double; read when `metric_sint64` is unset.
     #[prost(double, optional, tag = "14")]
     pub metric_d: Option<f64>,
+    /// The metric as a single-precision float; read when neither other metric field is set.
     #[prost(float, optional, tag = "15")]
     pub metric_f: Option<f32>,
 }
 
+/// A query against the server's index.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
+    /// The expression, in Riemann's query language (`service = "api" and state = "critical"`).
     #[prost(string, optional, tag = "1")]
     pub string: Option<String>,
 }
 
+/// What travels in either direction: events or a query to the server, its answer back.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Msg {
+    /// In a response: whether the request succeeded.
     #[prost(bool, optional, tag = "2")]
     pub ok: Option<bool>,
+    /// In a response: why the request failed.
     #[prost(string, optional, tag = "3")]
     pub error: Option<String>,
+    /// Deprecated states of early protocol versions; decoded, never sent.
     #[prost(message, repeated, tag = "4")]
     pub states: Vec<State>,
+    /// In a request: a query to run against the index.
     #[prost(message, optional, tag = "5")]
     pub query: Option<Query>,
+    /// In a request: events to process; in a query's response: the matching events.
     #[prost(message, repeated, tag = "6")]
     pub events: Vec<Event>,
 }
 
+/// A custom field of an [`Event`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Attribute {
+    /// The field's name.
     #[prost(string, required, tag = "1")]
     pub key: String,
+    /// The field's value.
     #[prost(string, optional, tag = "2")]
     pub value: Option<String>,
 }
@@ -92,6 +117,7 @@ impl Event {
         self.time_micros.or(self.time.map(|t| t * 1_000_000))
     }
 
+    /// The value of the first attribute named `key`.
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes
             .iter()

@@ -17,14 +17,27 @@ pub enum Collector {
     /// cpu, memory, load and disk per mount, as riemann-health.
     Health(HealthLimits),
     /// A Nagios plugin: its state, first line and perfdata (as `riemann-probe nagios`).
-    Nagios { argv: Vec<String>, service: String },
+    Nagios {
+        /// The plugin and its arguments.
+        argv: Vec<String>,
+        /// The check's service name; perfdata events are `SERVICE LABEL`.
+        service: String,
+    },
     /// Any command: `ok` when it exits 0, else `critical`; its exit code as the metric and its
     /// first output line as the description.
-    Command { argv: Vec<String>, service: String },
+    Command {
+        /// The program and its arguments.
+        argv: Vec<String>,
+        /// The event's service name.
+        service: String,
+    },
 }
 
+/// What [`watch`] samples, how often, and where it sends the events.
 pub struct WatchConfig {
+    /// The connection to Riemann.
     pub client: ClientConfig,
+    /// Time between samples.
     pub interval: Duration,
     /// Seconds; `None`: three intervals.
     pub ttl: Option<f32>,
@@ -32,6 +45,7 @@ pub struct WatchConfig {
     pub host: Option<String>,
     /// How long a plugin or command may run before it is killed (and reported critical).
     pub command_timeout: Duration,
+    /// What to sample, in order, each interval.
     pub collectors: Vec<Collector>,
 }
 
