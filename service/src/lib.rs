@@ -296,25 +296,27 @@ pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeErro
         path: shown.clone(),
         message,
     };
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&text)
-        .map_err(|e| bad(format!("not a JSON array of users: {e}")))?;
-    let valid = validate::validate_list(list, false).map_err(|e| bad(e.0))?;
+    // One user parsed at a time, each kept as the text the store takes: no tree of the whole
+    // file, no second encoding.
+    let valid = validate::validate_text_with(&text, false).map_err(|e| bad(e.0))?;
+    drop(text);
+    let count = valid.len();
     // Straight to the store in one transaction: an import is all or nothing, never queued.
     let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
     let now = shared::now();
     let writes = valid
-        .iter()
-        .map(|u| store::WriteDoc::new(&u.id, &u.doc, &now))
+        .into_iter()
+        .map(|(id, doc)| store::WriteDoc::owned(id, doc.into_string(), now.clone()))
         .collect();
     let mut writer = writer::Writer::new(&store);
     let write_id = uuid::Uuid::now_v7().to_string();
     let done = writer
-        .commit(&[(write_id, writer::Change::PutMany(writes))])
+        .commit(&[(write_id, writer::Change::Import(writes))])
         .await;
     writer.close().await;
     store.close().await;
     match done?.pop() {
-        Some(Ok(_)) => Ok(valid.len()),
+        Some(Ok(_)) => Ok(count),
         Some(Err(e)) => Err(e.into()),
         None => Ok(0),
     }

@@ -347,6 +347,15 @@ impl WriteDoc {
     }
 
     /// A document already encoded (`validate::DocText`).
+    /// From owned parts: nothing copied.
+    pub fn owned(id: String, json: String, updated_at: String) -> Self {
+        Self {
+            id,
+            json,
+            updated_at,
+        }
+    }
+
     pub fn from_text(id: &str, json: &str, updated_at: &str) -> Self {
         Self {
             id: id.to_owned(),
@@ -367,6 +376,7 @@ pub(crate) async fn put_many(
     conn: &mut sqlx::AnyConnection,
     docs: &[WriteDoc],
     postgres: bool,
+    read_revs: bool,
 ) -> Result<Vec<i64>, StoreError> {
     use std::fmt::Write;
     let mut revs = Vec::with_capacity(docs.len());
@@ -392,11 +402,19 @@ pub(crate) async fn put_many(
         }
         sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET rev = users.rev + 1, doc = excluded.doc,
-             updated_at = excluded.updated_at RETURNING id, rev",
+             updated_at = excluded.updated_at",
         );
+        if read_revs {
+            sql.push_str(" RETURNING id, rev");
+        }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for d in chunk {
             q = q.bind(&d.id).bind(&d.json).bind(&d.updated_at);
+        }
+        if !read_revs {
+            q.execute(&mut *conn).await?;
+            start = end;
+            continue;
         }
         let rows = q.fetch_all(&mut *conn).await?;
         // RETURNING's order is not promised: match by id.

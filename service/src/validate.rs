@@ -51,6 +51,11 @@ impl DocText {
         self.0.get()
     }
 
+    /// The text itself, not copied.
+    pub fn into_string(self) -> String {
+        Box::<str>::from(self.0).into_string()
+    }
+
     /// The document parsed back (one at a time, where a map is needed).
     pub fn to_map(&self) -> Map<String, Value> {
         serde_json::from_str(self.0.get()).unwrap_or_default()
@@ -75,13 +80,22 @@ impl NewUser {
 /// ids required, keeping each user as text: the payload is parsed one user at a time, so this
 /// costs about twice the payload, not a parsed tree of all of it.
 pub fn validate_text(payload: &[u8]) -> Result<Vec<(String, DocText)>, Invalid> {
+    validate_text_with(payload, true)
+}
+
+/// [`validate_text`], with `require_ids` as [`validate_list`] takes it (an import mints ids for
+/// users that have none).
+pub fn validate_text_with(
+    payload: &[u8],
+    require_ids: bool,
+) -> Result<Vec<(String, DocText)>, Invalid> {
     let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(payload)
         .map_err(|e| Invalid(format!("not a JSON array of users: {e}")))?;
     let mut out = Vec::with_capacity(items.len());
     for (i, raw) in items.into_iter().enumerate() {
         let user: Value =
             serde_json::from_str(raw.get()).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
-        if user.get("id").is_none_or(Value::is_null) {
+        if require_ids && user.get("id").is_none_or(Value::is_null) {
             return Err(Invalid(format!("user #{i} has no \"id\"")));
         }
         let user = validate(user).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
