@@ -120,6 +120,14 @@ PY
     fi
     port=$(free_port)
     start "$url" "$port"; start_s=$took
+    # A start without a local copy writes one (the whole set) in the background: wait for it, so
+    # the loads below measure steady state, not a 180 MB write competing with their fsyncs.
+    copy="$tmp/$store.journal.snapshot"; last=-1
+    for _ in $(seq 600); do
+      size=$(stat -c %s "$copy" 2>/dev/null || echo 0)
+      [ "$size" -gt 0 ] && [ "$size" = "$last" ] && break
+      last=$size; sleep 0.5
+    done
     rss1=$(rss_mib "$pid")
     read -r g_rps _ g_p99 < <(wrk_run "$port" 32 "$tmp/get_user.lua")
     w0=$(written "$pid"); t0=$(date +%s.%N)
