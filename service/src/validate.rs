@@ -76,6 +76,9 @@ impl NewUser {
     }
 }
 
+/// Below this many users a list is validated on one thread: a thread costs more.
+const PARALLEL_FROM: usize = 4096;
+
 /// Validates a JSON array of users (a pull's payload) as one unit, as [`validate_list`] with
 /// ids required, keeping each user as text: the payload is parsed one user at a time, so this
 /// costs about twice the payload, not a parsed tree of all of it.
@@ -91,15 +94,43 @@ pub fn validate_text_with(
 ) -> Result<Vec<(String, DocText)>, Invalid> {
     let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(payload)
         .map_err(|e| Invalid(format!("not a JSON array of users: {e}")))?;
-    let mut out = Vec::with_capacity(items.len());
-    for (i, raw) in items.into_iter().enumerate() {
+    // Each user on its own: the list is cut in one part per core, the first error (by
+    // position) wins as it would one by one.
+    let one = |i: usize, raw: &serde_json::value::RawValue| {
         let user: Value =
             serde_json::from_str(raw.get()).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
         if require_ids && user.get("id").is_none_or(Value::is_null) {
             return Err(Invalid(format!("user #{i} has no \"id\"")));
         }
         let user = validate(user).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
-        out.push(user.into_text());
+        Ok(user.into_text())
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = items.len().div_ceil(cores).max(PARALLEL_FROM);
+    let parts: Vec<Result<Vec<(String, DocText)>, Invalid>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .enumerate()
+            .map(|(k, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(j, raw)| one(k * per + j, raw))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Invalid("validating users failed".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for part in parts {
+        out.extend(part?);
     }
     // Borrowing the ids once all are built: no second copy of them.
     let mut seen = std::collections::HashSet::with_capacity(out.len());
@@ -327,5 +358,27 @@ mod tests {
         let doc = validate(nested(MAX_DEPTH)).expect("valid").doc;
         let wrapped = json!([[{"op": {"users": [["deep", doc]]}}]]).to_string();
         serde_json::from_str::<Value>(&wrapped).expect("reads back");
+    }
+
+    #[test]
+    fn long_lists_are_checked_in_parts_and_the_first_error_named() {
+        let mut users: Vec<Value> = (0..10_000)
+            .map(|i| json!({"id": format!("u{i}")}))
+            .collect();
+        let text = serde_json::to_vec(&users).expect("json");
+        let ok = validate_text(&text).expect("valid");
+        assert_eq!(ok.len(), 10_000);
+        assert_eq!(ok[9_999].0, "u9999", "in order");
+        users[9_000] = json!({"id": 5});
+        users[7_000] = json!({"id": "u1"});
+        let e = validate_text(&serde_json::to_vec(&users).expect("json")).expect_err("bad");
+        assert!(e.0.starts_with("user #9000"), "{}", e.0);
+        users[9_000] = json!({"id": "fine"});
+        let e = validate_text(&serde_json::to_vec(&users).expect("json")).expect_err("twice");
+        assert!(
+            e.0.contains("user #7000") && e.0.contains("twice"),
+            "{}",
+            e.0
+        );
     }
 }
