@@ -57,7 +57,7 @@ fn a_host_lost_during_staging_changes_no_host() {
     });
     h.servers[1].kill();
     std::fs::write(&go, "").expect("go");
-    let out = child.wait_with_output().expect("wait");
+    let out = child.wait_with_output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
@@ -255,7 +255,7 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
     assert_eq!(r.code, 1, "{r}");
     assert!(h.locked(0) && h.locked(1));
     std::fs::write(&go, "").expect("go");
-    let out = first.wait_with_output().expect("wait");
+    let out = first.wait_with_output();
     assert!(
         out.status.success(),
         "{}",
@@ -286,14 +286,14 @@ fn with_lock_wait_a_second_deploy_waits_for_the_first_then_ships() {
         "the second deploy waits while the first holds the locks"
     );
     std::fs::write(&go, "").expect("go");
-    let first_out = first.wait_with_output().expect("wait");
+    let first_out = first.wait_with_output();
     assert!(
         first_out.status.success(),
         "{}",
         String::from_utf8_lossy(&first_out.stderr)
     );
     let first_release = h.current(0).expect("first published");
-    let out = second.wait_with_output().expect("wait");
+    let out = second.wait_with_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -382,7 +382,7 @@ fn an_interrupted_deploy_cleans_up_after_itself() {
         .expect("kill");
     assert!(killed.success());
     std::fs::write(&go, "").expect("go");
-    let out = child.wait_with_output().expect("wait");
+    let out = child.wait_with_output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("interrupted by a signal"), "{stderr}");

@@ -210,7 +210,7 @@ fn host_keys_as_openssh_keeps_them() {
         .map(|_| common::spawn_deployer(&h.config, &["--accept-new-host-keys", "check"]))
         .collect();
     for run in runs {
-        let out = run.wait_with_output().expect("wait");
+        let out = run.wait_with_output();
         assert!(
             out.status.success(),
             "{}",

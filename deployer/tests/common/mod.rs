@@ -37,16 +37,55 @@ pub fn deployer(config: &Path, args: &[&str]) -> Run {
 }
 
 /// Starts `deployer -c config args…` without waiting, output captured (for tests that act on
-/// the hosts while it runs).
-pub fn spawn_deployer(config: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start deployer")
+/// the hosts while it runs). Killed if the test ends first (a failed assertion), so no deployer
+/// outlives its test holding connections open.
+pub fn spawn_deployer(config: &Path, args: &[&str]) -> Running {
+    Running(Some(
+        Command::new(env!("CARGO_BIN_EXE_deployer"))
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start deployer"),
+    ))
+}
+
+/// A deployer started by [`spawn_deployer`].
+pub struct Running(Option<std::process::Child>);
+
+impl Running {
+    /// Waits for it to end and collects its output.
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        self.0
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .expect("wait for deployer")
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 pub struct Hosts {
