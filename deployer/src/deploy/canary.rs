@@ -27,11 +27,6 @@ pub(super) fn watch(
     window: Duration,
     said: &mut Vec<String>,
 ) {
-    let limits = &c.cfg.canary;
-    let watched: Vec<String> = batch
-        .iter()
-        .flat_map(|r| [r.host.target.name.clone(), r.host.target.host.clone()])
-        .collect();
     let names: Vec<&str> = batch.iter().map(|r| r.host.name()).collect();
     let shown = humantime::format_duration(window);
     c.settings.say(&format!(
@@ -39,48 +34,23 @@ pub(super) fn watch(
         names.join(", ")
     ));
     said.push(format!("watched {} for {shown}", names.join(", ")));
-    let server = c.cfg.riemann.as_ref().map(|r| r.server.as_str());
     let ends = Instant::now() + window;
     let mut last = None;
     let mut looks = 0u32;
-    let stop = |batch: &mut [Run], why: &str| {
-        for r in batch.iter_mut() {
-            r.host.fail(Stage::Canary, why);
-        }
-    };
     loop {
         looks += 1;
-        if let Some(gate) = gate {
-            each(batch, c.settings.parallel, |r| {
-                stages::health(&mut r.host, gate, &c.release(None));
-            });
-            if batch.iter().any(|r| !r.ok()) {
-                said.push(format!("stopped: the health gate failed at look {looks}"));
-                return;
-            }
-        }
-        if let Some(server) = server {
-            let judged = match query(server, c.settings.ssh.timeout) {
-                Ok(events) => judge(&sample(&events, &c.revision, &watched), &c.revision, limits),
-                Err(e) => Judgement::NoNew(format!("cannot query Riemann at {server}: {e}")),
-            };
-            if let Judgement::Worse(why) = &judged {
+        match look(batch, c, gate, &mut last) {
+            Ok(()) => {}
+            Err(why) => {
                 said.push(format!("stopped: {why}"));
-                stop(batch, &format!("worse than the old release: {why}"));
                 return;
-            }
-            // A look that saw nothing does not undo one that saw the canary do well (Riemann
-            // may be briefly out of reach at the last look).
-            let saw = matches!(judged, Judgement::Fine(_) | Judgement::NoOld(_));
-            if saw || !matches!(last, Some(Judgement::Fine(_) | Judgement::NoOld(_))) {
-                last = Some(judged);
             }
         }
         let left = ends.saturating_duration_since(Instant::now());
         if left.is_zero() || c.settings.interrupted() {
             break;
         }
-        let nap = Instant::now() + left.min(limits.interval);
+        let nap = Instant::now() + left.min(c.cfg.canary.interval);
         while Instant::now() < nap && !c.settings.interrupted() {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -90,8 +60,9 @@ pub(super) fn watch(
         return;
     }
     match last {
-        Some(Judgement::Fine(text)) => said.push(format!("went on after {looks} looks: {text}")),
-        Some(Judgement::NoOld(text)) => said.push(format!("went on after {looks} looks: {text}")),
+        Some(Judgement::Fine(text) | Judgement::NoOld(text)) => {
+            said.push(format!("went on after {looks} looks: {text}"));
+        }
         Some(Judgement::NoNew(text)) => {
             let why = format!(
                 "{text} after {shown}: is usersvc reporting (riemann in usersvc.toml), and is the window longer than its riemann_interval?"
@@ -102,6 +73,58 @@ pub(super) fn watch(
         Some(Judgement::Worse(_)) | None => {
             said.push(format!("went on: healthy at each of {looks} looks"));
         }
+    }
+}
+
+/// One look at the batch: the health gate, then (with `[riemann]`) the new revision's figures
+/// against the rest, kept in `last`. `Err`: why the canary stops now (the batch has failed).
+fn look(
+    batch: &mut [Run],
+    c: &Ctx,
+    gate: Option<&Gate>,
+    last: &mut Option<Judgement>,
+) -> Result<(), String> {
+    if let Some(gate) = gate {
+        each(batch, c.settings.parallel, |r| {
+            stages::health(&mut r.host, gate, &c.release(None));
+        });
+        if batch.iter().any(|r| !r.ok()) {
+            return Err("the health gate failed".into());
+        }
+    }
+    let Some(server) = c.cfg.riemann.as_ref().map(|r| r.server.as_str()) else {
+        return Ok(());
+    };
+    // The hosts watched, by name and address: their old-revision events are not "the rest".
+    let watched: Vec<String> = batch
+        .iter()
+        .flat_map(|r| [r.host.target.name.clone(), r.host.target.host.clone()])
+        .collect();
+    let judged = match query(server, c.settings.ssh.timeout) {
+        Ok(events) => judge(
+            &sample(&events, &c.revision, &watched),
+            &c.revision,
+            &c.cfg.canary,
+        ),
+        Err(e) => Judgement::NoNew(format!("cannot query Riemann at {server}: {e}")),
+    };
+    if let Judgement::Worse(why) = &judged {
+        stop(batch, &format!("worse than the old release: {why}"));
+        return Err(why.clone());
+    }
+    // A look that saw nothing does not undo one that saw the canary do well (Riemann may be
+    // briefly out of reach at the last look).
+    let saw = matches!(judged, Judgement::Fine(_) | Judgement::NoOld(_));
+    if saw || !matches!(last, Some(Judgement::Fine(_) | Judgement::NoOld(_))) {
+        *last = Some(judged);
+    }
+    Ok(())
+}
+
+/// Fails every host of the batch at `canary`.
+fn stop(batch: &mut [Run], why: &str) {
+    for r in batch.iter_mut() {
+        r.host.fail(Stage::Canary, why);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{DeployError, Options};
 use crate::config::{Config, Target, hooks_shown};
-use crate::fleet;
+use crate::fleet::{self, Host};
 use crate::layout;
 use crate::manifest::Manifest;
 use crate::outcome::{Outcome, Unfinished};
@@ -45,7 +45,6 @@ pub fn plan(
     }
     let manifest = Manifest::scan(&cfg.source)?;
     let revision = crate::source::revision(&cfg.source, &manifest, options.revision.as_deref());
-    let shared = cfg.shared_paths();
     let hosts = fleet::read(targets, settings, true);
     let release = layout::next_release(
         chrono::Utc::now(),
@@ -53,7 +52,6 @@ pub fn plan(
             .iter()
             .flat_map(|h| h.state.releases.iter().map(|x| x.name.as_str())),
     );
-    let mut ready = true;
     let mut out = format!(
         "Plan (dry run, nothing changed): deploy {} revision {revision} ({} files) as release {release}\n",
         cfg.application,
@@ -62,16 +60,41 @@ pub fn plan(
     if let Some(b) = &cfg.build {
         out.push_str(&format!("  build locally first: {b}\n"));
     }
-    let mut rows = vec![vec![
-        "HOST".to_owned(),
-        "DEPLOY_TO".into(),
-        "CURRENT".into(),
-        "SEND".into(),
-        "LINK".into(),
-        "CLEANUP".into(),
-        "STATUS".into(),
-    ]];
-    for h in &hosts {
+    let (rows, ready) = host_rows(cfg, &hosts, &manifest, &release);
+    out.push_str(&table(&rows));
+    out.push('\n');
+    for (what, v) in steps(cfg, options) {
+        if !v.is_empty() {
+            out.push_str(&format!("  {what}: {v}\n"));
+        }
+    }
+    Ok(Plan { text: out, ready })
+}
+
+/// The table of hosts: what each would be sent, linked and cleaned up, and whether it is
+/// ready; and whether all are.
+fn host_rows(
+    cfg: &Config,
+    hosts: &[Host],
+    manifest: &Manifest,
+    release: &str,
+) -> (Vec<Vec<String>>, bool) {
+    let shared = cfg.shared_paths();
+    let mut ready = true;
+    let mut rows = vec![
+        [
+            "HOST",
+            "DEPLOY_TO",
+            "CURRENT",
+            "SEND",
+            "LINK",
+            "CLEANUP",
+            "STATUS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for h in hosts {
         let st = &h.state;
         let delta = manifest.delta(super::previous(st).1.as_ref(), &shared);
         let status = match (&h.failure, &st.lock) {
@@ -80,7 +103,7 @@ pub fn plan(
             (None, None) => "ready".into(),
         };
         ready &= h.failure.is_none() && st.lock.is_none();
-        let remove = layout::cleanup_after_publish(&st.releases, &release, cfg.keep_releases);
+        let remove = layout::cleanup_after_publish(&st.releases, release, cfg.keep_releases);
         rows.push(vec![
             h.target.name.clone(),
             h.target.deploy_to.clone(),
@@ -95,61 +118,59 @@ pub fn plan(
             status,
         ]);
     }
-    out.push_str(&table(&rows));
-    out.push('\n');
-    let steps = [
+    (rows, ready)
+}
+
+/// The flow's steps in order, each with what it would do (empty: not configured).
+fn steps(cfg: &Config, options: &Options) -> [(&'static str, String); 9] {
+    let local = |hooks: &[String]| hooks.join(" && ");
+    [
         ("shared dirs", cfg.shared_dirs.join(", ")),
         ("shared files", cfg.shared_files.join(", ")),
-        ("local_before", cfg.hooks.local_before.join(" && ")),
+        ("local_before", local(&cfg.hooks.local_before)),
         ("before_publish", hooks_shown(&cfg.hooks.before_publish)),
         ("after_publish", hooks_shown(&cfg.hooks.after_publish)),
-        (
-            "publish",
-            match (options.rolling, options.canary) {
-                (n, Some(w)) => format!(
-                    "canary first: {} host(s), watched for {} (health gate{}), then {}",
-                    n.unwrap_or(1),
-                    humantime::format_duration(w),
-                    if cfg.riemann.is_some() {
-                        ", and errors rate and latency p99 in Riemann against the old release"
-                    } else {
-                        ""
-                    },
-                    n.map_or("the rest at once".to_owned(), |n| format!(
-                        "{n} host(s) at a time"
-                    )),
-                ),
-                (Some(n), None) => format!("{n} host(s) at a time, health gate between batches"),
-                (None, None) => "all hosts at once, once all are staged".into(),
+        ("publish", publishing(cfg, options)),
+        ("health", health_shown(cfg)),
+        ("local_failed", local(&cfg.hooks.local_failed)),
+        ("local_after", local(&cfg.hooks.local_after)),
+    ]
+}
+
+/// How hosts would be published: all at once, in batches, or a canary first.
+fn publishing(cfg: &Config, options: &Options) -> String {
+    match (options.rolling, options.canary) {
+        (n, Some(w)) => format!(
+            "canary first: {} host(s), watched for {} (health gate{}), then {}",
+            n.unwrap_or(1),
+            humantime::format_duration(w),
+            if cfg.riemann.is_some() {
+                ", and errors rate and latency p99 in Riemann against the old release"
+            } else {
+                ""
             },
+            n.map_or("the rest at once".to_owned(), |n| format!(
+                "{n} host(s) at a time"
+            )),
         ),
-        (
-            "health",
-            cfg.health
-                .as_ref()
-                .map(|h| {
-                    [
-                        h.url
-                            .as_ref()
-                            .map(|u| format!("{u} {}", h.method.as_deref().unwrap_or("ping"))),
-                        h.command.clone(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-                })
-                .unwrap_or_default(),
-        ),
-    ];
-    let steps = steps.into_iter().chain([
-        ("local_failed", cfg.hooks.local_failed.join(" && ")),
-        ("local_after", cfg.hooks.local_after.join(" && ")),
-    ]);
-    for (what, v) in steps {
-        if !v.is_empty() {
-            out.push_str(&format!("  {what}: {v}\n"));
-        }
+        (Some(n), None) => format!("{n} host(s) at a time, health gate between batches"),
+        (None, None) => "all hosts at once, once all are staged".into(),
     }
-    Ok(Plan { text: out, ready })
+}
+
+/// The health gate's checks: the JSON-RPC call and/or the plugin command.
+fn health_shown(cfg: &Config) -> String {
+    let Some(h) = &cfg.health else {
+        return String::new();
+    };
+    [
+        h.url
+            .as_ref()
+            .map(|u| format!("{u} {}", h.method.as_deref().unwrap_or("ping"))),
+        h.command.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" and ")
 }
