@@ -1,7 +1,7 @@
 //! The failure path, at any stage after the lock.
 
 use super::{Ctx, Run};
-use crate::fleet::{Stage, each};
+use crate::fleet::{Failure, Stage, each};
 use crate::layout;
 use crate::lock::{self, LockHeld};
 use crate::stages::{self, Release};
@@ -16,7 +16,6 @@ pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
         if !r.host.locked {
             return;
         }
-        let d = r.deploy_to().to_owned();
         let why = r.host.failure.clone().or_else(|| first.clone());
         // A host whose own switch failed may have switched before the connection broke.
         let switched = r.published
@@ -24,60 +23,10 @@ pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
                 .failure
                 .as_ref()
                 .is_some_and(|f| f.stage == Stage::Publish);
-        if switched {
-            let prev = r.previous.clone();
-            let reason = why
-                .as_ref()
-                .map(|f| format!("failed {f}"))
-                .unwrap_or_default();
-            let bad = layout::mark_bad_script(&d, &c.release, &reason);
-            if let Err(e) = stages::switch(&mut r.host, prev.as_deref(), &bad) {
-                r.result = "ROLLBACK FAILED".into();
-                r.warnings.push(format!(
-                    "could not put back {}: {e} (run `deployer rollback --hosts {}` once it is reachable)",
-                    prev.as_deref().unwrap_or("the previous state"),
-                    r.host.name()
-                ));
-                let held = LockHeld {
-                    host: r.host.name().to_owned(),
-                    cause: None,
-                };
-                r.warnings.push(held.to_string());
-                return;
-            }
-            r.published = false;
-            r.result = match &prev {
-                Some(p) => format!("rolled back to {p}"),
-                None => "rolled back (no previous release: current removed)".into(),
-            };
-            if let Some(p) = &prev {
-                // Restart the previous release: the hooks see it, and its own revision.
-                let revision = r
-                    .host
-                    .state
-                    .releases
-                    .iter()
-                    .find(|x| &x.name == p)
-                    .map(|x| x.revision.clone())
-                    .unwrap_or_default();
-                let back = Release::new(p, &revision);
-                let first = r.host.target.name == c.first_host;
-                let ran = stages::restart(
-                    &mut r.host,
-                    Stage::Rollback,
-                    &back,
-                    &c.cfg.hooks.after_publish,
-                    first,
-                    c.settings.hook_timeout,
-                );
-                if let Some(problem) = ran.as_ref().and_then(|h| h.problem.as_ref()) {
-                    r.warnings.push(format!(
-                        "after_publish hooks failed on {p} after the rollback: {problem}"
-                    ));
-                }
-                r.hooks.extend(ran);
-            }
+        if switched && !put_back(r, c, why.as_ref()) {
+            return; // the lock stays: the host is not known to be back
         }
+        let d = r.deploy_to().to_owned();
         let mut script = String::new();
         if !switched && r.staged {
             script.push_str(&layout::remove_script(&d, std::slice::from_ref(&c.release)));
@@ -92,4 +41,61 @@ pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
             r.warnings.push(e.to_string());
         }
     });
+}
+
+/// Switches one host back to its previous release (marking the new one bad) and restarts it
+/// there. False when the switch failed: the host keeps its lock, and the report says what to
+/// run once it is reachable.
+fn put_back(r: &mut Run, c: &Ctx, why: Option<&Failure>) -> bool {
+    let prev = r.previous.clone();
+    let reason = why.map(|f| format!("failed {f}")).unwrap_or_default();
+    let bad = layout::mark_bad_script(r.deploy_to(), &c.release, &reason);
+    if let Err(e) = stages::switch(&mut r.host, prev.as_deref(), &bad) {
+        r.result = "ROLLBACK FAILED".into();
+        r.warnings.push(format!(
+            "could not put back {}: {e} (run `deployer rollback --hosts {}` once it is reachable)",
+            prev.as_deref().unwrap_or("the previous state"),
+            r.host.name()
+        ));
+        let held = LockHeld {
+            host: r.host.name().to_owned(),
+            cause: None,
+        };
+        r.warnings.push(held.to_string());
+        return false;
+    }
+    r.published = false;
+    r.result = match &prev {
+        Some(p) => format!("rolled back to {p}"),
+        None => "rolled back (no previous release: current removed)".into(),
+    };
+    let Some(p) = &prev else {
+        return true;
+    };
+    // Restart the previous release: the hooks see it, and its own revision.
+    let revision = r
+        .host
+        .state
+        .releases
+        .iter()
+        .find(|x| &x.name == p)
+        .map(|x| x.revision.clone())
+        .unwrap_or_default();
+    let back = Release::new(p, &revision);
+    let first = r.host.target.name == c.first_host;
+    let ran = stages::restart(
+        &mut r.host,
+        Stage::Rollback,
+        &back,
+        &c.cfg.hooks.after_publish,
+        first,
+        c.settings.hook_timeout,
+    );
+    if let Some(problem) = ran.as_ref().and_then(|h| h.problem.as_ref()) {
+        r.warnings.push(format!(
+            "after_publish hooks failed on {p} after the rollback: {problem}"
+        ));
+    }
+    r.hooks.extend(ran);
+    true
 }

@@ -280,6 +280,16 @@ fn advance(
     gate: Option<&Gate>,
     canary: &mut Vec<String>,
 ) -> Result<(), &'static str> {
+    stage_everywhere(c, runs, manifest)?;
+    publish_in_batches(c, runs, gate, canary)
+}
+
+/// Up to publish, on every host at once: lock, name the release, stage it, before_publish.
+fn stage_everywhere(
+    c: &mut Ctx,
+    runs: &mut [Run],
+    manifest: &Manifest,
+) -> Result<(), &'static str> {
     let parallel = c.settings.parallel;
     c.barrier(
         runs,
@@ -326,10 +336,17 @@ fn advance(
         runs,
         Stage::BeforePublish,
         "a before_publish hook failed; removing the staged release everywhere",
-    )?;
+    )
+}
 
-    // Publish, in batches when rolling (the canary first); after_publish hooks and the health
-    // gate per batch.
+/// Publishes, in batches when rolling (the canary first, then watched); after_publish hooks
+/// and the health gate per batch.
+fn publish_in_batches(
+    c: &Ctx,
+    runs: &mut [Run],
+    gate: Option<&Gate>,
+    canary: &mut Vec<String>,
+) -> Result<(), &'static str> {
     let count = runs.len();
     let mut start = 0;
     for (i, size) in publish::batch_sizes(count, c.options.rolling, c.options.canary.is_some())
