@@ -94,7 +94,6 @@ pub fn rollback(
     to: Option<&str>,
     dry_run: bool,
 ) -> Rollback {
-    let gate = cfg.health.as_ref().and_then(Gate::new);
     let user = cfg.user();
     let owner = lock::owner_line(&user);
     let parallel = settings.parallel;
@@ -122,55 +121,8 @@ pub fn rollback(
             st.choose(to);
         }
     });
-    if steps.iter().all(|st| st.host.ok()) && !dry_run {
-        each(&mut steps, parallel, |st| {
-            let to = st.to.clone();
-            match stages::switch(&mut st.host, to.as_deref(), "") {
-                Ok(()) => st.switched = true,
-                Err(e) => st.host.fail(Stage::Switch, e),
-            }
-        });
-        if steps.iter().any(|st| !st.host.ok()) {
-            // All or nothing: put back the hosts that moved.
-            each(&mut steps, parallel, |st| {
-                if st.switched {
-                    let from = st.host.state.current.clone();
-                    match stages::switch(&mut st.host, from.as_deref(), "") {
-                        Ok(_) => st.switched = false,
-                        Err(e) => st.warnings.push(format!("could not switch back: {e}")),
-                    }
-                }
-            });
-        } else {
-            let after = &cfg.hooks.after_publish;
-            let first = targets.first().map(|t| t.name.clone());
-            each(&mut steps, parallel, |st| {
-                let (name, revision) = st.target();
-                let release = Release::new(&name, &revision);
-                let is_first = Some(&st.host.target.name) == first.as_ref();
-                let timeout = settings.hook_timeout;
-                st.hooks = stages::restart(
-                    &mut st.host,
-                    Stage::AfterPublish,
-                    &release,
-                    after,
-                    is_first,
-                    timeout,
-                );
-                if let Some(problem) = st.hooks.as_ref().and_then(|h| h.problem.clone()) {
-                    st.host.fail(Stage::AfterPublish, problem);
-                }
-            });
-            if let Some(gate) = &gate {
-                // The gate checks that the release rolled back to is what answers.
-                each(&mut steps, parallel, |st| {
-                    let (name, revision) = st.target();
-                    if st.host.ok() {
-                        stages::health(&mut st.host, gate, &Release::new(&name, &revision));
-                    }
-                });
-            }
-        }
+    if steps.iter().all(|st| st.host.ok()) && !dry_run && switch_all(&mut steps, parallel) {
+        restart_all(&mut steps, cfg, targets, settings);
     }
     // Log and unlock.
     each(&mut steps, parallel, |st| {
@@ -195,6 +147,64 @@ pub fn rollback(
         hosts: steps.into_iter().map(|st| moved(st, dry_run)).collect(),
         hooks,
         show_hooks: settings.verbose,
+    }
+}
+
+/// Switches every host to its target, all or nothing: when one fails, those that moved are put
+/// back. True when all moved.
+fn switch_all(steps: &mut [Step], parallel: usize) -> bool {
+    each(steps, parallel, |st| {
+        let to = st.to.clone();
+        match stages::switch(&mut st.host, to.as_deref(), "") {
+            Ok(()) => st.switched = true,
+            Err(e) => st.host.fail(Stage::Switch, e),
+        }
+    });
+    if steps.iter().all(|st| st.host.ok()) {
+        return true;
+    }
+    each(steps, parallel, |st| {
+        if st.switched {
+            let from = st.host.state.current.clone();
+            match stages::switch(&mut st.host, from.as_deref(), "") {
+                Ok(()) => st.switched = false,
+                Err(e) => st.warnings.push(format!("could not switch back: {e}")),
+            }
+        }
+    });
+    false
+}
+
+/// Restarts every switched host on the release it went to (after_publish hooks), then checks
+/// with the health gate that this release is what answers.
+fn restart_all(steps: &mut [Step], cfg: &Config, targets: &[Target], settings: &Settings) {
+    let parallel = settings.parallel;
+    let after = &cfg.hooks.after_publish;
+    let first = targets.first().map(|t| t.name.clone());
+    each(steps, parallel, |st| {
+        let (name, revision) = st.target();
+        let release = Release::new(&name, &revision);
+        let is_first = Some(&st.host.target.name) == first.as_ref();
+        let timeout = settings.hook_timeout;
+        st.hooks = stages::restart(
+            &mut st.host,
+            Stage::AfterPublish,
+            &release,
+            after,
+            is_first,
+            timeout,
+        );
+        if let Some(problem) = st.hooks.as_ref().and_then(|h| h.problem.clone()) {
+            st.host.fail(Stage::AfterPublish, problem);
+        }
+    });
+    if let Some(gate) = cfg.health.as_ref().and_then(Gate::new) {
+        each(steps, parallel, |st| {
+            let (name, revision) = st.target();
+            if st.host.ok() {
+                stages::health(&mut st.host, &gate, &Release::new(&name, &revision));
+            }
+        });
     }
 }
 
