@@ -119,97 +119,103 @@ fn pump(
     let mut to_local: Vec<u8> = Vec::new();
     let mut to_remote: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
-    let blocked = |e: &std::io::Error| e.kind() == ErrorKind::WouldBlock;
     loop {
-        let mut moved = false;
-        if to_local.is_empty() {
-            match channel.read(&mut buf) {
-                // EOF, or a close without one: the far end is gone.
-                Ok(0) => return,
-                Ok(n) => {
-                    to_local.extend_from_slice(&buf[..n]);
-                    moved = true;
-                }
-                Err(e) if blocked(&e) => {}
-                Err(_) => return,
+        // Each direction: read when the last read is delivered, then deliver what is pending.
+        let inbound = carry(&mut channel, &mut local, &mut to_local, &mut buf);
+        let outbound = carry(&mut local, &mut channel, &mut to_remote, &mut buf);
+        match (inbound, outbound) {
+            (Flow::Ended, _) => return,
+            // The session above was dropped: the tunnel is done.
+            (_, Flow::Ended) => {
+                let _ = channel.send_eof();
+                return;
             }
+            (Flow::Moved, _) | (_, Flow::Moved) => continue,
+            (Flow::Idle, Flow::Idle) => {}
         }
-        if !to_local.is_empty() {
-            match local.write(&to_local) {
-                Ok(n) => {
-                    to_local.drain(..n);
-                    moved |= n > 0;
-                }
-                Err(e) if blocked(&e) => {}
-                Err(_) => return,
-            }
-        }
-        if to_remote.is_empty() {
-            match local.read(&mut buf) {
-                // The session above was dropped: the tunnel is done.
-                Ok(0) => {
-                    let _ = channel.send_eof();
-                    return;
-                }
-                Ok(n) => {
-                    to_remote.extend_from_slice(&buf[..n]);
-                    moved = true;
-                }
-                Err(e) if blocked(&e) => {}
-                Err(_) => return,
-            }
-        }
-        if !to_remote.is_empty() {
-            match channel.write(&to_remote) {
-                Ok(n) => {
-                    to_remote.drain(..n);
-                    moved |= n > 0;
-                }
-                Err(e) if blocked(&e) => {}
-                Err(_) => return,
-            }
-        }
-        if moved {
-            continue;
-        }
-        // Nothing moved: sleep until a socket can take us further. The session's socket is
-        // watched for input only when that input can be used (there is room to read into, or a
-        // write waits for the window to open), else unread data would wake us forever; and a
-        // short timeout covers packets libssh2 queued while a write waited.
-        let mut remote_flags = PollFlags::empty();
-        if to_local.is_empty() || !to_remote.is_empty() {
-            remote_flags |= PollFlags::POLLIN;
-        }
-        if matches!(
-            session.block_directions(),
-            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
-        ) {
-            remote_flags |= PollFlags::POLLOUT;
-        }
-        let mut local_flags = PollFlags::empty();
-        if to_remote.is_empty() {
-            local_flags |= PollFlags::POLLIN;
-        }
-        if !to_local.is_empty() {
-            local_flags |= PollFlags::POLLOUT;
-        }
-        let mut fds = [
-            PollFd::new(watch.as_fd(), remote_flags),
-            PollFd::new(local.as_fd(), local_flags),
-        ];
-        if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
-            return;
-        }
-        // Either side hung up: whatever is still buffered has nobody left to read it.
-        let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
-        if fds
-            .iter()
-            .any(|f| f.revents().is_some_and(|r| r.intersects(gone)))
-        {
+        if !wait(session, &watch, &local, &to_local, &to_remote) {
             let _ = channel.send_eof();
             return;
         }
     }
+}
+
+/// What one pass over a direction did.
+enum Flow {
+    Moved,
+    Idle,
+    /// The source ended (EOF, or a close without one) or either side failed.
+    Ended,
+}
+
+/// Reads from `from` when `pending` is empty, then writes what is pending to `to`, without
+/// blocking (both sides are non-blocking).
+fn carry(from: &mut impl Read, to: &mut impl Write, pending: &mut Vec<u8>, buf: &mut [u8]) -> Flow {
+    let blocked = |e: &std::io::Error| e.kind() == ErrorKind::WouldBlock;
+    let mut moved = false;
+    if pending.is_empty() {
+        match from.read(buf) {
+            Ok(0) => return Flow::Ended,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                moved = true;
+            }
+            Err(e) if blocked(&e) => {}
+            Err(_) => return Flow::Ended,
+        }
+    }
+    if !pending.is_empty() {
+        match to.write(pending) {
+            Ok(n) => {
+                pending.drain(..n);
+                moved |= n > 0;
+            }
+            Err(e) if blocked(&e) => {}
+            Err(_) => return Flow::Ended,
+        }
+    }
+    if moved { Flow::Moved } else { Flow::Idle }
+}
+
+/// Sleeps until a socket can take the tunnel further. The session's socket is watched for input
+/// only when that input can be used (there is room to read into, or a write waits for the
+/// window to open), else unread data would wake us forever; a short timeout covers packets
+/// libssh2 queued while a write waited. False when either side hung up.
+fn wait(
+    session: &ssh2::Session,
+    watch: &impl AsFd,
+    local: &UnixStream,
+    to_local: &[u8],
+    to_remote: &[u8],
+) -> bool {
+    let mut remote_flags = PollFlags::empty();
+    if to_local.is_empty() || !to_remote.is_empty() {
+        remote_flags |= PollFlags::POLLIN;
+    }
+    if matches!(
+        session.block_directions(),
+        ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+    ) {
+        remote_flags |= PollFlags::POLLOUT;
+    }
+    let mut local_flags = PollFlags::empty();
+    if to_remote.is_empty() {
+        local_flags |= PollFlags::POLLIN;
+    }
+    if !to_local.is_empty() {
+        local_flags |= PollFlags::POLLOUT;
+    }
+    let mut fds = [
+        PollFd::new(watch.as_fd(), remote_flags),
+        PollFd::new(local.as_fd(), local_flags),
+    ];
+    if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
+        return false;
+    }
+    // Either side hung up: whatever is still buffered has nobody left to read it.
+    let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+    !fds.iter()
+        .any(|f| f.revents().is_some_and(|r| r.intersects(gone)))
 }
 
 #[cfg(test)]
