@@ -174,10 +174,8 @@ pub fn deploy(
     options: &Options,
 ) -> Result<Report, DeployError> {
     let started = Instant::now();
+    check_canary(cfg, options)?;
     let gate = cfg.health.as_ref().and_then(Gate::new);
-    if options.canary.is_some() && gate.is_none() && cfg.riemann.is_none() {
-        return Err(DeployError::CanaryBlind);
-    }
     source::build(cfg).map_err(DeployError::Build)?;
     let manifest = Manifest::scan(&cfg.source)?;
     let user = cfg.user();
@@ -211,6 +209,15 @@ pub fn deploy(
         eprintln!("warning: {e}");
     }
     Ok(report)
+}
+
+/// `--canary` needs something to watch with: a health gate that checks something, or Riemann.
+fn check_canary(cfg: &Config, options: &Options) -> Result<(), DeployError> {
+    let gate = cfg.health.as_ref().and_then(Gate::new);
+    if options.canary.is_some() && gate.is_none() && cfg.riemann.is_none() {
+        return Err(DeployError::CanaryBlind);
+    }
+    Ok(())
 }
 
 /// What a deploy stopped before touching any host reports: every host not started.

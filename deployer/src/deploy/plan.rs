@@ -40,9 +40,7 @@ pub fn plan(
     settings: &Settings,
     options: &Options,
 ) -> Result<Plan, DeployError> {
-    if options.canary.is_some() && cfg.health.is_none() && cfg.riemann.is_none() {
-        return Err(DeployError::CanaryBlind);
-    }
+    super::check_canary(cfg, options)?;
     let manifest = Manifest::scan(&cfg.source)?;
     let revision = crate::source::revision(&cfg.source, &manifest, options.revision.as_deref());
     let hosts = fleet::read(targets, settings, true);
