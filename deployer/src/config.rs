@@ -1,6 +1,7 @@
 //! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
 //! key is an error that names it), with paths relative to the file and `~` expanded.
 
+use crate::address::BadAddress;
 use crate::jump::{BadJump, parse_jumps};
 use crate::ssh::{HostKeyPolicy, Route, SshSettings};
 use crate::ssh_config::SshConfigFile;
@@ -589,25 +590,10 @@ impl Config {
 
     /// `[v6]:port`, `host:port` or a bare host; the port only when written.
     fn split_address(&self, address: &str) -> Result<(String, Option<u16>), Problem> {
-        let port = |p: &str| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| Problem::Port(address.to_owned()))
-        };
-        if let Some(rest) = address.strip_prefix('[') {
-            let (h, p) = rest
-                .split_once(']')
-                .ok_or_else(|| Problem::Address(address.to_owned()))?;
-            let port = match p.strip_prefix(':') {
-                Some(p) => Some(port(p)?),
-                None => None,
-            };
-            return Ok((h.to_owned(), port));
-        }
-        match address.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), Some(port(p)?))),
-            _ => Ok((address.to_owned(), None)),
+        match crate::address::host_port(address) {
+            Ok((host, port)) => Ok((host.to_owned(), port)),
+            Err(BadAddress::Port) => Err(Problem::Port(address.to_owned())),
+            Err(BadAddress::Shape) => Err(Problem::Address(address.to_owned())),
         }
     }
 

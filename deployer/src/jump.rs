@@ -65,21 +65,8 @@ fn parse_hop(hop: &str) -> Option<Jump> {
         Some(_) => return None,
         None => (None, hop),
     };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, p) = v6.split_once(']')?;
-        match p.strip_prefix(':') {
-            Some(p) => (h, Some(p.parse().ok()?)),
-            None if p.is_empty() => (h, None),
-            None => return None,
-        }
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h, Some(p.parse().ok()?)),
-            None => (rest, None),
-        }
-    };
+    let (host, port) = crate::address::host_port(rest).ok()?;
     let valid = !host.is_empty()
-        && port != Some(0)
         && !host.starts_with('-')
         && host
             .chars()

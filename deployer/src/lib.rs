@@ -35,6 +35,7 @@
 //!
 //! ARCHITECTURE.md maps the modules and the invariants they keep.
 
+mod address;
 mod check;
 mod config;
 mod deploy;
