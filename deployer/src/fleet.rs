@@ -204,6 +204,16 @@ pub fn last_lines(text: &str, n: usize) -> Option<String> {
 
 /// Connects to every target (host key checked, authenticated) and opens its shell.
 pub fn connect(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<Host> {
+    connect_with(targets, ssh, parallel, true)
+}
+
+/// Connects to every target without opening a shell: for commands that open channels of
+/// their own (`logs -f`), to whom a shell would be one more session start per host.
+pub fn connect_bare(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<Host> {
+    connect_with(targets, ssh, parallel, false)
+}
+
+fn connect_with(targets: &[Target], ssh: &SshSettings, parallel: usize, shell: bool) -> Vec<Host> {
     let mut hosts: Vec<Host> = targets
         .iter()
         .map(|t| Host {
@@ -216,18 +226,15 @@ pub fn connect(targets: &[Target], ssh: &SshSettings, parallel: usize) -> Vec<Ho
         })
         .collect();
     each(&mut hosts, parallel, |h| {
-        match Remote::connect(
-            &h.target.name,
-            &h.target.host,
-            h.target.port,
-            &h.target.route,
-            ssh,
-        )
-        .and_then(|r| r.shell().map(|s| (r, s)))
-        {
+        let t = &h.target;
+        let connected = Remote::connect(&t.name, &t.host, t.port, &t.route, ssh).and_then(|r| {
+            let s = if shell { Some(r.shell()?) } else { None };
+            Ok((r, s))
+        });
+        match connected {
             Ok((r, s)) => {
                 h.remote = Some(r);
-                h.shell = Some(s);
+                h.shell = s;
             }
             Err(e) => h.fail(Stage::Connect, e),
         }

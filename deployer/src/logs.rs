@@ -56,7 +56,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// The remote `tail -F` follows a log that is rotated or not there yet, and ends when the
 /// connection does (it waits on the channel's stdin), so nothing is left running on a host.
 pub fn follow(targets: &[Target], settings: &Settings, log: &str, lines: u32) -> Followed {
-    let hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
+    let hosts = fleet::connect_bare(targets, &settings.ssh, settings.parallel);
     let (done, ended) = mpsc::channel::<(String, Option<String>)>();
     // Set when stdout is gone (`deployer logs -f | head`): the follow is over.
     let closed = Arc::new(AtomicBool::new(false));
@@ -68,9 +68,6 @@ pub fn follow(targets: &[Target], settings: &Settings, log: &str, lines: u32) ->
         let script = format!(
             "tail -n {lines} -F -- {path} 2>&1 </dev/null & t=$!\ncat >/dev/null\nkill $t 2>/dev/null\n"
         );
-        // The shell channel goes first: a channel freed while another thread reads would
-        // wait on the session's lock.
-        drop(h.shell.take());
         let started = match (h.remote.take(), h.failure) {
             (Some(remote), None) => remote.start(&script).map(|ch| (remote, ch)),
             (_, failure) => {
