@@ -898,12 +898,7 @@ fn a_canary_that_does_worse_in_riemann_is_rolled_back_and_a_healthy_one_goes_on(
     );
     h.write("v", "1");
     assert_eq!(h.run(&["deploy", "--revision", "good1"]).code, 0);
-    let revision = |i: usize| {
-        std::fs::read_to_string(h.deploy_to(i).join("current/REVISION"))
-            .expect("REVISION")
-            .trim()
-            .to_owned()
-    };
+    let revision = |i: usize| h.revision(i);
 
     // Healthy: the canary does as well as the rest, and the deploy goes on, host by host.
     h.write("v", "2");

@@ -180,12 +180,7 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
             .arg(format!("DEPLOY_CONFIG={}", hosts.config.display()))
             .current_dir(workspace_root()),
     );
-    let revision_of = |i: usize| {
-        std::fs::read_to_string(hosts.deploy_to(i).join("current/REVISION"))
-            .expect("REVISION")
-            .trim()
-            .to_owned()
-    };
+    let revision_of = |i: usize| hosts.revision(i);
     let rev1: &str = &revision_of(0);
     for i in 0..IPS.len() {
         assert!(servers.pid(i).is_some(), "host {i} serves");

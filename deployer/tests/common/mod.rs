@@ -182,6 +182,14 @@ impl Hosts {
         Some(link.file_name()?.to_str()?.to_owned())
     }
 
+    /// The revision host `i`'s `current` release holds.
+    pub fn revision(&self, i: usize) -> String {
+        std::fs::read_to_string(self.deploy_to(i).join("current/REVISION"))
+            .expect("REVISION")
+            .trim()
+            .to_owned()
+    }
+
     pub fn releases(&self, i: usize) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.deploy_to(i).join("releases"))
             .map(|d| {
