@@ -43,6 +43,7 @@ mod commit;
 pub mod config;
 mod follow;
 pub mod http;
+mod import;
 pub mod journal;
 mod listener;
 pub mod methods;
@@ -66,11 +67,11 @@ pub mod users;
 pub mod validate;
 pub mod writer;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Cli, Command, Settings};
+pub use import::import;
 pub use listener::{Inherited, ListenError};
 pub use upgrade::{UpgradeError, Upgraded, upgrade};
 
@@ -283,43 +284,6 @@ async fn announce_ready(
         channel.ready();
     }
     Ok(())
-}
-
-/// Loads a JSON array of users in one transaction (all or nothing).
-pub async fn import(settings: &Settings, path: &Path) -> Result<usize, ServeError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read(path).map_err(|source| ServeError::ReadImport {
-        path: shown.clone(),
-        source,
-    })?;
-    let bad = |message: String| ServeError::BadImport {
-        path: shown.clone(),
-        message,
-    };
-    // One user parsed at a time, each kept as the text the store takes: no tree of the whole
-    // file, no second encoding.
-    let valid = validate::validate_text_with(&text, false).map_err(|e| bad(e.0))?;
-    drop(text);
-    let count = valid.len();
-    // Straight to the store in one transaction: an import is all or nothing, never queued.
-    let store = store::Store::open(&settings.database_url, settings.store_timeout).await?;
-    let now = shared::now();
-    let writes = valid
-        .into_iter()
-        .map(|(id, doc)| store::WriteDoc::owned(id, doc.into_string(), now.clone()))
-        .collect();
-    let mut writer = writer::Writer::new(&store);
-    let write_id = uuid::Uuid::now_v7().to_string();
-    let done = writer
-        .commit(&[(write_id, writer::Change::Import(writes))])
-        .await;
-    writer.close().await;
-    store.close().await;
-    match done?.pop() {
-        Some(Ok(_)) => Ok(count),
-        Some(Err(e)) => Err(e.into()),
-        None => Ok(0),
-    }
 }
 
 async fn shutdown_signal() {

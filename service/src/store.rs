@@ -110,7 +110,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// other instances sharing the database refresh their snapshots.
 pub const CHANGES_CHANNEL: &str = "usersvc_users";
 /// Bulk writes larger than this announce `*` (reload) instead of one notification per id.
-pub(crate) const NOTIFY_EACH_MAX: usize = 100;
+const NOTIFY_EACH_MAX: usize = 100;
+
+/// What a write of these ids announces on [`CHANGES_CHANNEL`]: the bare ids, as every release
+/// sends them (a rolling upgrade mixes releases; the follower tells its own by the sending
+/// backend's pid), or `*` for a bulk write.
+pub(crate) fn announcements<'a>(ids: &[&'a str]) -> Vec<&'a str> {
+    if ids.len() > NOTIFY_EACH_MAX {
+        vec!["*"]
+    } else {
+        ids.to_vec()
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -6,9 +6,7 @@
 //! The connection is our own, not the pool's: sqlx's pool retries a refused connection until its
 //! acquire timeout, and a write must learn at once that the database is down.
 
-use crate::store::{
-    CHANGES_CHANNEL, Expect, NOTIFY_EACH_MAX, Store, StoreError, WriteDoc, put_many, put_on,
-};
+use crate::store::{CHANGES_CHANNEL, Expect, Store, StoreError, WriteDoc, put_many, put_on};
 use sqlx::{AnyConnection, Connection, Row};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -74,6 +72,11 @@ const DOCS_PER_TIMEOUT: usize = 1000;
 /// Acknowledged write ids are pruned once this many have gathered.
 const FORGET_EVERY: usize = 256;
 
+/// The time a write of `docs` documents gets: `timeout` per thousand.
+pub(crate) fn budget(timeout: Duration, docs: usize) -> Duration {
+    timeout * (1 + (docs / DOCS_PER_TIMEOUT) as u32)
+}
+
 impl Writer {
     pub fn new(store: &Store) -> Self {
         Self {
@@ -90,7 +93,7 @@ impl Writer {
     /// (`is_unreachable`: maybe it was; the caller journals the batch under the same write ids).
     pub async fn commit(&mut self, batch: &[(String, Change)]) -> Result<Vec<Outcome>, StoreError> {
         let docs: usize = batch.iter().map(|(_, c)| c.docs()).sum();
-        let budget = self.timeout * (1 + (docs / DOCS_PER_TIMEOUT) as u32);
+        let budget = budget(self.timeout, docs);
         // Optimistic: no savepoints (two more round trips per write). A write that fails on its
         // own aborts the transaction; the batch is then run again with a savepoint per write.
         let mut done = self.commit_timed(batch, false, budget).await;
@@ -303,13 +306,7 @@ async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreErr
     if ids.is_empty() {
         return Ok(());
     }
-    // Bare ids, as every release sends them (a rolling upgrade mixes releases); the follower
-    // tells its own by the sending backend's pid.
-    let payloads: Vec<&str> = if ids.len() > NOTIFY_EACH_MAX {
-        vec!["*"]
-    } else {
-        ids.to_vec()
-    };
+    let payloads = crate::store::announcements(ids);
     // One statement for all of them: a round trip per id would cost more than the writes.
     let calls: Vec<String> = (0..payloads.len())
         .map(|i| format!("pg_notify($1, ${})", i + 2))

@@ -211,3 +211,102 @@ fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         "a,b"
     );
 }
+
+/// Runs `usersvc import` of `users` against `url`; its output.
+fn import(url: &str, dir: &std::path::Path, users: &Value) -> std::process::Output {
+    let path = dir.join("users.json");
+    std::fs::write(&path, users.to_string()).expect("write the import file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
+        .current_dir(dir)
+        .args(["--database-url", url, "import"])
+        .arg(&path)
+        .output()
+        .expect("run usersvc import")
+}
+
+#[test]
+fn import_copies_a_first_load_upserts_over_stored_users_and_ends_as_on_sqlite() {
+    let pg = Postgres::start();
+    let running = on(&pg);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = format!("sqlite://{}", dir.path().join("same.db").display());
+    // Ids a COPY row could be cut or ended by, if a value were pasted in unescaped.
+    let odd = [
+        "tab\there",
+        "line\nbreak",
+        "back\\slash\\.",
+        "cr\rx",
+        "\\.",
+        "quote\"'ü",
+    ];
+    let mut first: Vec<Value> = odd.iter().map(|id| json!({"id": id, "v": 1})).collect();
+    first.extend((0..200).map(|i| json!({"id": format!("bulk{i:03}"), "v": 1})));
+    // Over stored ids (the upsert), with one new; twice.
+    let second =
+        json!([{"id": "bulk000", "v": 2}, {"id": "fresh", "v": 3}, {"id": "tab\there", "v": 2}]);
+    for url in [pg.url(), sqlite.clone()] {
+        for (users, count) in [
+            (json!(first), 206),
+            (second.clone(), 3),
+            (second.clone(), 3),
+        ] {
+            let out = import(&url, dir.path(), &users);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains(&format!("imported {count} users")),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM users"), "207");
+    assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'fresh'"), "2");
+    assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'bulk000'"), "3");
+    assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'bulk001'"), "1");
+    // The running instance heard both: the bulk load as a reload, the small one id by id.
+    eventually("the running instance sees both imports", || {
+        running.call("get_user", json!(["fresh"]))["result"]["v"] == 3
+            && running.call("get_user", json!(["line\nbreak"]))["result"]["v"] == 1
+    });
+    // All but the time of writing, which differs by run.
+    let written = |users: Value| -> Vec<(Value, Value, Value)> {
+        let users = users.as_array().cloned().unwrap_or_default();
+        users
+            .into_iter()
+            .map(|u| (u["id"].clone(), u["rev"].clone(), u["v"].clone()))
+            .collect()
+    };
+    let on_pg = written(running.result("get_users", Value::Null));
+    let on_sqlite = written(
+        Usersvc::start_on(env!("CARGO_BIN_EXE_usersvc").as_ref(), Some(&sqlite), &[])
+            .result("get_users", Value::Null),
+    );
+    assert_eq!(on_pg.len(), 207);
+    assert!(
+        on_pg == on_sqlite,
+        "the same imports end differently on the two stores"
+    );
+    assert_eq!(running.result("get_user", json!(["tab\there"]))["rev"], 3);
+
+    // All or nothing, on either path: a row the database refuses after others were sent (a
+    // first load: the plain COPY; over a stored id: the upsert) leaves nothing of the file.
+    pg.psql("ALTER TABLE users ADD CONSTRAINT no_refused CHECK (id <> 'refused')");
+    for users in [
+        json!([{"id": "not-kept"}, {"id": "refused"}]),
+        json!([{"id": "not-kept"}, {"id": "fresh", "v": 4}, {"id": "refused"}]),
+    ] {
+        let bad = import(&pg.url(), dir.path(), &users);
+        assert!(!bad.status.success());
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            err.contains("nothing was imported") && err.contains("no_refused"),
+            "{err}"
+        );
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM users"), "207");
+    assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'fresh'"), "2");
+}

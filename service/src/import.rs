@@ -1,0 +1,166 @@
+//! `usersvc import`: a JSON array of users into the store in one transaction, all or nothing,
+//! straight to the database (never queued, never through a running server).
+//!
+//! SQLite takes multi-row upserts through the writer (`Change::Import`). PostgreSQL takes the
+//! rows by `COPY`, which multi-row upserts could not match: straight into `users` when none of
+//! the ids is stored yet (a first load), else into a temporary table and from it by one
+//! `INSERT … ON CONFLICT`. Validation refuses an id twice in one file, so each row is one id.
+
+use crate::ServeError;
+use crate::store::{self, CHANGES_CHANNEL, Store, StoreError, WriteDoc};
+use crate::{shared, validate, writer};
+use sqlx::{Connection, PgConnection};
+use std::path::Path;
+
+/// Loads a JSON array of users in one transaction (all or nothing); returns how many.
+pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, ServeError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| ServeError::ReadImport {
+        path: shown.clone(),
+        source,
+    })?;
+    // One user parsed at a time, each kept as the text the store takes: no tree of the whole
+    // file, no second encoding.
+    let valid = validate::validate_text_with(&text, false).map_err(|e| ServeError::BadImport {
+        path: shown.clone(),
+        message: e.0,
+    })?;
+    drop(text);
+    let count = valid.len();
+    let store = Store::open(&settings.database_url, settings.store_timeout).await?;
+    let now = shared::now();
+    let writes: Vec<WriteDoc> = valid
+        .into_iter()
+        .map(|(id, doc)| WriteDoc::owned(id, doc.into_string(), now.clone()))
+        .collect();
+    let done = if store.is_shared() {
+        let budget = writer::budget(store.timeout(), writes.len());
+        match tokio::time::timeout(budget, copy_into_postgres(store.url(), &writes)).await {
+            Ok(done) => done,
+            Err(_) => Err(StoreError::TimedOut(budget)),
+        }
+    } else {
+        upsert_through_writer(&store, writes).await
+    };
+    store.close().await;
+    done?;
+    Ok(count)
+}
+
+async fn upsert_through_writer(store: &Store, writes: Vec<WriteDoc>) -> Result<(), StoreError> {
+    let mut writer = writer::Writer::new(store);
+    let write_id = uuid::Uuid::now_v7().to_string();
+    let done = writer
+        .commit(&[(write_id, writer::Change::Import(writes))])
+        .await;
+    writer.close().await;
+    match done?.pop() {
+        Some(Err(e)) => Err(e),
+        Some(Ok(_)) | None => Ok(()),
+    }
+}
+
+const COPY_DIRECT: &str = "COPY users (id, rev, doc, updated_at) FROM STDIN";
+const STAGING: &str = "CREATE TEMPORARY TABLE usersvc_import
+    (id TEXT NOT NULL, rev BIGINT NOT NULL, doc TEXT NOT NULL, updated_at TEXT NOT NULL)
+    ON COMMIT DROP";
+const COPY_STAGED: &str = "COPY usersvc_import (id, rev, doc, updated_at) FROM STDIN";
+const UPSERT_STAGED: &str = "INSERT INTO users (id, rev, doc, updated_at)
+    SELECT id, rev, doc, updated_at FROM usersvc_import
+    ON CONFLICT (id) DO UPDATE SET rev = users.rev + 1, doc = excluded.doc,
+    updated_at = excluded.updated_at";
+
+/// One transaction on a connection of its own (`COPY` is not in sqlx's Any driver).
+async fn copy_into_postgres(url: &str, rows: &[WriteDoc]) -> Result<(), StoreError> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .map_err(StoreError::Connect)?;
+    let mut tx = conn.begin().await?;
+    // A plain COPY costs a third of an upsert per row; a stored id makes it fail as a whole
+    // (unique violation), and the savepoint takes that attempt back.
+    sqlx::query("SAVEPOINT direct").execute(&mut *tx).await?;
+    match copy(&mut tx, COPY_DIRECT, rows).await {
+        Ok(()) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            sqlx::query("ROLLBACK TO SAVEPOINT direct")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(STAGING).execute(&mut *tx).await?;
+            copy(&mut tx, COPY_STAGED, rows).await?;
+            sqlx::query(UPSERT_STAGED).execute(&mut *tx).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let ids: Vec<&str> = rows.iter().map(|doc| doc.id.as_str()).collect();
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .bind(CHANGES_CHANNEL)
+        .bind(store::announcements(&ids))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Sends the rows in `COPY`'s text format, a megabyte at a time.
+async fn copy(
+    conn: &mut PgConnection,
+    statement: &str,
+    rows: &[WriteDoc],
+) -> Result<(), sqlx::Error> {
+    const CHUNK: usize = 1 << 20;
+    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    for doc in rows {
+        copy_row(&mut buf, doc);
+        if buf.len() >= CHUNK {
+            copy.send(std::mem::take(&mut buf)).await?;
+            buf.reserve(CHUNK + 4096);
+        }
+    }
+    if !buf.is_empty() {
+        copy.send(buf).await?;
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+/// A new user's row: revision 1 (the upsert raises a stored one's instead).
+fn copy_row(buf: &mut Vec<u8>, doc: &WriteDoc) {
+    copy_field(buf, &doc.id);
+    buf.extend_from_slice(b"\t1\t");
+    copy_field(buf, &doc.json);
+    buf.push(b'\t');
+    copy_field(buf, &doc.updated_at);
+    buf.push(b'\n');
+}
+
+/// A value in `COPY`'s text format: backslash, tab, newline and carriage return escaped, so no
+/// value can end its field or row (or spell the end-of-data marker `\.`).
+fn copy_field(buf: &mut Vec<u8>, value: &str) {
+    for &b in value.as_bytes() {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, json: &str) -> WriteDoc {
+        WriteDoc::owned(id.into(), json.into(), "t".into())
+    }
+
+    #[test]
+    fn no_value_can_end_its_field_or_row() {
+        let mut buf = Vec::new();
+        copy_row(&mut buf, &doc("a\tb\nc\\.\rd", r#"{"x":"\\n"}"#));
+        assert_eq!(buf, b"a\\tb\\nc\\\\.\\rd\t1\t{\"x\":\"\\\\\\\\n\"}\tt\n");
+    }
+}
