@@ -122,7 +122,7 @@ PY
     start "$url" "$port"; start_s=$took
     # A start without a local copy writes one (the whole set) in the background: wait for it, so
     # the loads below measure steady state, not a 180 MB write competing with their fsyncs.
-    copy="$tmp/$store.journal.snapshot"; last=-1
+    copy="$tmp/$store.snapshot"; last=-1
     for _ in $(seq 600); do
       size=$(stat -c %s "$copy" 2>/dev/null || echo 0)
       [ "$size" -gt 0 ] && [ "$size" = "$last" ] && break
