@@ -265,7 +265,7 @@ pub enum ConfigError {
 }
 
 /// The largest `body_limit` allowed: a queued write is one journal record, and records are
-/// bounded (`journal.rs`).
+/// bounded (`store/journal.rs`).
 pub const MAX_BODY_LIMIT: usize = 64 << 20;
 
 /// Every setting resolved: flag > environment > file > the default written here.
@@ -291,7 +291,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     #[serde(default = "default::body_timeout", with = "duration_text::required")]
     pub body_timeout: Duration,
-    /// `None`: from the open-file limit (`server::Limits`).
+    /// `None`: from the open-file limit (`crate::lifecycle::server::Limits`).
     pub max_connections: Option<usize>,
     #[serde(default = "default::request_timeout", with = "duration_text::required")]
     pub request_timeout: Duration,

@@ -7,8 +7,10 @@
 //! `INSERT … ON CONFLICT`. Validation refuses an id twice in one file, so each row is one id.
 
 use crate::ServeError;
-use crate::store::{self, CHANGES_CHANNEL, Store, StoreError, WriteDoc};
-use crate::{shared, validate, writer};
+use crate::doc::WriteDoc;
+use crate::store::writer;
+use crate::store::{self, CHANGES_CHANNEL, Store, StoreError};
+use crate::users::validate;
 use sqlx::{Connection, PgConnection};
 use std::path::Path;
 
@@ -28,7 +30,7 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
     drop(text);
     let count = valid.len();
     let store = Store::open(&settings.database_url, settings.store_timeout).await?;
-    let now = shared::now();
+    let now = crate::doc::now();
     let writes: Vec<WriteDoc> = valid
         .into_iter()
         .map(|(id, doc)| WriteDoc::owned(id, doc.into_string(), now.clone()))

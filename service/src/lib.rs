@@ -7,7 +7,7 @@
 //! in-process:
 //!
 //! ```
-//! use service::{methods::Api, release::Release, rpc, users::{Resilience, Users}};
+//! use service::{api::{methods::Api, rpc}, release::Release, users::{Resilience, Users}};
 //! use std::time::Duration;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,44 +36,32 @@
 //! # }
 //! ```
 
-mod access_log;
+// Leaves: they import nothing of the crate.
 mod atomic_file;
-pub mod breaker;
-mod commit;
-pub mod config;
-mod follow;
-pub mod http;
-mod import;
-pub mod journal;
-mod listener;
-pub mod methods;
-pub mod metrics;
-pub mod pidfile;
-pub mod prometheus;
-pub mod pull;
-mod queued;
+pub mod doc;
 pub mod redact;
 pub mod release;
-pub mod rpc;
-mod server;
-mod shared;
-pub mod snapshot;
-pub mod snapshot_file;
-pub mod store;
-mod supervise;
 pub mod tasks;
-mod upgrade;
+
+// Subsystems, bottom up: each imports only those above it (see ARCHITECTURE.md).
+pub mod api;
+pub mod lifecycle;
+pub mod metrics;
+pub mod pull;
+pub mod store;
 pub mod users;
-pub mod validate;
-pub mod writer;
+
+pub mod config;
+mod import;
+#[cfg(test)]
+mod tidy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Cli, Command, Settings};
 pub use import::import;
-pub use listener::{Inherited, ListenError};
-pub use upgrade::{UpgradeError, Upgraded, upgrade};
+pub use lifecycle::{Inherited, ListenError, UpgradeError, Upgraded, upgrade};
 
 /// Every file and socket usersvc creates is its user's alone (files 0600, directories 0700),
 /// whatever umask it was started with: they hold users' data. Call it first in `main`.
@@ -135,15 +123,15 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
         metrics::start_reporter(cfg, metrics.clone(), users.clone(), &release)
     });
-    let api = Arc::new(methods::Api::new(users.clone(), &release));
-    let exposition = Arc::new(prometheus::Exposition::new(prometheus::Sources {
+    let api = Arc::new(api::methods::Api::new(users.clone(), &release));
+    let exposition = Arc::new(api::prometheus::Exposition::new(api::prometheus::Sources {
         users: users.clone(),
         pull: pull_stats.clone(),
         release: release.clone(),
     }));
-    let app = http::router(
+    let app = api::http::router(
         api,
-        http::HttpConfig {
+        api::http::HttpConfig {
             metrics,
             exposition,
             metrics_public: settings.metrics_public,
@@ -151,7 +139,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
             body_limit: settings.body_limit,
             body_timeout: settings.body_timeout,
             request_timeout: settings.request_timeout,
-            limits: rpc::Limits {
+            limits: api::rpc::Limits {
                 max_batch: settings.max_batch,
                 max_response: settings.max_response,
             },
@@ -164,8 +152,9 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         tracing::warn!(%addr, "listening beyond loopback without a token: anyone who can reach this port can read and write every user; set auth_token_file");
     }
     // Fired when an upgrade has handed the socket on: this server then stops accepting.
-    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<upgrade::Successor>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<upgrade::Successor>>();
+    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<lifecycle::upgrade::Successor>();
+    let (stop_tx, stop_rx) =
+        tokio::sync::oneshot::channel::<Option<lifecycle::upgrade::Successor>>();
     let stopping = users.clone();
     let request_timeout = settings.request_timeout;
     let stop = async move {
@@ -192,20 +181,20 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         use std::os::fd::AsFd;
         listener.as_fd().try_clone_to_owned()?
     };
-    let limits = server::Limits {
+    let limits = lifecycle::server::Limits {
         header_timeout: settings.header_timeout,
         idle_timeout: settings.idle_timeout,
         max_connections: settings
             .max_connections
-            .unwrap_or_else(server::default_max_connections),
+            .unwrap_or_else(lifecycle::server::default_max_connections),
     };
-    let accepting = tokio::spawn(server::serve(listener, app, limits, stop));
+    let accepting = tokio::spawn(lifecycle::server::serve(listener, app, limits, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     tracing::info!(%addr, socket = origin.as_str(), revision = ?release.revision, release = ?release.name, "listening on http://{addr}/");
     // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by
     // it. Bound only now, ready to serve: the path must never lead to a server that failed.
     match &settings.pid_file {
-        Some(pid_file) => upgrade::listen_control(pid_file, dup, handed_tx)?,
+        Some(pid_file) => lifecycle::upgrade::listen_control(pid_file, dup, handed_tx)?,
         None => drop((dup, handed_tx)),
     }
     announce_ready(&settings, inherited.take_upgrade_channel()).await?;
@@ -234,7 +223,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         }
     }
     if let Some(pid_file) = &settings.pid_file {
-        pidfile::remove_if_ours(pid_file, std::process::id());
+        lifecycle::pidfile::remove_if_ours(pid_file, std::process::id());
     }
     Ok(())
 }
@@ -260,14 +249,14 @@ fn shutdown_deadline(after: Duration) {
 
 /// Says this server serves: the pid file, systemd (`READY=1`, `MAINPID=`), and the process that
 /// started it, if any. (A server started by an upgrade sees what the old one wrote meanwhile
-/// once it takes the journal over: `users.rs`.)
+/// once it takes the journal over: `users`.)
 async fn announce_ready(
     settings: &Settings,
-    channel: Option<listener::UpgradeChannel>,
+    channel: Option<lifecycle::listener::UpgradeChannel>,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
     if let Some(path) = &settings.pid_file {
-        pidfile::write(path, pid).map_err(|source| ServeError::PidFile {
+        lifecycle::pidfile::write(path, pid).map_err(|source| ServeError::PidFile {
             path: path.display().to_string(),
             source,
         })?;

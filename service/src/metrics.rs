@@ -1,7 +1,7 @@
 //! Request metrics per reporting interval, and the Riemann reporter: a heartbeat with a TTL plus
 //! request rate, error rate, latency percentiles, breaker state and journal depth.
 
-use crate::breaker::BreakerState;
+use crate::users::BreakerState;
 use crate::users::Degradation;
 use crate::users::Users;
 use riemann_probe::{ClientConfig, Event, Probe, ProbeConfig, event};

@@ -2,8 +2,9 @@
 //! ones that changed, in one transaction. A bad payload, an HTTP error, a timeout or an oversized
 //! body is logged and counted and changes nothing.
 
+use crate::doc::DocText;
+use crate::users::validate::validate_text;
 use crate::users::{UserError, Users};
-use crate::validate::{DocText, validate_text};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+/// This build's version (the crate's), for `version`, `rpc.discover` and `/metrics`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The release a binary belongs to; both are `None` outside a release layout (a cargo build).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Release {
@@ -44,7 +47,7 @@ impl Release {
     pub fn version_json(&self) -> serde_json::Value {
         serde_json::json!({
             "name": "usersvc",
-            "version": crate::methods::VERSION,
+            "version": VERSION,
             "revision": self.revision,
             "release": self.name,
         })

@@ -20,7 +20,7 @@ fn copy_holds(s: &Usersvc, n: usize) {
     testbed::eventually(
         "the local copy is up to date",
         Duration::from_secs(20),
-        || service::snapshot_file::read(&copy_of(s)).is_ok_and(|users| users.len() == n),
+        || service::store::local_copy::read(&copy_of(s)).is_ok_and(|users| users.len() == n),
     );
 }
 
@@ -149,7 +149,7 @@ fn nested(id: &str, levels: usize) -> Value {
 
 #[test]
 fn a_document_at_the_depth_limit_reads_back_through_the_journal_the_copy_and_the_store() {
-    let limit = service::validate::MAX_DEPTH;
+    let limit = service::users::validate::MAX_DEPTH;
     let mut pg = Postgres::start();
     let mut s = on(&pg);
     let same = |got: &Value, want: &Value| {

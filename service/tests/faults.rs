@@ -127,7 +127,7 @@ impl Service {
         let pid = self.pid().expect("a serving pid");
         signal(pid, libc::SIGKILL);
         eventually("the killed server is gone", Duration::from_secs(10), || {
-            !service::pidfile::is_alive(pid)
+            !service::lifecycle::pidfile::is_alive(pid)
         });
     }
 
@@ -220,7 +220,7 @@ fn signal(pid: u32, sig: i32) {
         .expect("run kill");
     // The process may have exited on its own meanwhile; anything else is a broken test.
     assert!(
-        status.success() || !service::pidfile::is_alive(pid),
+        status.success() || !service::lifecycle::pidfile::is_alive(pid),
         "kill -{sig} {pid} failed"
     );
 }

@@ -115,7 +115,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn alive(pid: u32) -> bool {
-    service::pidfile::is_alive(pid)
+    service::lifecycle::pidfile::is_alive(pid)
 }
 
 fn stderr(o: &Output) -> String {

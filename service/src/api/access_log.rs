@@ -7,7 +7,7 @@
 //! at most [`INFO_PER_SECOND`] a second, and one line then says how many were left out; the
 //! journal's rate limit would otherwise drop usersvc's other lines with them.
 
-use crate::rpc::{Call, Observe};
+use super::rpc::{Call, Observe};
 use std::sync::Mutex;
 use std::time::Instant;
 

@@ -11,12 +11,12 @@
 //! past it must be answered -32003 under its own id, which only the dispatcher knows
 //! (`rpc::Deadline`).
 
-use crate::access_log::AccessLog;
-use crate::methods::Api;
-use crate::methods::codes;
+use super::access_log::AccessLog;
+use super::methods::Api;
+use super::methods::codes;
+use super::prometheus::Exposition;
+use super::rpc::{self, Reply, RpcError};
 use crate::metrics::Metrics;
-use crate::prometheus::Exposition;
-use crate::rpc::{self, Reply, RpcError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -367,7 +367,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::prometheus::CONTENT_TYPE),
+            HeaderValue::from_static(super::prometheus::CONTENT_TYPE),
         )],
         shared.config.exposition.render(),
     )

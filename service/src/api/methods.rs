@@ -1,10 +1,11 @@
-//! The JSON-RPC methods: reads each call's params (by position or by name), calls `users.rs`, and
+//! The JSON-RPC methods: reads each call's params (by position or by name), calls `users`, and
 //! maps its errors onto documented codes. The method list here and in `openrpc.json` must agree
 //! (a test checks it).
 
-use crate::rpc::{Handler, Params, RawJson, RpcError};
+use super::rpc::{Handler, Params, RawJson, RpcError};
+use crate::release::VERSION;
+use crate::users::validate::{NewUser, kind, validate, validate_list};
 use crate::users::{UserError, Users, Written};
-use crate::validate::{NewUser, kind, validate, validate_list};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -20,7 +21,7 @@ pub mod codes {
     /// The request did not finish within the server's request timeout.
     pub const TIMEOUT: i64 = -32003;
     /// The answer would pass `--max-response`: page with `limit`/`after`, or split the batch.
-    pub use crate::rpc::RESPONSE_TOO_LARGE;
+    pub use crate::api::rpc::RESPONSE_TOO_LARGE;
 }
 
 /// A read whose answer would pass the budget: refused before it is built.
@@ -37,8 +38,6 @@ fn too_large(size: usize, budget: usize, page: bool) -> RpcError {
         .into(),
     )
 }
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The OpenRPC document served by `rpc.discover`.
 const OPENRPC: &str = include_str!("openrpc.json");

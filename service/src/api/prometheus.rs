@@ -8,11 +8,11 @@
 //! `unknown` (any other name) or `invalid` (no method could be read); an outcome is `ok` or one
 //! of the server's own error codes; a status is one the server answered.
 
-use crate::methods::METHODS;
+use super::methods::METHODS;
+use super::rpc::{self, Call};
 use crate::pull::PullStats;
 use crate::release::Release;
-use crate::rpc::{self, Call};
-use crate::shared::BATCH_BOUNDS;
+use crate::users::BATCH_BOUNDS;
 use crate::users::Users;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -264,7 +264,7 @@ impl Collector for Scraped {
         // The encoder writes label values as they are: a quote in a REVISION file would break
         // every scrape, so they are escaped here.
         let labels = [
-            ("version", label_text(crate::methods::VERSION)),
+            ("version", label_text(crate::release::VERSION)),
             (
                 "revision",
                 label_text(release.revision.as_deref().unwrap_or("")),
@@ -302,7 +302,7 @@ impl Collector for Scraped {
             "1 while serving the local copy of a cold start (the store has not answered since)",
             i64::from(d.from_copy),
         )?;
-        if let Some((bytes, written)) = crate::snapshot_file::on_disk(users.copy_path()) {
+        if let Some((bytes, written)) = crate::store::local_copy::on_disk(users.copy_path()) {
             gauge(
                 &mut e,
                 "usersvc_local_copy_bytes",

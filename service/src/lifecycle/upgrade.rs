@@ -9,8 +9,8 @@
 //! Control protocol (one line each way): `upgrade <timeout ms>` → `ok <new pid>` or
 //! `error <message>`.
 
-use crate::listener::{ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
-use crate::pidfile;
+use super::listener::{ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
+use super::pidfile;
 use command_fds::{CommandFdExt, FdMapping};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;

@@ -13,7 +13,7 @@
 //! rewritten without it.
 
 use crate::atomic_file;
-use crate::validate::DocText;
+use crate::doc::DocText;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};

@@ -20,8 +20,8 @@
 //! changes it held (a few seconds of writes) are in the database. Version 1 copies (a JSON
 //! array, from earlier releases) are still read.
 
-use crate::snapshot::Entry;
-use crate::store::Record;
+use crate::doc::Entry;
+use crate::doc::Record;
 use bytes::Bytes;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -479,7 +479,7 @@ fn record(user: Value) -> Result<Record, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Snapshot;
+    use crate::users::Snapshot;
     use serde_json::json;
 
     fn rec(id: &str, rev: i64) -> Record {

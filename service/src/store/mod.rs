@@ -4,7 +4,11 @@
 //! Documents are stored as JSON text next to their `id`, `rev` and `updated_at`. Concurrency control
 //! is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a read-then-write.
 
-use crate::snapshot::Entry;
+pub mod journal;
+pub mod local_copy;
+pub mod writer;
+
+use crate::doc::{Entry, Record, WriteDoc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Row, SqlSafeStr};
@@ -61,16 +65,6 @@ fn unreachable(e: &sqlx::Error) -> bool {
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
     }
-}
-
-/// One stored user document.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub id: String,
-    pub rev: i64,
-    pub updated_at: String,
-    /// The user object as the client sent it (without `rev`/`updated_at`, which are ours).
-    pub doc: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What a conditional write expects to find.
@@ -333,46 +327,6 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// A document about to be written: its id, its JSON text and the time stamp to record.
-#[derive(Debug, Clone)]
-pub struct WriteDoc {
-    pub id: String,
-    pub json: String,
-    pub updated_at: String,
-}
-
-impl WriteDoc {
-    pub fn new(
-        id: &str,
-        doc: &serde_json::Map<String, serde_json::Value>,
-        updated_at: &str,
-    ) -> Self {
-        Self::from_text(
-            id,
-            &serde_json::to_string(doc).unwrap_or_default(),
-            updated_at,
-        )
-    }
-
-    /// A document already encoded (`validate::DocText`).
-    /// From owned parts: nothing copied.
-    pub fn owned(id: String, json: String, updated_at: String) -> Self {
-        Self {
-            id,
-            json,
-            updated_at,
-        }
-    }
-
-    pub fn from_text(id: &str, json: &str, updated_at: &str) -> Self {
-        Self {
-            id: id.to_owned(),
-            json: json.to_owned(),
-            updated_at: updated_at.to_owned(),
-        }
     }
 }
 

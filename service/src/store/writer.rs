@@ -6,7 +6,8 @@
 //! The connection is our own, not the pool's: sqlx's pool retries a refused connection until its
 //! acquire timeout, and a write must learn at once that the database is down.
 
-use crate::store::{CHANGES_CHANNEL, Expect, Store, StoreError, WriteDoc, put_many, put_on};
+use super::{CHANGES_CHANNEL, Expect, Store, StoreError, put_many, put_on};
+use crate::doc::WriteDoc;
 use sqlx::{AnyConnection, Connection, Row};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -306,7 +307,7 @@ async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreErr
     if ids.is_empty() {
         return Ok(());
     }
-    let payloads = crate::store::announcements(ids);
+    let payloads = super::announcements(ids);
     // One statement for all of them: a round trip per id would cost more than the writes.
     let calls: Vec<String> = (0..payloads.len())
         .map(|i| format!("pg_notify($1, ${})", i + 2))

@@ -7,17 +7,15 @@
 //! Nothing is committed or queued before this process owns the journal (an upgrade's new server
 //! waits for the old one to release it): a write must never overtake one queued before it.
 
-use crate::journal::{Entry, JournalError};
-use crate::queued::Tentative;
-use crate::shared::{Ownership, Shared, UserError, Written, change_of, ids_of, lock, now};
-use crate::writer::{Change, Writer};
+use super::queued::Tentative;
+use super::state::{MAX_BATCH, Ownership, Shared, UserError, Written, change_of, ids_of, lock};
+use crate::doc::now;
+use crate::store::journal::{Entry, JournalError};
+use crate::store::writer::{Change, Writer};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-
-/// Most writes committed in one transaction (and replayed per transaction).
-pub(crate) const MAX_BATCH: usize = 256;
 
 /// A write waiting for the committer, and where its answer goes.
 pub(crate) struct Pending {

@@ -1,9 +1,9 @@
 //! Instances sharing one PostgreSQL learn of each other's writes: LISTEN on the changes channel
-//! (every commit announces the ids it changed, `writer.rs`) and refresh each announced id. An
+//! (every commit announces the ids it changed, `store/writer.rs`) and refresh each announced id. An
 //! instance's own announcements (sent by its write connection's backend) are skipped: its
 //! snapshot has them already.
 
-use crate::shared::Shared;
+use super::state::Shared;
 use sqlx::postgres::PgListener;
 use std::sync::Weak;
 use std::sync::atomic::Ordering;

@@ -1,19 +1,27 @@
 //! Users, the service's one resource: reads from the snapshot, writes through the committer
 //! (`commit.rs`), survival of store outages (`supervise.rs`, the journal, the local copy), and
-//! other instances' writes (`follow.rs`). Transport-free: `methods.rs` maps JSON-RPC onto it.
+//! other instances' writes (`follow.rs`). Transport-free: `api/methods.rs` maps JSON-RPC onto it.
 
-use crate::breaker::Breaker;
-use crate::commit::{self, Pending};
-use crate::journal::{Entry, Journal, JournalError, Op, Owner};
-use crate::queued::Queued;
-use crate::shared::{Ownership, Shared, lock};
-use crate::snapshot::Snapshot;
-use crate::snapshot_file::{self, CopyError};
+mod breaker;
+mod commit;
+mod follow;
+mod queued;
+mod snapshot;
+mod state;
+mod supervise;
+pub mod validate;
+
+use self::breaker::Breaker;
+use self::commit::Pending;
+use self::queued::Queued;
+use self::state::{Ownership, Shared, lock};
+use self::validate::NewUser;
+use crate::doc::DocText;
+use crate::store::journal::{Entry, Journal, JournalError, Op, Owner};
+use crate::store::local_copy::{self, CopyError};
+use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
-use crate::supervise;
 use crate::tasks::Tasks;
-use crate::validate::{DocText, NewUser};
-use crate::writer::Writer;
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::shared::{Degradation, Stats, UserError, Written};
+pub use self::breaker::BreakerState;
+pub(crate) use self::snapshot::Snapshot;
+pub use self::state::{BATCH_BOUNDS, Degradation, Stats, UserError, Written};
 
 /// How the service survives a store outage.
 #[derive(Debug, Clone)]
@@ -49,7 +59,7 @@ pub enum OpenError {
 }
 
 /// Writes waiting for the committer; more wait in `send` (backpressure).
-const QUEUE: usize = 4 * commit::MAX_BATCH;
+const QUEUE: usize = 4 * state::MAX_BATCH;
 
 /// Users, backed by the store, read from the snapshot. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -88,13 +98,13 @@ impl Users {
             }
             Err(e) => return Err(e.into()),
         };
-        let copy = snapshot_file::path_for(&path);
-        for file in [&path, &copy, &crate::journal::quarantine_path(&path)] {
+        let copy = local_copy::path_for(&path);
+        for file in [&path, &copy, &crate::store::journal::quarantine_path(&path)] {
             crate::atomic_file::make_private(file);
         }
         let (store, cold) = match Store::open(url, timeout).await {
             Ok(store) => (store, None),
-            Err(e) if e.is_unreachable() => match snapshot_file::read(&copy) {
+            Err(e) if e.is_unreachable() => match local_copy::read(&copy) {
                 Ok(entries) => {
                     tracing::warn!(error = %e, copy = %copy.display(), users = entries.len(),
                         "store unreachable: serving the local snapshot copy (stale) and queueing writes");
@@ -115,7 +125,7 @@ impl Users {
                 // Listening before the load: another instance's write during it is announced
                 // to the follower, which then needs no second full load.
                 if store.is_shared() {
-                    early = crate::follow::listen(store.url(), timeout).await;
+                    early = self::follow::listen(store.url(), timeout).await;
                 }
                 snapshot.replace_entries(store.load_entries().await?);
                 false
@@ -182,7 +192,7 @@ impl Users {
         if shared.store.is_shared() {
             tasks.spawn(
                 "follower",
-                crate::follow::follow_changes(Arc::downgrade(&shared), early),
+                self::follow::follow_changes(Arc::downgrade(&shared), early),
             );
         }
         if !owned {

@@ -9,9 +9,9 @@
 //! writes and deletes are refused (-32000, nothing changed) until the journal has been replayed
 //! and the snapshot reloaded; plain upserts are always queued.
 
-use crate::journal::Op;
-use crate::shared::UserError;
-use crate::snapshot::Snapshot;
+use super::snapshot::Snapshot;
+use super::state::UserError;
+use crate::store::journal::Op;
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -127,7 +127,7 @@ impl Queued {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Record;
+    use crate::doc::Record;
     use serde_json::Map;
 
     fn put(id: &str, expect: Option<i64>) -> Op {

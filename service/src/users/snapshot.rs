@@ -3,60 +3,14 @@
 //! Each user is kept pre-encoded (its document plus `rev` and `updated_at`), and the encoded array
 //! of all users is cached until the next write: `get_users` without paging is a memcpy.
 
-use crate::store::Record;
+use crate::doc::{Entry, Record, text_hash};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One user as the snapshot keeps it: the object reads answer, already encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub rev: i64,
-    /// The document with `rev` and `updated_at` appended.
-    pub json: Bytes,
-    /// Hash of the client's document (no rev/updated_at): tells an unchanged re-upload apart.
-    pub doc_hash: u64,
-}
-
-impl Entry {
-    /// From a document's compact JSON text as the store keeps it (`serde_json::to_string` of
-    /// the validated object, so without `rev` and `updated_at`): no parsing, `rev` and
-    /// `updated_at` are appended to the text. `None` when the text is not an object's.
-    pub fn from_doc_text(doc: &str, rev: i64, updated_at: &str) -> Option<Entry> {
-        let inner = doc.trim().strip_prefix('{')?.strip_suffix('}')?;
-        let updated_at = serde_json::to_string(updated_at).ok()?;
-        let mut json = Vec::with_capacity(doc.len() + updated_at.len() + 40);
-        json.push(b'{');
-        json.extend_from_slice(inner.as_bytes());
-        if !inner.trim().is_empty() {
-            json.push(b',');
-        }
-        json.extend_from_slice(b"\"rev\":");
-        json.extend_from_slice(rev.to_string().as_bytes());
-        json.extend_from_slice(b",\"updated_at\":");
-        json.extend_from_slice(updated_at.as_bytes());
-        json.push(b'}');
-        Some(Entry {
-            rev,
-            json: Bytes::from(json),
-            doc_hash: text_hash(doc),
-        })
-    }
-
-    pub fn from_record(rec: &Record) -> Entry {
-        let text = serde_json::to_string(&rec.doc).unwrap_or_else(|_| "{}".into());
-        // The text of a serialized map is an object's.
-        Entry::from_doc_text(&text, rec.rev, &rec.updated_at).unwrap_or(Entry {
-            rev: rec.rev,
-            json: Bytes::from_static(b"{}"),
-            doc_hash: 0,
-        })
-    }
-}
-
-/// What the local copy has not yet recorded (`snapshot_file.rs`).
+/// What the local copy has not yet recorded (`store/local_copy.rs`).
 #[derive(Debug)]
 pub enum Unsaved {
     /// Everything: the snapshot was replaced whole.
@@ -94,16 +48,8 @@ fn span(e: &Entry) -> usize {
 #[derive(Default)]
 pub struct Snapshot {
     inner: RwLock<Inner>,
-    /// Bumped by every change: tells whether the local copy (`snapshot_file.rs`) is behind.
+    /// Bumped by every change: tells whether the local copy (`store/local_copy.rs`) is behind.
     generation: AtomicU64,
-}
-
-/// The hash `Entry::doc_hash` holds for a document's compact text.
-fn text_hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 impl Snapshot {
@@ -116,6 +62,8 @@ impl Snapshot {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// For tests: every user from records.
+    #[cfg(test)]
     pub fn replace_all(&self, records: &[Record]) {
         self.replace_entries(
             records
@@ -239,10 +187,6 @@ impl Snapshot {
 
     pub fn len(&self) -> usize {
         self.read().users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The length of the JSON array of every user (`all`), without building it.

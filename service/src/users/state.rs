@@ -1,12 +1,13 @@
-//! The state the write path (`commit.rs`), the supervisor (`supervise.rs`) and the follower
+//! The state the committer (`commit.rs`), the supervisor (`supervise.rs`) and the follower
 //! (`follow.rs`) share, and the words they answer in (`Written`, `UserError`).
 
-use crate::breaker::{Breaker, BreakerState};
-use crate::journal::{JournalError, Op};
-use crate::snapshot::Snapshot;
-use crate::store::{Expect, Record, Store, StoreError, WriteDoc};
-use crate::validate::Invalid;
-use crate::writer::{Change, Writer};
+use super::breaker::{Breaker, BreakerState};
+use super::snapshot::Snapshot;
+use super::validate::Invalid;
+use crate::doc::{Record, WriteDoc};
+use crate::store::journal::{JournalError, Op};
+use crate::store::writer::{Change, Writer};
+use crate::store::{Expect, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,8 +75,11 @@ pub struct Stats {
     pub write_batches: BatchSizes,
 }
 
-/// Upper bounds of the write-batch size buckets (the committer takes at most 256 at once).
-pub const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+/// Most writes committed in one transaction (and replayed per transaction).
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// Upper bounds of the write-batch size buckets (the committer takes at most [`MAX_BATCH`]).
+pub const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, MAX_BATCH as u64];
 
 /// A histogram of batch sizes, kept as plain atomics so the write path knows nothing of the
 /// exposition format (`prometheus.rs` reads it at scrape time).
@@ -139,17 +143,17 @@ pub(crate) struct Shared {
     pub writer: tokio::sync::Mutex<Writer>,
     pub breaker: std::sync::Mutex<Breaker>,
     /// `None` until this process owns it (`ownership`).
-    pub journal: std::sync::Mutex<Option<crate::journal::Journal>>,
+    pub journal: std::sync::Mutex<Option<crate::store::journal::Journal>>,
     pub journal_path: PathBuf,
     pub ownership: tokio::sync::watch::Sender<Ownership>,
     /// What the queued writes will leave: conditional writes are checked against it.
-    pub queued: std::sync::Mutex<crate::queued::Queued>,
+    pub queued: std::sync::Mutex<super::queued::Queued>,
     pub copy: PathBuf,
     /// The snapshot generation the copy holds (`u64::MAX`: none written by this process).
     pub copied: AtomicU64,
     /// The copy on disk as this process last wrote it (`None`: no base written yet). Held for
     /// a whole save: the supervisor's and the shutdown's saves must not interleave.
-    pub copy_state: tokio::sync::Mutex<Option<crate::snapshot_file::CopyState>>,
+    pub copy_state: tokio::sync::Mutex<Option<crate::store::local_copy::CopyState>>,
     /// Set by a cold start; cleared once the store answered and the snapshot came from it.
     pub from_copy: AtomicBool,
     /// Set by `Users::close`: the supervisor and the follower stop.
@@ -162,10 +166,6 @@ pub(crate) struct Shared {
 // Poisoned locks only mean a panic elsewhere; the plain data inside is still consistent.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn expect_of(expect: Option<i64>) -> Expect {
@@ -257,9 +257,9 @@ impl Shared {
         &self,
         op: &Op,
         updated_at: &str,
-        applied: crate::writer::Applied,
+        applied: crate::store::writer::Applied,
     ) -> Result<Written, UserError> {
-        use crate::writer::Applied;
+        use crate::store::writer::Applied;
         let record = |id: &String, doc: &serde_json::Map<_, _>, rev| Record {
             id: id.clone(),
             rev,

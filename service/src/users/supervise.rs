@@ -1,15 +1,15 @@
 //! The supervisor: while the store is unreachable or writes are queued, probe it after each
 //! backoff; when it answers, replay the journal in order (a transaction per batch) and close the
-//! breaker. It also keeps the snapshot's local copy (`snapshot_file.rs`) up to date. It does
+//! breaker. It also keeps the snapshot's local copy (`store/local_copy.rs`) up to date. It does
 //! nothing before this process owns the journal: the copy and the replay are the owner's.
 
-use crate::commit::MAX_BATCH;
-use crate::journal::JournalError;
-use crate::shared::{Shared, UserError, change_of, lock, now};
-use crate::snapshot::Unsaved;
-use crate::snapshot_file::{self, CopyError, CopyState};
+use super::snapshot::Unsaved;
+use super::state::{MAX_BATCH, Shared, UserError, change_of, lock};
+use crate::doc::now;
 use crate::store::StoreError;
-use crate::writer::{Applied, Change, Writer};
+use crate::store::journal::JournalError;
+use crate::store::local_copy::{self, CopyError, CopyState};
+use crate::store::writer::{Applied, Change, Writer};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -114,7 +114,7 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
             .store(journal.quarantined(), Ordering::Relaxed);
         entries
     };
-    let rewrite = |rest: &[crate::journal::Entry]| -> Result<(), JournalError> {
+    let rewrite = |rest: &[crate::store::journal::Entry]| -> Result<(), JournalError> {
         lock(&shared.journal)
             .as_mut()
             .ok_or_else(not_owned)?
@@ -172,7 +172,7 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
 /// holds this snapshot already, the snapshot came from the copy or may be behind the store, or
 /// another process owns the journal (and with it the copy beside it). The users changed since the last save are appended
 /// to the copy's log; the whole base is written only at first, after a reload, and when the log
-/// has outgrown half of it (`snapshot_file.rs`).
+/// has outgrown half of it (`store/local_copy.rs`).
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {
     let mut saving = shared.copy_state.lock().await;
     let generation = shared.snapshot.generation();
@@ -233,7 +233,7 @@ fn save_blocking(
             ids.sort_unstable();
             ids.dedup();
             let changes = shared.snapshot.lookup(&ids);
-            match snapshot_file::append_log(path, &mut state, &changes) {
+            match local_copy::append_log(path, &mut state, &changes) {
                 Ok(()) => {
                     tracing::debug!(users = changes.len(), ms = started.elapsed().as_millis() as u64,
                         copy = %path.display(), "local snapshot copy: changes logged");
@@ -247,7 +247,7 @@ fn save_blocking(
             // Read in chunks: no lock is held for long, and a write in between is in the log
             // that follows this base (`take_unsaved` started it afresh).
             let written =
-                snapshot_file::write_base(path, |after| shared.snapshot.chunk(after, COPY_CHUNK));
+                local_copy::write_base(path, |after| shared.snapshot.chunk(after, COPY_CHUNK));
             if let Ok(state) = &written {
                 tracing::debug!(users = shared.snapshot.len(), bytes = state.base_bytes,
                     ms = started.elapsed().as_millis() as u64, copy = %path.display(),

@@ -1,5 +1,6 @@
 //! What a client may send as a user: one object, an id we can key on, no server-owned fields.
 
+use crate::doc::DocText;
 use serde_json::{Map, Value};
 
 pub const MAX_ID_LEN: usize = 256;
@@ -20,52 +21,6 @@ pub struct Invalid(pub String);
 pub struct NewUser {
     pub id: String,
     pub doc: Map<String, Value>,
-}
-
-/// A validated user document as its compact JSON text: what a bulk write (and the journal, the
-/// store) keeps of each user. Text costs about its size; a parsed map many times that, which
-/// matters for a large pull or `put_users`.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(transparent)]
-pub struct DocText(Box<serde_json::value::RawValue>);
-
-/// Read back through a parsed value: a raw value cannot be taken from serde's buffered content,
-/// which is what a journal entry (an internally tagged enum) hands its fields.
-impl<'de> serde::Deserialize<'de> for DocText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Self::new(&Map::deserialize(d)?))
-    }
-}
-
-impl DocText {
-    pub fn new(doc: &Map<String, Value>) -> Self {
-        // A map of JSON values always encodes; the fallback is never taken.
-        Self(
-            serde_json::value::to_raw_value(doc)
-                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
-        )
-    }
-
-    /// Its compact JSON text (the same text `serde_json::to_string` gives the map).
-    pub fn as_str(&self) -> &str {
-        self.0.get()
-    }
-
-    /// The text itself, not copied.
-    pub fn into_string(self) -> String {
-        Box::<str>::from(self.0).into_string()
-    }
-
-    /// The document parsed back (one at a time, where a map is needed).
-    pub fn to_map(&self) -> Map<String, Value> {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
-}
-
-impl PartialEq for DocText {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
 }
 
 impl NewUser {

@@ -1,0 +1,9 @@
+//! The request path: HTTP (axum middleware, one job per layer) → the JSON-RPC envelope → the
+//! methods, which turn params into calls on [`crate::users::Users`]; and `GET /metrics`, whose
+//! figures the dispatcher counts as it answers.
+
+pub(crate) mod access_log;
+pub mod http;
+pub mod methods;
+pub mod prometheus;
+pub mod rpc;
