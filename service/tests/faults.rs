@@ -125,7 +125,7 @@ impl Service {
     /// `kill -9` of the serving process, whoever started it; returns once it is gone.
     fn kill(&mut self) {
         let pid = self.pid().expect("a serving pid");
-        signal(pid, libc::SIGKILL);
+        testbed::signal(pid, libc::SIGKILL);
         eventually("the killed server is gone", Duration::from_secs(10), || {
             !service::lifecycle::pidfile::is_alive(pid)
         });
@@ -207,22 +207,9 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
-            signal(pid, libc::SIGKILL);
+            testbed::signal(pid, libc::SIGKILL);
         }
     }
-}
-
-fn signal(pid: u32, sig: i32) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    // The process may have exited on its own meanwhile; anything else is a broken test.
-    assert!(
-        status.success() || !service::lifecycle::pidfile::is_alive(pid),
-        "kill -{sig} {pid} failed"
-    );
 }
 
 /// Records every revision the database applies, in commit order (one committer at a time, so

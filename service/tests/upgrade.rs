@@ -81,7 +81,7 @@ impl Site {
 impl Drop for Site {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
-            signal(pid, libc::SIGKILL);
+            testbed::signal(pid, libc::SIGKILL);
         }
     }
 }
@@ -105,13 +105,6 @@ fn run(program: &Path, args: &[&str]) -> Output {
 /// The binary under test itself, not the site's bin/usersvc (which a test may swap).
 fn cli(args: &[&str]) -> Output {
     run(Path::new(env!("CARGO_BIN_EXE_usersvc")), args)
-}
-
-fn signal(pid: u32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
 }
 
 fn alive(pid: u32) -> bool {
@@ -274,7 +267,7 @@ fn stale_pid_file_and_missing_pid_file() {
     let site = Site::new();
     assert!(site.usersvc(&["upgrade", "--start"]).status.success());
     let pid = site.pid().expect("pid");
-    signal(pid, libc::SIGKILL);
+    testbed::signal(pid, libc::SIGKILL);
     eventually("killed", Duration::from_secs(5), || !alive(pid));
     let out = site.usersvc(&["upgrade"]);
     assert_eq!(out.status.code(), Some(1));
@@ -492,5 +485,5 @@ fn relative_paths_follow_the_config_file_across_releases() {
         || pg.psql("SELECT count(*) FROM users WHERE id LIKE 'q%'") == queued.to_string(),
     );
     let pid = std::fs::read_to_string(shared.join("usersvc.pid")).expect("pid");
-    signal(pid.trim().parse().expect("pid"), libc::SIGKILL);
+    testbed::signal(pid.trim().parse().expect("pid"), libc::SIGKILL);
 }

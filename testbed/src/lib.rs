@@ -19,5 +19,5 @@ pub mod usersvc;
 pub mod writers;
 
 pub use postgres::Postgres;
-pub use process::{Peer, eventually, is_root, workspace_root};
+pub use process::{Peer, eventually, is_root, signal, workspace_root};
 pub use usersvc::Usersvc;

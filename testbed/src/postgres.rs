@@ -165,9 +165,7 @@ impl Postgres {
             .and_then(|l| l.trim().parse().ok())
             .unwrap_or_else(|| panic!("{}: no pid on its first line", pid_file.display()));
         for pid in std::iter::once(postmaster).chain(crate::process::descendants(postmaster)) {
-            // SAFETY: kill(2) with a pid read from the server's own pid file and /proc.
-            #[allow(unsafe_code)]
-            let _ = unsafe { libc::kill(pid as libc::pid_t, sig) };
+            crate::process::signal(pid, sig);
         }
     }
 

@@ -8,10 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::geteuid() == 0
+    nix::unistd::geteuid().is_root()
+}
+
+/// Sends `sig` to `pid`: `false` when no such process is left (it exited meanwhile). Any other
+/// failure (a bad signal number, no permission) is a broken test and panics.
+pub fn signal(pid: u32, sig: i32) -> bool {
+    use nix::sys::signal::{Signal, kill};
+    let sig = Signal::try_from(sig).unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    match kill(pid, sig) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::ESRCH) => false,
+        Err(e) => panic!("kill -{sig} {pid}: {e}"),
     }
 }
 
@@ -91,14 +100,13 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
 
 /// Makes `cmd`'s child receive SIGKILL when the thread that spawned it dies.
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    // SAFETY: std's pre_exec is unsafe because the closure runs between fork and exec; prctl
+    // is async-signal-safe and touches only the child's own state.
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
         })
     }
 }
@@ -207,9 +215,7 @@ impl Peer {
 
     pub fn signal(&self, sig: i32) {
         if self.exited.is_none() {
-            // SAFETY: kill(2) on our own child's pid.
-            #[allow(unsafe_code)]
-            let _ = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+            signal(self.child.id(), sig);
         }
     }
 
@@ -236,9 +242,7 @@ impl Peer {
     pub fn kill_tree(&mut self) {
         if self.exited.is_none() {
             for p in descendants(self.child.id()) {
-                // SAFETY: kill(2) on processes this test started.
-                #[allow(unsafe_code)]
-                let _ = unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+                signal(p, libc::SIGKILL);
             }
         }
         self.kill();
