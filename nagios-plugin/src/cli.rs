@@ -225,31 +225,10 @@ fn fresh_id() -> Value {
 }
 
 impl Args {
-    /// Checks the arguments as a whole and builds the check.
+    /// Checks the arguments as a whole and builds the check: each phase below reads the raw
+    /// arguments it owns and returns them checked (ripgrep's low → high arguments).
     pub(crate) fn into_config(self) -> Result<CheckConfig, String> {
-        let url = if self.url.starts_with("http://") || self.url.starts_with("https://") {
-            self.url.clone()
-        } else {
-            let host = match (&self.hostname, &self.ip_address) {
-                (Some(h), _) => h.clone(),
-                (None, Some(IpAddr::V6(ip))) => format!("[{ip}]"),
-                (None, Some(ip)) => ip.to_string(),
-                (None, None) => {
-                    return Err("-H/--hostname (or -I, or a full URL in -u) is required".into());
-                }
-            };
-            if host.contains('/') || host.contains(' ') {
-                return Err(format!("-H {host:?} is not a host name"));
-            }
-            let scheme = if self.ssl { "https" } else { "http" };
-            let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
-            let path = if self.url.starts_with('/') {
-                self.url.clone()
-            } else {
-                format!("/{}", self.url)
-            };
-            format!("{scheme}://{host}{port}{path}")
-        };
+        let url = self.url()?;
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 86_400.0) {
             return Err(format!("-t {}: must be seconds above 0", self.timeout));
         }
@@ -259,6 +238,73 @@ impl Args {
                 self.timeout_state
             )
         })?;
+        let headers = self.headers()?;
+        let (params, id) = (self.params()?, self.id()?);
+        let expected = self.expectations()?;
+        let cert_days = self.certificate_days(&url)?;
+        self.check_proxy(cert_days.is_some())?;
+        Ok(CheckConfig {
+            url,
+            connect_ip: self.ip_address,
+            ip_family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(IpFamily::V4),
+                (_, true) => Some(IpFamily::V6),
+                _ => None,
+            },
+            timeout: Duration::from_secs_f64(self.timeout),
+            timeout_state,
+            insecure: self.insecure,
+            client_cert: self.client_cert.map(|cert| {
+                let key = self.client_key.unwrap_or_else(|| cert.clone());
+                (cert, key)
+            }),
+            ca_file: self.ca_file,
+            proxy: self.proxy,
+            cert_days,
+            headers,
+            method: self.method,
+            params,
+            id,
+            warning: range("-w", &self.warning)?,
+            critical: range("-c", &self.critical)?,
+            assertions: expected.assertions,
+            measure: expected.measure,
+            value_warning: expected.value_warning,
+            value_critical: expected.value_critical,
+            label: self.label,
+            max_size: self.max_size,
+            verbose: self.verbose,
+        })
+    }
+
+    /// `-u` as given when it is a full URL, else built from `-H`/`-I`, `-S`, `-p` and `-u`'s path.
+    fn url(&self) -> Result<String, String> {
+        if self.url.starts_with("http://") || self.url.starts_with("https://") {
+            return Ok(self.url.clone());
+        }
+        let host = match (&self.hostname, &self.ip_address) {
+            (Some(h), _) => h.clone(),
+            (None, Some(IpAddr::V6(ip))) => format!("[{ip}]"),
+            (None, Some(ip)) => ip.to_string(),
+            (None, None) => {
+                return Err("-H/--hostname (or -I, or a full URL in -u) is required".into());
+            }
+        };
+        if host.contains('/') || host.contains(' ') {
+            return Err(format!("-H {host:?} is not a host name"));
+        }
+        let scheme = if self.ssl { "https" } else { "http" };
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let path = if self.url.starts_with('/') {
+            self.url.clone()
+        } else {
+            format!("/{}", self.url)
+        };
+        Ok(format!("{scheme}://{host}{port}{path}"))
+    }
+
+    /// Basic (`-a` or its file), bearer (`--bearer` or its file), then each `-k`.
+    fn headers(&self) -> Result<Vec<(String, String)>, String> {
         let mut headers = Vec::new();
         let authorization = match &self.authorization_file {
             Some(path) => Some(secret("--authorization-file", path)?),
@@ -287,21 +333,32 @@ impl Args {
                 .ok_or_else(|| format!("-k {h:?}: write \"Name: value\""))?;
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
-        let params = match &self.params {
-            None => None,
+        Ok(headers)
+    }
+
+    fn params(&self) -> Result<Option<Value>, String> {
+        match &self.params {
+            None => Ok(None),
             Some(p) => match serde_json::from_str::<Value>(p) {
-                Ok(v @ (Value::Array(_) | Value::Object(_))) => Some(v),
-                Ok(_) => return Err("--params must be a JSON array or object".into()),
-                Err(e) => return Err(format!("--params is not JSON: {e}")),
+                Ok(v @ (Value::Array(_) | Value::Object(_))) => Ok(Some(v)),
+                Ok(_) => Err("--params must be a JSON array or object".into()),
+                Err(e) => Err(format!("--params is not JSON: {e}")),
             },
-        };
-        let id = match &self.id {
-            None => fresh_id(),
+        }
+    }
+
+    fn id(&self) -> Result<Value, String> {
+        match &self.id {
+            None => Ok(fresh_id()),
             Some(s) => match serde_json::from_str::<Value>(s) {
-                Ok(v @ (Value::Number(_) | Value::String(_))) => v,
-                _ => return Err(format!("--id {s:?}: a JSON number or a quoted string")),
+                Ok(v @ (Value::Number(_) | Value::String(_))) => Ok(v),
+                _ => Err(format!("--id {s:?}: a JSON number or a quoted string")),
             },
-        };
+        }
+    }
+
+    /// `--expect`, `--expect-type`, and `--value`/`--count` with their thresholds.
+    fn expectations(&self) -> Result<Expected, String> {
         let mut assertions = Vec::new();
         for e in &self.expect {
             assertions.push(Assertion::parse_equals(e)?);
@@ -309,9 +366,9 @@ impl Args {
         for e in &self.expect_type {
             assertions.push(Assertion::parse_type(e)?);
         }
-        let measure = match (self.value, self.count) {
-            (Some(p), _) => Some(Measure::Value(p)),
-            (None, Some(p)) => Some(Measure::Count(p)),
+        let measure = match (&self.value, &self.count) {
+            (Some(p), _) => Some(Measure::Value(p.clone())),
+            (None, Some(p)) => Some(Measure::Count(p.clone())),
             (None, None) => None,
         };
         if let Some(m) = &measure {
@@ -322,6 +379,16 @@ impl Args {
         if measure.is_none() && (value_warning.is_some() || value_critical.is_some()) {
             return Err("--value-warning/--value-critical need --value or --count".into());
         }
+        Ok(Expected {
+            assertions,
+            measure,
+            value_warning,
+            value_critical,
+        })
+    }
+
+    /// `-C`, which needs https.
+    fn certificate_days(&self, url: &str) -> Result<Option<CertDays>, String> {
         let cert_days = self
             .certificate
             .as_deref()
@@ -330,58 +397,38 @@ impl Args {
         if cert_days.is_some() && !url.starts_with("https://") {
             return Err("-C needs https: add -S, or give an https:// URL in -u".into());
         }
-        let client_cert = self.client_cert.map(|cert| {
-            let key = self.client_key.unwrap_or_else(|| cert.clone());
-            (cert, key)
-        });
-        if let Some(p) = &self.proxy {
-            let shown = without_password(p);
-            if !(p.starts_with("http://") || p.starts_with("https://")) {
-                return Err(format!(
-                    "--proxy {shown:?}: write http://HOST:PORT (user:password@ before the host if it asks)"
-                ));
-            }
-            if self.ip_address.is_some() {
-                return Err(
-                    "-I and --proxy exclude each other: the proxy connects to the host".into(),
-                );
-            }
-            if cert_days.is_some() && p.starts_with("https://") {
-                return Err(format!(
-                    "--proxy {shown:?}: -C checks the certificate through an http:// proxy only"
-                ));
-            }
-        }
-        Ok(CheckConfig {
-            url,
-            connect_ip: self.ip_address,
-            ip_family: match (self.ipv4, self.ipv6) {
-                (true, _) => Some(IpFamily::V4),
-                (_, true) => Some(IpFamily::V6),
-                _ => None,
-            },
-            timeout: Duration::from_secs_f64(self.timeout),
-            timeout_state,
-            insecure: self.insecure,
-            ca_file: self.ca_file,
-            client_cert,
-            proxy: self.proxy,
-            cert_days,
-            headers,
-            method: self.method,
-            params,
-            id,
-            warning: range("-w", &self.warning)?,
-            critical: range("-c", &self.critical)?,
-            assertions,
-            measure,
-            value_warning,
-            value_critical,
-            label: self.label,
-            max_size: self.max_size,
-            verbose: self.verbose,
-        })
+        Ok(cert_days)
     }
+
+    /// `--proxy`: an http(s) URL, not with `-I`, and only through http:// with `-C`.
+    fn check_proxy(&self, checks_certificate: bool) -> Result<(), String> {
+        let Some(p) = &self.proxy else {
+            return Ok(());
+        };
+        let shown = without_password(p);
+        if !(p.starts_with("http://") || p.starts_with("https://")) {
+            return Err(format!(
+                "--proxy {shown:?}: write http://HOST:PORT (user:password@ before the host if it asks)"
+            ));
+        }
+        if self.ip_address.is_some() {
+            return Err("-I and --proxy exclude each other: the proxy connects to the host".into());
+        }
+        if checks_certificate && p.starts_with("https://") {
+            return Err(format!(
+                "--proxy {shown:?}: -C checks the certificate through an http:// proxy only"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the result must hold: `--expect*` and the measured value's thresholds.
+struct Expected {
+    assertions: Vec<Assertion>,
+    measure: Option<Measure>,
+    value_warning: Option<Range>,
+    value_critical: Option<Range>,
 }
 
 /// How argument handling ended when it did not produce a check.

@@ -7,6 +7,7 @@ use crate::config::CheckConfig;
 use crate::envelope::{self, Answer};
 use crate::outcome::Outcome;
 use plugin_api::{Perf, State, judge, num};
+use serde_json::Value;
 
 fn is_json_type(ct: &str) -> bool {
     let mime = ct
@@ -31,16 +32,43 @@ pub fn evaluate(
         .thresholds(cfg.warning.as_ref(), cfg.critical.as_ref())
         .bounds(Some(0.0), Some(cfg.timeout.as_secs_f64()));
     let size_perf = Perf::new("size", body.len() as f64, "B").bounds(Some(0.0), None);
-    let perfdata = vec![time_perf, size_perf];
-    let fail = |state: State, why: String| Outcome {
-        state,
-        summary: why,
-        perfdata: perfdata.clone(),
-        details: Vec::new(),
+    let mut perfdata = vec![time_perf, size_perf];
+    let result = match result_of(cfg, status, reason, content_type, body) {
+        Ok(result) => result,
+        Err(why) => {
+            return Outcome {
+                state: State::Critical,
+                summary: why,
+                perfdata,
+                details: Vec::new(),
+            };
+        }
     };
+    let mut verdict = Verdict::new();
+    verdict.assertions(cfg, &result);
+    perfdata.extend(verdict.measure(cfg, &result));
+    verdict.response_time(cfg, elapsed);
+    Outcome {
+        state: verdict.state,
+        summary: verdict.summary(cfg, &result, elapsed),
+        perfdata,
+        details: Vec::new(),
+    }
+}
+
+/// The call's result, or why the answer is CRITICAL before any expectation is looked at: a
+/// non-2xx status, a body that is not JSON, a broken envelope, or a JSON-RPC error.
+fn result_of(
+    cfg: &CheckConfig,
+    status: u16,
+    reason: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Value, String> {
     if !(200..300).contains(&status) {
-        let reason = reason.unwrap_or("");
-        let http = format!("HTTP {status} {reason}").trim_end().to_owned();
+        let http = format!("HTTP {status} {}", reason.unwrap_or(""))
+            .trim_end()
+            .to_owned();
         // Some servers (legacy bitcoind) answer a JSON-RPC error with a non-2xx status: its
         // code and message say what went wrong, the status alone does not.
         if let Ok(Answer::Error {
@@ -49,22 +77,15 @@ pub fn evaluate(
             data,
         }) = envelope::validate(body, &cfg.id)
         {
-            let data = data
-                .map(|d| format!(" ({})", brief(&d)))
-                .unwrap_or_default();
-            return fail(
-                State::Critical,
-                format!(
-                    "{}: JSON-RPC error {code}: {message}{data} ({http})",
-                    cfg.method
-                ),
-            );
+            let error = rpc_error(cfg, code, &message, data.as_ref());
+            return Err(format!("{error} ({http})"));
         }
-        let mut why = http;
         if !content_type.is_empty() && !is_json_type(content_type) {
-            why.push_str(&format!(" ({content_type} body, not a JSON-RPC response)"));
+            return Err(format!(
+                "{http} ({content_type} body, not a JSON-RPC response)"
+            ));
         }
-        return fail(State::Critical, why);
+        return Err(http);
     }
     if !is_json_type(content_type) {
         let shown = if content_type.is_empty() {
@@ -72,108 +93,118 @@ pub fn evaluate(
         } else {
             content_type
         };
-        return fail(
-            State::Critical,
-            format!("HTTP {status} but Content-Type is {shown}, not application/json"),
-        );
+        return Err(format!(
+            "HTTP {status} but Content-Type is {shown}, not application/json"
+        ));
     }
-    let answer = match envelope::validate(body, &cfg.id) {
-        Ok(a) => a,
-        Err(v) => return fail(State::Critical, v.to_string()),
-    };
-    let result = match answer {
-        Answer::Result(r) => r,
+    match envelope::validate(body, &cfg.id).map_err(|v| v.to_string())? {
+        Answer::Result(result) => Ok(result),
         Answer::Error {
             code,
             message,
             data,
-        } => {
-            let data = data
-                .map(|d| format!(" ({})", brief(&d)))
-                .unwrap_or_default();
-            return fail(
-                State::Critical,
-                format!("{}: JSON-RPC error {code}: {message}{data}", cfg.method),
-            );
-        }
-    };
+        } => Err(rpc_error(cfg, code, &message, data.as_ref())),
+    }
+}
 
-    let mut state = State::Ok;
-    let mut problems = Vec::new();
-    let mut perfdata = perfdata;
-    for a in &cfg.assertions {
-        if let Some(why) = a.failure(&result) {
-            state = state.worst(State::Critical);
-            problems.push(why);
+fn rpc_error(cfg: &CheckConfig, code: i64, message: &str, data: Option<&Value>) -> String {
+    let data = data.map(|d| format!(" ({})", brief(d))).unwrap_or_default();
+    format!("{}: JSON-RPC error {code}: {message}{data}", cfg.method)
+}
+
+/// The checks of a result, each adding to the state and to what the summary says.
+struct Verdict {
+    state: State,
+    problems: Vec<String>,
+    /// The measured value's line, when within its thresholds.
+    measured: Option<String>,
+}
+
+impl Verdict {
+    fn new() -> Self {
+        Self {
+            state: State::Ok,
+            problems: Vec::new(),
+            measured: None,
         }
     }
-    let mut measured = None;
-    if let Some(m) = &cfg.measure {
+
+    fn fails(&mut self, state: State, why: String) {
+        self.state = self.state.worst(state);
+        self.problems.push(why);
+    }
+
+    /// `--expect*`: each one not met is CRITICAL.
+    fn assertions(&mut self, cfg: &CheckConfig, result: &Value) {
+        for a in &cfg.assertions {
+            if let Some(why) = a.failure(result) {
+                self.fails(State::Critical, why);
+            }
+        }
+    }
+
+    /// `--value`/`--count` against their thresholds; its perfdata when there is a value.
+    fn measure(&mut self, cfg: &CheckConfig, result: &Value) -> Option<Perf> {
+        let m = cfg.measure.as_ref()?;
+        let v = match m.extract(result) {
+            Ok(v) => v,
+            Err(why) => {
+                self.fails(State::Critical, why);
+                return None;
+            }
+        };
+        let what = match m {
+            Measure::Value(p) => show(p).to_owned(),
+            Measure::Count(p) => format!("count({})", show(p)),
+        };
+        let (state, range) = judge(v, cfg.value_warning.as_ref(), cfg.value_critical.as_ref());
+        let note = range
+            .map(|r| format!(" (outside {} range {r})", range_name(state)))
+            .unwrap_or_default();
+        let line = format!("{what} = {}{note}", num(v));
+        if state == State::Ok {
+            self.measured = Some(line);
+        } else {
+            self.fails(state, line);
+        }
         let label = cfg
             .label
             .clone()
             .unwrap_or_else(|| m.default_label().to_owned());
-        match m.extract(&result) {
-            Ok(v) => {
-                let what = match m {
-                    Measure::Value(p) => show(p).to_owned(),
-                    Measure::Count(p) => format!("count({})", show(p)),
-                };
-                let (s, range) = judge(v, cfg.value_warning.as_ref(), cfg.value_critical.as_ref());
-                let note = range
-                    .map(|r| format!(" (outside {} range {r})", range_name(s)))
-                    .unwrap_or_default();
-                let line = format!("{what} = {}{note}", num(v));
-                if s == State::Ok {
-                    measured = Some(line);
-                } else {
-                    problems.push(line);
-                }
-                state = state.worst(s);
-                perfdata.push(
-                    Perf::new(label, v, "")
-                        .thresholds(cfg.value_warning.as_ref(), cfg.value_critical.as_ref()),
-                );
-            }
-            Err(why) => {
-                state = state.worst(State::Critical);
-                problems.push(why);
-            }
-        }
-    }
-    let (time_state, _) = judge(elapsed, cfg.warning.as_ref(), cfg.critical.as_ref());
-    if time_state != State::Ok {
-        let flag = if time_state == State::Critical {
-            "-c"
-        } else {
-            "-w"
-        };
-        problems.push(format!("response time {elapsed:.3} s outside {flag} range"));
-        state = state.worst(time_state);
+        Some(
+            Perf::new(label, v, "")
+                .thresholds(cfg.value_warning.as_ref(), cfg.value_critical.as_ref()),
+        )
     }
 
-    let mut summary = if problems.is_empty() {
-        let mut s = format!("{} returned {}", cfg.method, brief(&result));
-        if let Some(m) = measured {
-            s = format!("{} returned, {m}", cfg.method);
+    /// `-w`/`-c` on the response time.
+    fn response_time(&mut self, cfg: &CheckConfig, elapsed: f64) {
+        let (state, _) = judge(elapsed, cfg.warning.as_ref(), cfg.critical.as_ref());
+        if state != State::Ok {
+            let flag = if state == State::Critical { "-c" } else { "-w" };
+            self.fails(
+                state,
+                format!("response time {elapsed:.3} s outside {flag} range"),
+            );
         }
-        if !cfg.assertions.is_empty() {
+    }
+
+    /// The first line: what went wrong, or what was returned and met.
+    fn summary(&self, cfg: &CheckConfig, result: &Value, elapsed: f64) -> String {
+        let mut s = if !self.problems.is_empty() {
+            format!("{}: {}", cfg.method, self.problems.join(", "))
+        } else if let Some(m) = &self.measured {
+            format!("{} returned, {m}", cfg.method)
+        } else {
+            format!("{} returned {}", cfg.method, brief(result))
+        };
+        if self.problems.is_empty() && !cfg.assertions.is_empty() {
             let n = cfg.assertions.len();
-            s.push_str(&format!(
-                ", {n} expectation{} met",
-                if n == 1 { "" } else { "s" }
-            ));
+            let plural = if n == 1 { "" } else { "s" };
+            s.push_str(&format!(", {n} expectation{plural} met"));
         }
+        s.push_str(&format!(" in {elapsed:.3} s"));
         s
-    } else {
-        format!("{}: {}", cfg.method, problems.join(", "))
-    };
-    summary.push_str(&format!(" in {elapsed:.3} s"));
-    Outcome {
-        state,
-        summary,
-        perfdata,
-        details: Vec::new(),
     }
 }
 
