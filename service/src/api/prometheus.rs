@@ -255,140 +255,162 @@ impl Collector for Scraped {
             pull,
             release,
         } = &self.0;
-        let mut build = e.encode_descriptor(
-            "usersvc_build_info",
-            "The running build: always 1, its version, revision and release as labels",
-            None,
-            MetricType::Gauge,
-        )?;
-        // The encoder writes label values as they are: a quote in a REVISION file would break
-        // every scrape, so they are escaped here.
-        let labels = [
-            ("version", label_text(crate::release::VERSION)),
-            (
-                "revision",
-                label_text(release.revision.as_deref().unwrap_or("")),
-            ),
-            ("release", label_text(release.name.as_deref().unwrap_or(""))),
-        ];
-        ConstGauge::new(1i64).encode(build.encode_family(&labels)?)?;
-
-        let d = users.degradation();
-        let mut breaker = e.encode_descriptor(
-            "usersvc_breaker_state",
-            "The store's circuit breaker: 1 for its current state",
-            None,
-            MetricType::Gauge,
-        )?;
-        for state in ["closed", "open", "half-open"] {
-            let value = i64::from(d.breaker.as_str() == state);
-            ConstGauge::new(value).encode(breaker.encode_family(&[("state", state)])?)?;
-        }
-        gauge(
-            &mut e,
-            "usersvc_journal_depth",
-            "Writes queued in the journal, waiting for the store",
-            d.journal_depth as i64,
-        )?;
-        gauge(
-            &mut e,
-            "usersvc_snapshot_users",
-            "Users in the in-memory snapshot reads are served from",
-            users.count() as i64,
-        )?;
-        gauge(
-            &mut e,
-            "usersvc_snapshot_from_local_copy",
-            "1 while serving the local copy of a cold start (the store has not answered since)",
-            i64::from(d.from_copy),
-        )?;
-        if let Some((bytes, written)) = crate::store::local_copy::on_disk(users.copy_path()) {
-            gauge(
-                &mut e,
-                "usersvc_local_copy_bytes",
-                "Size of the snapshot's local copy on disk (base and log)",
-                bytes as i64,
-            )?;
-            let age = SystemTime::now()
-                .duration_since(written)
-                .unwrap_or(Duration::ZERO);
-            gauge(
-                &mut e,
-                "usersvc_local_copy_age_seconds",
-                "Time since the snapshot's local copy was last written",
-                age.as_secs_f64(),
-            )?;
-        }
-        let stats = users.stats();
-        for (name, help, value) in [
-            (
-                "usersvc_journal_queued",
-                "Writes queued in the journal while the store was unreachable",
-                &stats.queued,
-            ),
-            (
-                "usersvc_journal_replayed",
-                "Queued writes replayed into the store",
-                &stats.replayed,
-            ),
-            (
-                "usersvc_journal_replay_conflicts",
-                "Queued writes that conflicted on replay (reported, not applied)",
-                &stats.replay_conflicts,
-            ),
-            (
-                "usersvc_journal_quarantined",
-                "Journal records that could not be replayed, kept in the quarantine file",
-                &stats.quarantined,
-            ),
-        ] {
-            counter(&mut e, name, help, value.load(Ordering::Relaxed))?;
-        }
-        let (writes, per_bucket) = stats.write_batches.read();
-        let mut batches = e.encode_descriptor(
-            "usersvc_write_batch_size",
-            "Writes the committer took in one batch (one transaction, or one journal append)",
-            None,
-            MetricType::Histogram,
-        )?;
-        let buckets: Vec<(f64, u64)> = BATCH_BOUNDS
-            .iter()
-            .map(|b| *b as f64)
-            .chain([f64::MAX])
-            .zip(per_bucket)
-            .collect();
-        batches.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            writes as f64,
-            per_bucket.iter().sum(),
-            &buckets,
-            None,
-        )?;
-        gauge(
-            &mut e,
-            "usersvc_background_tasks_failed",
-            "Background tasks (committer, supervisor, puller, reporter) that stopped",
-            users.tasks().failed().len() as i64,
-        )?;
+        build_info(&mut e, release)?;
+        store_health(&mut e, users)?;
+        write_path(&mut e, users)?;
         if let Some(p) = pull {
-            let mut pulls = e.encode_descriptor(
-                "usersvc_pulls",
-                "Pulls from the upstream source, by result",
-                None,
-                MetricType::Counter,
-            )?;
-            for (result, n) in [("ok", &p.ok), ("failed", &p.failed)] {
-                ConstCounter::new(n.load(Ordering::Relaxed))
-                    .encode(pulls.encode_family(&[("result", result)])?)?;
-            }
-            counter(
-                &mut e,
-                "usersvc_pull_changed_users",
-                "Users written by pulls because they were new or different",
-                p.changed.load(Ordering::Relaxed),
-            )?;
+            pulls(&mut e, p)?;
         }
         Ok(())
     }
+}
+
+type Written = Result<(), std::fmt::Error>;
+
+/// `usersvc_build_info`: what runs.
+fn build_info(e: &mut DescriptorEncoder, release: &Release) -> Written {
+    let mut build = e.encode_descriptor(
+        "usersvc_build_info",
+        "The running build: always 1, its version, revision and release as labels",
+        None,
+        MetricType::Gauge,
+    )?;
+    // The encoder writes label values as they are: a quote in a REVISION file would break
+    // every scrape, so they are escaped here.
+    let labels = [
+        ("version", label_text(crate::release::VERSION)),
+        (
+            "revision",
+            label_text(release.revision.as_deref().unwrap_or("")),
+        ),
+        ("release", label_text(release.name.as_deref().unwrap_or(""))),
+    ];
+    ConstGauge::new(1i64).encode(build.encode_family(&labels)?)
+}
+
+/// The breaker, the journal's depth, the snapshot and its local copy.
+fn store_health(e: &mut DescriptorEncoder, users: &Users) -> Written {
+    let d = users.degradation();
+    let mut breaker = e.encode_descriptor(
+        "usersvc_breaker_state",
+        "The store's circuit breaker: 1 for its current state",
+        None,
+        MetricType::Gauge,
+    )?;
+    for state in ["closed", "open", "half-open"] {
+        let value = i64::from(d.breaker.as_str() == state);
+        ConstGauge::new(value).encode(breaker.encode_family(&[("state", state)])?)?;
+    }
+    gauge(
+        e,
+        "usersvc_journal_depth",
+        "Writes queued in the journal, waiting for the store",
+        d.journal_depth as i64,
+    )?;
+    gauge(
+        e,
+        "usersvc_snapshot_users",
+        "Users in the in-memory snapshot reads are served from",
+        users.count() as i64,
+    )?;
+    gauge(
+        e,
+        "usersvc_snapshot_from_local_copy",
+        "1 while serving the local copy of a cold start (the store has not answered since)",
+        i64::from(d.from_copy),
+    )?;
+    if let Some((bytes, written)) = crate::store::local_copy::on_disk(users.copy_path()) {
+        gauge(
+            e,
+            "usersvc_local_copy_bytes",
+            "Size of the snapshot's local copy on disk (base and log)",
+            bytes as i64,
+        )?;
+        let age = SystemTime::now()
+            .duration_since(written)
+            .unwrap_or(Duration::ZERO);
+        gauge(
+            e,
+            "usersvc_local_copy_age_seconds",
+            "Time since the snapshot's local copy was last written",
+            age.as_secs_f64(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The journal's counters, the committer's batch sizes and the background tasks.
+fn write_path(e: &mut DescriptorEncoder, users: &Users) -> Written {
+    let stats = users.stats();
+    for (name, help, value) in [
+        (
+            "usersvc_journal_queued",
+            "Writes queued in the journal while the store was unreachable",
+            &stats.queued,
+        ),
+        (
+            "usersvc_journal_replayed",
+            "Queued writes replayed into the store",
+            &stats.replayed,
+        ),
+        (
+            "usersvc_journal_replay_conflicts",
+            "Queued writes that conflicted on replay (reported, not applied)",
+            &stats.replay_conflicts,
+        ),
+        (
+            "usersvc_journal_quarantined",
+            "Journal records that could not be replayed, kept in the quarantine file",
+            &stats.quarantined,
+        ),
+    ] {
+        counter(e, name, help, value.load(Ordering::Relaxed))?;
+    }
+    let (writes, per_bucket) = stats.write_batches.read();
+    let mut batches = e.encode_descriptor(
+        "usersvc_write_batch_size",
+        "Writes the committer took in one batch (one transaction, or one journal append)",
+        None,
+        MetricType::Histogram,
+    )?;
+    let buckets: Vec<(f64, u64)> = BATCH_BOUNDS
+        .iter()
+        .map(|b| *b as f64)
+        .chain([f64::MAX])
+        .zip(per_bucket)
+        .collect();
+    batches.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        writes as f64,
+        per_bucket.iter().sum(),
+        &buckets,
+        None,
+    )?;
+    gauge(
+        e,
+        "usersvc_background_tasks_failed",
+        "Background tasks (committer, supervisor, puller, reporter) that stopped",
+        users.tasks().failed().len() as i64,
+    )
+}
+
+/// Pulls by result, and the users they changed.
+fn pulls(e: &mut DescriptorEncoder, p: &PullStats) -> Written {
+    let mut pulls = e.encode_descriptor(
+        "usersvc_pulls",
+        "Pulls from the upstream source, by result",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("ok", &p.ok), ("failed", &p.failed)] {
+        ConstCounter::new(n.load(Ordering::Relaxed))
+            .encode(pulls.encode_family(&[("result", result)])?)?;
+    }
+    counter(
+        e,
+        "usersvc_pull_changed_users",
+        "Users written by pulls because they were new or different",
+        p.changed.load(Ordering::Relaxed),
+    )
 }
 
 #[cfg(test)]

@@ -89,47 +89,20 @@ impl Users {
     ) -> Result<Self, OpenError> {
         let path = resilience.journal.clone();
         // First: a second server on the same journal is refused before it touches anything.
-        let owner = match Owner::acquire(&path) {
-            Ok(owner) => Some(owner),
-            Err(JournalError::Held { pid, .. }) if resilience.handover => {
-                tracing::info!(journal = %path.display(), holder = ?pid,
-                    "the previous server still owns the journal: writes wait until it releases it");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let owner = claim_journal(&path, resilience.handover)?;
         let copy = local_copy::path_for(&path);
         for file in [&path, &copy, &crate::store::journal::quarantine_path(&path)] {
             crate::atomic_file::make_private(file);
         }
-        let (store, cold) = match Store::open(url, timeout).await {
-            Ok(store) => (store, None),
-            Err(e) if e.is_unreachable() => match local_copy::read(&copy) {
-                Ok(entries) => {
-                    tracing::warn!(error = %e, copy = %copy.display(), users = entries.len(),
-                        "store unreachable: serving the local snapshot copy (stale) and queueing writes");
-                    (Store::lazy(url, timeout)?, Some(entries))
-                }
-                Err(c) => return Err(OpenError::NoCopy { store: e, copy: c }),
-            },
-            Err(e) => return Err(e.into()),
-        };
+        let (store, from_copy) = open_store(url, timeout, &copy).await?;
+        let cold = from_copy.is_some();
         let snapshot = Snapshot::default();
-        let mut early = None;
-        let cold = match cold {
+        let early = match from_copy {
             Some(users) => {
                 snapshot.replace_map(users);
-                true
+                None
             }
-            None => {
-                // Listening before the load: another instance's write during it is announced
-                // to the follower, which then needs no second full load.
-                if store.is_shared() {
-                    early = self::follow::listen(store.url(), timeout).await;
-                }
-                snapshot.replace_entries(store.load_entries().await?);
-                false
-            }
+            None => load(&store, &snapshot, timeout).await?,
         };
         let owned = owner.is_some();
         let (journal, entries) = match owner {
@@ -175,16 +148,14 @@ impl Users {
             stats,
         });
         if !entries.is_empty() && !cold {
-            tracing::warn!(
-                queued = entries.len(),
-                "replaying writes queued by an earlier run"
-            );
-            let mut writer = shared.writer.lock().await;
-            if let Err(e) = supervise::recover(&shared, &mut writer).await {
-                tracing::error!(error = %e, "replay failed; writes stay queued until the store is back");
-                lock(&shared.breaker).trip(Instant::now());
-            }
+            replay_earlier(&shared, entries.len()).await;
         }
+        Ok(Self::start(shared, early, owned))
+    }
+
+    /// Starts the committer, the supervisor, the follower (on PostgreSQL) and, while another
+    /// server still owns the journal, the wait to take it over.
+    fn start(shared: Arc<Shared>, early: Option<sqlx::postgres::PgListener>, owned: bool) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let tasks = Tasks::default();
         let committer = tasks.spawn("committer", commit::run(shared.clone(), rx));
@@ -199,14 +170,14 @@ impl Users {
             // Ends once it owns the journal: not a task that must run for good.
             tokio::spawn(take_over(shared.clone()));
         }
-        Ok(Self {
+        Self {
             shared,
             lane: Arc::new(Lane {
                 queue: std::sync::Mutex::new(Some(tx)),
                 committer: std::sync::Mutex::new(Some(committer)),
             }),
             tasks,
-        })
+        }
     }
 
     /// Stops taking writes, waits until every write already taken is answered (committed or
@@ -379,6 +350,72 @@ impl Users {
             .await
             .map_err(|_| UserError::ShuttingDown)?;
         answer.await.map_err(|_| UserError::ShuttingDown)?
+    }
+}
+
+/// The journal's lock; `None` when an upgrade's previous server still holds it (`handover`).
+fn claim_journal(path: &std::path::Path, handover: bool) -> Result<Option<Owner>, OpenError> {
+    match Owner::acquire(path) {
+        Ok(owner) => Ok(Some(owner)),
+        Err(JournalError::Held { pid, .. }) if handover => {
+            tracing::info!(journal = %path.display(), holder = ?pid,
+                "the previous server still owns the journal: writes wait until it releases it");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The store, or, when it is unreachable, a lazy one and the users of the local copy.
+async fn open_store(
+    url: &str,
+    timeout: Duration,
+    copy: &std::path::Path,
+) -> Result<
+    (
+        Store,
+        Option<std::collections::BTreeMap<String, crate::doc::Entry>>,
+    ),
+    OpenError,
+> {
+    match Store::open(url, timeout).await {
+        Ok(store) => Ok((store, None)),
+        Err(e) if e.is_unreachable() => match local_copy::read(copy) {
+            Ok(entries) => {
+                tracing::warn!(error = %e, copy = %copy.display(), users = entries.len(),
+                    "store unreachable: serving the local snapshot copy (stale) and queueing writes");
+                Ok((Store::lazy(url, timeout)?, Some(entries)))
+            }
+            Err(c) => Err(OpenError::NoCopy { store: e, copy: c }),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every user from the store into the snapshot. On PostgreSQL it listens first: another
+/// instance's write during the load is announced to the follower, which then needs no second
+/// full load.
+async fn load(
+    store: &Store,
+    snapshot: &Snapshot,
+    timeout: Duration,
+) -> Result<Option<sqlx::postgres::PgListener>, OpenError> {
+    let early = if store.is_shared() {
+        follow::listen(store.url(), timeout).await
+    } else {
+        None
+    };
+    snapshot.replace_entries(store.load_entries().await?);
+    Ok(early)
+}
+
+/// Writes an earlier run left in the journal go to the reachable store before any new one.
+async fn replay_earlier(shared: &Arc<Shared>, queued: usize) {
+    tracing::warn!(queued, "replaying writes queued by an earlier run");
+    let mut writer = shared.writer.lock().await;
+    if let Err(e) = supervise::recover(shared, &mut writer).await {
+        tracing::error!(error = %e, "replay failed; writes stay queued until the store is back");
+        lock(&shared.breaker).trip(Instant::now());
     }
 }
 
