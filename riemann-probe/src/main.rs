@@ -297,39 +297,8 @@ fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::Send(a) => {
-            let mut b = event(a.service);
-            if let Some(h) = a.host {
-                b = b.host(h);
-            }
-            if let Some(s) = a.state {
-                b = b.state(s);
-            }
-            if let Some(m) = a.metric {
-                b = match m.parse::<i64>() {
-                    Ok(i) => b.metric(i),
-                    Err(_) => b.metric(
-                        m.parse::<f64>()
-                            .with_context(|| format!("--metric {m:?} is not a number"))?,
-                    ),
-                };
-            }
-            if let Some(t) = a.ttl {
-                b = b.ttl(t);
-            }
-            for t in a.tag {
-                b = b.tag(t);
-            }
-            for kv in a.attribute {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--attribute {kv:?}: write KEY=VALUE"))?;
-                b = b.attribute(k, v);
-            }
-            if let Some(d) = a.description {
-                b = b.description(d);
-            }
             let dropped = connect()?
-                .send(&[b.build()])
+                .send(&[event_of(a)?])
                 .context("the event was not accepted")?;
             anyhow::ensure!(
                 dropped == 0,
@@ -341,21 +310,7 @@ fn run() -> anyhow::Result<()> {
                 println!("{}", event_json(&e));
             }
         }
-        Cmd::Watch(args) => {
-            let cfg = args.into_config(cfg)?;
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(signal, stop.clone())
-                    .context("cannot handle SIGTERM/SIGINT")?;
-            }
-            let stats = riemann_probe::watch(cfg, &stop);
-            if stats.dropped > 0 || stats.queued > 0 {
-                eprintln!(
-                    "riemann-probe: {} events sent; {} dropped and {} undelivered at exit (was Riemann reachable?)",
-                    stats.sent, stats.dropped, stats.queued
-                );
-            }
-        }
+        Cmd::Watch(args) => watch(args.into_config(cfg)?)?,
         Cmd::Nagios {
             service,
             host,
@@ -385,6 +340,59 @@ fn run() -> anyhow::Result<()> {
                 print!("{}", run.output);
             }
         }
+    }
+    Ok(())
+}
+
+/// `send`'s flags as one event.
+fn event_of(a: SendArgs) -> anyhow::Result<riemann_probe::Event> {
+    let mut b = event(a.service);
+    if let Some(h) = a.host {
+        b = b.host(h);
+    }
+    if let Some(s) = a.state {
+        b = b.state(s);
+    }
+    if let Some(m) = a.metric {
+        b = match m.parse::<i64>() {
+            Ok(i) => b.metric(i),
+            Err(_) => b.metric(
+                m.parse::<f64>()
+                    .with_context(|| format!("--metric {m:?} is not a number"))?,
+            ),
+        };
+    }
+    if let Some(t) = a.ttl {
+        b = b.ttl(t);
+    }
+    for t in a.tag {
+        b = b.tag(t);
+    }
+    for kv in a.attribute {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--attribute {kv:?}: write KEY=VALUE"))?;
+        b = b.attribute(k, v);
+    }
+    if let Some(d) = a.description {
+        b = b.description(d);
+    }
+    Ok(b.build())
+}
+
+/// `watch`: until SIGTERM or SIGINT; what was not delivered is said at exit.
+fn watch(cfg: WatchConfig) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot handle SIGTERM/SIGINT")?;
+    }
+    let stats = riemann_probe::watch(cfg, &stop);
+    if stats.dropped > 0 || stats.queued > 0 {
+        eprintln!(
+            "riemann-probe: {} events sent; {} dropped and {} undelivered at exit (was Riemann reachable?)",
+            stats.sent, stats.dropped, stats.queued
+        );
     }
     Ok(())
 }

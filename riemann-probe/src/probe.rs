@@ -187,45 +187,91 @@ fn drop_counted(s: &Shared, n: usize) {
 }
 
 fn run(s: Arc<Shared>, cfg: ProbeConfig) {
-    let mut client: Option<Client> = None;
-    let mut backoff = cfg.backoff_min;
-    let mut retry_at = Instant::now();
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
-    // Taken from the queue in one O(1) swap, so `send` callers never wait behind a long drain.
-    let mut pending: VecDeque<Event> = VecDeque::with_capacity(s.capacity);
+    let mut tx = Sender::new(&s, &cfg);
     loop {
         let stopping = s.stop.load(Ordering::Acquire);
         if stopping && lock(&s.deadline).is_some_and(|d| Instant::now() >= d) {
-            let left = std::mem::take(&mut *lock(&s.queue)).len() + pending.len();
+            let left = std::mem::take(&mut *lock(&s.queue)).len() + tx.pending.len();
             s.dropped.fetch_add(left as u64, Ordering::Relaxed);
             return;
         }
-        // Disconnected and backing off: leave events in the queue, where the drop-oldest policy
-        // applies to all of them.
-        let now = Instant::now();
-        if client.is_none() && now < retry_at {
-            std::thread::sleep((retry_at - now).min(cfg.flush_every));
+        if tx.backing_off(&cfg) {
             continue;
         }
-        if pending.is_empty() {
-            let mut q = lock(&s.queue);
-            let until = Instant::now() + cfg.flush_every;
-            while q.len() < s.batch && !s.stop.load(Ordering::Acquire) {
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                q = s
-                    .wake
-                    .wait_timeout(q, until - now)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
-            std::mem::swap(&mut *q, &mut pending);
+        if tx.pending.is_empty() {
+            tx.take_queue(&s, &cfg);
         }
+        tx.report_dropped(&s, &cfg);
+        if tx.pending.is_empty() {
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        if tx.connect(&s, &cfg) {
+            tx.send_pending(&s);
+        }
+    }
+}
+
+/// The sending thread's state between rounds: the connection, its backoff, and the events
+/// taken from the queue but not sent yet.
+struct Sender {
+    client: Option<Client>,
+    backoff: Duration,
+    retry_at: Instant,
+    seed: u64,
+    pending: VecDeque<Event>,
+}
+
+impl Sender {
+    fn new(s: &Shared, cfg: &ProbeConfig) -> Self {
+        Self {
+            client: None,
+            backoff: cfg.backoff_min,
+            retry_at: Instant::now(),
+            seed: 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id()),
+            // Taken from the queue in one O(1) swap, so `send` callers never wait behind a
+            // long drain.
+            pending: VecDeque::with_capacity(s.capacity),
+        }
+    }
+
+    /// Disconnected and backing off: sleeps a little and says so. Events stay in the queue,
+    /// where the drop-oldest policy applies to all of them.
+    fn backing_off(&self, cfg: &ProbeConfig) -> bool {
+        let now = Instant::now();
+        if self.client.is_none() && now < self.retry_at {
+            std::thread::sleep((self.retry_at - now).min(cfg.flush_every));
+            return true;
+        }
+        false
+    }
+
+    /// Waits until a batch is queued, the flush interval passes or the probe stops; takes the
+    /// queue.
+    fn take_queue(&mut self, s: &Shared, cfg: &ProbeConfig) {
+        let mut q = lock(&s.queue);
+        let until = Instant::now() + cfg.flush_every;
+        while q.len() < s.batch && !s.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            q = s
+                .wake
+                .wait_timeout(q, until - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        std::mem::swap(&mut *q, &mut self.pending);
+    }
+
+    /// Events dropped since the last report become one event of their own.
+    fn report_dropped(&mut self, s: &Shared, cfg: &ProbeConfig) {
         let unreported = s.unreported.swap(0, Ordering::Relaxed);
         if unreported > 0 {
-            pending.push_back(
+            self.pending.push_back(
                 event(cfg.drop_service.clone())
                     .state("warning")
                     .metric(unreported)
@@ -233,47 +279,53 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
                     .build(),
             );
         }
-        if pending.is_empty() {
-            if stopping {
-                return;
-            }
-            continue;
+    }
+
+    /// Connected, or connects; on failure backs off (half the backoff plus jitter, doubling)
+    /// and puts the pending events back in the queue.
+    fn connect(&mut self, s: &Shared, cfg: &ProbeConfig) -> bool {
+        if self.client.is_some() {
+            return true;
         }
-        if client.is_none() {
-            match Client::connect(&cfg.client) {
-                Ok(c) => {
-                    client = Some(c);
-                    backoff = cfg.backoff_min;
-                }
-                Err(_) => {
-                    s.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    retry_at = Instant::now()
-                        + backoff / 2
-                        + jitter(&mut seed, backoff / 2 + Duration::from_nanos(1));
-                    backoff = (backoff * 2).min(cfg.backoff_max);
-                    requeue(&s, pending.drain(..));
-                    continue;
-                }
+        match Client::connect(&cfg.client) {
+            Ok(c) => {
+                self.client = Some(c);
+                self.backoff = cfg.backoff_min;
+                true
+            }
+            Err(_) => {
+                s.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.retry_at = Instant::now()
+                    + self.backoff / 2
+                    + jitter(&mut self.seed, self.backoff / 2 + Duration::from_nanos(1));
+                self.backoff = (self.backoff * 2).min(cfg.backoff_max);
+                requeue(s, self.pending.drain(..));
+                false
             }
         }
-        while !pending.is_empty() {
-            let n = pending.len().min(s.batch);
-            let batch: Vec<Event> = pending.drain(..n).collect();
-            let result = client.as_mut().map(|c| c.send(&batch));
+    }
+
+    /// Sends the pending events in batches; a broken connection puts the rest back in the
+    /// queue.
+    fn send_pending(&mut self, s: &Shared) {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(s.batch);
+            let batch: Vec<Event> = self.pending.drain(..n).collect();
+            let result = self.client.as_mut().map(|c| c.send(&batch));
             match result {
                 Some(Ok(oversized)) => {
                     // Over UDP, an event too large for any datagram is dropped and counted.
                     s.sent.fetch_add((n - oversized) as u64, Ordering::Relaxed);
-                    drop_counted(&s, oversized);
+                    drop_counted(s, oversized);
                 }
                 // The server read the batch and refused it for its content: sending it again
                 // would be refused again, and hold up every event behind it.
-                Some(Err(crate::Error::Server(_))) => drop_counted(&s, n),
+                Some(Err(crate::Error::Server(_))) => drop_counted(s, n),
                 _ => {
-                    client = None;
-                    retry_at = Instant::now() + jitter(&mut seed, backoff);
-                    requeue(&s, batch.into_iter().chain(pending.drain(..)));
-                    break;
+                    self.client = None;
+                    self.retry_at = Instant::now() + jitter(&mut self.seed, self.backoff);
+                    requeue(s, batch.into_iter().chain(self.pending.drain(..)));
+                    return;
                 }
             }
         }
