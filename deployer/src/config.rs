@@ -205,10 +205,16 @@ pub struct Health {
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Between checks [default: 1s]
-    #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "toolkit_core::duration::deserialize"
+    )]
     pub interval: Duration,
     /// Per check [default: 10s]
-    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_check_timeout",
+        deserialize_with = "toolkit_core::duration::deserialize"
+    )]
     pub timeout: Duration,
 }
 
@@ -269,13 +275,6 @@ fn default_check_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// `"1s"`, `"500ms"`, `"2m"`: humantime's syntax, an error naming the key otherwise.
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
-}
-
 /// `[canary]`: limits on how much worse the new revision may do than the hosts still on the
 /// old one, in usersvc's Riemann events, while `deploy --canary D` watches the first batch.
 #[derive(Debug, Clone, Deserialize)]
@@ -291,10 +290,16 @@ pub struct Canary {
     #[serde(default = "default_min_error_rate")]
     pub min_error_rate: f64,
     /// Latencies below this count as this, on both sides [default: 5ms]
-    #[serde(default = "default_min_latency", deserialize_with = "duration")]
+    #[serde(
+        default = "default_min_latency",
+        deserialize_with = "toolkit_core::duration::deserialize"
+    )]
     pub min_latency: Duration,
     /// Between looks (health gate and Riemann) [default: 5s]
-    #[serde(default = "default_canary_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_canary_interval",
+        deserialize_with = "toolkit_core::duration::deserialize"
+    )]
     pub interval: Duration,
 }
 

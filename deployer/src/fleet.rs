@@ -27,7 +27,7 @@ pub fn each<H: Send, R: Send>(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(slot) = slots.get(i) else { break };
-                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut slot = toolkit_core::lock(slot);
                     let r = f(slot.0);
                     slot.1 = Some(r);
                 }

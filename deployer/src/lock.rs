@@ -36,7 +36,7 @@ pub fn owner_line(user: &str) -> String {
 }
 
 pub fn local_host() -> String {
-    riemann_probe::hostname()
+    toolkit_core::hostname()
 }
 
 /// Creates the layout's directories, takes the lock, then prints the state (with the current

@@ -336,7 +336,7 @@ impl JumpLogins {
 
     fn acquire() -> Self {
         let (count, freed) = &JUMP_LOGINS;
-        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = toolkit_core::lock(count);
         while *n >= Self::MAX {
             n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
         }
@@ -348,7 +348,7 @@ impl JumpLogins {
 impl Drop for JumpLogins {
     fn drop(&mut self) {
         let (count, freed) = &JUMP_LOGINS;
-        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = toolkit_core::lock(count);
         *n = n.saturating_sub(1);
         freed.notify_one();
     }

@@ -337,7 +337,7 @@ fn unlock_clears_stale_locks_and_force_clears_any() {
     let me = format!(
         "{}@{} pid 4000000000 since 2026-11-23T10:00:00Z",
         h.servers[0].user,
-        riemann_probe::hostname()
+        toolkit_core::hostname()
     );
     hold(&me);
     let r = h.run(&["unlock"]);

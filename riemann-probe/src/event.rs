@@ -4,12 +4,7 @@
 
 use crate::proto::{Attribute, Event};
 
-/// This machine's hostname, or "localhost" if it cannot be read.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into())
-}
+pub use toolkit_core::hostname;
 
 /// A metric value: integers travel as `metric_sint64`, fractions as `metric_d`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -9,9 +9,10 @@ use crate::event::event;
 use crate::proto::Event;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use toolkit_core::lock;
 
 /// How a [`Probe`] connects, queues and batches; [`ProbeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -74,10 +75,6 @@ struct Shared {
     /// Drops not yet reported in a drop event.
     unreported: AtomicU64,
     connect_failures: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Cheap to clone; every clone feeds the same queue.

@@ -142,17 +142,17 @@ pub struct Options {
 
     /// Longest a client may take to send a request's headers; then the connection is closed [default: 10s]
     #[arg(long, env = "USERSVC_HEADER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub header_timeout: Option<Duration>,
 
     /// Longest a keep-alive connection may sit idle between requests [default: 60s]
     #[arg(long, env = "USERSVC_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub idle_timeout: Option<Duration>,
 
     /// Longest a client may take to send a request's body (HTTP 408 after it) [default: 30s]
     #[arg(long, env = "USERSVC_BODY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub body_timeout: Option<Duration>,
 
     /// Most open client connections; past it the longest-idle ones are closed to make room [default: the open-file limit less 64]
@@ -161,7 +161,7 @@ pub struct Options {
 
     /// Longest a request may take, e.g. 500ms, 30s, 1m [default: 30s]
     #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub request_timeout: Option<Duration>,
 
     /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold start serves sits beside it (.snapshot) [default: usersvc.journal]
@@ -170,7 +170,7 @@ pub struct Options {
 
     /// Longest wait for the database (a connection, a batch of writes) before it counts as unreachable and writes are queued [default: 2s]
     #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub store_timeout: Option<Duration>,
 
     /// Consecutive store failures that open the circuit breaker [default: 3]
@@ -179,7 +179,7 @@ pub struct Options {
 
     /// Wait before probing an unreachable store (doubles per failed probe) [default: 1s]
     #[arg(long, env = "USERSVC_BREAKER_BACKOFF", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub breaker_backoff: Option<Duration>,
 
     /// Pull users from this URL (a JSON array of user objects with ids) every --pull-interval
@@ -194,12 +194,12 @@ pub struct Options {
 
     /// How often to pull [default: 1m]
     #[arg(long, env = "USERSVC_PULL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub pull_interval: Option<Duration>,
 
     /// Longest one pull may take [default: 10s]
     #[arg(long, env = "USERSVC_PULL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub pull_timeout: Option<Duration>,
 
     /// Largest pulled payload in bytes; a larger one is refused whole [default: 16777216]
@@ -217,7 +217,7 @@ pub struct Options {
 
     /// Reporting interval; events carry ttl = 3 x interval [default: 5s]
     #[arg(long, env = "USERSVC_RIEMANN_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "duration_text")]
+    #[serde(default, with = "toolkit_core::duration::optional")]
     pub riemann_interval: Option<Duration>,
 
     /// Threads serving requests [default: one per CPU core]
@@ -285,38 +285,35 @@ pub struct Settings {
     pub max_batch: usize,
     #[serde(default = "default::max_response")]
     pub max_response: usize,
-    #[serde(default = "default::header_timeout", with = "duration_text::required")]
+    #[serde(default = "default::header_timeout", with = "toolkit_core::duration")]
     pub header_timeout: Duration,
-    #[serde(default = "default::idle_timeout", with = "duration_text::required")]
+    #[serde(default = "default::idle_timeout", with = "toolkit_core::duration")]
     pub idle_timeout: Duration,
-    #[serde(default = "default::body_timeout", with = "duration_text::required")]
+    #[serde(default = "default::body_timeout", with = "toolkit_core::duration")]
     pub body_timeout: Duration,
     /// `None`: from the open-file limit (`crate::lifecycle::server::Limits`).
     pub max_connections: Option<usize>,
-    #[serde(default = "default::request_timeout", with = "duration_text::required")]
+    #[serde(default = "default::request_timeout", with = "toolkit_core::duration")]
     pub request_timeout: Duration,
     #[serde(default = "default::journal")]
     pub journal: PathBuf,
     pub riemann: Option<String>,
-    #[serde(
-        default = "default::riemann_interval",
-        with = "duration_text::required"
-    )]
+    #[serde(default = "default::riemann_interval", with = "toolkit_core::duration")]
     pub riemann_interval: Duration,
     pub riemann_host: Option<String>,
     pub pull_url: Option<String>,
-    #[serde(default = "default::pull_interval", with = "duration_text::required")]
+    #[serde(default = "default::pull_interval", with = "toolkit_core::duration")]
     pub pull_interval: Duration,
-    #[serde(default = "default::pull_timeout", with = "duration_text::required")]
+    #[serde(default = "default::pull_timeout", with = "toolkit_core::duration")]
     pub pull_timeout: Duration,
     #[serde(default = "default::pull_max_size")]
     pub pull_max_size: u64,
-    #[serde(default = "default::store_timeout", with = "duration_text::required")]
+    #[serde(default = "default::store_timeout", with = "toolkit_core::duration")]
     pub store_timeout: Duration,
     pub pid_file: Option<PathBuf>,
     #[serde(default = "default::breaker_failures")]
     pub breaker_failures: u32,
-    #[serde(default = "default::breaker_backoff", with = "duration_text::required")]
+    #[serde(default = "default::breaker_backoff", with = "toolkit_core::duration")]
     pub breaker_backoff: Duration,
     /// `None`: one per core.
     pub workers: Option<u16>,
@@ -388,40 +385,6 @@ mod default {
 }
 
 /// Durations as people write them (`500ms`, `30s`, `1m`), in the file and between the layers.
-mod duration_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
-        humantime::parse_duration(text).map_err(|e| {
-            E::custom(format!(
-                "{text:?} is not a duration: {e} (write it like 500ms, 30s, 1m)"
-            ))
-        })
-    }
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|text| parse(&text))
-            .transpose()
-    }
-
-    pub mod required {
-        use super::*;
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-            parse(&String::deserialize(d)?)
-        }
-    }
-}
-
 impl Options {
     /// Flags (with their environment variables) over the file over the defaults.
     pub fn resolve(self) -> Result<Settings, ConfigError> {

@@ -45,8 +45,7 @@ impl Metrics {
 
     /// Takes this interval's figures and starts the next.
     pub fn take(&self) -> Interval {
-        let mut samples =
-            std::mem::take(&mut *self.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut samples = std::mem::take(&mut *toolkit_core::lock(&self.latencies_us));
         samples.sort_unstable();
         let pct = |p: f64| {
             if samples.is_empty() {
@@ -159,7 +158,7 @@ pub fn start_reporter(
     let reporter = probe.clone();
     let tasks = users.tasks().clone();
     let from = Sender {
-        host: cfg.host.clone().unwrap_or_else(riemann_probe::hostname),
+        host: cfg.host.clone().unwrap_or_else(toolkit_core::hostname),
         ttl: (cfg.interval * 3).as_secs_f32(),
         release: release.clone(),
     };

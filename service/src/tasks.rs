@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use toolkit_core::lock;
 
 #[derive(Clone, Default)]
 pub struct Tasks(Arc<Inner>);
@@ -55,10 +56,6 @@ impl Tasks {
     pub fn failed(&self) -> Vec<String> {
         lock(&self.0.failed).clone()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use toolkit_core::lock;
 
 /// How the sink misbehaves, for testing clients.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,10 +68,6 @@ struct State {
     fault: Mutex<Option<Fault>>,
     down: AtomicBool,
     stop: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_micros() -> i64 {

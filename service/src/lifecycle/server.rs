@@ -85,7 +85,7 @@ impl Registry {
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        toolkit_core::lock(&self.open)
     }
 
     fn add(&self) -> (u64, Arc<Tracked>) {

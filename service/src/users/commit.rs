@@ -8,7 +8,7 @@
 //! waits for the old one to release it): a write must never overtake one queued before it.
 
 use super::queued::Tentative;
-use super::state::{MAX_BATCH, Ownership, Shared, UserError, Written, change_of, ids_of, lock};
+use super::state::{MAX_BATCH, Ownership, Shared, UserError, Written, change_of, ids_of};
 use crate::doc::now;
 use crate::store::journal::{Entry, JournalError};
 use crate::store::writer::{Change, Writer};
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use toolkit_core::lock;
 
 /// A write waiting for the committer, and where its answer goes.
 pub(crate) struct Pending {

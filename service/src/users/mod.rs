@@ -14,7 +14,7 @@ pub mod validate;
 use self::breaker::Breaker;
 use self::commit::Pending;
 use self::queued::Queued;
-use self::state::{Ownership, Shared, lock};
+use self::state::{Ownership, Shared};
 use self::validate::NewUser;
 use crate::doc::DocText;
 use crate::store::journal::{Entry, Journal, JournalError, Op, Owner};
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use toolkit_core::lock;
 
 pub use self::breaker::BreakerState;
 pub(crate) use self::snapshot::Snapshot;

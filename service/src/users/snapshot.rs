@@ -53,13 +53,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    // A poisoned lock only means a panic elsewhere mid-update of plain data; the map is still usable.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+        toolkit_core::read(&self.inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+        toolkit_core::write(&self.inner)
     }
 
     /// For tests: every user from records.

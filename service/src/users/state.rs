@@ -11,6 +11,7 @@ use crate::store::{Expect, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use toolkit_core::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -161,11 +162,6 @@ pub(crate) struct Shared {
     /// Shutdown (or the hand-over to a new server) has begun: not ready for new work.
     pub stopping: AtomicBool,
     pub stats: Stats,
-}
-
-// Poisoned locks only mean a panic elsewhere; the plain data inside is still consistent.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn expect_of(expect: Option<i64>) -> Expect {

@@ -4,7 +4,7 @@
 //! nothing before this process owns the journal: the copy and the replay are the owner's.
 
 use super::snapshot::Unsaved;
-use super::state::{MAX_BATCH, Shared, UserError, change_of, lock};
+use super::state::{MAX_BATCH, Shared, UserError, change_of};
 use crate::doc::now;
 use crate::store::StoreError;
 use crate::store::journal::JournalError;
@@ -13,6 +13,7 @@ use crate::store::writer::{Applied, Change, Writer};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use toolkit_core::lock;
 
 /// The local copy is rewritten at most this often (and at shutdown) while writes change it.
 const COPY_EVERY: Duration = Duration::from_secs(5);
