@@ -8,11 +8,14 @@ use crate::remote_text::{MAX_REVISION, printable, release_name_ok, revision_ok};
 use crate::ssh::quote;
 use serde::Serialize;
 
+/// One release directory on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseInfo {
+    /// Its name: the UTC time it was made, `%Y%m%d%H%M%S`.
     pub name: String,
     /// Has `REVISION`: every stage up to publishing finished.
     pub complete: bool,
+    /// The first line of its `REVISION` file (empty while incomplete).
     pub revision: String,
     /// Why it was rolled back, when it was.
     pub bad: Option<String>,
@@ -21,8 +24,11 @@ pub struct ReleaseInfo {
 /// What a host has, as read by [`state_script`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostState {
+    /// `deploy_to` exists.
     pub exists: bool,
+    /// The release `current` points at.
     pub current: Option<String>,
+    /// Every release, oldest first.
     pub releases: Vec<ReleaseInfo>,
     /// The lock holder's line, when the lock is held.
     pub lock: Option<String>,

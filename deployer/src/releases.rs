@@ -2,7 +2,7 @@
 //! releases and good ones beyond `keep_releases`, never `current`; under the lock).
 
 use crate::config::{Config, Target};
-use crate::fleet::{self, Failure, Host, each};
+use crate::fleet::{self, Failure, each};
 use crate::layout::{self, HostState};
 use crate::lock;
 use crate::outcome::{Outcome, Unfinished};
@@ -10,16 +10,39 @@ use crate::settings::Settings;
 use crate::table::{host_results, table};
 use std::fmt;
 
-/// Every selected host's releases, or why it could not be read.
+/// Every selected host's releases, or why it could not be read: data only, the connections
+/// are closed once read.
+#[derive(Debug, Clone)]
 pub struct Listing {
-    pub hosts: Vec<Host>,
+    /// In the order the hosts were selected.
+    pub hosts: Vec<HostReleases>,
+}
+
+/// One host's releases as read.
+#[derive(Debug, Clone)]
+pub struct HostReleases {
+    /// The host's name in deploy.toml.
+    pub name: String,
+    /// Its `deploy_to` directory.
+    pub deploy_to: String,
+    /// Its layout, or why it could not be read.
+    pub layout: Result<HostState, Failure>,
 }
 
 /// Reads every host's layout (no lock: read only).
 pub fn list(targets: &[Target], settings: &Settings) -> Listing {
-    Listing {
-        hosts: fleet::read(targets, settings, false),
-    }
+    let hosts = fleet::read(targets, settings, false)
+        .into_iter()
+        .map(|h| HostReleases {
+            name: h.target.name.clone(),
+            deploy_to: h.target.deploy_to.clone(),
+            layout: match h.failure {
+                Some(failure) => Err(failure),
+                None => Ok(h.state),
+            },
+        })
+        .collect();
+    Listing { hosts }
 }
 
 impl fmt::Display for Listing {
@@ -29,10 +52,10 @@ impl fmt::Display for Listing {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            writeln!(f, "{} ({})", h.target.name, h.target.deploy_to)?;
-            match &h.failure {
-                Some(failure) => writeln!(f, "  FAILED {failure}")?,
-                None => f.write_str(&host_table(&h.state))?,
+            writeln!(f, "{} ({})", h.name, h.deploy_to)?;
+            match &h.layout {
+                Err(failure) => writeln!(f, "  FAILED {failure}")?,
+                Ok(state) => f.write_str(&host_table(state))?,
             }
         }
         Ok(())
@@ -41,7 +64,7 @@ impl fmt::Display for Listing {
 
 impl Outcome for Listing {
     fn verdict(&self) -> Result<(), Unfinished> {
-        match self.hosts.iter().filter(|h| !h.ok()).count() {
+        match self.hosts.iter().filter(|h| h.layout.is_err()).count() {
             0 => Ok(()),
             n => Err(Unfinished::Unreadable(n)),
         }

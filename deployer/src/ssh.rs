@@ -210,12 +210,6 @@ impl Remote {
         self.session
             .set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
     }
-
-    /// Runs `script` with `sh -c` semantics on its own channel (each costs ~100 ms of sshd
-    /// session start; the deploy flow uses [`Shell`] instead).
-    pub fn exec(&self, script: &str) -> Result<Output, SshError> {
-        finish(&self.name, self.start(script)?)
-    }
 }
 
 /// Closes our side of `ch` (EOF on the remote's stdin) and waits for its exit status and output.

@@ -5,16 +5,29 @@ use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum JsonType {
+/// A JSON type `--expect-type` can ask for (`integer`: a number without a fraction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Boolean,
+    /// Any number.
     Number,
+    /// A number without a fraction.
     Integer,
+    /// A string.
     String,
+    /// An array.
     Array,
+    /// An object.
     Object,
 }
+
+/// A JSON pointer that is neither empty nor starts with `/` (RFC 6901).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("JSON pointer {0:?} must be empty or start with '/'")]
+pub struct BadPointer(pub String);
 
 impl JsonType {
     const NAMES: &'static str = "null, boolean, number, integer, string, array, object";
@@ -69,13 +82,11 @@ pub(crate) enum Assertion {
     Type { pointer: String, ty: JsonType },
 }
 
-fn check_pointer(p: &str) -> Result<(), String> {
+pub(crate) fn check_pointer(p: &str) -> Result<(), BadPointer> {
     if p.is_empty() || p.starts_with('/') {
         Ok(())
     } else {
-        Err(format!(
-            "JSON pointer {p:?} must be empty or start with '/'"
-        ))
+        Err(BadPointer(p.to_owned()))
     }
 }
 
@@ -104,7 +115,7 @@ impl Assertion {
         let (pointer, json) = arg
             .split_once('=')
             .ok_or_else(|| format!("--expect {arg:?}: write POINTER=JSON, e.g. /status=\"ok\""))?;
-        check_pointer(pointer)?;
+        check_pointer(pointer).map_err(|e| e.to_string())?;
         let value = serde_json::from_str(json).map_err(|e| {
             format!("--expect {arg:?}: {json:?} is not JSON ({e}); quote strings: /name='\"x\"'")
         })?;
@@ -119,7 +130,7 @@ impl Assertion {
         let (pointer, ty) = arg.split_once('=').ok_or_else(|| {
             format!("--expect-type {arg:?}: write POINTER=TYPE, e.g. /users=array")
         })?;
-        check_pointer(pointer)?;
+        check_pointer(pointer).map_err(|e| e.to_string())?;
         Ok(Assertion::Type {
             pointer: pointer.to_owned(),
             ty: ty
@@ -169,7 +180,7 @@ impl Measure {
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
-        check_pointer(self.pointer())
+        check_pointer(self.pointer()).map_err(|e| e.to_string())
     }
 
     pub(crate) fn default_label(&self) -> &'static str {

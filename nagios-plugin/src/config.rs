@@ -1,6 +1,6 @@
 //! What one check is asked to do: [`CheckConfig`], with the plugin's defaults.
 
-use crate::assertion::{Assertion, Measure};
+use crate::assertion::{Assertion, BadPointer, JsonType, Measure, check_pointer};
 use plugin_api::{Range, State};
 use serde_json::{Value, json};
 use std::net::IpAddr;
@@ -137,6 +137,42 @@ impl CheckConfig {
         }
     }
 
+    /// Expects the result's value at `pointer` (RFC 6901; `""` is the result itself) to equal
+    /// `value`, as `--expect POINTER=JSON` does.
+    pub fn expect(mut self, pointer: &str, value: Value) -> Result<Self, BadPointer> {
+        check_pointer(pointer)?;
+        self.assertions.push(Assertion::Equals {
+            pointer: pointer.to_owned(),
+            value,
+        });
+        Ok(self)
+    }
+
+    /// Expects the result's value at `pointer` to be of type `ty`, as `--expect-type` does.
+    pub fn expect_type(mut self, pointer: &str, ty: JsonType) -> Result<Self, BadPointer> {
+        check_pointer(pointer)?;
+        self.assertions.push(Assertion::Type {
+            pointer: pointer.to_owned(),
+            ty,
+        });
+        Ok(self)
+    }
+
+    /// Measures the number at `pointer` against `value_warning`/`value_critical`, as
+    /// `--value` does (replacing any measure set before).
+    pub fn measure_value(mut self, pointer: &str) -> Result<Self, BadPointer> {
+        check_pointer(pointer)?;
+        self.measure = Some(Measure::Value(pointer.to_owned()));
+        Ok(self)
+    }
+
+    /// Measures the length of the array or object at `pointer`, as `--count` does.
+    pub fn measure_count(mut self, pointer: &str) -> Result<Self, BadPointer> {
+        check_pointer(pointer)?;
+        self.measure = Some(Measure::Count(pointer.to_owned()));
+        Ok(self)
+    }
+
     /// The request body this check sends.
     pub fn request_body(&self) -> String {
         let mut req = json!({"jsonrpc": "2.0", "method": self.method, "id": self.id});
@@ -165,6 +201,39 @@ pub(crate) fn without_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_built_in_code_judges_as_its_flags_would() -> Result<(), Box<dyn std::error::Error>> {
+        let cfg = CheckConfig::new("http://x/", "version")
+            .expect("/name", json!("usersvc"))?
+            .expect_type("/users", JsonType::Array)?
+            .measure_count("/users")?;
+        let cfg = CheckConfig {
+            value_critical: Some("1:".parse()?),
+            ..cfg
+        };
+        let body = |users: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"name":"usersvc","users":{users}}}}}"#)
+        };
+        let judge =
+            |b: String| crate::evaluate(&cfg, 200, None, "application/json", b.as_bytes(), 0.1);
+        let ok = judge(body("[1, 2]"));
+        assert_eq!(ok.state, State::Ok, "{}", ok.summary);
+        assert!(
+            ok.summary.contains("count(/users) = 2, 2 expectations met"),
+            "{}",
+            ok.summary
+        );
+        assert_eq!(judge(body("[]")).state, State::Critical);
+        assert_eq!(judge(body("{}")).state, State::Critical);
+        assert_eq!(
+            CheckConfig::new("http://x/", "m")
+                .expect("name", json!(1))
+                .err(),
+            Some(BadPointer("name".into()))
+        );
+        Ok(())
+    }
 
     #[test]
     fn printed_urls_carry_no_password() {

@@ -31,6 +31,7 @@ mod outcome;
 mod tls;
 mod transport;
 
+pub use assertion::{BadPointer, JsonType};
 pub use cli::{Early, parse as parse_args};
 pub use config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, IpFamily};
 pub use evaluate::evaluate;
