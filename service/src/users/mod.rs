@@ -497,3 +497,6 @@ async fn take_over(shared: Arc<Shared>) {
         return;
     }
 }
+
+#[cfg(test)]
+mod tests;
