@@ -128,6 +128,9 @@ PY
       [ "$size" -gt 0 ] && [ "$size" = "$last" ] && break
       last=$size; sleep 0.5
     done
+    # And on disk: the import's and the copy's dirty pages, flushed by the kernel in the
+    # background, would otherwise land in the middle of the write loads' fsyncs.
+    sync
     rss1=$(rss_mib "$pid")
     read -r g_rps _ g_p99 < <(wrk_run "$port" 32 "$tmp/get_user.lua")
     w0=$(written "$pid"); t0=$(date +%s.%N)

@@ -4,7 +4,7 @@
 //! shipped `check_jsonrpc` command on each host, and each host's heartbeat reaches the Riemann
 //! sink under its own name, expiring when its server is killed.
 
-mod common;
+use crate::common;
 
 use common::Hosts;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! All or nothing: failures before publish change no `current` and leave no staged release or
 //! lock; failures after publish put every host back. Real sshd servers throughout.
 
-mod common;
+use crate::common;
 
 use common::Hosts;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `deployer check` against real OpenSSH servers on 127.0.0.2 and 127.0.0.3.
 
-mod common;
+use crate::common;
 
 use common::Hosts;
 

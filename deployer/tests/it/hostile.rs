@@ -2,7 +2,7 @@
 //! gate, never shell text), text from hosts is escaped before a terminal sees it, and a hook is
 //! bounded in time (killed on the host) and in the output kept. Real sshd hosts on loopback.
 
-mod common;
+use crate::common;
 
 use common::Hosts;
 use std::time::{Duration, Instant};

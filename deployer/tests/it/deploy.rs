@@ -1,6 +1,6 @@
 //! `deployer deploy`, `releases`, `rollback`, `cleanup` against real sshd servers.
 
-mod common;
+use crate::common;
 
 use common::Hosts;
 use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,5 @@
 //! Hosts for deployer tests: real sshd servers on 127.0.0.N sharing one client key and one
 //! known_hosts file, a source tree, and a deploy.toml pointing at them.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,10 @@
+//! The deployer's integration tests, one binary: real sshd servers on loopback (and in a network
+//! namespace for jump hosts), a real usersvc in the system test.
+//! One binary links once: on a 2-core machine each test binary cost a link of the whole crate.
+
+mod check;
+mod common;
+mod deploy;
+mod failures;
+mod hostile;
+mod system;
