@@ -149,7 +149,7 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
     hosts.configure(
         "shared_files = [\"usersvc.toml\"]",
         &format!(
-            "[hooks]\nbefore_publish = [\"./bin/usersvc --version\"]\n{}\n[health]\ncommand = \"{}/bin/check_jsonrpc -H {{host}} -p {port} -m version --expect '/revision=\\\"{{revision}}\\\"'\"\nretries = 40\ninterval = \"250ms\"\ntimeout = \"5s\"\n[riemann]\nserver = \"{}\"\n[canary]\ninterval = \"500ms\"\n",
+            "[hooks]\nbefore_publish = [\"./bin/usersvc --version\"]\n{}\n[health]\ncommand = \"{}/bin/check_jsonrpc -H {{host}} -p {port} -m version --expect '/revision=\\\"{{revision}}\\\"'\"\nretries = 40\ninterval = \"250ms\"\ntimeout = \"5s\"\n[riemann]\nserver = \"{}\"\n[canary]\ninterval = \"500ms\"\nmin_latency = \"50ms\"\nmax_latency_ratio = 10\n",
             shipped_after_publish(),
             dist.display(),
             sink.tcp_addr()
@@ -200,7 +200,10 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
 
     // 2. A second release, a canary first: app1 serves rev2 for 3 s while the deployer compares
     //    its usersvc events in Riemann (errors rate, latency p99, by revision) with the others';
-    //    the gate checks that rev2 is what answers.
+    //    the gate checks that rev2 is what answers. The canary's latency limits are wide
+    //    (`min_latency` 50ms, ratio 10): this checks that the real service's events are
+    //    compared, not that a shared 2-core machine under other tests keeps its p99 steady
+    //    (the judgement itself is unit-tested in `deploy/canary.rs`).
     let r = step("rev2", &|| {
         hosts.run(&[
             "deploy",
