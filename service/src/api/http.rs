@@ -47,7 +47,8 @@ struct BodyBounds {
     timeout: Duration,
 }
 
-struct Shared {
+/// What the routes' handlers share: the methods, the settings, the access log.
+struct Endpoint {
     api: Arc<Api>,
     config: HttpConfig,
     /// The -32003 a late call gets (built once, not per request).
@@ -87,7 +88,7 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/version", get(version))
-        .with_state(Arc::new(Shared {
+        .with_state(Arc::new(Endpoint {
             late: Arc::new(
                 RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
                     format!(
@@ -243,17 +244,17 @@ async fn read_body(State(bounds): State<BodyBounds>, req: Request, next: Next) -
 #[derive(Clone, Copy)]
 struct HadError;
 
-async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn rpc_endpoint(State(endpoint): State<Arc<Endpoint>>, body: Bytes) -> Response {
     // A call past the deadline is answered -32003 under its own id; dropping it is safe (the
     // committer owns writes: commit.rs).
     let deadline = rpc::Deadline {
-        at: tokio::time::Instant::now() + shared.config.request_timeout,
-        error: shared.late.clone(),
+        at: tokio::time::Instant::now() + endpoint.config.request_timeout,
+        error: endpoint.late.clone(),
     };
-    let limits = &shared.config.limits;
-    let observer = (shared.config.exposition.as_ref(), &shared.access_log);
+    let limits = &endpoint.config.limits;
+    let observer = (endpoint.config.exposition.as_ref(), &endpoint.access_log);
     let handled = rpc::handle_body_observed(
-        shared.api.as_ref(),
+        endpoint.api.as_ref(),
         &body,
         Some(&deadline),
         limits,
@@ -265,7 +266,7 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
             if errors > 0 {
                 resp.extensions_mut().insert(HadError);
             }
-            if shared.api.users.degradation().degraded() {
+            if endpoint.api.users.degradation().degraded() {
                 // RFC 7234's "Response is Stale": reads come from the last known snapshot.
                 resp.headers_mut().insert(
                     header::WARNING,
@@ -278,8 +279,8 @@ async fn rpc_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
     }
 }
 
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let users = &shared.api.users;
+async fn health(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    let users = &endpoint.api.users;
     let d = users.degradation();
     let probe = tokio::time::timeout(Duration::from_secs(2), users.store().ping()).await;
     let store_error = match probe {
@@ -312,7 +313,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     if let Some(e) = store_error {
         body["error"] = e.into();
     }
-    if let Some(p) = &shared.config.pull {
+    if let Some(p) = &endpoint.config.pull {
         body["pull"] = serde_json::json!({
             "ok": p.ok.load(Ordering::Relaxed),
             "failed": p.failed.load(Ordering::Relaxed),
@@ -329,8 +330,8 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// For a load balancer or systemd: whether the process serves (200) — only a shutdown says no.
-async fn live(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.api.users.is_stopping() {
+async fn live(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    if endpoint.api.users.is_stopping() {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             br#"{"status":"stopping"}"#.to_vec(),
@@ -343,8 +344,8 @@ async fn live(State(shared): State<Arc<Shared>>) -> Response {
 /// For a load balancer: whether to send it work (200) — reads answered and writes taken,
 /// committed or queued, so a database outage does not eject it; 503 while it stops or when a
 /// background task died. `/health` stays the monitoring view (503 when anything is degraded).
-async fn ready(State(shared): State<Arc<Shared>>) -> Response {
-    let users = &shared.api.users;
+async fn ready(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    let users = &endpoint.api.users;
     if users.ready() {
         json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
     } else {
@@ -362,20 +363,20 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static(super::prometheus::CONTENT_TYPE),
         )],
-        shared.config.exposition.render(),
+        endpoint.config.exposition.render(),
     )
         .into_response()
 }
 
-async fn version(State(shared): State<Arc<Shared>>) -> Response {
-    json_response(StatusCode::OK, shared.api.version().to_vec())
+async fn version(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    json_response(StatusCode::OK, endpoint.api.version().to_vec())
 }
 
 #[cfg(test)]

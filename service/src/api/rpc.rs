@@ -393,42 +393,71 @@ async fn handle_one<'a, H: Handler>(
     deadline: Option<&Deadline>,
     budget: usize,
 ) -> Answer<'a> {
-    if !item.get().starts_with('{') {
-        return Answer::refused(RpcError::invalid_request("a request must be an object"));
-    }
-    let env: Envelope<'a> = match serde_json::from_str(item.get()) {
-        Ok(env) => env,
-        Err(e) => {
-            return Answer::refused(RpcError::invalid_request(&format!(
-                "malformed request object: {e}"
-            )));
-        }
+    let call = match read_call(item) {
+        Ok(call) => call,
+        Err(refused) => return refused,
     };
+    let outcome = match (call.params, deadline) {
+        (Ok(params), None) => handler.call(&call.method, params, budget).await,
+        (Ok(params), Some(d)) => {
+            tokio::time::timeout_at(d.at, handler.call(&call.method, params, budget))
+                .await
+                .unwrap_or_else(|_| Err(RpcError::clone(&d.error)))
+        }
+        (Err(e), _) => Err(e),
+    };
+    Answer {
+        // A notification is executed but never answered, even when it fails.
+        reply_id: call.id,
+        logged_id: call.id,
+        method: Some(call.method),
+        outcome,
+    }
+}
+
+/// A request object read: its id (`None`: a notification), its method, and its params or why
+/// they are invalid (answered as -32602 under the request's id).
+struct ReadCall<'a> {
+    id: Option<&'a str>,
+    method: String,
+    params: Result<Params, RpcError>,
+}
+
+/// Reads one request object, or the answer refusing it (-32600).
+fn read_call(item: &RawValue) -> Result<ReadCall<'_>, Answer<'_>> {
+    if !item.get().starts_with('{') {
+        return Err(Answer::refused(RpcError::invalid_request(
+            "a request must be an object",
+        )));
+    }
+    let env: Envelope<'_> = serde_json::from_str(item.get()).map_err(|e| {
+        Answer::refused(RpcError::invalid_request(&format!(
+            "malformed request object: {e}"
+        )))
+    })?;
     let id = match classify_id(env.id) {
         IdKind::Absent => None,
         IdKind::Valid(id) => Some(id),
         IdKind::Invalid => {
-            return Answer::refused(RpcError::invalid_request(
+            return Err(Answer::refused(RpcError::invalid_request(
                 "id must be a string, a number or null",
-            ));
+            )));
         }
     };
-    let reply_id = Some(id.unwrap_or(NULL_ID));
     let invalid = |why: &str| Answer {
-        reply_id,
+        reply_id: Some(id.unwrap_or(NULL_ID)),
         logged_id: id,
         method: None,
         outcome: Err(RpcError::invalid_request(why)),
     };
-
     match env.jsonrpc.map(|v| serde_json::from_str::<&str>(v.get())) {
         Some(Ok("2.0")) => {}
-        _ => return invalid("\"jsonrpc\" must be exactly \"2.0\""),
+        _ => return Err(invalid("\"jsonrpc\" must be exactly \"2.0\"")),
     }
     let method: String = match env.method.map(|v| serde_json::from_str::<String>(v.get())) {
         Some(Ok(m)) => m,
-        Some(Err(_)) => return invalid("\"method\" must be a string"),
-        None => return invalid("\"method\" is missing"),
+        Some(Err(_)) => return Err(invalid("\"method\" must be a string")),
+        None => return Err(invalid("\"method\" is missing")),
     };
     let params = match env.params.map(RawValue::get) {
         None | Some("null") => Ok(Params::None),
@@ -438,24 +467,9 @@ async fn handle_one<'a, H: Handler>(
         Some(raw) if raw.starts_with('{') => serde_json::from_str(raw)
             .map(Params::Object)
             .map_err(RpcError::invalid_params),
-        Some(_) => return invalid("\"params\" must be an array or an object"),
+        Some(_) => return Err(invalid("\"params\" must be an array or an object")),
     };
-    let outcome = match (params, deadline) {
-        (Ok(params), None) => handler.call(&method, params, budget).await,
-        (Ok(params), Some(d)) => {
-            tokio::time::timeout_at(d.at, handler.call(&method, params, budget))
-                .await
-                .unwrap_or_else(|_| Err(RpcError::clone(&d.error)))
-        }
-        (Err(e), _) => Err(e),
-    };
-    Answer {
-        // A notification is executed but never answered, even when it fails.
-        reply_id: id,
-        logged_id: id,
-        method: Some(method),
-        outcome,
-    }
+    Ok(ReadCall { id, method, params })
 }
 
 /// Appends one response object.

@@ -153,21 +153,7 @@ pub(crate) async fn serve(
         // ones wait in the listen queue until one ends.
         if registry.len() >= limits.max_connections {
             let closed = registry.closed.notified();
-            // A few at a time: a flood is cleared in a few rounds, not one connection each.
-            let batch = (limits.max_connections / 16).max(1);
-            let asked = registry.evict_idlest(batch) as u64;
-            if asked > 0 {
-                let before = evicted;
-                evicted += asked;
-                // Logged when the count passes a power of two: a flood is seen, not spelt out.
-                if before == 0 || evicted.ilog2() != before.ilog2() {
-                    tracing::warn!(
-                        max_connections = limits.max_connections,
-                        evicted,
-                        "connection limit reached: closing the longest-idle connections"
-                    );
-                }
-            }
+            evict_for_room(&registry, &limits, &mut evicted);
             tokio::select! {
                 () = &mut stop => break,
                 () = closed => {}
@@ -209,6 +195,25 @@ pub(crate) async fn serve(
     let _ = drain_tx.send(true);
     // Every connection task holds a receiver: closed() resolves when the last one ends.
     drain_tx.closed().await;
+}
+
+/// At the connection limit: asks the longest-idle connections to close, a few at a time (a
+/// flood is cleared in a few rounds, not one connection each), and logs when the count of
+/// those passes a power of two (a flood is seen, not spelt out).
+fn evict_for_room(registry: &Registry, limits: &Limits, evicted: &mut u64) {
+    let batch = (limits.max_connections / 16).max(1);
+    let asked = registry.evict_idlest(batch) as u64;
+    if asked > 0 {
+        let before = *evicted;
+        *evicted += asked;
+        if before == 0 || evicted.ilog2() != before.ilog2() {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                evicted = *evicted,
+                "connection limit reached: closing the longest-idle connections"
+            );
+        }
+    }
 }
 
 struct Connection {

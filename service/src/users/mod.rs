@@ -113,19 +113,8 @@ impl Users {
             }
             None => (None, Vec::new()),
         };
-        let mut breaker = Breaker::new(resilience.failures, resilience.backoff);
-        if cold {
-            breaker.trip(Instant::now());
-        }
-        let mut queued = Queued::new(!cold);
-        if !entries.is_empty() {
-            // Queued by an earlier run: their checks were not made against this snapshot.
-            queued.unknown();
-        }
-        let stats = Stats::default();
-        if let Some(j) = &journal {
-            stats.quarantined.store(j.quarantined(), Ordering::Relaxed);
-        }
+        let (breaker, queued, stats) =
+            starting_state(resilience, cold, !entries.is_empty(), journal.as_ref());
         let ownership = if owned {
             Ownership::Owned
         } else {
@@ -354,6 +343,30 @@ impl Users {
     }
 }
 
+/// The breaker (open on a cold start: the store did not answer), what is known of queued writes
+/// (nothing exact when an earlier run queued them or the snapshot is a copy's) and the counters.
+fn starting_state(
+    resilience: &Resilience,
+    cold: bool,
+    earlier_writes: bool,
+    journal: Option<&Journal>,
+) -> (Breaker, Queued, Stats) {
+    let mut breaker = Breaker::new(resilience.failures, resilience.backoff);
+    if cold {
+        breaker.trip(Instant::now());
+    }
+    let mut queued = Queued::new(!cold);
+    if earlier_writes {
+        // Queued by an earlier run: their checks were not made against this snapshot.
+        queued.unknown();
+    }
+    let stats = Stats::default();
+    if let Some(j) = journal {
+        stats.quarantined.store(j.quarantined(), Ordering::Relaxed);
+    }
+    (breaker, queued, stats)
+}
+
 /// The journal's lock; `None` when an upgrade's previous server still holds it (`handover`).
 fn claim_journal(path: &std::path::Path, handover: bool) -> Result<Option<Owner>, OpenError> {
     match Owner::acquire(path) {
@@ -424,29 +437,7 @@ async fn replay_earlier(shared: &Arc<Shared>, queued: usize) {
 /// one's last writes are then final (committed, or in the journal): the snapshot is reloaded, or
 /// the journal replayed first, before any write of this server is committed or queued.
 async fn take_over(shared: Arc<Shared>) {
-    const POLL: Duration = Duration::from_millis(20);
-    let mut warned = Instant::now();
-    loop {
-        if *shared.ownership.borrow() != Ownership::Awaiting {
-            return;
-        }
-        let owner = match Owner::acquire(&shared.journal_path) {
-            Ok(owner) => owner,
-            Err(JournalError::Held { pid, .. }) => {
-                if warned.elapsed() >= Duration::from_secs(10) {
-                    warned = Instant::now();
-                    tracing::warn!(holder = ?pid, journal = %shared.journal_path.display(),
-                        "still waiting for the previous server to release the journal; writes wait");
-                }
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot take the journal over; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+    while let Some(owner) = released(&shared).await {
         let writer = shared.writer.lock().await;
         let (journal, entries) = match Journal::open(&shared.journal_path, owner) {
             Ok(opened) => opened,
@@ -462,22 +453,7 @@ async fn take_over(shared: Arc<Shared>) {
             .quarantined
             .store(journal.quarantined(), Ordering::Relaxed);
         *lock(&shared.journal) = Some(journal);
-        if entries.is_empty() {
-            match shared.store.load_entries().await {
-                Ok(entries) => {
-                    shared.snapshot.replace_entries(entries);
-                    lock(&shared.queued).clear();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reload what the previous server wrote; reloading once the store answers");
-                    lock(&shared.queued).unknown();
-                    lock(&shared.breaker).trip(Instant::now());
-                }
-            }
-        } else {
-            // The supervisor replays them (and reloads) before any new write goes ahead.
-            lock(&shared.queued).unknown();
-        }
+        catch_up(&shared, entries.is_empty()).await;
         let won = shared.ownership.send_if_modified(|o| {
             let waiting = *o == Ownership::Awaiting;
             if waiting {
@@ -495,6 +471,53 @@ async fn take_over(shared: Arc<Shared>) {
         }
         drop(writer);
         return;
+    }
+}
+
+/// The journal's lock once the previous server released it; `None` when nothing waits for it
+/// any more (the wait was called off, or this server is stopping).
+async fn released(shared: &Shared) -> Option<Owner> {
+    const POLL: Duration = Duration::from_millis(20);
+    let mut warned = Instant::now();
+    loop {
+        if *shared.ownership.borrow() != Ownership::Awaiting {
+            return None;
+        }
+        match Owner::acquire(&shared.journal_path) {
+            Ok(owner) => return Some(owner),
+            Err(JournalError::Held { pid, .. }) => {
+                if warned.elapsed() >= Duration::from_secs(10) {
+                    warned = Instant::now();
+                    tracing::warn!(holder = ?pid, journal = %shared.journal_path.display(),
+                        "still waiting for the previous server to release the journal; writes wait");
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the journal over; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// What the previous server wrote: reloaded now when it left nothing queued; else the
+/// supervisor replays its queued writes (and reloads) before any new write goes ahead.
+async fn catch_up(shared: &Shared, nothing_queued: bool) {
+    if !nothing_queued {
+        lock(&shared.queued).unknown();
+        return;
+    }
+    match shared.store.load_entries().await {
+        Ok(entries) => {
+            shared.snapshot.replace_entries(entries);
+            lock(&shared.queued).clear();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reload what the previous server wrote; reloading once the store answers");
+            lock(&shared.queued).unknown();
+            lock(&shared.breaker).trip(Instant::now());
+        }
     }
 }
 
