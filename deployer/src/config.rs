@@ -219,6 +219,36 @@ pub struct Health {
 }
 
 impl Health {
+    /// A method needs a URL; the flags are read by check_jsonrpc's own parser now, so a bad
+    /// range or pointer stops the deploy before it starts. Secret files are read when the gate
+    /// runs, not here: commands that never check health must not need them.
+    fn check(&self) -> Result<(), Problem> {
+        let args = self.check_args();
+        if (self.method.is_some() || !args.is_empty()) && self.url.is_none() {
+            return Err(Problem::MethodWithoutUrl);
+        }
+        let mut shown = Vec::with_capacity(args.len());
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            if a == "--bearer-file" || a == "--authorization-file" {
+                args.next();
+            } else {
+                shown.push(a);
+            }
+        }
+        match nagios_plugin::parse_args(
+            ["check_jsonrpc", "-H", "localhost"]
+                .into_iter()
+                .map(String::from)
+                .chain(shown),
+        ) {
+            Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) => {
+                Err(Problem::CheckOption(why))
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// The in-process check's options as check_jsonrpc arguments (`--expect V` …).
     pub fn check_args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -273,6 +303,28 @@ fn default_interval() -> Duration {
 
 fn default_check_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+impl Canary {
+    fn check(&self) -> Result<(), Problem> {
+        let ratio = |r: f64| r >= 1.0 && r.is_finite();
+        if !(ratio(self.max_error_ratio) && ratio(self.max_latency_ratio)) {
+            return Err(Problem::Canary(
+                "max_error_ratio and max_latency_ratio must be numbers of at least 1",
+            ));
+        }
+        if !(self.min_error_rate > 0.0 && self.min_error_rate.is_finite())
+            || self.min_latency.is_zero()
+        {
+            return Err(Problem::Canary(
+                "min_error_rate and min_latency must be above 0",
+            ));
+        }
+        if self.interval.is_zero() {
+            return Err(Problem::Canary("interval must be above 0"));
+        }
+        Ok(())
+    }
 }
 
 /// `[canary]`: limits on how much worse the new revision may do than the hosts still on the
@@ -526,10 +578,22 @@ impl Config {
         if self.keep_releases == 0 {
             return Err(Problem::KeepNone);
         }
-        if self.log.starts_with('/')
-            || self.log.split('/').any(|c| c == "..")
-            || self.log.is_empty()
-        {
+        self.check_paths()?;
+        for h in &self.hosts {
+            self.split_address(&h.address)?;
+        }
+        self.canary.check()?;
+        match &self.health {
+            Some(h) => h.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// `deploy_to` absolute; `log` and the shared paths inside the deploy directory.
+    fn check_paths(&self) -> Result<(), Problem> {
+        let inside =
+            |p: &str| !(p.starts_with('/') || p.split('/').any(|c| c == "..") || p.is_empty());
+        if !inside(&self.log) {
             return Err(Problem::LogPath(self.log.clone()));
         }
         for d in std::iter::once(&self.deploy_to)
@@ -540,54 +604,8 @@ impl Config {
             }
         }
         for s in self.shared_dirs.iter().chain(&self.shared_files) {
-            if s.starts_with('/') || s.split('/').any(|c| c == "..") || s.is_empty() {
+            if !inside(s) {
                 return Err(Problem::SharedPath(s.clone()));
-            }
-        }
-        for h in &self.hosts {
-            self.split_address(&h.address)?;
-        }
-        let c = &self.canary;
-        let ratio = |r: f64| r >= 1.0 && r.is_finite();
-        if !(ratio(c.max_error_ratio) && ratio(c.max_latency_ratio)) {
-            return Err(Problem::Canary(
-                "max_error_ratio and max_latency_ratio must be numbers of at least 1",
-            ));
-        }
-        if !(c.min_error_rate > 0.0 && c.min_error_rate.is_finite()) || c.min_latency.is_zero() {
-            return Err(Problem::Canary(
-                "min_error_rate and min_latency must be above 0",
-            ));
-        }
-        if c.interval.is_zero() {
-            return Err(Problem::Canary("interval must be above 0"));
-        }
-        if let Some(h) = &self.health {
-            let args = h.check_args();
-            if (h.method.is_some() || !args.is_empty()) && h.url.is_none() {
-                return Err(Problem::MethodWithoutUrl);
-            }
-            // Read by check_jsonrpc's own parser now, so a bad range or pointer stops the
-            // deploy before it starts. Secret files are read when the gate runs, not here:
-            // commands that never check health must not need them.
-            let mut shown = Vec::with_capacity(args.len());
-            let mut args = args.into_iter();
-            while let Some(a) = args.next() {
-                if a == "--bearer-file" || a == "--authorization-file" {
-                    args.next();
-                } else {
-                    shown.push(a);
-                }
-            }
-            if let Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) =
-                nagios_plugin::parse_args(
-                    ["check_jsonrpc", "-H", "localhost"]
-                        .into_iter()
-                        .map(String::from)
-                        .chain(shown),
-                )
-            {
-                return Err(Problem::CheckOption(why));
             }
         }
         Ok(())

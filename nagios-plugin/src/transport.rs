@@ -230,8 +230,15 @@ fn add_certificate(
 }
 
 fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
-    let body = cfg.request_body();
     let mut details = Vec::new();
+    let mut outcome = exchange(cfg, agent, &mut details);
+    outcome.details = details;
+    outcome
+}
+
+/// Sends the request and judges the answer; what `-v` asks to see goes to `details` on the way.
+fn exchange(cfg: &CheckConfig, agent: &ureq::Agent, details: &mut Vec<String>) -> Outcome {
+    let body = cfg.request_body();
     if cfg.verbose >= 1 {
         details.push(format!("POST {} {}", cfg.url, brief_text(&body, 500)));
     }
@@ -245,11 +252,7 @@ fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
     }
     let mut resp = match req.send(body.as_bytes()) {
         Ok(r) => r,
-        Err(e) => {
-            let mut o = transport_failure(cfg, &e, true);
-            o.details = details;
-            return o;
-        }
+        Err(e) => return transport_failure(cfg, &e, true),
     };
     let status = resp.status();
     let content_type = resp
@@ -263,36 +266,11 @@ fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
             details.push(format!("< {k}: {}", v.to_str().unwrap_or("(binary)")));
         }
     }
-    // Read at most max_size + 1 bytes ourselves: going over is then detected without buffering more.
-    let mut bytes = Vec::new();
-    let read = resp
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .reader()
-        .take(cfg.max_size + 1)
-        .read_to_end(&mut bytes);
+    let bytes = match read_body(cfg, &mut resp) {
+        Ok(bytes) => bytes,
+        Err(outcome) => return outcome,
+    };
     let elapsed = started.elapsed().as_secs_f64();
-    if let Err(e) = read {
-        let e = match e.downcast::<ureq::Error>() {
-            Ok(u) => u,
-            Err(io) => ureq::Error::Io(io),
-        };
-        let mut o = transport_failure(cfg, &e, false);
-        o.details = details;
-        return o;
-    }
-    if bytes.len() as u64 > cfg.max_size {
-        let mut o = Outcome::new(
-            State::Critical,
-            format!(
-                "response body larger than {} bytes (--max-size)",
-                cfg.max_size
-            ),
-        );
-        o.details = details;
-        return o;
-    }
     if cfg.verbose >= 1 {
         details.push(format!(
             "HTTP {status}, {} bytes, {content_type}, {elapsed:.6} s",
@@ -302,16 +280,48 @@ fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
     if cfg.verbose >= 2 {
         details.push(brief_text(&String::from_utf8_lossy(&bytes), 4000));
     }
-    let mut o = evaluate(
+    evaluate(
         cfg,
         status.as_u16(),
         status.canonical_reason(),
         &content_type,
         &bytes,
         elapsed,
-    );
-    o.details = details;
-    o
+    )
+}
+
+/// The body, at most `--max-size` bytes of it; a larger one, or a read that fails, is the
+/// verdict instead.
+fn read_body(
+    cfg: &CheckConfig,
+    resp: &mut ureq::http::Response<ureq::Body>,
+) -> Result<Vec<u8>, Outcome> {
+    // Read at most max_size + 1 bytes ourselves: going over is then detected without buffering more.
+    let mut bytes = Vec::new();
+    let read = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .reader()
+        .take(cfg.max_size + 1)
+        .read_to_end(&mut bytes);
+    if let Err(e) = read {
+        let e = match e.downcast::<ureq::Error>() {
+            Ok(u) => u,
+            Err(io) => ureq::Error::Io(io),
+        };
+        return Err(transport_failure(cfg, &e, false));
+    }
+    if bytes.len() as u64 > cfg.max_size {
+        return Err(Outcome::new(
+            State::Critical,
+            format!(
+                "response body larger than {} bytes (--max-size)",
+                cfg.max_size
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn brief_text(s: &str, max: usize) -> String {

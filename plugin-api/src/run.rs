@@ -95,39 +95,73 @@ pub fn run_with(
         .spawn()
         .map_err(|source| RunError::Spawn { program, source })?;
     let (tx, rx) = std::sync::mpsc::channel();
-    if let Some(mut out) = child.stdout.take() {
+    if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {
-            let max = usize::try_from(MAX_OUTPUT).unwrap_or(usize::MAX);
-            let mut kept = Vec::new();
-            let mut chunk = [0u8; 16384];
-            while let Ok(n) = out.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                match keep {
-                    Keep::Head => {
-                        let room = max.saturating_sub(kept.len()).min(n);
-                        kept.extend_from_slice(&chunk[..room]);
-                    }
-                    Keep::Tail => {
-                        kept.extend_from_slice(&chunk[..n]);
-                        if kept.len() > 2 * max {
-                            kept.drain(..kept.len() - max);
-                        }
-                    }
-                }
-            }
-            if keep == Keep::Tail && kept.len() > max {
-                kept.drain(..kept.len() - max);
-            }
-            let _ = tx.send(String::from_utf8_lossy(&kept).into_owned());
+            let _ = tx.send(read_output(out, keep));
         });
     }
-    let deadline = Instant::now() + timeout;
     let stop = || abort.is_some_and(|a| a.load(Ordering::Relaxed));
-    let code = loop {
+    let code = wait_or_kill(&mut child, Instant::now() + timeout, &stop);
+    // Something it left running may still hold the pipe: do not wait for it forever.
+    let output = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    // Killed: no exit code to judge by.
+    let ended = |state, first_line, timed_out, output| PluginRun {
+        state,
+        code: None,
+        first_line,
+        output,
+        perfdata: Vec::new(),
+        timed_out,
+    };
+    Ok(match code {
+        Some(code) => interpret(code, output),
+        None if stop() => ended(State::Unknown, "interrupted".into(), false, output),
+        None => {
+            let why = format!("plugin timed out after {}s", timeout.as_secs_f64());
+            ended(State::Critical, why, true, output)
+        }
+    })
+}
+
+/// The plugin's stdout to its end, at most [`MAX_OUTPUT`] bytes of it as `keep` says; the rest
+/// is read and dropped, so a chatty plugin never dies of a closed pipe.
+fn read_output(mut out: impl Read, keep: Keep) -> String {
+    let max = usize::try_from(MAX_OUTPUT).unwrap_or(usize::MAX);
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while let Ok(n) = out.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        match keep {
+            Keep::Head => {
+                let room = max.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&chunk[..room]);
+            }
+            Keep::Tail => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > 2 * max {
+                    kept.drain(..kept.len() - max);
+                }
+            }
+        }
+    }
+    if keep == Keep::Tail && kept.len() > max {
+        kept.drain(..kept.len() - max);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// Its exit code (`Some(None)`: killed by a signal), or `None` once it was killed with its
+/// group: past the deadline, or told to stop.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Option<Option<i32>> {
+    loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Ok(status.code()),
+            Ok(Some(status)) => return Some(status.code()),
             Ok(None) if Instant::now() < deadline && !stop() => {
                 std::thread::sleep(Duration::from_millis(5))
             }
@@ -140,53 +174,35 @@ pub fn run_with(
                 }
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(());
+                return None;
             }
         }
-    };
-    // Something it left running may still hold the pipe: do not wait for it forever.
-    let output = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
-    if code.is_err() && stop() {
-        return Ok(PluginRun {
-            state: State::Unknown,
-            code: None,
-            first_line: "interrupted".into(),
-            output,
-            perfdata: Vec::new(),
-            timed_out: false,
-        });
     }
-    let Ok(code) = code else {
-        return Ok(PluginRun {
-            state: State::Critical,
-            code: None,
-            first_line: format!("plugin timed out after {}s", timeout.as_secs_f64()),
-            output,
-            perfdata: Vec::new(),
-            timed_out: true,
-        });
-    };
+}
+
+/// A finished plugin's verdict: its exit code's state, its first line without perfdata, and
+/// the perfdata of every line (the guidelines let long output carry more after a `|`).
+fn interpret(code: Option<i32>, output: String) -> PluginRun {
     let mut lines = output.lines();
     let first = lines.next().unwrap_or("");
     let (first_line, mut perf_text) = match first.split_once('|') {
         Some((text, perf)) => (text.trim().to_owned(), perf.to_owned()),
         None => (first.trim().to_owned(), String::new()),
     };
-    // Guidelines: long output may carry more perfdata after a '|' on a later line.
     for line in lines {
         if let Some((_, perf)) = line.split_once('|') {
             perf_text.push(' ');
             perf_text.push_str(perf);
         }
     }
-    Ok(PluginRun {
+    PluginRun {
         state: State::from_exit(code),
         code,
         first_line,
         perfdata: parse_perfdata(&perf_text),
         output,
         timed_out: false,
-    })
+    }
 }
 
 #[cfg(test)]
