@@ -464,6 +464,11 @@ async fn answer(stream: tokio::net::UnixStream, handoff: Arc<Handoff>) {
         tracing::warn!(why = %why, "control socket: command refused");
         let mut stream = stream;
         let _ = stream.write_all(b"error not allowed\n").await;
+        // Read what it sent (briefly) before closing: closed at once, the peer's own send
+        // fails with a broken pipe, and it never reads why it was refused.
+        let mut sent = [0u8; MAX_COMMAND as usize];
+        let read = tokio::io::AsyncReadExt::read(&mut stream, &mut sent);
+        let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
         return;
     }
     let (read, mut write) = stream.into_split();
