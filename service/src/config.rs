@@ -659,6 +659,62 @@ mod tests {
         toml::from_str::<Options>(example).expect("packaging/usersvc.toml matches the config keys");
     }
 
+    /// The `[default: …]` the help states for `flag`.
+    fn stated_default(help: &str, flag: &str) -> String {
+        let at = help
+            .find(&format!("{flag} <"))
+            .or_else(|| help.find(&format!("{flag}\n")))
+            .unwrap_or_else(|| panic!("{flag} is not in the help"));
+        let rest = &help[at..];
+        let start = rest.find("[default: ").map(|i| i + "[default: ".len());
+        let start = start.unwrap_or_else(|| panic!("{flag} states no default"));
+        let text = &rest[start..];
+        let text = &text[..text.find(']').unwrap_or(text.len())];
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The defaults are written once, in `default`; the help's `[default: …]` texts are typed
+    /// by hand beside the flags, so this holds them to it.
+    #[test]
+    fn the_help_states_the_defaults_the_settings_use() {
+        use clap::CommandFactory;
+        let help = Cli::command()
+            .term_width(1000)
+            .render_long_help()
+            .to_string();
+        let s = Options::default()
+            .resolve()
+            .expect("the defaults are valid");
+        let duration = |flag: &str| {
+            humantime::parse_duration(&stated_default(&help, flag))
+                .unwrap_or_else(|e| panic!("{flag}: {e}"))
+        };
+        let number = |flag: &str| stated_default(&help, flag).parse::<u64>().ok();
+        assert_eq!(stated_default(&help, "--listen"), s.listen);
+        assert!(
+            s.database_url
+                .ends_with(stated_default(&help, "--database-url").trim_start_matches("sqlite://"))
+        );
+        assert_eq!(number("--body-limit"), Some(s.body_limit as u64));
+        assert_eq!(number("--max-batch"), Some(s.max_batch as u64));
+        assert_eq!(number("--max-response"), Some(s.max_response as u64));
+        assert_eq!(number("--pull-max-size"), Some(s.pull_max_size));
+        assert_eq!(
+            number("--breaker-failures"),
+            Some(u64::from(s.breaker_failures))
+        );
+        assert_eq!(duration("--header-timeout"), s.header_timeout);
+        assert_eq!(duration("--idle-timeout"), s.idle_timeout);
+        assert_eq!(duration("--body-timeout"), s.body_timeout);
+        assert_eq!(duration("--request-timeout"), s.request_timeout);
+        assert_eq!(duration("--store-timeout"), s.store_timeout);
+        assert_eq!(duration("--breaker-backoff"), s.breaker_backoff);
+        assert_eq!(duration("--riemann-interval"), s.riemann_interval);
+        assert_eq!(duration("--pull-interval"), s.pull_interval);
+        assert_eq!(duration("--pull-timeout"), s.pull_timeout);
+        assert!(s.journal.ends_with(stated_default(&help, "--journal")));
+    }
+
     #[test]
     fn flags_win_over_file_over_defaults() {
         let tmp = tempfile::tempdir().expect("temp dir");
