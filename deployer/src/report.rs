@@ -164,3 +164,118 @@ impl Outcome for Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Stage;
+
+    fn host(name: &str, failure: Option<Failure>) -> HostOutcome {
+        HostOutcome {
+            name: name.into(),
+            host: format!("{name}.example"),
+            previous: Some("20261130000000".into()),
+            sent_files: 3,
+            sent_bytes: 2048,
+            linked_files: 7,
+            result: if failure.is_some() {
+                "rolled back to 20261130000000".into()
+            } else {
+                "published".into()
+            },
+            failure,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn report(failed: bool) -> Report {
+        let failure = failed.then(|| Failure {
+            stage: Stage::Canary,
+            message: "worse than the old release".into(),
+        });
+        Report {
+            release: "20261201120000".into(),
+            revision: "abc123".into(),
+            hosts: vec![host("app1", failure), host("app2", None)],
+            ok: !failed,
+            elapsed: Duration::from_millis(1500),
+            stopped: None,
+            hooks: vec![HookRun {
+                stage: "after_publish",
+                host: Some("app1".into()),
+                command: "./bin/restart".into(),
+                problem: None,
+                output: "restarted\n".into(),
+            }],
+            show_hooks: false,
+            warnings: Vec::new(),
+            // What Riemann said, with a terminal escape in a host name.
+            canary: vec!["stopped: revision abc123 (app\u{1b}[2J1) against the others".into()],
+        }
+    }
+
+    #[test]
+    fn a_failed_deploy_names_its_first_failed_host_and_stage() {
+        let r = report(true);
+        let shown = r.to_string();
+        assert!(
+            shown.contains(
+                "rolled back to 20261130000000; FAILED at canary: worse than the old release"
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("3 files, 2.0 KiB"), "{shown}");
+        match r.verdict() {
+            Err(Unfinished::Deploy {
+                release,
+                host,
+                failure,
+            }) => {
+                assert_eq!(
+                    (release.as_str(), host.as_str()),
+                    ("20261201120000", "app1")
+                );
+                assert_eq!(failure.map(|f| f.stage), Some(Stage::Canary));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_riemann_said_is_printed_escaped_and_hooks_only_with_v() {
+        let mut r = report(true);
+        let shown = r.to_string();
+        assert!(
+            shown.contains("canary: stopped: revision abc123 (app\\u{1b}[2J1)"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\u{1b}'), "{shown}");
+        assert!(!shown.contains("HOOKS"), "{shown}");
+        r.show_hooks = true;
+        let shown = r.to_string();
+        assert!(
+            shown.contains("HOOKS\n== after_publish on app1: ./bin/restart (ok)\n   restarted"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn warnings_make_a_live_release_unfinished_and_a_stop_says_why() {
+        let mut r = report(false);
+        assert!(r.verdict().is_ok());
+        r.hosts[1].warnings.push("cleanup failed".into());
+        assert!(
+            matches!(r.verdict(), Err(Unfinished::LiveWithWarnings(release)) if release == "20261201120000")
+        );
+        let stopped = Report {
+            release: String::new(),
+            hosts: Vec::new(),
+            ok: false,
+            stopped: Some("local_before failed".into()),
+            ..report(false)
+        };
+        assert!(
+            matches!(stopped.verdict(), Err(Unfinished::Stopped(why)) if why == "local_before failed")
+        );
+    }
+}
