@@ -231,45 +231,32 @@ pub fn judge(s: &Sample, revision: &str, limits: &Canary) -> Judgement {
             new.hosts.join(", ")
         ));
     };
-    let mut parts = Vec::new();
-    let mut worse = false;
-    let floor_latency = limits.min_latency.as_secs_f64();
-    let metrics = [
-        (
-            "errors",
-            new.errors,
-            old.errors,
-            limits.min_error_rate,
-            limits.max_error_ratio,
-        ),
-        (
-            "latency p99",
-            new.latency,
-            old.latency,
-            floor_latency,
-            limits.max_latency_ratio,
-        ),
-    ];
-    for (what, n, o, floor, max) in metrics {
-        let shown = |v: f64| match what {
-            "errors" => format!("{v:.2}/s"),
-            _ => format!("{:.1} ms", v * 1e3),
-        };
-        match (n, o) {
-            (Some(n), Some(o)) => {
-                let ratio = n.max(floor) / o.max(floor);
-                let over = ratio > max;
-                worse |= over;
-                parts.push(format!(
-                    "{what} {} vs {} (ratio {ratio:.2} {} {max})",
-                    shown(n),
-                    shown(o),
-                    if over { ">" } else { "≤" }
-                ));
-            }
-            _ => parts.push(format!("{what}: not reported by both sides")),
-        }
-    }
+    let errors = compare(
+        "errors",
+        (new.errors, old.errors),
+        limits.min_error_rate,
+        limits.max_error_ratio,
+    );
+    let latency = compare(
+        "latency p99",
+        (new.latency, old.latency),
+        limits.min_latency.as_secs_f64(),
+        limits.max_latency_ratio,
+    );
+    let compared = [errors, latency];
+    let worse = compared
+        .iter()
+        .any(|c| c.as_ref().is_some_and(|(_, over)| *over));
+    let parts: Vec<String> = compared
+        .into_iter()
+        .zip(["errors", "latency p99"])
+        .map(|(c, what)| {
+            c.map_or_else(
+                || format!("{what}: not reported by both sides"),
+                |(text, _)| text,
+            )
+        })
+        .collect();
     if parts
         .iter()
         .all(|p| p.ends_with("not reported by both sides"))
@@ -289,6 +276,31 @@ pub fn judge(s: &Sample, revision: &str, limits: &Canary) -> Judgement {
     } else {
         Judgement::Fine(text)
     }
+}
+
+/// One metric, new against old, each side raised to `floor` first (one error on an idle
+/// service is not an infinite ratio): its line, and whether the ratio passes `max`. `None`:
+/// not reported by both sides.
+fn compare(
+    what: &str,
+    (new, old): (Option<f64>, Option<f64>),
+    floor: f64,
+    max: f64,
+) -> Option<(String, bool)> {
+    let (n, o) = (new?, old?);
+    let shown = |v: f64| match what {
+        "errors" => format!("{v:.2}/s"),
+        _ => format!("{:.1} ms", v * 1e3),
+    };
+    let ratio = n.max(floor) / o.max(floor);
+    let over = ratio > max;
+    let text = format!(
+        "{what} {} vs {} (ratio {ratio:.2} {} {max})",
+        shown(n),
+        shown(o),
+        if over { ">" } else { "≤" }
+    );
+    Some((text, over))
 }
 
 #[cfg(test)]
