@@ -243,58 +243,30 @@ impl HostHealth {
                     .build(),
             );
         };
-        if let Some((busy, total)) = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| cpu_times(&s))
-        {
-            match self.last_cpu {
-                // Too soon: the older sample stays, so the next event spans enough time.
-                Some((_, _, at)) if at.elapsed() < self.min_cpu_span => {}
-                Some((busy0, total0, _)) if total > total0 => {
-                    let fraction = busy.saturating_sub(busy0) as f64 / (total - total0) as f64;
-                    push(
-                        "cpu".into(),
-                        fraction,
-                        &self.limits.cpu,
-                        format!("{:.1}% busy", fraction * 100.0),
-                    );
-                    self.last_cpu = Some((busy, total, Instant::now()));
-                }
-                _ => self.last_cpu = Some((busy, total, Instant::now())),
-            }
+        if let Some(fraction) = self.cpu_busy() {
+            let shown = format!("{:.1}% busy", fraction * 100.0);
+            push("cpu".into(), fraction, &self.limits.cpu, shown);
         }
-        if let Some(used) = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| memory_used(&m))
-        {
-            push(
-                "memory".into(),
-                used,
-                &self.limits.memory,
-                format!("{:.1}% used", used * 100.0),
-            );
+        if let Some(used) = read_proc("/proc/meminfo", memory_used) {
+            let shown = format!("{:.1}% used", used * 100.0);
+            push("memory".into(), used, &self.limits.memory, shown);
         }
-        if let Some(one) = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
-        {
-            let per_core = one / self.cores as f64;
+        if let Some(one) = read_proc("/proc/loadavg", |l| {
+            l.split_whitespace().next()?.parse::<f64>().ok()
+        }) {
+            let shown = format!("1-minute load average {one} over {} cores", self.cores);
             push(
                 "load".into(),
-                per_core,
+                one / self.cores as f64,
                 &self.limits.load,
-                format!("1-minute load average {one} over {} cores", self.cores),
+                shown,
             );
         }
         match self.sample_disks() {
             Ok(disks) => {
                 for (point, used) in disks {
-                    push(
-                        format!("disk {point}"),
-                        used,
-                        &self.limits.disk,
-                        format!("{:.1}% used", used * 100.0),
-                    );
+                    let shown = format!("{:.1}% used", used * 100.0);
+                    push(format!("disk {point}"), used, &self.limits.disk, shown);
                 }
             }
             Err(stuck) => out.push(
@@ -309,6 +281,30 @@ impl HostHealth {
         }
         out
     }
+
+    /// The share of CPU time busy since the last sample, once at least `min_cpu_span` ago
+    /// (too soon: the older sample stays, so the next figure spans enough time).
+    fn cpu_busy(&mut self) -> Option<f64> {
+        let (busy, total) = read_proc("/proc/stat", cpu_times)?;
+        match self.last_cpu {
+            Some((_, _, at)) if at.elapsed() < self.min_cpu_span => None,
+            Some((busy0, total0, _)) if total > total0 => {
+                self.last_cpu = Some((busy, total, Instant::now()));
+                Some(busy.saturating_sub(busy0) as f64 / (total - total0) as f64)
+            }
+            _ => {
+                self.last_cpu = Some((busy, total, Instant::now()));
+                None
+            }
+        }
+    }
+}
+
+/// A file of /proc read and parsed by `parse`; `None` if either fails.
+fn read_proc<T>(path: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| parse(&text))
 }
 
 #[cfg(test)]

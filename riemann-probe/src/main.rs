@@ -162,6 +162,32 @@ struct WatchArgs {
 
 impl WatchArgs {
     fn into_config(self, client: ClientConfig) -> anyhow::Result<WatchConfig> {
+        self.check_timing()?;
+        // Checked with or without --health: thresholds given are thresholds meant.
+        let limits = self.limits()?;
+        let mut collectors = Vec::new();
+        if self.health {
+            collectors.push(Collector::Health(limits));
+        }
+        let (interval, ttl, host) = (self.interval, self.ttl, self.host.clone());
+        let command_timeout = self.command_timeout.unwrap_or(interval);
+        collectors.extend(self.program_collector()?);
+        anyhow::ensure!(
+            !collectors.is_empty(),
+            "nothing to watch: give --health, --nagios -- PLUGIN… or --command -- CMD…"
+        );
+        Ok(WatchConfig {
+            client,
+            interval,
+            ttl,
+            host,
+            command_timeout,
+            collectors,
+        })
+    }
+
+    /// `--interval` between 100 ms and a day; `--ttl` above 0.
+    fn check_timing(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.interval >= Duration::from_millis(100),
             "--interval {} is too short: at least 100ms",
@@ -176,6 +202,11 @@ impl WatchArgs {
             self.ttl.is_none_or(|t| t.is_finite() && t > 0.0),
             "--ttl must be seconds above 0"
         );
+        Ok(())
+    }
+
+    /// `--health`'s thresholds, each warning at most its critical.
+    fn limits(&self) -> anyhow::Result<HealthLimits> {
         let pair = |name: &str, warning: f64, critical: f64| {
             anyhow::ensure!(
                 warning.is_finite() && critical.is_finite() && warning <= critical,
@@ -183,16 +214,16 @@ impl WatchArgs {
             );
             Ok(Thresholds { warning, critical })
         };
-        let limits = HealthLimits {
+        Ok(HealthLimits {
             cpu: pair("cpu", self.cpu_warning, self.cpu_critical)?,
             memory: pair("memory", self.memory_warning, self.memory_critical)?,
             load: pair("load", self.load_warning, self.load_critical)?,
             disk: pair("disk", self.disk_warning, self.disk_critical)?,
-        };
-        let mut collectors = Vec::new();
-        if self.health {
-            collectors.push(Collector::Health(limits));
-        }
+        })
+    }
+
+    /// `--nagios` or `--command` with the program after `--`: both or neither.
+    fn program_collector(self) -> anyhow::Result<Option<Collector>> {
         let runs_program = self.nagios || self.command;
         anyhow::ensure!(
             runs_program != self.program.is_empty(),
@@ -203,34 +234,18 @@ impl WatchArgs {
                 "a program after -- needs --nagios or --command to say how to read it"
             }
         );
-        if runs_program {
-            let service = self.service.unwrap_or_else(|| {
-                std::path::Path::new(&self.program[0])
-                    .file_name()
-                    .map_or_else(
-                        || self.program[0].clone(),
-                        |n| n.to_string_lossy().into_owned(),
-                    )
-            });
-            let argv = self.program;
-            collectors.push(if self.nagios {
-                Collector::Nagios { argv, service }
-            } else {
-                Collector::Command { argv, service }
-            });
+        if !runs_program {
+            return Ok(None);
         }
-        anyhow::ensure!(
-            !collectors.is_empty(),
-            "nothing to watch: give --health, --nagios -- PLUGIN… or --command -- CMD…"
-        );
-        Ok(WatchConfig {
-            client,
-            interval: self.interval,
-            ttl: self.ttl,
-            host: self.host,
-            command_timeout: self.command_timeout.unwrap_or(self.interval),
-            collectors,
-        })
+        let service = self
+            .service
+            .unwrap_or_else(|| program_name(&self.program[0]));
+        let argv = self.program;
+        Ok(Some(if self.nagios {
+            Collector::Nagios { argv, service }
+        } else {
+            Collector::Command { argv, service }
+        }))
     }
 }
 
@@ -319,11 +334,7 @@ fn run() -> anyhow::Result<()> {
             plugin,
         } => {
             let run = plugin_api::run_argv(&plugin, plugin_timeout)?;
-            let service = service.unwrap_or_else(|| {
-                std::path::Path::new(&plugin[0])
-                    .file_name()
-                    .map_or_else(|| plugin[0].clone(), |n| n.to_string_lossy().into_owned())
-            });
+            let service = service.unwrap_or_else(|| program_name(&plugin[0]));
             let events = nagios_events(&run, &service, host.as_deref(), ttl);
             let dropped = connect()?
                 .send(&events)
@@ -342,6 +353,13 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A program's event service by default: its file name.
+fn program_name(argv0: &str) -> String {
+    std::path::Path::new(argv0)
+        .file_name()
+        .map_or_else(|| argv0.to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 /// `send`'s flags as one event.
