@@ -172,3 +172,77 @@ fn health_shown(cfg: &Config) -> String {
     .collect::<Vec<_>>()
     .join(" and ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("deploy.toml");
+        let text = format!(
+            "application = \"usersvc\"\ndeploy_to = \"/srv/usersvc\"\nsource = \"dist\"\n\
+             shared_dirs = [\"log\"]\n{extra}\n[[hosts]]\naddress = \"app1\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn step(cfg: &Config, options: &Options, name: &str) -> String {
+        steps(cfg, options)
+            .into_iter()
+            .find(|(what, _)| *what == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    }
+
+    #[test]
+    fn the_plan_says_how_hosts_would_be_published() {
+        let cfg = config("");
+        let all = Options::default();
+        assert_eq!(
+            step(&cfg, &all, "publish"),
+            "all hosts at once, once all are staged"
+        );
+        let rolling = Options {
+            rolling: Some(2),
+            ..Options::default()
+        };
+        assert_eq!(
+            step(&cfg, &rolling, "publish"),
+            "2 host(s) at a time, health gate between batches"
+        );
+        let canary = Options {
+            canary: Some(Duration::from_secs(30)),
+            ..Options::default()
+        };
+        assert_eq!(
+            step(&cfg, &canary, "publish"),
+            "canary first: 1 host(s), watched for 30s (health gate), then the rest at once"
+        );
+        let with_riemann = config("[riemann]\nserver = \"riemann:5555\"");
+        assert!(
+            step(&with_riemann, &canary, "publish")
+                .contains("and errors rate and latency p99 in Riemann against the old release")
+        );
+    }
+
+    #[test]
+    fn steps_not_configured_are_empty_and_the_gate_shows_what_it_checks() {
+        let cfg = config("");
+        let options = Options::default();
+        assert_eq!(step(&cfg, &options, "shared dirs"), "log");
+        assert_eq!(step(&cfg, &options, "health"), "");
+        assert_eq!(step(&cfg, &options, "local_before"), "");
+        let cfg = config(
+            "[hooks]\nlocal_before = [\"make\", \"make check\"]\n\
+             [health]\nurl = \"http://{host}:8080/\"\ncommand = \"check_disk\"",
+        );
+        assert_eq!(step(&cfg, &options, "local_before"), "make && make check");
+        assert_eq!(
+            step(&cfg, &options, "health"),
+            "http://{host}:8080/ ping and check_disk"
+        );
+    }
+}
