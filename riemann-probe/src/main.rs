@@ -312,8 +312,10 @@ fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::Send(a) => {
+            // The flags first: a bad --metric is reported as such, not as an unreachable Riemann.
+            let event = event_of(a)?;
             let dropped = connect()?
-                .send(&[event_of(a)?])
+                .send(&[event])
                 .context("the event was not accepted")?;
             anyhow::ensure!(
                 dropped == 0,

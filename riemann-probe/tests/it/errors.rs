@@ -21,3 +21,25 @@ fn refused_connection_is_one_message_and_a_hint() {
     );
     assert_eq!(lines[1], "is Riemann listening on 127.0.0.1:1?");
 }
+
+#[test]
+fn a_bad_flag_is_reported_as_such_even_with_riemann_down() {
+    let out = Command::new(env!("CARGO_BIN_EXE_riemann-probe"))
+        .args([
+            "--server",
+            "127.0.0.1:1",
+            "send",
+            "--service",
+            "x",
+            "--metric",
+            "abc",
+        ])
+        .output()
+        .expect("run riemann-probe");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--metric \"abc\" is not a number") && !err.contains("listening"),
+        "{err}"
+    );
+}
