@@ -1,10 +1,11 @@
 //! `usersvc import`: a JSON array of users into the store in one transaction, all or nothing,
 //! straight to the database (never queued, never through a running server).
 //!
-//! SQLite takes multi-row upserts through the writer (`Change::Import`). PostgreSQL takes the
-//! rows by `COPY`, which multi-row upserts could not match: straight into `users` when none of
-//! the ids is stored yet (a first load), else into a temporary table and from it by one
-//! `INSERT … ON CONFLICT`. Validation refuses an id twice in one file, so each row is one id.
+//! SQLite takes multi-row upserts through the writer (`Change::Import`). PostgreSQL takes a
+//! first load (none of the ids stored yet) by `COPY`, which multi-row upserts could not match;
+//! a file over stored ids goes by `INSERT … SELECT FROM unnest(…) ON CONFLICT`, a chunk of rows
+//! per statement (no temporary table: the service's role needs no TEMP privilege).
+//! Validation refuses an id twice in one file, so each row is one id.
 
 use crate::ServeError;
 use crate::doc::WriteDoc;
@@ -62,15 +63,15 @@ async fn upsert_through_writer(store: &Store, writes: Vec<WriteDoc>) -> Result<(
     }
 }
 
-const COPY_DIRECT: &str = "COPY users (id, rev, doc, updated_at) FROM STDIN";
-const STAGING: &str = "CREATE TEMPORARY TABLE usersvc_import
-    (id TEXT NOT NULL, rev BIGINT NOT NULL, doc TEXT NOT NULL, updated_at TEXT NOT NULL)
-    ON COMMIT DROP";
-const COPY_STAGED: &str = "COPY usersvc_import (id, rev, doc, updated_at) FROM STDIN";
-const UPSERT_STAGED: &str = "INSERT INTO users (id, rev, doc, updated_at)
-    SELECT id, rev, doc, updated_at FROM usersvc_import
+const ANY_STORED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE id = ANY($1))";
+const COPY_NEW: &str = "COPY users (id, rev, doc, updated_at) FROM STDIN";
+const UPSERT: &str = "INSERT INTO users (id, rev, doc, updated_at)
+    SELECT id, 1, doc, updated_at FROM unnest($1::text[], $2::text[], $3::text[])
+        AS u(id, doc, updated_at)
     ON CONFLICT (id) DO UPDATE SET rev = users.rev + 1, doc = excluded.doc,
     updated_at = excluded.updated_at";
+/// Rows per upsert statement: its three arrays stay a few megabytes.
+const UPSERT_CHUNK: usize = 10_000;
 
 /// One transaction on a connection of its own (`COPY` is not in sqlx's Any driver).
 async fn copy_into_postgres(url: &str, rows: &[WriteDoc]) -> Result<(), StoreError> {
@@ -78,22 +79,30 @@ async fn copy_into_postgres(url: &str, rows: &[WriteDoc]) -> Result<(), StoreErr
         .await
         .map_err(StoreError::Connect)?;
     let mut tx = conn.begin().await?;
-    // A plain COPY costs a third of an upsert per row; a stored id makes it fail as a whole
-    // (unique violation), and the savepoint takes that attempt back.
-    sqlx::query("SAVEPOINT direct").execute(&mut *tx).await?;
-    match copy(&mut tx, COPY_DIRECT, rows).await {
-        Ok(()) => {}
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            sqlx::query("ROLLBACK TO SAVEPOINT direct")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(STAGING).execute(&mut *tx).await?;
-            copy(&mut tx, COPY_STAGED, rows).await?;
-            sqlx::query(UPSERT_STAGED).execute(&mut *tx).await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
     let ids: Vec<&str> = rows.iter().map(|doc| doc.id.as_str()).collect();
+    // A plain COPY costs a third of an upsert per row, but fails as a whole on a stored id,
+    // and only once every row was sent: asked first, by one index lookup per id.
+    let any_stored: bool = sqlx::query_scalar(ANY_STORED)
+        .bind(&ids)
+        .fetch_one(&mut *tx)
+        .await?;
+    let copied = !any_stored && {
+        sqlx::query("SAVEPOINT copy").execute(&mut *tx).await?;
+        match copy(&mut tx, COPY_NEW, rows).await {
+            Ok(()) => true,
+            // Another instance stored one of them meanwhile: upserted below instead.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                sqlx::query("ROLLBACK TO SAVEPOINT copy")
+                    .execute(&mut *tx)
+                    .await?;
+                false
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if !copied {
+        upsert(&mut tx, rows).await?;
+    }
     sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind(CHANGES_CHANNEL)
         .bind(store::announcements(&ids))
@@ -101,6 +110,20 @@ async fn copy_into_postgres(url: &str, rows: &[WriteDoc]) -> Result<(), StoreErr
         .await?;
     tx.commit().await?;
     let _ = conn.close().await;
+    Ok(())
+}
+
+/// Inserts or updates the rows, a chunk per statement.
+async fn upsert(conn: &mut PgConnection, rows: &[WriteDoc]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        let column = |field: fn(&WriteDoc) -> &str| chunk.iter().map(field).collect::<Vec<_>>();
+        sqlx::query(UPSERT)
+            .bind(column(|d| &d.id))
+            .bind(column(|d| &d.json))
+            .bind(column(|d| &d.updated_at))
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
