@@ -84,6 +84,21 @@ impl Usersvc {
         self.peer.log()
     }
 
+    /// Waits up to 10 s for a log line containing `text`, and panics with the log if none
+    /// comes: the server logs through a non-blocking writer and a pipe, so its log may trail
+    /// what it already did.
+    pub fn expect_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// POSTs a raw body as `application/json`.
     pub fn post(&self, body: &[u8]) -> http::Response {
         http::post(

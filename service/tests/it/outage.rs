@@ -74,7 +74,7 @@ fn store_outage_under_traffic_loses_no_write() {
         r.header("warning"),
         Some("110 usersvc \"Response is Stale\"")
     );
-    assert!(s.log().contains("breaker open"), "{}", s.log());
+    s.expect_log("breaker open");
     let all = s.result("get_users", Value::Null);
     assert_eq!(all.as_array().map(Vec::len), Some(2));
     let health = s.get("/health");
@@ -179,7 +179,7 @@ fn a_journal_cut_short_replays_its_intact_prefix() {
     std::fs::write(&journal, &bytes[..bytes.len() - 7]).expect("truncate");
     pg.restart();
     s.start_again();
-    assert!(s.log().contains("last record is cut short"), "{}", s.log());
+    s.expect_log("last record is cut short");
     // Moved aside, bytes intact, not dropped.
     let quarantined =
         std::fs::read(s.dir().join("usersvc.journal.quarantine")).expect("quarantine");
@@ -425,7 +425,7 @@ fn a_journal_with_a_flipped_byte_replays_the_records_before_it() {
     std::fs::write(&journal, &bytes).expect("damage");
     pg.restart();
     s.start_again();
-    assert!(s.log().contains("checksum mismatch"), "{}", s.log());
+    s.expect_log("checksum mismatch");
     let (rev, doc) = stored(&pg, "seq");
     assert_eq!((rev, doc["n"].clone()), (3, json!(2)));
 }
@@ -458,11 +458,8 @@ fn an_undecodable_record_is_quarantined_and_the_records_around_it_replayed() {
         (json!(1), json!(0)),
         "{h}"
     );
-    assert!(
-        s.log().contains("w-odd"),
-        "logged with its write id: {}",
-        s.log()
-    );
+    // Logged with its write id.
+    s.expect_log("w-odd");
 }
 
 #[test]
