@@ -265,10 +265,8 @@ impl Collector for Scraped {
     }
 }
 
-type Written = Result<(), std::fmt::Error>;
-
 /// `usersvc_build_info`: what runs.
-fn build_info(e: &mut DescriptorEncoder, release: &Release) -> Written {
+fn build_info(e: &mut DescriptorEncoder, release: &Release) -> std::fmt::Result {
     let mut build = e.encode_descriptor(
         "usersvc_build_info",
         "The running build: always 1, its version, revision and release as labels",
@@ -289,7 +287,7 @@ fn build_info(e: &mut DescriptorEncoder, release: &Release) -> Written {
 }
 
 /// The breaker, the journal's depth, the snapshot and its local copy.
-fn store_health(e: &mut DescriptorEncoder, users: &Users) -> Written {
+fn store_health(e: &mut DescriptorEncoder, users: &Users) -> std::fmt::Result {
     let d = users.degradation();
     let mut breaker = e.encode_descriptor(
         "usersvc_breaker_state",
@@ -340,7 +338,7 @@ fn store_health(e: &mut DescriptorEncoder, users: &Users) -> Written {
 }
 
 /// The journal's counters, the committer's batch sizes and the background tasks.
-fn write_path(e: &mut DescriptorEncoder, users: &Users) -> Written {
+fn write_path(e: &mut DescriptorEncoder, users: &Users) -> std::fmt::Result {
     let stats = users.stats();
     for (name, help, value) in [
         (
@@ -394,7 +392,7 @@ fn write_path(e: &mut DescriptorEncoder, users: &Users) -> Written {
 }
 
 /// Pulls by result, and the users they changed.
-fn pulls(e: &mut DescriptorEncoder, p: &PullStats) -> Written {
+fn pulls(e: &mut DescriptorEncoder, p: &PullStats) -> std::fmt::Result {
     let mut pulls = e.encode_descriptor(
         "usersvc_pulls",
         "Pulls from the upstream source, by result",
