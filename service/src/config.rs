@@ -1,8 +1,21 @@
 //! Configuration: command-line flags, each with a `USERSVC_*` environment variable, over an
 //! optional TOML file, over defaults. Precedence: flag > environment > file > default.
+//!
+//! Each subsystem owns its settings, a `clap::Args` group with its defaults and bounds
+//! (`ServerSettings`, `StoreSettings`, `ApiSettings`, `PullSettings`, `RiemannSettings`, and
+//! the log's here); [`Settings`] flattens them into the one command line and the one file users
+//! see. A file's value goes through its flag's own parser, so a bound is written once and holds
+//! for all three layers.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::api::http::ApiSettings;
+use crate::lifecycle::ServerSettings;
+use crate::metrics::RiemannSettings;
+use crate::pull::PullSettings;
+use crate::users::StoreSettings;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,18 +34,21 @@ Examples:
 Methods: get_users, get_user, put_user, put_users, delete_user, ping, version, rpc.discover
 (rpc.discover returns the OpenRPC document). GET /health and GET /version need no auth.";
 
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(
     name = "usersvc",
     version,
     about = "A JSON-RPC 2.0 over HTTP user service (SQLite by default, PostgreSQL to share data)",
     after_help = AFTER_HELP
 )]
-pub struct Cli {
+struct Cli {
+    /// TOML file with any of the settings below (keys as the long flags, with underscores); paths in it are relative to its directory, paths in flags and the environment to the working directory
+    #[arg(long, env = "USERSVC_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    pub options: Options,
+    settings: Settings,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -73,180 +89,77 @@ Examples:
   usersvc --config /srv/usersvc/shared/usersvc.toml upgrade --start   (a deploy hook)
   systemctl reload usersvc                      (the shipped unit's ExecReload runs upgrade)";
 
-/// Every setting, written once: its flag, environment variable and help here, the same name
-/// (with underscores) as a key of the TOML file, and its default in [`Settings`].
-#[derive(Args, Serialize, Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    /// TOML file with any of the settings below (keys as the long flags, with underscores); paths in it are relative to its directory, paths in flags and the environment to the working directory
-    #[arg(long, env = "USERSVC_CONFIG", value_name = "FILE", global = true)]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-
-    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
-    #[arg(long, env = "USERSVC_LISTEN", value_name = "ADDR", global = true)]
-    pub listen: Option<String>,
-
-    /// sqlite://PATH (created on first run) or postgres://USER@HOST:PORT/DB [default: sqlite://usersvc.db]
-    #[arg(
-        long,
-        env = "USERSVC_DATABASE_URL",
-        value_name = "URL",
-        global = true,
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
-
-    /// Require `Authorization: Bearer TOKEN` on POST / and GET /metrics (the health probes and /version stay open)
-    #[arg(
-        long,
-        env = "USERSVC_AUTH_TOKEN",
-        value_name = "TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
-    pub auth_token: Option<String>,
-
-    /// Read the bearer token from this file (its trailing newline dropped); keeps it off the
-    /// command line and out of the environment. Prefer it to --auth-token
-    #[arg(
-        long,
-        env = "USERSVC_AUTH_TOKEN_FILE",
-        value_name = "FILE",
-        global = true
-    )]
-    pub auth_token_file: Option<PathBuf>,
-
-    /// Serve GET /metrics without the bearer token (for a Prometheus that scrapes without one);
-    /// without a token set, /metrics is open anyway [default: false]
-    #[arg(long, env = "USERSVC_METRICS_PUBLIC", value_name = "BOOL", num_args = 0..=1,
-        default_missing_value = "true", global = true)]
-    pub metrics_public: Option<bool>,
-
-    /// Largest request body in bytes; larger ones get HTTP 413 (at most 67108864) [default: 1048576]
-    #[arg(long, env = "USERSVC_BODY_LIMIT", value_name = "BYTES", global = true)]
-    pub body_limit: Option<usize>,
-
-    /// Most calls in one JSON-RPC batch; a larger batch is refused whole (-32600) [default: 1000]
-    #[arg(long, env = "USERSVC_MAX_BATCH", value_name = "N", global = true)]
-    pub max_batch: Option<usize>,
-
-    /// Largest answer to one request in bytes; a read past it is refused (-32004: page with limit/after) [default: 16777216]
-    #[arg(
-        long,
-        env = "USERSVC_MAX_RESPONSE",
-        value_name = "BYTES",
-        global = true
-    )]
-    pub max_response: Option<usize>,
-
-    /// Longest a client may take to send a request's headers; then the connection is closed [default: 10s]
-    #[arg(long, env = "USERSVC_HEADER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub header_timeout: Option<Duration>,
-
-    /// Longest a keep-alive connection may sit idle between requests [default: 60s]
-    #[arg(long, env = "USERSVC_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub idle_timeout: Option<Duration>,
-
-    /// Longest a client may take to send a request's body (HTTP 408 after it) [default: 30s]
-    #[arg(long, env = "USERSVC_BODY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub body_timeout: Option<Duration>,
-
-    /// Most open client connections; past it the longest-idle ones are closed to make room [default: the open-file limit less 64]
-    #[arg(long, env = "USERSVC_MAX_CONNECTIONS", value_name = "N", global = true)]
-    pub max_connections: Option<usize>,
-
-    /// Longest a request may take, e.g. 500ms, 30s, 1m [default: 30s]
-    #[arg(long, env = "USERSVC_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub request_timeout: Option<Duration>,
-
-    /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold start serves sits beside it (.snapshot) [default: usersvc.journal]
-    #[arg(long, env = "USERSVC_JOURNAL", value_name = "PATH", global = true)]
-    pub journal: Option<PathBuf>,
-
-    /// Longest wait for the database (a connection, a batch of writes) before it counts as unreachable and writes are queued [default: 2s]
-    #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub store_timeout: Option<Duration>,
-
-    /// Consecutive store failures that open the circuit breaker [default: 3]
-    #[arg(long, env = "USERSVC_BREAKER_FAILURES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub breaker_failures: Option<u32>,
-
-    /// Wait before probing an unreachable store (doubles per failed probe) [default: 1s]
-    #[arg(long, env = "USERSVC_BREAKER_BACKOFF", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub breaker_backoff: Option<Duration>,
-
-    /// Pull users from this URL (a JSON array of user objects with ids) every --pull-interval
-    #[arg(
-        long,
-        env = "USERSVC_PULL_URL",
-        value_name = "URL",
-        global = true,
-        hide_env_values = true
-    )]
-    pub pull_url: Option<String>,
-
-    /// How often to pull [default: 1m]
-    #[arg(long, env = "USERSVC_PULL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub pull_interval: Option<Duration>,
-
-    /// Longest one pull may take [default: 10s]
-    #[arg(long, env = "USERSVC_PULL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub pull_timeout: Option<Duration>,
-
-    /// Largest pulled payload in bytes; a larger one is refused whole [default: 16777216]
-    #[arg(
-        long,
-        env = "USERSVC_PULL_MAX_SIZE",
-        value_name = "BYTES",
-        global = true
-    )]
-    pub pull_max_size: Option<u64>,
-
-    /// Send a heartbeat and metrics to this Riemann server (HOST:PORT, TCP)
-    #[arg(long, env = "USERSVC_RIEMANN", value_name = "HOST:PORT", global = true)]
-    pub riemann: Option<String>,
-
-    /// Reporting interval; events carry ttl = 3 x interval [default: 5s]
-    #[arg(long, env = "USERSVC_RIEMANN_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration, global = true)]
-    #[serde(default, with = "toolkit_core::duration::optional")]
-    pub riemann_interval: Option<Duration>,
-
-    /// Threads serving requests [default: one per CPU core]
-    #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
-    pub workers: Option<u16>,
-
-    /// Write the serving pid here (needed by `upgrade`); a control socket sits beside it (.ctl)
-    #[arg(long, env = "USERSVC_PID_FILE", value_name = "PATH", global = true)]
-    pub pid_file: Option<PathBuf>,
-
-    /// The host name Riemann events carry [default: this machine's hostname]
-    #[arg(long, env = "USERSVC_RIEMANN_HOST", value_name = "NAME", global = true)]
-    pub riemann_host: Option<String>,
-
-    /// Log line format on stderr [default: text]
-    #[arg(long, env = "USERSVC_LOG_FORMAT", value_name = "FORMAT", global = true)]
-    pub log_format: Option<LogFormat>,
-
-    /// Log filter, e.g. info, debug, usersvc::access=debug (a line per call; failed calls are at info), sqlx=warn [default: info]
-    #[arg(long, env = "USERSVC_LOG", value_name = "FILTER", global = true)]
-    pub log: Option<String>,
+/// Every setting, grouped by the subsystem that uses it and flattened into one command line and
+/// one file: a flag's long name, with underscores, is its key in the TOML file, and
+/// `USERSVC_` and that key in capitals its environment variable. Each group writes its defaults
+/// once, in its flags' `default_value`s, and the help shows them from there.
+#[derive(Args, Serialize, Deserialize, Clone)]
+pub struct Settings {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub store: StoreSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub api: ApiSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub pull: PullSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub riemann: RiemannSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub log: LogSettings,
 }
 
-#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the process logs.
+#[derive(Args, Serialize, Deserialize, Clone)]
+#[command(next_help_heading = "Logging")]
+pub struct LogSettings {
+    /// Log line format on stderr
+    #[arg(
+        long,
+        env = "USERSVC_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. info, debug, usersvc::access=debug (a line per call; failed calls are at info), sqlx=warn
+    #[arg(
+        long,
+        env = "USERSVC_LOG",
+        value_name = "FILTER",
+        default_value = "info",
+        global = true
+    )]
+    pub log: String,
+}
+
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    #[default]
     Text,
     Json,
+}
+
+impl std::fmt::Debug for Settings {
+    /// Never a secret: the database URL's password is masked, the token only said to be set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.server.listen)
+            .field(
+                "database_url",
+                &crate::redact::text(&self.store.database_url),
+            )
+            .field("journal", &self.store.journal)
+            .field("auth_token", &self.api.auth_token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,143 +172,91 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    /// A setting out of its allowed range, whichever layer set it.
+    /// Settings that cannot work together, whichever layer set them.
     #[error("{0}")]
     Setting(String),
 }
 
-/// The largest `body_limit` allowed: a queued write is one journal record, and records are
-/// bounded (`store/journal.rs`).
-pub const MAX_BODY_LIMIT: usize = 64 << 20;
+/// The settings whose value is a path, made absolute against the directory of whatever set them
+/// (the database URL when it is SQLite's). `upgrade` anchors the same ones in the arguments it
+/// passes on.
+pub(crate) const PATH_KEYS: &[&str] = &[
+    "config",
+    "journal",
+    "pid_file",
+    "auth_token_file",
+    "database_url",
+];
 
-/// Every setting resolved: flag > environment > file > the default written here.
-#[derive(Deserialize, Debug, Clone)]
-pub struct Settings {
-    #[serde(default = "default::listen")]
-    pub listen: String,
-    #[serde(default = "default::database_url")]
-    pub database_url: String,
-    pub auth_token: Option<String>,
-    pub auth_token_file: Option<PathBuf>,
-    #[serde(default)]
-    pub metrics_public: bool,
-    #[serde(default = "default::body_limit")]
-    pub body_limit: usize,
-    #[serde(default = "default::max_batch")]
-    pub max_batch: usize,
-    #[serde(default = "default::max_response")]
-    pub max_response: usize,
-    #[serde(default = "default::header_timeout", with = "toolkit_core::duration")]
-    pub header_timeout: Duration,
-    #[serde(default = "default::idle_timeout", with = "toolkit_core::duration")]
-    pub idle_timeout: Duration,
-    #[serde(default = "default::body_timeout", with = "toolkit_core::duration")]
-    pub body_timeout: Duration,
-    /// `None`: from the open-file limit (`crate::lifecycle::server::Limits`).
-    pub max_connections: Option<usize>,
-    #[serde(default = "default::request_timeout", with = "toolkit_core::duration")]
-    pub request_timeout: Duration,
-    #[serde(default = "default::journal")]
-    pub journal: PathBuf,
-    pub riemann: Option<String>,
-    #[serde(default = "default::riemann_interval", with = "toolkit_core::duration")]
-    pub riemann_interval: Duration,
-    pub riemann_host: Option<String>,
-    pub pull_url: Option<String>,
-    #[serde(default = "default::pull_interval", with = "toolkit_core::duration")]
-    pub pull_interval: Duration,
-    #[serde(default = "default::pull_timeout", with = "toolkit_core::duration")]
-    pub pull_timeout: Duration,
-    #[serde(default = "default::pull_max_size")]
-    pub pull_max_size: u64,
-    #[serde(default = "default::store_timeout", with = "toolkit_core::duration")]
-    pub store_timeout: Duration,
-    pub pid_file: Option<PathBuf>,
-    #[serde(default = "default::breaker_failures")]
-    pub breaker_failures: u32,
-    #[serde(default = "default::breaker_backoff", with = "toolkit_core::duration")]
-    pub breaker_backoff: Duration,
-    /// `None`: one per core.
-    pub workers: Option<u16>,
-    #[serde(default)]
-    pub log_format: LogFormat,
-    #[serde(default = "default::log")]
-    pub log: String,
+/// A setting's flag: `pid_file` → `--pid-file`.
+pub(crate) fn flag_of(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }
 
-/// The defaults, each written once (the flags' help repeats them for the reader).
-mod default {
-    use std::path::PathBuf;
-    use std::time::Duration;
+/// A setting's environment variable: `pid_file` → `USERSVC_PID_FILE`.
+pub(crate) fn env_of(key: &str) -> String {
+    format!("USERSVC_{}", key.to_uppercase())
+}
 
-    pub fn listen() -> String {
-        "127.0.0.1:8080".into()
-    }
-    pub fn database_url() -> String {
-        "sqlite://usersvc.db".into()
-    }
-    pub fn body_limit() -> usize {
-        1024 * 1024
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn max_batch() -> usize {
-        1000
-    }
-    pub fn max_response() -> usize {
-        16 * 1024 * 1024
-    }
-    pub fn header_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn idle_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn body_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn journal() -> PathBuf {
-        PathBuf::from("usersvc.journal")
-    }
-    pub fn riemann_interval() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn pull_interval() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn pull_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn pull_max_size() -> u64 {
-        16 * 1024 * 1024
-    }
-    pub fn store_timeout() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub fn breaker_failures() -> u32 {
-        3
-    }
-    pub fn breaker_backoff() -> Duration {
-        Duration::from_secs(1)
-    }
-    pub fn log() -> String {
-        "info".into()
+/// A path setting's value made absolute against `base`.
+pub(crate) fn anchor_value(key: &str, value: &str, base: &Path) -> String {
+    if key == "database_url" {
+        anchor_url(value, base)
+    } else {
+        anchor(Path::new(value), base).display().to_string()
     }
 }
 
-/// Durations as people write them (`500ms`, `30s`, `1m`), in the file and between the layers.
-impl Options {
-    /// Flags (with their environment variables) over the file over the defaults.
-    pub fn resolve(self) -> Result<Settings, ConfigError> {
-        let path = self.config.clone().unwrap_or_default();
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.clone(),
-            message,
-        };
+/// The command line as given: what to do, and the settings before the config file is read.
+pub struct Invocation {
+    pub command: Command,
+    config: Option<PathBuf>,
+    given: Settings,
+    /// The settings a flag or an environment variable set: they win over the file.
+    explicit: BTreeSet<String>,
+}
+
+impl Invocation {
+    /// This process's arguments; `--help`, `--version` and usage errors print and exit as clap
+    /// does (exit 2 for a usage error).
+    pub fn parse() -> Self {
+        Self::try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// `args` (the program's name first) and the environment.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let keys =
+            keys_of(&cli.settings).map_err(|e| clap::Error::raw(clap::error::ErrorKind::Io, e))?;
+        let explicit = keys
+            .keys()
+            .filter(|key| {
+                matches!(
+                    matches.value_source(key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .cloned()
+            .collect();
+        Ok(Self {
+            command: cli.command.unwrap_or(Command::Serve),
+            config: cli.config,
+            given: cli.settings,
+            explicit,
+        })
+    }
+
+    /// Flags (with their environment variables) over the file over the defaults, checked.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         // Paths in the file mean the same file wherever usersvc is started from: they are the
-        // file's directory's; flags and the environment are the working directory's.
+        // file's directory's, and so are the defaults' (usersvc.db, usersvc.journal); flags and
+        // the environment are the working directory's.
         let home = match &self.config {
             Some(path) => cwd
                 .join(path)
@@ -403,36 +264,143 @@ impl Options {
                 .map_or_else(|| cwd.clone(), Path::to_path_buf),
             None => cwd.clone(),
         };
-        let file = match &self.config {
-            Some(path) => load_file(path)?.anchored(&home),
-            None => Options::default(),
-        };
-        let flags = self.anchored(&cwd);
-        // Each layer as the keys it sets; a later layer's key wins.
-        let mut merged = serde_json::Map::new();
-        for layer in [&file, &flags] {
-            if let serde_json::Value::Object(keys) =
-                serde_json::to_value(layer).map_err(|e| invalid(e.to_string()))?
-            {
-                merged.extend(keys.into_iter().filter(|(_, v)| !v.is_null()));
+        let mut keys = keys_of(&self.given).map_err(ConfigError::Setting)?;
+        if let Some(path) = &self.config {
+            self.overlay_file(path, &mut keys)?;
+        }
+        for key in PATH_KEYS {
+            if let Some(serde_json::Value::String(value)) = keys.get_mut(*key) {
+                let base = if self.explicit.contains(*key) {
+                    &cwd
+                } else {
+                    &home
+                };
+                *value = anchor_value(key, value, base);
             }
         }
         let mut settings: Settings =
-            serde_json::from_value(merged.into()).map_err(|e| invalid(e.to_string()))?;
-        // Defaults (usersvc.db, usersvc.journal) sit beside the config file when there is one.
-        settings.journal = anchor(&settings.journal, &home);
-        settings.database_url = anchor_url(&settings.database_url, &home);
-        settings.auth_token = settings.auth_token.filter(|t| !t.is_empty());
-        settings.check()?;
-        if let Some(path) = &settings.auth_token_file {
-            if settings.auth_token.is_some() {
+            serde_json::from_value(keys.into()).map_err(|e| ConfigError::Setting(e.to_string()))?;
+        let api = &mut settings.api;
+        api.auth_token = api.auth_token.take().filter(|t| !t.is_empty());
+        if let Some(path) = &api.auth_token_file {
+            if api.auth_token.is_some() {
                 return Err(ConfigError::Setting(
                     "auth_token and auth_token_file are both set: keep one (the file)".into(),
                 ));
             }
-            settings.auth_token = Some(read_secret(path)?);
+            api.auth_token = Some(read_secret(path)?);
         }
         Ok(settings)
+    }
+
+    /// The file's settings over `keys`, except those a flag or the environment set. Each value
+    /// goes through its flag's own parser (type and bounds) and is named by line and key when
+    /// refused; a key that is no setting is refused too.
+    fn overlay_file(
+        &self,
+        path: &Path,
+        keys: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| invalid(toml_message(&text, &e)))?;
+        let command = Cli::command();
+        for (key, value) in table {
+            let at = line_of(&text, &key);
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == key.as_str())
+                .filter(|_| keys.contains_key(&key));
+            let Some(arg) = arg else {
+                return Err(invalid(format!(
+                    "{at}: no such setting; the keys are the long flags with underscores, e.g. listen (usersvc --help lists them)"
+                )));
+            };
+            // A secret's value is never echoed (its errors would quote it).
+            let refused = |m: String| {
+                if arg.is_hide_env_values_set() {
+                    invalid(format!(
+                        "{at}: write it as a string (the value is not shown)"
+                    ))
+                } else {
+                    invalid(format!("{at}: {m}"))
+                }
+            };
+            check_value(arg, &value).map_err(refused)?;
+            let mut probe = keys.clone();
+            let json = serde_json::to_value(&value).map_err(|e| refused(e.to_string()))?;
+            probe.insert(key.clone(), json);
+            serde_json::from_value::<Settings>(probe.clone().into())
+                .map_err(|e| refused(e.to_string()))?;
+            if !self.explicit.contains(&key) {
+                *keys = probe;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The settings as keys (the file's) and values (JSON, durations as text).
+fn keys_of(settings: &Settings) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(keys)) => Ok(keys),
+        Ok(_) => Err("the settings are not a table".into()),
+        Err(e) => Err(format!("a setting cannot be read back: {e}")),
+    }
+}
+
+/// A value from the file put through its flag's parser, as if given as `--key=value`.
+fn check_value(arg: &clap::Arg, value: &toml::Value) -> Result<(), String> {
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(n) => n.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        // A table, an array or a date: the type check refuses it, naming what was expected.
+        _ => return Ok(()),
+    };
+    let Some(long) = arg.get_long() else {
+        return Ok(());
+    };
+    let one = arg
+        .clone()
+        .env(None::<&'static str>)
+        .global(false)
+        .default_value(None::<&'static str>);
+    clap::Command::new("usersvc")
+        .no_binary_name(true)
+        .arg(one)
+        .try_get_matches_from([format!("--{long}={text}")])
+        .map(drop)
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(cause) => cause.to_string(),
+            None => {
+                let shown = e.render().to_string();
+                let first = shown.lines().next().unwrap_or_default();
+                first.trim_start_matches("error: ").to_owned()
+            }
+        })
+}
+
+/// "line N (key)" where the file sets `key`, or the key alone when it is not found as written.
+fn line_of(text: &str, key: &str) -> String {
+    let set_here = |line: &str| {
+        let line = line.trim_start();
+        let rest = line
+            .strip_prefix(key)
+            .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
+        rest.is_some_and(|r| r.trim_start().starts_with('='))
+    };
+    match text.lines().position(set_here) {
+        Some(n) => format!("line {} ({key})", n + 1),
+        None => key.to_owned(),
     }
 }
 
@@ -463,26 +431,6 @@ pub(crate) fn anchor_url(url: &str, base: &Path) -> String {
     format!("sqlite://{}{query}", base.join(file).display())
 }
 
-impl Options {
-    /// Its relative paths made absolute against `base`.
-    fn anchored(mut self, base: &Path) -> Self {
-        for path in [
-            &mut self.journal,
-            &mut self.pid_file,
-            &mut self.auth_token_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *path = anchor(path, base);
-        }
-        if let Some(url) = &mut self.database_url {
-            *url = anchor_url(url, base);
-        }
-        self
-    }
-}
-
 /// A secret from a file: its content without the trailing newline; never empty, never printed.
 fn read_secret(path: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -497,91 +445,6 @@ fn read_secret(path: &Path) -> Result<String, ConfigError> {
         )));
     }
     Ok(secret.to_owned())
-}
-
-impl Settings {
-    /// Refuses settings that cannot work, naming the setting and what is allowed.
-    fn check(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Setting(m));
-        for (name, d) in [
-            ("request_timeout", self.request_timeout),
-            ("store_timeout", self.store_timeout),
-            ("breaker_backoff", self.breaker_backoff),
-            ("pull_interval", self.pull_interval),
-            ("pull_timeout", self.pull_timeout),
-            ("riemann_interval", self.riemann_interval),
-            ("header_timeout", self.header_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("body_timeout", self.body_timeout),
-        ] {
-            if d.is_zero() {
-                return bad(format!(
-                    "{name} (--{}) is 0: it must be longer than that, e.g. 500ms or 5s",
-                    name.replace('_', "-")
-                ));
-            }
-        }
-        for (name, n, least) in [
-            ("body_limit", self.body_limit, 1),
-            ("max_batch", self.max_batch, 1),
-            ("max_response", self.max_response, 1024),
-            ("max_connections", self.max_connections.unwrap_or(1), 1),
-            ("pull_max_size", self.pull_max_size as usize, 1),
-        ] {
-            if n < least {
-                return bad(format!(
-                    "{name} (--{}) is {n}: at least {least}",
-                    name.replace('_', "-")
-                ));
-            }
-        }
-        if self.body_limit > MAX_BODY_LIMIT {
-            return bad(format!(
-                "body_limit (--body-limit) is {} bytes; at most {MAX_BODY_LIMIT} (64 MiB) is allowed",
-                self.body_limit
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn resilience(&self) -> crate::users::Resilience {
-        crate::users::Resilience {
-            journal: self.journal.clone(),
-            failures: self.breaker_failures,
-            backoff: self.breaker_backoff,
-            handover: false,
-        }
-    }
-
-    /// Where and how often to pull users, when `pull_url` is set.
-    pub fn pull(&self) -> Option<crate::pull::PullConfig> {
-        Some(crate::pull::PullConfig {
-            url: self.pull_url.clone()?,
-            interval: self.pull_interval,
-            timeout: self.pull_timeout,
-            max_size: self.pull_max_size,
-        })
-    }
-
-    /// Where to send heartbeats and metrics, when `riemann` is set.
-    pub fn riemann(&self) -> Option<crate::metrics::RiemannConfig> {
-        Some(crate::metrics::RiemannConfig {
-            addr: self.riemann.clone()?,
-            interval: self.riemann_interval,
-            host: self.riemann_host.clone(),
-        })
-    }
-}
-
-fn load_file(path: &Path) -> Result<Options, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-        path: path.to_owned(),
-        message: toml_message(&text, &e),
-    })
 }
 
 /// Where a TOML error is and what it says, without quoting the file: the line may hold a
@@ -611,41 +474,46 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn paths_in_the_file_are_the_files_directorys() {
+    /// `usersvc ARGS` resolved (no command: serve).
+    fn resolve(args: &[&str]) -> Result<Settings, ConfigError> {
+        let args = std::iter::once("usersvc").chain(args.iter().copied());
+        Invocation::try_parse_from(args)
+            .expect("valid command line")
+            .settings()
+    }
+
+    /// `usersvc --config FILE` with `text` in FILE (in a new directory).
+    fn with_file(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("usersvc.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn paths_in_the_file_are_the_files_directorys() {
+        let (dir, path) = with_file(
             "journal = \"data/usersvc.journal\"\ndatabase_url = \"sqlite://usersvc.db?cache=shared\"\npid_file = \"/run/usersvc.pid\"\n",
-        )
-        .expect("write");
-        let s = Options {
-            config: Some(path.clone()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect("valid");
+        );
+        let config = path.to_str().expect("utf-8");
+        let s = resolve(&["--config", config]).expect("valid");
         let d = dir.path();
-        assert_eq!(s.journal, d.join("data/usersvc.journal"));
+        assert_eq!(s.store.journal, d.join("data/usersvc.journal"));
         assert_eq!(
-            s.database_url,
+            s.store.database_url,
             format!("sqlite://{}?cache=shared", d.join("usersvc.db").display())
         );
-        assert_eq!(s.pid_file.as_deref(), Some(Path::new("/run/usersvc.pid")));
+        assert_eq!(
+            s.server.pid_file.as_deref(),
+            Some(Path::new("/run/usersvc.pid"))
+        );
         // A flag is the working directory's; a default, the file's.
         std::fs::write(&path, "").expect("write");
-        let s = Options {
-            config: Some(path),
-            journal: Some("j".into()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect("valid");
+        let s = resolve(&["--config", config, "--journal", "j"]).expect("valid");
         let cwd = std::env::current_dir().expect("cwd");
-        assert_eq!(s.journal, cwd.join("j"));
+        assert_eq!(s.store.journal, cwd.join("j"));
         assert_eq!(
-            s.database_url,
+            s.store.database_url,
             format!("sqlite://{}", d.join("usersvc.db").display())
         );
         assert_eq!(anchor_url("postgres://u@h/db", d), "postgres://u@h/db");
@@ -655,159 +523,143 @@ mod tests {
 
     #[test]
     fn shipped_example_config_is_valid() {
-        let example = include_str!("../../packaging/usersvc.toml");
-        toml::from_str::<Options>(example).expect("packaging/usersvc.toml matches the config keys");
-    }
-
-    /// The `[default: …]` the help states for `flag`.
-    fn stated_default(help: &str, flag: &str) -> String {
-        let at = help
-            .find(&format!("{flag} <"))
-            .or_else(|| help.find(&format!("{flag}\n")))
-            .unwrap_or_else(|| panic!("{flag} is not in the help"));
-        let rest = &help[at..];
-        let start = rest.find("[default: ").map(|i| i + "[default: ".len());
-        let start = start.unwrap_or_else(|| panic!("{flag} states no default"));
-        let text = &rest[start..];
-        let text = &text[..text.find(']').unwrap_or(text.len())];
-        text.split_whitespace().collect::<Vec<_>>().join(" ")
-    }
-
-    /// The defaults are written once, in `default`; the help's `[default: …]` texts are typed
-    /// by hand beside the flags, so this holds them to it.
-    #[test]
-    fn the_help_states_the_defaults_the_settings_use() {
-        use clap::CommandFactory;
-        let help = Cli::command()
-            .term_width(1000)
-            .render_long_help()
-            .to_string();
-        let s = Options::default()
-            .resolve()
-            .expect("the defaults are valid");
-        let duration = |flag: &str| {
-            humantime::parse_duration(&stated_default(&help, flag))
-                .unwrap_or_else(|e| panic!("{flag}: {e}"))
-        };
-        let number = |flag: &str| stated_default(&help, flag).parse::<u64>().ok();
-        assert_eq!(stated_default(&help, "--listen"), s.listen);
-        assert!(
-            s.database_url
-                .ends_with(stated_default(&help, "--database-url").trim_start_matches("sqlite://"))
-        );
-        assert_eq!(number("--body-limit"), Some(s.body_limit as u64));
-        assert_eq!(number("--max-batch"), Some(s.max_batch as u64));
-        assert_eq!(number("--max-response"), Some(s.max_response as u64));
-        assert_eq!(number("--pull-max-size"), Some(s.pull_max_size));
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/usersvc.toml");
+        let s = resolve(&["--config", example]).expect("packaging/usersvc.toml is valid");
+        assert_eq!(s.log.log_format, LogFormat::Json);
         assert_eq!(
-            number("--breaker-failures"),
-            Some(u64::from(s.breaker_failures))
+            s.store.journal,
+            Path::new("/srv/usersvc/shared/usersvc.journal")
         );
-        assert_eq!(duration("--header-timeout"), s.header_timeout);
-        assert_eq!(duration("--idle-timeout"), s.idle_timeout);
-        assert_eq!(duration("--body-timeout"), s.body_timeout);
-        assert_eq!(duration("--request-timeout"), s.request_timeout);
-        assert_eq!(duration("--store-timeout"), s.store_timeout);
-        assert_eq!(duration("--breaker-backoff"), s.breaker_backoff);
-        assert_eq!(duration("--riemann-interval"), s.riemann_interval);
-        assert_eq!(duration("--pull-interval"), s.pull_interval);
-        assert_eq!(duration("--pull-timeout"), s.pull_timeout);
-        assert!(s.journal.ends_with(stated_default(&help, "--journal")));
+    }
+
+    /// The contract's defaults (DESIGN.md), and the rule that makes one name of a setting's
+    /// flag, environment variable and key: `upgrade` and the file rely on it.
+    #[test]
+    fn defaults_and_names_follow_the_contract() {
+        let s = resolve(&[]).expect("the defaults are valid");
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert!(
+            s.store.database_url.starts_with("sqlite:///")
+                && s.store.database_url.ends_with("/usersvc.db"),
+            "{}",
+            s.store.database_url
+        );
+        assert_eq!(s.log.log_format, LogFormat::Text);
+        assert_eq!(s.riemann.riemann_interval, Duration::from_secs(5));
+        let keys = keys_of(&s).expect("keys");
+        let command = Cli::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !keys.contains_key(id) && id != "config" {
+                continue;
+            }
+            assert_eq!(arg.get_long().map(|l| format!("--{l}")), Some(flag_of(id)));
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(env, Some(env_of(id).as_str()), "{id}");
+        }
+        // The help states what the connection limit's default is computed from.
+        let help = Cli::command().render_long_help().to_string();
+        let reserved = crate::lifecycle::server::RESERVED_FDS;
+        assert!(help.contains(&format!("less {reserved}]")), "{help}");
     }
 
     #[test]
     fn flags_win_over_file_over_defaults() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
+        let (_dir, path) = with_file(
             "listen = \"127.0.0.1:1\"\nrequest_timeout = \"2s\"\nlog_format = \"json\"\n",
-        )
-        .expect("write");
-        let s = Options {
-            config: Some(path.clone()),
-            listen: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        }
-        .resolve()
+        );
+        let config = path.to_str().expect("utf-8");
+        let s = resolve(&["--config", config, "--listen", "127.0.0.1:2"]).expect("valid");
+        assert_eq!(s.server.listen, "127.0.0.1:2");
+        assert_eq!(s.api.request_timeout, Duration::from_secs(2));
+        assert_eq!(s.log.log_format, LogFormat::Json);
+        assert_eq!(s.store.store_timeout, Duration::from_secs(2));
+        // After a subcommand too (the flags are global).
+        let after = Invocation::try_parse_from([
+            "usersvc",
+            "--config",
+            config,
+            "import",
+            "--listen",
+            "127.0.0.1:3",
+            "u.json",
+        ])
         .expect("valid");
-        assert_eq!(s.listen, "127.0.0.1:2");
-        assert_eq!(s.request_timeout, Duration::from_secs(2));
-        assert_eq!(s.log_format, LogFormat::Json);
-        // The default database sits where usersvc is started (no path in a file to anchor it).
-        assert!(
-            s.database_url.starts_with("sqlite:///") && s.database_url.ends_with("/usersvc.db"),
-            "{}",
-            s.database_url
+        assert!(matches!(after.command, Command::Import { .. }));
+        assert_eq!(
+            after.settings().expect("valid").server.listen,
+            "127.0.0.1:3"
         );
-        assert_eq!(s.store_timeout, Duration::from_secs(2));
+    }
 
-        std::fs::write(&path, "store_timeout = \"soon\"\n").expect("write");
-        let err = Options {
-            config: Some(path.clone()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect_err("not a duration");
+    /// A file's value is held to its flag's parser: its type and bounds, named by line and key,
+    /// never echoing the line (it may hold the token).
+    #[test]
+    fn a_bad_file_is_refused_by_line_and_key() {
+        let refused = |text: &str| {
+            let (_dir, path) = with_file(text);
+            let config = path.to_str().expect("utf-8").to_owned();
+            resolve(&["--config", &config]).expect_err(text).to_string()
+        };
+        let err = refused("\n store_timeout = \"soon\"\n");
         assert!(
-            err.to_string().contains("store_timeout") && err.to_string().contains("500ms"),
+            err.contains("line 2 (store_timeout)") && err.contains("500ms"),
             "{err}"
         );
-
-        // A TOML error names the line, never echoes it: it may hold the token.
-        std::fs::write(&path, "auth_token = \"s3cret-token\" oops\n").expect("write");
-        let err = Options {
-            config: Some(path.clone()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect_err("bad TOML");
+        let err = refused("pull_interval = \"0s\"\n");
         assert!(
-            err.to_string().contains("line 1") && !err.to_string().contains("s3cret"),
+            err.contains("line 1 (pull_interval)") && err.contains("longer than 0"),
             "{err}"
         );
-
-        // Settings that cannot work fail at start, named.
-        std::fs::write(&path, "pull_interval = \"0s\"\n").expect("write");
-        let err = Options {
-            config: Some(path.clone()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect_err("zero interval");
+        let err = refused("breaker_failures = 0\n");
         assert!(
-            err.to_string()
-                .starts_with("pull_interval (--pull-interval) is 0"),
+            err.contains("(breaker_failures)") && err.contains("not in 1.."),
             "{err}"
         );
+        let err = refused("workers = 0\n");
+        assert!(err.contains("(workers)"), "{err}");
+        let err = refused("body_limit = 67108865\n");
+        assert!(err.contains("(body_limit)"), "{err}");
+        let err = refused("max_response = 10\n");
+        assert!(err.contains("(max_response)"), "{err}");
+        let err = refused("log_format = \"xml\"\n");
+        assert!(err.contains("(log_format)") && err.contains("xml"), "{err}");
+        let err = refused("listen = 8080\n");
+        assert!(err.contains("(listen)") && err.contains("string"), "{err}");
+        let err = refused("lisen = \"x\"\n");
+        assert!(
+            err.contains("line 1 (lisen)") && err.contains("no such setting"),
+            "{err}"
+        );
+        let err = refused("config = \"other.toml\"\n");
+        assert!(err.contains("no such setting"), "{err}");
+        let err = refused("auth_token = \"s3cret-token\" oops\n");
+        assert!(err.contains("line 1") && !err.contains("s3cret"), "{err}");
+        let err = refused("auth_token = 5\n");
+        assert!(err.contains("(auth_token)") && !err.contains('5'), "{err}");
+        let err = refused("database_url = [\"postgres://u:pw@db/x\"]\n");
+        assert!(
+            err.contains("(database_url)") && !err.contains("pw"),
+            "{err}"
+        );
+    }
 
-        // The token from a file, its newline dropped; not with auth_token too.
-        let token = dir.join("token");
+    #[test]
+    fn the_token_comes_from_one_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = dir.path().join("token");
         std::fs::write(&token, "from-file\n").expect("write");
-        let s = Options {
-            auth_token_file: Some(token.clone()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect("valid");
-        assert_eq!(s.auth_token.as_deref(), Some("from-file"));
-        let err = Options {
-            auth_token_file: Some(token),
-            auth_token: Some("x".into()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect_err("both");
+        let file = token.to_str().expect("utf-8");
+        let s = resolve(&["--auth-token-file", file]).expect("valid");
+        assert_eq!(s.api.auth_token.as_deref(), Some("from-file"));
+        assert!(!format!("{s:?}").contains("from-file"), "{s:?}");
+        let err = resolve(&["--auth-token-file", file, "--auth-token", "x"]).expect_err("both");
         assert!(err.to_string().contains("both set"), "{err}");
-
-        std::fs::write(&path, "lisen = \"x\"\n").expect("write");
-        let err = Options {
-            config: Some(path),
-            ..Default::default()
-        }
-        .resolve()
-        .expect_err("typo must be refused");
-        assert!(err.to_string().contains("lisen"), "{err}");
+        std::fs::write(&token, "\n").expect("write");
+        let err = resolve(&["--auth-token-file", file]).expect_err("empty");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        // An empty token is no token.
+        let s = resolve(&["--auth-token", ""]).expect("valid");
+        assert_eq!(s.api.auth_token, None);
     }
 }

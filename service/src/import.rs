@@ -30,7 +30,7 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
     })?;
     drop(text);
     let count = valid.len();
-    let store = Store::open(&settings.database_url, settings.store_timeout).await?;
+    let store = Store::open(&settings.store.database_url, settings.store.store_timeout).await?;
     let now = crate::doc::now();
     let writes: Vec<WriteDoc> = valid
         .into_iter()

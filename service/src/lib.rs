@@ -59,7 +59,7 @@ mod tidy;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Cli, Command, Settings};
+pub use config::{Command, Invocation, Settings};
 pub use import::import;
 pub use lifecycle::{Inherited, ListenError, UpgradeError, Upgraded, upgrade};
 
@@ -102,14 +102,11 @@ pub enum ServeError {
 /// On an error before it served, `inherited` still holds the channel to whoever started this
 /// server: pass the message to [`Inherited::failed`].
 pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), ServeError> {
-    let resilience = users::Resilience {
-        handover: inherited.replaces_a_server(),
-        ..settings.resilience()
-    };
-    let users =
-        users::Users::open(&settings.database_url, settings.store_timeout, &resilience).await?;
-    tracing::info!(users = users.count(), database = %redact::text(&settings.database_url), "store ready");
-    let pull_stats = settings.pull().map(|cfg| {
+    let store = &settings.store;
+    let resilience = store.resilience(inherited.replaces_a_server());
+    let users = users::Users::open(&store.database_url, store.store_timeout, &resilience).await?;
+    tracing::info!(users = users.count(), database = %redact::text(&store.database_url), "store ready");
+    let pull_stats = settings.pull.config().map(|cfg| {
         let stats = Arc::new(pull::PullStats::default());
         tracing::info!(url = %redact::text(&cfg.url), interval = %humantime::format_duration(cfg.interval), "pulling users");
         users
@@ -119,7 +116,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     });
     let metrics = Arc::new(metrics::Metrics::default());
     let release = release::Release::of_running_exe();
-    let probe = settings.riemann().map(|cfg| {
+    let probe = settings.riemann.config().map(|cfg| {
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
         metrics::start_reporter(cfg, metrics.clone(), users.clone(), &release)
     });
@@ -134,21 +131,13 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         api::http::HttpConfig {
             metrics,
             exposition,
-            metrics_public: settings.metrics_public,
-            auth_token: settings.auth_token.clone(),
-            body_limit: settings.body_limit,
-            body_timeout: settings.body_timeout,
-            request_timeout: settings.request_timeout,
-            limits: api::rpc::Limits {
-                max_batch: settings.max_batch,
-                max_response: settings.max_response,
-            },
             pull: pull_stats,
+            settings: settings.api.clone(),
         },
     );
-    let (listener, origin) = inherited.listener(&settings.listen)?;
+    let (listener, origin) = inherited.listener(&settings.server.listen)?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && settings.auth_token.is_none() {
+    if !addr.ip().is_loopback() && settings.api.auth_token.is_none() {
         tracing::warn!(%addr, "listening beyond loopback without a token: anyone who can reach this port can read and write every user; set auth_token_file");
     }
     // Fired when an upgrade has handed the socket on: this server then stops accepting.
@@ -156,7 +145,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     let (stop_tx, stop_rx) =
         tokio::sync::oneshot::channel::<Option<lifecycle::upgrade::Successor>>();
     let stopping = users.clone();
-    let request_timeout = settings.request_timeout;
+    let request_timeout = settings.api.request_timeout;
     let stop = async move {
         let handed_over = async {
             match handed_rx.await {
@@ -181,19 +170,13 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         use std::os::fd::AsFd;
         listener.as_fd().try_clone_to_owned()?
     };
-    let limits = lifecycle::server::Limits {
-        header_timeout: settings.header_timeout,
-        idle_timeout: settings.idle_timeout,
-        max_connections: settings
-            .max_connections
-            .unwrap_or_else(lifecycle::server::default_max_connections),
-    };
+    let limits = settings.server.limits();
     let accepting = tokio::spawn(lifecycle::server::serve(listener, app, limits, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     tracing::info!(%addr, socket = origin.as_str(), revision = ?release.revision, release = ?release.name, "listening on http://{addr}/");
     // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by
     // it. Bound only now, ready to serve: the path must never lead to a server that failed.
-    match &settings.pid_file {
+    match &settings.server.pid_file {
         Some(pid_file) => lifecycle::upgrade::listen_control(pid_file, dup, handed_tx)?,
         None => drop((dup, handed_tx)),
     }
@@ -222,7 +205,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
             _ => tracing::warn!("Riemann did not take the last events in time; leaving them"),
         }
     }
-    if let Some(pid_file) = &settings.pid_file {
+    if let Some(pid_file) = &settings.server.pid_file {
         lifecycle::pidfile::remove_if_ours(pid_file, std::process::id());
     }
     Ok(())
@@ -255,7 +238,7 @@ async fn announce_ready(
     channel: Option<lifecycle::listener::UpgradeChannel>,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
-    if let Some(path) = &settings.pid_file {
+    if let Some(path) = &settings.server.pid_file {
         lifecycle::pidfile::write(path, pid).map_err(|source| ServeError::PidFile {
             path: path.display().to_string(),
             source,

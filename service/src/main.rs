@@ -1,14 +1,13 @@
-use clap::Parser;
 use service::config::LogFormat;
-use service::{Cli, Command, Inherited};
+use service::{Command, Inherited, Invocation};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     service::keep_files_private();
     // First, while this is the only thread: it takes LISTEN_FDS out of the environment.
     let mut inherited = Inherited::from_env();
-    let cli = Cli::parse();
-    match run(cli, &mut inherited) {
+    let invocation = Invocation::parse();
+    match run(invocation, &mut inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One message (ours carry their cause), no "Caused by:" chain, no backtrace, no
@@ -24,17 +23,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, inherited: &mut Result<Inherited, service::ListenError>) -> anyhow::Result<()> {
-    let command = cli.command.unwrap_or(Command::Serve);
-    let settings = cli.options.resolve()?;
+fn run(
+    invocation: Invocation,
+    inherited: &mut Result<Inherited, service::ListenError>,
+) -> anyhow::Result<()> {
+    let settings = invocation.settings()?;
     // Held to the end: dropping it writes out the lines still buffered.
-    let _log = init_logging(settings.log_format, &settings.log)?;
+    let _log = init_logging(settings.log.log_format, &settings.log.log)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = settings.workers {
+    if let Some(n) = settings.server.workers {
         runtime.worker_threads(n.into());
     }
     let runtime = runtime.enable_all().build()?;
-    match command {
+    match invocation.command {
         Command::Serve => {
             let inherited = inherited.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
             let served = runtime.block_on(service::serve(settings, inherited));
@@ -54,7 +55,7 @@ fn run(cli: Cli, inherited: &mut Result<Inherited, service::ListenError>) -> any
         }
         Command::Upgrade { start, timeout } => {
             let done = runtime.block_on(service::upgrade(
-                settings.pid_file.as_deref(),
+                settings.server.pid_file.as_deref(),
                 start,
                 timeout,
             ))?;

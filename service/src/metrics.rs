@@ -65,6 +65,37 @@ impl Metrics {
     }
 }
 
+/// Where and how often to report to Riemann (keys of the config file as the flags, with
+/// underscores).
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone)]
+#[command(next_help_heading = "Riemann")]
+pub struct RiemannSettings {
+    /// Send a heartbeat and metrics to this Riemann server (HOST:PORT, TCP)
+    #[arg(long, env = "USERSVC_RIEMANN", value_name = "HOST:PORT", global = true)]
+    pub riemann: Option<String>,
+
+    /// Reporting interval; events carry ttl = 3 x interval
+    #[arg(long, env = "USERSVC_RIEMANN_INTERVAL", value_name = "DURATION", default_value = "5s",
+        value_parser = toolkit_core::duration::positive, global = true)]
+    #[serde(with = "toolkit_core::duration")]
+    pub riemann_interval: Duration,
+
+    /// The host name Riemann events carry [default: this machine's hostname]
+    #[arg(long, env = "USERSVC_RIEMANN_HOST", value_name = "NAME", global = true)]
+    pub riemann_host: Option<String>,
+}
+
+impl RiemannSettings {
+    /// Where to report, when `--riemann` is set.
+    pub fn config(&self) -> Option<RiemannConfig> {
+        Some(RiemannConfig {
+            addr: self.riemann.clone()?,
+            interval: self.riemann_interval,
+            host: self.riemann_host.clone(),
+        })
+    }
+}
+
 /// Where and how often to report.
 #[derive(Debug, Clone)]
 pub struct RiemannConfig {

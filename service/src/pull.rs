@@ -9,6 +9,50 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Where and how often to pull users (keys of the config file as the flags, with underscores).
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone)]
+#[command(next_help_heading = "Pulling users")]
+pub struct PullSettings {
+    /// Pull users from this URL (a JSON array of user objects with ids) every --pull-interval
+    #[arg(
+        long,
+        env = "USERSVC_PULL_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub pull_url: Option<String>,
+
+    /// How often to pull
+    #[arg(long, env = "USERSVC_PULL_INTERVAL", value_name = "DURATION", default_value = "1m",
+        value_parser = toolkit_core::duration::positive, global = true)]
+    #[serde(with = "toolkit_core::duration")]
+    pub pull_interval: Duration,
+
+    /// Longest one pull may take
+    #[arg(long, env = "USERSVC_PULL_TIMEOUT", value_name = "DURATION", default_value = "10s",
+        value_parser = toolkit_core::duration::positive, global = true)]
+    #[serde(with = "toolkit_core::duration")]
+    pub pull_timeout: Duration,
+
+    /// Largest pulled payload in bytes; a larger one is refused whole
+    #[arg(long, env = "USERSVC_PULL_MAX_SIZE", value_name = "BYTES", default_value_t = 16 << 20,
+        value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub pull_max_size: u64,
+}
+
+impl PullSettings {
+    /// What to pull, when `--pull-url` is set.
+    pub fn config(&self) -> Option<PullConfig> {
+        Some(PullConfig {
+            url: self.pull_url.clone()?,
+            interval: self.pull_interval,
+            timeout: self.pull_timeout,
+            max_size: self.pull_max_size,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PullConfig {
     pub url: String,

@@ -11,6 +11,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration: {e} (write it like 500ms, 30s, 1m)"))
 }
 
+/// `text` as a duration longer than zero: a flag's or setting's value parser where 0 (never, or
+/// at once) cannot work, e.g. `value_parser = toolkit_core::duration::positive` with clap.
+pub fn positive(text: &str) -> Result<Duration, String> {
+    let d = parse(text)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{text:?} is no time at all: it must be longer than 0, e.g. 500ms or 5s"
+        ));
+    }
+    Ok(d)
+}
+
 /// Reads a duration.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
@@ -38,5 +50,18 @@ pub mod optional {
             Some(d) => super::serialize(d, s),
             None => s.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse("soon").is_err_and(|e| e.contains("500ms")));
+        assert_eq!(positive("500ms"), Ok(Duration::from_millis(500)));
+        assert!(positive("0s").is_err_and(|e| e.contains("longer than 0")));
     }
 }

@@ -109,13 +109,17 @@ pub struct Limits {
     pub max_response: usize,
 }
 
+impl Limits {
+    /// go-ethereum's batch limit, and 16 MiB of answer (`usersvc`'s defaults too).
+    pub const DEFAULT: Limits = Limits {
+        max_batch: 1000,
+        max_response: 16 << 20,
+    };
+}
+
 impl Default for Limits {
-    /// go-ethereum's batch limit, and 16 MiB of answer.
     fn default() -> Self {
-        Self {
-            max_batch: 1000,
-            max_response: 16 << 20,
-        }
+        Self::DEFAULT
     }
 }
 

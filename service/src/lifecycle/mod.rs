@@ -8,4 +8,5 @@ pub(crate) mod server;
 pub(crate) mod upgrade;
 
 pub use listener::{Inherited, ListenError};
+pub use server::ServerSettings;
 pub use upgrade::{UpgradeError, Upgraded, upgrade};

@@ -11,6 +11,7 @@
 
 use super::listener::{ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
 use super::pidfile;
+use crate::config;
 use command_fds::{CommandFdExt, FdMapping};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -201,30 +202,27 @@ fn serve_args_from_upgrade(mut argv: impl Iterator<Item = OsString>) -> (OsStrin
     (program, args)
 }
 
-/// Options whose value is a path (a database URL is anchored as one when it is SQLite's).
-const PATH_OPTIONS: &[(&str, &str)] = &[
-    ("--config", "USERSVC_CONFIG"),
-    ("--journal", "USERSVC_JOURNAL"),
-    ("--pid-file", "USERSVC_PID_FILE"),
-    ("--auth-token-file", "USERSVC_AUTH_TOKEN_FILE"),
-    ("--database-url", "USERSVC_DATABASE_URL"),
-];
+/// The flags whose value is a path, with their environment variables (`config::PATH_KEYS`).
+fn path_options() -> Vec<(String, String)> {
+    config::PATH_KEYS
+        .iter()
+        .map(|key| (config::flag_of(key), config::env_of(key)))
+        .collect()
+}
 
 /// A path option's value made absolute against `base`.
 fn anchored(option: &str, value: &std::ffi::OsStr, base: &Path) -> OsString {
-    let Some(text) = value.to_str() else {
-        return crate::config::anchor(Path::new(value), base).into_os_string();
-    };
-    if option == "--database-url" {
-        crate::config::anchor_url(text, base).into()
-    } else {
-        crate::config::anchor(Path::new(text), base).into_os_string()
+    let key = option.trim_start_matches('-').replace('-', "_");
+    match value.to_str() {
+        Some(text) => config::anchor_value(&key, text, base).into(),
+        None => config::anchor(Path::new(value), base).into_os_string(),
     }
 }
 
 /// `args` with every path option's value absolute against `base` (`--opt value` and
 /// `--opt=value` alike): the new server runs elsewhere (`new_server_command`).
 fn absolute_args(args: &[OsString], base: &Path) -> Vec<OsString> {
+    let options = path_options();
     let mut out = Vec::with_capacity(args.len());
     let mut pending: Option<&str> = None;
     for a in args {
@@ -233,13 +231,13 @@ fn absolute_args(args: &[OsString], base: &Path) -> Vec<OsString> {
             continue;
         }
         let text = a.to_string_lossy();
-        match PATH_OPTIONS.iter().find_map(|(o, _)| {
+        match options.iter().find_map(|(o, _)| {
             if text == *o {
-                Some((*o, None))
+                Some((o.as_str(), None))
             } else {
-                text.strip_prefix(o)?
+                text.strip_prefix(o.as_str())?
                     .strip_prefix('=')
-                    .map(|v| (*o, Some(v.to_owned())))
+                    .map(|v| (o.as_str(), Some(v.to_owned())))
             }
         }) {
             Some((option, None)) => {
@@ -271,9 +269,9 @@ fn new_server_command(program: &OsString, args: &[OsString]) -> tokio::process::
     };
     let args = absolute_args(args, &here);
     let mut cmd = tokio::process::Command::new(&program);
-    for (option, var) in PATH_OPTIONS {
-        if let Some(value) = std::env::var_os(var) {
-            cmd.env(var, anchored(option, &value, &here));
+    for (option, var) in path_options() {
+        if let Some(value) = std::env::var_os(&var) {
+            cmd.env(&var, anchored(&option, &value, &here));
         }
     }
     let config = args

@@ -34,6 +34,62 @@ pub use self::breaker::BreakerState;
 pub(crate) use self::snapshot::Snapshot;
 pub use self::state::{BATCH_BOUNDS, Degradation, Stats, UserError, Written};
 
+/// Where users are stored and how an outage of the store is survived (keys of the config file as
+/// the flags, with underscores).
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone)]
+#[command(next_help_heading = "Store")]
+pub struct StoreSettings {
+    /// sqlite://PATH (created on first run) or postgres://USER@HOST:PORT/DB
+    #[arg(
+        long,
+        env = "USERSVC_DATABASE_URL",
+        value_name = "URL",
+        default_value = "sqlite://usersvc.db",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Longest wait for the database (a connection, a batch of writes) before it counts as unreachable and writes are queued
+    #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", default_value = "2s",
+        value_parser = toolkit_core::duration::positive, global = true)]
+    #[serde(with = "toolkit_core::duration")]
+    pub store_timeout: Duration,
+
+    /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold start serves sits beside it (.snapshot)
+    #[arg(
+        long,
+        env = "USERSVC_JOURNAL",
+        value_name = "PATH",
+        default_value = "usersvc.journal",
+        global = true
+    )]
+    pub journal: PathBuf,
+
+    /// Consecutive store failures that open the circuit breaker
+    #[arg(long, env = "USERSVC_BREAKER_FAILURES", value_name = "N", default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub breaker_failures: u32,
+
+    /// Wait before probing an unreachable store (doubles per failed probe)
+    #[arg(long, env = "USERSVC_BREAKER_BACKOFF", value_name = "DURATION", default_value = "1s",
+        value_parser = toolkit_core::duration::positive, global = true)]
+    #[serde(with = "toolkit_core::duration")]
+    pub breaker_backoff: Duration,
+}
+
+impl StoreSettings {
+    /// How to survive an outage; `handover`: this server replaces another (an upgrade).
+    pub fn resilience(&self, handover: bool) -> Resilience {
+        Resilience {
+            journal: self.journal.clone(),
+            failures: self.breaker_failures,
+            backoff: self.breaker_backoff,
+            handover,
+        }
+    }
+}
+
 /// How the service survives a store outage.
 #[derive(Debug, Clone)]
 pub struct Resilience {

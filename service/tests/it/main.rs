@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cold_start;
+mod config;
 mod durability;
 mod faults;
 mod hostile;
