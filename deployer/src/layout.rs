@@ -102,28 +102,7 @@ pub fn parse_state(out: &str) -> Result<HostState, Untrusted> {
             }
             st.current = Some(c.to_owned()).filter(|c| !c.is_empty());
         } else if let Some(r) = line.strip_prefix("release=") {
-            let mut f = r.splitn(3, '\t');
-            let name = f.next().unwrap_or_default().to_owned();
-            let complete = f.next() == Some("1");
-            let revision = f.next().unwrap_or_default().to_owned();
-            if !release_name_ok(&name) {
-                return Err(Untrusted(format!(
-                    "releases/{:?} is not a release name (YYYYmmddHHMMSS)",
-                    printable(&name)
-                )));
-            }
-            if !revision_ok(&revision) {
-                return Err(Untrusted(format!(
-                    "release {name}'s REVISION {:?} is not a revision (printable, at most {MAX_REVISION} bytes)",
-                    printable(&revision)
-                )));
-            }
-            st.releases.push(ReleaseInfo {
-                name,
-                complete,
-                revision,
-                bad: None,
-            });
+            st.releases.push(parse_release(r)?);
         } else if let Some(b) = line.strip_prefix("bad=") {
             let (name, why) = b.split_once('\t').unwrap_or((b, ""));
             bad.push((name.to_owned(), printable(why).into_owned()));
@@ -138,6 +117,32 @@ pub fn parse_state(out: &str) -> Result<HostState, Untrusted> {
     }
     st.releases.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(st)
+}
+
+/// One `release=NAME\tCOMPLETE\tREVISION` line, its name and revision checked.
+fn parse_release(line: &str) -> Result<ReleaseInfo, Untrusted> {
+    let mut f = line.splitn(3, '\t');
+    let name = f.next().unwrap_or_default().to_owned();
+    let complete = f.next() == Some("1");
+    let revision = f.next().unwrap_or_default().to_owned();
+    if !release_name_ok(&name) {
+        return Err(Untrusted(format!(
+            "releases/{:?} is not a release name (YYYYmmddHHMMSS)",
+            printable(&name)
+        )));
+    }
+    if !revision_ok(&revision) {
+        return Err(Untrusted(format!(
+            "release {name}'s REVISION {:?} is not a revision (printable, at most {MAX_REVISION} bytes)",
+            printable(&revision)
+        )));
+    }
+    Ok(ReleaseInfo {
+        name,
+        complete,
+        revision,
+        bad: None,
+    })
 }
 
 pub const RELEASE_FORMAT: &str = "%Y%m%d%H%M%S";

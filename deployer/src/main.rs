@@ -161,6 +161,17 @@ fn report(outcome: impl Outcome) -> anyhow::Result<()> {
     Ok(outcome.verdict()?)
 }
 
+/// First Ctrl-C/SIGTERM: finish the current step, then take the failure path (staged releases
+/// removed or hosts rolled back, locks released). A second one exits at once.
+fn stop_on_signals(settings: &Settings) -> anyhow::Result<()> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, settings.interrupted.clone())
+            .and_then(|_| signal_hook::flag::register(sig, settings.interrupted.clone()))
+            .context("installing the signal handler")?;
+    }
+    Ok(())
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
@@ -175,13 +186,7 @@ fn run() -> anyhow::Result<()> {
     settings.hook_timeout = Duration::from_secs(cli.hook_timeout);
     settings.quiet = cli.quiet;
     settings.verbose = cli.verbose;
-    // First Ctrl-C/SIGTERM: finish the current step, then take the failure path (staged
-    // releases removed or hosts rolled back, locks released). A second one exits at once.
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, settings.interrupted.clone())
-            .and_then(|_| signal_hook::flag::register(sig, settings.interrupted.clone()))
-            .context("installing the signal handler")?;
-    }
+    stop_on_signals(&settings)?;
     match cli.command {
         Command::Deploy {
             dry_run,

@@ -124,29 +124,34 @@ pub fn rollback(
     if steps.iter().all(|st| st.host.ok()) && !dry_run && switch_all(&mut steps, parallel) {
         restart_all(&mut steps, cfg, targets, settings);
     }
-    // Log and unlock.
-    each(&mut steps, parallel, |st| {
-        let log = if st.switched {
-            let entry = stages::log_entry(
-                &st.release(),
-                &user,
-                "rollback",
-                st.host.failure.as_ref(),
-                st.host.state.current.as_deref(),
-            );
-            layout::log_script(&st.host.target.deploy_to, &entry)
-        } else {
-            String::new()
-        };
-        if let Err(e) = lock::release(&mut st.host, &owner, &log) {
-            st.warnings.push(e.to_string());
-        }
-    });
+    each(&mut steps, parallel, |st| st.log_and_unlock(&user, &owner));
     let hooks = steps.iter_mut().filter_map(|st| st.hooks.take()).collect();
     Rollback {
         hosts: steps.into_iter().map(|st| moved(st, dry_run)).collect(),
         hooks,
         show_hooks: settings.verbose,
+    }
+}
+
+impl Step {
+    /// Writes the revisions log (when the host moved) and releases the lock; a failure to
+    /// release is a warning, the rollback itself stands.
+    fn log_and_unlock(&mut self, user: &str, owner: &str) {
+        let log = if self.switched {
+            let entry = stages::log_entry(
+                &self.release(),
+                user,
+                "rollback",
+                self.host.failure.as_ref(),
+                self.host.state.current.as_deref(),
+            );
+            layout::log_script(&self.host.target.deploy_to, &entry)
+        } else {
+            String::new()
+        };
+        if let Err(e) = lock::release(&mut self.host, owner, &log) {
+            self.warnings.push(e.to_string());
+        }
     }
 }
 

@@ -261,20 +261,8 @@ impl Shell {
         let mut dropped = 0usize;
         let mut chunk = [0u8; 16384];
         let status = loop {
-            if let Some(ends) = ends {
-                let left = ends.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Err(lost(
-                        "waiting for a command",
-                        &format!(
-                            "no end within {}",
-                            humantime::format_duration(deadline.unwrap_or_default())
-                        ),
-                    ));
-                }
-                self.session
-                    .set_timeout(u32::try_from(left.as_millis().max(1)).unwrap_or(u32::MAX));
-            }
+            self.limit_read(ends, deadline)
+                .map_err(|m| lost("waiting for a command", &m))?;
             let n = self
                 .channel
                 .read(&mut chunk)
@@ -304,6 +292,28 @@ impl Shell {
             stdout,
             stderr: String::new(),
         })
+    }
+
+    /// Gives the next read what is left until `ends` (the command's `deadline` from when it was
+    /// sent); an error once nothing is left.
+    fn limit_read(
+        &self,
+        ends: Option<std::time::Instant>,
+        deadline: Option<Duration>,
+    ) -> Result<(), String> {
+        let Some(ends) = ends else {
+            return Ok(());
+        };
+        let left = ends.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no end within {}",
+                humantime::format_duration(deadline.unwrap_or_default())
+            ));
+        }
+        self.session
+            .set_timeout(u32::try_from(left.as_millis().max(1)).unwrap_or(u32::MAX));
+        Ok(())
     }
 }
 

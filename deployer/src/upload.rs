@@ -110,23 +110,7 @@ pub fn write_release<W: Write>(
                     &name,
                     format!("releases/{prev}/{path}"),
                 )?,
-                _ => {
-                    let file = std::fs::File::open(source.join(path))?;
-                    let mut exact = Exact {
-                        inner: file.take(*size),
-                        left: *size,
-                    };
-                    b.append_data(
-                        &mut header(tar::EntryType::Regular, *mode, *size, *mtime),
-                        &name,
-                        &mut exact,
-                    )?;
-                    if exact.left != 0 {
-                        return Err(io::Error::other(format!(
-                            "{path} shrank while it was being sent; run the deploy again"
-                        )));
-                    }
-                }
+                _ => append_file(&mut b, source, path, &name, (*mode, *size, *mtime))?,
             },
         }
     }
@@ -137,6 +121,33 @@ pub fn write_release<W: Write>(
         json.as_bytes(),
     )?;
     b.into_inner()
+}
+
+/// One file's bytes as `name`, exactly the `size` the manifest says: a file that changed size
+/// since it was read fails the upload rather than sending a tar that lies.
+fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    source: &Path,
+    path: &str,
+    name: &str,
+    (mode, size, mtime): (u32, u64, i64),
+) -> io::Result<()> {
+    let opened = std::fs::File::open(source.join(path))?;
+    let mut exact = Exact {
+        inner: opened.take(size),
+        left: size,
+    };
+    b.append_data(
+        &mut header(tar::EntryType::Regular, mode, size, mtime),
+        name,
+        &mut exact,
+    )?;
+    if exact.left != 0 {
+        return Err(io::Error::other(format!(
+            "{path} shrank while it was being sent; run the deploy again"
+        )));
+    }
+    Ok(())
 }
 
 /// A reader that counts down what is left of the size announced in the tar header.

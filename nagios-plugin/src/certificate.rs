@@ -178,22 +178,7 @@ fn connect(
             crate::config::without_password(&p.uri().to_string())
         )));
     }
-    let addrs: Vec<SocketAddr> = match (proxy, cfg.connect_ip) {
-        (Some(p), _) => (p.host(), p.port())
-            .to_socket_addrs()
-            .map_err(connect_err)?
-            .collect(),
-        (None, Some(ip)) => vec![SocketAddr::new(ip, port)],
-        (None, None) => (host.trim_matches(['[', ']']), port)
-            .to_socket_addrs()
-            .map_err(connect_err)?
-            .filter(|a| match cfg.ip_family {
-                Some(crate::config::IpFamily::V4) => a.is_ipv4(),
-                Some(crate::config::IpFamily::V6) => a.is_ipv6(),
-                None => true,
-            })
-            .collect(),
-    };
+    let addrs = addresses(cfg, proxy, host, port).map_err(connect_err)?;
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     let mut stream = None;
     for a in addrs {
@@ -214,6 +199,28 @@ fn connect(
         Some(p) => tunnel(p, stream, &target, deadline),
         None => Ok(stream),
     }
+}
+
+/// Where to connect: the proxy, `-I`'s address, or what `host` resolves to in the family
+/// `-4`/`-6` asks for.
+fn addresses(
+    cfg: &CheckConfig,
+    proxy: Option<&ureq::Proxy>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(match (proxy, cfg.connect_ip) {
+        (Some(p), _) => (p.host(), p.port()).to_socket_addrs()?.collect(),
+        (None, Some(ip)) => vec![SocketAddr::new(ip, port)],
+        (None, None) => (host.trim_matches(['[', ']']), port)
+            .to_socket_addrs()?
+            .filter(|a| match cfg.ip_family {
+                Some(crate::config::IpFamily::V4) => a.is_ipv4(),
+                Some(crate::config::IpFamily::V6) => a.is_ipv6(),
+                None => true,
+            })
+            .collect(),
+    })
 }
 
 /// Asks the HTTP proxy for a tunnel to `target`; reads at most 16 KiB of its answer.

@@ -56,12 +56,15 @@ pub(super) fn stage_all(runs: &mut [Run], c: &Ctx, manifest: &Manifest) {
     let _ = bars.clear();
 }
 
-/// Uploads the release and finishes staging it on one host.
-pub(super) fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
-    let Some(channel) = r.upload.take() else {
-        return r.host.fail(Stage::Upload, fleet::StepError::NotConnected);
-    };
-    r.staged = true;
+/// The release's tar through `channel`, counted on `bar` and stopped when interrupted; the bytes
+/// sent and the channel back, to read tar's exit.
+fn send(
+    channel: ssh2::Channel,
+    r: &Run,
+    c: &Ctx,
+    manifest: &Manifest,
+    bar: &ProgressBar,
+) -> std::io::Result<(u64, ssh2::Channel)> {
     let counting = upload::Counting::new(
         std::io::BufWriter::with_capacity(256 * 1024, channel),
         Box::new({
@@ -74,22 +77,28 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar
         }),
     );
     let prev = r.previous_manifest.as_ref().and(r.previous.as_deref());
-    let written = upload::write_release(
+    let mut w = upload::write_release(
         counting,
         &c.cfg.source,
         manifest,
         &r.delta,
         &c.release,
         prev,
-    )
-    .and_then(|mut w| {
-        w.flush()?;
-        let sent = w.written;
-        let ch = w.into_inner().into_inner().map_err(|e| e.into_error())?;
-        Ok((sent, ch))
-    });
+    )?;
+    w.flush()?;
+    let sent = w.written;
+    let ch = w.into_inner().into_inner().map_err(|e| e.into_error())?;
+    Ok((sent, ch))
+}
+
+/// Uploads the release and finishes staging it on one host.
+pub(super) fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
+    let Some(channel) = r.upload.take() else {
+        return r.host.fail(Stage::Upload, fleet::StepError::NotConnected);
+    };
+    r.staged = true;
     let host = r.host.name().to_owned();
-    let (sent, ch) = match written {
+    let (sent, ch) = match send(channel, r, c, manifest, bar) {
         Ok(x) => x,
         Err(e) => {
             return r.host.fail(

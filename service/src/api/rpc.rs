@@ -259,42 +259,41 @@ pub async fn handle_body_observed<H: Handler, O: Observe>(
     limits: &Limits,
     observer: &O,
 ) -> (Reply, usize) {
-    let mut errors = 0;
-    let mut answered = |out: &mut Vec<u8>, a: Answer<'_>, started: Instant, index| {
-        observer.call(&Call {
-            method: a.method.as_deref(),
-            id: a.logged_id,
-            code: a.outcome.as_ref().err().map(|e| e.code),
-            elapsed: started.elapsed(),
-            batch_index: index,
-        });
-        errors += usize::from(a.outcome.is_err() && a.reply_id.is_some());
-        a.reply_id.map(|id| write_response(out, id, &a.outcome))
+    let mut answers = Answers {
+        observer,
+        out: Vec::with_capacity(128),
+        errors: 0,
     };
-    let mut out = Vec::with_capacity(128);
     let started = Instant::now();
-    let items = match split_body(body, limits) {
+    match split_body(body, limits) {
         Ok(Body::Single(item)) => {
             let a = handle_one(handler, item, deadline, limits.max_response).await;
-            let reply = match answered(&mut out, a, started, None) {
-                Some(()) => Reply::Body(out),
-                None => Reply::Nothing,
-            };
-            return (reply, errors);
+            let replied = answers.add(a, started, None);
+            answers.reply(replied)
         }
-        Ok(Body::Batch(items)) => items,
+        Ok(Body::Batch(items)) => handle_batch(handler, items, deadline, limits, answers).await,
         Err(refused) => {
-            answered(&mut out, Answer::refused(refused), started, None);
-            return (Reply::Body(out), errors);
+            answers.add(Answer::refused(refused), started, None);
+            answers.reply(true)
         }
-    };
-    observer.batch(items.len());
-    out.reserve(64 * items.len());
-    out.push(b'[');
+    }
+}
+
+/// A batch's calls in order, each within what is left of `max_response`; one array of answers.
+async fn handle_batch<H: Handler, O: Observe>(
+    handler: &H,
+    items: Vec<&RawValue>,
+    deadline: Option<&Deadline>,
+    limits: &Limits,
+    mut answers: Answers<'_, O>,
+) -> (Reply, usize) {
+    answers.observer.batch(items.len());
+    answers.out.reserve(64 * items.len());
+    answers.out.push(b'[');
     let mut any = false;
     for (index, item) in items.into_iter().enumerate() {
         let started = Instant::now();
-        let budget = limits.max_response.saturating_sub(out.len());
+        let budget = limits.max_response.saturating_sub(answers.out.len());
         let a = if budget == 0 {
             // Full: the rest is not run; each call still gets its answer (its id, if any).
             not_run(item, response_full(limits.max_response))
@@ -303,19 +302,52 @@ pub async fn handle_body_observed<H: Handler, O: Observe>(
         };
         if a.reply_id.is_some() {
             if any {
-                out.push(b',');
+                answers.out.push(b',');
             }
             any = true;
         }
-        answered(&mut out, a, started, Some(index));
+        answers.add(a, started, Some(index));
     }
-    out.push(b']');
-    let reply = if any {
-        Reply::Body(out)
-    } else {
-        Reply::Nothing
-    };
-    (reply, errors)
+    answers.out.push(b']');
+    answers.reply(any)
+}
+
+/// The body being answered, how many of its answers are errors, and who watches each call.
+struct Answers<'o, O> {
+    observer: &'o O,
+    out: Vec<u8>,
+    errors: usize,
+}
+
+impl<O: Observe> Answers<'_, O> {
+    /// Reports one call and writes its response; false for a notification (no response).
+    fn add(&mut self, a: Answer<'_>, started: Instant, index: Option<usize>) -> bool {
+        self.observer.call(&Call {
+            method: a.method.as_deref(),
+            id: a.logged_id,
+            code: a.outcome.as_ref().err().map(|e| e.code),
+            elapsed: started.elapsed(),
+            batch_index: index,
+        });
+        self.errors += usize::from(a.outcome.is_err() && a.reply_id.is_some());
+        match a.reply_id {
+            Some(id) => {
+                write_response(&mut self.out, id, &a.outcome);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The body, or nothing when no call gets a response; and the errors in it.
+    fn reply(self, any: bool) -> (Reply, usize) {
+        let reply = if any {
+            Reply::Body(self.out)
+        } else {
+            Reply::Nothing
+        };
+        (reply, self.errors)
+    }
 }
 
 enum Body<'a> {

@@ -242,6 +242,12 @@ pub(crate) async fn serve(
     }
     drop(listener);
     drop(drain_rx);
+    drain(&draining, drain_tx).await;
+}
+
+/// Tells every open connection to finish (`Connection: close` on what still arrives) and
+/// returns when the last one has ended.
+async fn drain(draining: &AtomicBool, drain_tx: watch::Sender<bool>) {
     draining.store(true, Ordering::SeqCst);
     let open = drain_tx.receiver_count();
     tracing::info!(open_connections = open, "stopped accepting; draining");

@@ -113,37 +113,15 @@ pub fn write_base(
         log_bytes: LOG_HEADER as u64,
     };
     crate::atomic_file::write(path, |f| {
-        let mut crc = crc32fast::Hasher::new();
-        let (mut users, mut body) = (0u64, 0u64);
         f.write_all(&[0u8; HEADER])?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *f);
-        let mut buf = Vec::with_capacity(1 << 16);
-        let mut after: Option<String> = None;
-        loop {
-            let chunk = chunks(after.as_deref());
-            let Some((last, _)) = chunk.last() else {
-                break;
-            };
-            let last = last.clone();
-            for (id, e) in &chunk {
-                buf.clear();
-                put_record(&mut buf, id, Some(e));
-                crc.update(&buf);
-                out.write_all(&buf)?;
-                users += 1;
-                body += buf.len() as u64;
-            }
-            after = Some(last);
-        }
-        out.flush()?;
-        drop(out);
+        let (users, body, crc) = write_records(&mut *f, &mut chunks)?;
         let mut head = Vec::with_capacity(HEADER);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_be_bytes());
         head.extend_from_slice(&base_id.to_be_bytes());
         head.extend_from_slice(&users.to_be_bytes());
         head.extend_from_slice(&body.to_be_bytes());
-        head.extend_from_slice(&crc.finalize().to_be_bytes());
+        head.extend_from_slice(&crc.to_be_bytes());
         f.seek(SeekFrom::Start(0))?;
         f.write_all(&head)?;
         state.base_bytes = HEADER as u64 + body;
@@ -162,6 +140,37 @@ pub fn write_base(
         source,
     })?;
     Ok(state)
+}
+
+/// Every user `chunks` hands out (by pages, each after the last id of the one before), as
+/// records; how many, their bytes and their CRC-32 (for the header).
+fn write_records(
+    f: &mut std::fs::File,
+    chunks: &mut impl FnMut(Option<&str>) -> Vec<(String, Entry)>,
+) -> std::io::Result<(u64, u64, u32)> {
+    let mut crc = crc32fast::Hasher::new();
+    let (mut users, mut body) = (0u64, 0u64);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut after: Option<String> = None;
+    loop {
+        let chunk = chunks(after.as_deref());
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        let last = last.clone();
+        for (id, e) in &chunk {
+            buf.clear();
+            put_record(&mut buf, id, Some(e));
+            crc.update(&buf);
+            out.write_all(&buf)?;
+            users += 1;
+            body += buf.len() as u64;
+        }
+        after = Some(last);
+    }
+    out.flush()?;
+    Ok((users, body, crc.finalize()))
 }
 
 /// Most bytes of users in one log frame: a frame's length is a u32, and one is built in memory.

@@ -136,37 +136,48 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
             }
         };
         for (entry, outcome) in chunk.iter().zip(outcomes) {
-            let settled = match outcome {
-                // An earlier attempt committed it (its answer was lost): the caller reloads.
-                Ok(Applied::AlreadyApplied) => continue,
-                Ok(applied) => shared.settle(&entry.op, &updated_at, applied),
-                Err(e) => Err(UserError::from(e)),
-            };
-            match settled {
-                Ok(_) => {
-                    replayed += 1;
-                    shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    // What the queued writes were checked against did not hold (another
-                    // instance wrote): later checks cannot be exact until the next reload.
-                    lock(&shared.queued).unknown();
-                    shared
-                        .stats
-                        .replay_conflicts
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        write_id = %entry.write_id, op = ?entry.op, error = %e,
-                        "queued write could not be applied on replay"
-                    );
-                }
-            }
+            replayed += usize::from(settle_replayed(shared, entry, &updated_at, outcome));
         }
     }
     rewrite(&[])?;
     // Nothing can replay them again: their records go with the next batch.
     writer.forget_later(entries.into_iter().map(|e| e.write_id));
     Ok(replayed)
+}
+
+/// One replayed write's outcome into the snapshot and the counters; whether it was applied now.
+fn settle_replayed(
+    shared: &Shared,
+    entry: &crate::store::journal::Entry,
+    updated_at: &str,
+    outcome: Result<Applied, crate::store::StoreError>,
+) -> bool {
+    let settled = match outcome {
+        // An earlier attempt committed it (its answer was lost): the caller reloads.
+        Ok(Applied::AlreadyApplied) => return false,
+        Ok(applied) => shared.settle(&entry.op, updated_at, applied),
+        Err(e) => Err(UserError::from(e)),
+    };
+    match settled {
+        Ok(_) => {
+            shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            // What the queued writes were checked against did not hold (another instance
+            // wrote): later checks cannot be exact until the next reload.
+            lock(&shared.queued).unknown();
+            shared
+                .stats
+                .replay_conflicts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                write_id = %entry.write_id, op = ?entry.op, error = %e,
+                "queued write could not be applied on replay"
+            );
+            false
+        }
+    }
 }
 
 /// Brings the snapshot's local copy up to date (off the async workers: it fsyncs), unless it
