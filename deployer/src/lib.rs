@@ -36,11 +36,9 @@
 //! ARCHITECTURE.md maps the modules and the invariants they keep.
 
 mod address;
-mod check;
+mod commands;
 mod config;
-mod deploy;
 mod events;
-mod exec;
 mod fleet;
 mod health;
 mod host_output;
@@ -48,35 +46,31 @@ mod jump;
 mod known_hosts;
 mod layout;
 mod lock;
-mod logs;
 mod manifest;
 mod outcome;
-mod releases;
 mod remote_text;
 mod report;
-mod rollback;
 mod settings;
 mod source;
 mod ssh;
 mod ssh_config;
 mod stages;
 mod table;
-mod unlock;
+#[cfg(test)]
+mod tidy;
 mod upload;
 
-pub use check::{Checked, HostReport, check};
+pub use commands::{
+    Checked, Cleanup, DeployError, Followed, HostReleases, HostReport, Listing, Moved, Options,
+    Plan, Rollback, Unlocked, check, cleanup, deploy, exec, follow, list, logs, plan, rollback,
+    unlock,
+};
 pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
-pub use deploy::{DeployError, Options, Plan, deploy, plan};
-pub use exec::exec;
 pub use fleet::{Failure, Stage};
 pub use host_output::{Executed, HostRun};
 pub use jump::{BadJump, Jump, parse_jumps};
 pub use layout::{HostState, ReleaseInfo};
-pub use logs::{Followed, follow, logs};
 pub use outcome::{Outcome, Unfinished};
-pub use releases::{Cleanup, HostReleases, Listing, cleanup, list};
 pub use report::{HookRun, HostOutcome, Report};
-pub use rollback::{Moved, Rollback, rollback};
 pub use settings::Settings;
 pub use ssh::{HostKeyPolicy, Route, SshSettings};
-pub use unlock::{Unlocked, unlock};

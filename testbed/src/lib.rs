@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod process;
 pub mod riemann;
 pub mod sshd;
+pub mod tidy;
 pub mod tls_front;
 pub mod usersvc;
 pub mod writers;
