@@ -99,7 +99,8 @@ pub fn wrap_in(name: &str, cmd: &Command) -> Command {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Whatever still runs inside goes first, then the link and the namespace.
+        // Whatever still runs inside goes first, then the link and the namespace. In a drop,
+        // maybe while a failed test unwinds: what is gone already is not an error here.
         if let Ok(out) = Command::new("ip")
             .args(["netns", "pids", &self.name])
             .output()

@@ -82,12 +82,15 @@ impl Sshd {
         let deploy_root = d.join("srv");
         std::fs::create_dir_all(&deploy_root).unwrap_or_else(|e| panic!("{e}"));
         // sshd reads these as the target user; keep them readable (StrictModes is off).
-        let _ = Command::new("chmod").args(["755"]).arg(d).status();
-        let _ = Command::new("chmod")
-            .args(["644"])
-            .arg(&authorized)
-            .status();
-        let _ = std::fs::create_dir_all("/run/sshd");
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [(d, 0o755), (authorized.as_path(), 0o644)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+        }
+        // sshd's privilege separation directory, needed only when it runs as root.
+        if crate::process::is_root() {
+            std::fs::create_dir_all("/run/sshd").unwrap_or_else(|e| panic!("/run/sshd: {e}"));
+        }
         let user = user.to_owned();
         if user != current_user() {
             assert!(
@@ -189,8 +192,9 @@ impl Sshd {
         let saved = std::fs::read(&self.known_hosts).unwrap_or_default();
         self.kill();
         let key = self.dir.path().join("host_ed25519");
-        let _ = std::fs::remove_file(&key);
-        let _ = std::fs::remove_file(key.with_extension("pub"));
+        for file in [key.clone(), key.with_extension("pub")] {
+            std::fs::remove_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
         keygen(&key);
         // Same address and port: known_hosts entries are keyed by [ip]:port.
         self.launch(Some(self.port));

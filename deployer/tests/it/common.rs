@@ -81,6 +81,8 @@ impl std::ops::DerefMut for Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
+            // In a drop, maybe while a failed test unwinds: an error here (it exited already)
+            // must not turn that failure into an abort.
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -64,7 +64,7 @@ fn health_events_arrive_every_interval_and_expire_when_the_watcher_dies() {
     );
 
     w.kill().expect("kill -9");
-    let _ = w.wait();
+    w.wait().expect("reap the killed probe");
     testbed::eventually("its events expire", Duration::from_secs(10), || {
         let expired = sink.expired();
         ["memory", "disk /"]

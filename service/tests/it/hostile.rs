@@ -226,7 +226,10 @@ fn files_are_private_under(umask: &str) {
             & 0o777;
         assert_eq!(mode, 0o600, "{name} is {mode:o} under umask {umask}");
     }
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    assert!(
+        testbed::process::signal(pid, 15),
+        "usersvc {pid} was gone before it was told to stop"
+    );
     testbed::eventually("it stops", Duration::from_secs(30), || {
         !service::lifecycle::pidfile::is_alive(pid)
     });

@@ -175,8 +175,12 @@ fn running_with_the_defaults_leaves_the_checkout_clean() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
+    assert!(
+        testbed::process::signal(child.id(), 15),
+        "usersvc died early"
+    );
+    let status = child.wait().expect("wait for usersvc");
+    assert!(status.success(), "SIGTERM ends usersvc with 0: {status}");
     let left = git(&["status", "--porcelain", "--ignored=no"]);
     assert!(left.trim().is_empty(), "left untracked: {left}");
     assert!(

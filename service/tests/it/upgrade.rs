@@ -360,7 +360,7 @@ fn broken_server(site: &Site, says: &str) {
     .expect("write");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let _ = std::fs::remove_file(site.path("bin/usersvc"));
+    std::fs::remove_file(site.path("bin/usersvc")).expect("remove the release's binary");
     symlink(&script, site.path("bin/usersvc")).expect("link");
 }
 
