@@ -172,6 +172,12 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("cannot read auth_token_file {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Settings that cannot work together, whichever layer set them.
     #[error("{0}")]
     Setting(String),
@@ -310,7 +316,7 @@ impl Invocation {
             source,
         })?;
         let table: toml::Table =
-            toml::from_str(&text).map_err(|e| invalid(toml_message(&text, &e)))?;
+            toml::from_str(&text).map_err(|e| invalid(toml_message(&text, &e, keys)))?;
         let command = Cli::command();
         for (key, value) in table {
             let at = line_of(&text, &key);
@@ -318,6 +324,11 @@ impl Invocation {
                 .get_arguments()
                 .find(|a| a.get_id() == key.as_str())
                 .filter(|_| keys.contains_key(&key));
+            if key == "config" {
+                return Err(invalid(format!(
+                    "{at}: a config file cannot name another; give --config once"
+                )));
+            }
             let Some(arg) = arg else {
                 return Err(invalid(format!(
                     "{at}: no such setting; the keys are the long flags with underscores, e.g. listen (usersvc --help lists them)"
@@ -396,7 +407,10 @@ fn line_of(text: &str, key: &str) -> String {
         let rest = line
             .strip_prefix(key)
             .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
+        // `key = …`, or a table of that name: `[key]`, `[key.x]`, `[[key]]`.
+        let table = line.trim_start_matches('[').strip_prefix(key);
         rest.is_some_and(|r| r.trim_start().starts_with('='))
+            || (line.starts_with('[') && table.is_some_and(|r| r.starts_with([']', '.'])))
     };
     match text.lines().position(set_here) {
         Some(n) => format!("line {} ({key})", n + 1),
@@ -433,7 +447,7 @@ pub(crate) fn anchor_url(url: &str, base: &Path) -> String {
 
 /// A secret from a file: its content without the trailing newline; never empty, never printed.
 fn read_secret(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
         path: path.to_owned(),
         source,
     })?;
@@ -448,8 +462,13 @@ fn read_secret(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Where a TOML error is and what it says, without quoting the file: the line may hold a
-/// secret (`auth_token = "…"`).
-fn toml_message(text: &str, e: &toml::de::Error) -> String {
+/// secret (`auth_token = "…"`, or a token pasted on a line of its own). The key is named only
+/// when the line sets one of `keys`.
+fn toml_message(
+    text: &str,
+    e: &toml::de::Error,
+    keys: &serde_json::Map<String, serde_json::Value>,
+) -> String {
     let message = e.message().trim_end();
     match e.span() {
         Some(span) => {
@@ -457,10 +476,11 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
             let line = before.matches('\n').count() + 1;
             let start = before.rfind('\n').map_or(0, |n| n + 1);
             let column = before.len() - start + 1;
-            // The key is named (never the value): `name = …` at the start of that line.
-            let key = text[start..].split('=').next().map(str::trim).filter(|k| {
-                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            });
+            let line_text = text[start..].lines().next().unwrap_or_default();
+            let key = line_text
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| keys.contains_key(*k));
             match key {
                 Some(key) => format!("line {line}, column {column} ({key}): {message}"),
                 None => format!("line {line}, column {column}: {message}"),
@@ -590,6 +610,14 @@ mod tests {
             after.settings().expect("valid").server.listen,
             "127.0.0.1:3"
         );
+        // A flag with an optional value never swallows the command after it.
+        let public =
+            Invocation::try_parse_from(["usersvc", "--metrics-public", "import", "u.json"])
+                .expect("valid");
+        assert!(matches!(public.command, Command::Import { .. }));
+        assert!(public.settings().expect("valid").api.metrics_public);
+        let off = resolve(&["--metrics-public=false"]).expect("valid");
+        assert!(!off.api.metrics_public);
     }
 
     /// A file's value is held to its flag's parser: its type and bounds, named by line and key,
@@ -632,7 +660,7 @@ mod tests {
             "{err}"
         );
         let err = refused("config = \"other.toml\"\n");
-        assert!(err.contains("no such setting"), "{err}");
+        assert!(err.contains("cannot name another"), "{err}");
         let err = refused("auth_token = \"s3cret-token\" oops\n");
         assert!(err.contains("line 1") && !err.contains("s3cret"), "{err}");
         let err = refused("auth_token = 987654321\n");
@@ -640,11 +668,24 @@ mod tests {
             err.contains("(auth_token)") && !err.contains("987654321"),
             "{err}"
         );
-        let err = refused("database_url = [\"postgres://u:pw@db/x\"]\n");
+        let err = refused("database_url = [\"postgres://u:pw-7f3e9a@db/x\"]\n");
         assert!(
-            err.contains("(database_url)") && !err.contains("pw"),
+            err.contains("(database_url)") && !err.contains("pw-7f3e9a"),
             "{err}"
         );
+        // A token pasted on a line of its own is never taken for a key.
+        let err = refused("listen = \"127.0.0.1:1\"\n9f86d081884c7d65\n");
+        assert!(
+            err.contains("line 2") && !err.contains("9f86d081884c7d65"),
+            "{err}"
+        );
+        let err = refused("listen = \"127.0.0.1:1\"\ndG9rZW4tc2VjcmV0=\n");
+        assert!(
+            err.contains("line 2") && !err.contains("dG9rZW4tc2VjcmV0"),
+            "{err}"
+        );
+        let err = refused("[store]\nlisten = \"x\"\n");
+        assert!(err.contains("line 1 (store): no such setting"), "{err}");
     }
 
     #[test]
@@ -661,6 +702,13 @@ mod tests {
         std::fs::write(&token, "\n").expect("write");
         let err = resolve(&["--auth-token-file", file]).expect_err("empty");
         assert!(err.to_string().contains("is empty"), "{err}");
+        let missing = dir.path().join("nope");
+        let missing = missing.to_str().expect("utf-8");
+        let err = resolve(&["--auth-token-file", missing]).expect_err("missing");
+        assert!(
+            err.to_string().starts_with("cannot read auth_token_file"),
+            "{err}"
+        );
         // An empty token is no token.
         let s = resolve(&["--auth-token", ""]).expect("valid");
         assert_eq!(s.api.auth_token, None);

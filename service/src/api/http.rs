@@ -66,10 +66,10 @@ pub struct ApiSettings {
     pub auth_token_file: Option<PathBuf>,
 
     /// Serve GET /metrics without the bearer token (for a Prometheus that scrapes without one);
-    /// without a token set, /metrics is open anyway
+    /// without a token set, /metrics is open anyway. `--metrics-public=false` turns it off
     #[arg(long, env = "USERSVC_METRICS_PUBLIC", value_name = "BOOL", num_args = 0..=1,
-        action = clap::ArgAction::Set, default_value_t = false, default_missing_value = "true",
-        global = true)]
+        require_equals = true, action = clap::ArgAction::Set, default_value_t = false,
+        default_missing_value = "true", global = true)]
     pub metrics_public: bool,
 
     /// Largest request body in bytes; larger ones get HTTP 413 (at most 67108864)

@@ -620,5 +620,13 @@ mod tests {
         let (_, rest) =
             serve_args_from_upgrade(args(&["usersvc", "upgrade", "--timeout=3s"]).into_iter());
         assert_eq!(rest, args(&["serve"]));
+        // What the new server gets parses as `serve` with the same settings.
+        let (_, rest) = serve_args_from_upgrade(
+            args(&["usersvc", "upgrade", "--start", "--metrics-public"]).into_iter(),
+        );
+        let new = crate::Invocation::try_parse_from(args(&["usersvc"]).into_iter().chain(rest))
+            .expect("the new server's arguments parse");
+        assert!(matches!(new.command, crate::Command::Serve));
+        assert!(new.settings().expect("valid").api.metrics_public);
     }
 }
