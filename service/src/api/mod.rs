@@ -3,7 +3,9 @@
 //! figures the dispatcher counts as it answers.
 
 pub(crate) mod access_log;
-pub mod http;
+pub(crate) mod http;
 pub mod methods;
-pub mod prometheus;
+pub(crate) mod prometheus;
 pub mod rpc;
+
+pub use http::{ApiSettings, MAX_BODY_LIMIT};

@@ -315,10 +315,6 @@ impl Journal {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Entries waiting to be replayed.
     pub fn depth(&self) -> usize {
         self.depth

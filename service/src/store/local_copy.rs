@@ -177,7 +177,7 @@ fn write_records(
 const MAX_FRAME: usize = 4 << 20;
 
 /// Appends these users as they are now (`None`: deleted) to the log, in frames of at most
-/// [`MAX_FRAME`], then fsyncs it. An error leaves the log with a torn tail, after which nothing
+/// `MAX_FRAME`, then fsyncs it. An error leaves the log with a torn tail, after which nothing
 /// appended would count: the caller must write a new base next (`Unsaved::All`).
 pub fn append_log(
     base: &Path,

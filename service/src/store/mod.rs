@@ -4,9 +4,11 @@
 //! Documents are stored as JSON text next to their `id`, `rev` and `updated_at`. Concurrency control
 //! is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a read-then-write.
 
-pub mod journal;
+pub(crate) mod journal;
 pub mod local_copy;
 pub mod writer;
+
+pub use journal::JournalError;
 
 use crate::doc::{Entry, Record, WriteDoc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

@@ -79,7 +79,7 @@ pub struct Stats {
 /// Most writes committed in one transaction (and replayed per transaction).
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// Upper bounds of the write-batch size buckets (the committer takes at most [`MAX_BATCH`]).
+/// Upper bounds of the write-batch size buckets (the committer takes at most `MAX_BATCH`).
 pub const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, MAX_BATCH as u64];
 
 /// A histogram of batch sizes, kept as plain atomics so the write path knows nothing of the
