@@ -235,7 +235,10 @@ impl Invocation {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Cli::command().try_get_matches_from(args)?;
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command()
+            .try_get_matches_from(&args)
+            .map_err(|e| from_environment(e, &args))?;
         let cli = Cli::from_arg_matches(&matches)?;
         let keys =
             keys_of(&cli.settings).map_err(|e| clap::Error::raw(clap::error::ErrorKind::Io, e))?;
@@ -356,6 +359,27 @@ impl Invocation {
         }
         Ok(())
     }
+}
+
+/// A bad value clap reports under a flag the command line does not hold came from that flag's
+/// environment variable: the error says so, so the operator looks in the right place.
+fn from_environment(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    let flag = arg.split_whitespace().next().unwrap_or_default().to_owned();
+    let given = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    let key = flag.trim_start_matches('-').replace('-', "_");
+    let var = env_of(&key);
+    if !given && std::env::var_os(&var).is_some() {
+        let tip = clap::builder::StyledStr::from(format!("the value comes from {var}"));
+        e.insert(ContextKind::Suggested, ContextValue::StyledStrs(vec![tip]));
+    }
+    e
 }
 
 /// The settings as keys (the file's) and values (JSON, durations as text).

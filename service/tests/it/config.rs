@@ -84,10 +84,15 @@ fn a_bad_value_is_named_from_every_layer() {
         err.contains("--breaker-failures") && err.contains("not in 1.."),
         "{err}"
     );
+    assert!(!err.contains("USERSVC_BREAKER_FAILURES"), "{err}");
     let (code, err) = run(&[], &[("USERSVC_BREAKER_FAILURES", "0")]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("--breaker-failures") && err.contains("not in 1.."),
+        "{err}"
+    );
+    assert!(
+        err.contains("the value comes from USERSVC_BREAKER_FAILURES"),
         "{err}"
     );
     for (text, named) in [
