@@ -8,16 +8,7 @@ use crate::envelope::{self, Answer};
 use crate::outcome::Outcome;
 use plugin_api::{Perf, State, judge, num};
 use serde_json::Value;
-
-fn is_json_type(ct: &str) -> bool {
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
+use toolkit_core::media_type;
 
 /// Judges a complete HTTP response (separate from I/O so every rule is testable without a socket).
 pub fn evaluate(
@@ -80,14 +71,14 @@ fn result_of(
             let error = rpc_error(cfg, code, &message, data.as_ref());
             return Err(format!("{error} ({http})"));
         }
-        if !content_type.is_empty() && !is_json_type(content_type) {
+        if !content_type.is_empty() && !media_type::is_json(content_type) {
             return Err(format!(
                 "{http} ({content_type} body, not a JSON-RPC response)"
             ));
         }
         return Err(http);
     }
-    if !is_json_type(content_type) {
+    if !media_type::is_json(content_type) {
         let shown = if content_type.is_empty() {
             "missing"
         } else {

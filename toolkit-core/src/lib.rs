@@ -1,5 +1,5 @@
 //! What every tool of the toolkit does the same way, written once: the host's name
-//! ([`hostname`]), a duration in a config file ([`duration`]: humantime's `500ms`, `30s`, `1m`,
+//! ([`hostname`]), whether a `Content-Type` is JSON ([`media_type`]), a duration in a config file ([`duration`]: humantime's `500ms`, `30s`, `1m`,
 //! with an error that says how to write one), and a lock whose holder panicked ([`lock`]: used
 //! as it is, since every lock here guards plain data that a panic cannot leave half-changed in
 //! a way a reader would trust).
@@ -31,6 +31,7 @@
 pub mod duration;
 mod host;
 mod locks;
+pub mod media_type;
 
 pub use host::hostname;
 pub use locks::{lock, read, write};

@@ -211,21 +211,12 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
         .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
 }
 
-/// `application/json`, with or without parameters; `+json` media types too.
+/// A JSON `Content-Type` (`toolkit_core::media_type`).
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        .is_some_and(toolkit_core::media_type::is_json)
 }
 
 /// Where [`record`] counts: Riemann's interval figures and Prometheus's.
