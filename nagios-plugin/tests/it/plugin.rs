@@ -1,38 +1,20 @@
 //! check_jsonrpc as a process, against the real usersvc and against misbehaving servers:
 //! exact state (exit code) and a first line that names the fault.
 
+use super::{Run, check_jsonrpc};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::Duration;
 use testbed::Usersvc;
 use testbed::canned::{Canned, Reply, Seen};
 
-struct Run {
-    code: i32,
-    stdout: String,
-}
-
-impl Run {
-    fn first_line(&self) -> &str {
-        self.stdout.lines().next().unwrap_or("")
-    }
-}
-
 fn plugin(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_check_jsonrpc"))
-        .args(args)
-        .output()
-        .expect("run check_jsonrpc");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-    };
+    let run = check_jsonrpc(args, &[]);
     // Guidelines: everything on stdout; the first line starts with the service and state.
     assert!(
         run.first_line().starts_with("JSONRPC "),
         "{args:?}: first line {:?}, stderr {:?}",
         run.first_line(),
-        String::from_utf8_lossy(&out.stderr)
+        run.stderr
     );
     run
 }
@@ -254,12 +236,11 @@ fn auth_headers_reach_the_server() {
         "OK",
         "pong",
     );
-    let from_env = Command::new(env!("CARGO_BIN_EXE_check_jsonrpc"))
-        .args(["-H", "127.0.0.1", "-p", &port])
-        .env("CHECK_JSONRPC_BEARER", "t0k")
-        .output()
-        .expect("run");
-    assert_eq!(from_env.status.code(), Some(0));
+    let from_env = check_jsonrpc(
+        &["-H", "127.0.0.1", "-p", &port],
+        &[("CHECK_JSONRPC_BEARER", "t0k")],
+    );
+    assert_eq!(from_env.code, 0);
     let missing = expect(
         &[
             "-H",
@@ -554,11 +535,8 @@ fn arguments_help_and_version_are_unknown() {
     expect(&[], 3, "UNKNOWN", "--hostname");
     expect(&["-H", "x", "--nope"], 3, "UNKNOWN", "--nope");
     for flag in ["-h", "--help", "-V", "--version"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_check_jsonrpc"))
-            .arg(flag)
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(3), "{flag}");
+        let out = check_jsonrpc(&[flag], &[]);
+        assert_eq!(out.code, 3, "{flag}");
         assert!(!out.stdout.is_empty(), "{flag} prints to stdout");
     }
 }

@@ -2,45 +2,18 @@
 //! certificate's expiry with `-C`, a client certificate the server requires, and the call and
 //! the certificate check through a real HTTP proxy (`tinyproxy`).
 
-use std::process::Command;
+use super::{Run, check_jsonrpc};
 use testbed::Usersvc;
 use testbed::tls_front::{Stunnel, Tinyproxy};
 
-struct Run {
-    code: i32,
-    first_line: String,
-}
-
-fn plugin(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_check_jsonrpc"));
-    cmd.args(args);
-    for v in [
-        "ALL_PROXY",
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().expect("run check_jsonrpc");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        first_line: stdout.lines().next().unwrap_or("").to_owned(),
-    }
-}
-
 fn expect(args: &[&str], env: &[(&str, &str)], code: i32, needles: &[&str]) -> Run {
-    let r = plugin(args, env);
-    assert_eq!(r.code, code, "{args:?}: {}", r.first_line);
+    let r = check_jsonrpc(args, env);
+    assert_eq!(r.code, code, "{args:?}: {}", r.first_line());
     for n in needles {
         assert!(
-            r.first_line.contains(n),
+            r.first_line().contains(n),
             "{args:?}: wanted {n:?} in {}",
-            r.first_line
+            r.first_line()
         );
     }
     r
@@ -85,9 +58,9 @@ fn certificate_expiry_is_judged_in_the_same_run_as_the_call() {
         ],
     );
     assert!(
-        r.first_line.contains("certificate_days=9;@~:30;@~:0;0"),
+        r.first_line().contains("certificate_days=9;@~:30;@~:0;0"),
         "{}",
-        r.first_line
+        r.first_line()
     );
     expect(
         &args(&with(&["-C", "30,14"])),
@@ -260,7 +233,7 @@ fn through_an_http_proxy_by_flag_and_by_environment() {
         3,
         &["--proxy"],
     );
-    assert!(!r.first_line.contains("s3cret"), "{}", r.first_line);
+    assert!(!r.first_line().contains("s3cret"), "{}", r.first_line());
     let r = expect(
         &[
             "-H",
@@ -277,7 +250,7 @@ fn through_an_http_proxy_by_flag_and_by_environment() {
         3,
         &["http:// proxy only"],
     );
-    assert!(!r.first_line.contains("s3cret"), "{}", r.first_line);
+    assert!(!r.first_line().contains("s3cret"), "{}", r.first_line());
     expect(
         &[
             "-H",
