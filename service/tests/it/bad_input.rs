@@ -1,11 +1,8 @@
 //! Bad input gets a precise error, and the server keeps serving afterwards.
 
+use super::svc;
 use serde_json::{Value, json};
 use testbed::Usersvc;
-
-fn svc(extra: &[&str]) -> Usersvc {
-    Usersvc::start_with(env!("CARGO_BIN_EXE_usersvc").as_ref(), extra)
-}
 
 fn code(v: &Value) -> i64 {
     v["error"]["code"]

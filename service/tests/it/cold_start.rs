@@ -2,14 +2,11 @@
 //! (beside the journal), serves reads marked stale, queues writes, and replays them when the
 //! database is back. Without a usable copy it refuses to start, naming the copy and why.
 
+use super::on;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
 use testbed::{Postgres, Usersvc};
-
-fn on(pg: &Postgres) -> Usersvc {
-    Usersvc::start_on(env!("CARGO_BIN_EXE_usersvc").as_ref(), Some(&pg.url()), &[])
-}
 
 fn copy_of(s: &Usersvc) -> PathBuf {
     s.dir().join("usersvc.snapshot")
@@ -27,7 +24,7 @@ fn copy_holds(s: &Usersvc, n: usize) {
 #[test]
 fn a_cold_start_serves_the_local_copy_queues_writes_and_replays_them() {
     let mut pg = Postgres::start();
-    let mut s = on(&pg);
+    let mut s = on(&pg, &[]);
     s.result("put_user", json!({"user": {"id": "a", "name": "Ada"}}));
     s.result("put_user", json!({"user": {"id": "a", "name": "Ada L."}}));
     s.result("put_user", json!({"user": {"id": "b", "name": "Bob"}}));
@@ -98,7 +95,7 @@ fn a_cold_start_serves_the_local_copy_queues_writes_and_replays_them() {
 #[test]
 fn without_a_usable_copy_it_refuses_to_start_and_names_the_copy() {
     let mut pg = Postgres::start();
-    let mut s = on(&pg);
+    let mut s = on(&pg, &[]);
     s.result("put_user", json!({"user": {"id": "a"}}));
     copy_holds(&s, 1);
     s.kill();
@@ -151,7 +148,7 @@ fn nested(id: &str, levels: usize) -> Value {
 fn a_document_at_the_depth_limit_reads_back_through_the_journal_the_copy_and_the_store() {
     let limit = service::users::validate::MAX_DEPTH;
     let mut pg = Postgres::start();
-    let mut s = on(&pg);
+    let mut s = on(&pg, &[]);
     let same = |got: &Value, want: &Value| {
         assert_eq!(got["d"], want["d"], "document changed on its way back");
     };

@@ -1,19 +1,16 @@
 //! Writes are durable and concurrent writers are handled: restart, many writers, one winner per
 //! revision, and SIGTERM that lets in-flight requests finish.
 
+use super::svc;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use testbed::Usersvc;
 
-fn svc() -> Usersvc {
-    Usersvc::start_with(env!("CARGO_BIN_EXE_usersvc").as_ref(), &[])
-}
-
 #[test]
 fn data_survives_a_restart() {
-    let mut s = svc();
+    let mut s = svc(&[]);
     let w = s.result(
         "put_user",
         json!({"user": {"id": "keep", "tags": ["a", {"b": null}], "n": 1.5}}),
@@ -42,7 +39,7 @@ fn data_survives_a_restart() {
 
 #[test]
 fn concurrent_writers_on_distinct_ids_are_all_stored() {
-    let s = svc();
+    let s = svc(&[]);
     std::thread::scope(|scope| {
         for t in 0..200 {
             let s = &s;
@@ -82,7 +79,7 @@ fn concurrent_writers_on_distinct_ids_are_all_stored() {
 
 #[test]
 fn same_revision_writers_exactly_one_wins() {
-    let s = svc();
+    let s = svc(&[]);
     s.result("put_user", json!({"user": {"id": "hot", "v": 0}}));
     let outcomes: Vec<Value> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..32)
@@ -133,7 +130,7 @@ fn half_sent(s: &Usersvc, body: &str) -> (TcpStream, String) {
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
-    let mut s = svc();
+    let mut s = svc(&[]);
     let bodies: Vec<String> = (0..8)
         .map(|i| {
             json!({"jsonrpc": "2.0", "method": "put_user", "params": {"user": {"id": format!("inflight{i}")}}, "id": i})
@@ -188,7 +185,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
 
 #[test]
 fn import_loads_all_or_nothing() {
-    let s = svc();
+    let s = svc(&[]);
     let dir = s.dir().to_owned();
     let db = format!("sqlite://{}", dir.join("import.db").display());
     let run = |file: &str, content: &str| {
@@ -224,7 +221,7 @@ fn import_loads_all_or_nothing() {
 /// it stays bounded instead of growing with every write.
 #[test]
 fn the_sqlite_log_is_checkpointed_while_writes_go_on() {
-    let s = svc();
+    let s = svc(&[]);
     let wal = s.dir().join("users.db-wal");
     // One-by-one commits, each a few pages of log, until unchecked they would be four times
     // SQLite's checkpoint threshold (1000 pages): a count, not a time, so a slow machine does

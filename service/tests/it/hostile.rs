@@ -2,6 +2,7 @@
 //! cannot exhaust memory, slow and idle connections cannot starve it, its files are its own,
 //! secrets stay secret, settings that cannot work fail at start, and shutdown has a deadline.
 
+use super::bin;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,10 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testbed::Usersvc;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_usersvc"))
-}
 
 /// A wrapper script that starts the binary under `setup` shell lines (a umask, a ulimit), as
 /// an init script or a shell would.

@@ -1,12 +1,9 @@
 //! The JSON-RPC 2.0 spec's section 7 examples and go-ethereum's invalid-request cases, adapted to
 //! usersvc's methods, sent over real HTTP to the real binary.
 
+use super::svc;
 use serde_json::{Value, json};
 use testbed::Usersvc;
-
-fn svc() -> Usersvc {
-    Usersvc::start_with(env!("CARGO_BIN_EXE_usersvc").as_ref(), &[])
-}
 
 /// Drops `error.data` (our detail) so replies compare with the spec's texts.
 fn without_data(mut v: Value) -> Value {
@@ -39,7 +36,7 @@ fn invalid(id: Value) -> Value {
 
 #[test]
 fn section_7_examples() {
-    let s = svc();
+    let s = svc(&[]);
     s.result("put_user", json!({"user": {"id": "u1", "name": "Ann"}}));
 
     // by position and by name
@@ -159,7 +156,7 @@ fn section_7_examples() {
 
 #[test]
 fn go_ethereum_invalid_cases() {
-    let s = svc();
+    let s = svc(&[]);
     let cases: &[(&str, Value)] = &[
         // invalid-badid
         (r#"{"id":[],"method":"ping"}"#, invalid(Value::Null)),

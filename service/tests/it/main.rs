@@ -16,3 +16,21 @@ mod pull;
 mod riemann;
 mod upgrade;
 mod watching;
+
+use std::path::Path;
+use testbed::{Postgres, Usersvc};
+
+/// The usersvc binary under test.
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_usersvc"))
+}
+
+/// A usersvc on a SQLite file of its own, with `extra` flags.
+fn svc(extra: &[&str]) -> Usersvc {
+    Usersvc::start_with(bin(), extra)
+}
+
+/// A usersvc on `pg`, with `extra` flags.
+fn on(pg: &Postgres, extra: &[&str]) -> Usersvc {
+    Usersvc::start_on(bin(), Some(&pg.url()), extra)
+}

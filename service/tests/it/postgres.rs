@@ -1,12 +1,9 @@
 //! usersvc on a real PostgreSQL cluster: same code path as SQLite, several instances consistent.
 
+use super::on;
 use serde_json::{Value, json};
 use std::time::Duration;
 use testbed::{Postgres, Usersvc};
-
-fn on(pg: &Postgres) -> Usersvc {
-    Usersvc::start_on(env!("CARGO_BIN_EXE_usersvc").as_ref(), Some(&pg.url()), &[])
-}
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
     testbed::eventually(what, Duration::from_secs(10), f);
@@ -15,7 +12,7 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 #[test]
 fn same_api_on_postgres() {
     let pg = Postgres::start();
-    let mut s = on(&pg);
+    let mut s = on(&pg, &[]);
     assert_eq!(
         s.result("put_user", json!({"user": {"id": "a", "n": 1}})),
         json!({"id": "a", "rev": 1})
@@ -40,8 +37,8 @@ fn same_api_on_postgres() {
 #[test]
 fn instances_on_one_cluster_see_each_others_writes() {
     let pg = Postgres::start();
-    let one = on(&pg);
-    let two = on(&pg);
+    let one = on(&pg, &[]);
+    let two = on(&pg, &[]);
     one.result("put_user", json!({"user": {"id": "x", "by": "one"}}));
     eventually("two sees one's insert", || {
         two.call("get_user", json!(["x"]))["result"]["by"] == "one"
@@ -91,7 +88,7 @@ struct Win {
 fn sixty_four_writers_with_conflicts_equal_a_serial_run_of_the_winners() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let pg = Postgres::start();
-    let s = std::sync::Arc::new(on(&pg));
+    let s = std::sync::Arc::new(on(&pg, &[]));
     let ids: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
     for id in &ids {
         s.result("put_user", json!({"user": {"id": id, "by": "setup"}}));
@@ -228,7 +225,7 @@ fn import(url: &str, dir: &std::path::Path, users: &Value) -> std::process::Outp
 #[test]
 fn import_copies_a_first_load_upserts_over_stored_users_and_ends_as_on_sqlite() {
     let pg = Postgres::start();
-    let running = on(&pg);
+    let running = on(&pg, &[]);
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = format!("sqlite://{}", dir.path().join("same.db").display());
     // Ids a COPY row could be cut or ended by, if a value were pasted in unescaped.

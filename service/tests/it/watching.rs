@@ -3,16 +3,13 @@
 //! Prometheus parser) with counts matching the calls made, the token in front of it, and the
 //! access log.
 
+use super::bin;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use testbed::Usersvc;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_usersvc"))
-}
 
 /// Debian's python3 (where python3-prometheus-client installs), not whatever `python3` is first
 /// on PATH.
