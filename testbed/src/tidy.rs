@@ -39,11 +39,17 @@ pub fn place(src: &Path, file: &Path) -> (String, usize) {
     (part.to_owned(), depth.max(1))
 }
 
-/// The code of a file without its test module (`#[cfg(test)] mod …`, by convention last).
+/// The code of a file without its inline test module (`#[cfg(test)] mod tests { … }`, by
+/// convention last). A test module declared in a file of its own (`mod tidy;`) stays: what
+/// follows it is code.
 pub fn code(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    match text.find("#[cfg(test)]\nmod ") {
-        Some(at) => text[..at].to_owned(),
+    let inline = text.match_indices("#[cfg(test)]\nmod ").find(|(at, _)| {
+        let line = text[*at..].lines().nth(1).unwrap_or_default();
+        line.trim_end().ends_with('{')
+    });
+    match inline {
+        Some((at, _)) => text[..at].to_owned(),
         None => text,
     }
 }
@@ -126,6 +132,15 @@ mod tests {
         assert_eq!(imports(child, 2).into_iter().collect::<Vec<_>>(), ["api"]);
         // A sibling named in a braced list.
         let job = "use super::{state::Shared, commit::Pending};";
+        // A test module in a file of its own does not end the code; an inline one does.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lib = dir.path().join("lib.rs");
+        let text = "mod a;\n#[cfg(test)]\nmod tidy;\npub use a::X;\n#[cfg(test)]\nmod tests {\n}\n";
+        std::fs::write(&lib, text).expect("write");
+        assert_eq!(
+            super::code(&lib),
+            "mod a;\n#[cfg(test)]\nmod tidy;\npub use a::X;\n"
+        );
         assert!(names_after(job, "super::").contains("commit"));
     }
 }
