@@ -26,13 +26,25 @@ pub fn write(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io:
     sync_dir(path)
 }
 
-/// Opens `path` for appending, creating it private (0600) if missing.
+/// Opens `path` for appending, never through a symlink. When it is missing it is created
+/// private (0600) and its directory fsynced, so a record fsynced into the new file survives a
+/// power loss with its name.
 pub fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(PRIVATE)
-        .open(path)
+    let append = || {
+        let mut options = OpenOptions::new();
+        options.append(true).custom_flags(libc::O_NOFOLLOW);
+        options
+    };
+    match append().open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        opened => return opened,
+    }
+    match append().create_new(true).mode(PRIVATE).open(path) {
+        Ok(file) => sync_dir(path).map(|()| file),
+        // Created meanwhile by someone else: theirs to make durable.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => append().open(path),
+        Err(e) => Err(e),
+    }
 }
 
 /// Takes group and other permissions off an existing file of ours (one left by an older

@@ -148,7 +148,8 @@ impl Users {
         // First: a second server on the same journal is refused before it touches anything.
         let owner = claim_journal(&path, resilience.handover)?;
         let copy = local_copy::path_for(&path);
-        for file in [&path, &copy, &crate::store::journal::quarantine_path(&path)] {
+        let quarantine = crate::store::journal::quarantine_path(&path);
+        for file in [&path, &copy, &local_copy::log_path(&copy), &quarantine] {
             crate::atomic_file::make_private(file);
         }
         let (store, from_copy) = open_store(url, timeout, &copy).await?;
