@@ -50,7 +50,9 @@ pub fn hooks(
         timeout,
     );
     // The host kills a hook at `timeout`; this is the deployer's own bound, should it not.
-    let whole = (timeout + Duration::from_secs(5)) * commands.len() as u32;
+    let whole = timeout
+        .saturating_add(Duration::from_secs(5))
+        .saturating_mul(commands.len() as u32);
     let (problem, output) = match host.run_output(&script, Some(whole)) {
         Ok(o) if o.status == 0 => (None, o.stdout),
         Ok(o) => (Some(failed(&o)), o.stdout),

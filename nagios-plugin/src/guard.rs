@@ -28,7 +28,7 @@ pub fn install_panic_hook() {
 /// A backstop past the HTTP timeout: whatever hangs, the core gets an answer before it kills us.
 pub(crate) fn start_watchdog(timeout: Duration, state: State) {
     std::thread::spawn(move || {
-        std::thread::sleep(timeout + Duration::from_millis(500));
+        std::thread::sleep(timeout.saturating_add(Duration::from_millis(500)));
         let why = format!("plugin timed out after {} s (-t)", timeout.as_secs_f64());
         exit_with(&Outcome::new(state, why));
     });

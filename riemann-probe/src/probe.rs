@@ -346,7 +346,7 @@ impl Heartbeat {
         ttl: Option<Duration>,
     ) -> Self {
         let service = service.into();
-        let ttl = ttl.unwrap_or(interval * 3).as_secs_f32();
+        let ttl = ttl.unwrap_or(interval.saturating_mul(3)).as_secs_f32();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()

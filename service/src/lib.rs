@@ -160,7 +160,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         };
         // Writes still waiting for a previous server's journal would hold up the drain.
         stopping.stop_waiting_for_journal();
-        shutdown_deadline(request_timeout + SHUTDOWN_GRACE);
+        shutdown_deadline(request_timeout.saturating_add(SHUTDOWN_GRACE));
         // First, so a stalled store or client cannot keep it from being saved.
         stopping.save_copy().await;
         let _ = stop_tx.send(successor);

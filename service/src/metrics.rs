@@ -190,7 +190,7 @@ pub fn start_reporter(
     let tasks = users.tasks().clone();
     let from = Sender {
         host: cfg.host.clone().unwrap_or_else(toolkit_core::hostname),
-        ttl: (cfg.interval * 3).as_secs_f32(),
+        ttl: cfg.interval.saturating_mul(3).as_secs_f32(),
         release: release.clone(),
     };
     tasks.spawn("riemann reporter", async move {

@@ -111,7 +111,7 @@ async fn replace(pid_file: &Path, pid: u32, timeout: Duration) -> Result<Upgrade
     // The server bounds the wait by `timeout`; a little more here for the kill and the answer.
     let mut reader = BufReader::new(stream);
     let read = reader.read_line(&mut line);
-    match tokio::time::timeout(timeout + Duration::from_secs(10), read).await {
+    match tokio::time::timeout(timeout.saturating_add(Duration::from_secs(10)), read).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(control_err(e)),
         Err(_) => {
@@ -442,6 +442,9 @@ pub(crate) fn listen_control(
 
 /// The longest command line the control socket reads.
 const MAX_COMMAND: u64 = 256;
+/// How long the control socket waits for that line: a peer that connects and says nothing does
+/// not hold a task forever.
+const COMMAND_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether the peer may command this server: its own user, or root.
 fn trusted(stream: &tokio::net::UnixStream) -> Result<(), String> {
@@ -472,7 +475,8 @@ async fn answer(stream: tokio::net::UnixStream, handoff: Arc<Handoff>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut bounded = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_COMMAND));
-    if bounded.read_line(&mut line).await.is_err() {
+    let read = tokio::time::timeout(COMMAND_WAIT, bounded.read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(_))) {
         return;
     }
     if !line.ends_with('\n') {
