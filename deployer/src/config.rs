@@ -236,7 +236,7 @@ impl Health {
                 shown.push(a);
             }
         }
-        match nagios_plugin::parse_args(
+        match nagios_plugin::parse_argv_only(
             ["check_jsonrpc", "-H", "localhost"]
                 .into_iter()
                 .map(String::from)

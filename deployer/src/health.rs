@@ -104,7 +104,7 @@ impl Gate {
                         .iter()
                         .map(|a| subject.fill(a, |_, v| v.to_owned())),
                 );
-            let mut cfg = match nagios_plugin::parse_args(args) {
+            let mut cfg = match nagios_plugin::parse_argv_only(args) {
                 Ok(cfg) => cfg,
                 Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) => {
                     return Err(CheckFailed::Template(format!(

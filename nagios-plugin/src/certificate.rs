@@ -280,10 +280,12 @@ pub(crate) fn fetch(
     proxy: Option<&ureq::Proxy>,
     deadline: Instant,
 ) -> Result<Presented, CertError> {
-    let uri: ureq::http::Uri = cfg
-        .url
-        .parse()
-        .map_err(|e| CertError::Setup(format!("bad URL {}: {e}", cfg.url)))?;
+    let uri: ureq::http::Uri = cfg.url.parse().map_err(|e| {
+        CertError::Setup(format!(
+            "bad URL {}: {e}",
+            crate::config::without_password(&cfg.url)
+        ))
+    })?;
     if uri.scheme_str() != Some("https") {
         return Err(CertError::NotTls);
     }

@@ -5,7 +5,7 @@ use crate::assertion::{Assertion, Measure};
 use crate::config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, IpFamily, without_password};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use plugin_api::Range;
 use plugin_api::State;
 use serde_json::Value;
@@ -445,7 +445,34 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Args::try_parse_from(argv) {
+    parse_with(Args::command(), argv)
+}
+
+/// The same, from `argv` alone: no option is taken from the environment (`CHECK_JSONRPC_BEARER`).
+/// For a program that runs checks on its own behalf (the deployer's health gate), whose
+/// environment is its operator's, not the check's: a token there must not reach every host.
+pub fn parse_argv_only<I, T>(argv: I) -> Result<CheckConfig, Early>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    parse_with(argv_only(), argv)
+}
+
+/// The options without their environment variables.
+fn argv_only() -> clap::Command {
+    Args::command().mut_args(|a| a.env(None::<&str>))
+}
+
+fn parse_with<I, T>(command: clap::Command, argv: I) -> Result<CheckConfig, Early>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let parsed = command
+        .try_get_matches_from(argv)
+        .and_then(|m| Args::from_arg_matches(&m));
+    match parsed {
         Ok(args) => args.into_config().map_err(Early::Bad),
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
@@ -481,6 +508,13 @@ fn secret(flag: &str, path: &std::path::Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_library_entry_reads_no_environment() {
+        let with_env = Args::command();
+        assert!(with_env.get_arguments().any(|a| a.get_env().is_some()));
+        assert!(argv_only().get_arguments().all(|a| a.get_env().is_none()));
+    }
 
     fn bad(args: &[&str]) -> String {
         let mut argv = vec!["check_jsonrpc"];

@@ -110,7 +110,7 @@ fn agent(
     Ok(match cfg.connect_ip {
         Some(ip) => {
             let uri: ureq::http::Uri = cfg.url.parse().map_err(|source| SetupError::Url {
-                url: cfg.url.clone(),
+                url: without_password(&cfg.url),
                 source,
             })?;
             let https = uri.scheme_str() == Some("https");
@@ -177,7 +177,7 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
         ureq::Error::Protocol(p) => (State::Critical, format!("HTTP protocol error: {p}")),
         other => (State::Critical, other.to_string()),
     };
-    Outcome::new(state, format!("{}: {why}", cfg.url))
+    Outcome::new(state, format!("{}: {why}", without_password(&cfg.url)))
 }
 
 /// Runs the check: the call, then (with `-C`) the certificate; the worse state wins. Never
@@ -240,7 +240,8 @@ fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
 fn exchange(cfg: &CheckConfig, agent: &ureq::Agent, details: &mut Vec<String>) -> Outcome {
     let body = cfg.request_body();
     if cfg.verbose >= 1 {
-        details.push(format!("POST {} {}", cfg.url, brief_text(&body, 500)));
+        let url = without_password(&cfg.url);
+        details.push(format!("POST {url} {}", brief_text(&body, 500)));
     }
     let started = Instant::now();
     let mut req = agent

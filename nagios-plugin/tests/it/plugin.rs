@@ -610,3 +610,13 @@ fn https_with_verification_a_private_ca_and_insecure() {
         "--ca-file",
     );
 }
+
+/// A password in a full URL given to -u is never printed, on a failure or with -v.
+#[test]
+fn credentials_in_the_url_stay_secret() {
+    let url = "http://user:pw-9c1e@127.0.0.1:1/";
+    let r = check_jsonrpc(&["-u", url, "-v"], &[]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(!r.stdout.contains("pw-9c1e"), "{}", r.stdout);
+    assert!(r.stdout.contains("http://***@127.0.0.1:1/"), "{}", r.stdout);
+}
