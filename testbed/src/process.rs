@@ -53,14 +53,22 @@ pub fn checked(what: &str, out: std::io::Result<std::process::Output>) -> std::p
 /// Polls `f` until it holds; panics naming `what` after `timeout`. For effects that happen
 /// asynchronously (another instance, a background sender), never as a timing assertion.
 pub fn eventually(what: &str, timeout: Duration, f: impl Fn() -> bool) {
+    assert!(
+        within(timeout, f),
+        "never happened within {timeout:?}: {what}"
+    );
+}
+
+/// Whether `f` holds within `timeout`, asked every 20 ms.
+pub fn within(timeout: Duration, f: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "never happened within {timeout:?}: {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// The workspace's root directory (this crate lives one level below it).
@@ -183,16 +191,14 @@ impl Peer {
 
     /// Everything the peer printed so far.
     pub fn log(&self) -> String {
-        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+        toolkit_core::lock(&self.lines).join("\n")
     }
 
     /// Waits until a printed line satisfies `find`, returning what it extracted.
     pub fn wait_for_line<T>(&mut self, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(lines) = self.lines.lock()
-                && let Some(found) = lines.iter().find_map(|l| find(l))
-            {
+            if let Some(found) = toolkit_core::lock(&self.lines).iter().find_map(|l| find(l)) {
                 return found;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -266,9 +272,7 @@ impl Drop for Peer {
 fn drain(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if let Ok(mut l) = lines.lock() {
-                l.push(line);
-            }
+            toolkit_core::lock(&lines).push(line);
         }
     });
 }

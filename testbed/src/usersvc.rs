@@ -88,15 +88,8 @@ impl Usersvc {
     /// comes: the server logs through a non-blocking writer and a pipe, so its log may trail
     /// what it already did.
     pub fn expect_log(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {text:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let logged = crate::process::within(Duration::from_secs(10), || self.log().contains(text));
+        assert!(logged, "no log line with {text:?}:\n{}", self.log());
     }
 
     /// POSTs a raw body as `application/json`.

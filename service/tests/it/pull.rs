@@ -50,7 +50,7 @@ fn wait_pulls(s: &Usersvc, since: &Value, n: u64) -> Value {
     testbed::eventually("the next pulls happen", Duration::from_secs(20), || {
         let h = health(s);
         let done = total(&h) >= start + n;
-        *seen.lock().unwrap_or_else(|e| e.into_inner()) = h;
+        *toolkit_core::lock(&seen) = h;
         done
     });
     seen.into_inner().unwrap_or_else(|e| e.into_inner())
