@@ -38,10 +38,7 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
         .collect();
     let done = if store.is_shared() {
         let budget = writer::budget(store.timeout(), writes.len());
-        match tokio::time::timeout(budget, copy_into_postgres(store.url(), &writes)).await {
-            Ok(done) => done,
-            Err(_) => Err(StoreError::TimedOut(budget)),
-        }
+        crate::store::bounded(budget, copy_into_postgres(store.url(), &writes)).await
     } else {
         upsert_through_writer(&store, writes).await
     };
@@ -94,7 +91,7 @@ async fn copy_into_postgres(url: &str, rows: &[WriteDoc]) -> Result<(), StoreErr
     };
     let copied = !first_stored && {
         sqlx::query("SAVEPOINT copy").execute(&mut *tx).await?;
-        match copy(&mut tx, COPY_NEW, rows).await {
+        match copy(&mut tx, rows).await {
             Ok(()) => true,
             // One of them is stored (or another instance stored it meanwhile): the savepoint
             // takes the attempt back, and the rows are upserted below instead.
@@ -135,13 +132,9 @@ async fn upsert(conn: &mut PgConnection, rows: &[WriteDoc]) -> Result<(), sqlx::
 }
 
 /// Sends the rows in `COPY`'s text format, a megabyte at a time.
-async fn copy(
-    conn: &mut PgConnection,
-    statement: &str,
-    rows: &[WriteDoc],
-) -> Result<(), sqlx::Error> {
+async fn copy(conn: &mut PgConnection, rows: &[WriteDoc]) -> Result<(), sqlx::Error> {
     const CHUNK: usize = 1 << 20;
-    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut copy = conn.copy_in_raw(COPY_NEW).await?;
     let mut buf = Vec::with_capacity(CHUNK + 4096);
     for doc in rows {
         copy_row(&mut buf, doc);

@@ -449,17 +449,19 @@ pub(crate) async fn put_on(
 const LOAD_TIMEOUTS: u32 = 15;
 
 /// A query that has not answered within `budget` counts as the store unreachable.
-async fn bounded<T>(
+pub(crate) async fn bounded<T, E>(
     budget: Duration,
-    query: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, StoreError> {
+    query: impl Future<Output = Result<T, E>>,
+) -> Result<T, StoreError>
+where
+    StoreError: From<E>,
+{
     match tokio::time::timeout(budget, query).await {
         Ok(done) => Ok(done?),
         Err(_) => Err(StoreError::TimedOut(budget)),
     }
 }
 
-/// One stored row as the snapshot keeps it.
 /// Rows per framed chunk: a few MiB of text.
 const FRAMED_ROWS: i64 = 20_000;
 

@@ -192,7 +192,10 @@ impl Writer {
                         if savepoints {
                             sqlx::query("RELEASE SAVEPOINT w").execute(&mut *tx).await?;
                         }
-                        changed.extend(changed_ids(change, &applied));
+                        if postgres {
+                            // Announced on PostgreSQL only: other instances listen there.
+                            changed.extend(changed_ids(change, &applied));
+                        }
                         out.push(Ok(applied));
                     }
                     Err(e) if savepoints && !e.is_unreachable() => {
