@@ -128,6 +128,16 @@ impl Host {
         &self.target.name
     }
 
+    /// The host as plain data, its connection closed: its target, and the layout read or why
+    /// it could not be.
+    pub fn into_layout(self) -> (Target, Result<HostState, Failure>) {
+        let layout = match self.failure {
+            Some(failure) => Err(failure),
+            None => Ok(self.state),
+        };
+        (self.target, layout)
+    }
+
     pub fn ok(&self) -> bool {
         self.failure.is_none()
     }

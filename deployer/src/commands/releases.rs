@@ -33,13 +33,13 @@ pub struct HostReleases {
 pub fn list(targets: &[Target], settings: &Settings) -> Listing {
     let hosts = fleet::read(targets, settings, false)
         .into_iter()
-        .map(|h| HostReleases {
-            name: h.target.name.clone(),
-            deploy_to: h.target.deploy_to.clone(),
-            layout: match h.failure {
-                Some(failure) => Err(failure),
-                None => Ok(h.state),
-            },
+        .map(|h| {
+            let (target, layout) = h.into_layout();
+            HostReleases {
+                name: target.name,
+                deploy_to: target.deploy_to,
+                layout,
+            }
         })
         .collect();
     Listing { hosts }
@@ -130,11 +130,8 @@ pub fn cleanup(cfg: &Config, targets: &[Target], settings: &Settings, dry_run: b
         fleet::read(targets, settings, false)
             .into_iter()
             .map(|h| {
-                let r = match h.failure {
-                    Some(f) => Err(f),
-                    None => Ok(plan(&h.state)),
-                };
-                (h.target.name, r)
+                let (target, layout) = h.into_layout();
+                (target.name, layout.map(|state| plan(&state)))
             })
             .collect()
     } else {
@@ -156,11 +153,8 @@ pub fn cleanup(cfg: &Config, targets: &[Target], settings: &Settings, dry_run: b
             .into_iter()
             .zip(removed)
             .map(|(h, removed)| {
-                let r = match h.failure {
-                    Some(f) => Err(f),
-                    None => Ok(removed),
-                };
-                (h.target.name, r)
+                let (target, layout) = h.into_layout();
+                (target.name, layout.map(|_| removed))
             })
             .collect()
     };
