@@ -217,7 +217,8 @@ pub(crate) fn anchor_value(key: &str, value: &str, base: &Path) -> String {
 pub struct Invocation {
     pub command: Command,
     config: Option<PathBuf>,
-    given: Settings,
+    /// The command line's settings (defaults included) as keys and values.
+    given: serde_json::Map<String, serde_json::Value>,
     /// The settings a flag or an environment variable set: they win over the file.
     explicit: BTreeSet<String>,
 }
@@ -255,7 +256,7 @@ impl Invocation {
         Ok(Self {
             command: cli.command.unwrap_or(Command::Serve),
             config: cli.config,
-            given: cli.settings,
+            given: keys,
             explicit,
         })
     }
@@ -273,7 +274,7 @@ impl Invocation {
                 .map_or_else(|| cwd.clone(), Path::to_path_buf),
             None => cwd.clone(),
         };
-        let mut keys = keys_of(&self.given).map_err(ConfigError::Setting)?;
+        let mut keys = self.given.clone();
         if let Some(path) = &self.config {
             self.overlay_file(path, &mut keys)?;
         }

@@ -202,19 +202,10 @@ fn serve_args_from_upgrade(mut argv: impl Iterator<Item = OsString>) -> (OsStrin
     (program, args)
 }
 
-/// The flags whose value is a path, with their environment variables (`config::PATH_KEYS`).
-fn path_options() -> Vec<(String, String)> {
-    config::PATH_KEYS
-        .iter()
-        .map(|key| (config::flag_of(key), config::env_of(key)))
-        .collect()
-}
-
-/// A path option's value made absolute against `base`.
-fn anchored(option: &str, value: &std::ffi::OsStr, base: &Path) -> OsString {
-    let key = option.trim_start_matches('-').replace('-', "_");
+/// A path setting's value (`config::PATH_KEYS`) made absolute against `base`.
+fn anchored(key: &str, value: &std::ffi::OsStr, base: &Path) -> OsString {
     match value.to_str() {
-        Some(text) => config::anchor_value(&key, text, base).into(),
+        Some(text) => config::anchor_value(key, text, base).into(),
         None => config::anchor(Path::new(value), base).into_os_string(),
     }
 }
@@ -222,31 +213,34 @@ fn anchored(option: &str, value: &std::ffi::OsStr, base: &Path) -> OsString {
 /// `args` with every path option's value absolute against `base` (`--opt value` and
 /// `--opt=value` alike): the new server runs elsewhere (`new_server_command`).
 fn absolute_args(args: &[OsString], base: &Path) -> Vec<OsString> {
-    let options = path_options();
+    let flags: Vec<(&str, String)> = config::PATH_KEYS
+        .iter()
+        .map(|key| (*key, config::flag_of(key)))
+        .collect();
     let mut out = Vec::with_capacity(args.len());
     let mut pending: Option<&str> = None;
     for a in args {
-        if let Some(option) = pending.take() {
-            out.push(anchored(option, a, base));
+        if let Some(key) = pending.take() {
+            out.push(anchored(key, a, base));
             continue;
         }
         let text = a.to_string_lossy();
-        match options.iter().find_map(|(o, _)| {
-            if text == *o {
-                Some((o.as_str(), None))
+        match flags.iter().find_map(|(key, flag)| {
+            if text == *flag {
+                Some((*key, flag, None))
             } else {
-                text.strip_prefix(o.as_str())?
+                text.strip_prefix(flag.as_str())?
                     .strip_prefix('=')
-                    .map(|v| (o.as_str(), Some(v.to_owned())))
+                    .map(|v| (*key, flag, Some(v.to_owned())))
             }
         }) {
-            Some((option, None)) => {
-                pending = Some(option);
+            Some((key, _, None)) => {
+                pending = Some(key);
                 out.push(a.clone());
             }
-            Some((option, Some(value))) => {
-                let mut joined = OsString::from(format!("{option}="));
-                joined.push(anchored(option, value.as_ref(), base));
+            Some((key, flag, Some(value))) => {
+                let mut joined = OsString::from(format!("{flag}="));
+                joined.push(anchored(key, value.as_ref(), base));
                 out.push(joined);
             }
             None => out.push(a.clone()),
@@ -269,9 +263,10 @@ fn new_server_command(program: &OsString, args: &[OsString]) -> tokio::process::
     };
     let args = absolute_args(args, &here);
     let mut cmd = tokio::process::Command::new(&program);
-    for (option, var) in path_options() {
+    for key in config::PATH_KEYS {
+        let var = config::env_of(key);
         if let Some(value) = std::env::var_os(&var) {
-            cmd.env(&var, anchored(&option, &value, &here));
+            cmd.env(&var, anchored(key, &value, &here));
         }
     }
     let config = args
@@ -282,7 +277,7 @@ fn new_server_command(program: &OsString, args: &[OsString]) -> tokio::process::
             args.iter()
                 .find_map(|a| a.to_str()?.strip_prefix("--config=").map(OsString::from))
         })
-        .or_else(|| std::env::var_os("USERSVC_CONFIG").map(|v| anchored("--config", &v, &here)));
+        .or_else(|| std::env::var_os("USERSVC_CONFIG").map(|v| anchored("config", &v, &here)));
     let dir = config
         .as_deref()
         .and_then(|c| Path::new(c).parent().map(Path::to_path_buf))
