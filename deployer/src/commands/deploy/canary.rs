@@ -233,38 +233,26 @@ pub fn judge(s: &Sample, revision: &str, limits: &Canary) -> Judgement {
     };
     let errors = compare(
         "errors",
+        |v| format!("{v:.2}/s"),
         (new.errors, old.errors),
         limits.min_error_rate,
         limits.max_error_ratio,
     );
     let latency = compare(
         "latency p99",
+        |v| format!("{:.1} ms", v * 1e3),
         (new.latency, old.latency),
         limits.min_latency.as_secs_f64(),
         limits.max_latency_ratio,
     );
     let compared = [errors, latency];
-    let worse = compared
-        .iter()
-        .any(|c| c.as_ref().is_some_and(|(_, over)| *over));
-    let parts: Vec<String> = compared
-        .into_iter()
-        .zip(["errors", "latency p99"])
-        .map(|(c, what)| {
-            c.map_or_else(
-                || format!("{what}: not reported by both sides"),
-                |(text, _)| text,
-            )
-        })
-        .collect();
-    if parts
-        .iter()
-        .all(|p| p.ends_with("not reported by both sides"))
-    {
+    if compared.iter().all(|(_, over)| over.is_none()) {
         return Judgement::NoNew(format!(
             "revision {revision} and the others report no metric in common (errors rate, latency p99)"
         ));
     }
+    let worse = compared.iter().any(|(_, over)| *over == Some(true));
+    let parts: Vec<&str> = compared.iter().map(|(text, _)| text.as_str()).collect();
     let text = format!(
         "revision {revision} ({}) against the others ({}): {}",
         new.hosts.join(", "),
@@ -279,18 +267,17 @@ pub fn judge(s: &Sample, revision: &str, limits: &Canary) -> Judgement {
 }
 
 /// One metric, new against old, each side raised to `floor` first (one error on an idle
-/// service is not an infinite ratio): its line, and whether the ratio passes `max`. `None`:
-/// not reported by both sides.
+/// service is not an infinite ratio): its line, and whether the ratio passes `max` (`None`: not
+/// reported by both sides).
 fn compare(
     what: &str,
+    shown: fn(f64) -> String,
     (new, old): (Option<f64>, Option<f64>),
     floor: f64,
     max: f64,
-) -> Option<(String, bool)> {
-    let (n, o) = (new?, old?);
-    let shown = |v: f64| match what {
-        "errors" => format!("{v:.2}/s"),
-        _ => format!("{:.1} ms", v * 1e3),
+) -> (String, Option<bool>) {
+    let (Some(n), Some(o)) = (new, old) else {
+        return (format!("{what}: not reported by both sides"), None);
     };
     let ratio = n.max(floor) / o.max(floor);
     let over = ratio > max;
@@ -300,7 +287,7 @@ fn compare(
         shown(o),
         if over { ">" } else { "≤" }
     );
-    Some((text, over))
+    (text, Some(over))
 }
 
 #[cfg(test)]
