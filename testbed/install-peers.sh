@@ -12,6 +12,9 @@ PACKAGES=(
   python3-prometheus-client
   # check_jsonrpc over TLS (an expiring certificate, a required client certificate) and a proxy
   stunnel4 tinyproxy
+  # the deployer follows Capistrano on a host and Capistrano follows it (3.17, Ruby from Debian);
+  # git: Capistrano deploys from a repository, the deployer from a commit with --ref
+  capistrano git
   # a network namespace and a veth pair put the deployer's hosts behind a bastion
   iproute2
   # systemd-analyze verify checks the shipped units (systemd is not PID 1 here)

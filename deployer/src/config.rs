@@ -22,8 +22,14 @@ pub struct Config {
     pub build: Option<String>,
     #[serde(default)]
     pub shared_dirs: Vec<String>,
+    /// Files every release links from `shared/`: each must be there before a deploy (as
+    /// Capistrano's `linked_files`), unless written `{ path = "…", seed = true }`, which copies
+    /// the release's own file there the first time.
     #[serde(default)]
-    pub shared_files: Vec<String>,
+    pub shared_files: Vec<SharedFile>,
+    /// Paths of `source` that never travel (gitignore patterns); `.git` never does.
+    #[serde(default)]
+    pub exclude: Vec<String>,
     #[serde(default)]
     pub ssh: Ssh,
     pub hosts: Vec<Host>,
@@ -105,6 +111,42 @@ pub struct Hooks {
     /// Run here when a deploy failed (a failed `local_before` too), before `local_after`.
     #[serde(default)]
     pub local_failed: Vec<String>,
+}
+
+/// A `shared_files` entry: a path, or `{ path = "…", seed = true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "SharedSpec")]
+pub struct SharedFile {
+    pub path: String,
+    /// Copied from the release the first time, instead of required in `shared/`.
+    pub seed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SharedSpec {
+    Path(String),
+    Table(SharedTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SharedTable {
+    path: String,
+    #[serde(default)]
+    seed: bool,
+}
+
+impl From<SharedSpec> for SharedFile {
+    fn from(spec: SharedSpec) -> Self {
+        match spec {
+            SharedSpec::Path(path) => SharedFile { path, seed: false },
+            SharedSpec::Table(t) => SharedFile {
+                path: t.path,
+                seed: t.seed,
+            },
+        }
+    }
 }
 
 /// A hook: a command line, or `{ command = "…", once = true }` for one that runs on one host
@@ -435,6 +477,8 @@ pub enum Problem {
     Canary(&'static str),
     #[error("[ssh] ssh_config: {0}")]
     SshConfig(String),
+    #[error("{0}")]
+    Exclude(String),
 }
 
 /// `--hosts`/`--role` select nothing usable.
@@ -603,12 +647,14 @@ impl Config {
                 return Err(Problem::RelativeDeployTo(d.clone()));
             }
         }
-        for s in self.shared_dirs.iter().chain(&self.shared_files) {
-            if !inside(s) {
-                return Err(Problem::SharedPath(s.clone()));
+        for s in self.shared_paths() {
+            if !inside(&s) {
+                return Err(Problem::SharedPath(s));
             }
         }
-        Ok(())
+        crate::manifest::Exclude::new(&self.source, &self.exclude)
+            .map(drop)
+            .map_err(|e| Problem::Exclude(e.to_string()))
     }
 
     /// `[v6]:port`, `host:port` or a bare host; the port only when written.
@@ -669,8 +715,25 @@ impl Config {
     pub fn shared_paths(&self) -> Vec<String> {
         self.shared_dirs
             .iter()
-            .chain(&self.shared_files)
             .cloned()
+            .chain(self.shared_files.iter().map(|f| f.path.clone()))
+            .collect()
+    }
+
+    /// The shared files each host must hold in `shared/` before a deploy (not seeded).
+    pub fn required_shared(&self) -> Vec<String> {
+        self.shared_files
+            .iter()
+            .filter(|f| !f.seed)
+            .map(|f| f.path.clone())
+            .collect()
+    }
+
+    /// `shared_files` as the staging step takes them: each path, and whether it is seeded.
+    pub fn shared_file_specs(&self) -> Vec<(String, bool)> {
+        self.shared_files
+            .iter()
+            .map(|f| (f.path.clone(), f.seed))
             .collect()
     }
 

@@ -3,9 +3,10 @@
 //! — each call is a barrier. Also what a host's failure is ([`Stage`], [`Failure`]), written once.
 
 use crate::config::Target;
-use crate::layout::{self, HostState};
+use crate::layout::{self, HostState, StateReader};
+use crate::manifest::Manifest;
 use crate::settings::Settings;
-use crate::ssh::{Output, Remote, Shell, SshError, SshSettings};
+use crate::ssh::{LineLimits, Output, Remote, Shell, SshError, SshSettings};
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -177,6 +178,32 @@ impl Host {
         })
     }
 
+    /// Runs a script that prints the layout (`layout::state_script`), its output read whole,
+    /// line by line as it arrives, into a [`StateReader`] (matching the current release's
+    /// listing against `new`): its exit status and the reader. An answer too large to read
+    /// whole fails the step; it is never cut.
+    pub fn read_layout<'m>(
+        &mut self,
+        script: &str,
+        new: Option<&'m Manifest>,
+    ) -> Result<(i32, StateReader<'m>), StepError> {
+        /// A listing of a million files is ~150 MB; a line is an entry, or an older
+        /// deployer's whole manifest.
+        const LIMITS: LineLimits = LineLimits {
+            total: 1 << 30,
+            line: 8 << 20,
+        };
+        let shell = self.shell.as_mut().ok_or(StepError::NotConnected)?;
+        let mut reader = StateReader::new(new);
+        match shell.run_lines(script, None, LIMITS, &mut |l| reader.line(l)) {
+            Ok(status) => Ok((status, reader)),
+            Err(e) => {
+                self.shell = None;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Runs `script`; a failure stops this host at `stage`. True when it ran.
     pub fn step(&mut self, stage: Stage, script: &str, timeout: Option<Duration>) -> bool {
         match self.run(script, timeout) {
@@ -252,24 +279,41 @@ fn connect_with(targets: &[Target], ssh: &SshSettings, parallel: usize, shell: b
     hosts
 }
 
-/// Connects and reads every host's layout (no lock: read only), with the current release's
-/// manifest when `manifest`.
-pub fn read(targets: &[Target], s: &Settings, manifest: bool) -> Vec<Host> {
+/// Connects and reads every host's layout (no lock: read only): the shared files in
+/// `required` checked, and with `new` the current release's listing matched against it.
+pub fn read(
+    targets: &[Target],
+    s: &Settings,
+    new: Option<&Manifest>,
+    required: &[String],
+) -> Vec<Host> {
     let mut hosts = connect(targets, &s.ssh, s.parallel);
-    each(&mut hosts, s.parallel, |h| read_state(h, manifest));
+    each(&mut hosts, s.parallel, |h| read_state(h, new, required));
     hosts
 }
 
 /// Reads one connected host's layout into `h.state`; a failure stops it at `state`.
-pub fn read_state(h: &mut Host, manifest: bool) {
+pub fn read_state(h: &mut Host, new: Option<&Manifest>, required: &[String]) {
     if !h.ok() {
         return;
     }
-    match h.run(&layout::state_script(&h.target.deploy_to, manifest), None) {
-        Ok(o) => match layout::parse_state(&o.stdout) {
+    let script = layout::state_script(&h.target.deploy_to, new.is_some(), required);
+    match h.read_layout(&script, new) {
+        Ok((0, reader)) => match reader.finish() {
             Ok(state) => h.state = state,
             Err(e) => h.fail(Stage::State, e),
         },
+        Ok((status, reader)) => {
+            let said = reader.other().join(" | ");
+            h.fail(
+                Stage::State,
+                if said.is_empty() {
+                    format!("remote step exited {status}")
+                } else {
+                    said
+                },
+            );
+        }
         Err(e) => h.fail(Stage::State, e),
     }
 }

@@ -1,9 +1,11 @@
 //! The layout on each host and the shell steps that read and change it:
-//! `releases/<UTC %Y%m%d%H%M%S>/` (complete once it holds `REVISION`), `current` → `releases/<ts>`
-//! (relative, so it survives `deploy_to` being moved or mounted elsewhere), `shared/`, `revisions.log` (JSON lines), and `.deploy/` (`lock/`,
-//! `manifests/<ts>`, `bad/<ts>` holding why a release was rolled back). Every interpolated
-//! value goes through [`quote`].
+//! `releases/<UTC %Y%m%d%H%M%S>/` (complete once it holds `REVISION`), `current` → the absolute
+//! `<deploy_to>/releases/<ts>` (as Capistrano 3 writes it: its cleanup compares it with absolute
+//! paths), `shared/`, `revisions.log` (Capistrano's text lines), and `.deploy/` (`lock/`, `log`
+//! (the deployer's own JSON lines), `manifests/<ts>`, `bad/<ts>` holding why a release was
+//! rolled back). Every interpolated value goes through [`quote`].
 
+use crate::manifest::{Known, KnownReader, Manifest};
 use crate::remote_text::{MAX_REVISION, printable, release_name_ok, revision_ok};
 use crate::ssh::quote;
 use serde::Serialize;
@@ -28,19 +30,27 @@ pub struct HostState {
     pub exists: bool,
     /// The release `current` points at.
     pub current: Option<String>,
+    /// `current` points at a release directory that is not there.
+    pub dangling: bool,
     /// Every release, oldest first.
     pub releases: Vec<ReleaseInfo>,
     /// The lock holder's line, when the lock is held.
     pub lock: Option<String>,
-    /// The manifest of the current release (JSON), when asked for and present.
-    pub manifest: Option<String>,
+    /// Required shared files missing in `shared/`.
+    pub missing_shared: Vec<String>,
+    /// Which files of the new release the current one already holds, when asked for and the
+    /// current release could be listed.
+    pub known: Option<Known>,
 }
 
-/// Reads the layout; with `manifest`, the current release's manifest follows a `manifest:` line.
-pub fn state_script(deploy_to: &str, manifest: bool) -> String {
+/// Reads the layout. `required`: shared files that must be in `shared/` (those missing are
+/// named). With `manifest`, a listing of the current release follows: its manifest after a
+/// `manifest:` line, or, for a release the deployer did not make (Capistrano's), the files'
+/// modes after `modes:` and their SHA-256 sums after `sums:`, computed on the host.
+pub fn state_script(deploy_to: &str, manifest: bool, required: &[String]) -> String {
     let mut s = format!(
         r#"cd {d} 2>/dev/null || {{ echo missing; exit 0; }}
-c=$(readlink current 2>/dev/null) && c=${{c%/}} && echo "current=${{c##*/}}"
+c=$(readlink current 2>/dev/null) && c=${{c%/}} && c=${{c##*/}} && echo "current=$c" && {{ [ -d current ] || echo dangling; }}
 for r in releases/*; do
   [ -d "$r" ] || continue
   if [ -f "$r/REVISION" ]; then printf 'release=%s\t1\t%s\n' "${{r#releases/}}" "$(head -n 1 "$r/REVISION" | head -c 200)"
@@ -51,9 +61,19 @@ for b in .deploy/bad/*; do [ -f "$b" ] && printf 'bad=%s\t%s\n' "${{b##*/}}" "$(
 "#,
         d = quote(deploy_to)
     );
+    for f in required {
+        s.push_str(&format!(
+            "[ -e shared/{f} ] || [ -L shared/{f} ] || printf 'missing_shared=%s\\n' {f}\n",
+            f = quote(f)
+        ));
+    }
     if manifest {
         s.push_str(
-            "[ -n \"$c\" ] && [ -f \".deploy/manifests/${c##*/}\" ] && { echo manifest:; cat \".deploy/manifests/${c##*/}\"; }\n",
+            r#"if [ -n "$c" ] && [ -d "releases/$c" ]; then
+  if [ -f ".deploy/manifests/$c" ]; then echo manifest:; cat ".deploy/manifests/$c"; echo
+  else echo modes:; (cd "releases/$c" && find . -type f -printf '%m\t%P\n'); echo sums:; (cd "releases/$c" && find . -type f -exec sha256sum -- {} +); fi
+fi
+"#,
         );
     }
     s.push_str("exit 0\n");
@@ -74,49 +94,134 @@ pub fn lock_holder(out: &str) -> Option<String> {
 #[error("the host's layout is not trusted: {0}")]
 pub struct Untrusted(String);
 
-/// Reads [`state_script`]'s output. Names and revisions are checked; reasons and the lock's
-/// owner are kept escaped ([`printable`]).
-pub fn parse_state(out: &str) -> Result<HostState, Untrusted> {
-    let mut st = HostState {
-        exists: true,
-        ..HostState::default()
-    };
-    let (head, manifest) = match out.split_once("\nmanifest:\n") {
-        Some((h, m)) => (h, Some(m.to_owned())),
-        None => match out.strip_prefix("manifest:\n") {
-            Some(m) => ("", Some(m.to_owned())),
-            None => (out, None),
-        },
-    };
-    st.manifest = manifest;
-    let mut bad = Vec::new();
-    for line in head.lines() {
+/// Reads [`state_script`]'s output line by line as it arrives (see `ssh::Shell::run_lines`).
+/// Names and revisions are checked; reasons and the lock's owner are kept escaped
+/// ([`printable`]); the listing of the current release is matched against `new` as it comes,
+/// never kept. Lines it does not know are kept (the last few) for messages.
+pub struct StateReader<'m> {
+    state: HostState,
+    section: Section,
+    new: Option<&'m Manifest>,
+    known: Option<KnownReader<'m>>,
+    bad: Vec<(String, String)>,
+    problem: Option<Untrusted>,
+    other: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Layout,
+    Manifest,
+    Modes,
+    Sums,
+}
+
+impl<'m> StateReader<'m> {
+    /// `new`: the manifest of the release about to be staged, when the listing is asked for.
+    pub fn new(new: Option<&'m Manifest>) -> Self {
+        Self {
+            state: HostState {
+                exists: true,
+                ..HostState::default()
+            },
+            section: Section::Layout,
+            new,
+            known: None,
+            bad: Vec::new(),
+            problem: None,
+            other: Vec::new(),
+        }
+    }
+
+    pub fn line(&mut self, line: &[u8]) {
+        let section = match line {
+            b"manifest:" => Some(Section::Manifest),
+            b"modes:" if self.section == Section::Layout => Some(Section::Modes),
+            b"sums:" if self.section == Section::Modes => Some(Section::Sums),
+            _ => None,
+        };
+        if let Some(section) = section {
+            self.section = section;
+            if self.known.is_none() {
+                self.known = self.new.map(KnownReader::new);
+            }
+            return;
+        }
+        match (self.section, self.known.as_mut()) {
+            (Section::Layout, _) => self.layout_line(&String::from_utf8_lossy(line)),
+            (Section::Manifest, Some(k)) => k.manifest_line(line),
+            (Section::Modes, Some(k)) => k.mode_line(line),
+            (Section::Sums, Some(k)) => k.sum_line(line),
+            (_, None) => {}
+        }
+    }
+
+    fn layout_line(&mut self, line: &str) {
+        let st = &mut self.state;
         if line == "missing" {
             st.exists = false;
+        } else if line == "dangling" {
+            st.dangling = true;
         } else if let Some(c) = line.strip_prefix("current=") {
             if !c.is_empty() && !release_name_ok(c) {
-                return Err(Untrusted(format!(
+                self.problem.get_or_insert(Untrusted(format!(
                     "current points to {:?}, not a release",
                     printable(c)
                 )));
             }
             st.current = Some(c.to_owned()).filter(|c| !c.is_empty());
         } else if let Some(r) = line.strip_prefix("release=") {
-            st.releases.push(parse_release(r)?);
+            match parse_release(r) {
+                Ok(r) => st.releases.push(r),
+                Err(e) => {
+                    self.problem.get_or_insert(e);
+                }
+            }
         } else if let Some(b) = line.strip_prefix("bad=") {
             let (name, why) = b.split_once('\t').unwrap_or((b, ""));
-            bad.push((name.to_owned(), printable(why).into_owned()));
+            self.bad
+                .push((name.to_owned(), printable(why).into_owned()));
         } else if let Some(l) = line.strip_prefix("lock=") {
             st.lock = Some(printable(l).into_owned());
+        } else if let Some(f) = line.strip_prefix("missing_shared=") {
+            st.missing_shared.push(printable(f).into_owned());
+        } else if !line.is_empty() {
+            if self.other.len() == 8 {
+                self.other.remove(0);
+            }
+            self.other.push(line.chars().take(2000).collect());
         }
     }
-    for (name, why) in bad {
-        if let Some(r) = st.releases.iter_mut().find(|r| r.name == name) {
-            r.bad = Some(if why.is_empty() { "bad".into() } else { why });
-        }
+
+    /// The lines it did not know, the last few: what a failing script said.
+    pub fn other(&self) -> &[String] {
+        &self.other
     }
-    st.releases.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(st)
+
+    pub fn finish(self) -> Result<HostState, Untrusted> {
+        if let Some(p) = self.problem {
+            return Err(p);
+        }
+        let mut st = self.state;
+        for (name, why) in self.bad {
+            if let Some(r) = st.releases.iter_mut().find(|r| r.name == name) {
+                r.bad = Some(if why.is_empty() { "bad".into() } else { why });
+            }
+        }
+        st.releases.sort_by(|a, b| a.name.cmp(&b.name));
+        st.known = self.known.map(KnownReader::finish);
+        Ok(st)
+    }
+}
+
+/// Reads [`state_script`]'s whole output at once (no listing asked for).
+#[cfg(test)]
+pub fn parse_state(out: &str) -> Result<HostState, Untrusted> {
+    let mut r = StateReader::new(None);
+    for line in out.lines() {
+        r.line(line.as_bytes());
+    }
+    r.finish()
 }
 
 /// One `release=NAME\tCOMPLETE\tREVISION` line, its name and revision checked.
@@ -211,13 +316,36 @@ pub fn previous_good(st: &HostState) -> Option<&ReleaseInfo> {
         .find(|r| r.name.as_str() < cur && r.complete && r.bad.is_none())
 }
 
-/// Points `current` at `release` atomically (a temp link renamed over it), or removes it.
-pub fn switch_script(deploy_to: &str, release: Option<&str>) -> String {
+/// What `current` holds for `release`: `<deploy_to>/releases/<release>`, absolute as
+/// Capistrano 3 writes it (a relative `deploy_to` is made absolute on the host).
+fn link_target(deploy_to: &str, release: &str) -> String {
+    if deploy_to.starts_with('/') {
+        let d = deploy_to.trim_end_matches('/');
+        quote(&format!("{d}/releases/{release}"))
+    } else {
+        format!("\"$PWD\"/{}", quote(&format!("releases/{release}")))
+    }
+}
+
+/// Points `current` at the complete `release` atomically (a temp link renamed over it).
+pub fn switch_script(deploy_to: &str, release: &str) -> String {
+    format!(
+        "cd {d} && [ -f releases/{r}/REVISION ] && ln -s {t} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
+        d = quote(deploy_to),
+        r = quote(release),
+        t = link_target(deploy_to, release),
+    )
+}
+
+/// Puts `current` back where it was before this run: at `release` (which must still be
+/// there, complete or not: it was live), or nowhere when there was none.
+pub fn restore_script(deploy_to: &str, release: Option<&str>) -> String {
     let d = quote(deploy_to);
     match release {
         Some(r) => format!(
-            "cd {d} && [ -f releases/{r}/REVISION ] && ln -s releases/{r} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
-            r = quote(r),
+            "cd {d} && [ -d releases/{q} ] && ln -s {t} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
+            q = quote(r),
+            t = link_target(deploy_to, r),
         ),
         None => format!("cd {d} && rm -f current"),
     }
@@ -249,14 +377,15 @@ pub fn mark_bad_script(deploy_to: &str, release: &str, why: &str) -> String {
     )
 }
 
-/// In the staged release: replaces each shared path with a link into `shared/` (seeding
-/// `shared/` from the release, or with an empty dir or file, the first time), then writes
-/// `REVISION`, which marks the release complete.
+/// In the staged release: replaces each shared path with a link into `shared/`, then writes
+/// `REVISION`, which marks the release complete. A shared dir missing in `shared/` is made
+/// (seeded from the release's copy when it has one); a shared file must be there already,
+/// unless it is `seed`ed: then the first time it is copied from the release.
 pub fn link_shared_script(
     deploy_to: &str,
     release: &str,
     dirs: &[String],
-    files: &[String],
+    files: &[(String, bool)],
     revision: &str,
 ) -> String {
     let mut s = format!(
@@ -266,20 +395,31 @@ s={}
         quote(&format!("{deploy_to}/releases/{release}")),
         quote(&format!("{deploy_to}/shared")),
     );
-    for (items, is_dir) in [(dirs, true), (files, false)] {
-        for x in items {
-            let x = quote(x);
-            let (test, seed, empty) = if is_dir {
-                ("-d", "cp -a", "mkdir -p")
-            } else {
-                ("-f", "cp -p", ": >")
-            };
-            s.push_str(&format!(
-                r#"if [ ! -e "$s"/{x} ] && [ ! -L "$s"/{x} ]; then mkdir -p "$(dirname "$s"/{x})" && if [ {test} {x} ] && [ ! -L {x} ]; then {seed} {x} "$s"/{x}; else {empty} "$s"/{x}; fi || exit 1; fi
-rm -rf {x} && mkdir -p "$(dirname {x})" && ln -s "$s"/{x} {x} || exit 1
-"#
-            ));
-        }
+    let absent = |x: &str| format!(r#"[ ! -e "$s"/{x} ] && [ ! -L "$s"/{x} ]"#);
+    for x in dirs {
+        let x = quote(x);
+        s.push_str(&format!(
+            r#"if {a}; then mkdir -p "$(dirname "$s"/{x})" && if [ -d {x} ] && [ ! -L {x} ]; then cp -a {x} "$s"/{x}; else mkdir -p "$s"/{x}; fi || exit 1; fi
+"#,
+            a = absent(&x)
+        ));
+    }
+    for (x, seed) in files {
+        let x = quote(x);
+        let fill = if *seed {
+            format!(
+                r#"if [ -f {x} ] && [ ! -L {x} ]; then mkdir -p "$(dirname "$s"/{x})" && cp -p {x} "$s"/{x} || exit 1; else echo "shared file "{x}" is not in shared/, and the release has none to seed it from"; exit 1; fi"#
+            )
+        } else {
+            format!(r#"echo "shared file "{x}" is missing in $s: create it there first"; exit 1"#)
+        };
+        s.push_str(&format!("if {a}; then {fill}; fi\n", a = absent(&x)));
+    }
+    for x in dirs.iter().chain(files.iter().map(|(f, _)| f)) {
+        s.push_str(&format!(
+            "rm -rf {x} && mkdir -p \"$(dirname {x})\" && ln -s \"$s\"/{x} {x} || exit 1\n",
+            x = quote(x)
+        ));
     }
     s.push_str(&format!("printf '%s\\n' {} > REVISION\n", quote(revision)));
     s
@@ -321,11 +461,15 @@ export DEPLOY_TO={d} RELEASE={r} RELEASE_PATH={p} PREVIOUS_RELEASE={prev} REVISI
     s
 }
 
-/// One line of `revisions.log`.
+/// One record of what happened to a host: a JSON line in `.deploy/log`, and, when `current`
+/// moved, Capistrano's line in `revisions.log`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogEntry<'a> {
     pub release: &'a str,
     pub revision: &'a str,
+    /// What was deployed, as Capistrano names it: the `--ref` given, or the source's git
+    /// branch (`none` outside git).
+    pub branch: &'a str,
     pub user: &'a str,
     pub time: String,
     /// `deployed`, `failed`, `rolled_back` (by the health gate or a failure after publish),
@@ -338,15 +482,48 @@ pub struct LogEntry<'a> {
     /// For `rollback`: the release `current` pointed at before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
+    /// For `rolled_back`: the release `current` went back to (none: it was removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a str>,
 }
 
+impl LogEntry<'_> {
+    /// The line Capistrano 3 writes to `revisions.log` for the same event, if it writes one.
+    pub fn capistrano_line(&self) -> Option<String> {
+        match self.outcome {
+            "deployed" => Some(format!(
+                "Branch {} (at {}) deployed as release {} by {}",
+                self.branch, self.revision, self.release, self.user
+            )),
+            "rollback" => Some(format!(
+                "{} rolled back to release {}",
+                self.user, self.release
+            )),
+            "rolled_back" => self
+                .to
+                .map(|to| format!("{} rolled back to release {to}", self.user)),
+            _ => None,
+        }
+    }
+}
+
+/// Appends `entry` to `.deploy/log`, and its Capistrano line (one line: newlines in values are
+/// spaces) to `revisions.log`.
 pub fn log_script(deploy_to: &str, entry: &LogEntry) -> String {
-    let line = serde_json::to_string(entry).unwrap_or_default();
-    format!(
-        "printf '%s\\n' {l} >> {d}/revisions.log",
-        l = quote(&line),
-        d = quote(deploy_to)
-    )
+    let json = serde_json::to_string(entry).unwrap_or_default();
+    let d = quote(deploy_to);
+    let mut s = format!(
+        "mkdir -p {d}/.deploy && printf '%s\\n' {l} >> {d}/.deploy/log",
+        l = quote(&json),
+    );
+    if let Some(line) = entry.capistrano_line() {
+        let line = line.replace(['\n', '\r'], " ");
+        s.push_str(&format!(
+            "\nprintf '%s\\n' {l} >> {d}/revisions.log",
+            l = quote(&line)
+        ));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -365,7 +542,7 @@ mod tests {
     #[test]
     fn parses_the_state() {
         let st = parse_state(
-            "current=20261123100002\nrelease=20261123100001\t1\tabc\nrelease=20261123100002\t1\tdef 1\nrelease=20261123100003\t0\t\nbad=20261123100001\thealth gate failed\nlock=bob@x pid 4 since t\nmanifest:\n{\"entries\":{}}\n",
+            "current=20261123100002\nrelease=20261123100001\t1\tabc\nrelease=20261123100002\t1\tdef 1\nrelease=20261123100003\t0\t\nbad=20261123100001\thealth gate failed\nlock=bob@x pid 4 since t\nmissing_shared=a.toml\n",
         )
         .expect("trusted");
         assert!(st.exists);
@@ -375,7 +552,8 @@ mod tests {
         assert!(!st.releases[2].complete);
         assert_eq!(st.releases[0].bad.as_deref(), Some("health gate failed"));
         assert_eq!(st.lock.as_deref(), Some("bob@x pid 4 since t"));
-        assert_eq!(st.manifest.as_deref(), Some("{\"entries\":{}}\n"));
+        assert_eq!(st.missing_shared, ["a.toml"]);
+        assert!(!st.dangling && st.known.is_none());
         assert!(!parse_state("missing\n").expect("trusted").exists);
         assert_eq!(previous_good(&st), None, "the older one is bad");
     }

@@ -1,7 +1,8 @@
 //! `deployer`: Capistrano-style releases over SSH to many hosts, all or nothing.
 //!
 //! Each host gets `releases/<UTC timestamp>/`, a `current` symlink switched atomically,
-//! `shared/`, `revisions.log` and `.deploy/` (lock, manifests, bad marks). A deploy is staged on
+//! `shared/`, `revisions.log` and `.deploy/` (lock, log, manifests, bad marks), as Capistrano 3
+//! lays them out. A deploy is staged on
 //! every host before any host publishes; a failure before publish removes the staged release
 //! everywhere, a failure after publish puts every host back on its previous release.
 //!
@@ -27,7 +28,7 @@
 //! let ssh = cfg.ssh_settings(HostKeyPolicy::Strict, Duration::from_secs(2));
 //!
 //! // Nothing listens on port 1: the host is not ready, and the table says why.
-//! let checked = deployer::check(&hosts, &Settings::new(ssh));
+//! let checked = deployer::check(&cfg, &hosts, &Settings::new(ssh));
 //! assert!(checked.verdict().is_err());
 //! assert!(checked.to_string().contains("cannot connect to 127.0.0.1:1"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -3,8 +3,9 @@
 //! that line is still its own (compare and delete); `unlock` clears a stale lock of this user and
 //! machine whose process is gone, `unlock --force` any lock.
 
-use crate::fleet::{Host, Stage, StepError, last_lines};
-use crate::layout::{parse_state, state_script};
+use crate::fleet::{Host, Stage, StepError};
+use crate::layout::state_script;
+use crate::manifest::Manifest;
 use crate::ssh::quote;
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,8 @@ pub fn local_host() -> String {
 }
 
 /// Creates the layout's directories, takes the lock, then prints the state (with the current
-/// release's manifest when `manifest`).
-pub fn acquire_script(deploy_to: &str, owner: &str, manifest: bool) -> String {
+/// release's listing when `manifest`; the `required` shared files checked).
+pub fn acquire_script(deploy_to: &str, owner: &str, manifest: bool, required: &[String]) -> String {
     let d = quote(deploy_to);
     format!(
         r#"mkdir -p {d}/releases {d}/shared {d}/.deploy/manifests {d}/.deploy/bad || exit {NO_DIR}
@@ -52,23 +53,31 @@ else
 fi
 {state}"#,
         o = quote(owner),
-        state = state_script(deploy_to, manifest)
+        state = state_script(deploy_to, manifest, required)
     )
 }
 
-/// Takes the lock on `h` and reads its state (with the current manifest when `manifest`);
-/// marks the host failed at `lock` when it cannot.
-pub fn acquire(h: &mut Host, owner: &str, manifest: bool) {
-    acquire_waiting(h, owner, manifest, None);
+/// What a host is asked when it is locked: the new release's manifest to match the current
+/// release's listing against (none: no listing), and the shared files that must be there.
+#[derive(Clone, Copy, Default)]
+pub struct Ask<'a> {
+    pub new: Option<&'a Manifest>,
+    pub required: &'a [String],
+}
+
+/// Takes the lock on `h` and reads its state (see [`Ask`]); marks the host failed at `lock`
+/// when it cannot.
+pub fn acquire(h: &mut Host, owner: &str, ask: Ask) {
+    acquire_waiting(h, owner, ask, None);
 }
 
 /// As [`acquire`]; a lock another deploy holds is waited for, up to `wait` (`--lock-wait`):
 /// tried again every second or so, the holder shown when it changes, the wait reported.
-pub fn acquire_waiting(h: &mut Host, owner: &str, manifest: bool, wait: Option<Duration>) {
+pub fn acquire_waiting(h: &mut Host, owner: &str, ask: Ask, wait: Option<Duration>) {
     let started = Instant::now();
     let mut shown: Option<String> = None;
     loop {
-        match try_acquire(h, owner, manifest) {
+        match try_acquire(h, owner, ask) {
             Some(holder) => {
                 let waited = started.elapsed();
                 let Some(limit) = wait.filter(|w| waited < *w) else {
@@ -115,37 +124,35 @@ pub fn acquire_waiting(h: &mut Host, owner: &str, manifest: bool, wait: Option<D
 
 /// One attempt: `Some(holder)` when another deploy holds the lock; otherwise the host is
 /// locked (and its state read) or marked failed.
-fn try_acquire(h: &mut Host, owner: &str, manifest: bool) -> Option<String> {
+fn try_acquire(h: &mut Host, owner: &str, ask: Ask) -> Option<String> {
     let d = h.target.deploy_to.clone();
-    let Some(shell) = h.shell.as_mut() else {
-        h.fail(Stage::Lock, StepError::NotConnected);
-        return None;
-    };
-    match shell.run(&acquire_script(&d, owner, manifest), None) {
-        Ok(o) if o.status == 0 => {
+    let script = acquire_script(&d, owner, ask.new.is_some(), ask.required);
+    match h.read_layout(&script, ask.new) {
+        Ok((0, reader)) => {
             h.locked = true;
-            match parse_state(&o.stdout) {
+            match reader.finish() {
                 Ok(state) => h.state = state,
                 // Locked: the failure path releases it like any other.
                 Err(e) => h.fail(Stage::State, e),
             };
         }
-        Ok(o) if o.status == HELD => {
+        Ok((HELD, reader)) => {
             // What the host says is data: shown escaped.
-            let holder = o.stdout.trim().strip_prefix("held=").unwrap_or("?");
+            let holder = reader
+                .other()
+                .iter()
+                .find_map(|l| l.strip_prefix("held="))
+                .unwrap_or("?");
             return Some(crate::remote_text::printable(holder).into_owned());
         }
-        Ok(o) => h.fail(
+        Ok((_, reader)) => h.fail(
             Stage::Lock,
             format_args!(
                 "cannot create {d} (may the SSH user write there?): {}",
-                last_lines(&o.stdout, 3).unwrap_or_default()
+                reader.other().join(" | ")
             ),
         ),
-        Err(e) => {
-            h.shell = None;
-            h.fail(Stage::Lock, e);
-        }
+        Err(e) => h.fail(Stage::Lock, e),
     }
     None
 }

@@ -14,13 +14,16 @@ use std::time::Duration;
     about = "Capistrano-style releases over SSH to many hosts, all or nothing",
     long_about = "Capistrano-style releases over SSH to many hosts, all or nothing.\n\n\
 Each host gets releases/<UTC timestamp>/, a `current` symlink switched atomically, shared/ for \
-what outlives releases, revisions.log (JSON lines) and .deploy/ (lock, manifests, bad marks). \
+what outlives releases, revisions.log (Capistrano's lines) and .deploy/ (lock, log, manifests, \
+bad marks), so Capistrano and the deployer can follow each other on a host. \
 A deploy is staged on every host before any host publishes; a failure before publish removes \
 the staged release everywhere, a failure after publish (hooks, health gate) puts every host \
 back on its previous release.",
     after_help = "CONFIG (default ./deploy.toml; example: packaging/deploy.toml; paths relative to the file):\n  \
 application, deploy_to, keep_releases (5), source (the directory that becomes a release),\n  \
-build (run locally first), shared_dirs, shared_files,\n  \
+build (run locally first), exclude (gitignore patterns that never travel; nor does .git),\n  \
+shared_dirs (made when missing), shared_files (must exist in shared/ on every host, or\n    \
+{ path = \"…\", seed = true } to copy the release's file there the first time),\n  \
 [ssh] user, port, identity (else the SSH agent), known_hosts (~/.ssh/known_hosts),\n    \
 proxy_jump = \"[user@]bastion[:port],…\" (jump hosts, as OpenSSH's ProxyJump),\n    \
 ssh_config = \"~/.ssh/config\" (read HostName, User, Port, IdentityFile, ProxyJump; opt-in),\n  \
@@ -35,7 +38,7 @@ exit 0 = healthy), retries (10), interval (1s), timeout (10s),\n  \
 [canary] max_error_ratio (2), max_latency_ratio (1.5), min_error_rate (0.1/s), min_latency\n    \
 (5ms), interval (5s).\n\
 Unknown keys are errors. Host keys are checked strictly against known_hosts.\n\n\
-EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
+EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --ref v1.4.2\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
 deployer releases --hosts app1.example.com\n  deployer rollback --to 20261123101500\n  \
 deployer exec --role app -- systemctl status usersvc\n  deployer logs -n 20 -f\n  \
 deployer unlock"
@@ -88,9 +91,19 @@ enum Command {
         /// Publish N hosts at a time, with the health gate between batches
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         rolling: Option<u16>,
-        /// The revision written to REVISION [default: git HEAD of the source, else a content hash]
+        /// The revision written to REVISION [default: the commit deployed (full SHA), else a
+        /// content hash]
         #[arg(long)]
         revision: Option<String>,
+        /// Deploy this commit's version of the source directory (a branch, tag or commit of the
+        /// git repository it is in), read with `git archive` (export-ignore honoured); the
+        /// build command is not run
+        #[arg(long = "ref", value_name = "REF")]
+        git_ref: Option<String>,
+        /// Deploy a source whose git work tree has uncommitted changes; its revision ends in
+        /// -dirty [default: refused, naming the files]
+        #[arg(long)]
+        allow_dirty: bool,
         /// Wait up to this long for another deploy's lock (e.g. 5m), showing who holds it,
         /// instead of failing at once: for CI pipelines that may deploy at the same time
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -120,7 +133,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Check every host: SSH and host key, deploy_to exists and is writable, lock free
+    /// Check every host: SSH and host key, deploy_to exists and is writable, lock free, the
+    /// shared files there
     Check,
     /// The last lines of the service's log (`log`, default shared/usersvc.log) on every
     /// selected host, prefixed by host; -f follows them until Ctrl-C
@@ -192,12 +206,16 @@ fn run() -> anyhow::Result<()> {
             dry_run,
             rolling,
             revision,
+            git_ref,
+            allow_dirty,
             lock_wait,
             canary,
         } => {
             let options = Options {
                 rolling: rolling.map(usize::from),
                 revision,
+                git_ref,
+                allow_dirty,
                 lock_wait,
                 canary,
             };
@@ -218,7 +236,7 @@ fn run() -> anyhow::Result<()> {
         Command::Cleanup { dry_run } => {
             report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
         }
-        Command::Check => report(deployer::check(&targets, &settings)),
+        Command::Check => report(deployer::check(&cfg, &targets, &settings)),
         Command::Logs { lines, follow } if follow => {
             report(deployer::follow(&targets, &settings, &cfg.log, lines))
         }

@@ -1,10 +1,15 @@
 //! The manifest of a release: every path of the source tree with its kind, mode and, for
-//! files, size and SHA-256. Comparing the new manifest with the one of the host's current
-//! release decides what is sent and what is hard-linked.
+//! files, size and SHA-256. Comparing the new manifest with what the host's current release
+//! holds decides what is sent and what is hard-linked.
+//!
+//! On a host, `.deploy/manifests/<release>` holds it as JSON lines, one entry a line: it is
+//! written and read as a stream, whatever the tree's size. A host's listing of its current
+//! release ([`KnownReader`]) is matched line by line against the new manifest, so what the
+//! deployer keeps per host is one flag per file, never the host's manifest.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -27,10 +32,18 @@ pub enum Kind {
     },
 }
 
-/// Paths are relative, `/`-separated and sorted, so parents come before their children.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One path of the tree: relative, `/`-separated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+/// Entries sorted by path, so parents come before their children.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
-    pub entries: BTreeMap<String, Kind>,
+    entries: Vec<Entry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,22 +58,48 @@ pub enum ManifestError {
     NotUtf8(PathBuf),
     #[error("{0}: only files, directories and symlinks can be deployed")]
     Special(PathBuf),
-    #[error("the manifest of the current release is unreadable: {0}")]
-    Parse(String),
+    #[error("exclude pattern {pattern:?}: {message}")]
+    Exclude { pattern: String, message: String },
 }
 
-/// What one host needs: files to send, files to hard-link from its current release.
+/// What one host needs: for each entry of the new manifest, whether it is a file hard-linked
+/// from the host's current release; how many files are sent and linked, and the bytes sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delta {
-    pub send: Vec<String>,
-    pub link: Vec<String>,
+    pub linked: Vec<bool>,
+    pub send: usize,
+    pub link: usize,
     pub bytes: u64,
 }
 
+/// The `exclude` patterns of deploy.toml (gitignore syntax, relative to the source), and
+/// `.git`, which never travels.
+pub struct Exclude(ignore::gitignore::Gitignore);
+
+impl Exclude {
+    pub fn new(root: &Path, patterns: &[String]) -> Result<Self, ManifestError> {
+        let mut b = ignore::gitignore::GitignoreBuilder::new(root);
+        for p in patterns {
+            b.add_line(None, p).map_err(|e| ManifestError::Exclude {
+                pattern: p.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        b.build().map(Self).map_err(|e| ManifestError::Exclude {
+            pattern: patterns.join(", "),
+            message: e.to_string(),
+        })
+    }
+
+    fn skips(&self, rel: &str, is_dir: bool) -> bool {
+        rel.rsplit('/').next() == Some(".git") || self.0.matched(rel, is_dir).is_ignore()
+    }
+}
+
 impl Manifest {
-    /// Walks `root` (symlinks are kept as links, never followed) and hashes every file.
-    pub fn scan(root: &Path) -> Result<Self, ManifestError> {
-        let mut m = Manifest::default();
+    /// Walks `root` (symlinks are kept as links, never followed) and hashes every file; paths
+    /// `exclude` matches are left out, directories with all they hold.
+    pub fn scan(root: &Path, exclude: &Exclude) -> Result<Self, ManifestError> {
         let meta = std::fs::metadata(root).map_err(|source| ManifestError::Io {
             path: root.to_owned(),
             source,
@@ -71,21 +110,22 @@ impl Manifest {
                 source: std::io::Error::other("not a directory"),
             });
         }
-        m.walk(root, root)?;
+        let mut m = Manifest::default();
+        m.walk(root, root, exclude)?;
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(m)
     }
 
-    fn walk(&mut self, root: &Path, dir: &Path) -> Result<(), ManifestError> {
+    fn walk(&mut self, root: &Path, dir: &Path, exclude: &Exclude) -> Result<(), ManifestError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| ManifestError::Io { path, source }
         };
-        let mut children: Vec<_> = std::fs::read_dir(dir)
+        let children: Vec<_> = std::fs::read_dir(dir)
             .map_err(io(dir))?
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()
             .map_err(io(dir))?;
-        children.sort();
         for path in children {
             let rel = path
                 .strip_prefix(root)
@@ -94,49 +134,77 @@ impl Manifest {
                 .ok_or_else(|| ManifestError::NotUtf8(path.clone()))?
                 .to_owned();
             let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-            let mode = meta.permissions().mode() & 0o7777;
             let ft = meta.file_type();
-            if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(io(&path))?;
-                let target = target
-                    .to_str()
-                    .ok_or_else(|| ManifestError::NotUtf8(path.clone()))?
-                    .to_owned();
-                self.entries.insert(rel, Kind::Symlink { target });
-            } else if ft.is_dir() {
-                self.entries.insert(rel, Kind::Dir { mode });
-                self.walk(root, &path)?;
-            } else if ft.is_file() {
-                let sha256 = hash_file(&path).map_err(io(&path))?;
-                self.entries.insert(
-                    rel,
-                    Kind::File {
-                        mode,
-                        size: meta.len(),
-                        sha256,
-                        mtime: meta.mtime(),
-                    },
-                );
-            } else {
-                return Err(ManifestError::Special(path));
+            if exclude.skips(&rel, ft.is_dir()) {
+                continue;
+            }
+            let kind = Self::kind(&path, &meta).map_err(io(&path))?;
+            let is_dir = matches!(kind, Some(Kind::Dir { .. }));
+            let kind = kind.ok_or_else(|| ManifestError::Special(path.clone()))?;
+            if let Kind::Symlink { target } = &kind
+                && target.is_empty()
+            {
+                return Err(ManifestError::NotUtf8(path));
+            }
+            self.entries.push(Entry { path: rel, kind });
+            if is_dir {
+                self.walk(root, &path, exclude)?;
             }
         }
         Ok(())
     }
 
-    pub fn to_json(&self) -> String {
-        // Serializing a map of plain data cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+    /// What `path` is (`None`: neither file, directory nor symlink); a file is hashed.
+    fn kind(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Option<Kind>> {
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        Ok(Some(if ft.is_symlink() {
+            let target = std::fs::read_link(path)?;
+            Kind::Symlink {
+                target: target.to_str().unwrap_or_default().to_owned(),
+            }
+        } else if ft.is_dir() {
+            Kind::Dir { mode }
+        } else if ft.is_file() {
+            Kind::File {
+                mode,
+                size: meta.len(),
+                sha256: hash_file(path)?,
+                mtime: meta.mtime(),
+            }
+        } else {
+            return Ok(None);
+        }))
     }
 
-    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
-        serde_json::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry at `path` and its index.
+    pub fn get(&self, path: &str) -> Option<(usize, &Kind)> {
+        let i = self
+            .entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()?;
+        Some((i, &self.entries[i].kind))
+    }
+
+    /// The manifest as the host keeps it: JSON lines, one entry a line.
+    pub fn to_lines(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 140);
+        for e in &self.entries {
+            // Serializing plain data into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, e);
+            out.push(b'\n');
+        }
+        out
     }
 
     /// A short content hash: the revision of a tree that is not a git checkout.
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
-        for (path, kind) in &self.entries {
+        for Entry { path, kind } in &self.entries {
             h.update(path.as_bytes());
             h.update([0]);
             match kind {
@@ -151,37 +219,143 @@ impl Manifest {
 
     pub fn file_count(&self) -> usize {
         self.entries
-            .values()
-            .filter(|k| matches!(k, Kind::File { .. }))
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::File { .. }))
             .count()
     }
 
-    /// Files whose content and mode are the same in `previous` are linked; the rest are sent.
-    /// Files under `never_link` (the shared paths, which are links into `shared/` on the host)
-    /// are always sent.
-    pub fn delta(&self, previous: Option<&Manifest>, never_link: &[String]) -> Delta {
-        let mut d = Delta::default();
-        for (path, kind) in &self.entries {
-            let Kind::File {
-                mode, size, sha256, ..
-            } = kind
-            else {
+    /// Files the host already has (`known`, read from its current release) are linked; the rest
+    /// are sent. Files under `never_link` (the shared paths, which are links into `shared/` on
+    /// the host) are always sent.
+    pub fn delta(&self, known: Option<&Known>, never_link: &[String]) -> Delta {
+        let mut d = Delta {
+            linked: vec![false; self.entries.len()],
+            ..Delta::default()
+        };
+        for (i, Entry { path, kind }) in self.entries.iter().enumerate() {
+            let Kind::File { size, .. } = kind else {
                 continue;
             };
             let shared = never_link
                 .iter()
                 .any(|s| path == s || path.starts_with(&format!("{s}/")));
-            let same = previous.and_then(|p| p.entries.get(path)).is_some_and(|old| {
-                matches!(old, Kind::File { mode: m, sha256: h, .. } if m == mode && h == sha256)
-            });
-            if same && !shared {
-                d.link.push(path.clone());
+            if !shared && known.is_some_and(|k| k.same.get(i) == Some(&true)) {
+                d.linked[i] = true;
+                d.link += 1;
             } else {
-                d.send.push(path.clone());
+                d.send += 1;
                 d.bytes += size;
             }
         }
         d
+    }
+}
+
+/// Which files of a new manifest a host's current release already holds, with the same
+/// content and mode: one flag per entry of the new manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    same: Vec<bool>,
+}
+
+/// Reads a host's listing of its current release, line by line, against the new manifest:
+/// the deployer's own manifest (JSON lines, or the single JSON document older deployers
+/// wrote), or, for a release without one (Capistrano's), the modes and SHA-256 sums the host
+/// computed. A line it cannot read is left out: that file is sent.
+pub struct KnownReader<'m> {
+    new: &'m Manifest,
+    same: Vec<bool>,
+    /// Modes of the files the host listed, until their sums arrive.
+    modes: HashMap<String, u32>,
+}
+
+/// The single JSON document deployers before JSON lines wrote.
+#[derive(Deserialize)]
+struct Legacy {
+    entries: BTreeMap<String, Kind>,
+}
+
+impl<'m> KnownReader<'m> {
+    pub fn new(new: &'m Manifest) -> Self {
+        Self {
+            new,
+            same: vec![false; new.entries.len()],
+            modes: HashMap::new(),
+        }
+    }
+
+    /// One line of the deployer's manifest.
+    pub fn manifest_line(&mut self, line: &[u8]) {
+        if line.starts_with(b"{\"entries\"") {
+            if let Ok(legacy) = serde_json::from_slice::<Legacy>(line) {
+                for (path, kind) in &legacy.entries {
+                    self.offer(path, kind);
+                }
+            }
+        } else if let Ok(e) = serde_json::from_slice::<Entry>(line) {
+            self.offer(&e.path, &e.kind);
+        }
+    }
+
+    /// `MODE<TAB>PATH`, as `find -printf '%m\t%P\n'` prints it.
+    pub fn mode_line(&mut self, line: &[u8]) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return;
+        };
+        if let Some((mode, path)) = line.split_once('\t')
+            && let Ok(mode) = u32::from_str_radix(mode, 8)
+            && self.new.get(path).is_some()
+        {
+            self.modes.insert(path.to_owned(), mode);
+        }
+    }
+
+    /// `SHA256  ./PATH`, as `sha256sum` prints it (a line starting with `\` has an escaped name:
+    /// left out).
+    pub fn sum_line(&mut self, line: &[u8]) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return;
+        };
+        let Some((sha, path)) = line.split_once("  ") else {
+            return;
+        };
+        let path = path.strip_prefix("./").unwrap_or(path);
+        if sha.len() != 64 || sha.starts_with('\\') {
+            return;
+        }
+        if let Some(&mode) = self.modes.get(path) {
+            let kind = Kind::File {
+                mode,
+                size: 0,
+                sha256: sha.to_owned(),
+                mtime: 0,
+            };
+            self.offer(path, &kind);
+        }
+    }
+
+    fn offer(&mut self, path: &str, kind: &Kind) {
+        let Kind::File {
+            mode, sha256: sha, ..
+        } = kind
+        else {
+            return;
+        };
+        if let Some((
+            i,
+            Kind::File {
+                mode: m, sha256, ..
+            },
+        )) = self.new.get(path)
+            && m == mode
+            && sha256 == sha
+        {
+            self.same[i] = true;
+        }
+    }
+
+    pub fn finish(self) -> Known {
+        Known { same: self.same }
     }
 }
 
@@ -207,6 +381,19 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn none(root: &Path) -> Exclude {
+        Exclude::new(root, &[]).expect("no patterns")
+    }
+
+    /// What a host that holds `old` reports, line by line, matched against `new`.
+    fn known_from(old: &Manifest, new: &Manifest) -> Known {
+        let mut r = KnownReader::new(new);
+        for line in old.to_lines().split(|&b| b == b'\n') {
+            r.manifest_line(line);
+        }
+        r.finish()
+    }
+
     #[test]
     fn scan_delta_and_round_trip() {
         let dir = tempfile::tempdir().expect("dir");
@@ -219,39 +406,104 @@ mod tests {
         std::fs::create_dir_all(d.join("data")).expect("mkdir");
         std::fs::write(d.join("data/seed"), "x").expect("write");
         std::os::unix::fs::symlink("bin/app", d.join("run")).expect("symlink");
-        let old = Manifest::scan(d).expect("scan");
+        let old = Manifest::scan(d, &none(d)).expect("scan");
         assert_eq!(old.file_count(), 3);
-        assert!(matches!(old.entries["run"], Kind::Symlink { ref target } if target == "bin/app"));
+        assert!(
+            matches!(old.get("run"), Some((_, Kind::Symlink { target })) if target == "bin/app")
+        );
         assert!(matches!(
-            old.entries["bin/app"],
-            Kind::File {
-                mode: 0o755,
-                size: 2,
-                ..
-            }
+            old.get("bin/app"),
+            Some((
+                _,
+                Kind::File {
+                    mode: 0o755,
+                    size: 2,
+                    ..
+                }
+            ))
         ));
-        let parsed = Manifest::from_json(&old.to_json()).expect("parse");
-        assert_eq!(parsed.digest(), old.digest());
 
         std::fs::write(d.join("bin/app"), "v2").expect("write");
         std::fs::write(d.join("new.txt"), "new!").expect("write");
-        let new = Manifest::scan(d).expect("scan");
+        let new = Manifest::scan(d, &none(d)).expect("scan");
         assert_ne!(new.digest(), old.digest());
-        let delta = new.delta(Some(&parsed), &["data".into()]);
-        assert_eq!(delta.send, ["bin/app", "data/seed", "new.txt"]);
-        assert_eq!(delta.link, ["same.txt"]);
+        let known = known_from(&old, &new);
+        let delta = new.delta(Some(&known), &["data".into()]);
+        let linked: Vec<&str> = new
+            .entries()
+            .iter()
+            .zip(&delta.linked)
+            .filter(|(_, l)| **l)
+            .map(|(e, _)| e.path.as_str())
+            .collect();
+        assert_eq!(linked, ["same.txt"]);
+        assert_eq!((delta.send, delta.link), (3, 1));
         assert_eq!(delta.bytes, 2 + 1 + 4);
         // A mode change alone is a change.
         std::fs::set_permissions(d.join("same.txt"), std::fs::Permissions::from_mode(0o600))
             .expect("chmod");
-        let again = Manifest::scan(d).expect("scan");
-        assert!(
-            again
-                .delta(Some(&parsed), &[])
-                .send
-                .contains(&"same.txt".to_owned())
-        );
+        let again = Manifest::scan(d, &none(d)).expect("scan");
+        let delta = again.delta(Some(&known_from(&old, &again)), &[]);
+        let (i, _) = again.get("same.txt").expect("listed");
+        assert!(!delta.linked[i], "same.txt is sent");
         // First deploy: everything is sent.
-        assert_eq!(new.delta(None, &[]).send.len(), new.file_count());
+        assert_eq!(new.delta(None, &[]).send, new.file_count());
+    }
+
+    #[test]
+    fn older_manifests_and_listings_the_host_hashed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path();
+        std::fs::write(d.join("a"), "aaaa").expect("write");
+        std::fs::write(d.join("b"), "bb").expect("write");
+        let m = Manifest::scan(d, &none(d)).expect("scan");
+        let sha = |p: &str| match m.get(p) {
+            Some((_, Kind::File { sha256, .. })) => sha256.clone(),
+            _ => panic!("{p} is a file"),
+        };
+        // The single JSON document of older deployers.
+        let legacy = format!(
+            r#"{{"entries":{{"a":{{"type":"file","mode":420,"size":4,"sha256":"{}"}}}}}}"#,
+            sha("a")
+        );
+        let mode = |p: &str| match m.get(p) {
+            Some((_, Kind::File { mode, .. })) => *mode,
+            _ => panic!("{p} is a file"),
+        };
+        let mut r = KnownReader::new(&m);
+        r.manifest_line(legacy.replace("420", &mode("a").to_string()).as_bytes());
+        assert_eq!(m.delta(Some(&r.finish()), &[]).link, 1);
+        // What `find -printf` and `sha256sum` say of a Capistrano release.
+        let mut r = KnownReader::new(&m);
+        r.mode_line(format!("{:o}\ta", mode("a")).as_bytes());
+        r.mode_line(format!("{:o}\tb", mode("b") ^ 0o100).as_bytes());
+        r.sum_line(format!("{}  ./a", sha("a")).as_bytes());
+        r.sum_line(format!("{}  ./b", sha("b")).as_bytes());
+        r.sum_line(b"\\0000  ./we\\nird");
+        let d2 = m.delta(Some(&r.finish()), &[]);
+        assert_eq!((d2.link, d2.send), (1, 1), "b's mode differs");
+    }
+
+    #[test]
+    fn excluded_paths_and_git_never_travel() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path();
+        for p in [
+            ".git/HEAD",
+            "sub/.git",
+            "logs/x.log",
+            "keep.txt",
+            "a/tmp/x",
+            "b.log",
+        ] {
+            let p = d.join(p);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, "x").expect("write");
+        }
+        let ex = Exclude::new(d, &["*.log".into(), "/a/tmp/".into()]).expect("patterns");
+        let m = Manifest::scan(d, &ex).expect("scan");
+        let paths: Vec<&str> = m.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a", "keep.txt", "logs", "sub"]);
+        assert!(Exclude::new(d, &["{a,b".into()]).is_err());
     }
 }

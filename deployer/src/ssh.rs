@@ -236,14 +236,94 @@ pub fn finish(host: &str, mut ch: ssh2::Channel) -> Result<Output, SshError> {
 /// Output of one step kept for the report: its last bytes (a hook may print without end).
 const KEEP_OUTPUT: usize = 64 * 1024;
 
+/// How much a step read line by line ([`Shell::run_lines`]) may send: in all, and in one line.
+#[derive(Debug, Clone, Copy)]
+pub struct LineLimits {
+    pub total: u64,
+    pub line: usize,
+}
+
 impl Shell {
     /// Runs `script` in a subshell (so `exit` and `cd` stay inside it) with stdin from
     /// /dev/null and stderr merged into stdout. `deadline`: the most the whole script may take
     /// (None: the default wait for each read). Only the last `KEEP_OUTPUT` bytes of output are
     /// kept; what was dropped is counted at the top.
     pub fn run(&mut self, script: &str, deadline: Option<Duration>) -> Result<Output, SshError> {
-        let lost = |what: &str, e: &dyn std::fmt::Display| SshError::Session {
-            host: self.host.clone(),
+        let mut buf = Vec::with_capacity(4096);
+        let mut dropped = 0usize;
+        let status = self.exchange(script, deadline, &mut |chunk| {
+            buf.extend_from_slice(chunk);
+            if buf.len() > 2 * KEEP_OUTPUT {
+                let cut = buf.len() - KEEP_OUTPUT;
+                buf.drain(..cut);
+                dropped += cut;
+            }
+            Ok(())
+        })?;
+        let mut stdout = String::from_utf8_lossy(&buf).into_owned();
+        if dropped > 0 {
+            stdout.insert_str(0, &format!("[{dropped} bytes of output dropped]\n"));
+        }
+        Ok(Output {
+            status,
+            stdout,
+            stderr: String::new(),
+        })
+    }
+
+    /// Runs `script` as [`Shell::run`] does, but hands every line of its output (without its
+    /// newline) to `on_line` as it arrives, and keeps none: what the deployer decides from is
+    /// read whole, however long, in bounded memory. More than `limits` allow fails the step,
+    /// naming the host. Returns the script's exit status.
+    pub fn run_lines(
+        &mut self,
+        script: &str,
+        deadline: Option<Duration>,
+        limits: LineLimits,
+        on_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<i32, SshError> {
+        let host = self.host.clone();
+        let too_much = |what: String| SshError::Session {
+            host: host.clone(),
+            message: format!(
+                "its answer is too large to read whole ({what}); nothing was decided from it"
+            ),
+        };
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total = 0u64;
+        let status = self.exchange(script, deadline, &mut |chunk| {
+            total += chunk.len() as u64;
+            if total > limits.total {
+                return Err(too_much(format!("over {} bytes", limits.total)));
+            }
+            pending.extend_from_slice(chunk);
+            let mut start = 0;
+            while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+                on_line(&pending[start..start + end]);
+                start += end + 1;
+            }
+            pending.drain(..start);
+            if pending.len() > limits.line {
+                return Err(too_much(format!("a line over {} bytes", limits.line)));
+            }
+            Ok(())
+        })?;
+        if !pending.is_empty() {
+            on_line(&pending);
+        }
+        Ok(status)
+    }
+
+    /// Sends `script` wrapped (see [`Shell::run`]) and hands its output to `sink` chunk by chunk,
+    /// up to the marker line, which is never handed on; returns the script's exit status.
+    fn exchange(
+        &mut self,
+        script: &str,
+        deadline: Option<Duration>,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), SshError>,
+    ) -> Result<i32, SshError> {
+        let lost = |host: &str, what: &str, e: &dyn std::fmt::Display| SshError::Session {
+            host: host.to_owned(),
             message: format!("connection lost while {what}: {e}"),
         };
         let ends = deadline.map(|d| std::time::Instant::now() + d);
@@ -256,42 +336,44 @@ impl Shell {
         self.channel
             .write_all(wrapped.as_bytes())
             .and_then(|()| self.channel.flush())
-            .map_err(|e| lost("sending a command", &e))?;
-        let mut buf = Vec::with_capacity(4096);
-        let mut dropped = 0usize;
+            .map_err(|e| lost(&self.host, "sending a command", &e))?;
+        // The marker line may arrive split across reads: hold back what could be its start.
+        let mut tail: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 16384];
         let status = loop {
             self.limit_read(ends, deadline)
-                .map_err(|m| lost("waiting for a command", &m))?;
+                .map_err(|m| lost(&self.host, "waiting for a command", &m))?;
             let n = self
                 .channel
                 .read(&mut chunk)
-                .map_err(|e| lost("waiting for a command", &e))?;
+                .map_err(|e| lost(&self.host, "waiting for a command", &e))?;
             if n == 0 {
-                return Err(lost("waiting for a command", &"the remote shell ended"));
+                return Err(lost(
+                    &self.host,
+                    "waiting for a command",
+                    &"the remote shell ended",
+                ));
             }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some((at, status)) = self.last_line_marker(&buf) {
-                buf.truncate(at);
+            tail.extend_from_slice(&chunk[..n]);
+            if let Some((at, status)) = self.last_line_marker(&tail) {
+                sink(&tail[..at])?;
                 break status;
             }
-            if buf.len() > 2 * KEEP_OUTPUT {
-                let cut = buf.len() - KEEP_OUTPUT;
-                buf.drain(..cut);
-                dropped += cut;
-            }
+            // The marker line starts after a newline and ends the output: everything before
+            // the last newline can be handed on, and so can a last line already too long to
+            // be the marker (a hook printing without newlines).
+            let line_start = tail.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+            let cut = if tail.len() - line_start > self.marker.len() + 32 {
+                tail.len()
+            } else {
+                line_start
+            };
+            sink(&tail[..cut])?;
+            tail.drain(..cut);
         };
         self.session
             .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
-        let mut stdout = String::from_utf8_lossy(&buf).into_owned();
-        if dropped > 0 {
-            stdout.insert_str(0, &format!("[{dropped} bytes of output dropped]\n"));
-        }
-        Ok(Output {
-            status,
-            stdout,
-            stderr: String::new(),
-        })
+        Ok(status)
     }
 
     /// Gives the next read what is left until `ends` (the command's `deadline` from when it was

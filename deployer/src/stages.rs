@@ -2,7 +2,7 @@
 //! the `revisions.log` entry. A command runs them on every host with [`crate::fleet::each`].
 
 use crate::config::{Hook, hook_commands};
-use crate::fleet::{Failure, Host, Stage, StepError, failed};
+use crate::fleet::{Host, Stage, StepError, failed};
 use crate::health::{Gate, Subject};
 use crate::layout::{self, LogEntry};
 use crate::report::HookRun;
@@ -67,11 +67,18 @@ pub fn hooks(
     })
 }
 
-/// Points `current` at `to` (`None`: removes it), with `also` (a bad mark) in the same step.
-pub fn switch(host: &mut Host, to: Option<&str>, also: &str) -> Result<(), StepError> {
+/// Points `current` at the complete release `to`.
+pub fn switch(host: &mut Host, to: &str) -> Result<(), StepError> {
+    host.run(&layout::switch_script(&host.target.deploy_to, to), None)
+        .map(drop)
+}
+
+/// Puts `current` back at `live`, what it pointed at before (`None`: there was nothing, so it
+/// is removed), with `also` (a bad mark) in the same step.
+pub fn restore(host: &mut Host, live: Option<&str>, also: &str) -> Result<(), StepError> {
     let script = format!(
         "{}\n{also}",
-        layout::switch_script(&host.target.deploy_to, to)
+        layout::restore_script(&host.target.deploy_to, live)
     );
     host.run(&script, None).map(drop)
 }
@@ -104,22 +111,25 @@ pub fn health(host: &mut Host, gate: &Gate, release: &Release) {
     }
 }
 
-/// One line of `revisions.log`, stamped now.
+/// One record of `release` for the host's logs, stamped now: `outcome` by `user`, the
+/// `branch` as Capistrano's line names it. Callers add the stage, error and releases moved
+/// between.
 pub fn log_entry<'a>(
     release: &Release<'a>,
     user: &'a str,
+    branch: &'a str,
     outcome: &'a str,
-    failure: Option<&'a Failure>,
-    from: Option<&'a str>,
 ) -> LogEntry<'a> {
     LogEntry {
         release: release.name,
         revision: release.revision,
+        branch,
         user,
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         outcome,
-        stage: failure.map(|f| f.stage.name()),
-        error: failure.map(|f| f.message.as_str()),
-        from,
+        stage: None,
+        error: None,
+        from: None,
+        to: None,
     }
 }

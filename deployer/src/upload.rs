@@ -3,8 +3,7 @@
 //! into the current release (no data sent, no extra disk used); the manifest travels last, so a
 //! host only has the manifest of a release whose files all arrived.
 
-use crate::manifest::{Delta, Kind, Manifest};
-use std::collections::HashSet;
+use crate::manifest::{Delta, Entry, Kind, Manifest};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
@@ -70,26 +69,35 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: i64) -> tar::Header
     h
 }
 
-/// Writes the stream for `release` (files of `source` per `delta`, links into `previous`).
+/// What one release's stream is made of, the same for every host.
+pub struct Release<'a> {
+    /// Where the files are read from.
+    pub source: &'a Path,
+    pub manifest: &'a Manifest,
+    /// The manifest as the host keeps it ([`Manifest::to_lines`]).
+    pub manifest_lines: &'a [u8],
+    /// The release's name.
+    pub name: &'a str,
+}
+
+/// Writes the stream for `release` to one host: files `delta` links are tar hard links into
+/// `previous` (the host's current release), the rest are sent.
 pub fn write_release<W: Write>(
     out: W,
-    source: &Path,
-    manifest: &Manifest,
+    release: &Release,
     delta: &Delta,
-    release: &str,
     previous: Option<&str>,
 ) -> io::Result<W> {
-    let linked: HashSet<&str> = delta.link.iter().map(String::as_str).collect();
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
-    let root = format!("releases/{release}");
+    let root = format!("releases/{}", release.name);
     let now = chrono::Utc::now().timestamp();
     b.append_data(
         &mut header(tar::EntryType::Directory, 0o755, 0, now),
         &root,
         io::empty(),
     )?;
-    for (path, kind) in &manifest.entries {
+    for (i, Entry { path, kind }) in release.manifest.entries().iter().enumerate() {
         let name = format!("{root}/{path}");
         match kind {
             Kind::Dir { mode } => b.append_data(
@@ -105,20 +113,20 @@ pub fn write_release<W: Write>(
             Kind::File {
                 mode, size, mtime, ..
             } => match previous {
-                Some(prev) if linked.contains(path.as_str()) => b.append_link(
+                Some(prev) if delta.linked.get(i) == Some(&true) => b.append_link(
                     &mut header(tar::EntryType::Link, *mode, 0, *mtime),
                     &name,
                     format!("releases/{prev}/{path}"),
                 )?,
-                _ => append_file(&mut b, source, path, &name, (*mode, *size, *mtime))?,
+                _ => append_file(&mut b, release.source, path, &name, (*mode, *size, *mtime))?,
             },
         }
     }
-    let json = manifest.to_json();
+    let lines = release.manifest_lines;
     b.append_data(
-        &mut header(tar::EntryType::Regular, 0o644, json.len() as u64, now),
-        manifest_path(release),
-        json.as_bytes(),
+        &mut header(tar::EntryType::Regular, 0o644, lines.len() as u64, now),
+        manifest_path(release.name),
+        lines,
     )?;
     b.into_inner()
 }
@@ -175,13 +183,27 @@ mod tests {
         std::fs::create_dir_all(src.join("lib")).expect("mkdir");
         std::fs::write(src.join("lib/a"), "aaaa").expect("write");
         std::fs::write(src.join("b"), "bb").expect("write");
-        let m = Manifest::scan(&src).expect("scan");
+        let m = Manifest::scan(
+            &src,
+            &crate::manifest::Exclude::new(&src, &[]).expect("none"),
+        )
+        .expect("scan");
+        let paths: Vec<&str> = m.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["b", "lib", "lib/a"]);
         let delta = Delta {
-            send: vec!["b".into()],
-            link: vec!["lib/a".into()],
+            linked: vec![false, false, true],
+            send: 1,
+            link: 1,
             bytes: 2,
         };
-        let bytes = write_release(Vec::new(), &src, &m, &delta, "2", Some("1")).expect("tar");
+        let lines = m.to_lines();
+        let release = Release {
+            source: &src,
+            manifest: &m,
+            manifest_lines: &lines,
+            name: "2",
+        };
+        let bytes = write_release(Vec::new(), &release, &delta, Some("1")).expect("tar");
         let mut ar = tar::Archive::new(bytes.as_slice());
         let entries: Vec<(String, tar::EntryType, Option<String>, u64)> = ar
             .entries()

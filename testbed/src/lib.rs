@@ -5,6 +5,7 @@
 //! (`PR_SET_PDEATHSIG`), so a crashed test run leaks no process.
 
 pub mod canned;
+pub mod capistrano;
 pub mod cores;
 pub mod history;
 pub mod http;

@@ -2,7 +2,7 @@
 //! authenticate, then one remote step reports whether the deploy directory is writable and reads
 //! the layout (the lock as `layout` reads it for every command). Changes nothing.
 
-use crate::config::Target;
+use crate::config::{Config, Target};
 use crate::fleet::{self, Host, each};
 use crate::layout;
 use crate::outcome::{Outcome, Unfinished};
@@ -21,6 +21,8 @@ pub struct HostReport {
     pub writable: bool,
     /// `None` when not read; else the holder's line when the lock is held.
     pub lock: Option<Option<String>>,
+    /// Shared files the config requires that `shared/` lacks.
+    pub missing_shared: Vec<String>,
     pub problem: Option<String>,
 }
 
@@ -40,7 +42,7 @@ if [ -w \"$t\" ]; then echo writable=yes; else echo writable=no; fi
     )
 }
 
-fn check_host(h: &mut Host) -> HostReport {
+fn check_host(h: &mut Host, required: &[String]) -> HostReport {
     let mut r = HostReport {
         name: h.target.name.clone(),
         deploy_to: h.target.deploy_to.clone(),
@@ -48,24 +50,43 @@ fn check_host(h: &mut Host) -> HostReport {
         dir_exists: false,
         writable: false,
         lock: None,
+        missing_shared: Vec::new(),
         problem: None,
     };
     if h.ok() {
         let d = &h.target.deploy_to;
-        let script = format!("{}{}", writable_script(d), layout::state_script(d, false));
-        match h.run(&script, None) {
-            Ok(o) => match layout::parse_state(&o.stdout) {
-                Ok(state) => {
-                    r.writable = o.stdout.lines().any(|l| l == "writable=yes");
-                    r.dir_exists = state.exists;
-                    r.lock = Some(state.lock);
+        let script = format!(
+            "{}{}",
+            writable_script(d),
+            layout::state_script(d, false, required)
+        );
+        match h.read_layout(&script, None) {
+            Ok((_, reader)) => {
+                r.writable = reader.other().iter().any(|l| l == "writable=yes");
+                match reader.finish() {
+                    Ok(state) => {
+                        r.dir_exists = state.exists;
+                        r.lock = Some(state.lock);
+                        // A host without deploy_to has none of them yet.
+                        r.missing_shared = if state.exists {
+                            state.missing_shared
+                        } else {
+                            required.to_vec()
+                        };
+                    }
+                    Err(e) => h.fail(fleet::Stage::State, e),
                 }
-                Err(e) => h.fail(fleet::Stage::State, e),
-            },
+            }
             Err(e) => h.fail(fleet::Stage::State, e),
         }
     }
-    r.problem = if let Some(f) = &h.failure {
+    r.problem = problem(h, &r);
+    r
+}
+
+/// What stops a deploy to this host, if anything.
+fn problem(h: &Host, r: &HostReport) -> Option<String> {
+    if let Some(f) = &h.failure {
         Some(f.message.clone())
     } else if !r.writable {
         Some(format!("{} is not writable by this user", r.deploy_to))
@@ -73,17 +94,25 @@ fn check_host(h: &mut Host) -> HostReport {
         Some(format!(
             "locked by another deploy: {by} (deployer unlock to clear a stale lock)"
         ))
+    } else if !r.missing_shared.is_empty() {
+        Some(format!(
+            "shared file(s) {} missing in {}/shared: create them there, or let the release seed them (seed = true)",
+            r.missing_shared.join(", "),
+            r.deploy_to
+        ))
     } else {
         None
-    };
-    r
+    }
 }
 
-/// Checks all hosts, at most `parallel` at a time; reports in the targets' order.
-pub fn check(targets: &[Target], settings: &Settings) -> Checked {
+/// Checks all hosts, at most `parallel` at a time; reports in the targets' order. The shared
+/// files `cfg` requires must be on every host whose `deploy_to` exists (a new host gets them
+/// before its first deploy).
+pub fn check(cfg: &Config, targets: &[Target], settings: &Settings) -> Checked {
+    let required = cfg.required_shared();
     let mut hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
     Checked {
-        hosts: each(&mut hosts, settings.parallel, check_host),
+        hosts: each(&mut hosts, settings.parallel, |h| check_host(h, &required)),
     }
 }
 

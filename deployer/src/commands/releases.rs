@@ -31,7 +31,7 @@ pub struct HostReleases {
 
 /// Reads every host's layout (no lock: read only).
 pub fn list(targets: &[Target], settings: &Settings) -> Listing {
-    let hosts = fleet::read(targets, settings, false)
+    let hosts = fleet::read(targets, settings, None, &[])
         .into_iter()
         .map(|h| {
             let (target, layout) = h.into_layout();
@@ -73,7 +73,7 @@ impl Outcome for Listing {
 
 /// One host's releases, indented, newest last.
 fn host_table(st: &HostState) -> String {
-    if !st.exists || st.releases.is_empty() {
+    if !st.exists || (st.releases.is_empty() && !st.dangling) {
         return "  no releases\n".into();
     }
     let mut rows = vec![vec![
@@ -111,6 +111,11 @@ fn host_table(st: &HostState) -> String {
         out.push_str(line);
         out.push('\n');
     }
+    if let (true, Some(c)) = (st.dangling, &st.current) {
+        out.push_str(&format!(
+            "  WARNING: current points to releases/{c}, which is not there: the host serves nothing from it (deployer rollback --to RELEASE puts it right)\n"
+        ));
+    }
     if let Some(l) = &st.lock {
         out.push_str(&format!("  locked by {l}\n"));
     }
@@ -127,7 +132,7 @@ pub fn cleanup(cfg: &Config, targets: &[Target], settings: &Settings, dry_run: b
     let keep = cfg.keep_releases;
     let plan = |st: &HostState| layout::cleanup_plan(&st.releases, st.current.as_deref(), keep);
     let hosts = if dry_run {
-        fleet::read(targets, settings, false)
+        fleet::read(targets, settings, None, &[])
             .into_iter()
             .map(|h| {
                 let (target, layout) = h.into_layout();
@@ -138,7 +143,7 @@ pub fn cleanup(cfg: &Config, targets: &[Target], settings: &Settings, dry_run: b
         let owner = lock::owner_line(&cfg.user());
         let mut hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
         let removed = each(&mut hosts, settings.parallel, |h| {
-            lock::acquire(h, &owner, false);
+            lock::acquire(h, &owner, lock::Ask::default());
             if !h.ok() {
                 return Vec::new();
             }

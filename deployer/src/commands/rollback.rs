@@ -113,9 +113,9 @@ pub fn rollback(
             return;
         }
         if dry_run {
-            fleet::read_state(&mut st.host, false);
+            fleet::read_state(&mut st.host, None, &[]);
         } else {
-            lock::acquire(&mut st.host, &owner, false);
+            lock::acquire(&mut st.host, &owner, lock::Ask::default());
         }
         if st.host.ok() {
             st.choose(to);
@@ -138,13 +138,11 @@ impl Step {
     /// release is a warning, the rollback itself stands.
     fn log_and_unlock(&mut self, user: &str, owner: &str) {
         let log = if self.switched {
-            let entry = stages::log_entry(
-                &self.release(),
-                user,
-                "rollback",
-                self.host.failure.as_ref(),
-                self.host.state.current.as_deref(),
-            );
+            let release = self.release();
+            let mut entry = stages::log_entry(&release, user, "-", "rollback");
+            entry.stage = self.host.failure.as_ref().map(|f| f.stage.name());
+            entry.error = self.host.failure.as_ref().map(|f| f.message.as_str());
+            entry.from = self.host.state.current.as_deref();
             layout::log_script(&self.host.target.deploy_to, &entry)
         } else {
             String::new()
@@ -159,8 +157,8 @@ impl Step {
 /// back. True when all moved.
 fn switch_all(steps: &mut [Step], parallel: usize) -> bool {
     each(steps, parallel, |st| {
-        let to = st.to.clone();
-        match stages::switch(&mut st.host, to.as_deref(), "") {
+        let to = st.to.clone().unwrap_or_default();
+        match stages::switch(&mut st.host, &to) {
             Ok(()) => st.switched = true,
             Err(e) => st.host.fail(Stage::Switch, e),
         }
@@ -171,7 +169,7 @@ fn switch_all(steps: &mut [Step], parallel: usize) -> bool {
     each(steps, parallel, |st| {
         if st.switched {
             let from = st.host.state.current.clone();
-            match stages::switch(&mut st.host, from.as_deref(), "") {
+            match stages::restore(&mut st.host, from.as_deref(), "") {
                 Ok(()) => st.switched = false,
                 Err(e) => st.warnings.push(format!("could not switch back: {e}")),
             }

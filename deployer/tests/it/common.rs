@@ -207,12 +207,21 @@ impl Hosts {
         self.deploy_to(i).join(".deploy/lock").exists()
     }
 
-    /// revisions.log of host `i`, parsed.
+    /// The deployer's own log of host `i` (`.deploy/log`), parsed.
     pub fn log(&self, i: usize) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.deploy_to(i).join(".deploy/log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect(".deploy/log holds JSON lines"))
+            .collect()
+    }
+
+    /// revisions.log of host `i`: Capistrano's text lines.
+    pub fn revisions_log(&self, i: usize) -> Vec<String> {
         std::fs::read_to_string(self.deploy_to(i).join("revisions.log"))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).expect("revisions.log holds JSON lines"))
+            .map(str::to_owned)
             .collect()
     }
 

@@ -12,7 +12,7 @@ fn deploys_incrementally_rolls_back_and_cleans_up() {
     let mut h = Hosts::start(&[5, 6]);
     h.awkward_deploy_dirs();
     h.configure(
-        "keep_releases = 2\nshared_dirs = [\"data\"]\nshared_files = [\"config.toml\"]",
+        "keep_releases = 2\nshared_dirs = [\"data\"]\nshared_files = [{ path = \"config.toml\", seed = true }]",
         "[hooks]\nafter_publish = [\"echo \\\"$RELEASE\\\" >> \\\"$DEPLOY_TO/restarts\\\"\"]\n",
     );
     for i in 0..50 {
@@ -32,8 +32,8 @@ fn deploys_incrementally_rolls_back_and_cleans_up() {
     let first = h.current(0).expect("current on host 0");
     assert_eq!(
         std::fs::read_link(h.deploy_to(0).join("current")).expect("link"),
-        std::path::Path::new("releases").join(&first),
-        "current -> releases/<ts>"
+        h.deploy_to(0).join("releases").join(&first),
+        "current -> <deploy_to>/releases/<ts>, absolute as Capistrano writes it"
     );
     assert_eq!(h.current(1).as_deref(), Some(first.as_str()));
     for i in 0..2 {
@@ -185,7 +185,7 @@ fn deploys_incrementally_rolls_back_and_cleans_up() {
 
     // cleanup with keep_releases = 1: only current is left.
     h.configure(
-        "keep_releases = 1\nshared_dirs = [\"data\"]\nshared_files = [\"config.toml\"]",
+        "keep_releases = 1\nshared_dirs = [\"data\"]\nshared_files = [{ path = \"config.toml\", seed = true }]",
         "",
     );
     let r = h.run(&["cleanup", "--dry-run"]);
@@ -232,7 +232,10 @@ fn a_non_root_deploy_user_works() {
     let h = Hosts::start_as(&[21], &user);
     h.write("bin/app", "#!/bin/sh\n");
     h.write("etc/app.toml", "x = 1\n");
-    h.configure("shared_files = [\"etc/app.toml\"]", "");
+    h.configure(
+        "shared_files = [{ path = \"etc/app.toml\", seed = true }]",
+        "",
+    );
     let r = h.deploy_ok();
     assert!(r.stdout.contains("published"), "{r}");
     let uid = std::process::Command::new("id")

@@ -2,9 +2,12 @@
 //! namespace for jump hosts), a real usersvc in the system test.
 //! One binary links once: on a 2-core machine each test binary cost a link of the whole crate.
 
+mod capistrano;
 mod check;
 mod common;
 mod deploy;
 mod failures;
 mod hostile;
+mod large;
+mod source;
 mod system;

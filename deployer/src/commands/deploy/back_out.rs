@@ -6,9 +6,9 @@ use crate::layout;
 use crate::lock::{self, LockHeld};
 use crate::stages::{self, Release};
 
-/// The failure path, at any stage: every host that may have switched goes back to its previous
-/// release (or loses `current` if it had none) and is restarted there by the after_publish
-/// hooks, the new release marked bad; hosts that only staged it drop it. Then each host that
+/// The failure path, at any stage: every host that may have switched goes back to the release
+/// that was live (whatever it was: complete, Capistrano's, or none at all on a first deploy)
+/// and is restarted there by the after_publish hooks, the new release marked bad; hosts that only staged it drop it. Then each host that
 /// got that far logs the failure, and every lock this run holds is released.
 pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
     let first = runs.iter().find_map(|r| r.host.failure.clone());
@@ -33,7 +33,11 @@ pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
         }
         if switched || r.staged {
             let outcome = if switched { "rolled_back" } else { "failed" };
-            let entry = stages::log_entry(&c.release(None), &c.user, outcome, why.as_ref(), None);
+            let release = c.release(None);
+            let mut entry = stages::log_entry(&release, &c.user, &c.branch, outcome);
+            entry.stage = why.as_ref().map(|f| f.stage.name());
+            entry.error = why.as_ref().map(|f| f.message.as_str());
+            entry.to = r.live.as_deref().filter(|_| switched);
             script.push_str(&layout::log_script(&d, &entry));
             script.push('\n');
         }
@@ -47,10 +51,10 @@ pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
 /// there. False when the switch failed: the host keeps its lock, and the report says what to
 /// run once it is reachable.
 fn put_back(r: &mut Run, c: &Ctx, why: Option<&Failure>) -> bool {
-    let prev = r.previous.clone();
+    let prev = r.live.clone();
     let reason = why.map(|f| format!("failed {f}")).unwrap_or_default();
     let bad = layout::mark_bad_script(r.deploy_to(), &c.release, &reason);
-    if let Err(e) = stages::switch(&mut r.host, prev.as_deref(), &bad) {
+    if let Err(e) = stages::restore(&mut r.host, prev.as_deref(), &bad) {
         r.result = "ROLLBACK FAILED".into();
         r.warnings.push(format!(
             "could not put back {}: {e} (run `deployer rollback --hosts {}` once it is reachable)",
@@ -67,7 +71,7 @@ fn put_back(r: &mut Run, c: &Ctx, why: Option<&Failure>) -> bool {
     r.published = false;
     r.result = match &prev {
         Some(p) => format!("rolled back to {p}"),
-        None => "rolled back (no previous release: current removed)".into(),
+        None => "rolled back (first deploy: no release was live, current removed)".into(),
     };
     let Some(p) = &prev else {
         return true;

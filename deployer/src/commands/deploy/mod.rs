@@ -29,10 +29,10 @@ use crate::fleet::{self, Host, Stage, each};
 use crate::health::Gate;
 use crate::layout::{self, HostState};
 use crate::lock;
-use crate::manifest::{Delta, Manifest};
+use crate::manifest::Delta;
 use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
-use crate::source;
+use crate::source::{self, Tree};
 use crate::stages::Release;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,10 @@ pub struct Options {
     /// Overrides the revision written to REVISION (default: git HEAD of the source, else a
     /// hash of its content).
     pub revision: Option<String>,
+    /// Deploy this commit's version of the source directory (branch, tag or commit).
+    pub git_ref: Option<String>,
+    /// Deploy a source whose git work tree has uncommitted changes (revision `…-dirty`).
+    pub allow_dirty: bool,
     /// Wait up to this long for a lock another deploy holds, instead of failing at once.
     pub lock_wait: Option<std::time::Duration>,
     /// Watch the first batch (`rolling` hosts, or one) this long after it publishes, with the
@@ -56,8 +60,8 @@ pub struct Options {
 pub enum DeployError {
     #[error(transparent)]
     Build(source::BuildFailed),
-    #[error("cannot read the source tree: {0}")]
-    Source(#[from] crate::manifest::ManifestError),
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
     #[error(
         "--canary has nothing to watch with: add a [health] check and/or [riemann] server = \"host:5555\" (usersvc's events)"
     )]
@@ -70,7 +74,9 @@ struct Run {
     upload: Option<ssh2::Channel>,
     /// The complete release `current` pointed at before this run.
     previous: Option<String>,
-    previous_manifest: Option<Manifest>,
+    /// Whatever `current` pointed at before this run, complete or not: where the failure path
+    /// puts it back.
+    live: Option<String>,
     staged: bool,
     published: bool,
     delta: Delta,
@@ -87,7 +93,7 @@ impl Run {
             host,
             upload: None,
             previous: None,
-            previous_manifest: None,
+            live: None,
             staged: false,
             published: false,
             delta: Delta::default(),
@@ -114,8 +120,24 @@ struct Ctx<'a> {
     options: &'a Options,
     release: String,
     revision: String,
+    /// What Capistrano's revisions.log line calls the branch.
+    branch: String,
     user: String,
     owner: String,
+    /// The tree being deployed and its manifest, as the host keeps it.
+    tree: Tree,
+    manifest_lines: Vec<u8>,
+}
+
+impl Options {
+    /// What this deploy asks of the source.
+    fn choice(&self) -> source::Choice<'_> {
+        source::Choice {
+            git_ref: self.git_ref.as_deref(),
+            allow_dirty: self.allow_dirty,
+            revision: self.revision.as_deref(),
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -176,8 +198,11 @@ pub fn deploy(
     let started = Instant::now();
     check_canary(cfg, options)?;
     let gate = cfg.health.as_ref().and_then(Gate::new);
-    source::build(cfg).map_err(DeployError::Build)?;
-    let manifest = Manifest::scan(&cfg.source)?;
+    // With --ref the tree comes from git: nothing to build.
+    if options.git_ref.is_none() {
+        source::build(cfg).map_err(DeployError::Build)?;
+    }
+    let tree = source::tree(cfg, options.choice())?;
     let user = cfg.user();
     let mut c = Ctx {
         cfg,
@@ -186,9 +211,12 @@ pub fn deploy(
         options,
         // The name the clock gives; a host holding a later release moves it on (rare: skew).
         release: layout::next_release(chrono::Utc::now(), std::iter::empty()),
-        revision: source::revision(&cfg.source, &manifest, options.revision.as_deref()),
+        revision: tree.revision.clone(),
+        branch: tree.branch.clone(),
         owner: lock::owner_line(&user),
         user,
+        manifest_lines: tree.manifest.to_lines(),
+        tree,
     };
     let local = local_hooks::Local::new(cfg, settings, targets, &c.revision);
     let (before, stop) = local.before(&c.release);
@@ -197,7 +225,7 @@ pub fn deploy(
             settings.say(&why);
             not_started(&c, targets, why, started)
         }
-        None => remote(&mut c, targets, &manifest, gate.as_ref(), started),
+        None => remote(&mut c, targets, gate.as_ref(), started),
     };
     report.hooks.splice(0..0, before);
     local.after(&mut report);
@@ -243,18 +271,12 @@ fn not_started(c: &Ctx, targets: &[Target], why: String, started: Instant) -> Re
 }
 
 /// The remote part of the deploy: connect, every stage, then finish or back out.
-fn remote(
-    c: &mut Ctx,
-    targets: &[Target],
-    manifest: &Manifest,
-    gate: Option<&Gate>,
-    started: Instant,
-) -> Report {
+fn remote(c: &mut Ctx, targets: &[Target], gate: Option<&Gate>, started: Instant) -> Report {
     let settings = c.settings;
     settings.say(&format!(
         "deploying {} ({} files, revision {}) to {} host(s)",
         c.cfg.application,
-        manifest.file_count(),
+        c.tree.manifest.file_count(),
         c.revision,
         targets.len()
     ));
@@ -263,7 +285,7 @@ fn remote(
         .map(Run::new)
         .collect();
     let mut canary = Vec::new();
-    let ok = match advance(c, &mut runs, manifest, gate, &mut canary) {
+    let ok = match advance(c, &mut runs, gate, &mut canary) {
         Ok(()) => {
             publish::finish(&mut runs, c);
             true
@@ -283,20 +305,15 @@ fn remote(
 fn advance(
     c: &mut Ctx,
     runs: &mut [Run],
-    manifest: &Manifest,
     gate: Option<&Gate>,
     canary: &mut Vec<String>,
 ) -> Result<(), &'static str> {
-    stage_everywhere(c, runs, manifest)?;
+    stage_everywhere(c, runs)?;
     publish_in_batches(c, runs, gate, canary)
 }
 
 /// Up to publish, on every host at once: lock, name the release, stage it, before_publish.
-fn stage_everywhere(
-    c: &mut Ctx,
-    runs: &mut [Run],
-    manifest: &Manifest,
-) -> Result<(), &'static str> {
+fn stage_everywhere(c: &mut Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
     let parallel = c.settings.parallel;
     c.barrier(
         runs,
@@ -310,6 +327,16 @@ fn stage_everywhere(
         Stage::Lock,
         "not every host could be locked; nothing was changed",
     )?;
+    for r in runs.iter_mut() {
+        if let Some(why) = missing_shared(&r.host.state, r.deploy_to()) {
+            r.host.fail(Stage::SharedLinks, why);
+        }
+    }
+    c.barrier(
+        runs,
+        Stage::SharedLinks,
+        "a shared file is missing; nothing was changed",
+    )?;
 
     // One release name for all hosts; what each host needs.
     c.release = layout::next_release(
@@ -319,12 +346,16 @@ fn stage_everywhere(
     );
     let shared = c.cfg.shared_paths();
     for r in runs.iter_mut() {
-        (r.previous, r.previous_manifest) = previous(&r.host.state);
-        r.delta = manifest.delta(r.previous_manifest.as_ref(), &shared);
+        r.live = r.host.state.current.clone();
+        r.previous = previous(&r.host.state);
+        let known = r.previous.as_ref().and(r.host.state.known.as_ref());
+        r.delta = c.tree.manifest.delta(known, &shared);
+        // One flag per file is all a host keeps of its listing once the delta is made.
+        r.host.state.known = None;
     }
 
     c.settings.say(&format!("staging release {}", c.release));
-    staging::stage_all(runs, c, manifest);
+    staging::stage_all(runs, c);
     c.barrier(
         runs,
         Stage::Upload,
@@ -390,18 +421,20 @@ fn publish_in_batches(
     Ok(())
 }
 
-/// The complete release `current` points at, and its manifest: what unchanged files are
-/// hard-linked from.
-fn previous(st: &HostState) -> (Option<String>, Option<Manifest>) {
-    let prev = st
-        .current
+/// The complete release `current` points at: what unchanged files are hard-linked from.
+fn previous(st: &HostState) -> Option<String> {
+    st.current
         .clone()
-        .filter(|cur| st.releases.iter().any(|x| &x.name == cur && x.complete));
-    let manifest = match (&prev, st.manifest.as_deref()) {
-        (Some(_), Some(text)) => Manifest::from_json(text).ok(),
-        _ => None,
-    };
-    (prev, manifest)
+        .filter(|cur| st.releases.iter().any(|x| &x.name == cur && x.complete))
+}
+
+/// Why a host cannot be deployed to for want of a shared file; `None` when it has them all.
+fn missing_shared(st: &HostState, deploy_to: &str) -> Option<String> {
+    let first = st.missing_shared.first()?;
+    let all = st.missing_shared.join(", ");
+    Some(format!(
+        "shared file(s) {all} missing in {deploy_to}/shared: create them there first, or let the release seed them (shared_files = [{{ path = \"{first}\", seed = true }}])"
+    ))
 }
 
 fn outcome(r: Run) -> HostOutcome {
@@ -409,9 +442,9 @@ fn outcome(r: Run) -> HostOutcome {
         name: r.host.target.name.clone(),
         host: r.host.target.host.clone(),
         previous: r.previous,
-        sent_files: r.delta.send.len(),
+        sent_files: r.delta.send,
         sent_bytes: r.sent_bytes,
-        linked_files: r.delta.link.len(),
+        linked_files: r.delta.link,
         result: r.result,
         failure: r.host.failure,
         warnings: r.warnings,

@@ -41,9 +41,9 @@ pub fn plan(
     options: &Options,
 ) -> Result<Plan, DeployError> {
     super::check_canary(cfg, options)?;
-    let manifest = Manifest::scan(&cfg.source)?;
-    let revision = crate::source::revision(&cfg.source, &manifest, options.revision.as_deref());
-    let hosts = fleet::read(targets, settings, true);
+    let tree = crate::source::tree(cfg, options.choice())?;
+    let (manifest, revision) = (&tree.manifest, &tree.revision);
+    let hosts = fleet::read(targets, settings, Some(manifest), &cfg.required_shared());
     let release = layout::next_release(
         chrono::Utc::now(),
         hosts
@@ -55,10 +55,12 @@ pub fn plan(
         cfg.application,
         manifest.file_count()
     );
-    if let Some(b) = &cfg.build {
-        out.push_str(&format!("  build locally first: {b}\n"));
+    match (&cfg.build, &options.git_ref) {
+        (_, Some(r)) => out.push_str(&format!("  from git: {r} ({revision}), nothing built\n")),
+        (Some(b), None) => out.push_str(&format!("  build locally first: {b}\n")),
+        (None, None) => {}
     }
-    let (rows, ready) = host_rows(cfg, &hosts, &manifest, &release);
+    let (rows, ready) = host_rows(cfg, &hosts, manifest, &release);
     out.push_str(&table(&rows));
     out.push('\n');
     for (what, v) in steps(cfg, options) {
@@ -94,20 +96,23 @@ fn host_rows(
     ];
     for h in hosts {
         let st = &h.state;
-        let delta = manifest.delta(super::previous(st).1.as_ref(), &shared);
-        let status = match (&h.failure, &st.lock) {
-            (Some(f), _) => format!("FAILS {f}"),
-            (None, Some(l)) => format!("FAILS at lock: locked by {l}"),
-            (None, None) => "ready".into(),
+        let known = super::previous(st).and(st.known.as_ref());
+        let delta = manifest.delta(known, &shared);
+        let missing = super::missing_shared(st, &h.target.deploy_to).filter(|_| st.exists);
+        let status = match (&h.failure, &st.lock, &missing) {
+            (Some(f), _, _) => format!("FAILS {f}"),
+            (None, Some(l), _) => format!("FAILS at lock: locked by {l}"),
+            (None, None, Some(why)) => format!("FAILS at shared links: {why}"),
+            (None, None, None) => "ready".into(),
         };
-        ready &= h.failure.is_none() && st.lock.is_none();
+        ready &= h.failure.is_none() && st.lock.is_none() && missing.is_none();
         let remove = layout::cleanup_after_publish(&st.releases, release, cfg.keep_releases);
         rows.push(vec![
             h.target.name.clone(),
             h.target.deploy_to.clone(),
             st.current.clone().unwrap_or_else(|| "-".into()),
-            format!("{} files, {}", delta.send.len(), bytes(delta.bytes)),
-            format!("{} files", delta.link.len()),
+            format!("{} files, {}", delta.send, bytes(delta.bytes)),
+            format!("{} files", delta.link),
             if remove.is_empty() {
                 "-".into()
             } else {
@@ -124,7 +129,20 @@ fn steps(cfg: &Config, options: &Options) -> [(&'static str, String); 9] {
     let local = |hooks: &[String]| hooks.join(" && ");
     [
         ("shared dirs", cfg.shared_dirs.join(", ")),
-        ("shared files", cfg.shared_files.join(", ")),
+        (
+            "shared files",
+            cfg.shared_files
+                .iter()
+                .map(|f| {
+                    if f.seed {
+                        format!("{} (seeded from the release)", f.path)
+                    } else {
+                        f.path.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("local_before", local(&cfg.hooks.local_before)),
         ("before_publish", hooks_shown(&cfg.hooks.before_publish)),
         ("after_publish", hooks_shown(&cfg.hooks.after_publish)),

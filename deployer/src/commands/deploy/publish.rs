@@ -46,7 +46,7 @@ pub(super) fn remote_hooks(r: &mut Run, c: &Ctx, stage: Stage, hooks: &[Hook]) {
 pub(super) fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
     let parallel = c.settings.parallel;
     each(batch, parallel, |r| {
-        let script = layout::switch_script(r.deploy_to(), Some(&c.release));
+        let script = layout::switch_script(r.deploy_to(), &c.release);
         if r.host.step(Stage::Publish, &script, None) {
             r.published = true;
             r.result = "published".into();
@@ -73,13 +73,8 @@ pub(super) fn finish(runs: &mut [Run], c: &Ctx) {
         let d = r.deploy_to().to_owned();
         let remove =
             layout::cleanup_after_publish(&r.host.state.releases, &c.release, c.cfg.keep_releases);
-        let entry = stages::log_entry(
-            &c.release(r.previous.as_deref()),
-            &c.user,
-            "deployed",
-            None,
-            None,
-        );
+        let release = c.release(r.previous.as_deref());
+        let entry = stages::log_entry(&release, &c.user, &c.branch, "deployed");
         let script = format!(
             "{}\n{}",
             layout::remove_script(&d, &remove),

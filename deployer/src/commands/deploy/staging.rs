@@ -6,7 +6,6 @@ use super::{Ctx, Run};
 use crate::fleet::{self, Stage, each};
 use crate::layout;
 use crate::lock;
-use crate::manifest::Manifest;
 use crate::upload;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
@@ -23,11 +22,16 @@ pub(super) fn lock_host(r: &mut Run, c: &Ctx) {
             Err(e) => return r.host.fail(Stage::Connect, e),
         }
     }
-    lock::acquire_waiting(&mut r.host, &c.owner, true, c.options.lock_wait);
+    let required = c.cfg.required_shared();
+    let ask = lock::Ask {
+        new: Some(&c.tree.manifest),
+        required: &required,
+    };
+    lock::acquire_waiting(&mut r.host, &c.owner, ask, c.options.lock_wait);
 }
 
 /// Uploads and stages the release on every host, a progress bar per host.
-pub(super) fn stage_all(runs: &mut [Run], c: &Ctx, manifest: &Manifest) {
+pub(super) fn stage_all(runs: &mut [Run], c: &Ctx) {
     let bars = MultiProgress::with_draw_target(if c.settings.quiet {
         ProgressDrawTarget::hidden()
     } else {
@@ -49,7 +53,7 @@ pub(super) fn stage_all(runs: &mut [Run], c: &Ctx, manifest: &Manifest) {
         })
         .collect();
     each(&mut staging, c.settings.parallel, |(r, bar)| {
-        stage(r, c, manifest, bar);
+        stage(r, c, bar);
         bar.finish();
     });
     drop(staging);
@@ -62,7 +66,6 @@ fn send(
     channel: ssh2::Channel,
     r: &Run,
     c: &Ctx,
-    manifest: &Manifest,
     bar: &ProgressBar,
 ) -> std::io::Result<(u64, ssh2::Channel)> {
     let counting = upload::Counting::new(
@@ -76,15 +79,13 @@ fn send(
             }
         }),
     );
-    let prev = r.previous_manifest.as_ref().and(r.previous.as_deref());
-    let mut w = upload::write_release(
-        counting,
-        &c.cfg.source,
-        manifest,
-        &r.delta,
-        &c.release,
-        prev,
-    )?;
+    let release = upload::Release {
+        source: &c.tree.dir,
+        manifest: &c.tree.manifest,
+        manifest_lines: &c.manifest_lines,
+        name: &c.release,
+    };
+    let mut w = upload::write_release(counting, &release, &r.delta, r.previous.as_deref())?;
     w.flush()?;
     let sent = w.written;
     let ch = w.into_inner().into_inner().map_err(|e| e.into_error())?;
@@ -92,13 +93,13 @@ fn send(
 }
 
 /// Uploads the release and finishes staging it on one host.
-pub(super) fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar) {
+pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
     let Some(channel) = r.upload.take() else {
         return r.host.fail(Stage::Upload, fleet::StepError::NotConnected);
     };
     r.staged = true;
     let host = r.host.name().to_owned();
-    let (sent, ch) = match send(channel, r, c, manifest, bar) {
+    let (sent, ch) = match send(channel, r, c, bar) {
         Ok(x) => x,
         Err(e) => {
             return r.host.fail(
@@ -126,7 +127,7 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, manifest: &Manifest, bar: &ProgressBar
         r.deploy_to(),
         &c.release,
         &c.cfg.shared_dirs,
-        &c.cfg.shared_files,
+        &c.cfg.shared_file_specs(),
         &c.revision,
     );
     r.host.step(Stage::SharedLinks, &script, None);

@@ -1,0 +1,112 @@
+//! An application of 20,000 files, as users bring: the host's state (layout, current release,
+//! its manifest) must arrive whole whatever the tree's size, or nothing is decided from it.
+//! The listing of such a tree is ~3 MB, far over what a hook's output keeps.
+
+use crate::common;
+
+use common::Hosts;
+
+const FILES: usize = 20_000;
+
+/// 20,000 small files in 100 directories.
+fn big_tree(h: &Hosts) {
+    for d in 0..100 {
+        let dir = h.source.join(format!("dir{d:03}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..FILES / 100 {
+            std::fs::write(dir.join(format!("file{f:03}.txt")), format!("{d} {f}\n"))
+                .expect("write");
+        }
+    }
+}
+
+/// The row of host `i` in a deploy's table.
+fn row<'a>(h: &Hosts, r: &'a common::Run, i: usize) -> &'a str {
+    r.stdout
+        .lines()
+        .find(|l| l.starts_with(&h.servers[i].addr))
+        .unwrap_or_else(|| panic!("no row for host {i}:\n{r}"))
+}
+
+#[test]
+fn a_tree_of_20000_files_deploys_incrementally_and_fails_back_to_the_live_release() {
+    let h = Hosts::start(&[41, 42]);
+    big_tree(&h);
+    // The hook records $PREVIOUS_RELEASE; it fails on a host holding a `fail-after` mark.
+    h.configure(
+        "keep_releases = 2",
+        "[hooks]\nafter_publish = [\"echo \\\"$PREVIOUS_RELEASE\\\" > \\\"$DEPLOY_TO/previous.$RELEASE\\\"; test ! -e \\\"$DEPLOY_TO/fail-after\\\"\"]\n",
+    );
+    let r = h.deploy_ok();
+    assert!(row(&h, &r, 0).contains(&format!(" {FILES} files")), "{r}");
+    let first = h.current(0).expect("current");
+
+    // One file changed: only it travels, the rest are hard links, on every host.
+    h.write("dir042/file007.txt", "changed\n");
+    let plan = h.run(&["deploy", "--dry-run"]);
+    assert_eq!(plan.code, 0, "{plan}");
+    assert!(
+        plan.stdout.contains(&first) && plan.stdout.contains(&format!("{} files", FILES - 1)),
+        "the plan sees the current release and what it holds:\n{plan}"
+    );
+    let r = h.deploy_ok();
+    let second = h.current(0).expect("current");
+    for i in 0..2 {
+        let line = row(&h, &r, i);
+        assert!(
+            line.contains(" 1 files") && line.contains(&format!(" {} files", FILES - 1)),
+            "sent 1, linked {}:\n{r}",
+            FILES - 1
+        );
+        let previous = h.deploy_to(i).join(format!("previous.{second}"));
+        assert_eq!(
+            std::fs::read_to_string(&previous).expect("hook ran").trim(),
+            first,
+            "$PREVIOUS_RELEASE"
+        );
+    }
+
+    // Cleanup keeps keep_releases.
+    h.write("dir001/file001.txt", "changed again\n");
+    h.deploy_ok();
+    let third = h.current(0).expect("current");
+    for i in 0..2 {
+        assert_eq!(h.releases(i), [second.clone(), third.clone()], "host {i}");
+    }
+
+    // A failing after_publish hook on one host: every host goes back to the live release.
+    std::fs::write(h.deploy_to(1).join("fail-after"), "").expect("mark");
+    h.write("dir002/file002.txt", "bad\n");
+    let r = h.run(&["deploy"]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stdout.contains(&format!("rolled back to {third}")), "{r}");
+    for i in 0..2 {
+        assert_eq!(
+            h.current(i).as_deref(),
+            Some(third.as_str()),
+            "host {i}: {r}"
+        );
+        assert!(h.deploy_to(i).join("current/REVISION").is_file());
+    }
+    std::fs::remove_file(h.deploy_to(1).join("fail-after")).expect("unmark");
+
+    // A failing health gate: the same.
+    h.configure(
+        "keep_releases = 2",
+        "[health]\ncommand = \"sh -c 'echo CRITICAL - down; exit 2'\"\nretries = 1\ninterval = \"50ms\"\n",
+    );
+    let r = h.run(&["deploy"]);
+    assert_ne!(r.code, 0, "{r}");
+    for i in 0..2 {
+        assert_eq!(
+            h.current(i).as_deref(),
+            Some(third.as_str()),
+            "host {i}: {r}"
+        );
+    }
+    let r = h.run(&["releases"]);
+    assert!(
+        r.stdout.contains(&third) && !r.stdout.contains("WARNING"),
+        "{r}"
+    );
+}
