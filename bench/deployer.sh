@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# deployer vs the Capistrano-style shell baseline (ssh + rsync -a --delete --link-dest=<previous>
-# + ln -s + mv -T), in one run, against real sshd servers on 127.0.0.101-108: a tree of 5000
-# files / 50 MB, first deploy and one-file-changed deploy to one host, then to 8 hosts at once.
-# Prints medians of RUNS runs and the ratios ours/baseline and 8 hosts/1 host.
+# deployer beside the Capistrano-style shell baseline (ssh + rsync -a --delete
+# --link-dest=<previous> + ln -s + mv -T) and Capistrano 3 itself, in one run, against real sshd
+# servers on 127.0.0.101-108: a tree of FILES files (default 20,000) of 10 KB (200 MB), first
+# deploy, one file changed and rollback, to one host and to 8 at once. Prints medians of RUNS
+# runs (CAP_RUNS for Capistrano, which is slow), the ratios ours/rsync and ours/Capistrano, and
+# the deployer's peak RSS. CAP=0 leaves Capistrano out.
 set -euo pipefail
 cd "$(dirname "$0")"
-RUNS=${RUNS:-5}
-for tool in /usr/sbin/sshd ssh ssh-keygen ssh-keyscan rsync python3; do
+RUNS=${RUNS:-3}
+export FILES=${FILES:-20000} CAP=${CAP:-1} CAP_RUNS=${CAP_RUNS:-1}
+for tool in /usr/sbin/sshd ssh ssh-keygen ssh-keyscan rsync python3 git /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "$tool missing: make peers" >&2; exit 1; }
 done
+[ "$CAP" = 0 ] || command -v cap >/dev/null || { echo "cap missing: make peers (or CAP=0)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root (sshd on 127.0.0.101-108 logs in as root)" >&2; exit 1; }
 cargo build -q --release --manifest-path ../Cargo.toml -p deployer
 export DEPLOYER=$PWD/../target/release/deployer
@@ -52,16 +56,19 @@ EOF
 done
 
 python3 - "$tmp" "$RUNS" "${hosts[@]}" <<'PY'
-import os, random, shutil, statistics, subprocess, sys, time
+import os, random, shutil, statistics, subprocess, sys, threading, time
 tmp, runs, hosts = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+files = int(os.environ["FILES"])
+cap_on, cap_runs = os.environ["CAP"] != "0", int(os.environ["CAP_RUNS"])
 src = f"{tmp}/dist"
 rng = random.Random(42)
-# 5000 files, 50 MB: 100 directories of 50 files of 10 KB, incompressible.
-for d in range(100):
-    os.makedirs(f"{src}/dir{d:03}")
-    for f in range(50):
-        with open(f"{src}/dir{d:03}/file{f:02}.bin", "wb") as fh:
-            fh.write(rng.randbytes(10_000))
+# FILES files of 10 KB, incompressible, 200 to a directory.
+for i in range(files):
+    d = f"{src}/dir{i // 200:03}"
+    if i % 200 == 0:
+        os.makedirs(d)
+    with open(f"{d}/file{i % 200:03}.bin", "wb") as fh:
+        fh.write(rng.randbytes(10_000))
 ssh_opts = ["-i", f"{tmp}/client", "-o", f"UserKnownHostsFile={tmp}/known_hosts",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
 
@@ -76,14 +83,58 @@ with open(f"{tmp}/deploy.toml", "w") as c:
     for i, h in enumerate(hosts):
         c.write(f'[[hosts]]\naddress = "{h}"\ndeploy_to = "{target(i, "ours")}"\n')
 
+def git(*args, cwd=src):
+    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@example.com", *args],
+                   cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+
+# Capistrano deploys from a git repository of the same tree. Its deploy_to is one setting for
+# all servers, and the 8 "hosts" share this machine's disk: one stage per host, each with its own
+# deploy_to, run side by side (8 Ruby processes where Capistrano would use one).
+if cap_on:
+    git("init", "-q", "-b", "main")
+    git("add", "-A"); git("commit", "-q", "-m", "tree")
+    git("clone", "-q", "--bare", src, f"{tmp}/repo.git", cwd=tmp)
+    git("remote", "add", "origin", f"{tmp}/repo.git")
+    proj = f"{tmp}/cap"
+    os.makedirs(f"{proj}/config/deploy")
+    open(f"{proj}/Capfile", "w").write(
+        'require "capistrano/setup"\nrequire "capistrano/deploy"\nrequire "capistrano/scm/git"\n'
+        'install_plugin Capistrano::SCM::Git\n')
+    open(f"{proj}/config/deploy.rb", "w").write(
+        f'set :application, "bench"\nset :repo_url, "file://{tmp}/repo.git"\nset :branch, "main"\n'
+        f'set :keep_releases, 3\nset :format_options, log_file: "{tmp}/cap.log"\n'
+        f'set :ssh_options, {{ keys: ["{tmp}/client"], auth_methods: ["publickey"], '
+        f'verify_host_key: :always, user_known_hosts_file: "{tmp}/known_hosts" }}\n')
+    for i, h in enumerate(hosts):
+        ip, port = h.split(":")
+        open(f"{proj}/config/deploy/h{i}.rb", "w").write(
+            f'set :deploy_to, "{target(i, "cap")}"\nserver "{ip}", port: {port}, user: "root", roles: %w{{app}}\n')
+
 # DEPLOYER_ARGS="--parallel 4" tries other settings; CASES="first, 8" runs only matching cases.
 extra = os.environ.get("DEPLOYER_ARGS", "").split()
-def ours(n):
+peak_rss = {}
+def ours_run(n, *args):
     sel = ",".join(hosts[:n])
-    subprocess.run([os.environ["DEPLOYER"], "-c", f"{tmp}/deploy.toml", "--quiet", *extra, "deploy",
-                    "--hosts", sel], check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", os.environ["DEPLOYER"], "-c", f"{tmp}/deploy.toml",
+                          "--quiet", *extra, *args, "--hosts", sel],
+                         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kb = int(out.stderr.strip().splitlines()[-1])
+    peak_rss[args[0]] = max(peak_rss.get(args[0], 0), kb)
 
-def baseline_one(i):
+def parallel(n, one):
+    # n hosts at once, as a shell script would with `&` and `wait`.
+    errs = []
+    def run(i):
+        try:
+            one(i)
+        except Exception as e:
+            errs.append(e)
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    [t.start() for t in ts]; [t.join() for t in ts]
+    if errs:
+        raise errs[0]
+
+def rsync_one(i):
     ip, port = hosts[i].split(":")
     ssh = ["ssh", *ssh_opts, "-p", port, f"root@{ip}"]
     d = target(i, "base")
@@ -96,82 +147,83 @@ def baseline_one(i):
     subprocess.run([*ssh, f"cd {d} && ln -s {d}/releases/{ts} current.tmp && mv -T current.tmp current"],
                    check=True)
 
-def baseline(n):
-    # n hosts at once, as a shell script would with `&` and `wait`.
-    import threading
-    errs = []
-    def one(i):
-        try:
-            baseline_one(i)
-        except Exception as e:
-            errs.append(e)
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    [t.start() for t in ts]; [t.join() for t in ts]
-    if errs:
-        raise errs[0]
+def rsync_rollback_one(i):
+    ip, port = hosts[i].split(":")
+    d = target(i, "base")
+    subprocess.run(["ssh", *ssh_opts, "-p", port, f"root@{ip}",
+                    f"cd {d} && p=$(ls releases | sort | tail -n 2 | head -n 1) && "
+                    f"ln -s {d}/releases/$p current.tmp && mv -T current.tmp current"], check=True)
+
+def cap_one(i, task):
+    subprocess.run(["cap", f"h{i}", task], cwd=f"{tmp}/cap", check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def ours(n): ours_run(n, "deploy")
+def ours_rollback(n): ours_run(n, "rollback")
+def rsync(n): parallel(n, rsync_one)
+def rsync_rollback(n): parallel(n, rsync_rollback_one)
+def cap(n): parallel(n, lambda i: cap_one(i, "deploy"))
+def cap_rollback(n): parallel(n, lambda i: cap_one(i, "deploy:rollback"))
 
 def fresh(n):
     for i in range(n):
-        for kind in ("ours", "base"):
+        for kind in ("ours", "base", "cap"):
             shutil.rmtree(target(i, kind), ignore_errors=True)
 
 counter = [0]
 def change_one_file():
     counter[0] += 1
-    with open(f"{src}/dir042/file07.bin", "ab") as fh:
+    with open(f"{src}/dir042/file007.bin", "ab") as fh:
         fh.write(str(counter[0]).encode())
+    if cap_on:
+        git("commit", "-q", "-am", f"change {counter[0]}"); git("push", "-q", "origin", "main")
 
-def busy():
-    # CPU seconds used machine-wide (user, system; every process: ours, sshd, tar, rsync).
-    f = open("/proc/stat").readline().split()[1:]
-    hz = os.sysconf("SC_CLK_TCK")
-    return (int(f[0]) + int(f[1]) + int(f[2])) / hz, int(f[2]) / hz
-
-cpu = {}
 def timed(fn, *a):
-    u0, s0 = busy(); t = time.perf_counter(); fn(*a); dt = time.perf_counter() - t; u1, s1 = busy()
-    cpu.setdefault(fn.__name__, []).append((u1 - u0, s1 - s0))
-    return dt
+    # Let the disk finish the previous run's writes and deletions before the clock starts.
+    os.sync()
+    t = time.perf_counter(); fn(*a); return time.perf_counter() - t
 
 results = {}
-cpus = {}
-def measure(name, n, first):
+def measure(name, n, kind):
     if os.environ.get("CASES", "") not in name:
         return
-    o, b = [], []
-    for r in range(runs):
-        if first:
+    peers = {"first": (ours, rsync, cap), "one file changed": (ours, rsync, cap),
+             "rollback": (ours_rollback, rsync_rollback, cap_rollback)}[kind]
+    times = {"ours": [], "rsync": [], "cap": []}
+    for r in range(max(runs, cap_runs)):
+        if kind == "first":
             fresh(n)
-        else:
+        elif kind == "one file changed":
             change_one_file()
-        # Let the disk finish the previous run's writes and deletions before the clock starts.
-        os.sync()
-        # Alternate who goes first, so neither always runs on a warmer cache.
-        if r % 2 == 0:
-            o.append(timed(ours, n)); os.sync(); b.append(timed(baseline, n))
         else:
-            b.append(timed(baseline, n)); os.sync(); o.append(timed(ours, n))
-    results[name] = (statistics.median(o), statistics.median(b))
-    for who in ("ours", "baseline"):
-        runs_cpu = cpu.pop(who, [])
-        cpus[name, who] = (statistics.median(c for c, _ in runs_cpu), statistics.median(s for _, s in runs_cpu))
+            # Something to roll back from: a deploy of a changed file with each tool.
+            change_one_file(); ours(n); rsync(n)
+            if cap_on and r < cap_runs:
+                cap(n)
+        # Alternate who goes first, so none always runs on a warmer cache.
+        order = [("ours", peers[0]), ("rsync", peers[1])]
+        if cap_on and r < cap_runs:
+            order.append(("cap", peers[2]))
+        if r % 2:
+            order.reverse()
+        for who, fn in order:
+            if who != "cap" and r >= runs:
+                continue
+            times[who].append(timed(fn, n))
+    results[name] = {who: statistics.median(t) for who, t in times.items() if t}
 
-measure("first, 1 host", 1, True)
-measure("one file changed, 1 host", 1, False)
-measure("first, 8 hosts", 8, True)
-measure("one file changed, 8 hosts", 8, False)
+for kind in ("first", "one file changed", "rollback"):
+    for n in (1, 8):
+        measure(f"{kind}, {n} host{'s' if n > 1 else ''}", n, kind)
 
-print(f"tree: 5000 files, 50 MB; medians of {runs} runs; baseline = ssh + rsync --link-dest + ln -s + mv -T")
-print(f"{'case':<28} {'deployer_s':>10} {'baseline_s':>10} {'ours/base':>9}")
-for name, (o, b) in results.items():
-    print(f"{name:<28} {o:>10.3f} {b:>10.3f} {o / b:>9.2f}")
-print(f"{'case':<28} {'deployer_cpu_s (sys)':>20} {'baseline_cpu_s (sys)':>20}   machine-wide, medians")
-for name in results:
-    (oc, os_), (bc, bs) = cpus[name, "ours"], cpus[name, "baseline"]
-    print(f"{name:<28} {oc:>12.2f} ({os_:>5.2f}) {bc:>12.2f} ({bs:>5.2f})")
-for kind in ("first", "one file changed"):
-    if f"{kind}, 1 host" not in results or f"{kind}, 8 hosts" not in results:
-        continue
-    o1, b1 = results[f"{kind}, 1 host"]; o8, b8 = results[f"{kind}, 8 hosts"]
-    print(f"8 hosts / 1 host, {kind}: deployer {o8 / o1:.2f}, baseline {b8 / b1:.2f}")
+print(f"tree: {files} files, {files * 10 // 1000} MB; medians of {runs} runs ({cap_runs} for Capistrano); "
+      "rsync = ssh + rsync -a --delete --link-dest + ln -s + mv -T")
+print(f"{'case':<28} {'deployer_s':>10} {'rsync_s':>8} {'cap_s':>8} {'ours/rsync':>10} {'ours/cap':>9}")
+for name, t in results.items():
+    o, b, c = t["ours"], t.get("rsync"), t.get("cap")
+    cs = f"{c:>8.2f}" if c else f"{'-':>8}"
+    cr = f"{o / c:>9.3f}" if c else f"{'-':>9}"
+    print(f"{name:<28} {o:>10.3f} {b:>8.3f} {cs} {o / b:>10.2f} {cr}")
+for cmd, kb in peak_rss.items():
+    print(f"deployer peak RSS ({cmd}): {kb / 1024:.1f} MB")
 PY

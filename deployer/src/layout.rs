@@ -352,18 +352,36 @@ pub fn restore_script(deploy_to: &str, release: Option<&str>) -> String {
 }
 
 /// Removes releases with their manifests and marks. Names that are not plain directory names
-/// are skipped (an empty one would mean all of `releases/`).
+/// are skipped (an empty one would mean all of `releases/`). The releases leave `releases/` at
+/// once (moved into `.deploy/trash/`), and are deleted there in the background, so a deploy
+/// does not wait for tens of thousands of unlinks; trash an interrupted deletion left is swept
+/// after an hour.
 pub fn remove_script(deploy_to: &str, releases: &[String]) -> String {
-    let mut s = format!("cd {} || exit 1\n", quote(deploy_to));
-    for r in releases {
-        if r.is_empty() || r == "." || r == ".." || r.contains('/') {
-            continue;
-        }
-        let r = quote(r);
+    let names: Vec<String> = releases
+        .iter()
+        .filter(|r| !(r.is_empty() || *r == "." || *r == ".." || r.contains('/')))
+        .map(|r| quote(r))
+        .collect();
+    let mut s = format!(
+        "cd {} || exit 1
+",
+        quote(deploy_to)
+    );
+    if names.is_empty() {
+        return s;
+    }
+    s.push_str(
+        "mkdir -p .deploy/trash && t=$(mktemp -d .deploy/trash/XXXXXXXX) || exit 1
+",
+    );
+    for r in names {
         s.push_str(&format!(
-            "rm -rf releases/{r} .deploy/manifests/{r} .deploy/bad/{r} || exit 1\n"
+            "if [ -e releases/{r} ]; then mv releases/{r} \"$t\"/ || exit 1; fi; rm -rf .deploy/manifests/{r} .deploy/bad/{r} || exit 1\n"
         ));
     }
+    s.push_str(
+        "nohup sh -c 'rm -rf \"$1\"; find .deploy/trash -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} +' sh \"$t\" >/dev/null 2>&1 </dev/null &\n",
+    );
     s
 }
 

@@ -41,6 +41,7 @@ mod commands;
 mod config;
 mod events;
 mod fleet;
+mod hash_cache;
 mod health;
 mod host_output;
 mod jump;

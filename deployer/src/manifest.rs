@@ -7,6 +7,7 @@
 //! release ([`KnownReader`]) is matched line by line against the new manifest, so what the
 //! deployer keeps per host is one flag per file, never the host's manifest.
 
+use crate::hash_cache::HashCache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -33,11 +34,54 @@ pub enum Kind {
 }
 
 /// One path of the tree: relative, `/`-separated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub path: String,
-    #[serde(flatten)]
     pub kind: Kind,
+}
+
+/// An [`Entry`] as one line of the host's manifest: `{"path":…,"type":"file",…}`. Flat, so a
+/// line is read without buffering (serde's `flatten` costs ~5× on 20,000 lines).
+#[derive(Serialize, Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    target: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> Line<'a> {
+    fn of(e: &'a Entry) -> Self {
+        let (kind, mode, size, sha256, target) = match &e.kind {
+            Kind::Dir { mode } => ("dir", Some(*mode), None, None, None),
+            Kind::File {
+                mode, size, sha256, ..
+            } => (
+                "file",
+                Some(*mode),
+                Some(*size),
+                Some(sha256.as_str()),
+                None,
+            ),
+            Kind::Symlink { target } => ("symlink", None, None, None, Some(target.as_str().into())),
+        };
+        Self {
+            path: e.path.as_str().into(),
+            kind,
+            mode,
+            size,
+            sha256,
+            target,
+        }
+    }
 }
 
 /// Entries sorted by path, so parents come before their children.
@@ -100,6 +144,15 @@ impl Manifest {
     /// Walks `root` (symlinks are kept as links, never followed) and hashes every file; paths
     /// `exclude` matches are left out, directories with all they hold.
     pub fn scan(root: &Path, exclude: &Exclude) -> Result<Self, ManifestError> {
+        Self::scan_cached(root, exclude, &mut HashCache::none())
+    }
+
+    /// As [`Manifest::scan`], taking a file's hash from `cache` while the file is unchanged.
+    pub fn scan_cached(
+        root: &Path,
+        exclude: &Exclude,
+        cache: &mut HashCache,
+    ) -> Result<Self, ManifestError> {
         let meta = std::fs::metadata(root).map_err(|source| ManifestError::Io {
             path: root.to_owned(),
             source,
@@ -111,12 +164,18 @@ impl Manifest {
             });
         }
         let mut m = Manifest::default();
-        m.walk(root, root, exclude)?;
+        m.walk(root, root, exclude, cache)?;
         m.entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(m)
     }
 
-    fn walk(&mut self, root: &Path, dir: &Path, exclude: &Exclude) -> Result<(), ManifestError> {
+    fn walk(
+        &mut self,
+        root: &Path,
+        dir: &Path,
+        exclude: &Exclude,
+        cache: &mut HashCache,
+    ) -> Result<(), ManifestError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| ManifestError::Io { path, source }
@@ -138,7 +197,7 @@ impl Manifest {
             if exclude.skips(&rel, ft.is_dir()) {
                 continue;
             }
-            let kind = Self::kind(&path, &meta).map_err(io(&path))?;
+            let kind = Self::kind(&path, &rel, &meta, cache).map_err(io(&path))?;
             let is_dir = matches!(kind, Some(Kind::Dir { .. }));
             let kind = kind.ok_or_else(|| ManifestError::Special(path.clone()))?;
             if let Kind::Symlink { target } = &kind
@@ -148,14 +207,19 @@ impl Manifest {
             }
             self.entries.push(Entry { path: rel, kind });
             if is_dir {
-                self.walk(root, &path, exclude)?;
+                self.walk(root, &path, exclude, cache)?;
             }
         }
         Ok(())
     }
 
     /// What `path` is (`None`: neither file, directory nor symlink); a file is hashed.
-    fn kind(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Option<Kind>> {
+    fn kind(
+        path: &Path,
+        rel: &str,
+        meta: &std::fs::Metadata,
+        cache: &mut HashCache,
+    ) -> std::io::Result<Option<Kind>> {
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         Ok(Some(if ft.is_symlink() {
@@ -169,7 +233,7 @@ impl Manifest {
             Kind::File {
                 mode,
                 size: meta.len(),
-                sha256: hash_file(path)?,
+                sha256: cache.sha256(rel, meta, || hash_file(path))?,
                 mtime: meta.mtime(),
             }
         } else {
@@ -195,7 +259,7 @@ impl Manifest {
         let mut out = Vec::with_capacity(self.entries.len() * 140);
         for e in &self.entries {
             // Serializing plain data into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, e);
+            let _ = serde_json::to_writer(&mut out, &Line::of(e));
             out.push(b'\n');
         }
         out
@@ -292,8 +356,11 @@ impl<'m> KnownReader<'m> {
                     self.offer(path, kind);
                 }
             }
-        } else if let Ok(e) = serde_json::from_slice::<Entry>(line) {
-            self.offer(&e.path, &e.kind);
+        } else if let Ok(l) = serde_json::from_slice::<Line>(line)
+            && let (Some(mode), Some(sha)) = (l.mode, l.sha256)
+            && l.kind == "file"
+        {
+            self.offer_file(&l.path, mode, sha);
         }
     }
 
@@ -324,30 +391,25 @@ impl<'m> KnownReader<'m> {
             return;
         }
         if let Some(&mode) = self.modes.get(path) {
-            let kind = Kind::File {
-                mode,
-                size: 0,
-                sha256: sha.to_owned(),
-                mtime: 0,
-            };
-            self.offer(path, &kind);
+            self.offer_file(path, mode, sha);
         }
     }
 
     fn offer(&mut self, path: &str, kind: &Kind) {
-        let Kind::File {
-            mode, sha256: sha, ..
-        } = kind
-        else {
-            return;
-        };
+        if let Kind::File { mode, sha256, .. } = kind {
+            self.offer_file(path, *mode, sha256);
+        }
+    }
+
+    /// The host holds a file at `path` with `mode` and content `sha`.
+    fn offer_file(&mut self, path: &str, mode: u32, sha: &str) {
         if let Some((
             i,
             Kind::File {
                 mode: m, sha256, ..
             },
         )) = self.new.get(path)
-            && m == mode
+            && *m == mode
             && sha256 == sha
         {
             self.same[i] = true;
@@ -371,6 +433,11 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::fleet;
+use crate::hash_cache::HashCache;
 use crate::manifest::{Exclude, Manifest, ManifestError};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -95,7 +96,9 @@ pub fn tree(cfg: &Config, choice: Choice) -> Result<Tree, SourceError> {
 
 fn from_directory(cfg: &Config, allow_dirty: bool) -> Result<Tree, SourceError> {
     let exclude = Exclude::new(&cfg.source, &cfg.exclude)?;
-    let manifest = Manifest::scan(&cfg.source, &exclude)?;
+    let mut cache = HashCache::open(&cfg.source);
+    let manifest = Manifest::scan_cached(&cfg.source, &exclude, &mut cache)?;
+    cache.save();
     let Some(top) = git(&cfg.source, &["rev-parse", "--show-toplevel"]).ok() else {
         return Ok(Tree {
             dir: cfg.source.clone(),

@@ -1,0 +1,230 @@
+//! The SHA-256 of the source's files, remembered on the deploy machine between deploys, so a
+//! deploy of a tree where one file changed hashes one file, not the whole tree.
+//!
+//! As git's index does, an entry is trusted only while the file's size, modification and change
+//! times, inode and device are what they were when it was hashed (the change time moves on every
+//! write and chmod, and no user can set it back), and an entry is not kept for a file modified
+//! in the last few seconds before the cache is written: it may change again within the clock's
+//! grain without its times showing it. A cache that cannot be read or written is no cache: the
+//! deploy hashes everything, as it would without one.
+//!
+//! It lives in `$XDG_CACHE_HOME/deployer/` (else `~/.cache/deployer/`), one file per source
+//! directory, written atomically and private (0600).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// What a file's metadata said when it was hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+/// Entries modified this recently (seconds) before the cache is written are not kept.
+const RACY_SECS: i64 = 2;
+
+pub struct HashCache {
+    file: Option<PathBuf>,
+    known: HashMap<String, (Stamp, String)>,
+    seen: Vec<(String, Stamp, String)>,
+}
+
+impl HashCache {
+    /// The cache for the tree at `root`, read from its file (empty when there is none).
+    pub fn open(root: &Path) -> Self {
+        let file = cache_dir().and_then(|d| {
+            let root = root.canonicalize().ok()?;
+            let key = crate::manifest::sha256_hex(root.as_os_str().as_encoded_bytes());
+            Some(d.join(format!("hashes-{}", &key[..16])))
+        });
+        let known = file
+            .as_deref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|text| text.lines().filter_map(parse_line).collect())
+            .unwrap_or_default();
+        Self {
+            file,
+            known,
+            seen: Vec::new(),
+        }
+    }
+
+    /// No cache: every file is hashed (a tree from `git archive`, extracted afresh).
+    pub fn none() -> Self {
+        Self {
+            file: None,
+            known: HashMap::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The SHA-256 of `path` (relative `rel`), from the cache while its metadata is unchanged,
+    /// else from `hash`.
+    pub fn sha256(
+        &mut self,
+        rel: &str,
+        meta: &std::fs::Metadata,
+        hash: impl FnOnce() -> std::io::Result<String>,
+    ) -> std::io::Result<String> {
+        let stamp = Stamp::of(meta);
+        let sha = match self.known.get(rel) {
+            Some((s, sha)) if *s == stamp => sha.clone(),
+            _ => hash()?,
+        };
+        if self.file.is_some() && !rel.contains(['\n', '\t']) {
+            self.seen.push((rel.to_owned(), stamp, sha.clone()));
+        }
+        Ok(sha)
+    }
+
+    /// Writes what this scan saw (only it: files gone are forgotten), atomically.
+    pub fn save(self) {
+        let Some(file) = self.file else { return };
+        let now = chrono::Utc::now().timestamp();
+        let mut text = String::with_capacity(self.seen.len() * 120);
+        for (rel, s, sha) in &self.seen {
+            if s.mtime.0.max(s.ctime.0) < now - RACY_SECS {
+                text.push_str(&format_line(rel, s, sha));
+            }
+        }
+        // Best effort: a cache that cannot be written only costs the next deploy its hashing.
+        let _ = write_private(&file, text.as_bytes());
+        forget_unused(file.parent());
+    }
+}
+
+fn format_line(rel: &str, s: &Stamp, sha: &str) -> String {
+    format!(
+        "{sha}\t{}\t{}.{}\t{}.{}\t{}\t{}\t{rel}\n",
+        s.size, s.mtime.0, s.mtime.1, s.ctime.0, s.ctime.1, s.ino, s.dev
+    )
+}
+
+/// Caches of trees not deployed for 30 days (a checkout removed, a temp dir) are deleted.
+fn forget_unused(dir: Option<&Path>) {
+    const UNUSED: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+    let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UNUSED);
+        if old && e.file_name().to_string_lossy().starts_with("hashes-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("deployer"))
+}
+
+fn parse_line(line: &str) -> Option<(String, (Stamp, String))> {
+    let mut f = line.splitn(7, '\t');
+    let sha = f.next()?;
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let size = f.next()?.parse().ok()?;
+    let time = |t: &str| -> Option<(i64, i64)> {
+        let (s, n) = t.split_once('.')?;
+        Some((s.parse().ok()?, n.parse().ok()?))
+    };
+    let mtime = time(f.next()?)?;
+    let ctime = time(f.next()?)?;
+    let ino = f.next()?.parse().ok()?;
+    let dev = f.next()?.parse().ok()?;
+    let rel = f.next()?.to_owned();
+    let stamp = Stamp {
+        size,
+        mtime,
+        ctime,
+        ino,
+        dev,
+    };
+    Some((rel, (stamp, sha.to_owned())))
+}
+
+fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_trusted_only_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().expect("dir");
+        let f = dir.path().join("a");
+        std::fs::write(&f, "one").expect("write");
+        let meta = std::fs::metadata(&f).expect("meta");
+        let line = format_line("a", &Stamp::of(&meta), &"1".repeat(64));
+        let mut c = HashCache {
+            file: Some(dir.path().join("cache/hashes")),
+            known: line.lines().filter_map(parse_line).collect(),
+            seen: Vec::new(),
+        };
+        let hashed = |c: &mut HashCache| {
+            let meta = std::fs::metadata(&f).expect("meta");
+            c.sha256("a", &meta, || Ok("2".repeat(64))).expect("hash")
+        };
+        assert_eq!(hashed(&mut c), "1".repeat(64), "unchanged: from the cache");
+        // Same size, the modification time set back: the change time still moved.
+        let mtime = meta.modified().expect("mtime");
+        std::fs::write(&f, "two").expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .and_then(|h| h.set_modified(mtime))
+            .expect("mtime");
+        assert_eq!(hashed(&mut c), "2".repeat(64), "changed: hashed again");
+        // Files changed just now are not kept; the file is private.
+        c.save();
+        let saved = dir.path().join("cache/hashes");
+        assert_eq!(std::fs::read_to_string(&saved).expect("saved"), "");
+        let mode = std::fs::metadata(&saved).expect("meta").mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(parse_line("xyz\t1\t1.1\t1.1\t1\t1\ta").is_none());
+    }
+}
