@@ -8,24 +8,10 @@
 use std::borrow::Cow;
 
 /// `text` with control characters (but newline and tab) and bidirectional overrides escaped
-/// as `\u{…}`: a host cannot move the cursor, recolour, retitle or reorder the terminal.
+/// as `\u{…}`: a host cannot move the cursor, recolour, retitle or reorder the terminal. The
+/// toolkit's one helper for it ([`toolkit_core::terminal::inert`]).
 pub fn printable(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(unsafe_char) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if unsafe_char(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    toolkit_core::terminal::inert(text)
 }
 
 /// Longest revision accepted from a host (the layout script reads at most 200 bytes of it).

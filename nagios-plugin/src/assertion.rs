@@ -101,12 +101,7 @@ pub(crate) fn show(pointer: &str) -> &str {
 
 /// Compact JSON, cut at 60 characters for a one-line message.
 pub(crate) fn brief(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    } else {
-        s
-    }
+    toolkit_core::terminal::value(&v.to_string())
 }
 
 impl Assertion {

@@ -175,7 +175,7 @@ fn connect(
     {
         return Err(CertError::Setup(format!(
             "the certificate is checked only through an http:// proxy, not {}",
-            crate::config::without_password(&p.uri().to_string())
+            toolkit_core::redact::url(&p.uri().to_string())
         )));
     }
     let addrs = addresses(cfg, proxy, host, port).map_err(connect_err)?;
@@ -283,7 +283,7 @@ pub(crate) fn fetch(
     let uri: ureq::http::Uri = cfg.url.parse().map_err(|e| {
         CertError::Setup(format!(
             "bad URL {}: {e}",
-            crate::config::without_password(&cfg.url)
+            toolkit_core::redact::url(&cfg.url)
         ))
     })?;
     if uri.scheme_str() != Some("https") {

@@ -2,7 +2,7 @@
 //! (help, version, a bad argument) is mapped onto the plugin contract: exit 3 with one line.
 
 use crate::assertion::{Assertion, Measure};
-use crate::config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, IpFamily, without_password};
+use crate::config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, IpFamily};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
@@ -405,7 +405,7 @@ impl Args {
         let Some(p) = &self.proxy else {
             return Ok(());
         };
-        let shown = without_password(p);
+        let shown = toolkit_core::redact::url(p);
         if !(p.starts_with("http://") || p.starts_with("https://")) {
             return Err(format!(
                 "--proxy {shown:?}: write http://HOST:PORT (user:password@ before the host if it asks)"

@@ -183,21 +183,6 @@ impl CheckConfig {
     }
 }
 
-/// A URL fit to print: its `user:password@` shown as `***@`, so a proxy's password never
-/// reaches the plugin's output (the monitoring UI, notifications, the deployer's errors).
-pub(crate) fn without_password(url: &str) -> String {
-    // Without a scheme the text starts with the authority (`user:password@host:port`).
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,16 +222,13 @@ mod tests {
 
     #[test]
     fn printed_urls_carry_no_password() {
+        use toolkit_core::redact::url;
         assert_eq!(
-            without_password("http://u:s3cret@proxy:3128/"),
-            "http://***@proxy:3128/"
+            url("http://u:s3cret@proxy:3128/"),
+            "http://u:***@proxy:3128/"
         );
-        assert_eq!(without_password("http://proxy:3128"), "http://proxy:3128");
-        assert_eq!(
-            without_password("http://proxy:3128/a@b"),
-            "http://proxy:3128/a@b"
-        );
-        assert_eq!(without_password("proxy:3128"), "proxy:3128");
-        assert_eq!(without_password("u:pw@proxy:3128"), "***@proxy:3128");
+        assert_eq!(url("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(url("proxy:3128"), "proxy:3128");
+        assert_eq!(url("u:pw@proxy:3128"), "u:***@proxy:3128");
     }
 }

@@ -57,7 +57,11 @@ pub(crate) fn validate(body: &[u8], sent_id: &Value) -> Result<Answer, Violation
     };
     match obj.get("jsonrpc") {
         Some(Value::String(s)) if s == "2.0" => {}
-        Some(other) => return Err(Violation::WrongVersion(other.to_string())),
+        Some(other) => {
+            return Err(Violation::WrongVersion(toolkit_core::terminal::value(
+                &other.to_string(),
+            )));
+        }
         None => return Err(Violation::MissingVersion),
     }
     match obj.get("id") {
@@ -65,7 +69,7 @@ pub(crate) fn validate(body: &[u8], sent_id: &Value) -> Result<Answer, Violation
         Some(id) if id != sent_id => {
             return Err(Violation::WrongId {
                 sent: sent_id.to_string(),
-                got: id.to_string(),
+                got: toolkit_core::terminal::value(&id.to_string()),
             });
         }
         Some(_) => {}

@@ -100,6 +100,8 @@ fn result_of(
 
 fn rpc_error(cfg: &CheckConfig, code: i64, message: &str, data: Option<&Value>) -> String {
     let data = data.map(|d| format!(" ({})", brief(d))).unwrap_or_default();
+    // The server's words: escaped and clipped, never obeyed by the operator's terminal.
+    let message = toolkit_core::terminal::value(message);
     format!("{}: JSON-RPC error {code}: {message}{data}", cfg.method)
 }
 

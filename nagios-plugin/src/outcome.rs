@@ -3,6 +3,11 @@
 
 use plugin_api::{Perf, State};
 
+/// The longest first line's text: a few clipped values and what is said around them.
+pub(crate) const SUMMARY_CHARS: usize = 1000;
+/// The longest detail line (`-v`).
+pub(crate) const DETAIL_CHARS: usize = 2000;
+
 /// The plugin's verdict.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -27,7 +32,9 @@ impl Outcome {
         }
     }
 
-    /// `JSONRPC STATE - summary | perfdata`, then the details, one per line.
+    /// `JSONRPC STATE - summary | perfdata`, then the details, one per line. Whatever a server
+    /// put in them is inert here: control characters and bidi overrides escaped, each line
+    /// clipped ([`SUMMARY_CHARS`], [`DETAIL_CHARS`]).
     pub fn render(&self) -> String {
         // A '|' in the summary would start perfdata early; newlines would split the first line.
         let summary: String = self
@@ -39,6 +46,7 @@ impl Outcome {
                 c => c,
             })
             .collect();
+        let summary = toolkit_core::terminal::clipped(&summary, SUMMARY_CHARS);
         let mut out = format!("JSONRPC {} - {summary}", self.state);
         if !self.perfdata.is_empty() {
             out.push_str(" | ");
@@ -47,7 +55,10 @@ impl Outcome {
         }
         for line in &self.details {
             out.push('\n');
-            out.push_str(&line.replace('|', "/"));
+            out.push_str(&toolkit_core::terminal::clipped(
+                &line.replace('|', "/"),
+                DETAIL_CHARS,
+            ));
         }
         out
     }
@@ -63,5 +74,15 @@ mod tests {
         o.perfdata.push(Perf::new("time", 0.5, "s"));
         o.details.push("detail | x".into());
         assert_eq!(o.render(), "JSONRPC OK - a / b c | time=0.5s\ndetail / x");
+        let hostile = Outcome::new(
+            State::Critical,
+            format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(5000)),
+        );
+        let line = hostile.render();
+        assert!(
+            line.starts_with("JSONRPC CRITICAL - \\u{1b}]0;pwned\\u{7}xx"),
+            "{line}"
+        );
+        assert!(line.chars().count() < SUMMARY_CHARS + 40);
     }
 }

@@ -2,7 +2,7 @@
 //! on the wire as a plugin state. The complete response goes to [`crate::evaluate`].
 
 use crate::certificate;
-use crate::config::{CertDays, CheckConfig, IpFamily, without_password};
+use crate::config::{CertDays, CheckConfig, IpFamily};
 use crate::evaluate::evaluate;
 use crate::outcome::Outcome;
 use crate::tls::{TlsFileError, TlsFiles};
@@ -41,7 +41,7 @@ enum SetupError {
         url: String,
         source: ureq::http::uri::InvalidUri,
     },
-    #[error("--proxy {}: {source}", without_password(url))]
+    #[error("--proxy {}: {source}", toolkit_core::redact::url(url))]
     Proxy { url: String, source: ureq::Error },
 }
 
@@ -110,7 +110,7 @@ fn agent(
     Ok(match cfg.connect_ip {
         Some(ip) => {
             let uri: ureq::http::Uri = cfg.url.parse().map_err(|source| SetupError::Url {
-                url: without_password(&cfg.url),
+                url: toolkit_core::redact::url(&cfg.url),
                 source,
             })?;
             let https = uri.scheme_str() == Some("https");
@@ -177,7 +177,10 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
         ureq::Error::Protocol(p) => (State::Critical, format!("HTTP protocol error: {p}")),
         other => (State::Critical, other.to_string()),
     };
-    Outcome::new(state, format!("{}: {why}", without_password(&cfg.url)))
+    Outcome::new(
+        state,
+        format!("{}: {why}", toolkit_core::redact::url(&cfg.url)),
+    )
 }
 
 /// Runs the check: the call, then (with `-C`) the certificate; the worse state wins. Never
@@ -240,7 +243,7 @@ fn call(cfg: &CheckConfig, agent: &ureq::Agent) -> Outcome {
 fn exchange(cfg: &CheckConfig, agent: &ureq::Agent, details: &mut Vec<String>) -> Outcome {
     let body = cfg.request_body();
     if cfg.verbose >= 1 {
-        let url = without_password(&cfg.url);
+        let url = toolkit_core::redact::url(&cfg.url);
         details.push(format!("POST {url} {}", brief_text(&body, 500)));
     }
     let started = Instant::now();

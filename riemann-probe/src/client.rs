@@ -12,8 +12,31 @@ use std::time::{Duration, Instant};
 
 /// Riemann's UDP listener drops larger datagrams.
 pub(crate) const MAX_DATAGRAM: usize = 16 * 1024;
-/// A response larger than this is not a Riemann answer.
-const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+
+/// The most one answer may hold: its bytes, and its events. An event decodes to ~230 bytes of
+/// memory however few bytes it took on the wire (an empty one takes 2), so both are bounded:
+/// what an answer costs in memory is at most `events × 230 + bytes`, whatever the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerLimits {
+    /// Bytes of one answer.
+    pub bytes: usize,
+    /// Events in one answer.
+    pub events: usize,
+}
+
+impl AnswerLimits {
+    /// A query's answer [default]: 16 MiB, 100,000 events (~23 MB decoded): Riemann's whole index
+    /// of a busy site, not a flood.
+    pub const QUERY: Self = Self {
+        bytes: 16 << 20,
+        events: 100_000,
+    };
+    /// The acknowledgement of sent events: `{ok: true}` or an error, never events.
+    const ACK: Self = Self {
+        bytes: 1 << 20,
+        events: 0,
+    };
+}
 
 /// What went wrong talking to Riemann.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +65,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The server refused the request (`ok: false`); its error message.
-    #[error("server error: {0}")]
+    /// The server refused the request (`ok: false`); its error message (escaped and clipped
+    /// when shown: it is the server's text).
+    #[error("server error: {}", toolkit_core::terminal::value(.0))]
     Server(String),
-    /// The response was not a valid `Msg`, or its length was implausible.
+    /// The response was not a valid `Msg`.
     #[error("malformed response: {0}")]
     Decode(String),
+    /// The response was larger than the caller's [`AnswerLimits`] allow: nothing of it is kept.
+    #[error("the answer from {addr} is over the limit of {limit} (narrow the query)")]
+    TooLarge {
+        /// The address as configured (`HOST:PORT`).
+        addr: String,
+        /// Which limit: `16777216 bytes` or `100000 events`.
+        limit: String,
+    },
     /// A query was attempted over UDP, which gets no response.
     #[error("queries need TCP or TLS (UDP has no response)")]
     QueryOverUdp,
@@ -295,8 +327,10 @@ impl Client {
         })
     }
 
-    /// Sends one request and reads its acknowledgement (TCP/TLS), all within the timeout.
-    fn exchange(&mut self, msg: &Msg) -> Result<Msg, Error> {
+    /// Sends one request and reads its answer (TCP/TLS), all within the timeout; an answer
+    /// over `limits` is refused before it is decoded (its length first, then its events
+    /// counted on the wire).
+    fn exchange(&mut self, msg: &Msg, limits: AnswerLimits) -> Result<Msg, Error> {
         let deadline = Instant::now() + self.timeout;
         let deadline = self.until.map_or(deadline, |u| u.min(deadline));
         let addr = self.addr.clone();
@@ -308,13 +342,18 @@ impl Client {
         let mut len = [0u8; 4];
         read_exact_by(&mut self.conn, &addr, deadline, &mut len)?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_RESPONSE {
-            return Err(Error::Decode(format!(
-                "response length {len} is implausible"
-            )));
+        let too_large = |limit: String| Error::TooLarge {
+            addr: addr.clone(),
+            limit,
+        };
+        if len > limits.bytes {
+            return Err(too_large(format!("{} bytes", limits.bytes)));
         }
         let mut buf = vec![0u8; len];
         read_exact_by(&mut self.conn, &addr, deadline, &mut buf)?;
+        if count_events(&buf)? > limits.events {
+            return Err(too_large(format!("{} events", limits.events)));
+        }
         let resp = Msg::decode(&buf[..]).map_err(|e| Error::Decode(e.to_string()))?;
         if resp.ok == Some(false) || resp.error.is_some() {
             return Err(Error::Server(
@@ -340,19 +379,42 @@ impl Client {
             events: events.to_vec(),
             ..Default::default()
         };
-        self.exchange(&msg).map(|_| 0)
+        self.exchange(&msg, AnswerLimits::ACK).map(|_| 0)
     }
 
-    /// Runs a query (Riemann's query language) and returns the matching events.
+    /// Runs a query (Riemann's query language) and returns the matching events, within
+    /// [`AnswerLimits::QUERY`].
     pub fn query(&mut self, query: &str) -> Result<Vec<Event>, Error> {
+        self.query_within(query, AnswerLimits::QUERY)
+    }
+
+    /// Runs a query; an answer over `limits` fails with [`Error::TooLarge`], nothing decoded.
+    pub fn query_within(&mut self, query: &str, limits: AnswerLimits) -> Result<Vec<Event>, Error> {
         let msg = Msg {
             query: Some(Query {
                 string: Some(query.to_owned()),
             }),
             ..Default::default()
         };
-        self.exchange(&msg).map(|r| r.events)
+        self.exchange(&msg, limits).map(|r| r.events)
     }
+}
+
+/// How many events an encoded `Msg` holds, counted on the wire without decoding any.
+fn count_events(mut buf: &[u8]) -> Result<usize, Error> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
+    /// `Msg.events`' field number.
+    const EVENTS: u32 = 6;
+    let bad = |e: prost::DecodeError| Error::Decode(e.to_string());
+    let mut n = 0;
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(bad)?;
+        if tag == EVENTS && wire == WireType::LengthDelimited {
+            n += 1;
+        }
+        skip_field(wire, tag, &mut buf, DecodeContext::default()).map_err(bad)?;
+    }
+    Ok(n)
 }
 
 /// `events` as encoded `Msg`s of at most `MAX_DATAGRAM` bytes each, in order, and how many

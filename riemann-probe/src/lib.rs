@@ -27,7 +27,7 @@ mod probe;
 mod proto;
 mod watch;
 
-pub use client::{Client, ClientConfig, Error, TlsFiles, Transport, event_json};
+pub use client::{AnswerLimits, Client, ClientConfig, Error, TlsFiles, Transport, event_json};
 pub use event::{EventBuilder, Metric, event, hostname};
 pub use health::{HealthLimits, Thresholds};
 pub use nagios::events as nagios_events;

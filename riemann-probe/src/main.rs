@@ -324,7 +324,11 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Query { query } => {
             for e in connect()?.query(&query).context("the query failed")? {
-                println!("{}", event_json(&e));
+                // The server's strings: JSON escapes what a terminal would obey.
+                println!(
+                    "{}",
+                    toolkit_core::terminal::json(&event_json(&e).to_string())
+                );
             }
         }
         Cmd::Watch(args) => watch(args.into_config(cfg)?)?,

@@ -154,7 +154,7 @@ impl std::fmt::Debug for Settings {
             .field("listen", &self.server.listen)
             .field(
                 "database_url",
-                &crate::redact::text(&self.store.database_url),
+                &toolkit_core::redact::text(&self.store.database_url),
             )
             .field("journal", &self.store.journal)
             .field("auth_token", &self.api.auth_token.as_ref().map(|_| "<set>"))

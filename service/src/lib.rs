@@ -39,7 +39,6 @@
 // Leaves: they import nothing of the crate.
 mod atomic_file;
 pub mod doc;
-pub mod redact;
 pub mod release;
 pub mod tasks;
 
@@ -105,10 +104,10 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     let store = &settings.store;
     let resilience = store.resilience(inherited.replaces_a_server());
     let users = users::Users::open(&store.database_url, store.store_timeout, &resilience).await?;
-    tracing::info!(users = users.count(), database = %redact::text(&store.database_url), "store ready");
+    tracing::info!(users = users.count(), database = %toolkit_core::redact::text(&store.database_url), "store ready");
     let pull_stats = settings.pull.config().map(|cfg| {
         let stats = Arc::new(pull::PullStats::default());
-        tracing::info!(url = %redact::text(&cfg.url), interval = %humantime::format_duration(cfg.interval), "pulling users");
+        tracing::info!(url = %toolkit_core::redact::text(&cfg.url), interval = %humantime::format_duration(cfg.interval), "pulling users");
         users
             .tasks()
             .spawn("pull", pull::run(cfg, users.clone(), stats.clone()));

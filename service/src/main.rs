@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One message (ours carry their cause), no "Caused by:" chain, no backtrace, no
             // password from a URL it quotes.
-            let message = service::redact::text(&e.to_string());
+            let message = toolkit_core::redact::text(&e.to_string());
             eprintln!("usersvc: {message}");
             if let Ok(inherited) = &mut inherited {
                 // An upgrade or `upgrade --start` waiting for us reports this as the reason.

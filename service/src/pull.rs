@@ -87,8 +87,8 @@ pub enum PullError {
 fn fetch(cfg: &PullConfig) -> Result<Vec<(String, DocText)>, PullError> {
     // The URL may carry credentials: never in an error, a log line or /health.
     let fetch_err = |message: String| PullError::Fetch {
-        url: crate::redact::text(&cfg.url),
-        message: crate::redact::text(&message),
+        url: toolkit_core::redact::text(&cfg.url),
+        message: toolkit_core::redact::text(&message),
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -154,13 +154,13 @@ pub async fn run(cfg: PullConfig, users: Users, stats: std::sync::Arc<PullStats>
                     *e = None;
                 }
                 if n > 0 {
-                    tracing::info!(changed = n, url = %crate::redact::text(&cfg.url), "pulled users");
+                    tracing::info!(changed = n, url = %toolkit_core::redact::text(&cfg.url), "pulled users");
                 }
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                let e = crate::redact::text(&e.to_string());
-                tracing::warn!(error = %e, url = %crate::redact::text(&cfg.url), "pull failed; nothing changed");
+                let e = toolkit_core::redact::text(&e.to_string());
+                tracing::warn!(error = %e, url = %toolkit_core::redact::text(&cfg.url), "pull failed; nothing changed");
                 if let Ok(mut last) = stats.last_error.lock() {
                     *last = Some(e);
                 }

@@ -9,18 +9,15 @@ use testbed::tidy::{code, imports, names_after, place, sources};
 const LAYERS: &[(&str, &[&str])] = &[
     ("doc", &[]),
     ("atomic_file", &[]),
-    ("redact", &[]),
     ("release", &[]),
     ("tasks", &[]),
     ("store", &["doc", "atomic_file"]),
     ("users", &["store", "doc", "atomic_file", "tasks"]),
-    ("pull", &["users", "doc", "redact"]),
+    ("pull", &["users", "doc"]),
     ("metrics", &["users", "release"]),
     (
         "api",
-        &[
-            "users", "store", "pull", "metrics", "doc", "redact", "release",
-        ],
+        &["users", "store", "pull", "metrics", "doc", "release"],
     ),
 ];
 

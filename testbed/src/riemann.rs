@@ -28,6 +28,9 @@ pub enum Fault {
     /// Answer one byte every half second, forever (a frame it says is 200 bytes long): each
     /// read a client makes succeeds, the answer never ends.
     Drip,
+    /// Answer a query with `ok` and this many bytes of empty events (2 bytes each on the wire,
+    /// a few hundred each once decoded): an amplification attack on a client's memory.
+    Flood(usize),
 }
 
 /// Server-side TLS files (PEM) and the CA that must have signed client certificates.
@@ -374,6 +377,21 @@ fn serve(mut conn: impl Read + Write, state: &State) {
                 let _ = conn.write_all(&[0, 0]);
                 let _ = conn.flush();
                 return;
+            }
+            Fault::Flood(bytes) => {
+                // ok = true, then (field 6, length 0) pairs: written as it goes, never built.
+                let bytes = bytes & !1;
+                let mut head = ((bytes + 2) as u32).to_be_bytes().to_vec();
+                head.extend_from_slice(&[0x10, 0x01]);
+                let chunk = [0x32u8, 0x00].repeat(32 * 1024);
+                let mut left = bytes;
+                let mut sent = conn.write_all(&head);
+                while sent.is_ok() && left > 0 {
+                    let n = left.min(chunk.len());
+                    sent = conn.write_all(&chunk[..n]);
+                    left -= n;
+                }
+                continue;
             }
             Fault::Drip => {
                 for b in [0u8, 0, 0, 200].into_iter().chain(std::iter::repeat(0)) {

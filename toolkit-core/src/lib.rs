@@ -1,5 +1,6 @@
 //! What every tool of the toolkit does the same way, written once: the host's name
-//! ([`hostname`]), whether a `Content-Type` is JSON ([`media_type`]), a duration in a config file ([`duration`]: humantime's `500ms`, `30s`, `1m`,
+//! ([`hostname`]), text from a peer made inert before it is printed ([`terminal`]), secrets in
+//! URLs masked ([`redact`]), whether a `Content-Type` is JSON ([`media_type`]), a duration in a config file ([`duration`]: humantime's `500ms`, `30s`, `1m`,
 //! with an error that says how to write one), and a lock whose holder panicked ([`lock`]: used
 //! as it is, since every lock here guards plain data that a panic cannot leave half-changed in
 //! a way a reader would trust).
@@ -32,6 +33,8 @@ pub mod duration;
 mod host;
 mod locks;
 pub mod media_type;
+pub mod redact;
+pub mod terminal;
 
 pub use host::hostname;
 pub use locks::{lock, read, write};

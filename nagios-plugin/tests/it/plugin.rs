@@ -611,12 +611,71 @@ fn https_with_verification_a_private_ca_and_insecure() {
     );
 }
 
-/// A password in a full URL given to -u is never printed, on a failure or with -v.
+/// A password or a query value in a full URL given to -u is never printed, on a failure or
+/// with -v.
 #[test]
 fn credentials_in_the_url_stay_secret() {
-    let url = "http://user:pw-9c1e@127.0.0.1:1/";
+    let url = "http://user:pw-9c1e@127.0.0.1:1/?token=QSECRET";
     let r = check_jsonrpc(&["-u", url, "-v"], &[]);
     assert_eq!(r.code, 2, "{}", r.stdout);
-    assert!(!r.stdout.contains("pw-9c1e"), "{}", r.stdout);
-    assert!(r.stdout.contains("http://***@127.0.0.1:1/"), "{}", r.stdout);
+    for secret in ["pw-9c1e", "QSECRET"] {
+        assert!(!r.stdout.contains(secret), "{}", r.stdout);
+    }
+    assert!(
+        r.stdout.contains("http://user:***@127.0.0.1:1/?token=***"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn what_a_server_says_is_escaped_and_clipped() {
+    // An error message that would retitle and clear the operator's terminal, and reorder it.
+    let s = answering(|id| {
+        json!({"jsonrpc": "2.0", "error": {"code": -32000,
+            "message": "\u{1b}]0;pwned\u{7}\u{1b}[2J down \u{202e}txt.exe"}, "id": id})
+        .to_string()
+    });
+    let p = s.port().to_string();
+    let r = expect(
+        &["-H", "127.0.0.1", "-p", &p],
+        2,
+        "CRITICAL",
+        "JSON-RPC error -32000",
+    );
+    for c in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        assert!(
+            !r.stdout.contains(c),
+            "{c:?} reached the terminal: {:?}",
+            r.stdout
+        );
+    }
+    assert!(
+        r.first_line()
+            .contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2J down \\u{202e}txt.exe"),
+        "{}",
+        r.first_line()
+    );
+
+    // An answer whose id is 5 MB long: the first line stays a line.
+    let s = answering(|_| {
+        json!({"jsonrpc": "2.0", "result": "pong", "id": "7".repeat(5_000_000)}).to_string()
+    });
+    let p = s.port().to_string();
+    let r = plugin(&["-H", "127.0.0.1", "-p", &p, "-v"]);
+    assert_eq!(r.code, 2, "{}", r.first_line());
+    assert!(
+        r.first_line().contains("does not match"),
+        "{}",
+        r.first_line()
+    );
+    assert!(
+        r.stdout.lines().all(|l| l.chars().count() <= 2100),
+        "a line of {} characters",
+        r.stdout
+            .lines()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0)
+    );
 }

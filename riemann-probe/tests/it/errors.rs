@@ -43,3 +43,52 @@ fn a_bad_flag_is_reported_as_such_even_with_riemann_down() {
         "{err}"
     );
 }
+
+/// `riemann-probe query true` against a sink in `fault`: exit code, stderr, peak RSS (KiB).
+fn query_against(fault: testbed::riemann::Fault) -> (Option<i32>, String, u64) {
+    let sink = testbed::riemann::Sink::start();
+    sink.set_fault(fault);
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(env!("CARGO_BIN_EXE_riemann-probe"))
+        .args(["--server", &sink.tcp_addr().to_string(), "query", "true"])
+        .output()
+        .expect("/usr/bin/time (apt-get install time; make test does)");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let rss = err
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS from /usr/bin/time: {err}"));
+    (out.status.code(), err, rss)
+}
+
+#[test]
+fn a_flood_of_empty_events_is_refused_in_bounded_memory() {
+    // 8 MiB of empty events (4 million) decoded whole took 929 MB; at the 16 MiB byte cap, twice.
+    for bytes in [8 << 20, 64 << 20] {
+        let (code, err, rss_kib) = query_against(testbed::riemann::Fault::Flood(bytes));
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("over the limit of") && (err.contains("events") || err.contains("bytes")),
+            "names the cap: {err}"
+        );
+        assert!(
+            rss_kib < 100 * 1024,
+            "peak RSS {rss_kib} KiB for a {bytes}-byte flood"
+        );
+    }
+}
+
+#[test]
+fn a_server_s_error_is_shown_escaped() {
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J".to_owned() + &"x".repeat(10_000);
+    let (code, err, _) = query_against(testbed::riemann::Fault::NotOk(hostile));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    assert!(err.contains("\\u{1b}]0;pwned\\u{7}"), "{err}");
+    assert!(
+        err.lines().all(|l| l.chars().count() < 400),
+        "clipped: {err}"
+    );
+}

@@ -351,7 +351,7 @@ async fn health(State(endpoint): State<Arc<Endpoint>>) -> Response {
     let probe = tokio::time::timeout(Duration::from_secs(2), users.store().ping()).await;
     let store_error = match probe {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(crate::redact::text(&e.to_string())),
+        Ok(Err(e)) => Some(toolkit_core::redact::text(&e.to_string())),
         Err(_) => Some("store did not answer within 2s".to_owned()),
     };
     let failed_tasks = users.tasks().failed();
