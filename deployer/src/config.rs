@@ -80,6 +80,10 @@ pub struct Host {
     pub deploy_to: Option<String>,
     /// Jump hosts for this host only (`"none"`: straight there, whatever `[ssh]` says).
     pub proxy_jump: Option<String>,
+    /// The host name this host's events carry in Riemann (usersvc's `riemann_host`) [default:
+    /// its address's host name, or that name's first label]: the canary trusts only events of
+    /// the deploy's hosts.
+    pub riemann_host: Option<String>,
     /// Where and how to connect, resolved when the file is read.
     #[serde(skip)]
     reach: Reach,
@@ -492,6 +496,28 @@ pub enum SelectError {
     Address(#[from] Problem),
 }
 
+/// The names a host's events may carry: `riemann_host` when the config gives it, else each name
+/// the host is known by and, for a DNS name, its first label (usersvc's default is the
+/// machine's hostname, often the short name).
+fn event_hosts(riemann_host: Option<&str>, names: &[&str]) -> Vec<String> {
+    if let Some(h) = riemann_host {
+        return vec![h.to_owned()];
+    }
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let short = match n.parse::<std::net::IpAddr>() {
+            Ok(_) => None,
+            Err(_) => n.split('.').next(),
+        };
+        for name in std::iter::once(*n).chain(short) {
+            if !name.is_empty() && !out.iter().any(|o| o == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 fn expand_home(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), std::env::var_os("HOME")) {
         (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -517,6 +543,8 @@ pub struct Target {
     pub roles: Vec<String>,
     /// The user, key and jump hosts for this host when they are not `[ssh]`'s.
     pub route: Route,
+    /// The host names its events may carry in Riemann (`riemann_host`, else its names).
+    pub event_hosts: Vec<String>,
 }
 
 impl Config {
@@ -702,6 +730,7 @@ impl Config {
                         .unwrap_or_else(|| self.deploy_to.clone()),
                     roles: h.roles.clone(),
                     route: h.reach.route.clone(),
+                    event_hosts: event_hosts(h.riemann_host.as_deref(), &[&alias, &h.reach.host]),
                 });
             }
         }

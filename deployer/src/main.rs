@@ -27,7 +27,8 @@ shared_dirs (made when missing), shared_files (must exist in shared/ on every ho
 [ssh] user, port, identity (else the SSH agent), known_hosts (~/.ssh/known_hosts),\n    \
 proxy_jump = \"[user@]bastion[:port],…\" (jump hosts, as OpenSSH's ProxyJump),\n    \
 ssh_config = \"~/.ssh/config\" (read HostName, User, Port, IdentityFile, ProxyJump; opt-in),\n  \
-[[hosts]] address = \"host[:port]\", roles, deploy_to, proxy_jump (\"none\": direct),\n  \
+[[hosts]] address = \"host[:port]\", roles, deploy_to, proxy_jump (\"none\": direct),\n    \
+riemann_host (the name its events carry in Riemann; the canary trusts only the deploy's hosts),\n  \
 [hooks] before_publish, after_publish (run in the release directory, with $RELEASE,\n    \
 $RELEASE_PATH, $PREVIOUS_RELEASE, $DEPLOY_TO, $REVISION set; { command = \"…\", once = true }\n    \
 runs on the first host only), local_before, local_after, local_failed (run here, with\n    \

@@ -136,17 +136,23 @@ impl Hosts {
 
     /// Writes deploy.toml: `top` holds top-level keys, `tables` extra tables ([hooks], …).
     pub fn configure(&self, top: &str, tables: &str) {
+        self.configure_hosts(top, tables, &|_| String::new());
+    }
+
+    /// As [`Hosts::configure`], with `per_host(i)`'s keys in host `i`'s `[[hosts]]` table.
+    pub fn configure_hosts(&self, top: &str, tables: &str, per_host: &dyn Fn(usize) -> String) {
         let s0 = &self.servers[0];
         let mut text = format!(
             "application = \"usersvc\"\ndeploy_to = \"/unused\"\nsource = \"dist\"\n{top}\n[ssh]\nuser = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"known_hosts\"\n",
             s0.user,
             s0.identity.display()
         );
-        for (s, d) in self.servers.iter().zip(&self.deploy_dirs) {
+        for (i, (s, d)) in self.servers.iter().zip(&self.deploy_dirs).enumerate() {
             text.push_str(&format!(
-                "[[hosts]]\naddress = \"{}\"\nroles = [\"app\"]\ndeploy_to = '''{}'''\n",
+                "[[hosts]]\naddress = \"{}\"\nroles = [\"app\"]\ndeploy_to = '''{}'''\n{}",
                 s.addr,
-                d.display()
+                d.display(),
+                per_host(i)
             ));
         }
         text.push_str(tables);

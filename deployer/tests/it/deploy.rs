@@ -788,12 +788,21 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
     let (ip, user) = (&ns.inside_ip, &bastion.user);
     let identity = h.servers[0].identity.display();
+    // The bastion's entry in a file of its own, Included as users keep them.
+    let included = h.dir.path().join("ssh_config.d");
+    std::fs::create_dir_all(&included).expect("mkdir");
+    std::fs::write(
+        included.join("gateway"),
+        format!("Host gateway\n  HostName {ip}\n  Port 2200\n  User {user}\n"),
+    )
+    .expect("included file");
     std::fs::write(
         h.dir.path().join("ssh_config"),
         format!(
-            "Host app-one\n  HostName {ip}\n  Port 2201\n\nHost app-two\n  HostName {ip}\n  Port 2202\n\n\
-             Host app-*\n  ProxyJump gateway\n  User {user}\n  IdentityFile {identity}\n\n\
-             Host gateway\n  HostName {ip}\n  Port 2200\n  User {user}\n"
+            "Include {}/*\n\
+             Host app-one\n  HostName {ip}\n  Port 2201\n\nHost app-two\n  HostName {ip}\n  Port 2202\n\n\
+             Host app-*\n  ProxyJump gateway\n  User {user}\n  IdentityFile {identity}\n",
+            included.display()
         ),
     )
     .expect("ssh_config");
@@ -823,6 +832,16 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
         r.stdout.contains("app-two"),
         "hosts are named as written: {r}"
     );
+    // An included file may not route around the bastion either: refused, naming its line,
+    // before any host is reached.
+    std::fs::write(
+        included.join("zz-direct"),
+        "Host *\n  ProxyCommand nc %h %p\n",
+    )
+    .expect("write");
+    let r = common::deployer(&config, &["check"]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("zz-direct:2: ProxyCommand"), "{r}");
     drop(h);
     drop(bastion);
 }
@@ -863,6 +882,20 @@ impl Reporter {
                                 .ttl(2.0)
                                 .build(),
                         );
+                        // Anyone who can send to Riemann, vouching for whatever app0 runs
+                        // with thirty hosts' worth of perfect figures: never counted.
+                        if i == 0 {
+                            for m in 0..30 {
+                                events.push(
+                                    event(service)
+                                        .host(format!("mallory{m}"))
+                                        .attribute("revision", revision)
+                                        .metric(0.0)
+                                        .ttl(2.0)
+                                        .build(),
+                                );
+                            }
+                        }
                     }
                 }
                 // A failed send is retried on a new connection: the events keep coming.
@@ -888,12 +921,14 @@ impl Drop for Reporter {
 fn a_canary_that_does_worse_in_riemann_is_rolled_back_and_a_healthy_one_goes_on() {
     let h = Hosts::start(&[47, 48, 49]);
     let sink = testbed::riemann::Sink::start();
-    h.configure(
+    // The names the hosts' events carry (usersvc's riemann_host).
+    h.configure_hosts(
         "",
         &format!(
             "[riemann]\nserver = \"{}\"\n[canary]\ninterval = \"300ms\"\n",
             sink.tcp_addr()
         ),
+        &|i| format!("riemann_host = \"app{i}\"\n"),
     );
     let _usersvc = Reporter::start(
         sink.tcp_addr(),

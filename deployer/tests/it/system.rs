@@ -147,7 +147,8 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
         pid_files.push(shared.join("usersvc.pid"));
     }
     let servers = Servers(pid_files);
-    hosts.configure(
+    // The names usersvc's events carry (riemann_host above): the canary trusts only them.
+    hosts.configure_hosts(
         "shared_files = [\"usersvc.toml\"]",
         &format!(
             "[hooks]\nbefore_publish = [\"./bin/usersvc --version\"]\n{}\n[health]\ncommand = \"{}/bin/check_jsonrpc -H {{host}} -p {port} -m version --expect '/revision=\\\"{{revision}}\\\"'\"\nretries = 40\ninterval = \"250ms\"\ntimeout = \"5s\"\n[riemann]\nserver = \"{}\"\n[canary]\ninterval = \"500ms\"\nmin_latency = \"50ms\"\nmax_latency_ratio = 10\n",
@@ -155,6 +156,7 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
             dist.display(),
             sink.tcp_addr()
         ),
+        &|i| format!("riemann_host = \"app{}\"\n", i + 1),
     );
     // The deploy's source is what `make dist` assembled (or the broken copy of it).
     let use_source = |from: &Path| {

@@ -11,7 +11,7 @@ use crate::config::Canary;
 use crate::fleet::{Stage, each};
 use crate::health::Gate;
 use crate::stages;
-use riemann_probe::{Client, ClientConfig, Event};
+use riemann_probe::{AnswerLimits, Client, ClientConfig, Event};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -95,14 +95,15 @@ fn look(
     let Some(server) = c.cfg.riemann.as_ref().map(|r| r.server.as_str()) else {
         return Ok(());
     };
-    // The hosts watched, by name and address: their old-revision events are not "the rest".
+    // The hosts watched, by the names their events carry: only they speak for the new revision,
+    // and their old-revision events are not "the rest".
     let watched: Vec<String> = batch
         .iter()
-        .flat_map(|r| [r.host.target.name.clone(), r.host.target.host.clone()])
+        .flat_map(|r| r.host.target.event_hosts.clone())
         .collect();
     let judged = match query(server, c.settings.ssh.timeout) {
         Ok(events) => judge(
-            &sample(&events, &c.revision, &watched),
+            &sample(&events, &c.revision, &watched, &c.event_hosts),
             &c.revision,
             &c.cfg.canary,
         ),
@@ -131,13 +132,21 @@ fn stop(batch: &mut [Run], why: &str) {
 const ERRORS: &str = "usersvc errors rate";
 const LATENCY: &str = "usersvc latency p99";
 
+/// What one look may read from Riemann: two events a host of the deploy, and then some. A
+/// canary needs hundreds of events, never millions: a server (or whoever fills its index) that
+/// answers with more fails the look, rather than the operator's machine mid-deploy.
+const LOOK: AnswerLimits = AnswerLimits {
+    bytes: 4 << 20,
+    events: 10_000,
+};
+
 /// usersvc's current error-rate and latency events, as Riemann's index holds them.
 pub fn query(server: &str, timeout: Duration) -> Result<Vec<Event>, riemann_probe::Error> {
     let mut cfg = ClientConfig::tcp(server);
     cfg.timeout = timeout;
     let mut client = Client::connect(&cfg)?;
-    let mut events = client.query(&format!("service = \"{ERRORS}\""))?;
-    events.extend(client.query(&format!("service = \"{LATENCY}\""))?);
+    let mut events = client.query_within(&format!("service = \"{ERRORS}\""), LOOK)?;
+    events.extend(client.query_within(&format!("service = \"{LATENCY}\""), LOOK)?);
     Ok(events)
 }
 
@@ -158,10 +167,12 @@ pub struct Sample {
     pub old: Option<Figures>,
 }
 
-/// Splits `events` by revision: `revision`'s on one side, every other revision's on the other.
-/// Events of the hosts being watched (`watched`: their names and addresses) never count for
-/// the old side: their last old-revision events may not have expired yet.
-pub fn sample(events: &[Event], revision: &str, watched: &[String]) -> Sample {
+/// Splits `events` by revision: `revision`'s from the hosts being watched (`watched`: the names
+/// their events carry) on one side, every other revision's from the deploy's other hosts
+/// (`deployed`) on the other. Anything else is ignored: a host outside the deploy (or anyone
+/// who can send events to Riemann, naming one) cannot speak for the canary, and the watched
+/// hosts' last old-revision events, not yet expired, are not "the rest".
+pub fn sample(events: &[Event], revision: &str, watched: &[String], deployed: &[String]) -> Sample {
     let mut new: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
     let mut old = new.clone();
     for e in events {
@@ -172,8 +183,10 @@ pub fn sample(events: &[Event], revision: &str, watched: &[String]) -> Sample {
             continue;
         }
         let side = match e.attribute("revision") {
-            Some(r) if r == revision => &mut new,
-            Some(_) if !watched.contains(host) => &mut old,
+            Some(r) if r == revision && watched.contains(host) => &mut new,
+            Some(r) if r != revision && deployed.contains(host) && !watched.contains(host) => {
+                &mut old
+            }
             _ => continue,
         };
         let slot = side.entry(host.clone()).or_default();
@@ -319,7 +332,13 @@ mod tests {
             // The canary's last old-revision event, not yet expired: not part of "the others".
             ev("app1-addr", ERRORS, "old", 100.0),
         ];
-        let s = sample(&events, "new", &["app1".into(), "app1-addr".into()]);
+        let deployed = ["app1", "app1-addr", "app2", "app3"].map(String::from);
+        let s = sample(
+            &events,
+            "new",
+            &["app1".into(), "app1-addr".into()],
+            &deployed,
+        );
         let old = s.old.clone().expect("old side");
         assert_eq!(old.hosts, ["app2", "app3"]);
         assert_eq!(old.errors, Some(1.0));
@@ -346,15 +365,51 @@ mod tests {
             ev("app2", ERRORS, "old", 0.0),
             ev("app2", LATENCY, "old", 0.0001),
         ];
-        let s = sample(&events, "new", &["app1".into()]);
+        let deployed = ["app1", "app2"].map(String::from);
+        let app1 = ["app1".to_owned()];
+        let s = sample(&events, "new", &app1, &deployed);
         assert!(matches!(judge(&s, "new", &limits()), Judgement::Fine(_)));
         assert!(matches!(
-            judge(&sample(&events[..2], "new", &[]), "new", &limits()),
+            judge(
+                &sample(&events[..2], "new", &app1, &deployed),
+                "new",
+                &limits()
+            ),
             Judgement::NoOld(_)
         ));
         assert!(matches!(
-            judge(&sample(&events[2..], "new", &[]), "new", &limits()),
+            judge(
+                &sample(&events[2..], "new", &app1, &deployed),
+                "new",
+                &limits()
+            ),
             Judgement::NoNew(_)
         ));
+    }
+
+    #[test]
+    fn events_from_hosts_outside_the_deploy_are_ignored() {
+        let deployed = ["app1", "app2"].map(String::from);
+        let app1 = ["app1".to_owned()];
+        let events = [
+            ev("app1", ERRORS, "new", 9.0),
+            ev("app2", ERRORS, "old", 1.0),
+            // Anyone who can send to Riemann: a fine-looking new revision, a bad old one.
+            ev("mallory", ERRORS, "new", 0.0),
+            ev("mallory", LATENCY, "new", 0.0),
+            ev("elsewhere", ERRORS, "old", 1000.0),
+            // A host of the deploy not in the batch cannot speak for the new revision either.
+            ev("app2", LATENCY, "new", 0.0),
+        ];
+        let s = sample(&events, "new", &app1, &deployed);
+        assert_eq!(
+            s.new.as_ref().map(|f| f.hosts.clone()),
+            Some(vec!["app1".into()])
+        );
+        assert_eq!(
+            s.old.as_ref().map(|f| f.hosts.clone()),
+            Some(vec!["app2".into()])
+        );
+        assert!(matches!(judge(&s, "new", &limits()), Judgement::Worse(_)));
     }
 }

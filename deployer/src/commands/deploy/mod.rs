@@ -127,6 +127,8 @@ struct Ctx<'a> {
     /// The tree being deployed and its manifest, as the host keeps it.
     tree: Tree,
     manifest_lines: Vec<u8>,
+    /// The names every host of the deploy's events may carry in Riemann (the canary's).
+    event_hosts: Vec<String>,
 }
 
 impl Options {
@@ -217,6 +219,7 @@ pub fn deploy(
         user,
         manifest_lines: tree.manifest.to_lines(),
         tree,
+        event_hosts: targets.iter().flat_map(|t| t.event_hosts.clone()).collect(),
     };
     let local = local_hooks::Local::new(cfg, settings, targets, &c.revision);
     let (before, stop) = local.before(&c.release);
