@@ -76,6 +76,15 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
         timeout: Duration,
     },
+    /// The writes queued in the journal (--journal) and the pieces in its quarantine: list
+    /// them, put chosen ones back, or discard them
+    ///
+    /// A piece is what replay could not use: damaged bytes (named by the write ids still in
+    /// them) or a write the store refused on replay. /health says 503 while any is there.
+    Journal {
+        #[command(subcommand)]
+        action: Option<crate::journal_command::JournalAction>,
+    },
 }
 
 const UPGRADE_HELP: &str = "\

@@ -52,6 +52,7 @@ pub mod users;
 
 pub mod config;
 mod import;
+pub mod journal_command;
 #[cfg(test)]
 mod tidy;
 

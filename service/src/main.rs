@@ -53,6 +53,12 @@ fn run(
             println!("imported {n} users from {}", file.display());
             Ok(())
         }
+        Command::Journal { action } => {
+            let action = action.unwrap_or(service::journal_command::JournalAction::List);
+            let out = service::journal_command::run(&settings.store.journal, &action)?;
+            println!("{out}");
+            Ok(())
+        }
         Command::Upgrade { start, timeout } => {
             let done = runtime.block_on(service::upgrade(
                 settings.server.pid_file.as_deref(),

@@ -355,11 +355,13 @@ async fn health(State(endpoint): State<Arc<Endpoint>>) -> Response {
         Err(_) => Some("store did not answer within 2s".to_owned()),
     };
     let failed_tasks = users.tasks().failed();
-    let ok = store_error.is_none() && !d.degraded() && failed_tasks.is_empty();
     let stats = users.stats();
+    // Acknowledged writes that cannot be replayed wait for an operator: a state Nagios alerts on.
+    let quarantined = stats.quarantined.load(Ordering::Relaxed);
+    let ok = store_error.is_none() && !d.degraded() && failed_tasks.is_empty() && quarantined == 0;
     let mut body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
-        "store": if ok { "ok" } else { "degraded" },
+        "store": if store_error.is_none() && !d.degraded() { "ok" } else { "degraded" },
         "breaker": d.breaker.as_str(),
         "journal_depth": d.journal_depth,
         "users": users.count(),
@@ -372,6 +374,13 @@ async fn health(State(endpoint): State<Arc<Endpoint>>) -> Response {
     });
     if !failed_tasks.is_empty() {
         body["failed_tasks"] = failed_tasks.into();
+    }
+    if quarantined > 0 {
+        body["quarantine"] = serde_json::json!({
+            "records": quarantined,
+            "file": crate::store::quarantine_path(users.journal_path()).display().to_string(),
+            "what_to_do": "usersvc journal lists them; usersvc journal requeue N puts one back (with the server stopped)",
+        });
     }
     if d.handover {
         body["journal"] = "waiting for the previous server to release it".into();

@@ -2,15 +2,19 @@
 //! records, each fsync'd before the client is told its write is queued.
 //!
 //! Frame: `len: u32 BE | crc32(payload): u32 BE | payload (len bytes, JSON)`. A crash mid-append
-//! leaves a short or mismatching last frame: reading stops there, reports it, and keeps the
-//! intact prefix.
+//! leaves a short or mismatching last frame. A damaged frame costs only itself: reading goes on
+//! at the next offset where a frame's header and checksum verify and its payload is a record
+//! (`{"write_id":"`; a record's JSON holds no NUL, a frame header of any record does, so no false
+//! start can hide inside a record), and the damaged bytes in between are one unusable piece.
 //!
 //! One owner at a time: a process appends to, replays or rewrites a journal only while it holds
 //! the exclusive lock on `<journal>.lock` ([`Owner`], which also records its pid for the message
-//! a second server gets). Nothing read is dropped silently: a record that cannot be used (it does
-//! not decode, or the framing from it on is damaged) is moved, bytes intact, into
-//! `<journal>.quarantine` (same framing, one frame per unusable piece) before the journal is
-//! rewritten without it.
+//! a second server gets). The lock is only as good as the directory: one that other users can
+//! write (and is not sticky) or that another user owns is refused, since anyone who can rename
+//! the lock file aside can take the journal. Nothing read is dropped silently: a piece that
+//! cannot be used (damaged bytes, a record that does not decode, one replay could not apply) is
+//! moved, bytes intact, into `<journal>.quarantine` (same framing, one frame per piece) before
+//! the journal is rewritten without it, and every write id found in it is logged.
 
 use crate::atomic_file;
 use crate::doc::DocText;
@@ -46,7 +50,7 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Unique per write (UUIDv7): replay records it with the write, so it is applied once.
-    /// First field: a record that no longer decodes is still named by it (`write_id_of`).
+    /// First field: a record that no longer decodes is still named by it (`write_ids_in`).
     pub write_id: String,
     pub op: Op,
 }
@@ -67,15 +71,21 @@ pub enum JournalError {
     Held { path: PathBuf, pid: Option<u32> },
     #[error("journal {}: this server does not own it (yet)", .0.display())]
     NotOwned(PathBuf),
+    #[error(
+        "the journal's directory {} is {why}: another user could take the journal (move its lock aside, or replace it); use a directory only this user can write (chmod go-w), such as the service's own under /var/lib",
+        dir.display()
+    )]
+    UnsafeDirectory { dir: PathBuf, why: String },
 }
 
 /// A piece of the journal that could not be used, moved to the quarantine file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bad {
-    pub offset: u64,
+    /// Where it was in the journal (`None`: a record replay could not apply).
+    pub offset: Option<u64>,
     pub reason: String,
-    /// The write id, when the record still names one.
-    pub write_id: Option<String>,
+    /// Every write id the piece still names.
+    pub write_ids: Vec<String>,
     pub bytes: Vec<u8>,
 }
 
@@ -84,8 +94,7 @@ pub struct Bad {
 pub struct Contents {
     /// Every record that decodes, in order.
     pub entries: Vec<Entry>,
-    /// What could not be used: undecodable records (reading goes on after them) and, last, a
-    /// damaged tail (reading stops there: the framing after it cannot be trusted).
+    /// What could not be used: damaged pieces and records that do not decode, in file order.
     pub bad: Vec<Bad>,
 }
 
@@ -108,11 +117,45 @@ pub fn quarantine_path(journal: &Path) -> PathBuf {
     beside(journal, ".quarantine")
 }
 
+/// Refuses a journal directory another user could write, or that another user owns (they could
+/// make it writable): whoever can rename `<journal>.lock` aside can start a second server on the
+/// same journal, and whoever can create files there can plant records in it.
+fn check_directory(journal: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match journal.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|source| JournalError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if meta.uid() != me && meta.uid() != 0 {
+        Some(format!("owned by uid {}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by other users (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(JournalError::UnsafeDirectory {
+            dir: dir.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Owner {
     /// Takes the journal's lock without waiting: `Held` (with the holder's pid) when another
-    /// process has it.
+    /// process has it; `UnsafeDirectory` when the lock could be taken from under it.
     pub fn acquire(journal: &Path) -> Result<Self, JournalError> {
         use nix::fcntl::{Flock, FlockArg};
+        check_directory(journal)?;
         let path = beside(journal, ".lock");
         let io = |source| JournalError::Io {
             path: path.clone(),
@@ -159,7 +202,7 @@ pub struct Journal {
     _owner: Owner,
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
@@ -171,51 +214,103 @@ fn encode(entry: &Entry) -> Vec<u8> {
     frame(&serde_json::to_vec(entry).unwrap_or_default())
 }
 
-/// The write id a record names, read from its text (it is the first field), so that a record
-/// too broken to decode is still logged by it.
-fn write_id_of(payload: &[u8]) -> Option<String> {
-    let rest = payload.strip_prefix(br#"{"write_id":""#)?;
-    let end = rest.iter().take(64).position(|&b| b == b'"')?;
-    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+/// How a record's payload starts: `Entry`'s first field.
+const RECORD_START: &[u8] = br#"{"write_id":""#;
+
+/// Every write id named in `bytes` (a record, or a damaged piece holding several), read from
+/// the text: a record too broken to decode is still logged by them.
+pub(crate) fn write_ids_in(bytes: &[u8]) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut rest = bytes;
+    while let Some(at) = rest
+        .windows(RECORD_START.len())
+        .position(|w| w == RECORD_START)
+    {
+        rest = &rest[at + RECORD_START.len()..];
+        if let Some(end) = rest.iter().take(64).position(|&b| b == b'"')
+            && let Ok(id) = std::str::from_utf8(&rest[..end])
+        {
+            ids.push(id.to_owned());
+        }
+    }
+    ids
 }
 
-/// The frames of a file: each intact payload with its offset, then the damage (its offset and
-/// why) that stopped the walk, if any.
+/// The payload of the frame at `at`, when its header is plausible, its payload inside `bytes`
+/// and its checksum verifies.
+fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    let head = bytes.get(at..at.checked_add(8)?)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_FRAME {
+        return None;
+    }
+    let payload = bytes.get(at + 8..at + 8 + len as usize)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// Why no frame verifies at `at`.
+fn damage_at(bytes: &[u8], at: usize) -> String {
+    let Some(head) = bytes.get(at..at + 8) else {
+        return format!("{} stray bytes (an append cut short)", bytes.len() - at);
+    };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    if len > MAX_FRAME {
+        format!("frame length {len} is implausible")
+    } else if bytes.len() < at + 8 + len as usize {
+        "record is cut short (crash mid-append, or a damaged length)".into()
+    } else {
+        "checksum mismatch".into()
+    }
+}
+
+/// The next offset after `at` where a record's frame verifies; the end when there is none.
+fn resync(bytes: &[u8], at: usize) -> usize {
+    (at + 1..bytes.len())
+        .find(|&i| {
+            bytes
+                .get(i + 8..)
+                .is_some_and(|p| p.starts_with(RECORD_START))
+                && frame_at(bytes, i).is_some()
+        })
+        .unwrap_or(bytes.len())
+}
+
+/// The frames of a file: each intact payload with its offset, and each damaged piece (its
+/// start, end and why) that reading skipped.
 struct Frames<'a> {
     records: Vec<(usize, &'a [u8])>,
-    damage: Option<(usize, String)>,
+    damage: Vec<(usize, usize, String)>,
+}
+
+/// The payloads of a file of frames (the quarantine's: one piece a frame), in order.
+pub(super) fn payloads(bytes: &[u8]) -> Vec<&[u8]> {
+    frames(bytes).records.into_iter().map(|(_, p)| p).collect()
 }
 
 fn frames(bytes: &[u8]) -> Frames<'_> {
     let mut out = Frames {
         records: Vec::new(),
-        damage: None,
+        damage: Vec::new(),
     };
     let mut at = 0usize;
     while at < bytes.len() {
-        let Some(head) = bytes.get(at..at + 8) else {
-            let why = format!("{} stray bytes (an append cut short)", bytes.len() - at);
-            out.damage = Some((at, why));
-            break;
-        };
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if len > MAX_FRAME {
-            out.damage = Some((at, format!("frame length {len} is implausible")));
-            break;
+        if let Some(payload) = frame_at(bytes, at) {
+            out.records.push((at, payload));
+            at += 8 + payload.len();
+        } else {
+            let next = resync(bytes, at);
+            out.damage.push((at, next, damage_at(bytes, at)));
+            at = next;
         }
-        let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else {
-            out.damage = Some((at, "last record is cut short (crash mid-append)".into()));
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            out.damage = Some((at, "checksum mismatch".into()));
-            break;
-        }
-        out.records.push((at, payload));
-        at += 8 + len as usize;
     }
     out
+}
+
+/// What reading meets at an offset: a record's payload, or damaged bytes up to an end, and why.
+enum Piece<'a> {
+    Record(&'a [u8]),
+    Damaged(usize, String),
 }
 
 /// Reads every record: those that decode, in order, and what could not be used.
@@ -232,24 +327,35 @@ pub fn read(path: &Path) -> Result<Contents, JournalError> {
     };
     let Frames { records, damage } = frames(&bytes);
     let mut contents = Contents::default();
-    for (at, payload) in records {
-        match serde_json::from_slice(payload) {
-            Ok(e) => contents.entries.push(e),
-            Err(e) => contents.bad.push(Bad {
-                offset: at as u64,
-                reason: format!("record does not decode: {e}"),
-                write_id: write_id_of(payload),
-                bytes: payload.to_vec(),
+    // In file order: records and damaged pieces interleave.
+    let mut pieces: Vec<(usize, Piece)> = records
+        .into_iter()
+        .map(|(at, payload)| (at, Piece::Record(payload)))
+        .chain(
+            damage
+                .into_iter()
+                .map(|(at, end, why)| (at, Piece::Damaged(end, why))),
+        )
+        .collect();
+    pieces.sort_by_key(|(at, _)| *at);
+    for (at, piece) in pieces {
+        match piece {
+            Piece::Record(payload) => match serde_json::from_slice(payload) {
+                Ok(e) => contents.entries.push(e),
+                Err(e) => contents.bad.push(Bad {
+                    offset: Some(at as u64),
+                    reason: format!("record does not decode: {e}"),
+                    write_ids: write_ids_in(payload),
+                    bytes: payload.to_vec(),
+                }),
+            },
+            Piece::Damaged(end, reason) => contents.bad.push(Bad {
+                offset: Some(at as u64),
+                reason,
+                write_ids: write_ids_in(&bytes[at..end]),
+                bytes: bytes[at..end].to_vec(),
             }),
         }
-    }
-    if let Some((at, reason)) = damage {
-        contents.bad.push(Bad {
-            offset: at as u64,
-            reason,
-            write_id: None,
-            bytes: bytes[at..].to_vec(),
-        });
     }
     Ok(contents)
 }
@@ -290,6 +396,24 @@ impl Journal {
         Ok(entries)
     }
 
+    /// Moves records replay could not apply (each with why) into quarantine, bytes as they were
+    /// journaled: never dropped. The caller rewrites the journal without them afterwards.
+    pub fn quarantine_unapplied(
+        &mut self,
+        unapplied: &[(Entry, String)],
+    ) -> Result<(), JournalError> {
+        let bad: Vec<Bad> = unapplied
+            .iter()
+            .map(|(e, why)| Bad {
+                offset: None,
+                reason: why.clone(),
+                write_ids: vec![e.write_id.clone()],
+                bytes: serde_json::to_vec(e).unwrap_or_default(),
+            })
+            .collect();
+        self.quarantine(&bad)
+    }
+
     fn quarantine(&mut self, bad: &[Bad]) -> Result<(), JournalError> {
         let path = quarantine_path(&self.path);
         let bytes: Vec<u8> = bad.iter().flat_map(|b| frame(&b.bytes)).collect();
@@ -304,11 +428,16 @@ impl Journal {
                 source,
             })?;
         for b in bad {
+            let ids = if b.write_ids.is_empty() {
+                "none found".to_owned()
+            } else {
+                b.write_ids.join(",")
+            };
             tracing::error!(
-                journal = %self.path.display(), quarantine = %path.display(), offset = b.offset,
-                bytes = b.bytes.len(), write_id = b.write_id.as_deref().unwrap_or("unknown"),
-                reason = %b.reason,
-                "journal record cannot be replayed: moved to quarantine, bytes intact"
+                journal = %self.path.display(), quarantine = %path.display(),
+                offset = b.offset.map_or_else(|| "-".to_owned(), |o| o.to_string()),
+                bytes = b.bytes.len(), write_ids = %ids, reason = %b.reason,
+                "journal record cannot be replayed: moved to quarantine, bytes intact (usersvc journal lists it)"
             );
         }
         self.quarantined += bad.len() as u64;
@@ -405,19 +534,19 @@ mod tests {
         assert_eq!(entries, vec![put(0), put(1)]);
         assert!(damage[0].contains("cut short"), "{damage:?}");
 
-        // Flip a byte inside the second record's payload.
+        // Flip a byte inside the second record's payload: it alone is lost to the reading.
         let mut bad = full.clone();
         let second = encode(&put(0)).len() + 8 + 3;
         bad[second] ^= 0xff;
         std::fs::write(&path, &bad).expect("write");
         let (entries, damage) = read_back(&path);
-        assert_eq!(entries, vec![put(0)]);
+        assert_eq!(entries, vec![put(0), put(2)]);
         assert!(damage[0].contains("checksum"), "{damage:?}");
 
-        // Rewrite keeps the intact prefix and appends continue after it.
+        // Rewrite keeps the intact records and appends continue after them.
         j.rewrite(&entries).expect("rewrite");
         j.append_all(&[put(9)]).expect("append");
-        assert_eq!(read_back(&path).0, vec![put(0), put(9)]);
+        assert_eq!(read_back(&path).0, vec![put(0), put(2), put(9)]);
         j.rewrite(&[]).expect("empty");
         assert_eq!(read_back(&path), (vec![], vec![]));
     }
@@ -464,6 +593,26 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        for mode in [0o777, 0o1777, 0o775] {
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            match Owner::acquire(&shared.join("j")) {
+                Err(e @ JournalError::UnsafeDirectory { .. }) => {
+                    assert!(e.to_string().contains("writable by other users"), "{e}");
+                }
+                other => panic!("mode {mode:o}: {other:?}"),
+            }
+        }
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Owner::acquire(&shared.join("j")).expect("a private directory");
+    }
+
+    #[test]
     fn an_undecodable_record_is_quarantined_and_the_others_kept() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("j");
@@ -477,7 +626,7 @@ mod tests {
         // Moved, bytes intact: the quarantine holds exactly that frame.
         let q = std::fs::read(quarantine_path(&path)).expect("quarantine");
         assert_eq!(q, frame(odd));
-        assert_eq!(write_id_of(odd).as_deref(), Some("w-odd"));
+        assert_eq!(write_ids_in(odd), ["w-odd"]);
         // The journal no longer holds it; a damaged tail goes to quarantine too.
         let mut again = std::fs::read(&path).expect("journal");
         again.extend_from_slice(b"\x00\x00");
@@ -509,13 +658,22 @@ mod tests {
         (entries, bytes, ends)
     }
 
-    /// How many whole frames lie before `offset`: the prefix that damage there must leave.
-    fn intact_before(ends: &[usize], offset: usize) -> usize {
-        ends.iter().take_while(|&&end| end <= offset).count()
+    /// The entries whose frames `bad` holds unchanged, whole and in place: what reading a
+    /// damaged copy of `bytes` must give back.
+    fn untouched(entries: &[Entry], ends: &[usize], bytes: &[u8], bad: &[u8]) -> Vec<Entry> {
+        let mut start = 0;
+        let mut out = Vec::new();
+        for (e, &end) in entries.iter().zip(ends) {
+            if bad.get(start..end) == Some(&bytes[start..end]) {
+                out.push(e.clone());
+            }
+            start = end;
+        }
+        out
     }
 
     #[test]
-    fn damage_at_any_offset_keeps_exactly_the_intact_prefix() {
+    fn damage_costs_only_the_records_it_touches() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("prop");
         let (entries, bytes, ends) = sample();
@@ -523,33 +681,35 @@ mod tests {
         for cut in 0..=bytes.len() {
             std::fs::write(&path, &bytes[..cut]).expect("write");
             let (got, damage) = read_back(&path);
-            let keep = intact_before(&ends, cut);
-            assert_eq!(got, entries[..keep], "cut at {cut}");
+            assert_eq!(
+                got,
+                untouched(&entries, &ends, &bytes, &bytes[..cut]),
+                "cut at {cut}"
+            );
             assert_eq!(
                 damage.is_empty(),
                 cut == 0 || ends.contains(&cut),
                 "cut at {cut}"
             );
         }
-        // Every byte flipped, with three masks: nothing from the damaged frame on is trusted
-        // (a flip inside a payload that still decodes is caught by the checksum).
+        // Every byte flipped, with three masks: the record holding it is lost to the reading
+        // (a flip inside a payload that still decodes is caught by the checksum), every other
+        // one is read.
         for at in 0..bytes.len() {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bad = bytes.clone();
                 bad[at] ^= mask;
                 std::fs::write(&path, &bad).expect("write");
                 let (got, damage) = read_back(&path);
-                assert_eq!(
-                    got,
-                    entries[..intact_before(&ends, at)],
-                    "flip {mask:#x} at {at}"
-                );
-                assert!(!damage.is_empty(), "flip {mask:#x} at {at} not reported");
+                let want = untouched(&entries, &ends, &bytes, &bad);
+                assert_eq!(want.len(), entries.len() - 1, "flip {mask:#x} at {at}");
+                assert_eq!(got, want, "flip {mask:#x} at {at}");
+                assert_eq!(damage.len(), 1, "flip {mask:#x} at {at}: {damage:?}");
             }
         }
-        // Random damage (several flips, then maybe a cut), from a fixed seed: the first damaged
-        // offset decides the prefix; the repaired journal takes appends again, and every byte
-        // not kept is in the quarantine.
+        // Random damage (several flips, then maybe a cut), from a fixed seed: exactly the
+        // untouched records are kept; the repaired journal takes appends again, and every byte
+        // not kept is in the quarantine, with each write id it names logged.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |n: usize| {
             seed ^= seed << 13;
@@ -566,26 +726,51 @@ mod tests {
             if next(2) == 0 {
                 bad.truncate(next(bad.len() + 1));
             }
-            // Two flips of one byte can cancel out: compare rather than remember.
-            let first = (0..bad.len())
-                .find(|&i| bad[i] != bytes[i])
-                .unwrap_or(bad.len());
             let _ = std::fs::remove_file(quarantine_path(&path));
             std::fs::write(&path, &bad).expect("write");
-            let keep = intact_before(&ends, first);
+            let keep = untouched(&entries, &ends, &bytes, &bad);
+            let kept_bytes: usize = keep.iter().map(|e| encode(e).len()).sum();
             let mut j = owned(&path);
-            assert_eq!(j.depth(), keep, "round {round}");
-            let kept_bytes = ends.get(keep.wrapping_sub(1)).copied().unwrap_or(0);
+            assert_eq!(j.depth(), keep.len(), "round {round}");
             let quarantined = std::fs::read(quarantine_path(&path)).unwrap_or_default();
             let pieces = frames(&quarantined).records;
             assert_eq!(
                 pieces.iter().map(|(_, p)| p.len()).sum::<usize>(),
-                bad.len() - kept_bytes.min(bad.len()),
+                bad.len() - kept_bytes,
                 "round {round}: every byte not kept is quarantined"
             );
             j.append_all(&[put(99)]).expect("append");
             let (after, damage) = read_back(&path);
-            assert_eq!((after.len(), damage), (keep + 1, vec![]), "round {round}");
+            assert_eq!(
+                (after.len(), damage),
+                (keep.len() + 1, vec![]),
+                "round {round}"
+            );
         }
+    }
+
+    #[test]
+    fn ten_queued_writes_with_a_bit_flipped_in_the_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j");
+        let all: Vec<Entry> = (0..10).map(put).collect();
+        let mut bytes: Vec<u8> = all.iter().flat_map(encode).collect();
+        bytes[40] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("write");
+        let mut j = owned(&path);
+        assert_eq!(
+            j.pending().expect("pending"),
+            all[1..].to_vec(),
+            "9 replayable"
+        );
+        assert_eq!(j.quarantined(), 1);
+        let q = std::fs::read(quarantine_path(&path)).expect("quarantine");
+        let pieces = frames(&q).records;
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(
+            write_ids_in(pieces[0].1),
+            ["w0"],
+            "the damaged record is named"
+        );
     }
 }

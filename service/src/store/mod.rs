@@ -6,9 +6,10 @@
 
 pub(crate) mod journal;
 pub mod local_copy;
+pub(crate) mod quarantine;
 pub mod writer;
 
-pub use journal::JournalError;
+pub use journal::{JournalError, quarantine_path};
 
 use crate::doc::{Entry, Record, WriteDoc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

@@ -7,7 +7,7 @@ use super::snapshot::Unsaved;
 use super::state::{MAX_BATCH, Shared, UserError, change_of};
 use crate::doc::now;
 use crate::store::StoreError;
-use crate::store::journal::JournalError;
+use crate::store::journal::{Entry, JournalError};
 use crate::store::local_copy::{self, CopyError, CopyState};
 use crate::store::writer::{Applied, Change, Writer};
 use std::sync::atomic::Ordering;
@@ -121,6 +121,19 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
             .ok_or_else(not_owned)?
             .rewrite(rest)
     };
+    let quarantine = |unapplied: &[(Entry, String)]| -> Result<(), JournalError> {
+        if unapplied.is_empty() {
+            return Ok(());
+        }
+        let mut journal = lock(&shared.journal);
+        let journal = journal.as_mut().ok_or_else(not_owned)?;
+        journal.quarantine_unapplied(unapplied)?;
+        shared
+            .stats
+            .quarantined
+            .store(journal.quarantined(), Ordering::Relaxed);
+        Ok(())
+    };
     let mut replayed = 0;
     for (n, chunk) in entries.chunks(MAX_BATCH).enumerate() {
         let updated_at = now();
@@ -135,9 +148,16 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
                 return Err(e.into());
             }
         };
+        let mut unapplied = Vec::new();
         for (entry, outcome) in chunk.iter().zip(outcomes) {
-            replayed += usize::from(settle_replayed(shared, entry, &updated_at, outcome));
+            match settle_replayed(shared, entry, &updated_at, outcome) {
+                Ok(applied) => replayed += usize::from(applied),
+                Err(why) => unapplied.push((entry.clone(), why)),
+            }
         }
+        // Into quarantine before the journal forgets them: a record is always in one of the two
+        // (a crash in between quarantines it twice, never not at all).
+        quarantine(&unapplied)?;
     }
     rewrite(&[])?;
     // Nothing can replay them again: their records go with the next batch.
@@ -145,23 +165,25 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
     Ok(replayed)
 }
 
-/// One replayed write's outcome into the snapshot and the counters; whether it was applied now.
+/// One replayed write's outcome into the snapshot and the counters: whether it was applied now,
+/// or why it cannot be (the caller quarantines it). Only the write id and the error are logged,
+/// never the document.
 fn settle_replayed(
     shared: &Shared,
-    entry: &crate::store::journal::Entry,
+    entry: &Entry,
     updated_at: &str,
     outcome: Result<Applied, crate::store::StoreError>,
-) -> bool {
+) -> Result<bool, String> {
     let settled = match outcome {
         // An earlier attempt committed it (its answer was lost): the caller reloads.
-        Ok(Applied::AlreadyApplied) => return false,
+        Ok(Applied::AlreadyApplied) => return Ok(false),
         Ok(applied) => shared.settle(&entry.op, updated_at, applied),
         Err(e) => Err(UserError::from(e)),
     };
     match settled {
         Ok(_) => {
             shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
-            true
+            Ok(true)
         }
         Err(e) => {
             // What the queued writes were checked against did not hold (another instance
@@ -171,11 +193,12 @@ fn settle_replayed(
                 .stats
                 .replay_conflicts
                 .fetch_add(1, Ordering::Relaxed);
+            let why = format!("replay could not apply it: {e}");
             tracing::error!(
-                write_id = %entry.write_id, op = ?entry.op, error = %e,
-                "queued write could not be applied on replay"
+                write_id = %entry.write_id, error = %e,
+                "queued write could not be applied on replay: moved to quarantine"
             );
-            false
+            Err(why)
         }
     }
 }

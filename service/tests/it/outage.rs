@@ -178,8 +178,9 @@ fn a_journal_cut_short_replays_its_intact_prefix() {
     let bytes = std::fs::read(&journal).expect("journal exists");
     std::fs::write(&journal, &bytes[..bytes.len() - 7]).expect("truncate");
     pg.restart();
-    s.start_again();
-    s.expect_log("last record is cut short");
+    // Serving, and telling Nagios that a queued write is in quarantine.
+    s.start_again_with_health(503);
+    s.expect_log("record is cut short");
     // Moved aside, bytes intact, not dropped.
     let quarantined =
         std::fs::read(s.dir().join("usersvc.journal.quarantine")).expect("quarantine");
@@ -245,12 +246,14 @@ fn a_conflict_found_on_replay_is_reported_not_dropped_silently() {
         (json!(0), json!(1)),
         "{h}"
     );
-    assert!(
-        s.log()
-            .contains("queued write could not be applied on replay"),
-        "{}",
-        s.log()
-    );
+    // Quarantined, never dropped: logged by its write id, its document kept out of the log.
+    assert_eq!(h["quarantined"], 1, "{h}");
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("queued write could not be applied on replay: moved to quarantine"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("write_id") && !line.contains("doc"), "{line}");
     let (rev, doc) = stored(&pg, "x");
     assert_eq!((rev, doc["v"].clone()), (2, json!(0)));
 }
@@ -409,7 +412,7 @@ fn shutdown_finishes_the_writes_it_took_without_opening_the_breaker() {
 }
 
 #[test]
-fn a_journal_with_a_flipped_byte_replays_the_records_before_it() {
+fn a_flipped_byte_costs_only_the_record_it_is_in() {
     let mut pg = Postgres::start();
     let (mut s, journal) = killed_with_queued_writes(&mut pg, 6);
     // Damage inside the third record's payload: records 1 and 2 are intact, 3..5 are not trusted.
@@ -424,10 +427,103 @@ fn a_journal_with_a_flipped_byte_replays_the_records_before_it() {
     bytes[first + second_len + 8 + 8 + 10] ^= 0x01;
     std::fs::write(&journal, &bytes).expect("damage");
     pg.restart();
-    s.start_again();
+    s.start_again_with_health(503);
     s.expect_log("checksum mismatch");
+    // n = 1, 2, 4 and 5 applied: the reading resynchronised after the damaged third record.
     let (rev, doc) = stored(&pg, "seq");
-    assert_eq!((rev, doc["n"].clone()), (3, json!(2)));
+    assert_eq!((rev, doc["n"].clone()), (5, json!(5)));
+    assert_eq!(s.get("/health").json()["quarantined"], 1);
+}
+
+#[test]
+fn ten_queued_writes_with_one_bit_flipped_in_the_first() {
+    let mut pg = Postgres::start();
+    let (mut s, journal) = killed_with_queued_writes(&mut pg, 11);
+    let mut bytes = std::fs::read(&journal).expect("journal exists");
+    bytes[78] ^= 0x10;
+    std::fs::write(&journal, &bytes).expect("damage");
+    pg.restart();
+    s.start_again_with_health(503);
+    let (rev, doc) = stored(&pg, "seq");
+    assert_eq!((rev, doc["n"].clone()), (10, json!(10)), "9 of 10 replayed");
+    let health = s.get("/health");
+    assert_eq!(health.status, 503, "{}", health.text());
+    let h = health.json();
+    assert_eq!(
+        (
+            h["status"].clone(),
+            h["store"].clone(),
+            h["quarantine"]["records"].clone()
+        ),
+        (json!("degraded"), json!("ok"), json!(1)),
+        "{h}"
+    );
+    // The write id of the damaged record is logged, and `usersvc journal` shows the piece.
+    let usersvc = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
+            .args(["--journal", journal.to_str().expect("utf-8")])
+            .args(args)
+            .output()
+            .expect("usersvc journal");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, listed) = usersvc(&["journal"]);
+    assert_eq!(code, Some(0), "{listed}");
+    assert!(
+        listed.contains("0 write(s) queued")
+            && listed.contains("1 piece(s)")
+            && listed.contains("#1"),
+        "{listed}"
+    );
+    let ids = listed
+        .lines()
+        .find(|l| l.contains("#1"))
+        .expect("piece line")
+        .to_owned();
+    let id = ids.rsplit(' ').next().expect("a write id").to_owned();
+    s.expect_log(&id);
+    // Changing the quarantine needs the journal: refused while the server runs, naming it.
+    let (code, said) = usersvc(&["journal", "discard", "1"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("in use by another usersvc"), "{said}");
+    s.terminate();
+    let (code, said) = usersvc(&["journal", "requeue", "1"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("only discarded"),
+        "damaged bytes cannot be replayed: {said}"
+    );
+    let (code, said) = usersvc(&["journal", "discard", "1"]);
+    assert_eq!(code, Some(0), "{said}");
+    s.start_again();
+    assert_eq!(s.get("/health").json()["status"], "ok");
+}
+
+#[test]
+fn a_journal_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Usersvc::start();
+    let open = s.dir().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usersvc"))
+        .args(["--listen", "127.0.0.1:0", "--database-url"])
+        .arg(format!("sqlite://{}/other.db", s.dir().display()))
+        .arg("--journal")
+        .arg(open.join("usersvc.journal"))
+        .output()
+        .expect("usersvc");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writable by other users")
+            && err.contains("another user could take the journal"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -445,7 +541,7 @@ fn an_undecodable_record_is_quarantined_and_the_records_around_it_replayed() {
     let damaged = [&bytes[..one], &frame[..], &bytes[two..]].concat();
     std::fs::write(&journal, &damaged).expect("damage");
     pg.restart();
-    s.start_again();
+    s.start_again_with_health(503);
     // n = 1 and n = 3 applied, in order: rev 1 (n = 0) + 2.
     let (rev, doc) = stored(&pg, "seq");
     assert_eq!((rev, doc["n"].clone()), (3, json!(3)));
