@@ -37,7 +37,8 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
         .map(|(id, doc)| WriteDoc::owned(id, doc.into_string(), now.clone()))
         .collect();
     let done = if store.is_shared() {
-        let budget = writer::budget(store.timeout(), writes.len());
+        let bytes = writes.iter().map(|w| w.json.len()).sum();
+        let budget = writer::budget(store.timeout(), writes.len(), bytes);
         crate::store::bounded(budget, copy_into_postgres(store.url(), &writes)).await
     } else {
         upsert_through_writer(&store, writes).await

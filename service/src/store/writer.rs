@@ -37,6 +37,15 @@ impl Change {
             _ => 1,
         }
     }
+
+    /// The bytes of JSON it writes: what its time budget grows with, beside its count.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Change::Put { doc, .. } => doc.json.len(),
+            Change::PutMany(docs) | Change::Import(docs) => docs.iter().map(|d| d.json.len()).sum(),
+            Change::Delete { id, .. } => id.len(),
+        }
+    }
 }
 
 /// What one write did.
@@ -70,12 +79,16 @@ pub struct Writer {
 
 /// A batch this large (in documents) gets more time than `timeout`, which is sized for a few.
 const DOCS_PER_TIMEOUT: usize = 1000;
+/// And so does one this large in bytes: a batch of a few 1 MiB documents is not a few small ones.
+const BYTES_PER_TIMEOUT: usize = 1 << 20;
 /// Acknowledged write ids are pruned once this many have gathered.
 const FORGET_EVERY: usize = 256;
 
-/// The time a write of `docs` documents gets: `timeout` per thousand.
-pub(crate) fn budget(timeout: Duration, docs: usize) -> Duration {
-    timeout * (1 + (docs / DOCS_PER_TIMEOUT) as u32)
+/// The time a write of `docs` documents and `bytes` of JSON gets: `timeout`, and `timeout` again
+/// per thousand documents and per MiB.
+pub(crate) fn budget(timeout: Duration, docs: usize, bytes: usize) -> Duration {
+    let extra = docs / DOCS_PER_TIMEOUT + bytes / BYTES_PER_TIMEOUT;
+    timeout.saturating_mul(u32::try_from(1 + extra).unwrap_or(u32::MAX))
 }
 
 impl Writer {
@@ -94,7 +107,8 @@ impl Writer {
     /// (`is_unreachable`: maybe it was; the caller journals the batch under the same write ids).
     pub async fn commit(&mut self, batch: &[(String, Change)]) -> Result<Vec<Outcome>, StoreError> {
         let docs: usize = batch.iter().map(|(_, c)| c.docs()).sum();
-        let budget = budget(self.timeout, docs);
+        let bytes: usize = batch.iter().map(|(_, c)| c.bytes()).sum();
+        let budget = budget(self.timeout, docs, bytes);
         // Optimistic: no savepoints (two more round trips per write). A write that fails on its
         // own aborts the transaction; the batch is then run again with a savepoint per write.
         let mut done = self.commit_timed(batch, false, budget).await;

@@ -10,8 +10,9 @@
 use super::queued::Tentative;
 use super::state::{MAX_BATCH, Ownership, Shared, UserError, Written, change_of, ids_of};
 use crate::doc::now;
-use crate::store::journal::{Entry, JournalError};
-use crate::store::writer::{Change, Writer};
+use crate::store::StoreError;
+use crate::store::journal::{Entry, JournalError, Op};
+use crate::store::writer::{Applied, Change, Outcome, Writer};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -56,8 +57,12 @@ async fn commit(shared: &Arc<Shared>, writer: &mut Writer, batch: Vec<Pending>) 
     }
 }
 
-/// Commits the batch and answers it; gives it back when it must be queued instead.
-async fn direct(shared: &Shared, writer: &mut Writer, batch: Vec<Pending>) -> Option<Vec<Pending>> {
+/// Commits the batch and answers it; gives back what must be queued instead.
+async fn direct(
+    shared: &Shared,
+    writer: &mut Writer,
+    mut batch: Vec<Pending>,
+) -> Option<Vec<Pending>> {
     let updated_at = now();
     let changes: Vec<(String, Change)> = batch
         .iter()
@@ -68,37 +73,116 @@ async fn direct(shared: &Shared, writer: &mut Writer, batch: Vec<Pending>) -> Op
             )
         })
         .collect();
-    match writer.commit(&changes).await {
-        Ok(outcomes) => {
-            lock(&shared.breaker).success();
-            writer.forget_later(changes.into_iter().map(|(write_id, _)| write_id));
-            for (p, outcome) in batch.into_iter().zip(outcomes) {
-                let answer = outcome
-                    .map_err(UserError::from)
-                    .and_then(|applied| shared.settle(&p.entry.op, &updated_at, applied));
-                let _ = p.reply.send(answer);
-            }
-            None
-        }
-        Err(e) if e.is_unreachable() => {
+    let (outcomes, stopped) = in_pieces(shared, writer, &changes).await;
+    let rest = batch.split_off(outcomes.len());
+    if !outcomes.is_empty() {
+        lock(&shared.breaker).success();
+        writer.forget_later(changes.into_iter().take(outcomes.len()).map(|(id, _)| id));
+    }
+    for (p, outcome) in batch.into_iter().zip(outcomes) {
+        let answer = match outcome {
+            Ok(Applied::AlreadyApplied) => committed_earlier(shared, &p.entry.op).await,
+            outcome => outcome
+                .map_err(UserError::from)
+                .and_then(|applied| shared.settle(&p.entry.op, &updated_at, applied)),
+        };
+        let _ = p.reply.send(answer);
+    }
+    let e = stopped?;
+    match e {
+        Slow::Down(e) if e.is_unreachable() => {
             lock(&shared.breaker).trip(Instant::now());
-            tracing::error!(error = %e, writes = batch.len(), "store unreachable: breaker open, queueing writes in the journal");
-            Some(batch)
+            tracing::error!(error = %e, writes = rest.len(), "store unreachable: breaker open, queueing writes in the journal");
+            Some(rest)
         }
-        Err(e) => {
+        Slow::Slow(e) => {
+            // One write past its budget on a store that answers: its outcome is unknown, so it
+            // is queued (replayed once, by its write id), the breaker left closed.
+            tracing::warn!(error = %e, writes = rest.len(), "a write timed out on a store that answers: queued for replay, breaker stays closed");
+            Some(rest)
+        }
+        Slow::Down(e) => {
             let open = lock(&shared.breaker).failure(Instant::now());
             tracing::warn!(error = %e, breaker_open = open, "store write failed");
             if open {
                 tracing::error!("breaker open: queueing writes in the journal");
-                return Some(batch);
+                return Some(rest);
             }
             let e = Arc::new(e);
-            for p in batch {
+            for p in rest {
                 let _ = p.reply.send(Err(UserError::Store(e.clone())));
             }
             None
         }
     }
+}
+
+/// A write an earlier, timed-out piece committed (its answer was lost): what the store holds now
+/// goes to the snapshot and the answer. A later write of the same batch to the same user may
+/// already be in it: the answer then names that revision, the snapshot is right either way.
+async fn committed_earlier(shared: &Shared, op: &Op) -> Result<Written, UserError> {
+    let mut revs = Vec::new();
+    for id in ids_of(op) {
+        match shared
+            .store
+            .get(&id)
+            .await
+            .map_err(|e| UserError::Store(Arc::new(e)))?
+        {
+            Some(rec) => {
+                shared.snapshot.upsert(&rec);
+                revs.push((id, rec.rev));
+            }
+            None => shared.snapshot.remove(&id),
+        }
+    }
+    Ok(match op {
+        Op::Put { id, .. } => Written::Put {
+            id: id.clone(),
+            rev: revs.first().map_or(0, |(_, r)| *r),
+        },
+        Op::PutMany { .. } => Written::Many(revs),
+        Op::Delete { id, .. } => Written::Deleted { id: id.clone() },
+    })
+}
+
+/// Why [`in_pieces`] stopped: a store that failed (or did not answer a probe either), or one
+/// write that timed out alone on a store that answers.
+enum Slow {
+    Down(StoreError),
+    Slow(StoreError),
+}
+
+/// Commits `changes` in order: the whole batch in one transaction, or, when it times out while
+/// the store still answers a probe on another connection (slow, not down), in halves, down to
+/// one write a transaction. The outcomes of the writes it got through, and why it stopped
+/// before the rest. Splitting keeps each write's own answer and the order; each piece claims
+/// its writes' ids, so a piece cut off by the timeout is never applied twice.
+async fn in_pieces(
+    shared: &Shared,
+    writer: &mut Writer,
+    changes: &[(String, Change)],
+) -> (Vec<Outcome>, Option<Slow>) {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut size = changes.len();
+    while out.len() < changes.len() {
+        let piece = &changes[out.len()..(out.len() + size).min(changes.len())];
+        match writer.commit(piece).await {
+            Ok(outcomes) => out.extend(outcomes),
+            Err(e @ StoreError::TimedOut(_)) if shared.store_answers().await => {
+                if piece.len() == 1 {
+                    return (out, Some(Slow::Slow(e)));
+                }
+                size = piece.len() / 2;
+                tracing::warn!(
+                    writes = piece.len(),
+                    "a batch timed out on a store that answers: trying it in halves"
+                );
+            }
+            Err(e) => return (out, Some(Slow::Down(e))),
+        }
+    }
+    (out, None)
 }
 
 /// Journals the writes that can still succeed (one append, one fsync) and answers `queued`.

@@ -200,7 +200,19 @@ pub(crate) fn ids_of(op: &Op) -> Vec<String> {
     }
 }
 
+/// How long the store has to answer a probe (`SELECT 1`, on a pool connection: not the writer's).
+pub(crate) const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Shared {
+    /// Whether the store answers a probe within [`PROBE_TIMEOUT`]: what tells a slow batch from a
+    /// dead store before the breaker opens on a timeout.
+    pub async fn store_answers(&self) -> bool {
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.store.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Entries waiting in the journal (0 while this process does not own it).
     pub fn journal_depth(&self) -> usize {
         lock(&self.journal).as_ref().map_or(0, |j| j.depth())

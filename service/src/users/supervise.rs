@@ -4,7 +4,7 @@
 //! nothing before this process owns the journal: the copy and the replay are the owner's.
 
 use super::snapshot::Unsaved;
-use super::state::{MAX_BATCH, Shared, UserError, change_of};
+use super::state::{MAX_BATCH, PROBE_TIMEOUT, Shared, UserError, change_of};
 use crate::doc::now;
 use crate::store::StoreError;
 use crate::store::journal::{Entry, JournalError};
@@ -19,7 +19,9 @@ use toolkit_core::lock;
 const COPY_EVERY: Duration = Duration::from_secs(5);
 /// Users read from the snapshot at a time while a base is written.
 const COPY_CHUNK: usize = 10_000;
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A replay batch holds at most this many bytes of JSON (and `MAX_BATCH` writes): a burst of
+/// 1 MiB documents replays a few at a time, each batch within its budget.
+const REPLAY_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -135,16 +137,25 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
         Ok(())
     };
     let mut replayed = 0;
-    for (n, chunk) in entries.chunks(MAX_BATCH).enumerate() {
+    let mut at = 0;
+    // How many writes a batch may hold: shrinks when one times out on a store that answers.
+    let mut most = MAX_BATCH;
+    while at < entries.len() {
         let updated_at = now();
-        let changes: Vec<(String, Change)> = chunk
-            .iter()
-            .map(|e| (e.write_id.clone(), change_of(&e.op, &updated_at)))
-            .collect();
+        let changes = batch_at(&entries[at..], most, &updated_at);
+        let chunk = &entries[at..at + changes.len()];
         let outcomes = match writer.commit(&changes).await {
             Ok(outcomes) => outcomes,
+            Err(StoreError::TimedOut(_)) if changes.len() > 1 && shared.store_answers().await => {
+                most = changes.len() / 2;
+                tracing::warn!(
+                    writes = changes.len(),
+                    "a replay batch timed out on a store that answers: replaying in smaller batches"
+                );
+                continue;
+            }
             Err(e) => {
-                rewrite(&entries[n * MAX_BATCH..])?;
+                rewrite(&entries[at..])?;
                 return Err(e.into());
             }
         };
@@ -158,11 +169,28 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
         // Into quarantine before the journal forgets them: a record is always in one of the two
         // (a crash in between quarantines it twice, never not at all).
         quarantine(&unapplied)?;
+        at += chunk.len();
     }
     rewrite(&[])?;
     // Nothing can replay them again: their records go with the next batch.
     writer.forget_later(entries.into_iter().map(|e| e.write_id));
     Ok(replayed)
+}
+
+/// The next replay batch from the front of `rest`: at most `most` writes and [`REPLAY_BYTES`] of
+/// JSON, and always one.
+fn batch_at(rest: &[Entry], most: usize, updated_at: &str) -> Vec<(String, Change)> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for e in rest.iter().take(most.max(1)) {
+        let change = change_of(&e.op, updated_at);
+        bytes += change.bytes();
+        if !out.is_empty() && bytes > REPLAY_BYTES {
+            break;
+        }
+        out.push((e.write_id.clone(), change));
+    }
+    out
 }
 
 /// One replayed write's outcome into the snapshot and the counters: whether it was applied now,

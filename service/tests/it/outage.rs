@@ -574,3 +574,66 @@ fn a_second_server_on_the_same_journal_is_refused_naming_the_holder() {
     // The first one was not disturbed.
     assert_eq!(s.result("ping", Value::Null), "pong");
 }
+
+/// 64 writes of ~990 KB at once (under the 1 MiB document limit), with a store timeout sized for
+/// small writes: the store is slow for them, not down. They used to open the breaker against a
+/// healthy PostgreSQL for good (1 committed, 63 queued, /health 503 and every replay timing out
+/// again): now a batch's budget grows with its bytes, a batch that times out on a store that
+/// answers a probe is committed in smaller pieces, and what is queued is replayed in batches
+/// bounded by bytes. 50ms: the test's PostgreSQL runs without fsync, so a timeout must be this
+/// tight for the burst to be slow here (the previous code then stayed open past 30 s every time).
+#[test]
+fn a_burst_of_maximum_size_writes_against_a_healthy_store_is_committed() {
+    let pg = Postgres::start();
+    let s = with_defaults(&pg, &["--store-timeout", "50ms"]);
+    let pad = "x".repeat(990_000);
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..64)
+            .map(|i| {
+                let (s, pad) = (&s, &pad);
+                scope.spawn(move || {
+                    s.call(
+                        "put_user",
+                        json!({"user": {"id": format!("big{i:02}"), "pad": pad}}),
+                    )
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect()
+    });
+    let mut acked = Vec::new();
+    for (i, r) in answers.iter().enumerate() {
+        match r.get("error") {
+            // Refused, retryable: nothing was changed.
+            Some(e) => assert_eq!(e["code"], -32000, "{i}: {e}"),
+            None => {
+                acknowledged(r);
+                acked.push(format!("big{i:02}"));
+            }
+        }
+    }
+    testbed::eventually(
+        "the breaker closed and the journal replayed",
+        Duration::from_secs(30),
+        || {
+            let h = s.get("/health");
+            h.status == 200 && h.json()["journal_depth"] == 0 && h.json()["breaker"] == "closed"
+        },
+    );
+    let stored: Vec<String> = pg
+        .psql("SELECT id FROM users WHERE id LIKE 'big%' ORDER BY id")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged {id} is not in the table");
+    }
+    // And the service takes small writes at once again.
+    assert_eq!(
+        s.result("put_user", json!({"user": {"id": "after"}}))["rev"],
+        1
+    );
+}
