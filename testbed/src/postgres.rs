@@ -177,6 +177,67 @@ impl Postgres {
         }
     }
 
+    /// A hot standby of this server: `pg_basebackup -R` into a directory of its own, started on
+    /// a port of its own, and made synchronous (`synchronous_standby_names = '*'`): from here on a
+    /// commit on this server returns only once the standby has it.
+    pub fn standby(&self) -> Postgres {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        if is_root() {
+            checked(
+                "chown postgres",
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(dir.path())
+                    .output(),
+            );
+        }
+        checked(
+            "pg_basebackup",
+            as_owner(&self.bin.join("pg_basebackup"))
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "--no-sync", "-p"])
+                .arg(self.port.to_string())
+                .arg("-D")
+                .arg(dir.path().join("data"))
+                .output(),
+        );
+        let mut standby = Self {
+            bin: self.bin.clone(),
+            port: 0,
+            running: false,
+            paused: false,
+            dir,
+        };
+        for attempt in 0..3 {
+            standby.port = free_port("127.0.0.1");
+            match standby.try_start() {
+                Ok(()) => break,
+                Err(e) if attempt == 2 => panic!("pg_ctl start (standby) failed:\n{e}"),
+                Err(_) => {}
+            }
+        }
+        // ALTER SYSTEM cannot run in the transaction psql makes of several statements.
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+        self.psql("SELECT pg_reload_conf()");
+        crate::process::eventually(
+            "the standby is synchronous",
+            std::time::Duration::from_secs(30),
+            || self.psql("SELECT sync_state FROM pg_stat_replication") == "sync",
+        );
+        standby
+    }
+
+    /// Promotes this standby to primary (`pg_ctl promote`, waiting until it takes writes).
+    pub fn promote(&self) {
+        checked(
+            "pg_ctl promote",
+            as_owner(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-w", "promote"])
+                .output(),
+        );
+    }
+
     /// Runs SQL with psql; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
         let out = checked(

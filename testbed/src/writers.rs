@@ -143,6 +143,46 @@ fn run(addr: SocketAddr, client: usize, w: &Workload, stop: &AtomicBool) -> Vec<
     done
 }
 
+/// `n` writes of `size` bytes each at once, as `n` clients would send them: `put_user` of ids
+/// `burst0 … burst{n-1}`, each with a token (`burst{tag}-k`) the checker follows.
+pub fn burst(addr: SocketAddr, n: usize, size: usize, tag: u64, timeout: Duration) -> Vec<Write> {
+    let pad = "x".repeat(size);
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..n)
+            .map(|k| {
+                let pad = &pad;
+                scope.spawn(move || {
+                    let token = format!("burst{tag}-{k}");
+                    let id = format!("burst{k}");
+                    let request = json!({"jsonrpc": "2.0", "id": k, "method": "put_user",
+                        "params": {"user": {"id": id, "w": token, "pad": pad}}});
+                    let invoked = Instant::now();
+                    let outcome = match post(addr, &request, timeout) {
+                        Ok(answer) => outcome_of(&answer, 1),
+                        Err(Sent::No) => Outcome::NotSent,
+                        Err(Sent::Maybe(e)) => Outcome::Unknown(e),
+                    };
+                    Write {
+                        token,
+                        ids: vec![id],
+                        expect: None,
+                        invoked,
+                        completed: Instant::now(),
+                        outcome,
+                    }
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| panic!("a burst client panicked"))
+            })
+            .collect()
+    })
+}
+
 /// What a write's answer says happened.
 pub fn outcome_of(answer: &Value, ids: usize) -> Outcome {
     if let Some(e) = answer.get("error") {

@@ -465,8 +465,17 @@ impl Journal {
     /// returns Ok, they survive a crash.
     pub fn append_all(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
         let bytes: Vec<u8> = entries.iter().flat_map(encode).collect();
-        self.file.write_all(&bytes).map_err(|e| self.io(e))?;
-        self.file.sync_data().map_err(|e| self.io(e))?;
+        let before = self.file.metadata().map_err(|e| self.io(e))?.len();
+        let appended = self
+            .file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = appended {
+            // A full disk took part of it: cut the journal back, so these writes (refused, not
+            // acknowledged) leave no partial frame for the next reading to quarantine.
+            let _ = self.file.set_len(before);
+            return Err(self.io(e));
+        }
         self.depth += entries.len();
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! Documents are stored as JSON text next to their `id`, `rev` and `updated_at`. Concurrency control
 //! is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a read-then-write.
 
+mod hosts;
 pub(crate) mod journal;
 pub mod local_copy;
 pub(crate) mod quarantine;
@@ -12,7 +13,7 @@ pub mod writer;
 pub use journal::{JournalError, quarantine_path};
 
 use crate::doc::{Entry, Record, WriteDoc};
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::install_default_drivers;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Row, SqlSafeStr};
 use std::borrow::Cow;
@@ -22,8 +23,12 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB (several hosts: postgres://USER@H1:5432,H2:5432/DB?target_session_attrs=read-write)"
+    )]
     BadUrl(String),
+    #[error("no host of {0} answers and takes writes")]
+    NoHost(String),
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -47,7 +52,7 @@ impl StoreError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             StoreError::Connect(e) | StoreError::Query(e) => unreachable(e),
-            StoreError::TimedOut(_) => true,
+            StoreError::TimedOut(_) | StoreError::NoHost(_) => true,
             _ => false,
         }
     }
@@ -122,8 +127,8 @@ pub(crate) fn announcements<'a>(ids: &[&'a str]) -> Vec<&'a str> {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
-    url: String,
+    /// The database's host, or hosts (a PostgreSQL primary and its standbys), and their pools.
+    hosts: Arc<hosts::Hosts>,
     postgres: bool,
     timeout: Duration,
     /// False after a cold start (`lazy`) until the migrations ran against the reachable store.
@@ -163,18 +168,21 @@ impl Store {
     /// Connects and runs the migrations. `timeout` bounds each wait for a connection.
     pub async fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let store = Self::lazy(url, timeout)?;
+        if store.hosts.several() && !store.hosts.find(timeout).await {
+            return Err(StoreError::NoHost(toolkit_core::redact::url(url)));
+        }
         // One plain connection first: the pool retries a refused one until `timeout` and then
         // reports only that it timed out; this says why, at once.
-        match tokio::time::timeout(timeout, AnyConnection::connect(&store.url)).await {
+        match tokio::time::timeout(timeout, AnyConnection::connect(store.url())).await {
             Ok(Ok(mut conn)) => {
-                if let Some(path) = sqlite_path(&store.url) {
+                if let Some(path) = sqlite_path(store.url()) {
                     for suffix in ["", "-wal", "-shm"] {
                         crate::atomic_file::make_private(std::path::Path::new(&format!(
                             "{path}{suffix}"
                         )));
                     }
                 }
-                if !store.postgres && !store.url.contains(":memory:") {
+                if !store.postgres && !store.url().contains(":memory:") {
                     // Write-ahead log: a commit is one append and one fsync, and readers (a
                     // reload, the server an upgrade overlaps with) never block the writer.
                     // Persistent in the file.
@@ -199,14 +207,8 @@ impl Store {
         let postgres = !url.starts_with("sqlite:");
         // Reads and probes only (writes have their own connection, `writer.rs`): a few suffice.
         let max = if postgres { 4 } else { 1 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(timeout)
-            .connect_lazy(&url)
-            .map_err(StoreError::Connect)?;
         Ok(Self {
-            pool,
-            url,
+            hosts: Arc::new(hosts::Hosts::new(&url, max, timeout)?),
             postgres,
             timeout,
             migrated: Arc::new(AtomicBool::new(false)),
@@ -242,7 +244,7 @@ impl Store {
             })
             .collect();
         let run = Migrator::with_migrations(migrations);
-        match tokio::time::timeout(self.timeout * LOAD_TIMEOUTS, run.run(&self.pool)).await {
+        match tokio::time::timeout(self.timeout * LOAD_TIMEOUTS, run.run(self.pool())).await {
             Ok(done) => done?,
             Err(_) => return Err(StoreError::TimedOut(self.timeout * LOAD_TIMEOUTS)),
         }
@@ -260,8 +262,33 @@ impl Store {
         self.postgres
     }
 
+    /// The URL of the host in use (of several, the one that takes writes).
     pub fn url(&self) -> &str {
-        &self.url
+        self.hosts.url()
+    }
+
+    fn pool(&self) -> &AnyPool {
+        self.hosts.pool()
+    }
+
+    /// Whether the URL names several hosts (a primary and its standbys).
+    pub(crate) fn has_several_hosts(&self) -> bool {
+        self.hosts.several()
+    }
+
+    /// With several hosts: finds the one to use again (a standby promoted, the primary gone).
+    /// False when none answers and suits, or there is only one.
+    pub async fn find_host(&self) -> bool {
+        self.hosts.several() && self.hosts.find(self.timeout).await
+    }
+
+    /// Whether a connection just made is to a host usersvc may use (with several hosts and
+    /// `target_session_attrs=read-write`: one that takes writes).
+    pub(crate) async fn suits(&self, conn: &mut AnyConnection) -> Result<bool, StoreError> {
+        if !self.hosts.several() {
+            return Ok(true);
+        }
+        self.hosts.suits(conn).await
     }
 
     /// One document, straight from the database.
@@ -270,7 +297,7 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let query = sqlx::query("SELECT id, rev, doc, updated_at FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool);
+            .fetch_optional(self.pool());
         let row = bounded(self.timeout, query).await?;
         row.as_ref().map(decode).transpose()
     }
@@ -292,7 +319,7 @@ impl Store {
             // over either driver's connection and rows.
             macro_rules! read_all {
                 ($conn:ty) => {{
-                    let mut conn = bounded(self.timeout, <$conn>::connect(&self.url)).await?;
+                    let mut conn = bounded(self.timeout, <$conn>::connect(self.url())).await?;
                     {
                         let mut rows = sqlx::query(SQL).fetch(&mut conn);
                         while let Some(row) = rows.try_next().await? {
@@ -312,7 +339,7 @@ impl Store {
                 read_all!(sqlx::PgConnection);
             } else {
                 let mut conn =
-                    bounded(self.timeout, sqlx::SqliteConnection::connect(&self.url)).await?;
+                    bounded(self.timeout, sqlx::SqliteConnection::connect(self.url())).await?;
                 read_sqlite_framed(&mut conn, &mut out).await?;
                 let _ = conn.close().await;
             }
@@ -324,12 +351,12 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.hosts.close().await;
     }
 }
 
@@ -644,14 +671,14 @@ mod tests {
                  INSERT INTO users (id, rev, doc, updated_at) \
                  SELECT 'u' || n, n, '{\"n\":' || n || '}', '2026-12-01T00:00:00Z' FROM c",
             )
-            .execute(&store.pool)
+            .execute(store.pool())
             .await
             .expect("rows");
             for id in ["12:3", "a:b\nc", "ünï:", ""] {
                 sqlx::query("INSERT INTO users (id, rev, doc, updated_at) VALUES (?, 7, ?, 't:1')")
                     .bind(id)
                     .bind(r#"{"x":"1:2"}"#)
-                    .execute(&store.pool)
+                    .execute(store.pool())
                     .await
                     .expect("row");
             }
@@ -675,7 +702,7 @@ mod tests {
             }
             // A NULL field is refused, not skipped.
             sqlx::query("INSERT INTO users (id, rev, doc, updated_at) VALUES (NULL, 1, '{}', 't')")
-                .execute(&store.pool)
+                .execute(store.pool())
                 .await
                 .expect("a NULL id (SQLite allows it in a TEXT primary key)");
             let e = store.load_entries().await.expect_err("refused");

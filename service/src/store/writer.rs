@@ -66,7 +66,8 @@ pub enum Applied {
 pub type Outcome = Result<Applied, StoreError>;
 
 pub struct Writer {
-    url: String,
+    /// Where to connect: the store's host in use, looked for again when it fails.
+    store: Store,
     postgres: bool,
     timeout: Duration,
     conn: Option<AnyConnection>,
@@ -94,7 +95,7 @@ pub(crate) fn budget(timeout: Duration, docs: usize, bytes: usize) -> Duration {
 impl Writer {
     pub fn new(store: &Store) -> Self {
         Self {
-            url: store.url().to_owned(),
+            store: store.clone(),
             announcer: store.announcer(),
             postgres: store.is_shared(),
             timeout: store.timeout(),
@@ -150,7 +151,7 @@ impl Writer {
         let conn = match self.conn.take() {
             Some(conn) => conn,
             None => {
-                let mut conn = AnyConnection::connect(&self.url).await?;
+                let mut conn = connect(&self.store).await?;
                 if self.postgres {
                     let row = sqlx::query("SELECT pg_backend_pid()")
                         .fetch_one(&mut conn)
@@ -234,6 +235,27 @@ impl Writer {
         }
         result
     }
+}
+
+/// A connection to the store's host in use, or, when that fails or it no longer takes writes
+/// (with several hosts), to the one found now.
+async fn connect(store: &Store) -> Result<AnyConnection, StoreError> {
+    let url = store.url().to_owned();
+    match AnyConnection::connect(&url).await {
+        Ok(mut conn) => {
+            if store.suits(&mut conn).await? {
+                return Ok(conn);
+            }
+        }
+        Err(e) if !store.has_several_hosts() => return Err(e.into()),
+        Err(_) => {}
+    }
+    store.find_host().await;
+    let mut conn = AnyConnection::connect(store.url()).await?;
+    if !store.suits(&mut conn).await? {
+        return Err(StoreError::NoHost(toolkit_core::redact::url(store.url())));
+    }
+    Ok(conn)
 }
 
 async fn apply(conn: &mut AnyConnection, change: &Change, postgres: bool) -> Outcome {

@@ -34,9 +34,6 @@ pub(crate) async fn listen(url: &str, within: Duration) -> Option<PgListener> {
 /// everything is reloaded, since notifications sent while no one listened are lost. Ends when
 /// the service closes.
 pub(crate) async fn follow_changes(shared: Weak<Shared>, mut early: Option<PgListener>) {
-    let Some(url) = shared.upgrade().map(|s| s.store.url().to_owned()) else {
-        return;
-    };
     let retry = Duration::from_millis(500);
     let closing = |s: &Shared| s.closing.load(Ordering::Acquire);
     loop {
@@ -46,7 +43,14 @@ pub(crate) async fn follow_changes(shared: Weak<Shared>, mut early: Option<PgLis
         let mut listener = match early.take() {
             Some(l) => l,
             None => {
+                // The store's host in use now: after a failover, the promoted standby.
+                let Some(url) = shared.upgrade().map(|s| s.store.url().to_owned()) else {
+                    return;
+                };
                 let Some(l) = listen(&url, retry * 4).await else {
+                    if let Some(s) = shared.upgrade() {
+                        s.store.find_host().await;
+                    }
                     tokio::time::sleep(retry).await;
                     continue;
                 };

@@ -54,9 +54,17 @@ pub(crate) async fn supervise(shared: Weak<Shared>) {
             continue;
         }
         // Probe without the writer lock: queued writes must not wait on a dead store's timeouts.
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping())
-            .await
-            .unwrap_or(Err(StoreError::TimedOut(PROBE_TIMEOUT)));
+        let ping = || async {
+            tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping())
+                .await
+                .unwrap_or(Err(StoreError::TimedOut(PROBE_TIMEOUT)))
+        };
+        let mut probe = ping().await;
+        // The host in use does not answer: with several, another may have taken over (a
+        // standby promoted). Looked for outside the probe's time, each host within its own.
+        if probe.is_err() && shared.store.find_host().await {
+            probe = ping().await;
+        }
         let outcome = match probe {
             Ok(()) => {
                 let mut writer = shared.writer.lock().await;
