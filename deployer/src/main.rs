@@ -187,6 +187,21 @@ fn stop_on_signals(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `deploy`, or with `--dry-run` its plan.
+fn deploy(
+    cfg: &Config,
+    targets: &[deployer::Target],
+    settings: &Settings,
+    options: &Options,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    if dry_run {
+        report(deployer::plan(cfg, targets, settings, options)?)
+    } else {
+        report(deployer::deploy(cfg, targets, settings, options)?)
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
@@ -220,11 +235,7 @@ fn run() -> anyhow::Result<()> {
                 lock_wait,
                 canary,
             };
-            if dry_run {
-                report(deployer::plan(&cfg, &targets, &settings, &options)?)
-            } else {
-                report(deployer::deploy(&cfg, &targets, &settings, &options)?)
-            }
+            deploy(&cfg, &targets, &settings, &options, dry_run)
         }
         Command::Rollback { to, dry_run } => report(deployer::rollback(
             &cfg,

@@ -341,67 +341,11 @@ fn serve(mut conn: impl Read + Write, state: &State) {
             return;
         }
         let fault = lock(&state.fault).clone().unwrap_or(Fault::None);
-        let reply = match Msg::decode(&buf[..]) {
-            Err(e) => Msg {
-                ok: Some(false),
-                error: Some(format!("decode: {e}")),
-                ..Default::default()
-            },
-            Ok(_) if matches!(fault, Fault::NotOk(_)) => Msg {
-                ok: Some(false),
-                error: match &fault {
-                    Fault::NotOk(why) => Some(why.clone()),
-                    _ => None,
-                },
-                ..Default::default()
-            },
-            Ok(msg) => {
-                if let Some(q) = msg.query.and_then(|q| q.string) {
-                    Msg {
-                        ok: Some(true),
-                        events: run_query(state, &q),
-                        ..Default::default()
-                    }
-                } else {
-                    ingest(state, msg.events);
-                    Msg {
-                        ok: Some(true),
-                        ..Default::default()
-                    }
-                }
-            }
-        };
-        match fault {
-            Fault::Stall => continue,
-            Fault::CloseMidFrame => {
-                let _ = conn.write_all(&[0, 0]);
-                let _ = conn.flush();
-                return;
-            }
-            Fault::Flood(bytes) => {
-                // ok = true, then (field 6, length 0) pairs: written as it goes, never built.
-                let bytes = bytes & !1;
-                let mut head = ((bytes + 2) as u32).to_be_bytes().to_vec();
-                head.extend_from_slice(&[0x10, 0x01]);
-                let chunk = [0x32u8, 0x00].repeat(32 * 1024);
-                let mut left = bytes;
-                let mut sent = conn.write_all(&head);
-                while sent.is_ok() && left > 0 {
-                    let n = left.min(chunk.len());
-                    sent = conn.write_all(&chunk[..n]);
-                    left -= n;
-                }
-                continue;
-            }
-            Fault::Drip => {
-                for b in [0u8, 0, 0, 200].into_iter().chain(std::iter::repeat(0)) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    if conn.write_all(&[b]).is_err() {
-                        return;
-                    }
-                }
-            }
-            _ => {}
+        let reply = answer(&buf, &fault, state);
+        match misbehave(&mut conn, &fault) {
+            Next::Answer => {}
+            Next::Skip => continue,
+            Next::Close => return,
         }
         let body = reply.encode_to_vec();
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -409,6 +353,84 @@ fn serve(mut conn: impl Read + Write, state: &State) {
         if conn.write_all(&frame).and_then(|()| conn.flush()).is_err() {
             return;
         }
+    }
+}
+
+/// The answer a request gets: its events indexed or its query run, or the fault's refusal.
+fn answer(buf: &[u8], fault: &Fault, state: &State) -> Msg {
+    match Msg::decode(buf) {
+        Err(e) => Msg {
+            ok: Some(false),
+            error: Some(format!("decode: {e}")),
+            ..Default::default()
+        },
+        Ok(_) if matches!(fault, Fault::NotOk(_)) => Msg {
+            ok: Some(false),
+            error: match fault {
+                Fault::NotOk(why) => Some(why.clone()),
+                _ => None,
+            },
+            ..Default::default()
+        },
+        Ok(msg) => {
+            if let Some(q) = msg.query.and_then(|q| q.string) {
+                Msg {
+                    ok: Some(true),
+                    events: run_query(state, &q),
+                    ..Default::default()
+                }
+            } else {
+                ingest(state, msg.events);
+                Msg {
+                    ok: Some(true),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+}
+
+/// What the connection does after a fault acted on it.
+enum Next {
+    Answer,
+    Skip,
+    Close,
+}
+
+/// Acts out `fault` on the connection, before (or instead of) the answer.
+fn misbehave(conn: &mut impl Write, fault: &Fault) -> Next {
+    match fault {
+        Fault::Stall => Next::Skip,
+        Fault::CloseMidFrame => {
+            let _ = conn.write_all(&[0, 0]);
+            let _ = conn.flush();
+            Next::Close
+        }
+        Fault::Flood(bytes) => {
+            // ok = true, then (field 6, length 0) pairs: written as it goes, never built.
+            let bytes = bytes & !1;
+            let mut head = ((bytes + 2) as u32).to_be_bytes().to_vec();
+            head.extend_from_slice(&[0x10, 0x01]);
+            let chunk = [0x32u8, 0x00].repeat(32 * 1024);
+            let mut left = bytes;
+            let mut sent = conn.write_all(&head);
+            while sent.is_ok() && left > 0 {
+                let n = left.min(chunk.len());
+                sent = conn.write_all(&chunk[..n]);
+                left -= n;
+            }
+            Next::Skip
+        }
+        Fault::Drip => {
+            for b in [0u8, 0, 0, 200].into_iter().chain(std::iter::repeat(0)) {
+                std::thread::sleep(Duration::from_millis(500));
+                if conn.write_all(&[b]).is_err() {
+                    return Next::Close;
+                }
+            }
+            Next::Close
+        }
+        _ => Next::Answer,
     }
 }
 

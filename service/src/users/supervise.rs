@@ -114,36 +114,7 @@ pub(crate) async fn recover(
 /// attempt committed is skipped. A conflict is reported and counted, not dropped silently. On a
 /// store failure the unreplayed rest stays queued.
 pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize, ReplayError> {
-    let not_owned = || JournalError::NotOwned(shared.journal_path.clone());
-    let entries = {
-        let mut journal = lock(&shared.journal);
-        let journal = journal.as_mut().ok_or_else(not_owned)?;
-        let entries = journal.pending()?;
-        shared
-            .stats
-            .quarantined
-            .store(journal.quarantined(), Ordering::Relaxed);
-        entries
-    };
-    let rewrite = |rest: &[crate::store::journal::Entry]| -> Result<(), JournalError> {
-        lock(&shared.journal)
-            .as_mut()
-            .ok_or_else(not_owned)?
-            .rewrite(rest)
-    };
-    let quarantine = |unapplied: &[(Entry, String)]| -> Result<(), JournalError> {
-        if unapplied.is_empty() {
-            return Ok(());
-        }
-        let mut journal = lock(&shared.journal);
-        let journal = journal.as_mut().ok_or_else(not_owned)?;
-        journal.quarantine_unapplied(unapplied)?;
-        shared
-            .stats
-            .quarantined
-            .store(journal.quarantined(), Ordering::Relaxed);
-        Ok(())
-    };
+    let entries = with_journal(shared, |j| j.pending())?;
     let mut replayed = 0;
     let mut at = 0;
     // How many writes a batch may hold: shrinks when one times out on a store that answers.
@@ -163,7 +134,7 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
                 continue;
             }
             Err(e) => {
-                rewrite(&entries[at..])?;
+                with_journal(shared, |j| j.rewrite(&entries[at..]))?;
                 return Err(e.into());
             }
         };
@@ -176,13 +147,32 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
         }
         // Into quarantine before the journal forgets them: a record is always in one of the two
         // (a crash in between quarantines it twice, never not at all).
-        quarantine(&unapplied)?;
+        if !unapplied.is_empty() {
+            with_journal(shared, |j| j.quarantine_unapplied(&unapplied))?;
+        }
         at += chunk.len();
     }
-    rewrite(&[])?;
+    with_journal(shared, |j| j.rewrite(&[]))?;
     // Nothing can replay them again: their records go with the next batch.
     writer.forget_later(entries.into_iter().map(|e| e.write_id));
     Ok(replayed)
+}
+
+/// `f` on the journal this process owns, then its quarantine count into the stats.
+fn with_journal<T>(
+    shared: &Shared,
+    f: impl FnOnce(&mut crate::store::journal::Journal) -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
+    let mut journal = lock(&shared.journal);
+    let journal = journal
+        .as_mut()
+        .ok_or_else(|| JournalError::NotOwned(shared.journal_path.clone()))?;
+    let done = f(journal);
+    shared
+        .stats
+        .quarantined
+        .store(journal.quarantined(), Ordering::Relaxed);
+    done
 }
 
 /// The next replay batch from the front of `rest`: at most `most` writes and [`REPLAY_BYTES`] of

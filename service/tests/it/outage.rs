@@ -587,6 +587,7 @@ fn a_burst_of_maximum_size_writes_against_a_healthy_store_is_committed() {
     let pg = Postgres::start();
     let s = with_defaults(&pg, &["--store-timeout", "50ms"]);
     let pad = "x".repeat(990_000);
+    let began = std::time::Instant::now();
     let answers: Vec<Value> = std::thread::scope(|scope| {
         let writers: Vec<_> = (0..64)
             .map(|i| {
@@ -622,6 +623,15 @@ fn a_burst_of_maximum_size_writes_against_a_healthy_store_is_committed() {
             let h = s.get("/health");
             h.status == 200 && h.json()["journal_depth"] == 0 && h.json()["breaker"] == "closed"
         },
+    );
+    eprintln!(
+        "burst: {} of 64 acknowledged ({} queued), drained and healthy {:?} after it began",
+        acked.len(),
+        answers
+            .iter()
+            .filter(|r| r["result"]["queued"] == true)
+            .count(),
+        began.elapsed()
     );
     let stored: Vec<String> = pg
         .psql("SELECT id FROM users WHERE id LIKE 'big%' ORDER BY id")

@@ -330,16 +330,7 @@ fn stage_everywhere(c: &mut Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
         Stage::Lock,
         "not every host could be locked; nothing was changed",
     )?;
-    for r in runs.iter_mut() {
-        if let Some(why) = missing_shared(&r.host.state, r.deploy_to()) {
-            r.host.fail(Stage::SharedLinks, why);
-        }
-    }
-    c.barrier(
-        runs,
-        Stage::SharedLinks,
-        "a shared file is missing; nothing was changed",
-    )?;
+    require_shared(c, runs)?;
 
     // One release name for all hosts; what each host needs.
     c.release = layout::next_release(
@@ -429,6 +420,20 @@ fn previous(st: &HostState) -> Option<String> {
     st.current
         .clone()
         .filter(|cur| st.releases.iter().any(|x| &x.name == cur && x.complete))
+}
+
+/// Every host holds the shared files the config requires, or the run stops before staging.
+fn require_shared(c: &Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
+    for r in runs.iter_mut() {
+        if let Some(why) = missing_shared(&r.host.state, r.deploy_to()) {
+            r.host.fail(Stage::SharedLinks, why);
+        }
+    }
+    c.barrier(
+        runs,
+        Stage::SharedLinks,
+        "a shared file is missing; nothing was changed",
+    )
 }
 
 /// Why a host cannot be deployed to for want of a shared file; `None` when it has them all.
