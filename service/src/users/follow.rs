@@ -13,6 +13,9 @@ use std::time::Duration;
 pub(crate) async fn listen(url: &str, within: Duration) -> Option<PgListener> {
     let attempt = async {
         let mut listener = PgListener::connect(url).await?;
+        // A lost connection is ours to handle: reconnecting in `try_recv` would retry this URL
+        // for its pool's 30 s, where after a failover the next host is the one to try.
+        listener.eager_reconnect(false);
         listener.listen(crate::store::CHANGES_CHANNEL).await?;
         Ok::<_, sqlx::Error>(listener)
     };

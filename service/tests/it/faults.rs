@@ -698,6 +698,15 @@ fn a_failover_to_a_synchronous_standby_loses_no_acknowledged_write() {
         &standby,
         "SELECT id, rev, coalesce(doc::json->>'w', '') FROM users ORDER BY id",
     );
+    // The follower learns of the new primary when its LISTEN connection breaks, then reloads:
+    // within seconds, not at the instant the written instance is settled.
+    let waited = Instant::now();
+    eventually(
+        "the follower serves the new primary's table",
+        Duration::from_secs(30),
+        || follower.served() == stored,
+    );
+    let caught_up = waited.elapsed();
     let served = vec![
         ("written".to_owned(), written.served()),
         ("follower".to_owned(), follower.served()),
@@ -711,7 +720,7 @@ fn a_failover_to_a_synchronous_standby_loses_no_acknowledged_write() {
     let after = on_new.len();
     let first = on_new.iter().map(|w| w.completed - promoted).min();
     eprintln!(
-        "failover: {summary}; {after} writes committed on the new primary, the first {first:?} after the promotion"
+        "failover: {summary}; {after} writes committed on the new primary, the first {first:?} after the promotion; the follower caught up {caught_up:?} after the writer settled"
     );
     assert!(
         after > 0,
