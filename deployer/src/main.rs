@@ -65,13 +65,13 @@ struct Cli {
     /// Add unknown host keys to known_hosts instead of refusing them (changed keys are still refused)
     #[arg(long, global = true)]
     accept_new_host_keys: bool,
-    /// Connect timeout and limit for each remote step, in seconds
-    #[arg(long, default_value_t = Settings::TIMEOUT_SECS, global = true, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout: u64,
-    /// Limit for each hook, in seconds: past it the hook is killed on its host (with what it
+    /// Connect timeout and limit for each remote step (e.g. 30s, 2m; a bare number is seconds)
+    #[arg(long, default_value = "10s", global = true, value_name = "DURATION", value_parser = toolkit_core::duration::positive)]
+    timeout: Duration,
+    /// Limit for each hook (e.g. 10m; a bare number is seconds): past it the hook is killed on its host (with what it
     /// started) and the deploy fails
-    #[arg(long, default_value_t = Settings::HOOK_TIMEOUT_SECS, global = true, value_parser = clap::value_parser!(u64).range(1..))]
-    hook_timeout: u64,
+    #[arg(long, default_value = "10m", global = true, value_name = "DURATION", value_parser = toolkit_core::duration::positive)]
+    hook_timeout: Duration,
     /// No stage headings or progress bars on stderr
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -107,14 +107,14 @@ enum Command {
         allow_dirty: bool,
         /// Wait up to this long for another deploy's lock (e.g. 5m), showing who holds it,
         /// instead of failing at once: for CI pipelines that may deploy at the same time
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = toolkit_core::duration::parse)]
         lock_wait: Option<std::time::Duration>,
         /// Publish the first batch (--rolling N hosts, or one) and watch it this long (e.g. 60s)
         /// before the rest: the health gate every [canary] interval and, with [riemann],
         /// usersvc's errors rate and latency p99 on the new revision against the hosts still on
         /// the old one. Worse beyond [canary] max_error_ratio/max_latency_ratio: every published
         /// host goes back and the deploy fails
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = toolkit_core::duration::positive)]
         canary: Option<std::time::Duration>,
     },
     /// Switch `current` back to the previous good release (or RELEASE) on every selected host
@@ -153,7 +153,8 @@ enum Command {
         /// Print each host's output under a heading instead of prefixing each line
         #[arg(long)]
         group: bool,
-        /// The command and its arguments, after -- (run as these words, within --hook-timeout)
+        /// The command, after --: one argument is a shell command line (`'ls bin; cat REVISION'`,
+        /// as ssh takes it), several are its words, run as they are; within --hook-timeout
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -211,9 +212,9 @@ fn run() -> anyhow::Result<()> {
     } else {
         HostKeyPolicy::Strict
     };
-    let mut settings = Settings::new(cfg.ssh_settings(policy, Duration::from_secs(cli.timeout)));
+    let mut settings = Settings::new(cfg.ssh_settings(policy, cli.timeout));
     settings.parallel = usize::from(cli.parallel);
-    settings.hook_timeout = Duration::from_secs(cli.hook_timeout);
+    settings.hook_timeout = cli.hook_timeout;
     settings.quiet = cli.quiet;
     settings.verbose = cli.verbose;
     stop_on_signals(&settings)?;

@@ -54,7 +54,7 @@ struct Conn {
     #[arg(long, global = true, value_name = "NAME")]
     tls_server_name: Option<String>,
     /// The most a command may spend talking to Riemann in all (connect, send, answer), e.g. 500ms, 5s
-    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = toolkit_core::duration::parse)]
     timeout: Duration,
 }
 
@@ -75,12 +75,12 @@ enum Cmd {
         /// Host of the events [default: this machine]
         #[arg(long)]
         host: Option<String>,
-        /// Seconds the events stay valid in Riemann
-        #[arg(long)]
+        /// How long the events stay valid in Riemann (e.g. 90s, 5m; a bare number is seconds)
+        #[arg(long, value_name = "DURATION", value_parser = ttl)]
         ttl: Option<f32>,
         /// Kill a plugin still running after this long and report it critical, "plugin timed
         /// out after …" (Nagios's service_check_timeout)
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+        #[arg(long, value_name = "DURATION", value_parser = toolkit_core::duration::parse, default_value = "60s")]
         plugin_timeout: std::time::Duration,
         /// The plugin and its arguments, after --
         #[arg(last = true, required = true)]
@@ -108,10 +108,11 @@ Examples:
 #[derive(Args)]
 struct WatchArgs {
     /// How often to sample and send, e.g. 10s, 1m
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = toolkit_core::duration::parse)]
     interval: Duration,
-    /// Seconds the events stay valid in Riemann [default: three intervals]
-    #[arg(long)]
+    /// How long the events stay valid in Riemann (e.g. 90s; a bare number is seconds) [default:
+    /// three intervals]
+    #[arg(long, value_name = "DURATION", value_parser = ttl)]
     ttl: Option<f32>,
     /// Host of the events [default: this machine]
     #[arg(long)]
@@ -153,7 +154,7 @@ struct WatchArgs {
     #[arg(long)]
     service: Option<String>,
     /// Kill a plugin or command still running after this long, reported critical [default: the interval]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = toolkit_core::duration::parse)]
     command_timeout: Option<Duration>,
     /// The plugin or command and its arguments, after --
     #[arg(last = true)]
@@ -261,8 +262,8 @@ struct SendArgs {
     /// An integer is sent as metric_sint64, anything else as metric_d
     #[arg(long, allow_hyphen_values = true)]
     metric: Option<String>,
-    /// Seconds the event stays valid
-    #[arg(long)]
+    /// How long the event stays valid (e.g. 90s, 5m; a bare number is seconds)
+    #[arg(long, value_name = "DURATION", value_parser = ttl)]
     ttl: Option<f32>,
     #[arg(long)]
     tag: Vec<String>,
@@ -296,6 +297,11 @@ fn client_config(c: &Conn) -> anyhow::Result<ClientConfig> {
         transport,
         timeout: c.timeout,
     })
+}
+
+/// A ttl as every duration flag takes it, in the seconds Riemann's events carry.
+fn ttl(text: &str) -> Result<f32, String> {
+    toolkit_core::duration::positive(text).map(|d| d.as_secs_f32())
 }
 
 fn main() -> std::process::ExitCode {

@@ -173,7 +173,8 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
     let limits = settings.server.limits();
     let accepting = tokio::spawn(lifecycle::server::serve(listener, app, limits, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
-    tracing::info!(%addr, socket = origin.as_str(), revision = ?release.revision, release = ?release.name, "listening on http://{addr}/");
+    // Plain values, absent outside a release: `jq .revision` and log filters read them as is.
+    tracing::info!(%addr, socket = origin.as_str(), revision = release.revision.as_deref(), release = release.name.as_deref(), "listening on http://{addr}/");
     // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by
     // it. Bound only now, ready to serve: the path must never lead to a server that failed.
     match &settings.server.pid_file {

@@ -1,12 +1,23 @@
-//! Durations in config files as people write them (`500ms`, `30s`, `1m 30s`), for serde:
-//! `#[serde(with = "toolkit_core::duration")]` on a `Duration`. Written back the same way.
+//! Durations as people write them (`500ms`, `30s`, `1m 30s`, or a bare number of seconds), the
+//! same for every duration flag and setting of every tool: a clap value parser ([`parse`],
+//! [`positive`]) and serde (`#[serde(with = "toolkit_core::duration")]`, written back the
+//! humantime way).
 
 use serde::{Deserialize, Deserializer, Serializer};
 use std::time::Duration;
 
-/// `text` as a duration, or an error that says how to write one.
+/// `text` as a duration (a bare number is seconds: `90`, `1.5`), or an error that says how to
+/// write one.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<f64>()
+        && t.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Duration::try_from_secs_f64(secs).map_err(|e| {
+            format!("{text:?} is not a duration: {e} (write it like 500ms, 30s, 1m)")
+        });
+    }
+    humantime::parse_duration(t)
         .map_err(|e| format!("{text:?} is not a duration: {e} (write it like 500ms, 30s, 1m)"))
 }
 
@@ -39,6 +50,9 @@ mod tests {
     #[test]
     fn durations_read_as_people_write_them() {
         assert_eq!(parse("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse("-5").is_err() && parse("inf").is_err() && parse("1e400").is_err());
         assert!(parse("soon").is_err_and(|e| e.contains("500ms")));
         assert_eq!(positive("500ms"), Ok(Duration::from_millis(500)));
         assert!(positive("0s").is_err_and(|e| e.contains("longer than 0")));

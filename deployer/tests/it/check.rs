@@ -89,6 +89,12 @@ fn unknown_and_changed_host_keys_are_refused() {
     let r = h.run(&["check", "--timeout", "2"]);
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stdout.contains("cannot connect"), "{r}");
+    // Every duration flag takes the same forms: `30s` was "invalid digit found in string".
+    let r = h.run(&["check", "--timeout", "1500ms", "--hook-timeout", "5m"]);
+    assert!(r.stdout.contains("cannot connect"), "{r}");
+    let r = h.run(&["check", "--timeout", "soon"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("write it like 500ms, 30s, 1m"), "{r}");
 }
 
 /// A missing config prints as a CLI should: one message and what to do, no "Caused by:", no

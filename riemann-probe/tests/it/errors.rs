@@ -92,3 +92,36 @@ fn a_server_s_error_is_shown_escaped() {
         "clipped: {err}"
     );
 }
+
+/// `--ttl` takes a duration as every duration flag of the toolkit does (`90s`, `1m 30s`, or a
+/// bare number of seconds): `--ttl 90s` was "invalid float literal".
+#[test]
+fn ttl_takes_a_duration() {
+    let run = |ttl: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_riemann-probe"))
+            .args([
+                "--server",
+                "127.0.0.1:1",
+                "send",
+                "--service",
+                "x",
+                "--ttl",
+                ttl,
+            ])
+            .output()
+            .expect("run riemann-probe");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for ok in ["90s", "1m 30s", "90"] {
+        let (code, err) = run(ok);
+        // Parsed: the failure is the refused connection, not the flag.
+        assert_eq!(code, Some(1), "{ok}: {err}");
+        assert!(err.contains("cannot connect"), "{ok}: {err}");
+    }
+    let (code, err) = run("soon");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("write it like 500ms, 30s, 1m"), "{err}");
+}

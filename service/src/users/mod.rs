@@ -429,7 +429,7 @@ fn claim_journal(path: &std::path::Path, handover: bool) -> Result<Option<Owner>
     match Owner::acquire(path) {
         Ok(owner) => Ok(Some(owner)),
         Err(JournalError::Held { pid, .. }) if handover => {
-            tracing::info!(journal = %path.display(), holder = ?pid,
+            tracing::info!(journal = %path.display(), holder = pid,
                 "the previous server still owns the journal: writes wait until it releases it");
             Ok(None)
         }
@@ -545,7 +545,7 @@ async fn released(shared: &Shared) -> Option<Owner> {
             Err(JournalError::Held { pid, .. }) => {
                 if warned.elapsed() >= Duration::from_secs(10) {
                     warned = Instant::now();
-                    tracing::warn!(holder = ?pid, journal = %shared.journal_path.display(),
+                    tracing::warn!(holder = pid, journal = %shared.journal_path.display(),
                         "still waiting for the previous server to release the journal; writes wait");
                 }
                 tokio::time::sleep(POLL).await;

@@ -257,3 +257,24 @@ fn metrics_sit_behind_the_token_unless_made_public() {
     let post = public.post(br#"{"jsonrpc":"2.0","method":"ping","id":1}"#);
     assert_eq!(post.status, 401, "calls still need the token");
 }
+
+/// Log fields are plain values, absent when there is none: `"revision":"None"` (Rust's Debug text
+/// of an Option) broke `jq .revision` and every log filter.
+#[test]
+fn log_fields_are_plain_values() {
+    // testbed's usersvc logs JSON lines.
+    let s = testbed::Usersvc::start_with(env!("CARGO_BIN_EXE_usersvc").as_ref(), &[]);
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap_or_else(|| panic!("no start line:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert!(v.get("addr").is_some(), "{line}");
+    // Outside a release there is no revision: the field is absent, never "None".
+    assert!(
+        v.get("revision").is_none() && v.get("release").is_none(),
+        "{line}"
+    );
+    assert!(!log.contains("\"None\"") && !log.contains("Some("), "{log}");
+}
