@@ -120,7 +120,8 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
         metrics::start_reporter(cfg, metrics.clone(), users.clone(), &release)
     });
-    let api = Arc::new(api::methods::Api::new(users.clone(), &release));
+    let api =
+        Arc::new(api::methods::Api::new(users.clone(), &release).with_pull(pull_stats.clone()));
     let exposition = Arc::new(api::prometheus::Exposition::new(api::prometheus::Sources {
         users: users.clone(),
         pull: pull_stats.clone(),

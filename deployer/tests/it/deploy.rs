@@ -508,11 +508,11 @@ fn exec_runs_on_every_host_prefixed_and_names_the_ones_that_failed() {
         "{r}"
     );
     // One argument is a shell command line, as `ssh host 'cmd'` takes it; several stay words.
-    let r = h.run(&["exec", "--hosts", &names[0], "--", "cat v; echo two"]);
+    let r = h.run(&["exec", "--hosts", &names[0], "--", "echo one; cat v"]);
     assert_eq!(r.code, 0, "{r}");
     assert!(
         r.stdout
-            .contains(&format!("{}: 1\n{}: two", names[0], names[0])),
+            .contains(&format!("{}: one\n{}: 1", names[0], names[0])),
         "{r}"
     );
     let r = h.run(&["exec", "--hosts", &names[0], "--", "echo", "a; b"]);

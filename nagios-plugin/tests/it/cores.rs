@@ -266,6 +266,9 @@ fn nagios4_sees_the_outage_that_readiness_rides_through() {
     let p = svc.addr().port();
     let health = format!("check_usersvc_health!{p}");
     let ping = format!("check_jsonrpc!-p {p} -m get_user --params '[\"a\"]'");
+    // The same through check_jsonrpc: the health method, its status expected. With only a
+    // `-m version` check, Nagios stayed green through the outage.
+    let health_rpc = format!("check_jsonrpc!-p {p} -m health --expect '/status=\"ok\"'");
     let services = [
         Service {
             name: "health",
@@ -274,6 +277,10 @@ fn nagios4_sees_the_outage_that_readiness_rides_through() {
         Service {
             name: "reads",
             check: &ping,
+        },
+        Service {
+            name: "health_rpc",
+            check: &health_rpc,
         },
     ];
     let r = cores::nagios(
@@ -285,6 +292,8 @@ fn nagios4_sees_the_outage_that_readiness_rides_through() {
     assert_eq!(h.state, 2, "{h:?}");
     assert!(h.output.contains("503"), "{h:?}");
     assert_core("nagios", &r, "reads", 0, "JSONRPC OK - get_user returned");
+    let rpc = assert_core("nagios", &r, "health_rpc", 2, "/status");
+    assert!(rpc.output.contains("degraded"), "{rpc:?}");
     assert_eq!(svc.get("/health/ready").status, 200);
     assert_eq!(svc.get("/health").status, 503);
 }

@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub struct HttpConfig {
@@ -346,62 +345,13 @@ async fn rpc_endpoint(State(endpoint): State<Arc<Endpoint>>, body: Bytes) -> Res
 }
 
 async fn health(State(endpoint): State<Arc<Endpoint>>) -> Response {
-    let users = &endpoint.api.users;
-    let d = users.degradation();
-    let probe = tokio::time::timeout(Duration::from_secs(2), users.store().ping()).await;
-    let store_error = match probe {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(toolkit_core::redact::text(&e.to_string())),
-        Err(_) => Some("store did not answer within 2s".to_owned()),
-    };
-    let failed_tasks = users.tasks().failed();
-    let stats = users.stats();
-    // Acknowledged writes that cannot be replayed wait for an operator: a state Nagios alerts on.
-    let quarantined = stats.quarantined.load(Ordering::Relaxed);
-    let ok = store_error.is_none() && !d.degraded() && failed_tasks.is_empty() && quarantined == 0;
-    let mut body = serde_json::json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "store": if store_error.is_none() && !d.degraded() { "ok" } else { "degraded" },
-        "breaker": d.breaker.as_str(),
-        "journal_depth": d.journal_depth,
-        "users": users.count(),
-        "snapshot": if d.from_copy { "local copy" } else { "store" },
-        "queued_total": stats.queued.load(Ordering::Relaxed),
-        "replayed_total": stats.replayed.load(Ordering::Relaxed),
-        "replay_conflicts": stats.replay_conflicts.load(Ordering::Relaxed),
-        // Journal records that could not be replayed, kept bytes intact beside the journal.
-        "quarantined": stats.quarantined.load(Ordering::Relaxed),
-    });
-    if !failed_tasks.is_empty() {
-        body["failed_tasks"] = failed_tasks.into();
-    }
-    if quarantined > 0 {
-        body["quarantine"] = serde_json::json!({
-            "records": quarantined,
-            "file": crate::store::quarantine_path(users.journal_path()).display().to_string(),
-            "what_to_do": "usersvc journal lists them; usersvc journal requeue N puts one back (with the server stopped)",
-        });
-    }
-    if d.handover {
-        body["journal"] = "waiting for the previous server to release it".into();
-    }
-    if let Some(e) = store_error {
-        body["error"] = e.into();
-    }
-    if let Some(p) = &endpoint.config.pull {
-        body["pull"] = serde_json::json!({
-            "ok": p.ok.load(Ordering::Relaxed),
-            "failed": p.failed.load(Ordering::Relaxed),
-            "changed": p.changed.load(Ordering::Relaxed),
-            "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
-        });
-    }
-    let status = if ok {
+    let h = super::health::health(&endpoint.api.users, endpoint.config.pull.as_deref()).await;
+    let status = if h.ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, body.to_string().into_bytes())
+    json_response(status, h.body.to_string().into_bytes())
 }
 
 /// For a load balancer or systemd: whether the process serves (200) — only a shutdown says no.

@@ -50,6 +50,7 @@ pub const METHODS: &[&str] = &[
     "delete_user",
     "ping",
     "version",
+    "health",
     "rpc.discover",
 ];
 
@@ -57,6 +58,8 @@ pub struct Api {
     pub users: Users,
     discover: Bytes,
     version: Bytes,
+    /// The pull's figures, for `health` (none without `--pull-url`).
+    pull: Option<std::sync::Arc<crate::pull::PullStats>>,
 }
 
 impl Api {
@@ -68,7 +71,14 @@ impl Api {
             users,
             discover: Bytes::from(doc.to_string()),
             version: Bytes::from(release.version_json().to_string()),
+            pull: None,
         }
+    }
+
+    /// With the pull's figures in `health` (as `GET /health` has them).
+    pub fn with_pull(mut self, pull: Option<std::sync::Arc<crate::pull::PullStats>>) -> Self {
+        self.pull = pull;
+        self
     }
 
     /// `{name, version, revision, release}`, for the `version` method and `GET /version`.
@@ -85,6 +95,12 @@ impl Api {
         match method {
             "ping" => Ok(RawJson::from_trusted(Bytes::from_static(b"\"pong\""))),
             "version" => Ok(RawJson::from_trusted(self.version())),
+            // What GET /health answers, for a check that speaks JSON-RPC only (check_jsonrpc).
+            "health" => Ok(RawJson::encode(
+                &super::health::health(&self.users, self.pull.as_deref())
+                    .await
+                    .body,
+            )),
             "rpc.discover" => Ok(RawJson::from_trusted(self.discover.clone())),
             "get_users" => {
                 let limit = opt_u64(&params, 0, "limit")?;

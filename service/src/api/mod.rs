@@ -3,6 +3,7 @@
 //! figures the dispatcher counts as it answers.
 
 pub(crate) mod access_log;
+mod health;
 pub(crate) mod http;
 pub mod methods;
 pub(crate) mod prometheus;

@@ -647,3 +647,28 @@ fn a_burst_of_maximum_size_writes_against_a_healthy_store_is_committed() {
         1
     );
 }
+
+/// The JSON-RPC `health` method says what `GET /health` says: degraded while the store is away
+/// and writes are queued, ok once they are replayed.
+#[test]
+fn the_health_method_answers_what_get_health_does() {
+    let mut pg = Postgres::start();
+    let s = on(&pg);
+    assert_eq!(s.result("health", Value::Null)["status"], "ok");
+    pg.stop();
+    queue_writes(&s, 1, 3);
+    let h = s.result("health", Value::Null);
+    assert_eq!(
+        (
+            h["status"].clone(),
+            h["store"].clone(),
+            h["journal_depth"].clone()
+        ),
+        (json!("degraded"), json!("degraded"), json!(2)),
+        "{h}"
+    );
+    assert_eq!(s.get("/health").json()["status"], "degraded");
+    pg.restart();
+    replayed(&s);
+    assert_eq!(s.result("health", Value::Null)["status"], "ok");
+}
