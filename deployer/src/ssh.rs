@@ -503,29 +503,53 @@ fn login(
         message: format!("SSH handshake: {e}"),
     })?;
     verify_host_key(&session, name, host, port, s)?;
-    // The key file first; the agent when there is none, or when the file did not do (an
-    // encrypted key that the agent holds, as OpenSSH users expect).
-    let by_key = identity.map(|key| session.userauth_pubkey_file(user, None, key, None));
-    let agent = std::env::var_os("SSH_AUTH_SOCK").is_some();
-    match by_key {
-        Some(Ok(())) => {}
-        Some(Err(e)) if !agent => {
-            return Err(SshError::Auth {
-                host: name.to_owned(),
-                user: user.to_owned(),
-                message: e.to_string(),
-            });
-        }
-        by_key => session.userauth_agent(user).map_err(|e| SshError::Auth {
-            host: name.to_owned(),
-            user: user.to_owned(),
-            message: match by_key {
-                Some(Err(k)) => format!("{k}; then with the agent: {e}"),
-                _ => e.to_string(),
-            },
-        })?,
-    }
+    authenticate(&session, name, user, identity.map(PathBuf::as_path))?;
     Ok((session, watch))
+}
+
+/// The key file first; the agent when there is none, or when the file did not do (an encrypted
+/// key that the agent holds, as OpenSSH users expect). A failure names the key file and says
+/// whether the agent was tried, and why not.
+fn authenticate(
+    session: &ssh2::Session,
+    name: &str,
+    user: &str,
+    identity: Option<&Path>,
+) -> Result<(), SshError> {
+    let by_key = identity.map(|key| {
+        session
+            .userauth_pubkey_file(user, None, key, None)
+            .map_err(|e| {
+                if key.is_file() {
+                    format!("the key {} was not accepted ({e})", key.display())
+                } else {
+                    format!(
+                        "the key file {} cannot be read ({e}): check [ssh] identity",
+                        key.display()
+                    )
+                }
+            })
+    });
+    if let Some(Ok(())) = by_key {
+        return Ok(());
+    }
+    let key_failed = by_key.and_then(Result::err);
+    let agent = if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        match session.userauth_agent(user) {
+            Ok(()) => return Ok(()),
+            Err(e) => format!("the SSH agent did not do either ({e})"),
+        }
+    } else {
+        "no SSH agent to try (SSH_AUTH_SOCK is not set)".to_owned()
+    };
+    Err(SshError::Auth {
+        host: name.to_owned(),
+        user: user.to_owned(),
+        message: match key_failed {
+            Some(k) => format!("{k}; {agent}"),
+            None => format!("no key file ([ssh] identity) and {agent}"),
+        },
+    })
 }
 
 fn verify_host_key(

@@ -117,3 +117,34 @@ fn missing_config_is_one_message_and_a_hint() {
         "{err}"
     );
 }
+
+/// A key that cannot be used is named, with whether the agent was tried: "[Session(-16)] Unable
+/// to open private key file" said neither which file nor what else was tried.
+#[test]
+fn a_missing_key_file_is_named_with_the_agent_fallback() {
+    let h = Hosts::start(&[4]);
+    let text = std::fs::read_to_string(&h.config).expect("config");
+    let key = h.servers[0].identity.display().to_string();
+    let missing = h.dir.path().join("no_such_key");
+    std::fs::write(
+        &h.config,
+        text.replace(&key, &missing.display().to_string()),
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .arg("-c")
+        .arg(&h.config)
+        .arg("check")
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .expect("run deployer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "the key file {} cannot be read",
+            missing.display()
+        )) && stdout.contains("no SSH agent to try (SSH_AUTH_SOCK is not set)"),
+        "{stdout}"
+    );
+}
