@@ -524,6 +524,21 @@ fn a_journal_directory_others_can_write_is_refused() {
             && err.contains("another user could take the journal"),
         "{err}"
     );
+
+    // The attack itself: the running server's directory made writable by others, its lock file
+    // moved aside, a second server started on the same journal: refused.
+    std::fs::set_permissions(s.dir(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let lock = s.dir().join("usersvc.journal.lock");
+    std::fs::rename(&lock, s.dir().join("moved-aside")).expect("move the lock aside");
+    let (status, stderr) = s.run_to_failure();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writable by other users"), "{stderr}");
+    assert_eq!(
+        s.result("ping", Value::Null),
+        "pong",
+        "the first one serves on"
+    );
+    std::fs::set_permissions(s.dir(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
 }
 
 #[test]
