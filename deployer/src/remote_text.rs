@@ -37,10 +37,8 @@ mod tests {
 
     #[test]
     fn escape_sequences_are_shown_not_obeyed() {
-        assert_eq!(printable("ok\nnext\tcol"), "ok\nnext\tcol");
-        assert_eq!(printable("\u{1b}[31mred\u{7}"), "\\u{1b}[31mred\\u{7}");
-        assert_eq!(printable("a\rb"), "a\\u{d}b");
-        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        // The escaping itself is toolkit_core::terminal's, tested there.
+        assert_eq!(printable("\u{1b}[31mred"), "\\u{1b}[31mred");
         assert!(revision_ok("v1.2 (build 42)"));
         assert!(!revision_ok("x\u{1b}]0;pwned\u{7}"));
         assert!(!revision_ok(&"x".repeat(201)));

@@ -99,17 +99,14 @@ fn from_directory(cfg: &Config, allow_dirty: bool) -> Result<Tree, SourceError> 
     let mut cache = HashCache::open(&cfg.source);
     let manifest = Manifest::scan_cached(&cfg.source, &exclude, &mut cache)?;
     cache.save();
-    let Some(top) = git(&cfg.source, &["rev-parse", "--show-toplevel"]).ok() else {
-        return Ok(Tree {
-            dir: cfg.source.clone(),
-            revision: manifest.digest(),
-            manifest,
-            branch: "none".into(),
-            _extracted: None,
-        });
-    };
-    let Ok(head) = git(&cfg.source, &["rev-parse", "--verify", "HEAD^{commit}"]) else {
-        // A repository without a commit yet: the tree is named by its content.
+    // Outside git, or in a repository without a commit yet: the tree is named by its content.
+    let in_git = git(&cfg.source, &["rev-parse", "--show-toplevel"]).and_then(|top| {
+        Ok((
+            top,
+            git(&cfg.source, &["rev-parse", "--verify", "HEAD^{commit}"])?,
+        ))
+    });
+    let Ok((top, head)) = in_git else {
         return Ok(Tree {
             dir: cfg.source.clone(),
             revision: manifest.digest(),

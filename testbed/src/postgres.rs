@@ -43,19 +43,25 @@ fn as_owner(tool: &Path) -> Command {
     }
 }
 
+/// A temp dir the `postgres` user owns when we are root (initdb and pg_basebackup run as it).
+fn owned_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    if is_root() {
+        checked(
+            "chown postgres",
+            Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .output(),
+        );
+    }
+    dir
+}
+
 impl Postgres {
     pub fn start() -> Self {
         let bin = bin_dir();
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        if is_root() {
-            checked(
-                "chown postgres",
-                Command::new("chown")
-                    .arg("postgres:")
-                    .arg(dir.path())
-                    .output(),
-            );
-        }
+        let dir = owned_tempdir();
         checked(
             "initdb",
             as_owner(&bin.join("initdb"))
@@ -71,16 +77,21 @@ impl Postgres {
             paused: false,
             dir,
         };
-        // A port found free can be taken before the server binds it: try a few.
+        pg.start_on_a_free_port();
+        pg
+    }
+
+    /// Starts the server on a free port: a port found free can be taken before the server
+    /// binds it, so a few are tried.
+    fn start_on_a_free_port(&mut self) {
         for attempt in 0..3 {
-            pg.port = free_port("127.0.0.1");
-            match pg.try_start() {
-                Ok(()) => return pg,
+            self.port = free_port("127.0.0.1");
+            match self.try_start() {
+                Ok(()) => return,
                 Err(e) if attempt == 2 => panic!("pg_ctl start failed:\n{e}"),
                 Err(_) => {}
             }
         }
-        unreachable!("the loop returns or panics")
     }
 
     fn try_start(&mut self) -> Result<(), String> {
@@ -181,16 +192,7 @@ impl Postgres {
     /// a port of its own, and made synchronous (`synchronous_standby_names = '*'`): from here on a
     /// commit on this server returns only once the standby has it.
     pub fn standby(&self) -> Postgres {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        if is_root() {
-            checked(
-                "chown postgres",
-                Command::new("chown")
-                    .arg("postgres:")
-                    .arg(dir.path())
-                    .output(),
-            );
-        }
+        let dir = owned_tempdir();
         checked(
             "pg_basebackup",
             as_owner(&self.bin.join("pg_basebackup"))
@@ -207,14 +209,7 @@ impl Postgres {
             paused: false,
             dir,
         };
-        for attempt in 0..3 {
-            standby.port = free_port("127.0.0.1");
-            match standby.try_start() {
-                Ok(()) => break,
-                Err(e) if attempt == 2 => panic!("pg_ctl start (standby) failed:\n{e}"),
-                Err(_) => {}
-            }
-        }
+        standby.start_on_a_free_port();
         // ALTER SYSTEM cannot run in the transaction psql makes of several statements.
         self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
         self.psql("SELECT pg_reload_conf()");
