@@ -178,6 +178,12 @@ impl WatchArgs {
             "nothing to watch: give --health, --nagios -- PLUGIN… or --command -- CMD…"
         );
         Ok(WatchConfig {
+            say: |line| {
+                eprintln!(
+                    "riemann-probe: {}",
+                    toolkit_core::terminal::clipped(line, 2000)
+                )
+            },
             client,
             interval,
             ttl,

@@ -61,6 +61,8 @@ pub struct ProbeStats {
     pub queued: usize,
     /// Failed attempts to connect.
     pub connect_failures: u64,
+    /// Sends that failed on a connection (lost, reset, no acknowledgement): retried.
+    pub send_failures: u64,
 }
 
 struct Shared {
@@ -75,6 +77,7 @@ struct Shared {
     /// Drops not yet reported in a drop event.
     unreported: AtomicU64,
     connect_failures: AtomicU64,
+    send_failures: AtomicU64,
 }
 
 /// Cheap to clone; every clone feeds the same queue.
@@ -99,6 +102,7 @@ impl Probe {
             dropped: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            send_failures: AtomicU64::new(0),
         });
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
@@ -136,6 +140,7 @@ impl Probe {
             dropped: s.dropped.load(Ordering::Relaxed),
             queued: lock(&s.queue).len(),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            send_failures: s.send_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -319,6 +324,7 @@ impl Sender {
                 // would be refused again, and hold up every event behind it.
                 Some(Err(crate::Error::Server(_))) => drop_counted(s, n),
                 _ => {
+                    s.send_failures.fetch_add(1, Ordering::Relaxed);
                     self.client = None;
                     self.retry_at = Instant::now() + jitter(&mut self.seed, self.backoff);
                     requeue(s, batch.into_iter().chain(self.pending.drain(..)));

@@ -1,7 +1,9 @@
 //! `watch`: the events of its collectors, sent every interval until stopped, as riemann-tools'
 //! tools run. Each event carries a ttl of a few intervals, so Riemann expires them, and alerts,
 //! when the watcher dies. Sending goes through a [`Probe`]: a slow or absent Riemann never
-//! delays the next interval's sampling.
+//! delays the next interval's sampling. What goes wrong locally is said through
+//! [`WatchConfig::say`] (the CLI: stderr), once when it starts and once when it ends: Riemann
+//! out of reach, a plugin or command that cannot run.
 
 use crate::client::ClientConfig;
 use crate::event::{EventBuilder, event};
@@ -35,6 +37,9 @@ pub enum Collector {
 
 /// What [`watch`] samples, how often, and where it sends the events.
 pub struct WatchConfig {
+    /// Where the watcher's own news goes: its start, Riemann lost and found again, a plugin that
+    /// cannot run and runs again (one line each, never one per interval).
+    pub say: fn(&str),
     /// The connection to Riemann.
     pub client: ClientConfig,
     /// Time between samples.
@@ -51,8 +56,69 @@ pub struct WatchConfig {
 
 enum Running {
     Health(HostHealth),
-    Nagios { argv: Vec<String>, service: String },
-    Command { argv: Vec<String>, service: String },
+    Nagios {
+        argv: Vec<String>,
+        service: String,
+        failing: bool,
+    },
+    Command {
+        argv: Vec<String>,
+        service: String,
+        failing: bool,
+    },
+}
+
+/// Says when a program starts or stops failing to run (not every interval it fails).
+fn ran<T>(
+    say: fn(&str),
+    failing: &mut bool,
+    argv: &[String],
+    run: Result<T, plugin_api::RunError>,
+) -> Result<T, String> {
+    let name = argv.first().map_or("", String::as_str);
+    match run {
+        Ok(r) => {
+            if std::mem::replace(failing, false) {
+                say(&format!("{name} runs again"));
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            if !std::mem::replace(failing, true) {
+                say(&format!(
+                    "cannot run {name}: {e} (reported critical every interval until it runs)"
+                ));
+            }
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Says when Riemann stops answering and when it answers again, from the probe's counters.
+struct Reach {
+    down: bool,
+    failures: u64,
+    sent: u64,
+}
+
+impl Reach {
+    fn look(&mut self, say: fn(&str), addr: &str, stats: &ProbeStats) {
+        let failures = stats.connect_failures + stats.send_failures;
+        if !self.down && failures > self.failures {
+            self.down = true;
+            say(&format!(
+                "cannot reach Riemann at {addr}: events wait in the queue (the oldest dropped past 10,000) until it answers"
+            ));
+        } else if self.down && stats.sent > self.sent {
+            self.down = false;
+            say(&format!(
+                "Riemann at {addr} answers again ({} events dropped so far)",
+                stats.dropped
+            ));
+        }
+        self.failures = failures;
+        self.sent = stats.sent;
+    }
 }
 
 fn command_events(
@@ -97,11 +163,40 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         .into_iter()
         .map(|c| match c {
             Collector::Health(limits) => Running::Health(HostHealth::new(limits, cfg.interval)),
-            Collector::Nagios { argv, service } => Running::Nagios { argv, service },
-            Collector::Command { argv, service } => Running::Command { argv, service },
+            Collector::Nagios { argv, service } => Running::Nagios {
+                argv,
+                service,
+                failing: false,
+            },
+            Collector::Command { argv, service } => Running::Command {
+                argv,
+                service,
+                failing: false,
+            },
         })
         .collect();
+    let say = cfg.say;
+    let what: Vec<String> = collectors
+        .iter()
+        .map(|c| match c {
+            Running::Health(_) => "host health".to_owned(),
+            Running::Nagios { argv, .. } | Running::Command { argv, .. } => {
+                argv.first().cloned().unwrap_or_default()
+            }
+        })
+        .collect();
+    say(&format!(
+        "watching {} every {}, sending to Riemann at {}",
+        what.join(", "),
+        humantime::format_duration(cfg.interval),
+        cfg.client.addr
+    ));
     let probe = Probe::start(ProbeConfig::new(cfg.client.clone()));
+    let mut reach = Reach {
+        down: false,
+        failures: 0,
+        sent: 0,
+    };
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // Sleep in short steps so a signal ends the watch at once.
@@ -112,19 +207,30 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         }
         // A slow collector delays the next sample instead of piling samples up.
         next = (next + cfg.interval).max(Instant::now());
+        reach.look(say, &cfg.client.addr, &probe.stats());
         for c in &mut collectors {
             let events = match c {
                 Running::Health(h) => h.sample(&base),
-                Running::Nagios { argv, service } => {
-                    match plugin_api::run_argv(argv, cfg.command_timeout) {
+                Running::Nagios {
+                    argv,
+                    service,
+                    failing,
+                } => {
+                    let run = plugin_api::run_argv(argv, cfg.command_timeout);
+                    match ran(say, failing, argv, run) {
                         Ok(run) => crate::nagios::events_with(&run, service, &base),
-                        Err(e) => failed(&base, service, e.to_string()),
+                        Err(e) => failed(&base, service, e),
                     }
                 }
-                Running::Command { argv, service } => {
-                    match plugin_api::run_argv(argv, cfg.command_timeout) {
+                Running::Command {
+                    argv,
+                    service,
+                    failing,
+                } => {
+                    let run = plugin_api::run_argv(argv, cfg.command_timeout);
+                    match ran(say, failing, argv, run) {
                         Ok(run) => command_events(&base, &run, service),
-                        Err(e) => failed(&base, service, e.to_string()),
+                        Err(e) => failed(&base, service, e),
                     }
                 }
             };

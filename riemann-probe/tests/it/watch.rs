@@ -159,3 +159,58 @@ fn nothing_to_watch_or_a_program_without_its_kind_is_refused() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// What goes wrong locally is said on stderr, once when it starts and once when it ends: the
+/// start, Riemann out of reach and back, a plugin that cannot run. `watch --nagios --
+/// check_nothere` ran forever sending critical events and wrote nothing.
+#[test]
+fn the_watcher_says_what_goes_wrong_on_stderr_once() {
+    let sink = Sink::start();
+    sink.down();
+    let w = watcher(
+        &sink,
+        &[
+            "--interval",
+            "200ms",
+            "--nagios",
+            "--",
+            "/nonexistent/check_nothere",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    sink.up();
+    sink.wait_for(Duration::from_secs(10), named("check_nothere"));
+    std::thread::sleep(Duration::from_millis(600));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(w.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let out = w.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let addr = sink.tcp_addr().to_string();
+    let count = |needle: &str| err.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count(&format!(
+            "watching /nonexistent/check_nothere every 200ms, sending to Riemann at {addr}"
+        )),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        count("cannot run /nonexistent/check_nothere"),
+        1,
+        "once, not every interval: {err}"
+    );
+    assert_eq!(
+        count(&format!("cannot reach Riemann at {addr}")),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        count(&format!("Riemann at {addr} answers again")),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.lines().all(|l| l.starts_with("riemann-probe: ")),
+        "{err}"
+    );
+}
