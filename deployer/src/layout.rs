@@ -316,38 +316,30 @@ pub fn previous_good(st: &HostState) -> Option<&ReleaseInfo> {
         .find(|r| r.name.as_str() < cur && r.complete && r.bad.is_none())
 }
 
-/// What `current` holds for `release`: `<deploy_to>/releases/<release>`, absolute as
-/// Capistrano 3 writes it (a relative `deploy_to` is made absolute on the host).
-fn link_target(deploy_to: &str, release: &str) -> String {
-    if deploy_to.starts_with('/') {
-        let d = deploy_to.trim_end_matches('/');
-        quote(&format!("{d}/releases/{release}"))
-    } else {
-        format!("\"$PWD\"/{}", quote(&format!("releases/{release}")))
-    }
+/// Points `current` at `release` atomically (a temp link renamed over it) once the shell test
+/// `test` holds. The link is absolute, `<deploy_to>/releases/<release>`, as Capistrano 3 writes
+/// it (deploy.toml's `deploy_to` is always absolute).
+fn relink(deploy_to: &str, release: &str, test: &str) -> String {
+    let target = format!("{}/releases/{release}", deploy_to.trim_end_matches('/'));
+    format!(
+        "cd {d} && [ {test} ] && ln -s {t} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
+        d = quote(deploy_to),
+        t = quote(&target),
+    )
 }
 
-/// Points `current` at the complete `release` atomically (a temp link renamed over it).
+/// Points `current` at the complete `release` (it holds `REVISION`).
 pub fn switch_script(deploy_to: &str, release: &str) -> String {
-    format!(
-        "cd {d} && [ -f releases/{r}/REVISION ] && ln -s {t} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
-        d = quote(deploy_to),
-        r = quote(release),
-        t = link_target(deploy_to, release),
-    )
+    let test = format!("-f releases/{}/REVISION", quote(release));
+    relink(deploy_to, release, &test)
 }
 
 /// Puts `current` back where it was before this run: at `release` (which must still be
 /// there, complete or not: it was live), or nowhere when there was none.
 pub fn restore_script(deploy_to: &str, release: Option<&str>) -> String {
-    let d = quote(deploy_to);
     match release {
-        Some(r) => format!(
-            "cd {d} && [ -d releases/{q} ] && ln -s {t} .current.tmp.$$ && mv -T .current.tmp.$$ current || {{ rm -f .current.tmp.$$; exit 1; }}",
-            q = quote(r),
-            t = link_target(deploy_to, r),
-        ),
-        None => format!("cd {d} && rm -f current"),
+        Some(r) => relink(deploy_to, r, &format!("-d releases/{}", quote(r))),
+        None => format!("cd {} && rm -f current", quote(deploy_to)),
     }
 }
 
