@@ -84,6 +84,53 @@ pub struct Remote {
     timeout: Duration,
 }
 
+/// A step's output cut into lines as it arrives, within [`LineLimits`]: what is kept is the one
+/// line not ended yet.
+struct Lines {
+    pending: Vec<u8>,
+    total: u64,
+    limits: LineLimits,
+}
+
+impl Lines {
+    fn new(limits: LineLimits) -> Self {
+        Self {
+            pending: Vec::new(),
+            total: 0,
+            limits,
+        }
+    }
+
+    /// Hands every line `chunk` completes to `on_line`; past a limit, which one.
+    fn feed(&mut self, chunk: &[u8], on_line: &mut dyn FnMut(&[u8])) -> Result<(), String> {
+        self.total += chunk.len() as u64;
+        if self.total > self.limits.total {
+            return Err(format!("over {} bytes", self.limits.total));
+        }
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(end) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            if end > self.limits.line {
+                return Err(format!("a line over {} bytes", self.limits.line));
+            }
+            on_line(&self.pending[start..start + end]);
+            start += end + 1;
+        }
+        self.pending.drain(..start);
+        if self.pending.len() > self.limits.line {
+            return Err(format!("a line over {} bytes", self.limits.line));
+        }
+        Ok(())
+    }
+
+    /// The last line, when the output did not end with a newline.
+    fn finish(self, on_line: &mut dyn FnMut(&[u8])) {
+        if !self.pending.is_empty() {
+            on_line(&self.pending);
+        }
+    }
+}
+
 /// A long-lived `sh` on the host, fed scripts one at a time. sshd takes ~100 ms to start each
 /// session channel, a step through this shell well under 1 ms, so the deploy flow runs every
 /// remote step here and opens one extra channel only for the upload stream.
@@ -289,28 +336,11 @@ impl Shell {
                 "its answer is too large to read whole ({what}); nothing was decided from it"
             ),
         };
-        let mut pending: Vec<u8> = Vec::new();
-        let mut total = 0u64;
+        let mut lines = Lines::new(limits);
         let status = self.exchange(script, deadline, &mut |chunk| {
-            total += chunk.len() as u64;
-            if total > limits.total {
-                return Err(too_much(format!("over {} bytes", limits.total)));
-            }
-            pending.extend_from_slice(chunk);
-            let mut start = 0;
-            while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                on_line(&pending[start..start + end]);
-                start += end + 1;
-            }
-            pending.drain(..start);
-            if pending.len() > limits.line {
-                return Err(too_much(format!("a line over {} bytes", limits.line)));
-            }
-            Ok(())
+            lines.feed(chunk, on_line).map_err(&too_much)
         })?;
-        if !pending.is_empty() {
-            on_line(&pending);
-        }
+        lines.finish(on_line);
         Ok(status)
     }
 
@@ -613,6 +643,31 @@ fn verify_host_key(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lines_are_read_whole_up_to_each_limit_and_refused_past_it() {
+        let limits = super::LineLimits { total: 20, line: 4 };
+        let read = |chunks: &[&[u8]]| {
+            let mut lines = super::Lines::new(limits);
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for c in chunks {
+                lines.feed(c, &mut |l| got.push(l.to_vec()))?;
+            }
+            lines.finish(&mut |l| got.push(l.to_vec()));
+            Ok::<_, String>(got)
+        };
+        // Lines of exactly 4 bytes, split across chunks, and a last one without its newline.
+        assert_eq!(
+            read(&[b"abcd\nef", b"gh\nij"]),
+            Ok(vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()])
+        );
+        // 5 bytes: one over, whether it arrives whole or in pieces.
+        assert!(read(&[b"abcde\n"]).is_err_and(|e| e.contains("a line over 4 bytes")));
+        assert!(read(&[b"abc", b"de"]).is_err_and(|e| e.contains("a line over 4")));
+        // 20 bytes in all is read; 21 is not.
+        assert!(read(&[b"abc\nabc\nabc\nabc\nabc\n"]).is_ok());
+        assert!(read(&[b"abc\nabc\nabc\nabc\nabc\na"]).is_err_and(|e| e.contains("over 20 bytes")));
+    }
+
     #[test]
     fn quoting() {
         assert_eq!(super::quote("/srv/a b"), "'/srv/a b'");
