@@ -591,6 +591,25 @@ mod tests {
     }
 
     #[test]
+    fn current_is_relinked_absolute_and_only_to_what_is_there() {
+        let switch = switch_script("/srv/my app/", "20261123100000");
+        assert!(
+            switch.contains("[ -f releases/'20261123100000'/REVISION ]")
+                && switch.contains("ln -s '/srv/my app/releases/20261123100000' .current.tmp.$$"),
+            "{switch}"
+        );
+        let restore = restore_script("/srv/app", Some("20261123100000"));
+        assert!(
+            restore.contains("[ -d releases/'20261123100000' ]"),
+            "{restore}"
+        );
+        assert_eq!(
+            restore_script("/srv/app", None),
+            "cd '/srv/app' && rm -f current"
+        );
+    }
+
+    #[test]
     fn release_names_never_collide() {
         let now = chrono::NaiveDateTime::parse_from_str("20261123100000", RELEASE_FORMAT)
             .expect("time")
