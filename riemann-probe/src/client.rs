@@ -510,3 +510,57 @@ pub fn event_json(e: &Event) -> serde_json::Value {
     }
     serde_json::Value::Object(o)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A server that answers the one request it reads with `ok` and `events` empty events.
+    fn answering(events: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut len = [0u8; 4];
+            conn.read_exact(&mut len).expect("length");
+            let mut request = vec![0u8; u32::from_be_bytes(len) as usize];
+            conn.read_exact(&mut request).expect("request");
+            let mut body = vec![0x10, 0x01];
+            body.extend([0x32, 0x00].repeat(events));
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend(body);
+            let _ = conn.write_all(&frame);
+        });
+        addr
+    }
+
+    fn query(events: usize, limits: AnswerLimits) -> Result<usize, Error> {
+        let mut c = Client::connect(&ClientConfig::tcp(answering(events)))?;
+        c.query_within("true", limits).map(|e| e.len())
+    }
+
+    #[test]
+    fn an_answer_is_read_up_to_each_limit_and_refused_past_it() {
+        // 3 events are 2 + 3 × 2 = 8 bytes.
+        let at = AnswerLimits {
+            bytes: 8,
+            events: 3,
+        };
+        assert_eq!(query(3, at).expect("at both limits"), 3);
+        let over_events = query(4, AnswerLimits { bytes: 100, ..at });
+        assert!(
+            matches!(&over_events, Err(Error::TooLarge { limit, .. }) if limit == "3 events"),
+            "{over_events:?}"
+        );
+        let over_bytes = query(3, AnswerLimits { bytes: 7, ..at });
+        assert!(
+            matches!(&over_bytes, Err(Error::TooLarge { limit, .. }) if limit == "7 bytes"),
+            "{over_bytes:?}"
+        );
+        assert_eq!(
+            count_events(&[0x10, 0x01, 0x32, 0x00, 0x32, 0x00]).ok(),
+            Some(2)
+        );
+    }
+}
