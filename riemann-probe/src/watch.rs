@@ -56,14 +56,11 @@ pub struct WatchConfig {
 
 enum Running {
     Health(HostHealth),
-    Nagios {
+    /// A Nagios plugin (`nagios`: its state and perfdata) or a command (its exit code).
+    Program {
         argv: Vec<String>,
         service: String,
-        failing: bool,
-    },
-    Command {
-        argv: Vec<String>,
-        service: String,
+        nagios: bool,
         failing: bool,
     },
 }
@@ -163,14 +160,16 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         .into_iter()
         .map(|c| match c {
             Collector::Health(limits) => Running::Health(HostHealth::new(limits, cfg.interval)),
-            Collector::Nagios { argv, service } => Running::Nagios {
+            Collector::Nagios { argv, service } => Running::Program {
                 argv,
                 service,
+                nagios: true,
                 failing: false,
             },
-            Collector::Command { argv, service } => Running::Command {
+            Collector::Command { argv, service } => Running::Program {
                 argv,
                 service,
+                nagios: false,
                 failing: false,
             },
         })
@@ -180,9 +179,7 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         .iter()
         .map(|c| match c {
             Running::Health(_) => "host health".to_owned(),
-            Running::Nagios { argv, .. } | Running::Command { argv, .. } => {
-                argv.first().cloned().unwrap_or_default()
-            }
+            Running::Program { argv, .. } => argv.first().cloned().unwrap_or_default(),
         })
         .collect();
     say(&format!(
@@ -211,24 +208,15 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         for c in &mut collectors {
             let events = match c {
                 Running::Health(h) => h.sample(&base),
-                Running::Nagios {
+                Running::Program {
                     argv,
                     service,
+                    nagios,
                     failing,
                 } => {
                     let run = plugin_api::run_argv(argv, cfg.command_timeout);
                     match ran(say, failing, argv, run) {
-                        Ok(run) => crate::nagios::events_with(&run, service, &base),
-                        Err(e) => failed(&base, service, e),
-                    }
-                }
-                Running::Command {
-                    argv,
-                    service,
-                    failing,
-                } => {
-                    let run = plugin_api::run_argv(argv, cfg.command_timeout);
-                    match ran(say, failing, argv, run) {
+                        Ok(run) if *nagios => crate::nagios::events_with(&run, service, &base),
                         Ok(run) => command_events(&base, &run, service),
                         Err(e) => failed(&base, service, e),
                     }
