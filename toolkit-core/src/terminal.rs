@@ -22,62 +22,50 @@ fn unsafe_char(c: char, keep_lines: bool) -> bool {
         || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{61c}')
 }
 
-fn escape(text: &str, keep_lines: bool) -> Cow<'_, str> {
-    if !text.chars().any(|c| unsafe_char(c, keep_lines)) {
+/// `text` with every unsafe character written as `escape` says, and at most `max` characters of
+/// it (then `…`); borrowed when nothing changes.
+fn rewrite(text: &str, keep_lines: bool, max: usize, escape: fn(char) -> String) -> Cow<'_, str> {
+    let long = text.chars().nth(max).is_some();
+    if !long && !text.chars().any(|c| unsafe_char(c, keep_lines)) {
         return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
+    let mut out = String::with_capacity(text.len().min(max.saturating_mul(4)) + 8);
+    for c in text.chars().take(max) {
         if unsafe_char(c, keep_lines) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            out.push_str(&escape(c));
         } else {
             out.push(c);
         }
     }
+    if long {
+        out.push('…');
+    }
     Cow::Owned(out)
+}
+
+/// Rust's escape, shown to a person: `\u{1b}`.
+fn shown(c: char) -> String {
+    format!("\\u{{{:x}}}", c as u32)
 }
 
 /// `text` with control characters but newline and tab, and bidi overrides, escaped: for a
 /// block of lines a peer sent (a hook's output), shown as it is otherwise.
 pub fn inert(text: &str) -> Cow<'_, str> {
-    escape(text, true)
+    rewrite(text, true, usize::MAX, shown)
 }
 
 /// `text` on one line: every control character escaped (newlines too), then clipped to `max`
 /// characters with `…` when longer.
 pub fn clipped(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in text.chars().enumerate() {
-        if n == max {
-            out.push('…');
-            break;
-        }
-        if unsafe_char(c, false) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    rewrite(text, false, max, shown).into_owned()
 }
 
 /// A JSON text (as serde_json writes it) fit for a terminal: the characters JSON leaves as they
 /// are but a terminal obeys (DEL, C1 controls, bidi overrides) written as `\uXXXX` escapes, so
 /// the text stays the same JSON.
 pub fn json(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| unsafe_char(c, true)) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if unsafe_char(c, true) {
-            // Outside the BMP nothing here is unsafe: one \u escape each.
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    // Outside the BMP nothing here is unsafe: one \u escape each.
+    rewrite(text, true, usize::MAX, |c| format!("\\u{:04x}", c as u32))
 }
 
 /// A value a peer sent, fit for a status line: one line, at most [`VALUE_CHARS`] characters
