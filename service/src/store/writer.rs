@@ -192,6 +192,16 @@ impl Writer {
             let mut tx = conn.begin().await?;
             forget_ids(&mut tx, &forget).await?;
             let claimed = claim(&mut tx, batch).await?;
+            if postgres && claimed.len() < batch.len() {
+                // A write id already claimed may be an earlier attempt's that PostgreSQL shows
+                // committed while that commit still waits for a synchronous standby (its client
+                // timed out): not yet durable across a failover. With an xid of its own this
+                // transaction's commit waits for the standby too, and WAL is in order: once it
+                // returns, the earlier commit is on the standby, so "already applied" holds.
+                sqlx::query("SELECT CAST(pg_current_xact_id() AS text)")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            }
             let mut out = Vec::with_capacity(batch.len());
             let mut changed: Vec<&str> = Vec::new();
             for (write_id, change) in batch {
@@ -358,4 +368,21 @@ async fn announce(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreErr
     }
     q.execute(&mut *conn).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget;
+    use std::time::Duration;
+
+    #[test]
+    fn a_batch_gets_more_time_at_each_thousand_documents_and_each_mib() {
+        let t = Duration::from_millis(300);
+        assert_eq!(budget(t, 999, (1 << 20) - 1), t);
+        assert_eq!(budget(t, 1000, 0), t * 2);
+        assert_eq!(budget(t, 1, 1 << 20), t * 2);
+        // 64 documents of ~990 KB: a burst at the document limit.
+        assert_eq!(budget(t, 64, 64 * 990_000), t * 61);
+        assert_eq!(budget(Duration::MAX, 5000, 0), Duration::MAX, "saturates");
+    }
 }
