@@ -192,15 +192,22 @@ impl Writer {
             let mut tx = conn.begin().await?;
             forget_ids(&mut tx, &forget).await?;
             let claimed = claim(&mut tx, batch).await?;
-            if postgres && claimed.len() < batch.len() {
-                // A write id already claimed may be an earlier attempt's that PostgreSQL shows
-                // committed while that commit still waits for a synchronous standby (its client
-                // timed out): not yet durable across a failover. With an xid of its own this
-                // transaction's commit waits for the standby too, and WAL is in order: once it
-                // returns, the earlier commit is on the standby, so "already applied" holds.
-                sqlx::query("SELECT CAST(pg_current_xact_id() AS text)")
-                    .fetch_one(&mut *tx)
-                    .await?;
+            if postgres
+                && let Some((earlier, _)) =
+                    batch.iter().find(|(id, _)| !claimed.contains(id.as_str()))
+            {
+                // A write id already claimed may be an earlier attempt's commit that a crash's
+                // recovery shows before any synchronous standby has it: not yet durable across a
+                // failover. Writing WAL of its own (a row updated to itself) makes this commit
+                // wait for the standby, and WAL is in order: once it returns, the earlier commit
+                // is on the standby too, so "already applied" holds. (An xid alone is not enough:
+                // PostgreSQL waits only for a transaction that wrote WAL.)
+                sqlx::query(
+                    "UPDATE applied_writes SET applied_at = applied_at WHERE write_id = $1",
+                )
+                .bind(earlier)
+                .execute(&mut *tx)
+                .await?;
             }
             let mut out = Vec::with_capacity(batch.len());
             let mut changed: Vec<&str> = Vec::new();
