@@ -188,3 +188,94 @@ fn running_with_the_defaults_leaves_the_checkout_clean() {
         "it did run in that directory"
     );
 }
+
+/// The shipped example config works wherever the deployer puts `shared/`: every path in it is
+/// relative to the file, so a `deploy_to` other than /srv/usersvc needs no edit. It is used as
+/// README's "Ship it" makes each host's copy (token enabled, listening beyond loopback) and
+/// started as the deploy hook starts it, from another working directory.
+#[test]
+fn the_example_config_keeps_its_files_beside_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = dir.path().join("elsewhere/shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let port = testbed::process::free_port("127.0.0.1");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/usersvc.toml"),
+    )
+    .expect("read packaging/usersvc.toml");
+    assert!(!example.contains("/srv/"), "absolute paths in:\n{example}");
+    let config = example
+        .replace("# auth_token_file = ", "auth_token_file = ")
+        .replace("127.0.0.1:8080", &format!("0.0.0.0:{port}"));
+    assert_ne!(config, example, "README's edits no longer apply");
+    std::fs::write(shared.join("usersvc.toml"), config).expect("write config");
+    std::fs::write(shared.join("usersvc.token"), "s3cret\n").expect("write token");
+    let usersvc = |args: &[&str]| {
+        testbed::process::checked(
+            "usersvc",
+            Command::new(env!("CARGO_BIN_EXE_usersvc"))
+                .arg("--config")
+                .arg(shared.join("usersvc.toml"))
+                .args(args)
+                .current_dir(dir.path())
+                .output(),
+        )
+    };
+    let started = usersvc(&["upgrade", "--start"]);
+    let pid_file = shared.join("usersvc.pid");
+    let pid: Option<u32> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    // Whatever the assertions below say, the detached server goes.
+    let _stop = kill_on_drop(pid);
+    assert!(
+        started.status.success(),
+        "upgrade --start: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let agent = testbed::http::agent();
+    let url = format!("http://127.0.0.1:{port}/");
+    let body = br#"{"jsonrpc":"2.0","method":"put_user","params":{"user":{"id":"ann"}},"id":1}"#;
+    let refused = testbed::http::post(&agent, &url, &[("content-type", "application/json")], body);
+    assert_eq!(refused.status, 401, "the token file was read");
+    let answer = testbed::http::post(
+        &agent,
+        &url,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer s3cret"),
+        ],
+        body,
+    );
+    assert_eq!(answer.json()["result"]["rev"], 1, "{}", answer.text());
+    for file in [
+        "usersvc.db",
+        "usersvc.journal",
+        "usersvc.pid",
+        "usersvc.log",
+    ] {
+        assert!(shared.join(file).exists(), "{file} is not in shared/");
+    }
+    let strays: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|n| n != "elsewhere")
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "files left in the working directory: {strays:?}"
+    );
+}
+
+/// Kills the detached server when dropped.
+fn kill_on_drop(pid: Option<u32>) -> impl Drop {
+    struct Kill(Option<u32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                testbed::process::signal(pid, 9);
+            }
+        }
+    }
+    Kill(pid)
+}
