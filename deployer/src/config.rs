@@ -104,8 +104,8 @@ pub struct Hooks {
     pub before_publish: Vec<Hook>,
     #[serde(default)]
     pub after_publish: Vec<Hook>,
-    /// Run here once the build is done, before any host is touched; one failing stops the
-    /// deploy.
+    /// Run here once the build is done, every host locked but nothing staged; one failing
+    /// stops the deploy.
     #[serde(default)]
     pub local_before: Vec<String>,
     /// Run here at the end of every deploy, whatever its outcome (a failed `local_before`

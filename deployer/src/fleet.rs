@@ -204,6 +204,13 @@ impl Host {
         }
     }
 
+    /// Keeps an idle connection open (see [`Remote::keepalive`]).
+    pub fn keepalive(&self) {
+        if let Some(r) = &self.remote {
+            r.keepalive();
+        }
+    }
+
     /// Runs `script`; a failure stops this host at `stage`. True when it ran.
     pub fn step(&mut self, stage: Stage, script: &str, timeout: Option<Duration>) -> bool {
         match self.run(script, timeout) {

@@ -45,6 +45,16 @@ pub struct HashCache {
     file: Option<PathBuf>,
     known: HashMap<String, (Stamp, String)>,
     seen: Vec<(String, Stamp, String)>,
+    counts: Counts,
+    shown: Option<indicatif::ProgressBar>,
+}
+
+/// What a scan hashed, and what it took from the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+    pub cached_files: u64,
 }
 
 impl HashCache {
@@ -64,6 +74,8 @@ impl HashCache {
             file,
             known,
             seen: Vec::new(),
+            counts: Counts::default(),
+            shown: None,
         }
     }
 
@@ -73,7 +85,20 @@ impl HashCache {
             file: None,
             known: HashMap::new(),
             seen: Vec::new(),
+            counts: Counts::default(),
+            shown: None,
         }
+    }
+
+    /// Counts every byte hashed on `bar` as well.
+    pub fn showing(mut self, bar: &indicatif::ProgressBar) -> Self {
+        self.shown = Some(bar.clone());
+        self
+    }
+
+    /// What was hashed so far, and taken from the cache.
+    pub fn counts(&self) -> Counts {
+        self.counts
     }
 
     /// The SHA-256 of `path` (relative `rel`), from the cache while its metadata is unchanged,
@@ -86,8 +111,19 @@ impl HashCache {
     ) -> std::io::Result<String> {
         let stamp = Stamp::of(meta);
         let sha = match self.known.get(rel) {
-            Some((s, sha)) if *s == stamp => sha.clone(),
-            _ => hash()?,
+            Some((s, sha)) if *s == stamp => {
+                self.counts.cached_files += 1;
+                sha.clone()
+            }
+            _ => {
+                let sha = hash()?;
+                self.counts.hashed_files += 1;
+                self.counts.hashed_bytes += stamp.size;
+                if let Some(bar) = &self.shown {
+                    bar.inc(stamp.size);
+                }
+                sha
+            }
         };
         if self.file.is_some() && !rel.contains(['\n', '\t']) {
             self.seen.push((rel.to_owned(), stamp, sha.clone()));
@@ -204,6 +240,8 @@ mod tests {
             file: Some(dir.path().join("cache/hashes")),
             known: line.lines().filter_map(parse_line).collect(),
             seen: Vec::new(),
+            counts: Counts::default(),
+            shown: None,
         };
         let hashed = |c: &mut HashCache| {
             let meta = std::fs::metadata(&f).expect("meta");
@@ -219,6 +257,12 @@ mod tests {
             .and_then(|h| h.set_modified(mtime))
             .expect("mtime");
         assert_eq!(hashed(&mut c), "2".repeat(64), "changed: hashed again");
+        let counted = Counts {
+            hashed_files: 1,
+            hashed_bytes: 3,
+            cached_files: 1,
+        };
+        assert_eq!(c.counts(), counted, "one from the cache, one hashed");
         // Files changed just now are not kept; the file is private.
         c.save();
         let saved = dir.path().join("cache/hashes");

@@ -37,6 +37,7 @@
 //! ARCHITECTURE.md maps the modules and the invariants they keep.
 
 mod address;
+mod build;
 mod commands;
 mod config;
 mod events;
@@ -50,6 +51,7 @@ mod layout;
 mod lock;
 mod manifest;
 mod outcome;
+mod progress;
 mod remote_text;
 mod report;
 mod settings;

@@ -72,10 +72,11 @@ struct Cli {
     /// started) and the deploy fails
     #[arg(long, default_value = "10m", global = true, value_name = "DURATION", value_parser = toolkit_core::duration::positive)]
     hook_timeout: Duration,
-    /// No stage headings or progress bars on stderr
+    /// No stage lines, spinners or progress bars on stderr (errors and the summary only)
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// After the summary, every hook's output (remote and local), not only a failed one's
+    /// The build's output as it runs; after the summary, every hook's output (remote and
+    /// local), not only a failed one's
     #[arg(short, long, global = true)]
     verbose: bool,
     #[command(subcommand)]

@@ -142,7 +142,9 @@ impl Exclude {
 
 impl Manifest {
     /// Walks `root` (symlinks are kept as links, never followed) and hashes every file; paths
-    /// `exclude` matches are left out, directories with all they hold.
+    /// `exclude` matches are left out, directories with all they hold. (Deploys read through
+    /// [`Manifest::scan_cached`]; tests build trees with this.)
+    #[cfg(test)]
     pub fn scan(root: &Path, exclude: &Exclude) -> Result<Self, ManifestError> {
         Self::scan_cached(root, exclude, &mut HashCache::none())
     }

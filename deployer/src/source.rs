@@ -8,18 +8,11 @@
 
 use crate::config::Config;
 use crate::fleet;
-use crate::hash_cache::HashCache;
+use crate::hash_cache::{Counts, HashCache};
 use crate::manifest::{Exclude, Manifest, ManifestError};
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-/// The build command exited non-zero or could not run: its last lines.
-#[derive(Debug, thiserror::Error)]
-#[error("the build command {command:?} failed: {message}")]
-pub struct BuildFailed {
-    pub command: String,
-    pub message: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -52,41 +45,18 @@ pub struct Tree {
     pub revision: String,
     /// The ref deployed (`--ref`), or the work tree's branch, or `none` outside git.
     pub branch: String,
+    /// What reading it hashed, and took from the cache of earlier deploys.
+    pub hashing: Counts,
     /// The commit's files, for `--ref`: removed when the tree is dropped.
     _extracted: Option<tempfile::TempDir>,
 }
 
-/// Runs the local build command, in the config file's directory.
-pub fn build(cfg: &Config) -> Result<(), BuildFailed> {
-    let Some(command) = &cfg.build else {
-        return Ok(());
-    };
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(&cfg.base)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| BuildFailed {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr).into_owned()
-            + &String::from_utf8_lossy(&out.stdout);
-        return Err(BuildFailed {
-            command: command.clone(),
-            message: fleet::last_lines(&text, 8).unwrap_or_else(|| out.status.to_string()),
-        });
-    }
-    Ok(())
-}
-
-/// Reads the tree `choice` asks for: the commit's (`--ref`), or the source directory's.
-pub fn tree(cfg: &Config, choice: Choice) -> Result<Tree, SourceError> {
+/// Reads the tree `choice` asks for: the commit's (`--ref`), or the source directory's; each
+/// byte hashed is counted on `shown`.
+pub fn tree(cfg: &Config, choice: Choice, shown: &ProgressBar) -> Result<Tree, SourceError> {
     let mut t = match choice.git_ref {
-        Some(r) => from_commit(cfg, r)?,
-        None => from_directory(cfg, choice.allow_dirty)?,
+        Some(r) => from_commit(cfg, r, shown)?,
+        None => from_directory(cfg, choice.allow_dirty, shown)?,
     };
     if let Some(r) = choice.revision {
         t.revision = r.to_owned();
@@ -94,10 +64,15 @@ pub fn tree(cfg: &Config, choice: Choice) -> Result<Tree, SourceError> {
     Ok(t)
 }
 
-fn from_directory(cfg: &Config, allow_dirty: bool) -> Result<Tree, SourceError> {
+fn from_directory(
+    cfg: &Config,
+    allow_dirty: bool,
+    shown: &ProgressBar,
+) -> Result<Tree, SourceError> {
     let exclude = Exclude::new(&cfg.source, &cfg.exclude)?;
-    let mut cache = HashCache::open(&cfg.source);
+    let mut cache = HashCache::open(&cfg.source).showing(shown);
     let manifest = Manifest::scan_cached(&cfg.source, &exclude, &mut cache)?;
+    let hashing = cache.counts();
     cache.save();
     // Outside git, or in a repository without a commit yet: the tree is named by its content.
     let in_git = git(&cfg.source, &["rev-parse", "--show-toplevel"]).and_then(|top| {
@@ -112,6 +87,7 @@ fn from_directory(cfg: &Config, allow_dirty: bool) -> Result<Tree, SourceError> 
             revision: manifest.digest(),
             manifest,
             branch: "none".into(),
+            hashing,
             _extracted: None,
         });
     };
@@ -142,6 +118,7 @@ fn from_directory(cfg: &Config, allow_dirty: bool) -> Result<Tree, SourceError> 
         manifest,
         revision,
         branch,
+        hashing,
         _extracted: None,
     })
 }
@@ -190,7 +167,7 @@ fn inside_repo(top: &Path, source: &Path) -> Option<String> {
 
 /// The source directory as commit `r` holds it, extracted from `git archive` (which honours
 /// `export-ignore`) into a temporary directory.
-fn from_commit(cfg: &Config, r: &str) -> Result<Tree, SourceError> {
+fn from_commit(cfg: &Config, r: &str, shown: &ProgressBar) -> Result<Tree, SourceError> {
     let err = |message: String| SourceError::Ref {
         git_ref: r.to_owned(),
         message,
@@ -237,12 +214,14 @@ fn from_commit(cfg: &Config, r: &str) -> Result<Tree, SourceError> {
         )));
     }
     let exclude = Exclude::new(&dir, &cfg.exclude)?;
-    let manifest = Manifest::scan(&dir, &exclude)?;
+    let mut cache = HashCache::none().showing(shown);
+    let manifest = Manifest::scan_cached(&dir, &exclude, &mut cache)?;
     Ok(Tree {
         dir,
         manifest,
         revision: sha,
         branch: r.to_owned(),
+        hashing: cache.counts(),
         _extracted: Some(extracted),
     })
 }

@@ -252,6 +252,13 @@ impl Remote {
         })
     }
 
+    /// Sends an SSH keepalive, so a connection left idle while this machine works (a long
+    /// local build with the hosts locked) is not dropped by a NAT or firewall's idle timer.
+    /// A failure shows at the next step, which names it.
+    pub fn keepalive(&self) {
+        let _ = self.session.keepalive_send();
+    }
+
     /// Sets the timeout of every blocking SSH call on this connection.
     pub fn set_timeout(&self, timeout: Duration) {
         self.session
@@ -500,6 +507,9 @@ fn tcp_connect(
 
 /// The SSH handshake over `link`, the host key checked as `host:port`, then `user`
 /// authenticated. Also returns a duplicate of the socket, for a tunnel to poll.
+/// The least time between two keepalives on one connection.
+pub const KEEPALIVE_SECS: u32 = 15;
+
 fn login(
     link: Link,
     name: &str,
@@ -534,6 +544,8 @@ fn login(
     })?;
     verify_host_key(&session, name, host, port, s)?;
     authenticate(&session, name, user, identity.map(PathBuf::as_path))?;
+    // libssh2 sends keepalives only when asked ([`Remote::keepalive`]), at most this often.
+    session.set_keepalive(false, KEEPALIVE_SECS);
     Ok((session, watch))
 }
 

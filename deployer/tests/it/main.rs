@@ -9,5 +9,6 @@ mod deploy;
 mod failures;
 mod hostile;
 mod large;
+mod progress;
 mod source;
 mod system;

@@ -23,6 +23,7 @@ mod staging;
 
 pub use plan::{Plan, plan};
 
+use crate::build;
 use crate::config::{Config, Target};
 use crate::events;
 use crate::fleet::{self, Host, Stage, each};
@@ -30,6 +31,7 @@ use crate::health::Gate;
 use crate::layout::{self, HostState};
 use crate::lock;
 use crate::manifest::Delta;
+use crate::progress::Step;
 use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
 use crate::source::{self, Tree};
@@ -59,7 +61,7 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
-    Build(source::BuildFailed),
+    Build(build::BuildFailed),
     #[error(transparent)]
     Source(#[from] source::SourceError),
     #[error(
@@ -188,8 +190,9 @@ impl Ctx<'_> {
     }
 }
 
-/// The whole deploy. `Err` only for problems found before any host was touched; the report
-/// says how every host ended. Local hooks run around it; deploy events go to
+/// The whole deploy. `Err` only for problems found before any release was staged (a build
+/// that failed, a source that cannot be read), with every lock this run took released; the
+/// report says how every host ended. Local hooks run around it; deploy events go to
 /// `[riemann] server` when set.
 pub fn deploy(
     cfg: &Config,
@@ -200,12 +203,22 @@ pub fn deploy(
     let started = Instant::now();
     check_canary(cfg, options)?;
     let gate = cfg.health.as_ref().and_then(Gate::new);
-    // With --ref the tree comes from git: nothing to build.
-    if options.git_ref.is_none() {
-        source::build(cfg).map_err(DeployError::Build)?;
-    }
-    let tree = source::tree(cfg, options.choice())?;
     let user = cfg.user();
+    let owner = lock::owner_line(&user);
+    // Every host is locked before anything is built: a held lock fails (or is waited for) at
+    // once, not after a build of many minutes.
+    let mut runs = lock_everywhere(targets, settings, &owner, options.lock_wait);
+    if !runs.iter().all(Run::ok) {
+        settings.say("not every host could be reached and locked; nothing was changed");
+        return Ok(stopped_early(runs, &owner, settings, None, started));
+    }
+    let tree = match prepare(cfg, settings, options, &runs) {
+        Ok(tree) => tree,
+        Err(e) => {
+            unlock(&mut runs, &owner, settings);
+            return Err(e);
+        }
+    };
     let mut c = Ctx {
         cfg,
         first_host: targets.first().map(|t| t.name.clone()).unwrap_or_default(),
@@ -215,7 +228,7 @@ pub fn deploy(
         release: layout::next_release(chrono::Utc::now(), std::iter::empty()),
         revision: tree.revision.clone(),
         branch: tree.branch.clone(),
-        owner: lock::owner_line(&user),
+        owner,
         user,
         manifest_lines: tree.manifest.to_lines(),
         tree,
@@ -226,9 +239,9 @@ pub fn deploy(
     let mut report = match stop {
         Some(why) => {
             settings.say(&why);
-            not_started(&c, targets, why, started)
+            stopped_early(runs, &c.owner, settings, Some(why), started)
         }
-        None => remote(&mut c, targets, gate.as_ref(), started),
+        None => remote(&mut c, runs, gate.as_ref(), started),
     };
     report.hooks.splice(0..0, before);
     local.after(&mut report);
@@ -242,6 +255,99 @@ pub fn deploy(
     Ok(report)
 }
 
+/// Connects to every host and takes its lock (waiting up to `wait` for another deploy's).
+fn lock_everywhere(
+    targets: &[Target],
+    settings: &Settings,
+    owner: &str,
+    wait: Option<Duration>,
+) -> Vec<Run> {
+    settings.say(&format!("connecting to {} host(s)", targets.len()));
+    let mut runs: Vec<Run> = fleet::connect(targets, &settings.ssh, settings.parallel)
+        .into_iter()
+        .map(Run::new)
+        .collect();
+    if runs.iter().all(Run::ok) {
+        settings.say("locking");
+        each(&mut runs, settings.parallel, |r| {
+            staging::lock_host(r, owner, wait);
+        });
+    }
+    runs
+}
+
+/// The local half, every host locked and kept connected: the build (unless `--ref`), then
+/// the tree read and hashed, each shown as it goes.
+fn prepare(
+    cfg: &Config,
+    settings: &Settings,
+    options: &Options,
+    runs: &[Run],
+) -> Result<Tree, DeployError> {
+    if let (None, Some(command)) = (&options.git_ref, &cfg.build) {
+        let step = Step::start(settings, &format!("building: {command}"), false);
+        let built = build::run(
+            cfg,
+            build::Watch {
+                on_line: &mut |line| {
+                    if settings.verbose {
+                        step.println(&format!("  build: {line}"));
+                    }
+                },
+                tick: &mut || runs.iter().for_each(|r| r.host.keepalive()),
+                stop: &settings.interrupted,
+            },
+        );
+        match built {
+            Ok(()) => step.done("built"),
+            Err(e) => {
+                step.abandon();
+                return Err(DeployError::Build(e));
+            }
+        }
+    }
+    Ok(read_tree(cfg, options, settings)?)
+}
+
+/// Reads and hashes the tree `options` ask for, showing the bytes hashed as they go.
+fn read_tree(
+    cfg: &Config,
+    options: &Options,
+    settings: &Settings,
+) -> Result<Tree, source::SourceError> {
+    let what = match options.git_ref.as_deref() {
+        Some(r) => format!("reading {r} of {}", cfg.source.display()),
+        None => format!("reading {}", cfg.source.display()),
+    };
+    let step = Step::start(settings, &what, true);
+    match source::tree(cfg, options.choice(), step.bar()) {
+        Ok(tree) => {
+            let h = tree.hashing;
+            step.done(&format!(
+                "read {} files: {} hashed ({}), {} unchanged since the last read",
+                tree.manifest.file_count(),
+                h.hashed_files,
+                crate::table::bytes(h.hashed_bytes),
+                h.cached_files
+            ));
+            Ok(tree)
+        }
+        Err(e) => {
+            step.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// Releases every lock this run holds; one it cannot (a host gone) is named on stderr.
+fn unlock(runs: &mut [Run], owner: &str, settings: &Settings) {
+    each(runs, settings.parallel, |r| {
+        if let Err(e) = lock::release(&mut r.host, owner, "") {
+            eprintln!("deployer: warning: {e}");
+        }
+    });
+}
+
 /// `--canary` needs something to watch with: a health gate that checks something, or Riemann.
 fn check_canary(cfg: &Config, options: &Options) -> Result<(), DeployError> {
     let gate = cfg.health.as_ref().and_then(Gate::new);
@@ -251,42 +357,43 @@ fn check_canary(cfg: &Config, options: &Options) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// What a deploy stopped before touching any host reports: every host not started.
-fn not_started(c: &Ctx, targets: &[Target], why: String, started: Instant) -> Report {
-    let hosts = targets
-        .iter()
-        .map(|t| HostOutcome {
-            name: t.name.clone(),
-            host: t.host.clone(),
-            previous: None,
-            sent_files: 0,
-            sent_bytes: 0,
-            linked_files: 0,
-            result: "not started".into(),
-            failure: None,
-            warnings: Vec::new(),
-        })
-        .collect();
-    let mut report = c.report(Vec::new(), false, started);
-    report.hosts = hosts;
-    report.stopped = Some(why);
-    report
+/// What a deploy stopped before staging reports (a host it could not reach or lock, a
+/// `local_before` hook that failed): its locks released, every host not started.
+fn stopped_early(
+    mut runs: Vec<Run>,
+    owner: &str,
+    settings: &Settings,
+    why: Option<String>,
+    started: Instant,
+) -> Report {
+    unlock(&mut runs, owner, settings);
+    for r in &mut runs {
+        r.result = "not started".into();
+    }
+    Report {
+        release: String::new(),
+        revision: String::new(),
+        ok: false,
+        elapsed: started.elapsed(),
+        hooks: Vec::new(),
+        hosts: runs.into_iter().map(outcome).collect(),
+        stopped: why,
+        show_hooks: false,
+        warnings: Vec::new(),
+        canary: Vec::new(),
+    }
 }
 
-/// The remote part of the deploy: connect, every stage, then finish or back out.
-fn remote(c: &mut Ctx, targets: &[Target], gate: Option<&Gate>, started: Instant) -> Report {
+/// The remote part of the deploy, every host locked: every stage, then finish or back out.
+fn remote(c: &mut Ctx, mut runs: Vec<Run>, gate: Option<&Gate>, started: Instant) -> Report {
     let settings = c.settings;
     settings.say(&format!(
         "deploying {} ({} files, revision {}) to {} host(s)",
         c.cfg.application,
         c.tree.manifest.file_count(),
         c.revision,
-        targets.len()
+        runs.len()
     ));
-    let mut runs: Vec<Run> = fleet::connect(targets, &settings.ssh, settings.parallel)
-        .into_iter()
-        .map(Run::new)
-        .collect();
     let mut canary = Vec::new();
     let ok = match advance(c, &mut runs, gate, &mut canary) {
         Ok(()) => {
@@ -315,20 +422,20 @@ fn advance(
     publish_in_batches(c, runs, gate, canary)
 }
 
-/// Up to publish, on every host at once: lock, name the release, stage it, before_publish.
+/// Up to publish, on every host at once (each locked): read its state, name the release,
+/// stage it, before_publish.
 fn stage_everywhere(c: &mut Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
     let parallel = c.settings.parallel;
+    // What each host holds, its current release's listing matched against the new tree.
+    let required = c.cfg.required_shared();
+    let manifest = &c.tree.manifest;
+    each(runs, parallel, |r| {
+        fleet::read_state(&mut r.host, Some(manifest), &required);
+    });
     c.barrier(
         runs,
-        Stage::Connect,
-        "not every host could be reached; nothing was changed",
-    )?;
-    // Lock. The upload channel starts first so its session start overlaps the lock step.
-    each(runs, parallel, |r| staging::lock_host(r, c));
-    c.barrier(
-        runs,
-        Stage::Lock,
-        "not every host could be locked; nothing was changed",
+        Stage::State,
+        "not every host's state could be read; nothing was changed",
     )?;
     require_shared(c, runs)?;
 

@@ -11,8 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
-/// Starts the upload channel, then takes the lock and reads the host's state.
-pub(super) fn lock_host(r: &mut Run, c: &Ctx) {
+/// Starts the upload channel (its session start overlaps the lock step), then takes the lock,
+/// waiting up to `wait` for another deploy's.
+pub(super) fn lock_host(r: &mut Run, owner: &str, wait: Option<std::time::Duration>) {
     if !r.ok() {
         return;
     }
@@ -22,12 +23,7 @@ pub(super) fn lock_host(r: &mut Run, c: &Ctx) {
             Err(e) => return r.host.fail(Stage::Connect, e),
         }
     }
-    let required = c.cfg.required_shared();
-    let ask = lock::Ask {
-        new: Some(&c.tree.manifest),
-        required: &required,
-    };
-    lock::acquire_waiting(&mut r.host, &c.owner, ask, c.options.lock_wait);
+    lock::acquire_waiting(&mut r.host, owner, lock::Ask::default(), wait);
 }
 
 /// Uploads and stages the release on every host, a progress bar per host.
