@@ -95,6 +95,7 @@ fn the_lock_comes_before_the_build_and_the_build_is_shown_as_it_runs() {
         "build: compiling two",
         "deployer: built in ",
         "deployer: read 1 files: 1 hashed (2 B), 0 unchanged since the last read in ",
+        ": staged: 1 files sent (",
     ] {
         assert!(said.contains(step), "no {step:?} in:\n{said}");
     }

@@ -51,6 +51,16 @@ pub(super) fn stage_all(runs: &mut [Run], c: &Ctx) {
     each(&mut staging, c.settings.parallel, |(r, bar)| {
         stage(r, c, bar);
         bar.finish();
+        // Off a terminal the bars are not drawn: a line per host says what it was sent.
+        if bar.is_hidden() && r.ok() {
+            c.settings.say(&format!(
+                "{}: staged: {} files sent ({}), {} linked",
+                r.host.name(),
+                r.delta.send,
+                crate::table::bytes(r.sent_bytes),
+                r.delta.link,
+            ));
+        }
     });
     drop(staging);
     let _ = bars.clear();
