@@ -41,6 +41,12 @@ pub fn validate_text(payload: &[u8]) -> Result<Vec<(String, DocText)>, Invalid> 
     validate_text_with(payload, true)
 }
 
+/// How an error names a user of a list: by its index, which it says is counted from 0 (as in a
+/// JSON pointer, `/users/3`).
+fn position(i: usize) -> String {
+    format!("user #{i} (counting from 0)")
+}
+
 /// [`validate_text`], with `require_ids` as [`validate_list`] takes it (an import mints ids for
 /// users that have none).
 pub fn validate_text_with(
@@ -52,12 +58,12 @@ pub fn validate_text_with(
     // Each user on its own: the list is cut in one part per core, the first error (by
     // position) wins as it would one by one.
     let one = |i: usize, raw: &serde_json::value::RawValue| {
-        let user: Value =
-            serde_json::from_str(raw.get()).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
+        let user: Value = serde_json::from_str(raw.get())
+            .map_err(|e| Invalid(format!("{}: {e}", position(i))))?;
         if require_ids && user.get("id").is_none_or(Value::is_null) {
-            return Err(Invalid(format!("user #{i} has no \"id\"")));
+            return Err(Invalid(format!("{} has no \"id\"", position(i))));
         }
-        let user = validate(user).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
+        let user = validate(user).map_err(|e| Invalid(format!("{}: {e}", position(i))))?;
         Ok(user.into_text())
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -94,7 +100,7 @@ pub fn validate_text_with(
         .enumerate()
         .find(|(_, (id, _))| !seen.insert(id.as_str()))
     {
-        return Err(Invalid(format!("user #{i}: id {id:?} appears twice")));
+        return Err(Invalid(format!("{}: id {id:?} appears twice", position(i))));
     }
     Ok(out)
 }
@@ -212,19 +218,20 @@ impl std::io::Write for Counter {
 
 /// Validates a list of users as one unit (bulk write, import, pull): every user valid, no id twice.
 /// `require_ids`: refuse users without an id (a source pulled again would mint new ones each time).
-/// The error names the user by position: `user #3: …`.
+/// The error names the user by position: `user #3 (counting from 0): …`.
 pub fn validate_list(list: Vec<Value>, require_ids: bool) -> Result<Vec<NewUser>, Invalid> {
     let mut seen = std::collections::HashSet::with_capacity(list.len());
     list.into_iter()
         .enumerate()
         .map(|(i, u)| {
             if require_ids && u.get("id").is_none_or(Value::is_null) {
-                return Err(Invalid(format!("user #{i} has no \"id\"")));
+                return Err(Invalid(format!("{} has no \"id\"", position(i))));
             }
-            let user = validate(u).map_err(|e| Invalid(format!("user #{i}: {e}")))?;
+            let user = validate(u).map_err(|e| Invalid(format!("{}: {e}", position(i))))?;
             if !seen.insert(user.id.clone()) {
                 return Err(Invalid(format!(
-                    "user #{i}: id {:?} appears twice",
+                    "{}: id {:?} appears twice",
+                    position(i),
                     user.id
                 )));
             }
@@ -263,9 +270,15 @@ mod tests {
         assert_eq!(id.get_version_num(), 7);
         assert_eq!(u.doc["id"], u.id.as_str());
         let twice = validate_list(vec![json!({"id": "a"}), json!({"id": "a"})], false);
-        assert_eq!(twice.expect_err("dup").0, "user #1: id \"a\" appears twice");
+        assert_eq!(
+            twice.expect_err("dup").0,
+            "user #1 (counting from 0): id \"a\" appears twice"
+        );
         let anon = validate_list(vec![json!({"n": 1})], true);
-        assert_eq!(anon.expect_err("no id").0, "user #0 has no \"id\"");
+        assert_eq!(
+            anon.expect_err("no id").0,
+            "user #0 (counting from 0) has no \"id\""
+        );
     }
 
     /// A user object nested `levels` deep (itself included).
@@ -287,7 +300,7 @@ mod tests {
         assert_eq!(ok[0].0, "b");
         assert_eq!(ok[0].1.as_str(), r#"{"id":"b","n":1}"#);
         let e = validate_text(br#"[{"id": "a"}, {"n": 1}]"#).expect_err("no id");
-        assert_eq!(e.0, "user #1 has no \"id\"");
+        assert_eq!(e.0, "user #1 (counting from 0) has no \"id\"");
         let e = validate_text(br#"[{"id": "a"}, {"id": "a"}]"#).expect_err("twice");
         assert!(e.0.contains("appears twice"), "{e}");
         assert!(validate_text(b"{}").is_err());
