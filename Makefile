@@ -7,7 +7,7 @@ PROFILE ?= release
 PROFILE_DIR = $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 DEPLOY_CONFIG ?= deploy.toml
 
-.PHONY: run test lint peers build bench faults clean dist deploy
+.PHONY: run test lint peers build bench faults clean dist deploy install
 
 # make run: the cargo profile. dev builds in ~1.5 min on 2 cores from a fresh clone (release,
 # with LTO, takes ~15 min): right for trying it; `make run RUN_PROFILE=release` to measure it.
@@ -48,6 +48,30 @@ dist:
 	mkdir -p $(DIST).tmp/riemann && cp packaging/riemann/riemann.config $(DIST).tmp/riemann/
 	cp packaging/usersvc.toml $(DIST).tmp/usersvc.toml
 	rm -rf $(DIST) && mv $(DIST).tmp $(DIST)
+
+# make install: where to (DESTDIR stages it for a package, as every Makefile's install does).
+PREFIX ?= /usr/local
+DESTDIR ?=
+TOOLS = usersvc check_jsonrpc deployer riemann-probe
+DOCS = target/install-docs
+
+## install: build ($(PROFILE)) and install the four tools in $(DESTDIR)$(PREFIX)/bin, their man
+## pages in share/man/man1 and their bash, zsh and fish completions where those shells look
+install:
+	$(CARGO) build --profile $(PROFILE) --workspace --bins
+	rm -rf $(DOCS) && mkdir -p $(DOCS)/man
+	set -e; for t in $(TOOLS); do \
+	  target/$(PROFILE_DIR)/$$t man-pages $(DOCS)/man; \
+	  target/$(PROFILE_DIR)/$$t completions bash > $(DOCS)/$$t.bash; \
+	  target/$(PROFILE_DIR)/$$t completions zsh > $(DOCS)/_$$t; \
+	  target/$(PROFILE_DIR)/$$t completions fish > $(DOCS)/$$t.fish; \
+	  install -D -m 0755 target/$(PROFILE_DIR)/$$t $(DESTDIR)$(PREFIX)/bin/$$t; \
+	  install -D -m 0644 $(DOCS)/$$t.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$t; \
+	  install -D -m 0644 $(DOCS)/_$$t $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$t; \
+	  install -D -m 0644 $(DOCS)/$$t.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$t.fish; \
+	done
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0644 $(DOCS)/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 
 ## deploy: ship $(DIST)/ with the deployer, as $(DEPLOY_CONFIG) says (example: packaging/deploy.toml)
 deploy:

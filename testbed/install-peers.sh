@@ -19,6 +19,9 @@ PACKAGES=(
   iproute2
   # systemd-analyze verify checks the shipped units (systemd is not PID 1 here)
   systemd
+  # the completions `make install` installs are loaded by real shells (bash is always there); man
+  # renders the man pages
+  zsh fish man-db
   # build dependencies: the deployer's ssh2 compiles libssh2 against the system OpenSSL
   libssl-dev pkg-config
 )

@@ -42,7 +42,9 @@ Unknown keys are errors. Host keys are checked strictly against known_hosts.\n\n
 EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --ref v1.4.2\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
 deployer releases --hosts app1.example.com\n  deployer rollback --to 20261123101500\n  \
 deployer exec --role app -- systemctl status usersvc\n  deployer logs -n 20 -f\n  \
-deployer unlock"
+deployer unlock",
+    // In each subcommand's help, its own options come first and these under their own heading.
+    next_help_heading = "Global options"
 )]
 struct Cli {
     /// The deploy configuration
@@ -165,6 +167,29 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the completion script for SHELL, e.g.
+    /// `deployer completions bash > ~/.local/share/bash-completion/completions/deployer`
+    /// (`make install` installs them for bash, zsh and fish)
+    Completions { shell: cli_docs::Shell },
+    /// Write the man pages into DIR (`make install` does)
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
+}
+
+/// `completions` and `man-pages` describe the tool: they need no config.
+fn describe(command: &Command) -> Option<anyhow::Result<()>> {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell } => Some(
+            cli_docs::completions(Cli::command(), *shell).context("cannot print the completions"),
+        ),
+        Command::ManPages { dir } => Some(
+            cli_docs::man_pages(Cli::command(), dir)
+                .map(|_| ())
+                .with_context(|| format!("cannot write the man pages into {}", dir.display())),
+        ),
+        _ => None,
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -206,6 +231,9 @@ fn deploy(
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(done) = describe(&cli.command) {
+        return done;
+    }
     let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
     let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
     let policy = if cli.accept_new_host_keys {
@@ -261,5 +289,6 @@ fn run() -> anyhow::Result<()> {
         Command::Unlock { force } => {
             report(deployer::unlock(&targets, &settings, &cfg.user(), force))
         }
+        Command::Completions { .. } | Command::ManPages { .. } => Ok(()),
     }
 }

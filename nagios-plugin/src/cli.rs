@@ -439,6 +439,11 @@ pub enum Early {
     Bad(String),
 }
 
+/// The plugin's command line as clap describes it: for completions and the man page.
+pub(crate) fn command() -> clap::Command {
+    Args::command()
+}
+
 /// Parses `argv` (program name first).
 pub fn parse<I, T>(argv: I) -> Result<CheckConfig, Early>
 where

@@ -42,6 +42,9 @@ pub use transport::run;
 
 /// The whole plugin: arguments in, (output, exit code) out.
 pub fn main_with_args(argv: Vec<std::ffi::OsString>) -> (String, i32) {
+    if let Some(described) = describe(&argv) {
+        return described;
+    }
     match cli::parse(argv) {
         Ok(cfg) => {
             guard::start_watchdog(cfg.timeout, cfg.timeout_state);
@@ -53,5 +56,39 @@ pub fn main_with_args(argv: Vec<std::ffi::OsString>) -> (String, i32) {
             Outcome::new(State::Unknown, why).render(),
             State::Unknown.exit_code(),
         ),
+    }
+}
+
+/// `check_jsonrpc completions SHELL` prints the completion script, `check_jsonrpc man-pages
+/// DIR` writes the man page (`make install` runs both); a plugin takes no positional
+/// argument, so neither word can be a check's. `None` for any other command line.
+fn describe(argv: &[std::ffi::OsString]) -> Option<(String, i32)> {
+    let word = |i: usize| argv.get(i).and_then(|a| a.to_str());
+    let unknown = |why: String| {
+        (
+            Outcome::new(State::Unknown, why).render(),
+            State::Unknown.exit_code(),
+        )
+    };
+    match (word(1)?, word(2), argv.len()) {
+        ("completions", Some(shell), 3) => Some(match shell.parse::<cli_docs::Shell>() {
+            Ok(shell) => {
+                let script = cli_docs::completion_script(cli::command(), shell);
+                (String::from_utf8_lossy(&script).trim_end().to_owned(), 0)
+            }
+            Err(_) => unknown(format!(
+                "completions {shell}: the shells are bash, zsh, fish, elvish and powershell"
+            )),
+        }),
+        ("man-pages", Some(dir), 3) => Some(
+            match cli_docs::man_pages(cli::command(), std::path::Path::new(dir)) {
+                Ok(_) => (String::new(), 0),
+                Err(e) => unknown(format!("cannot write the man page into {dir}: {e}")),
+            },
+        ),
+        ("completions" | "man-pages", _, _) => Some(unknown(
+            "usage: check_jsonrpc completions SHELL, or check_jsonrpc man-pages DIR".into(),
+        )),
+        _ => None,
     }
 }

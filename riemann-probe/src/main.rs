@@ -30,7 +30,9 @@ struct Cli {
     command: Cmd,
 }
 
+/// Shown in each subcommand's help after its own options, under a heading of their own.
 #[derive(Args)]
+#[command(next_help_heading = "Riemann connection (every command)")]
 struct Conn {
     /// Riemann server HOST:PORT [default: $RIEMANN_SERVER, else 127.0.0.1:5555 (5554 with --tls)]
     #[arg(long, env = "RIEMANN_SERVER", global = true)]
@@ -89,6 +91,13 @@ enum Cmd {
     /// Send events every interval until stopped: the host's health, a plugin's or a command's
     #[command(after_help = WATCH_HELP)]
     Watch(WatchArgs),
+    /// Print the completion script for SHELL, e.g.
+    /// `riemann-probe completions bash > ~/.local/share/bash-completion/completions/riemann-probe`
+    /// (`make install` installs them for bash, zsh and fish)
+    Completions { shell: cli_docs::Shell },
+    /// Write the man pages into DIR (`make install` does)
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
 }
 
 const WATCH_HELP: &str = "\
@@ -314,8 +323,27 @@ fn main() -> std::process::ExitCode {
     cli_message::exit("riemann-probe", run())
 }
 
+/// `completions` and `man-pages` describe the tool: no server, no connection.
+fn describe(command: &Cmd) -> Option<anyhow::Result<()>> {
+    use clap::CommandFactory;
+    match command {
+        Cmd::Completions { shell } => Some(
+            cli_docs::completions(Cli::command(), *shell).context("cannot print the completions"),
+        ),
+        Cmd::ManPages { dir } => Some(
+            cli_docs::man_pages(Cli::command(), dir)
+                .map(|_| ())
+                .with_context(|| format!("cannot write the man pages into {}", dir.display())),
+        ),
+        _ => None,
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(done) = describe(&cli.command) {
+        return done;
+    }
     let cfg = client_config(&cli.conn)?;
     // --timeout bounds each command in all (connect, send, answer), from when it talks to Riemann.
     let connect = || {
@@ -369,6 +397,7 @@ fn run() -> anyhow::Result<()> {
                 print!("{}", run.output);
             }
         }
+        Cmd::Completions { .. } | Cmd::ManPages { .. } => {}
     }
     Ok(())
 }

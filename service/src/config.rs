@@ -56,6 +56,11 @@ pub enum Command {
     /// Serve JSON-RPC over HTTP (the default when no command is given)
     Serve,
     /// Load a JSON array of user objects from FILE in one transaction, then exit
+    ///
+    /// It uses the store's settings (--database-url, --store-timeout) and --config: the file goes
+    /// straight to the database, never through a running server or the journal. The serving
+    /// settings listed below are accepted, as with every command, and ignored. A user that cannot be imported is
+    /// named by its index in the array, counting from 0; nothing is imported then.
     Import {
         /// A JSON file holding an array of user objects, each with a string "id"
         file: PathBuf,
@@ -73,7 +78,7 @@ pub enum Command {
         #[arg(long)]
         start: bool,
         /// Longest wait for the new server to be ready; past it, it is killed
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+        #[arg(long, value_name = "DURATION", value_parser = toolkit_core::duration::positive, default_value = "30s")]
         timeout: Duration,
     },
     /// The writes queued in the journal (--journal) and the pieces in its quarantine: list
@@ -85,6 +90,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<crate::journal_command::JournalAction>,
     },
+    /// Print the completion script for SHELL, e.g.
+    /// `usersvc completions bash > ~/.local/share/bash-completion/completions/usersvc`
+    /// (`make install` installs them for bash, zsh and fish)
+    Completions { shell: cli_docs::Shell },
+    /// Write the man pages into DIR (`make install` does)
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
 }
 
 const UPGRADE_HELP: &str = "\
@@ -233,6 +245,11 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// The command line as clap describes it: for completions and man pages.
+    pub fn command() -> clap::Command {
+        Cli::command()
+    }
+
     /// This process's arguments; `--help`, `--version` and usage errors print and exit as clap
     /// does (exit 2 for a usage error).
     pub fn parse() -> Self {

@@ -23,10 +23,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `completions` and `man-pages` describe the tool: no settings, no store.
+fn describe(command: &Command) -> Option<anyhow::Result<()>> {
+    match command {
+        Command::Completions { shell } => Some(
+            cli_docs::completions(Invocation::command(), *shell)
+                .map_err(|e| anyhow::anyhow!("cannot print the completions: {e}")),
+        ),
+        Command::ManPages { dir } => Some(
+            cli_docs::man_pages(Invocation::command(), dir)
+                .map(|_| ())
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot write the man pages into {}: {e}", dir.display())
+                }),
+        ),
+        _ => None,
+    }
+}
+
 fn run(
     invocation: Invocation,
     inherited: &mut Result<Inherited, service::ListenError>,
 ) -> anyhow::Result<()> {
+    if let Some(done) = describe(&invocation.command) {
+        return done;
+    }
     let settings = invocation.settings()?;
     // Held to the end: dropping it writes out the lines still buffered.
     let _log = init_logging(settings.log.log_format, &settings.log.log)?;
@@ -59,6 +80,7 @@ fn run(
             println!("{out}");
             Ok(())
         }
+        Command::Completions { .. } | Command::ManPages { .. } => Ok(()),
         Command::Upgrade { start, timeout } => {
             let done = runtime.block_on(service::upgrade(
                 settings.server.pid_file.as_deref(),

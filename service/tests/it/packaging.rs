@@ -279,3 +279,84 @@ fn kill_on_drop(pid: Option<u32>) -> impl Drop {
     }
     Kill(pid)
 }
+
+/// `make install` (as a package build runs it: PREFIX and DESTDIR) installs the four tools,
+/// their man pages and their completions, and each works from where it lands: the binaries
+/// run, `man` renders the pages, bash and fish complete a subcommand or flag from the
+/// installed scripts, and zsh parses its own.
+#[test]
+fn make_install_puts_tools_pages_and_completions_where_they_are_looked_for() {
+    let dest = tempfile::tempdir().expect("temp dir");
+    let out = testbed::process::checked(
+        "make install",
+        Command::new("make")
+            .args(["-s", "install", "PROFILE=dev", "PREFIX=/usr"])
+            .arg(format!("DESTDIR={}", dest.path().display()))
+            .current_dir(testbed::workspace_root())
+            .output(),
+    );
+    assert!(
+        out.status.success(),
+        "make install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usr = dest.path().join("usr");
+    // (tool, a subcommand or flag it has, what a user types of it)
+    let tools = [
+        ("usersvc", "import", "imp"),
+        ("check_jsonrpc", "--expect-type", "--expect-t"),
+        ("deployer", "deploy", "depl"),
+        ("riemann-probe", "watch", "wat"),
+    ];
+    for (tool, word, typed) in tools {
+        let bin = usr.join("bin").join(tool);
+        // (check_jsonrpc exits 3 after --version, as the plugin guidelines ask)
+        let version = Command::new(&bin).arg("--version").output().expect("run");
+        let version = String::from_utf8_lossy(&version.stdout);
+        assert!(version.contains("0.1.0"), "{tool} --version: {version}");
+        let page = usr.join(format!("share/man/man1/{tool}.1"));
+        let shown = run_ok(
+            Command::new("man")
+                .arg("-l")
+                .arg(&page)
+                .env("MANPAGER", "cat"),
+        );
+        assert!(shown.contains(word), "man {tool} has no {word}:\n{shown}");
+
+        let bash = usr.join(format!("share/bash-completion/completions/{tool}"));
+        let script = format!(
+            "source '{}'; f=$(complete -p {tool} | sed -E 's/.*-F ([^ ]+).*/\\1/'); COMP_WORDS=({tool} {typed}); COMP_CWORD=1; COMP_LINE='{tool} {typed}'; COMP_POINT=${{#COMP_LINE}}; \"$f\" {tool} {typed} {tool}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            bash.display()
+        );
+        let completed = run_ok(Command::new("bash").arg("-c").arg(script));
+        assert!(
+            completed.lines().any(|l| l.trim() == word),
+            "bash completes {tool} {typed} to {completed:?}"
+        );
+        let fish = usr.join(format!("share/fish/vendor_completions.d/{tool}.fish"));
+        let completed = run_ok(
+            Command::new("fish")
+                .arg("--no-config")
+                .arg("-c")
+                .arg(format!(
+                    "source '{}'; complete -C '{tool} {typed}'",
+                    fish.display()
+                )),
+        );
+        assert!(
+            completed
+                .lines()
+                .any(|l| l.split('\t').next() == Some(word)),
+            "fish completes {tool} {typed} to {completed:?}"
+        );
+        let zsh = usr.join(format!("share/zsh/site-functions/_{tool}"));
+        run_ok(Command::new("zsh").arg("-n").arg(&zsh));
+    }
+}
+
+/// Runs `cmd`, insisting it exits 0 (its peer missing: the install step is named); its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let what = format!("{cmd:?} (zsh, fish and man are test peers: `make peers` installs them)");
+    let out = testbed::process::checked(&what, cmd.output());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
