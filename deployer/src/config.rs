@@ -488,10 +488,12 @@ pub enum Problem {
 /// `--hosts`/`--role` select nothing usable.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    #[error("--hosts {0:?} is not in the config")]
-    UnknownHost(String),
-    #[error("no host matches --hosts/--role")]
-    NoneMatch,
+    #[error(
+        "--hosts {name:?} is not in the config; its hosts are {known} (as written there, or their host names)"
+    )]
+    UnknownHost { name: String, known: String },
+    #[error("no host matches --hosts/--role (the config's roles: {roles})")]
+    NoneMatch { roles: String },
     #[error(transparent)]
     Address(#[from] Problem),
 }
@@ -708,7 +710,10 @@ impl Config {
                         .split_address(&h.address)
                         .is_ok_and(|(host, _)| &host == n)
             }) {
-                return Err(SelectError::UnknownHost(n.clone()));
+                return Err(SelectError::UnknownHost {
+                    name: n.clone(),
+                    known: self.listed(self.hosts.iter().map(|h| h.address.as_str())),
+                });
             }
         }
         let mut out = Vec::new();
@@ -735,9 +740,35 @@ impl Config {
             }
         }
         if out.is_empty() {
-            return Err(SelectError::NoneMatch);
+            let roles = self
+                .hosts
+                .iter()
+                .flat_map(|h| h.roles.iter().map(String::as_str));
+            return Err(SelectError::NoneMatch {
+                roles: self.listed(roles),
+            });
         }
         Ok(out)
+    }
+
+    /// `names`, each once, in order, at most 20 of them: for an error message.
+    fn listed<'a>(&self, names: impl Iterator<Item = &'a str>) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for n in names {
+            if !seen.contains(&n) {
+                seen.push(n);
+            }
+        }
+        let more = seen.len().saturating_sub(20);
+        seen.truncate(20);
+        let mut text = seen.join(", ");
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        if text.is_empty() {
+            text.push_str("none");
+        }
+        text
     }
 
     /// `shared_dirs` and `shared_files` together.
@@ -830,8 +861,18 @@ mod tests {
             cfg.targets(&["db1".into()], None).expect("named")[0].host,
             "db1"
         );
-        assert!(cfg.targets(&["nope".into()], None).is_err());
-        assert!(cfg.targets(&[], Some("web")).is_err());
+        let unknown = cfg.targets(&["app1.example.com".into()], None);
+        assert_eq!(
+            unknown.err().map(|e| e.to_string()).as_deref(),
+            Some(
+                "--hosts \"app1.example.com\" is not in the config; its hosts are app1:2222, db1 (as written there, or their host names)"
+            )
+        );
+        let unmatched = cfg.targets(&[], Some("web")).err().map(|e| e.to_string());
+        assert_eq!(
+            unmatched.as_deref(),
+            Some("no host matches --hosts/--role (the config's roles: app)")
+        );
     }
 
     #[test]

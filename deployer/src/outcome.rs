@@ -26,7 +26,7 @@ pub enum Unfinished {
     LiveWithWarnings(String),
     #[error("a deploy now would fail: see STATUS above")]
     PlanFails,
-    #[error("rollback failed on {0} host(s); current was left unchanged on hosts marked unchanged")]
+    #[error("rollback failed on {0} host(s): each host's line above says what became of it")]
     Rollback(usize),
     #[error("{0} host(s) could not be read")]
     Unreadable(usize),

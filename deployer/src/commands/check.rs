@@ -19,6 +19,8 @@ pub struct HostReport {
     pub reachable: bool,
     pub dir_exists: bool,
     pub writable: bool,
+    /// The directory a missing `deploy_to` would be made in: its nearest existing ancestor.
+    pub nearest: Option<String>,
     /// `None` when not read; else the holder's line when the lock is held.
     pub lock: Option<Option<String>>,
     /// Shared files the config requires that `shared/` lacks.
@@ -37,6 +39,7 @@ fn writable_script(deploy_to: &str) -> String {
         "d={}
 if [ -d \"$d\" ]; then t=\"$d\"; else t=$(dirname \"$d\"); while [ ! -d \"$t\" ]; do t=$(dirname \"$t\"); done; fi
 if [ -w \"$t\" ]; then echo writable=yes; else echo writable=no; fi
+printf 'nearest=%s\\n' \"$t\"
 ",
         quote(deploy_to)
     )
@@ -49,6 +52,7 @@ fn check_host(h: &mut Host, required: &[String]) -> HostReport {
         reachable: h.ok(),
         dir_exists: false,
         writable: false,
+        nearest: None,
         lock: None,
         missing_shared: Vec::new(),
         problem: None,
@@ -63,6 +67,11 @@ fn check_host(h: &mut Host, required: &[String]) -> HostReport {
         match h.read_layout(&script, None) {
             Ok((_, reader)) => {
                 r.writable = reader.other().iter().any(|l| l == "writable=yes");
+                // What a host says is data: shown escaped.
+                r.nearest = reader.other().iter().find_map(|l| {
+                    l.strip_prefix("nearest=")
+                        .map(|n| crate::remote_text::printable(n).into_owned())
+                });
                 match reader.finish() {
                     Ok(state) => {
                         r.dir_exists = state.exists;
@@ -88,6 +97,12 @@ fn check_host(h: &mut Host, required: &[String]) -> HostReport {
 fn problem(h: &Host, r: &HostReport) -> Option<String> {
     if let Some(f) = &h.failure {
         Some(f.message.clone())
+    } else if !r.writable && !r.dir_exists {
+        let nearest = r.nearest.as_deref().unwrap_or("its parent");
+        Some(format!(
+            "{} does not exist, and this user cannot create it in {nearest}: create it as root and give it to the deploy user (mkdir -p, then chown)",
+            r.deploy_to
+        ))
     } else if !r.writable {
         Some(format!("{} is not writable by this user", r.deploy_to))
     } else if let Some(Some(by)) = &r.lock {

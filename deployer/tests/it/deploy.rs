@@ -3,7 +3,7 @@
 use crate::common;
 
 use common::Hosts;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use testbed::netns::Netns;
 use testbed::sshd::Sshd;
 
@@ -257,6 +257,28 @@ fn a_non_root_deploy_user_works() {
         assert_eq!(meta.uid(), uid, "{p} is owned by {user}");
     }
     assert_eq!(h.log(0)[0]["user"], user.as_str());
+
+    // A deploy_to that does not exist where this user cannot make it: `check` says so, and
+    // where, rather than "not writable".
+    let closed = h.servers[0].deploy_root.join("closed");
+    std::fs::create_dir(&closed).expect("mkdir");
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let text = std::fs::read_to_string(&h.config).expect("config");
+    let moved = text.replace(
+        &h.deploy_to(0).display().to_string(),
+        &closed.join("app").display().to_string(),
+    );
+    std::fs::write(&h.config, moved).expect("config");
+    let r = h.run(&["check"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains(&format!(
+            "{}/app does not exist, and this user cannot create it in {}",
+            closed.display(),
+            closed.display()
+        )),
+        "{r}"
+    );
 }
 
 #[test]
