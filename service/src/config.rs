@@ -263,7 +263,10 @@ impl Invocation {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        // --version says which release is running, as `/version` does.
+        let version = crate::release::Release::of_running_exe().version_line();
         let matches = Cli::command()
+            .version(version)
             .try_get_matches_from(&args)
             .map_err(|e| from_environment(e, &args))?;
         let cli = Cli::from_arg_matches(&matches)?;

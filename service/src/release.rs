@@ -44,6 +44,19 @@ impl Release {
     }
 
     /// The `version` answer: `{name, version, revision, release}`.
+    /// What `usersvc --version` prints after the name: the version, and inside a release its
+    /// revision and name, as `/version` answers them.
+    pub fn version_line(&self) -> String {
+        match (&self.revision, &self.name) {
+            (None, None) => VERSION.to_owned(),
+            (revision, name) => format!(
+                "{VERSION} (revision {}, release {})",
+                revision.as_deref().unwrap_or("unknown"),
+                name.as_deref().unwrap_or("none")
+            ),
+        }
+    }
+
     pub fn version_json(&self) -> serde_json::Value {
         serde_json::json!({
             "name": "usersvc",
@@ -68,6 +81,10 @@ mod tests {
         assert_eq!(r.name.as_deref(), Some("20261123201500"));
         assert_eq!(r.revision.as_deref(), Some("abc123"));
 
+        assert_eq!(
+            r.version_line(),
+            format!("{VERSION} (revision abc123, release 20261123201500)")
+        );
         std::fs::remove_file(release.join("REVISION")).expect("rm");
         let r = Release::of_exe(&release.join("bin/usersvc"));
         assert_eq!(r.revision, None, "no REVISION file: null");

@@ -154,7 +154,10 @@ pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
             scrape = scrape.route_layer(middleware::from_fn_with_state(token, require_bearer));
         }
     }
-    let rpc = rpc.route_layer(middleware::from_fn_with_state(recorders, record));
+    // A browser or `curl host:8080` gets a 405 that says what the endpoint takes.
+    let rpc = rpc
+        .route_layer(middleware::from_fn_with_state(recorders, record))
+        .fallback(not_post);
     Router::new()
         .route("/", rpc)
         .route("/metrics", scrape)
@@ -186,6 +189,19 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
             HeaderValue::from_static("application/json"),
         )],
         body,
+    )
+        .into_response()
+}
+
+/// What `/` answers to any method but POST.
+async fn not_post() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, HeaderValue::from_static("POST"))],
+        "usersvc answers JSON-RPC 2.0 requests sent by POST with content-type application/json:\n\
+         curl -s http://HOST:PORT/ -H 'content-type: application/json' \\\n  \
+         -d '{\"jsonrpc\":\"2.0\",\"method\":\"rpc.discover\",\"id\":1}'\n\
+         GET /health, /health/ready, /health/live and /version are the probes.\n",
     )
         .into_response()
 }

@@ -32,6 +32,15 @@ fn http_transport_errors() {
         }
         .expect("HTTP exchange");
         assert_eq!(r.status().as_u16(), 405, "{method}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("POST")
+        );
+        let said = r.into_body().read_to_string().expect("body");
+        assert!(
+            said.contains("JSON-RPC 2.0 requests sent by POST") && said.contains("rpc.discover"),
+            "{method}: {said}"
+        );
     }
     // 415 for a non-JSON or missing content type
     for headers in [&[("content-type", "text/plain")][..], &[][..]] {

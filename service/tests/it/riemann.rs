@@ -129,4 +129,13 @@ fn events_carry_the_release_and_revision_that_sent_them() {
     };
     assert_eq!(attr("revision").as_deref(), Some("abc123"), "{hb:?}");
     assert_eq!(attr("release").as_deref(), Some("20261201100000"), "{hb:?}");
+    // And `--version` says the same as the events and `/version`.
+    let out = std::process::Command::new(release.join("bin/usersvc"))
+        .arg("--version")
+        .output()
+        .expect("usersvc --version");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "usersvc 0.1.0 (revision abc123, release 20261201100000)\n"
+    );
 }
