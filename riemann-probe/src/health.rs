@@ -144,18 +144,32 @@ fn memory_used(meminfo: &str) -> Option<f64> {
     (total > 0.0).then(|| 1.0 - available / total)
 }
 
-/// The mount points of real filesystems from /proc/mounts, each once.
+/// The mount points of real filesystems from /proc/mounts, each filesystem once: a device
+/// mounted again elsewhere (a bind mount such as iproute2's /run/netns, a container's volume)
+/// is the same disk, reported at its shortest mount point.
 fn mounts(text: &str) -> Vec<String> {
     let mut seen = HashSet::new();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
-            // Octal escapes (\040 for a space) as the kernel writes them.
-            let point = point.replace("\\040", " ").replace("\\011", "\t");
-            (is_local_disk(fstype, &point) && seen.insert(point.clone())).then_some(point)
-        })
-        .collect()
+    let mut points: Vec<(String, String)> = Vec::new();
+    for l in text.lines() {
+        let mut f = l.split_whitespace();
+        let (Some(source), Some(point), Some(fstype)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        // Octal escapes (\040 for a space) as the kernel writes them.
+        let point = point.replace("\\040", " ").replace("\\011", "\t");
+        if !is_local_disk(fstype, &point) || !seen.insert(point.clone()) {
+            continue;
+        }
+        match points
+            .iter_mut()
+            .find(|(s, _)| s == source && source.starts_with('/'))
+        {
+            Some((_, kept)) if point.len() < kept.len() => *kept = point,
+            Some(_) => {}
+            None => points.push((source.to_owned(), point)),
+        }
+    }
+    points.into_iter().map(|(_, point)| point).collect()
 }
 
 fn disk_used(point: &str) -> Option<f64> {
@@ -325,6 +339,11 @@ mod tests {
              /dev/sdb1 /srv/my\\040data xfs rw 0 0\n/dev/sda1 / ext4 rw 0 0\n",
         );
         assert_eq!(m, ["/", "/srv/my data"]);
+        // A bind mount of a disk already reported (iproute2's /run/netns) is that disk.
+        let m = mounts(
+            "/dev/vda /run/netns ext4 rw 0 0\n/dev/vda / ext4 rw 0 0\n/dev/vdb /data xfs rw 0 0\n",
+        );
+        assert_eq!(m, ["/", "/data"]);
         let m = mounts(
             "srv:/export /mnt/nfs nfs4 rw 0 0\nsshfs#x /mnt/s fuse.sshfs rw 0 0\n\
              overlay /var/lib/docker/overlay2/x/merged overlay rw 0 0\noverlay / overlay rw 0 0\n",

@@ -97,7 +97,15 @@ fn init_logging(
     format: LogFormat,
     filter: &str,
 ) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+    // sqlx logs on its own what usersvc already says once, better (a dropped connection as
+    // "ping on idle connection returned error", each PostgreSQL notice): its lines below error
+    // stay out unless the filter names sqlx (`--log info,sqlx=info`).
+    let filter = if filter.contains("sqlx") || filter.trim() == "off" {
+        filter.to_owned()
+    } else {
+        format!("{filter},sqlx=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
         anyhow::anyhow!("bad log filter {filter:?} (try info or usersvc::access=debug): {e}")
     })?;
     use std::io::IsTerminal;

@@ -22,7 +22,14 @@ pub(crate) async fn health(users: &Users, pull: Option<&PullStats>) -> Health {
     let store_error = match probe {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(toolkit_core::redact::text(&e.to_string())),
-        Err(_) => Some("store did not answer within 2s".to_owned()),
+        // The pool still waiting to connect says nothing of why: a connection of its own does.
+        Err(_) => Some(
+            users
+                .store()
+                .why_unreachable(Duration::from_secs(1))
+                .await
+                .unwrap_or_else(|| "store did not answer within 2s".to_owned()),
+        ),
     };
     let failed_tasks = users.tasks().failed();
     let stats = users.stats();

@@ -29,12 +29,15 @@ pub enum StoreError {
     BadUrl(String),
     #[error("no host of {0} answers and takes writes")]
     NoHost(String),
-    #[error("cannot open the database: {0}")]
+    #[error("cannot open the database: {}", Said(.0))]
     Connect(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", Said(.0))]
     Query(#[from] sqlx::Error),
+    /// The pool gave up connecting; why, as a connection of its own was told.
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
     #[error("the database did not answer within {}", humantime::format_duration(*.0))]
     TimedOut(Duration),
     #[error("stored document {id:?} is not valid JSON: {source}")]
@@ -52,8 +55,25 @@ impl StoreError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             StoreError::Connect(e) | StoreError::Query(e) => unreachable(e),
-            StoreError::TimedOut(_) | StoreError::NoHost(_) => true,
+            StoreError::TimedOut(_) | StoreError::NoHost(_) | StoreError::Unreachable(_) => true,
             _ => false,
+        }
+    }
+}
+
+/// A sqlx error as an operator reads it: a database's error is its message and SQLSTATE
+/// (sqlx's own text ends in the line of PostgreSQL's C source that raised it: "terminating
+/// connection due to administrator command at line 3211").
+struct Said<'a>(&'a sqlx::Error);
+
+impl std::fmt::Display for Said<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            sqlx::Error::Database(d) => match d.code() {
+                Some(code) => write!(f, "{} (SQLSTATE {code})", d.message()),
+                None => f.write_str(d.message()),
+            },
+            e => write!(f, "{e}"),
         }
     }
 }
@@ -350,9 +370,40 @@ impl Store {
             .unwrap_or(Err(StoreError::TimedOut(budget)))
     }
 
+    /// `SELECT 1`. When the pool gives up connecting ("pool timed out"), the error says why
+    /// the database cannot be reached, from a connection of its own.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.pool()).await?;
-        Ok(())
+        match sqlx::query("SELECT 1").execute(self.pool()).await {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::PoolTimedOut) => {
+                match self.why_unreachable(Duration::from_secs(1)).await {
+                    Some(why) => Err(StoreError::Unreachable(why)),
+                    None => Err(StoreError::Query(sqlx::Error::PoolTimedOut)),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Why the store cannot be reached, asked of a connection of its own within `within`: the
+    /// pool only says it timed out when every connect failed, and an operator needs the cause
+    /// ("Connection refused", a password refused, a host that does not resolve). `None` when a
+    /// connection opens (the pool's trouble was elsewhere).
+    pub async fn why_unreachable(&self, within: Duration) -> Option<String> {
+        use sqlx::Connection;
+        let url = self.url();
+        match tokio::time::timeout(within, sqlx::AnyConnection::connect(url)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                None
+            }
+            Ok(Err(e)) => Some(toolkit_core::redact::text(&Said(&e).to_string())),
+            Err(_) => Some(format!(
+                "no answer from {} within {}",
+                toolkit_core::redact::url(url),
+                humantime::format_duration(within)
+            )),
+        }
     }
 
     pub async fn close(&self) {

@@ -85,6 +85,23 @@ fn store_outage_under_traffic_loses_no_write() {
         (json!("degraded"), json!(20)),
         "{h}"
     );
+    // The supervisor's probes say why the store is away, in the operator's words; sqlx's own
+    // lines and PostgreSQL's source line numbers stay out of the log.
+    testbed::eventually("a probe failed", Duration::from_secs(20), || {
+        s.log().contains("store still unavailable")
+    });
+    let log = s.log();
+    assert!(log.contains("Connection refused"), "{log}");
+    for noise in ["sqlx", "at line", "pool timed out"] {
+        assert!(!log.contains(noise), "{noise}:\n{log}");
+    }
+    // What an operator needs to read: why it is unreachable, not that a pool timed out.
+    assert!(
+        h["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused")),
+        "{h}"
+    );
     // A load balancer keeps sending it work: reads are answered and writes queued.
     let ready = s.get("/health/ready");
     assert_eq!(
