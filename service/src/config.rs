@@ -600,9 +600,12 @@ mod tests {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/usersvc.toml");
         let s = resolve(&["--config", example]).expect("packaging/usersvc.toml is valid");
         assert_eq!(s.log.log_format, LogFormat::Json);
+        // Its paths are relative to the file: shared/ when the deployer keeps it there.
+        let dir = Path::new(example).parent().expect("its directory");
+        assert_eq!(s.store.journal, dir.join("usersvc.journal"));
         assert_eq!(
-            s.store.journal,
-            Path::new("/srv/usersvc/shared/usersvc.journal")
+            s.store.database_url,
+            format!("sqlite://{}", dir.join("usersvc.db").display())
         );
     }
 
