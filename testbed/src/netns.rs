@@ -81,6 +81,14 @@ impl Netns {
         ns
     }
 
+    /// What `/etc/hosts` holds for whatever runs inside (`ip netns exec` binds
+    /// `/etc/netns/NAME/hosts` over it); removed with the namespace.
+    pub fn set_hosts(&self, text: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        std::fs::write(dir.join("hosts"), text).unwrap_or_else(|e| panic!("write hosts: {e}"));
+    }
+
     /// `cmd`, to be run inside the namespace.
     pub fn wrap(&self, cmd: &Command) -> Command {
         wrap_in(&self.name, cmd)
@@ -115,5 +123,6 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
     }
 }

@@ -126,6 +126,14 @@ impl Sink {
         }
     }
 
+    /// Also takes TCP events on `addr` (a fixed address a config names, such as port 5555 on
+    /// a network namespace's outside address).
+    pub fn listen_also(&self, addr: SocketAddr) {
+        let listener = TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("sink bind {addr}: {e} (is something else on it?)"));
+        spawn_tcp(listener, self.state.clone(), None);
+    }
+
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp
     }

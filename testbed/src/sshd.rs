@@ -23,6 +23,8 @@ pub struct Sshd {
     config: PathBuf,
     /// The network namespace it runs in (`None`: this one).
     netns: Option<String>,
+    /// Runs with `deploy_root` mounted over `/srv`.
+    own_srv: bool,
     dir: tempfile::TempDir,
 }
 
@@ -62,6 +64,21 @@ impl Sshd {
         let mut sshd = Self::prepare(ns.inside_ip.clone(), &current_user());
         sshd.netns = Some(ns.name.clone());
         sshd.launch(Some(port));
+        sshd
+    }
+
+    /// A whole host as a user meets one: sshd inside `ns` on port 22 of its inside address,
+    /// for logins as `user`, in a mount namespace where `/srv` is this server's `deploy_root`
+    /// (so `deploy_to = "/srv/usersvc"` is this host's own, as on a machine of its own).
+    pub fn start_host(ns: &crate::netns::Netns, user: &str) -> Self {
+        assert!(
+            Path::new("/srv").is_dir(),
+            "no /srv to mount a host's own over"
+        );
+        let mut sshd = Self::prepare(ns.inside_ip.clone(), user);
+        sshd.netns = Some(ns.name.clone());
+        sshd.own_srv = true;
+        sshd.launch(Some(22));
         sshd
     }
 
@@ -125,6 +142,7 @@ impl Sshd {
             peer: None,
             config,
             netns: None,
+            own_srv: false,
             dir,
         }
     }
@@ -153,6 +171,14 @@ impl Sshd {
         );
         let mut cmd = Command::new("/usr/sbin/sshd");
         cmd.args(["-D", "-e", "-f"]).arg(&self.config);
+        if self.own_srv {
+            // `ip netns exec` gives it a mount namespace of its own: the bind stays in there.
+            cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg("mount --bind \"$0\" /srv && exec /usr/sbin/sshd -D -e -f \"$1\"")
+                .arg(&self.deploy_root)
+                .arg(&self.config);
+        }
         if let Some(ns) = &self.netns {
             cmd = crate::netns::wrap_in(ns, &cmd);
         }

@@ -10,5 +10,6 @@ mod failures;
 mod hostile;
 mod large;
 mod progress;
+mod readme;
 mod source;
 mod system;
