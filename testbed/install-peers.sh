@@ -22,6 +22,8 @@ PACKAGES=(
   # the completions `make install` installs are loaded by real shells (bash is always there); man
   # renders the man pages
   zsh fish man-db
+  # README's first calls to usersvc are curl commands; the test runs them as written
+  curl
   # build dependencies: the deployer's ssh2 compiles libssh2 against the system OpenSSL
   libssl-dev pkg-config
 )

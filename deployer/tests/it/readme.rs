@@ -264,3 +264,106 @@ fn run_script(
     }
     out
 }
+
+/// The `sh` block that follows `heading` in README.md.
+fn block_after(heading: &str) -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    let section = readme
+        .split(&format!("\n{heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+    section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .unwrap_or_else(|| panic!("no ```sh block under {heading:?}"))
+        .to_owned()
+}
+
+/// Each command of a block (continuation lines joined) with the `# …` line after it: what
+/// README says it prints.
+fn commands_and_answers(block: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut command = String::new();
+    for line in block.lines() {
+        if let Some(answer) = line.strip_prefix("# ") {
+            out.push((std::mem::take(&mut command), answer.to_owned()));
+        } else {
+            command.push_str(line.trim_end_matches('\\'));
+            command.push(' ');
+        }
+    }
+    out
+}
+
+/// Whether `text` is `pattern`, where `…` in the pattern stands for anything.
+fn matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('…');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, p) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(p);
+        }
+        match rest.find(p) {
+            Some(at) => rest = &rest[at + p.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// `make run`, as the README's first command says, then the usersvc section's curl calls, each
+/// answering what README says it prints. In a network namespace (its own port 8080) and a
+/// directory of its own (`./usersvc.db` is made there).
+#[test]
+fn make_run_and_the_readme_curls_answer_as_it_says() {
+    let two = block_after("## The two commands");
+    assert!(two.lines().any(|l| l.starts_with("make run ")), "{two}");
+    let calls = commands_and_answers(&block_after("## usersvc"));
+    assert_eq!(calls.len(), 2, "README's usersvc calls: {calls:?}");
+    let ns = Netns::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let co = checkout(work.path(), &bin);
+    // `cargo run` from here (./usersvc.db is made here), on the workspace's manifest.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    write_exec(
+        &bin.join("cargo"),
+        &format!(
+            "#!/bin/bash\nsub=$1; shift; exec '{cargo}' \"$sub\" --manifest-path '{}' \"$@\"\n",
+            workspace_root().join("Cargo.toml").display()
+        ),
+    );
+    let mut run = ns.wrap(Command::new("make").arg("run"));
+    run.current_dir(&co).env("CARGO", bin.join("cargo"));
+    let server = testbed::Peer::spawn("make run", run);
+    let inside = |command: &str| {
+        ns.wrap(Command::new("bash").arg("-c").arg(command))
+            .current_dir(&co)
+            .output()
+            .expect("bash")
+    };
+    testbed::eventually("make run serves on :8080", Duration::from_secs(300), || {
+        inside("curl -sf localhost:8080/health/live")
+            .status
+            .success()
+    });
+    for (command, answer) in &calls {
+        let out = inside(command);
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            matches(answer, got.trim_end()),
+            "{command}\nREADME says: {answer}\nit printed:  {got}"
+        );
+    }
+    assert!(
+        co.join("usersvc.db").exists(),
+        "./usersvc.db, as README says"
+    );
+    drop(server);
+}
