@@ -47,6 +47,21 @@ pub fn evaluate(
     }
 }
 
+/// A 401, with what to do: send a token, or check the one sent.
+fn unauthorized(cfg: &CheckConfig, http: &str) -> String {
+    let sent = cfg
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+    if sent {
+        format!("{http}: the server refused the credentials sent (check the token)")
+    } else {
+        format!(
+            "{http}: the server wants credentials (--bearer-file FILE, or --authorization-file)"
+        )
+    }
+}
+
 /// The call's result, or why the answer is CRITICAL before any expectation is looked at: a
 /// non-2xx status, a body that is not JSON, a broken envelope, or a JSON-RPC error.
 fn result_of(
@@ -70,6 +85,9 @@ fn result_of(
         {
             let error = rpc_error(cfg, code, &message, data.as_ref());
             return Err(format!("{error} ({http})"));
+        }
+        if status == 401 {
+            return Err(unauthorized(cfg, &http));
         }
         if !content_type.is_empty() && !media_type::is_json(content_type) {
             return Err(format!(

@@ -205,7 +205,18 @@ fn against_the_real_usersvc() {
 fn auth_headers_reach_the_server() {
     let svc = Usersvc::start_with(&testbed::usersvc::binary(), &["--auth-token", "t0k"]);
     let port = svc.addr().port().to_string();
-    expect(&["-H", "127.0.0.1", "-p", &port], 2, "CRITICAL", "HTTP 401");
+    expect(
+        &["-H", "127.0.0.1", "-p", &port],
+        2,
+        "CRITICAL",
+        "HTTP 401 Unauthorized: the server wants credentials (--bearer-file FILE",
+    );
+    expect(
+        &["-H", "127.0.0.1", "-p", &port, "--bearer", "wrong"],
+        2,
+        "CRITICAL",
+        "HTTP 401 Unauthorized: the server refused the credentials sent (check the token)",
+    );
     expect(
         &["-H", "127.0.0.1", "-p", &port, "--bearer", "t0k"],
         0,
