@@ -312,3 +312,26 @@ fn import_copies_a_first_load_upserts_over_stored_users_and_ends_as_on_sqlite() 
     assert_eq!(pg.psql("SELECT count(*) FROM users"), "207");
     assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'fresh'"), "2");
 }
+
+/// README's set-up, as `createuser` and `createdb --owner` do it: a role that is no superuser
+/// and owns its database is all usersvc needs; it makes its own tables there.
+#[test]
+fn a_role_that_owns_its_database_is_enough() {
+    let pg = Postgres::start();
+    pg.psql("CREATE ROLE usersvc LOGIN PASSWORD 'secret' NOSUPERUSER NOCREATEDB NOCREATEROLE");
+    pg.psql("CREATE DATABASE usersvc OWNER usersvc");
+    let url = format!("postgres://usersvc:secret@127.0.0.1:{}/usersvc", pg.port());
+    let s = Usersvc::start_on(env!("CARGO_BIN_EXE_usersvc").as_ref(), Some(&url), &[]);
+    assert_eq!(
+        s.result("put_user", json!({"user": {"id": "ann"}})),
+        json!({"id": "ann", "rev": 1})
+    );
+    assert_eq!(s.result("get_user", json!(["ann"]))["id"], "ann");
+    assert_eq!(
+        pg.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'usersvc'"),
+        "f",
+        "no superuser made those tables"
+    );
+    // Its password never reaches the log.
+    assert!(!s.log().contains("secret"), "{}", s.log());
+}
