@@ -229,13 +229,8 @@ fn deploy(
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Some(done) = describe(&cli.command) {
-        return done;
-    }
-    let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
-    let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
+/// What every command shares, from the command line and the config.
+fn settings(cli: &Cli, cfg: &Config) -> Settings {
     let policy = if cli.accept_new_host_keys {
         HostKeyPolicy::AcceptNew
     } else {
@@ -246,6 +241,17 @@ fn run() -> anyhow::Result<()> {
     settings.hook_timeout = cli.hook_timeout;
     settings.quiet = cli.quiet;
     settings.verbose = cli.verbose;
+    settings
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(done) = describe(&cli.command) {
+        return done;
+    }
+    let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
+    let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
+    let settings = settings(&cli, &cfg);
     stop_on_signals(&settings)?;
     match cli.command {
         Command::Deploy {

@@ -382,15 +382,7 @@ fn run() -> anyhow::Result<()> {
             let run = plugin_api::run_argv(&plugin, plugin_timeout)?;
             let service = service.unwrap_or_else(|| program_name(&plugin[0]));
             let events = nagios_events(&run, &service, host.as_deref(), ttl);
-            let dropped = connect()?
-                .send(&events)
-                .context("the plugin's events were not accepted")?;
-            if dropped > 0 {
-                eprintln!(
-                    "riemann-probe: {dropped} of {} events were over UDP's 16 KiB limit and not sent; the others were",
-                    events.len()
-                );
-            }
+            forward(connect()?, &events)?;
             if run.timed_out {
                 println!("{}", run.first_line);
             } else {
@@ -398,6 +390,20 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Cmd::Completions { .. } | Cmd::ManPages { .. } => {}
+    }
+    Ok(())
+}
+
+/// Sends a plugin's events; over UDP, says how many were too large to go.
+fn forward(mut client: Client, events: &[riemann_probe::Event]) -> anyhow::Result<()> {
+    let dropped = client
+        .send(events)
+        .context("the plugin's events were not accepted")?;
+    if dropped > 0 {
+        eprintln!(
+            "riemann-probe: {dropped} of {} events were over UDP's 16 KiB limit and not sent; the others were",
+            events.len()
+        );
     }
     Ok(())
 }

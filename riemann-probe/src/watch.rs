@@ -158,30 +158,10 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
     let mut collectors: Vec<Running> = cfg
         .collectors
         .into_iter()
-        .map(|c| match c {
-            Collector::Health(limits) => Running::Health(HostHealth::new(limits, cfg.interval)),
-            Collector::Nagios { argv, service } => Running::Program {
-                argv,
-                service,
-                nagios: true,
-                failing: false,
-            },
-            Collector::Command { argv, service } => Running::Program {
-                argv,
-                service,
-                nagios: false,
-                failing: false,
-            },
-        })
+        .map(|c| Running::new(c, cfg.interval))
         .collect();
     let say = cfg.say;
-    let what: Vec<String> = collectors
-        .iter()
-        .map(|c| match c {
-            Running::Health(_) => "host health".to_owned(),
-            Running::Program { argv, .. } => argv.first().cloned().unwrap_or_default(),
-        })
-        .collect();
+    let what: Vec<String> = collectors.iter().map(Running::name).collect();
     say(&format!(
         "watching {} every {}, sending to Riemann at {}",
         what.join(", "),
@@ -206,26 +186,63 @@ pub fn watch(cfg: WatchConfig, stop: &AtomicBool) -> ProbeStats {
         next = (next + cfg.interval).max(Instant::now());
         reach.look(say, &cfg.client.addr, &probe.stats());
         for c in &mut collectors {
-            let events = match c {
-                Running::Health(h) => h.sample(&base),
-                Running::Program {
-                    argv,
-                    service,
-                    nagios,
-                    failing,
-                } => {
-                    let run = plugin_api::run_argv(argv, cfg.command_timeout);
-                    match ran(say, failing, argv, run) {
-                        Ok(run) if *nagios => crate::nagios::events_with(&run, service, &base),
-                        Ok(run) => command_events(&base, &run, service),
-                        Err(e) => failed(&base, service, e),
-                    }
-                }
-            };
-            for e in events {
+            for e in c.sample(&base, say, cfg.command_timeout) {
                 probe.send(e);
             }
         }
     }
     probe.shutdown(cfg.client.timeout)
+}
+
+impl Running {
+    fn new(c: Collector, interval: Duration) -> Self {
+        match c {
+            Collector::Health(limits) => Running::Health(HostHealth::new(limits, interval)),
+            Collector::Nagios { argv, service } => Running::Program {
+                argv,
+                service,
+                nagios: true,
+                failing: false,
+            },
+            Collector::Command { argv, service } => Running::Program {
+                argv,
+                service,
+                nagios: false,
+                failing: false,
+            },
+        }
+    }
+
+    /// What the start line calls it.
+    fn name(&self) -> String {
+        match self {
+            Running::Health(_) => "host health".to_owned(),
+            Running::Program { argv, .. } => argv.first().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// One round's events: the host's health, or the program run once (within `timeout`).
+    fn sample(
+        &mut self,
+        base: &dyn Fn(String) -> EventBuilder,
+        say: fn(&str),
+        timeout: Duration,
+    ) -> Vec<Event> {
+        match self {
+            Running::Health(h) => h.sample(base),
+            Running::Program {
+                argv,
+                service,
+                nagios,
+                failing,
+            } => {
+                let run = plugin_api::run_argv(argv, timeout);
+                match ran(say, failing, argv, run) {
+                    Ok(run) if *nagios => crate::nagios::events_with(&run, service, base),
+                    Ok(run) => command_events(base, &run, service),
+                    Err(e) => failed(base, service, e),
+                }
+            }
+        }
+    }
 }

@@ -267,6 +267,38 @@ pub fn icinga(
     require("/usr/sbin/icinga2", "icinga2-bin icinga2-common");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let d = dir.path();
+    let conf = icinga_config(d, plugin_dir, includes, services);
+    let verify = icinga_daemon(d, &conf)
+        .arg("-C")
+        .output()
+        .unwrap_or_else(|e| panic!("icinga2 -C: {e}"));
+    assert!(
+        verify.status.success(),
+        "icinga2 rejected the configuration:\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let mut core = Peer::spawn("icinga2", icinga_daemon(d, &conf));
+    wait_for_icinga_checks(d, services, &core);
+    core.signal(libc::SIGTERM);
+    assert!(
+        core.wait_timeout(Duration::from_secs(30)).is_some(),
+        "icinga2 did not stop:\n{}",
+        core.log()
+    );
+    let state = std::fs::read(d.join("data/icinga2.state"))
+        .unwrap_or_else(|e| panic!("icinga2.state: {e}"));
+    icinga_state(&state)
+}
+
+/// Writes `icinga2.conf` in `d` (and the directories it names): the ITL, a checker, perfdata
+/// lines naming each checked service, host `localhost` and `services` on it.
+fn icinga_config(
+    d: &Path,
+    plugin_dir: &Path,
+    includes: &[PathBuf],
+    services: &[Service],
+) -> PathBuf {
     for sub in [
         "data",
         "log",
@@ -278,7 +310,6 @@ pub fn icinga(
     ] {
         std::fs::create_dir_all(d.join(sub)).unwrap_or_else(|e| panic!("mkdir {sub}: {e}"));
     }
-    let user = current_user();
     let mut conf = format!(
         "include <itl>
 const PluginDir = \"{plugins}\"
@@ -318,45 +349,36 @@ object Host \"localhost\" {{
     }
     let conf_path = d.join("icinga2.conf");
     std::fs::write(&conf_path, conf).unwrap_or_else(|e| panic!("write icinga2.conf: {e}"));
-    let defines = |cmd: &mut Command| {
-        cmd.arg("-c").arg(&conf_path);
-        for (k, v) in [
-            ("DataDir", "data"),
-            ("LogDir", "log"),
-            ("CacheDir", "cache"),
-            ("SpoolDir", "spool"),
-            ("InitRunDir", "run"),
-            ("StatePath", "data/icinga2.state"),
-            ("ModAttrPath", "data/modattr.conf"),
-            ("ObjectsPath", "cache/icinga2.debug"),
-            ("VarsPath", "cache/icinga2.vars"),
-            ("PidPath", "run/icinga2.pid"),
-        ] {
-            cmd.arg(format!("-D{k}={}", d.join(v).display()));
-        }
-        cmd.arg(format!("-DRunAsUser={user}"))
-            .arg(format!("-DRunAsGroup={user}"));
-    };
-    let mut verify = Command::new("/usr/sbin/icinga2");
-    verify.arg("daemon");
-    defines(&mut verify);
-    let verify = verify
-        .arg("-C")
-        .output()
-        .unwrap_or_else(|e| panic!("icinga2 -C: {e}"));
-    assert!(
-        verify.status.success(),
-        "icinga2 rejected the configuration:\n{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let mut cmd = Command::new("/usr/sbin/icinga2");
-    cmd.arg("daemon");
-    defines(&mut cmd);
-    let mut core = Peer::spawn("icinga2", cmd);
+    conf_path
+}
 
-    // Perfdata lines say which services have been checked; the full results come from the state
-    // file Icinga writes when it stops.
+/// `icinga2 daemon` on `conf`, every path it keeps under `d`, as the current user.
+fn icinga_daemon(d: &Path, conf: &Path) -> Command {
+    let user = current_user();
+    let mut cmd = Command::new("/usr/sbin/icinga2");
+    cmd.arg("daemon").arg("-c").arg(conf);
+    for (k, v) in [
+        ("DataDir", "data"),
+        ("LogDir", "log"),
+        ("CacheDir", "cache"),
+        ("SpoolDir", "spool"),
+        ("InitRunDir", "run"),
+        ("StatePath", "data/icinga2.state"),
+        ("ModAttrPath", "data/modattr.conf"),
+        ("ObjectsPath", "cache/icinga2.debug"),
+        ("VarsPath", "cache/icinga2.vars"),
+        ("PidPath", "run/icinga2.pid"),
+    ] {
+        cmd.arg(format!("-D{k}={}", d.join(v).display()));
+    }
+    cmd.arg(format!("-DRunAsUser={user}"))
+        .arg(format!("-DRunAsGroup={user}"));
+    cmd
+}
+
+/// Waits until the perfdata lines say every service was checked (the full results come from
+/// the state file Icinga writes when it stops).
+fn wait_for_icinga_checks(d: &Path, services: &[Service], core: &Peer) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut seen = String::new();
@@ -369,7 +391,7 @@ object Host \"localhost\" {{
             .iter()
             .all(|s| seen.contains(&format!("SERVICEDESC::{}\t", s.name)))
         {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -378,15 +400,6 @@ object Host \"localhost\" {{
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    core.signal(libc::SIGTERM);
-    assert!(
-        core.wait_timeout(Duration::from_secs(30)).is_some(),
-        "icinga2 did not stop:\n{}",
-        core.log()
-    );
-    let state = std::fs::read(d.join("data/icinga2.state"))
-        .unwrap_or_else(|e| panic!("icinga2.state: {e}"));
-    icinga_state(&state)
 }
 
 /// Services' last check results from an `icinga2.state` file (netstring-framed JSON objects).

@@ -104,19 +104,56 @@ fn violation<T>(rule: u8, text: String) -> Result<T, Violation> {
     Err(Violation(format!("rule {rule}: {text}")))
 }
 
+/// A write's token and one of its ids.
+type Key<'a> = (&'a str, &'a str);
+/// Where each write's revisions were applied: positions in `applied`, by (token, id).
+type Places<'a> = HashMap<Key<'a>, Vec<usize>>;
+
 /// Judges `writes` against `applied` (every revision the database applied, in commit order),
 /// `stored` (the table at the end) and `served` (each running instance's `get_users`, named).
+/// Each rule is a function of its own, checked in the module's order.
 pub fn check(
     writes: &[Write],
     applied: &[Row],
     stored: &[Row],
     served: &[(String, Vec<Row>)],
 ) -> Result<Summary, Violation> {
-    let by_token: HashMap<&str, &Write> = writes.iter().map(|w| (w.token.as_str(), w)).collect();
-    // Rule 1.
-    let mut at: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let places = sent_by_a_client(writes, applied)?;
+    let mut position: HashMap<Key, usize> = HashMap::new();
+    for w in writes {
+        position.extend(applied_once_at_its_rev(w, &places, applied)?);
+    }
+    let last = unbroken_revisions(applied)?;
+    real_time_order(writes, &position)?;
+    stored_is_last_applied(&last, stored)?;
+    served_is_stored(stored, served)?;
+    Ok(summary(writes, applied))
+}
+
+fn summary(writes: &[Write], applied: &[Row]) -> Summary {
+    let mut s = Summary {
+        writes: writes.len(),
+        applied: applied.len(),
+        ..Summary::default()
+    };
+    for w in writes {
+        match &w.outcome {
+            Outcome::Committed(_) => s.committed += 1,
+            Outcome::Queued => s.queued += 1,
+            Outcome::Refused(_) => s.refused += 1,
+            Outcome::NotSent => s.not_sent += 1,
+            Outcome::Unknown(_) => s.unknown += 1,
+        }
+    }
+    s
+}
+
+/// Rule 1: every applied revision was made by a write some client sent. Where each landed.
+fn sent_by_a_client<'a>(writes: &[Write], applied: &'a [Row]) -> Result<Places<'a>, Violation> {
+    let sent: std::collections::HashSet<&str> = writes.iter().map(|w| w.token.as_str()).collect();
+    let mut places: Places = HashMap::new();
     for (pos, row) in applied.iter().enumerate() {
-        if !by_token.contains_key(row.token.as_str()) {
+        if !sent.contains(row.token.as_str()) {
             return violation(
                 1,
                 format!(
@@ -125,81 +162,84 @@ pub fn check(
                 ),
             );
         }
-        at.entry((row.token.as_str(), row.id.as_str()))
+        places
+            .entry((row.token.as_str(), row.id.as_str()))
             .or_default()
             .push(pos);
     }
-    // Rules 2 and 3; where each write landed, per id.
-    let mut position: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut summary = Summary {
-        writes: writes.len(),
-        applied: applied.len(),
-        ..Summary::default()
-    };
-    for w in writes {
-        match &w.outcome {
-            Outcome::Committed(_) => summary.committed += 1,
-            Outcome::Queued => summary.queued += 1,
-            Outcome::Refused(_) => summary.refused += 1,
-            Outcome::NotSent => summary.not_sent += 1,
-            Outcome::Unknown(_) => summary.unknown += 1,
-        }
-        for (i, id) in w.ids.iter().enumerate() {
-            let found = at
-                .get(&(w.token.as_str(), id.as_str()))
-                .map_or(&[][..], Vec::as_slice);
-            let allowed = match &w.outcome {
-                Outcome::Committed(_) | Outcome::Queued => 1..=1,
-                Outcome::Refused(_) | Outcome::NotSent => 0..=0,
-                Outcome::Unknown(_) => 0..=1,
+    Ok(places)
+}
+
+/// Rules 2 and 3 for one write: applied as often as its outcome allows, on each of its ids,
+/// and at the revision it was answered (or expected). Where it landed, per id.
+fn applied_once_at_its_rev<'w>(
+    w: &'w Write,
+    places: &Places,
+    applied: &[Row],
+) -> Result<Vec<(Key<'w>, usize)>, Violation> {
+    let mut landed = Vec::new();
+    for (i, id) in w.ids.iter().enumerate() {
+        let found = places
+            .get(&(w.token.as_str(), id.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        let allowed = match &w.outcome {
+            Outcome::Committed(_) | Outcome::Queued => 1..=1,
+            Outcome::Refused(_) | Outcome::NotSent => 0..=0,
+            Outcome::Unknown(_) => 0..=1,
+        };
+        if !allowed.contains(&found.len()) {
+            let what = match (w.outcome.acknowledged(), found.len()) {
+                (true, 0) => "an acknowledged write was lost",
+                (false, _) if allowed == (0..=0) => "a write that was refused was applied",
+                _ => "a write was applied more than once",
             };
-            if !allowed.contains(&found.len()) {
-                let what = match (w.outcome.acknowledged(), found.len()) {
-                    (true, 0) => "an acknowledged write was lost",
-                    (false, _) if allowed == (0..=0) => "a write that was refused was applied",
-                    _ => "a write was applied more than once",
-                };
-                return violation(
-                    2,
-                    format!(
-                        "{what}: {} on {id} ({:?}) applied {} times",
-                        w.token,
-                        w.outcome,
-                        found.len()
-                    ),
-                );
-            }
-            let Some(&pos) = found.first() else {
-                continue;
-            };
-            position.insert((w.token.as_str(), id.as_str()), pos);
-            let rev = applied[pos].rev;
-            if let Outcome::Committed(revs) = &w.outcome
-                && revs.get(i) != Some(&rev)
-            {
-                return violation(
-                    3,
-                    format!(
-                        "{} on {id} was answered rev {:?} but applied at rev {rev}",
-                        w.token,
-                        revs.get(i)
-                    ),
-                );
-            }
-            if let (true, Some(expect)) = (w.outcome.acknowledged(), w.expect)
-                && rev != expect + 1
-            {
-                return violation(
-                    3,
-                    format!(
-                        "{} on {id} expected rev {expect} and was acknowledged, but applied at rev {rev}",
-                        w.token
-                    ),
-                );
-            }
+            let (token, outcome, n) = (&w.token, &w.outcome, found.len());
+            return violation(
+                2,
+                format!("{what}: {token} on {id} ({outcome:?}) applied {n} times"),
+            );
         }
+        let Some(&pos) = found.first() else {
+            continue;
+        };
+        landed.push(((w.token.as_str(), id.as_str()), pos));
+        at_its_rev(w, i, applied[pos].rev)?;
     }
-    // Rule 4.
+    Ok(landed)
+}
+
+/// Rule 3: the `i`th id of `w`, applied at `rev`, was answered that revision, and an
+/// acknowledged conditional write landed right after the revision it expected.
+fn at_its_rev(w: &Write, i: usize, rev: i64) -> Result<(), Violation> {
+    let id = &w.ids[i];
+    if let Outcome::Committed(revs) = &w.outcome
+        && revs.get(i) != Some(&rev)
+    {
+        let answered = revs.get(i);
+        return violation(
+            3,
+            format!(
+                "{} on {id} was answered rev {answered:?} but applied at rev {rev}",
+                w.token
+            ),
+        );
+    }
+    if let (true, Some(expect)) = (w.outcome.acknowledged(), w.expect)
+        && rev != expect + 1
+    {
+        return violation(
+            3,
+            format!(
+                "{} on {id} expected rev {expect} and was acknowledged, but applied at rev {rev}",
+                w.token
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Rule 4: for each id, the applied revisions run 1, 2, 3, … The last applied row per id.
+fn unbroken_revisions(applied: &[Row]) -> Result<HashMap<&str, &Row>, Violation> {
     let mut last: HashMap<&str, &Row> = HashMap::new();
     for row in applied {
         let next = last.get(row.id.as_str()).map_or(1, |r| r.rev + 1);
@@ -217,8 +257,12 @@ pub fn check(
         }
         last.insert(row.id.as_str(), row);
     }
-    // Rule 5, per id: sort the acknowledged writes by completion; each write must land after
-    // every one completed before it was sent.
+    Ok(last)
+}
+
+/// Rule 5, per id: with the acknowledged writes sorted by completion, each write lands after
+/// every one completed before it was sent.
+fn real_time_order(writes: &[Write], position: &HashMap<Key, usize>) -> Result<(), Violation> {
     let mut per_id: HashMap<&str, Vec<(&Write, usize)>> = HashMap::new();
     for w in writes.iter().filter(|w| w.outcome.acknowledged()) {
         for id in &w.ids {
@@ -253,9 +297,13 @@ pub fn check(
             }
         }
     }
-    // Rules 6 and 7.
+    Ok(())
+}
+
+/// Rule 6: the table holds, for each id, the last revision applied, and nothing else.
+fn stored_is_last_applied(last: &HashMap<&str, &Row>, stored: &[Row]) -> Result<(), Violation> {
     let stored_by_id: HashMap<&str, &Row> = stored.iter().map(|r| (r.id.as_str(), r)).collect();
-    for (id, row) in &last {
+    for (id, row) in last {
         match stored_by_id.get(id) {
             Some(s) if *s == *row => {}
             other => {
@@ -269,11 +317,16 @@ pub fn check(
     if let Some(extra) = stored.iter().find(|r| !last.contains_key(r.id.as_str())) {
         return violation(6, format!("the table holds {extra:?}, never applied"));
     }
+    Ok(())
+}
+
+/// Rule 7: what each running instance serves is what is stored.
+fn served_is_stored(stored: &[Row], served: &[(String, Vec<Row>)]) -> Result<(), Violation> {
+    let mut b = stored.to_vec();
+    b.sort_by(|x, y| x.id.cmp(&y.id));
     for (name, rows) in served {
         let mut a = rows.clone();
-        let mut b = stored.to_vec();
         a.sort_by(|x, y| x.id.cmp(&y.id));
-        b.sort_by(|x, y| x.id.cmp(&y.id));
         if a != b {
             let diff = a
                 .iter()
@@ -284,7 +337,7 @@ pub fn check(
             return violation(7, format!("{name}: {diff}"));
         }
     }
-    Ok(summary)
+    Ok(())
 }
 
 #[cfg(test)]

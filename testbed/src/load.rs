@@ -144,6 +144,27 @@ fn client(target: SocketAddr, keep_alive: bool, stop: &AtomicBool, samples: &Mut
     }
 }
 
+/// The response's headers that matter here: its Content-Length, and whether it closes.
+fn headers(reader: &mut BufReader<TcpStream>) -> Result<(Option<usize>, bool), String> {
+    let (mut length, mut close) = (None, false);
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read headers: {e}"))?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok((length, close));
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse::<usize>().ok(),
+            "connection" if value.trim().eq_ignore_ascii_case("close") => close = true,
+            _ => {}
+        }
+    }
+}
+
 fn call(
     target: SocketAddr,
     keep_alive: bool,
@@ -181,23 +202,8 @@ fn call(
     if !status.starts_with("HTTP/1.1 200") {
         return Err(format!("status {}", status.trim()));
     }
-    let (mut length, mut close) = (None, !keep_alive);
-    loop {
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("read headers: {e}"))?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse::<usize>().ok(),
-            "connection" if value.trim().eq_ignore_ascii_case("close") => close = true,
-            _ => {}
-        }
-    }
+    let (length, close) = headers(reader)?;
+    let close = close || !keep_alive;
     let mut body = vec![0; length.ok_or("no content-length")?];
     reader
         .read_exact(&mut body)

@@ -483,14 +483,14 @@ pub fn make_certs(dir: &Path) -> [PathBuf; 5] {
 
 /// As [`make_certs`], every certificate valid for `days` from now (to test expiry warnings).
 pub fn make_certs_valid_for(dir: &Path, days: u32) -> [PathBuf; 5] {
-    let days = days.to_string();
-    let run = |args: &[&str]| {
+    let run = |args: Vec<String>| {
         let out = std::process::Command::new("openssl")
-            .args(args)
+            .args(&args)
             .current_dir(dir)
             .output();
         crate::process::checked(&format!("openssl {args:?} (apt-get install openssl)"), out);
     };
+    let words = |s: String| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
     // Extensions make the certificates X.509 v3, which webpki requires.
     std::fs::write(
         dir.join("server.ext"),
@@ -499,58 +499,19 @@ pub fn make_certs_valid_for(dir: &Path, days: u32) -> [PathBuf; 5] {
     .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        &days,
-        "-subj",
-        "/CN=test CA",
-    ]);
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let mut ca = words(format!(
+        "req -x509 {key} -keyout ca.key -out ca.pem -days {days} -subj"
+    ));
+    ca.push("/CN=test CA".into());
+    run(ca);
     for who in ["server", "client"] {
-        run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{who}.key"),
-            "-out",
-            &format!("{who}.csr"),
-            "-subj",
-            &format!("/CN={who}"),
-        ]);
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &*format!("{who}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &*format!("{who}.pem"),
-            "-days",
-            &days,
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        args.extend(["-extfile".into(), format!("{who}.ext")]);
-        run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        run(words(format!(
+            "req {key} -keyout {who}.key -out {who}.csr -subj /CN={who}"
+        )));
+        run(words(format!(
+            "x509 -req -in {who}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {who}.pem -days {days} -extfile {who}.ext"
+        )));
     }
     [
         "ca.pem",

@@ -44,6 +44,27 @@ fn keygen(path: &Path) {
     );
 }
 
+/// Makes `user` (created the way PEERS.md says when missing: `useradd -m`, password `*`) the
+/// owner of `dir`. Root only.
+fn become_owner(user: &str, dir: &Path) {
+    assert!(
+        crate::process::is_root(),
+        "logging in as {user} needs the tests to run as root"
+    );
+    if !Command::new("id")
+        .arg(user)
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        run(
+            "useradd",
+            Command::new("useradd").args(["-m", "-s", "/bin/bash", user]),
+        );
+        run("usermod", Command::new("usermod").args(["-p", "*", user]));
+    }
+    run("chown", Command::new("chown").arg("-R").arg(user).arg(dir));
+}
+
 impl Sshd {
     /// Starts sshd on `127.0.0.{n}` (n ≥ 1); logins as the user running the tests.
     pub fn start(n: u8) -> Self {
@@ -110,25 +131,7 @@ impl Sshd {
         }
         let user = user.to_owned();
         if user != current_user() {
-            assert!(
-                crate::process::is_root(),
-                "logging in as {user} needs the tests to run as root"
-            );
-            if !Command::new("id")
-                .arg(&user)
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
-                run(
-                    "useradd",
-                    Command::new("useradd").args(["-m", "-s", "/bin/bash", &user]),
-                );
-                run("usermod", Command::new("usermod").args(["-p", "*", &user]));
-            }
-            run(
-                "chown",
-                Command::new("chown").arg("-R").arg(&user).arg(&deploy_root),
-            );
+            become_owner(&user, &deploy_root);
         }
         let config = d.join("sshd_config");
         Self {

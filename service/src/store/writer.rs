@@ -192,53 +192,11 @@ impl Writer {
             let mut tx = conn.begin().await?;
             forget_ids(&mut tx, &forget).await?;
             let claimed = claim(&mut tx, batch).await?;
-            if postgres
-                && let Some((earlier, _)) =
-                    batch.iter().find(|(id, _)| !claimed.contains(id.as_str()))
-            {
-                // A write id already claimed may be an earlier attempt's commit that a crash's
-                // recovery shows before any synchronous standby has it: not yet durable across a
-                // failover. Writing WAL of its own (a row updated to itself) makes this commit
-                // wait for the standby, and WAL is in order: once it returns, the earlier commit
-                // is on the standby too, so "already applied" holds. (An xid alone is not enough:
-                // PostgreSQL waits only for a transaction that wrote WAL.)
-                sqlx::query(
-                    "UPDATE applied_writes SET applied_at = applied_at WHERE write_id = $1",
-                )
-                .bind(earlier)
-                .execute(&mut *tx)
-                .await?;
+            if postgres {
+                wait_for_earlier_commits(&mut tx, batch, &claimed).await?;
             }
-            let mut out = Vec::with_capacity(batch.len());
-            let mut changed: Vec<&str> = Vec::new();
-            for (write_id, change) in batch {
-                if !claimed.contains(write_id.as_str()) {
-                    out.push(Ok(Applied::AlreadyApplied));
-                    continue;
-                }
-                if savepoints {
-                    sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
-                }
-                match apply(&mut tx, change, postgres).await {
-                    Ok(applied) => {
-                        if savepoints {
-                            sqlx::query("RELEASE SAVEPOINT w").execute(&mut *tx).await?;
-                        }
-                        if postgres {
-                            // Announced on PostgreSQL only: other instances listen there.
-                            changed.extend(changed_ids(change, &applied));
-                        }
-                        out.push(Ok(applied));
-                    }
-                    Err(e) if savepoints && !e.is_unreachable() => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT w")
-                            .execute(&mut *tx)
-                            .await?;
-                        out.push(Err(e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let (out, changed) =
+                apply_claimed(&mut tx, batch, &claimed, savepoints, postgres).await?;
             if postgres {
                 announce(&mut tx, &changed).await?;
             }
@@ -252,6 +210,70 @@ impl Writer {
         }
         result
     }
+}
+
+/// When a write id of `batch` was already claimed, that may be an earlier attempt's commit that
+/// a crash's recovery shows before any synchronous standby has it: not yet durable across a
+/// failover. Writing WAL of its own (a row updated to itself) makes this commit wait for the
+/// standby, and WAL is in order: once it returns, the earlier commit is on the standby too, so
+/// "already applied" holds. (An xid alone is not enough: PostgreSQL waits only for a
+/// transaction that wrote WAL.)
+async fn wait_for_earlier_commits(
+    conn: &mut AnyConnection,
+    batch: &[(String, Change)],
+    claimed: &HashSet<String>,
+) -> Result<(), StoreError> {
+    if let Some((earlier, _)) = batch.iter().find(|(id, _)| !claimed.contains(id.as_str())) {
+        sqlx::query("UPDATE applied_writes SET applied_at = applied_at WHERE write_id = $1")
+            .bind(earlier)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Applies each claimed write of `batch` (one claimed earlier is already applied), with a
+/// savepoint around each when `savepoints`, so one write's own failure costs only itself.
+/// Each write's outcome, and the ids to announce (PostgreSQL only: other instances listen).
+async fn apply_claimed<'b>(
+    conn: &mut AnyConnection,
+    batch: &'b [(String, Change)],
+    claimed: &HashSet<String>,
+    savepoints: bool,
+    postgres: bool,
+) -> Result<(Vec<Outcome>, Vec<&'b str>), StoreError> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut changed: Vec<&str> = Vec::new();
+    for (write_id, change) in batch {
+        if !claimed.contains(write_id.as_str()) {
+            out.push(Ok(Applied::AlreadyApplied));
+            continue;
+        }
+        if savepoints {
+            sqlx::query("SAVEPOINT w").execute(&mut *conn).await?;
+        }
+        match apply(conn, change, postgres).await {
+            Ok(applied) => {
+                if savepoints {
+                    sqlx::query("RELEASE SAVEPOINT w")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                if postgres {
+                    changed.extend(changed_ids(change, &applied));
+                }
+                out.push(Ok(applied));
+            }
+            Err(e) if savepoints && !e.is_unreachable() => {
+                sqlx::query("ROLLBACK TO SAVEPOINT w")
+                    .execute(&mut *conn)
+                    .await?;
+                out.push(Err(e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((out, changed))
 }
 
 /// A connection to the store's host in use, or, when that fails or it no longer takes writes
