@@ -1,10 +1,9 @@
 //! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
 //! key is an error that names it), with paths relative to the file and `~` expanded.
 
-use crate::address::BadAddress;
-use crate::jump::{BadJump, parse_jumps};
-use crate::ssh::{HostKeyPolicy, Route, SshSettings};
-use crate::ssh_config::SshConfigFile;
+use crate::ssh::{
+    BadAddress, BadJump, HostKeyPolicy, Route, SshConfigFile, SshSettings, parse_jumps,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -689,7 +688,7 @@ impl Config {
 
     /// `[v6]:port`, `host:port` or a bare host; the port only when written.
     fn split_address(&self, address: &str) -> Result<(String, Option<u16>), Problem> {
-        match crate::address::host_port(address) {
+        match crate::ssh::host_port(address) {
             Ok((host, port)) => Ok((host.to_owned(), port)),
             Err(BadAddress::Port) => Err(Problem::Port(address.to_owned())),
             Err(BadAddress::Shape) => Err(Problem::Address(address.to_owned())),

@@ -6,7 +6,7 @@
 //! rolled back). Every interpolated value goes through [`quote`].
 
 use crate::manifest::{Known, KnownReader, Manifest};
-use crate::remote_text::{MAX_REVISION, printable, release_name_ok, revision_ok};
+use crate::remote_text::{MAX_REVISION, RELEASE_FORMAT, printable, release_name_ok, revision_ok};
 use crate::ssh::quote;
 use serde::Serialize;
 
@@ -249,8 +249,6 @@ fn parse_release(line: &str) -> Result<ReleaseInfo, Untrusted> {
         bad: None,
     })
 }
-
-pub const RELEASE_FORMAT: &str = "%Y%m%d%H%M%S";
 
 /// The new release's name: now in UTC, or one second after the newest existing release when
 /// that is not older (two deploys in the same second must not collide).

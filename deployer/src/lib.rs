@@ -36,7 +36,6 @@
 //!
 //! ARCHITECTURE.md maps the modules and the invariants they keep.
 
-mod address;
 mod build;
 mod commands;
 mod config;
@@ -45,8 +44,6 @@ mod fleet;
 mod hash_cache;
 mod health;
 mod host_output;
-mod jump;
-mod known_hosts;
 mod layout;
 mod lock;
 mod manifest;
@@ -57,7 +54,6 @@ mod report;
 mod settings;
 mod source;
 mod ssh;
-mod ssh_config;
 mod stages;
 mod table;
 #[cfg(test)]
@@ -72,9 +68,8 @@ pub use commands::{
 pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
 pub use fleet::{Failure, Stage};
 pub use host_output::{Executed, HostRun};
-pub use jump::{BadJump, Jump, parse_jumps};
 pub use layout::{HostState, ReleaseInfo};
 pub use outcome::{Outcome, Unfinished};
 pub use report::{HookRun, HostOutcome, Report};
 pub use settings::Settings;
-pub use ssh::{HostKeyPolicy, Route, SshSettings};
+pub use ssh::{BadJump, HostKeyPolicy, Jump, Route, SshSettings, parse_jumps};

@@ -24,11 +24,14 @@ pub fn revision_ok(revision: &str) -> bool {
         && !revision.contains(['\n', '\t'])
 }
 
-/// Whether `name` is a release name: a UTC time stamp, `%Y%m%d%H%M%S`.
+/// How a release is named: its UTC time stamp (Capistrano's form).
+pub const RELEASE_FORMAT: &str = "%Y%m%d%H%M%S";
+
+/// Whether `name` is a release name: a UTC time stamp, [`RELEASE_FORMAT`].
 pub fn release_name_ok(name: &str) -> bool {
     name.len() == 14
         && name.bytes().all(|b| b.is_ascii_digit())
-        && chrono::NaiveDateTime::parse_from_str(name, crate::layout::RELEASE_FORMAT).is_ok()
+        && chrono::NaiveDateTime::parse_from_str(name, RELEASE_FORMAT).is_ok()
 }
 
 #[cfg(test)]

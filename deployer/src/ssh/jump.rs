@@ -65,7 +65,7 @@ fn parse_hop(hop: &str) -> Option<Jump> {
         Some(_) => return None,
         None => (None, hop),
     };
-    let (host, port) = crate::address::host_port(rest).ok()?;
+    let (host, port) = super::address::host_port(rest).ok()?;
     let valid = !host.is_empty()
         && !host.starts_with('-')
         && host

@@ -1,0 +1,96 @@
+//! How the deployer reaches a host, and the one way it talks to it: SSH with libssh2 (ssh2),
+//! no `ssh` subprocess. This folder owns the whole stack; the rest of the crate uses what this
+//! file re-exports, never a child's path:
+//! - `address`: `host[:port]` and `[v6]:port`, one reading for deploy.toml and ProxyJump;
+//! - `openssh_config`: what the user's OpenSSH config says of a host (`[ssh] ssh_config`);
+//! - `jump`: ProxyJump chains and the tunnel through each hop;
+//! - `known_hosts`: host keys as OpenSSH keeps them (checked strictly, added atomically);
+//! - `session`: a connection (`Remote`) through its jump hosts, host key checked, user
+//!   authenticated; channels of its own for streams (the upload);
+//! - `shell`: the long-lived `sh` per host that every remote step runs in.
+//!
+//! Invariant: every value interpolated into a remote script goes through [`quote`].
+
+mod address;
+mod jump;
+mod known_hosts;
+mod openssh_config;
+mod session;
+mod shell;
+
+pub use address::{BadAddress, host_port};
+pub use jump::{BadJump, Jump, parse_jumps};
+pub use openssh_config::SshConfigFile;
+pub use session::{Remote, Route};
+pub use shell::{LineLimits, Output, Shell, finish};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Unknown and changed keys are refused.
+    Strict,
+    /// Unknown keys are added to known_hosts; changed keys are still refused.
+    AcceptNew,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub user: String,
+    pub identity: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub policy: HostKeyPolicy,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {host}: {message}")]
+    Connect { host: String, message: String },
+    #[error(
+        "host key of {host} is unknown ({fingerprint}); verify it, then add it to {known_hosts} (ssh-keyscan) or pass --accept-new-host-keys"
+    )]
+    UnknownHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error(
+        "HOST KEY OF {host} HAS CHANGED (now {fingerprint}): someone may be impersonating it; if the host was reinstalled, fix {known_hosts}"
+    )]
+    ChangedHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error("host key of {host} ({fingerprint}) is REVOKED in {known_hosts}: refusing to connect")]
+    RevokedHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error("{host}: authentication as {user} failed: {message}")]
+    Auth {
+        host: String,
+        user: String,
+        message: String,
+    },
+    #[error("{host}: {message}")]
+    Session { host: String, message: String },
+}
+
+/// Quotes for a POSIX shell: every interpolated path goes through this.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting() {
+        assert_eq!(super::quote("/srv/a b"), "'/srv/a b'");
+        assert_eq!(super::quote("it's"), r"'it'\''s'");
+        assert_eq!(super::quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+}
