@@ -11,6 +11,7 @@ use crate::api::http::ApiSettings;
 use crate::lifecycle::ServerSettings;
 use crate::metrics::RiemannSettings;
 use crate::pull::PullSettings;
+use crate::setting_paths::{PATH_KEYS, anchor_value, env_of};
 use crate::users::StoreSettings;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -202,36 +203,6 @@ pub enum ConfigError {
     /// Settings that cannot work together, whichever layer set them.
     #[error("{0}")]
     Setting(String),
-}
-
-/// The settings whose value is a path, made absolute against the directory of whatever set them
-/// (the database URL when it is SQLite's). `upgrade` anchors the same ones in the arguments it
-/// passes on.
-pub(crate) const PATH_KEYS: &[&str] = &[
-    "config",
-    "journal",
-    "pid_file",
-    "auth_token_file",
-    "database_url",
-];
-
-/// A setting's flag: `pid_file` → `--pid-file`.
-pub(crate) fn flag_of(key: &str) -> String {
-    format!("--{}", key.replace('_', "-"))
-}
-
-/// A setting's environment variable: `pid_file` → `USERSVC_PID_FILE`.
-pub(crate) fn env_of(key: &str) -> String {
-    format!("USERSVC_{}", key.to_uppercase())
-}
-
-/// A path setting's value made absolute against `base`.
-pub(crate) fn anchor_value(key: &str, value: &str, base: &Path) -> String {
-    if key == "database_url" {
-        anchor_url(value, base)
-    } else {
-        anchor(Path::new(value), base).display().to_string()
-    }
 }
 
 /// The command line as given: what to do, and the settings before the config file is read.
@@ -472,33 +443,6 @@ fn line_of(text: &str, key: &str) -> String {
     }
 }
 
-/// `path` made absolute against `base` (unchanged when it already is).
-pub(crate) fn anchor(path: &Path, base: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        base.join(path)
-    }
-}
-
-/// A `sqlite:` URL's relative file made absolute against `base`; any other URL unchanged.
-pub(crate) fn anchor_url(url: &str, base: &Path) -> String {
-    let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    else {
-        return url.to_owned();
-    };
-    let (file, query) = match rest.split_once('?') {
-        Some((f, q)) => (f, format!("?{q}")),
-        None => (rest, String::new()),
-    };
-    if file.is_empty() || file.starts_with('/') || file.contains(":memory:") {
-        return url.to_owned();
-    }
-    format!("sqlite://{}{query}", base.join(file).display())
-}
-
 /// A secret from a file: its content without the trailing newline; never empty, never printed.
 fn read_secret(path: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
@@ -547,6 +491,7 @@ fn toml_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::setting_paths::flag_of;
 
     /// `usersvc ARGS` resolved (no command: serve).
     fn resolve(args: &[&str]) -> Result<Settings, ConfigError> {
@@ -590,9 +535,6 @@ mod tests {
             s.store.database_url,
             format!("sqlite://{}", d.join("usersvc.db").display())
         );
-        assert_eq!(anchor_url("postgres://u@h/db", d), "postgres://u@h/db");
-        assert_eq!(anchor_url("sqlite::memory:", d), "sqlite::memory:");
-        assert_eq!(anchor_url("sqlite:///abs.db", d), "sqlite:///abs.db");
     }
 
     #[test]

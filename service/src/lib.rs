@@ -40,6 +40,7 @@
 mod atomic_file;
 pub mod doc;
 pub mod release;
+mod setting_paths;
 pub mod tasks;
 
 // Subsystems, bottom up: each imports only those above it (see ARCHITECTURE.md).

@@ -11,6 +11,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atomic_file", &[]),
     ("release", &[]),
     ("tasks", &[]),
+    ("setting_paths", &[]),
+    // Process lifecycle (serving, handing over, upgrading): below the config it is set by.
+    ("lifecycle", &["atomic_file", "setting_paths"]),
     ("store", &["doc", "atomic_file"]),
     ("users", &["store", "doc", "atomic_file", "tasks"]),
     ("pull", &["users", "doc"]),
@@ -29,7 +32,6 @@ const TOP: &[&str] = &[
     "config",
     "import",
     "journal_command",
-    "lifecycle",
     "tidy",
 ];
 

@@ -11,7 +11,7 @@
 
 use super::listener::{ERROR, HTTP_FD_NAME, READY, UPGRADE_FD_NAME};
 use super::pidfile;
-use crate::config;
+use crate::setting_paths;
 use command_fds::{CommandFdExt, FdMapping};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -202,20 +202,20 @@ fn serve_args_from_upgrade(mut argv: impl Iterator<Item = OsString>) -> (OsStrin
     (program, args)
 }
 
-/// A path setting's value (`config::PATH_KEYS`) made absolute against `base`.
+/// A path setting's value (`setting_paths::PATH_KEYS`) made absolute against `base`.
 fn anchored(key: &str, value: &std::ffi::OsStr, base: &Path) -> OsString {
     match value.to_str() {
-        Some(text) => config::anchor_value(key, text, base).into(),
-        None => config::anchor(Path::new(value), base).into_os_string(),
+        Some(text) => setting_paths::anchor_value(key, text, base).into(),
+        None => setting_paths::anchor(Path::new(value), base).into_os_string(),
     }
 }
 
 /// `args` with every path option's value absolute against `base` (`--opt value` and
 /// `--opt=value` alike): the new server runs elsewhere (`new_server_command`).
 fn absolute_args(args: &[OsString], base: &Path) -> Vec<OsString> {
-    let flags: Vec<(&str, String)> = config::PATH_KEYS
+    let flags: Vec<(&str, String)> = setting_paths::PATH_KEYS
         .iter()
-        .map(|key| (*key, config::flag_of(key)))
+        .map(|key| (*key, setting_paths::flag_of(key)))
         .collect();
     let mut out = Vec::with_capacity(args.len());
     let mut pending: Option<&str> = None;
@@ -263,8 +263,8 @@ fn new_server_command(program: &OsString, args: &[OsString]) -> tokio::process::
     };
     let args = absolute_args(args, &here);
     let mut cmd = tokio::process::Command::new(&program);
-    for key in config::PATH_KEYS {
-        let var = config::env_of(key);
+    for key in setting_paths::PATH_KEYS {
+        let var = setting_paths::env_of(key);
         if let Some(value) = std::env::var_os(&var) {
             cmd.env(&var, anchored(key, &value, &here));
         }

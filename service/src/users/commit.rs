@@ -7,8 +7,9 @@
 //! Nothing is committed or queued before this process owns the journal (an upgrade's new server
 //! waits for the old one to release it): a write must never overtake one queued before it.
 
+use super::answer::{UserError, Written};
 use super::queued::Tentative;
-use super::state::{MAX_BATCH, Ownership, Shared, UserError, Written, change_of, ids_of};
+use super::state::{MAX_BATCH, Ownership, Shared, change_of, ids_of};
 use crate::doc::now;
 use crate::store::StoreError;
 use crate::store::journal::{Entry, JournalError, Op};

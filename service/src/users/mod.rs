@@ -2,6 +2,7 @@
 //! (`commit.rs`), survival of store outages (`supervise.rs`, the journal, the local copy), and
 //! other instances' writes (`follow.rs`). Transport-free: `api/methods.rs` maps JSON-RPC onto it.
 
+mod answer;
 mod breaker;
 mod commit;
 mod follow;
@@ -30,9 +31,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use toolkit_core::lock;
 
+pub use self::answer::{UserError, Written};
 pub use self::breaker::BreakerState;
 pub(crate) use self::snapshot::Snapshot;
-pub use self::state::{BATCH_BOUNDS, Degradation, Stats, UserError, Written};
+pub use self::state::{BATCH_BOUNDS, Degradation, Stats};
 
 /// Where users are stored and how an outage of the store is survived (keys of the config file as
 /// the flags, with underscores).

@@ -9,8 +9,8 @@
 //! writes and deletes are refused (-32000, nothing changed) until the journal has been replayed
 //! and the snapshot reloaded; plain upserts are always queued.
 
+use super::answer::UserError;
 use super::snapshot::Snapshot;
-use super::state::UserError;
 use crate::store::journal::Op;
 use std::collections::HashMap;
 

@@ -1,68 +1,16 @@
 //! The state the committer (`commit.rs`), the supervisor (`supervise.rs`) and the follower
-//! (`follow.rs`) share, and the words they answer in (`Written`, `UserError`).
+//! (`follow.rs`) share. The words they answer in are `answer.rs`'s.
 
+use super::answer::{UserError, Written};
 use super::breaker::{Breaker, BreakerState};
 use super::snapshot::Snapshot;
-use super::validate::Invalid;
 use crate::doc::{Record, WriteDoc};
-use crate::store::journal::{JournalError, Op};
+use crate::store::journal::Op;
 use crate::store::writer::{Change, Writer};
 use crate::store::{Expect, Store, StoreError};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use toolkit_core::lock;
-
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    #[error("invalid user: {0}")]
-    Invalid(#[from] Invalid),
-    #[error("no user with id {0:?}")]
-    NotFound(String),
-    #[error("revision conflict on {id:?}: expected {expected}, stored {current:?}")]
-    Conflict {
-        id: String,
-        expected: i64,
-        current: Option<i64>,
-    },
-    /// Shared: one failed batch answers each of its writes with the same cause.
-    #[error(transparent)]
-    Store(Arc<StoreError>),
-    #[error("the store is unreachable and the write could not be queued: {0}")]
-    Journal(Arc<JournalError>),
-    #[error("the server is shutting down; retry on the new one")]
-    ShuttingDown,
-    /// A conditional write or delete while queued writes this server did not check wait to be
-    /// replayed (`queued.rs`): refused, nothing changed.
-    #[error(
-        "the store is unreachable and writes queued earlier wait to be replayed: a conditional write or delete cannot be checked now; nothing changed, retry later"
-    )]
-    Unverifiable,
-}
-
-impl From<StoreError> for UserError {
-    fn from(e: StoreError) -> Self {
-        UserError::Store(Arc::new(e))
-    }
-}
-
-/// What a write did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Written {
-    Put {
-        id: String,
-        rev: i64,
-    },
-    Many(Vec<(String, i64)>),
-    Deleted {
-        id: String,
-    },
-    /// The store is unreachable: the write is in the journal (fsync'd) and will be replayed.
-    Queued {
-        write_id: String,
-        ids: Vec<String>,
-    },
-}
 
 /// Counters for health and metrics.
 #[derive(Debug, Default)]

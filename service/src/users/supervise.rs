@@ -3,8 +3,9 @@
 //! breaker. It also keeps the snapshot's local copy (`store/local_copy.rs`) up to date. It does
 //! nothing before this process owns the journal: the copy and the replay are the owner's.
 
+use super::answer::UserError;
 use super::snapshot::Unsaved;
-use super::state::{MAX_BATCH, PROBE_TIMEOUT, Shared, UserError, change_of};
+use super::state::{MAX_BATCH, PROBE_TIMEOUT, Shared, change_of};
 use crate::doc::now;
 use crate::store::StoreError;
 use crate::store::journal::{Entry, JournalError};
