@@ -1,9 +1,9 @@
-//! usersvc's import rules (ARCHITECTURE.md), checked on the source with `testbed::tidy`'s
-//! readers: privacy alone cannot say "the store never imports the write path".
+//! usersvc's import rules (ARCHITECTURE.md), checked on the parsed source with `testbed::tidy`:
+//! privacy alone cannot say "the store never imports the write path".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use testbed::tidy::{code, imports, names_after, place, sources};
+use testbed::tidy::{Source, place, sources};
 
 /// The parts of the crate, bottom up, and what each may import (besides itself).
 const LAYERS: &[(&str, &[&str])] = &[
@@ -26,14 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 
 /// The top, which may import anything: it wires the parts together. A part in neither list
 /// fails the check, so a new folder cannot go unchecked.
-const TOP: &[&str] = &[
-    "lib",
-    "main",
-    "config",
-    "import",
-    "journal_command",
-    "tidy",
-];
+const TOP: &[&str] = &["lib", "main", "config", "import", "journal_command", "tidy"];
 
 /// The write path's three jobs share only the state (`users/state.rs`), never one another.
 const JOBS: &[&str] = &["commit", "supervise", "follow"];
@@ -45,7 +38,7 @@ fn each_part_imports_only_the_parts_below_it() {
     let rules: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
     let mut broken = Vec::new();
     for file in &files {
-        let (part, depth) = place(&src, file);
+        let (part, module) = place(&src, file);
         let shown = file.strip_prefix(&src).unwrap_or(file).display();
         let Some(allowed) = rules.get(part.as_str()) else {
             if !TOP.contains(&part.as_str()) {
@@ -55,7 +48,7 @@ fn each_part_imports_only_the_parts_below_it() {
             }
             continue;
         };
-        for name in imports(&code(file), depth) {
+        for name in Source::read(file, &module).imports() {
             if name != part && !allowed.contains(&name.as_str()) {
                 broken.push(format!("{shown} imports crate::{name}"));
             }
@@ -69,11 +62,9 @@ fn each_part_imports_only_the_parts_below_it() {
 fn the_write_path_jobs_never_import_one_another() {
     let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/users");
     for job in JOBS {
-        let code = code(&users.join(format!("{job}.rs")));
-        let named: BTreeSet<String> = names_after(&code, "super::")
-            .into_iter()
-            .chain(names_after(&code, "crate::users::"))
-            .collect();
+        let module = ["users".to_owned(), (*job).to_owned()];
+        let named: BTreeSet<String> =
+            Source::read(&users.join(format!("{job}.rs")), &module).names_after(&["users"]);
         for other in JOBS.iter().filter(|o| *o != job) {
             assert!(!named.contains(*other), "users/{job}.rs imports {other}");
         }
