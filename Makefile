@@ -12,10 +12,14 @@ DEPLOY_CONFIG ?= deploy.toml
 # make run: the cargo profile. dev builds in ~1.5 min on 2 cores from a fresh clone (release,
 # with LTO, takes ~15 min): right for trying it; `make run RUN_PROFILE=release` to measure it.
 RUN_PROFILE ?= dev
+RUN_DIR = $(if $(filter dev,$(RUN_PROFILE)),debug,$(RUN_PROFILE))
 
 ## run: build and start usersvc on 127.0.0.1:8080 with ./usersvc.db (created on first run)
+# --workspace --bins, as `make build`: one feature set, so make run after make test (or a test
+# running make run) rebuilds nothing and never replaces a binary another process is starting.
 run:
-	$(CARGO) run --profile $(RUN_PROFILE) -p service --bin usersvc -- $(ARGS)
+	$(CARGO) build --profile $(RUN_PROFILE) --workspace --bins
+	target/$(RUN_DIR)/usersvc $(ARGS)
 
 ## test: install missing test peers (as root), lint, then the whole suite against real peers
 test: peers lint build
