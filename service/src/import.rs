@@ -9,7 +9,6 @@
 
 use crate::ServeError;
 use crate::doc::WriteDoc;
-use crate::store::writer;
 use crate::store::{self, CHANGES_CHANNEL, Store, StoreError};
 use crate::users::validate;
 use sqlx::{Connection, PgConnection};
@@ -38,7 +37,7 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
         .collect();
     let done = if store.is_shared() {
         let bytes = writes.iter().map(|w| w.json.len()).sum();
-        let budget = writer::budget(store.timeout(), writes.len(), bytes);
+        let budget = crate::store::write_budget(store.timeout(), writes.len(), bytes);
         crate::store::bounded(budget, copy_into_postgres(store.url(), &writes)).await
     } else {
         upsert_through_writer(&store, writes).await
@@ -49,10 +48,10 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
 }
 
 async fn upsert_through_writer(store: &Store, writes: Vec<WriteDoc>) -> Result<(), StoreError> {
-    let mut writer = writer::Writer::new(store);
+    let mut writer = crate::store::Writer::new(store);
     let write_id = uuid::Uuid::now_v7().to_string();
     let done = writer
-        .commit(&[(write_id, writer::Change::Import(writes))])
+        .commit(&[(write_id, crate::store::Change::Import(writes))])
         .await;
     writer.close().await;
     match done?.pop() {

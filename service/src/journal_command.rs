@@ -3,9 +3,11 @@
 //! (`store::quarantine`). What a piece holds is named (its write ids, the users it writes),
 //! never printed: documents stay in the files.
 
-use crate::store::journal::Op;
-use crate::store::quarantine::{self, Piece, QuarantineError};
+use crate::store::Op;
 use crate::store::quarantine_path;
+use crate::store::{
+    Piece, QuarantineError, discard_quarantined, list_quarantine, requeue_quarantined,
+};
 use std::path::Path;
 use toolkit_core::terminal::value;
 
@@ -34,7 +36,7 @@ pub fn run(journal: &Path, action: &JournalAction) -> Result<String, QuarantineE
     match action {
         JournalAction::List => listing(journal),
         JournalAction::Requeue { pieces } => {
-            let done = quarantine::requeue(journal, pieces)?;
+            let done = requeue_quarantined(journal, pieces)?;
             Ok(format!(
                 "put back into {}: {}\nthey are replayed when usersvc starts (each once, by its write id)",
                 journal.display(),
@@ -42,14 +44,14 @@ pub fn run(journal: &Path, action: &JournalAction) -> Result<String, QuarantineE
             ))
         }
         JournalAction::Discard { pieces } => {
-            let done = quarantine::discard(journal, pieces)?;
+            let done = discard_quarantined(journal, pieces)?;
             Ok(format!("discarded: {}", described(&done)))
         }
     }
 }
 
 fn listing(journal: &Path) -> Result<String, QuarantineError> {
-    let l = quarantine::list(journal)?;
+    let l = list_quarantine(journal)?;
     let mut out = format!(
         "journal {}: {} write(s) queued, replayed when the store answers\n",
         journal.display(),

@@ -317,7 +317,7 @@ fn store_health(e: &mut DescriptorEncoder, users: &Users) -> std::fmt::Result {
         "1 while serving the local copy of a cold start (the store has not answered since)",
         i64::from(d.from_copy),
     )?;
-    if let Some((bytes, written)) = crate::store::local_copy::on_disk(users.copy_path()) {
+    if let Some((bytes, written)) = crate::store::copy_on_disk(users.copy_path()) {
         gauge(
             e,
             "usersvc_local_copy_bytes",

@@ -5,12 +5,23 @@
 //! is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a read-then-write.
 
 mod hosts;
-pub(crate) mod journal;
-pub mod local_copy;
-pub(crate) mod quarantine;
-pub mod writer;
+mod journal;
+mod local_copy;
+mod quarantine;
+mod writer;
 
-pub use journal::{JournalError, quarantine_path};
+pub use journal::{Entry as JournalEntry, Journal, JournalError, Op, Owner, quarantine_path};
+pub use local_copy::{
+    CopyError, CopyState, append_log as append_copy_log, log_path as copy_log_path,
+    on_disk as copy_on_disk, path_for as copy_path_for, read as read_copy,
+    write_base as write_copy_base,
+};
+pub use quarantine::{
+    Listing, Piece, QuarantineError, discard as discard_quarantined, list as list_quarantine,
+    requeue as requeue_quarantined,
+};
+pub(crate) use writer::budget as write_budget;
+pub use writer::{Applied, Change, Outcome, Writer};
 
 use crate::doc::{Entry, Record, WriteDoc};
 use sqlx::any::install_default_drivers;

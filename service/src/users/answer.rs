@@ -3,8 +3,8 @@
 //! speak it, and it imports none of them.
 
 use super::validate::Invalid;
+use crate::store::JournalError;
 use crate::store::StoreError;
-use crate::store::journal::JournalError;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]

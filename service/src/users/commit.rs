@@ -12,8 +12,8 @@ use super::queued::Tentative;
 use super::state::{MAX_BATCH, Ownership, Shared, change_of, ids_of};
 use crate::doc::now;
 use crate::store::StoreError;
-use crate::store::journal::{Entry, JournalError, Op};
-use crate::store::writer::{Applied, Change, Outcome, Writer};
+use crate::store::{Applied, Change, Outcome, Writer};
+use crate::store::{JournalEntry, JournalError, Op};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -22,7 +22,7 @@ use toolkit_core::lock;
 
 /// A write waiting for the committer, and where its answer goes.
 pub(crate) struct Pending {
-    pub entry: Entry,
+    pub entry: JournalEntry,
     pub reply: oneshot::Sender<Result<Written, UserError>>,
 }
 
@@ -212,7 +212,7 @@ async fn enqueue(shared: &Arc<Shared>, batch: Vec<Pending>, tried: bool) {
     if waiting.is_empty() {
         return;
     }
-    let entries: Vec<Entry> = waiting.iter().map(|p| p.entry.clone()).collect();
+    let entries: Vec<JournalEntry> = waiting.iter().map(|p| p.entry.clone()).collect();
     let journal = shared.clone();
     // fsync blocks: keep it off the async workers.
     let appended = tokio::task::spawn_blocking(move || match lock(&journal.journal).as_mut() {

@@ -18,9 +18,9 @@ use self::queued::Queued;
 use self::state::{Ownership, Shared};
 use self::validate::NewUser;
 use crate::doc::DocText;
-use crate::store::journal::{Entry, Journal, JournalError, Op, Owner};
-use crate::store::local_copy::{self, CopyError};
-use crate::store::writer::Writer;
+use crate::store::Writer;
+use crate::store::{CopyError, copy_log_path, copy_path_for, read_copy};
+use crate::store::{Journal, JournalEntry, JournalError, Op, Owner};
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 use bytes::Bytes;
@@ -149,9 +149,9 @@ impl Users {
         let path = resilience.journal.clone();
         // First: a second server on the same journal is refused before it touches anything.
         let owner = claim_journal(&path, resilience.handover)?;
-        let copy = local_copy::path_for(&path);
-        let quarantine = crate::store::journal::quarantine_path(&path);
-        for file in [&path, &copy, &local_copy::log_path(&copy), &quarantine] {
+        let copy = copy_path_for(&path);
+        let quarantine = crate::store::quarantine_path(&path);
+        for file in [&path, &copy, &copy_log_path(&copy), &quarantine] {
             crate::atomic_file::make_private(file);
         }
         let (store, from_copy) = open_store(url, timeout, &copy).await?;
@@ -390,7 +390,7 @@ impl Users {
             .clone()
             .ok_or(UserError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
-        let entry = Entry {
+        let entry = JournalEntry {
             write_id: uuid::Uuid::now_v7().to_string(),
             op,
         };
@@ -453,7 +453,7 @@ async fn open_store(
 > {
     match Store::open(url, timeout).await {
         Ok(store) => Ok((store, None)),
-        Err(e) if e.is_unreachable() => match local_copy::read(copy) {
+        Err(e) if e.is_unreachable() => match read_copy(copy) {
             Ok(entries) => {
                 tracing::warn!(error = %e, copy = %copy.display(), users = entries.len(),
                     "store unreachable: serving the local snapshot copy (stale) and queueing writes");

@@ -11,7 +11,7 @@
 
 use super::answer::UserError;
 use super::snapshot::Snapshot;
-use crate::store::journal::Op;
+use crate::store::Op;
 use std::collections::HashMap;
 
 #[derive(Debug)]

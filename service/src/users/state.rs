@@ -5,8 +5,8 @@ use super::answer::{UserError, Written};
 use super::breaker::{Breaker, BreakerState};
 use super::snapshot::Snapshot;
 use crate::doc::{Record, WriteDoc};
-use crate::store::journal::Op;
-use crate::store::writer::{Change, Writer};
+use crate::store::Op;
+use crate::store::{Change, Writer};
 use crate::store::{Expect, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     pub writer: tokio::sync::Mutex<Writer>,
     pub breaker: std::sync::Mutex<Breaker>,
     /// `None` until this process owns it (`ownership`).
-    pub journal: std::sync::Mutex<Option<crate::store::journal::Journal>>,
+    pub journal: std::sync::Mutex<Option<crate::store::Journal>>,
     pub journal_path: PathBuf,
     pub ownership: tokio::sync::watch::Sender<Ownership>,
     /// What the queued writes will leave: conditional writes are checked against it.
@@ -102,7 +102,7 @@ pub(crate) struct Shared {
     pub copied: AtomicU64,
     /// The copy on disk as this process last wrote it (`None`: no base written yet). Held for
     /// a whole save: the supervisor's and the shutdown's saves must not interleave.
-    pub copy_state: tokio::sync::Mutex<Option<crate::store::local_copy::CopyState>>,
+    pub copy_state: tokio::sync::Mutex<Option<crate::store::CopyState>>,
     /// Set by a cold start; cleared once the store answered and the snapshot came from it.
     pub from_copy: AtomicBool,
     /// Set by `Users::close`: the supervisor and the follower stop.
@@ -213,9 +213,9 @@ impl Shared {
         &self,
         op: &Op,
         updated_at: &str,
-        applied: crate::store::writer::Applied,
+        applied: crate::store::Applied,
     ) -> Result<Written, UserError> {
-        use crate::store::writer::Applied;
+        use crate::store::Applied;
         let record = |id: &String, doc: &serde_json::Map<_, _>, rev| Record {
             id: id.clone(),
             rev,

@@ -8,9 +8,9 @@ use super::snapshot::Unsaved;
 use super::state::{MAX_BATCH, PROBE_TIMEOUT, Shared, change_of};
 use crate::doc::now;
 use crate::store::StoreError;
-use crate::store::journal::{Entry, JournalError};
-use crate::store::local_copy::{self, CopyError, CopyState};
-use crate::store::writer::{Applied, Change, Writer};
+use crate::store::{Applied, Change, Writer};
+use crate::store::{CopyError, CopyState, append_copy_log, write_copy_base};
+use crate::store::{JournalEntry, JournalError};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -162,7 +162,7 @@ pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize
 /// `f` on the journal this process owns, then its quarantine count into the stats.
 fn with_journal<T>(
     shared: &Shared,
-    f: impl FnOnce(&mut crate::store::journal::Journal) -> Result<T, JournalError>,
+    f: impl FnOnce(&mut crate::store::Journal) -> Result<T, JournalError>,
 ) -> Result<T, JournalError> {
     let mut journal = lock(&shared.journal);
     let journal = journal
@@ -178,7 +178,7 @@ fn with_journal<T>(
 
 /// The next replay batch from the front of `rest`: at most `most` writes and [`REPLAY_BYTES`] of
 /// JSON, and always one.
-fn batch_at(rest: &[Entry], most: usize, updated_at: &str) -> Vec<(String, Change)> {
+fn batch_at(rest: &[JournalEntry], most: usize, updated_at: &str) -> Vec<(String, Change)> {
     let mut out = Vec::new();
     let mut bytes = 0;
     for e in rest.iter().take(most.max(1)) {
@@ -197,7 +197,7 @@ fn batch_at(rest: &[Entry], most: usize, updated_at: &str) -> Vec<(String, Chang
 /// never the document.
 fn settle_replayed(
     shared: &Shared,
-    entry: &Entry,
+    entry: &JournalEntry,
     updated_at: &str,
     outcome: Result<Applied, crate::store::StoreError>,
 ) -> Result<bool, String> {
@@ -295,7 +295,7 @@ fn save_blocking(
             ids.sort_unstable();
             ids.dedup();
             let changes = shared.snapshot.lookup(&ids);
-            match local_copy::append_log(path, &mut state, &changes) {
+            match append_copy_log(path, &mut state, &changes) {
                 Ok(()) => {
                     tracing::debug!(users = changes.len(), ms = started.elapsed().as_millis() as u64,
                         copy = %path.display(), "local snapshot copy: changes logged");
@@ -308,8 +308,7 @@ fn save_blocking(
         _ => {
             // Read in chunks: no lock is held for long, and a write in between is in the log
             // that follows this base (`take_unsaved` started it afresh).
-            let written =
-                local_copy::write_base(path, |after| shared.snapshot.chunk(after, COPY_CHUNK));
+            let written = write_copy_base(path, |after| shared.snapshot.chunk(after, COPY_CHUNK));
             if let Ok(state) = &written {
                 tracing::debug!(users = shared.snapshot.len(), bytes = state.base_bytes,
                     ms = started.elapsed().as_millis() as u64, copy = %path.display(),

@@ -7,9 +7,9 @@
 use super::validate::validate;
 use super::{Resilience, UserError, Users, Written};
 use crate::doc::WriteDoc;
-use crate::store::journal::{Entry, Journal, Op, Owner};
-use crate::store::writer::{Change, Writer};
+use crate::store::{Change, Writer};
 use crate::store::{Expect, Store};
+use crate::store::{Journal, JournalEntry, Op, Owner};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -55,15 +55,15 @@ fn stored(users: &Users, id: &str) -> Value {
 }
 
 /// What a run that died with writes queued leaves behind.
-fn leave_in_journal(site: &Site, entries: &[Entry]) {
+fn leave_in_journal(site: &Site, entries: &[JournalEntry]) {
     let owner = Owner::acquire(&site.resilience.journal).expect("the journal's lock");
     let (mut journal, _) = Journal::open(&site.resilience.journal, owner).expect("journal");
     journal.append_all(entries).expect("append");
 }
 
-fn put(write_id: &str, doc: Value, expect: Option<i64>) -> Entry {
+fn put(write_id: &str, doc: Value, expect: Option<i64>) -> JournalEntry {
     let user = user(doc);
-    Entry {
+    JournalEntry {
         write_id: write_id.to_owned(),
         op: Op::Put {
             id: user.id,

@@ -17,7 +17,7 @@ fn copy_holds(s: &Usersvc, n: usize) {
     testbed::eventually(
         "the local copy is up to date",
         Duration::from_secs(20),
-        || service::store::local_copy::read(&copy_of(s)).is_ok_and(|users| users.len() == n),
+        || service::store::read_copy(&copy_of(s)).is_ok_and(|users| users.len() == n),
     );
 }
 

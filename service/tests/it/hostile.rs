@@ -199,7 +199,7 @@ fn files_are_private_under(umask: &str) {
     assert_eq!(r.status, 200);
     let copy = dir.path().join("usersvc.snapshot");
     testbed::eventually("the copy is written", Duration::from_secs(20), || {
-        service::store::local_copy::read(&copy).is_ok_and(|u| u.len() == 1)
+        service::store::read_copy(&copy).is_ok_and(|u| u.len() == 1)
     });
     let pid: u32 = std::fs::read_to_string(dir.path().join("usersvc.pid"))
         .expect("pid file")
@@ -428,9 +428,7 @@ fn sigterm_exits_in_time_with_a_stalled_riemann_server() {
     // The copy was saved on the way out.
     let copy = s.dir().join("usersvc.snapshot");
     assert_eq!(
-        service::store::local_copy::read(&copy)
-            .map(|u| u.len())
-            .ok(),
+        service::store::read_copy(&copy).map(|u| u.len()).ok(),
         Some(1)
     );
 }

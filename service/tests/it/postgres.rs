@@ -160,7 +160,7 @@ fn sixty_four_writers_with_conflicts_equal_a_serial_run_of_the_winners() {
 #[test]
 fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     use service::doc::WriteDoc;
-    use service::store::writer::{Applied, Change, Writer};
+    use service::store::{Applied, Change, Writer};
     use service::store::{Expect, Store};
     let pg = Postgres::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
