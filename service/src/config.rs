@@ -578,7 +578,7 @@ mod tests {
         }
         // The help states what the connection limit's default is computed from.
         let help = Cli::command().render_long_help().to_string();
-        let reserved = crate::lifecycle::server::RESERVED_FDS;
+        let reserved = crate::lifecycle::RESERVED_FDS;
         assert!(help.contains(&format!("less {reserved}]")), "{help}");
     }
 

@@ -143,9 +143,8 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         tracing::warn!(%addr, "listening beyond loopback without a token: anyone who can reach this port can read and write every user; set auth_token_file");
     }
     // Fired when an upgrade has handed the socket on: this server then stops accepting.
-    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<lifecycle::upgrade::Successor>();
-    let (stop_tx, stop_rx) =
-        tokio::sync::oneshot::channel::<Option<lifecycle::upgrade::Successor>>();
+    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel::<lifecycle::Successor>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<lifecycle::Successor>>();
     let stopping = users.clone();
     let request_timeout = settings.api.request_timeout;
     let stop = async move {
@@ -173,14 +172,14 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         listener.as_fd().try_clone_to_owned()?
     };
     let limits = settings.server.limits();
-    let accepting = tokio::spawn(lifecycle::server::serve(listener, app, limits, stop));
+    let accepting = tokio::spawn(lifecycle::serve(listener, app, limits, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     // Plain values, absent outside a release: `jq .revision` and log filters read them as is.
     tracing::info!(%addr, socket = origin.as_str(), revision = release.revision.as_deref(), release = release.name.as_deref(), "listening on http://{addr}/");
     // Without a pid file there is no control socket, so no upgrade: `upgrade` finds servers by
     // it. Bound only now, ready to serve: the path must never lead to a server that failed.
     match &settings.server.pid_file {
-        Some(pid_file) => lifecycle::upgrade::listen_control(pid_file, dup, handed_tx)?,
+        Some(pid_file) => lifecycle::listen_control(pid_file, dup, handed_tx)?,
         None => drop((dup, handed_tx)),
     }
     announce_ready(&settings, inherited.take_upgrade_channel()).await?;
@@ -209,7 +208,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         }
     }
     if let Some(pid_file) = &settings.server.pid_file {
-        lifecycle::pidfile::remove_if_ours(pid_file, std::process::id());
+        lifecycle::remove_if_ours(pid_file, std::process::id());
     }
     Ok(())
 }
@@ -238,11 +237,11 @@ fn shutdown_deadline(after: Duration) {
 /// once it takes the journal over: `users`.)
 async fn announce_ready(
     settings: &Settings,
-    channel: Option<lifecycle::listener::UpgradeChannel>,
+    channel: Option<lifecycle::UpgradeChannel>,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
     if let Some(path) = &settings.server.pid_file {
-        lifecycle::pidfile::write(path, pid).map_err(|source| ServeError::PidFile {
+        lifecycle::write_pid_file(path, pid).map_err(|source| ServeError::PidFile {
             path: path.display().to_string(),
             source,
         })?;

@@ -2,11 +2,18 @@
 //! draining, the pid file, and the zero-downtime upgrade that hands the
 //! socket to a new release.
 
-pub(crate) mod listener;
-pub mod pidfile;
-pub(crate) mod server;
-pub(crate) mod upgrade;
+mod listener;
+mod pidfile;
+mod server;
+mod upgrade;
 
+pub(crate) use listener::UpgradeChannel;
 pub use listener::{Inherited, ListenError};
+pub use pidfile::is_alive;
+pub(crate) use pidfile::{remove_if_ours, write as write_pid_file};
+#[cfg(test)]
+pub(crate) use server::RESERVED_FDS;
 pub use server::ServerSettings;
+pub(crate) use server::serve;
+pub(crate) use upgrade::{Successor, listen_control};
 pub use upgrade::{UpgradeError, Upgraded, upgrade};
