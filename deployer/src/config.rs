@@ -216,37 +216,14 @@ pub fn hooks_shown(hooks: &[Hook]) -> String {
         .join(" && ")
 }
 
+/// `[health]`: the gate's own keys, and every other key one of check_jsonrpc's long options
+/// (with underscores: `bearer_file` is `--bearer-file`), read by check_jsonrpc's own parser, so
+/// an option the plugin gains is a `[health]` key without being written here too.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Health {
     pub url: Option<String>,
     pub method: Option<String>,
     pub command: Option<String>,
-    /// The in-process check's options, named as check_jsonrpc's long options (`expect` is
-    /// `--expect`, …) and read by its own parser: secrets from files on this machine, no
-    /// subprocess, and nothing of them ever sent to a host. `{host}`, `{release}` and
-    /// `{revision}` may appear in any value.
-    pub bearer_file: Option<PathBuf>,
-    pub authorization_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub proxy: Option<String>,
-    #[serde(default)]
-    pub insecure: bool,
-    pub params: Option<String>,
-    #[serde(default)]
-    pub expect: Vec<String>,
-    #[serde(default)]
-    pub expect_type: Vec<String>,
-    pub value: Option<String>,
-    pub count: Option<String>,
-    pub value_warning: Option<String>,
-    pub value_critical: Option<String>,
-    pub warning: Option<String>,
-    pub critical: Option<String>,
-    #[serde(default)]
-    pub header: Vec<String>,
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Between checks [default: 1s]
@@ -261,12 +238,84 @@ pub struct Health {
         deserialize_with = "toolkit_core::duration::deserialize"
     )]
     pub timeout: Duration,
+    /// The in-process check's options, as written: a string or number is the option's value, a
+    /// list repeats the option, `true` is a flag. Secrets come from files on this machine; no
+    /// subprocess, and nothing of them is ever sent to a host. `{host}`, `{release}` and
+    /// `{revision}` may appear in any value.
+    #[serde(flatten)]
+    pub options: std::collections::BTreeMap<String, toml::Value>,
+    /// `options` as check_jsonrpc's arguments (`--expect V` …), made when the file is loaded.
+    #[serde(skip)]
+    args: Vec<String>,
 }
 
+/// check_jsonrpc's options that `[health]` does not take, and why: the gate sets them, or they
+/// would put a secret in deploy.toml.
+const GATE_OWNS: &[(&str, &str)] = &[
+    (
+        "hostname",
+        "the gate checks each host: give the URL as url = \"http://{host}:8080/\"",
+    ),
+    ("ip_address", "the gate checks each host at url"),
+    ("port", "give the port in url"),
+    ("ssl", "write url = \"https://…\""),
+    (
+        "verbose",
+        "the gate keeps the first line; deployer -v shows hooks",
+    ),
+    ("help", "not an option of a check"),
+    ("version", "not an option of a check"),
+    (
+        "bearer",
+        "keep the token in a file: bearer_file = \"usersvc.token\"",
+    ),
+    (
+        "authorization",
+        "keep the credentials in a file: authorization_file",
+    ),
+];
+
 impl Health {
-    /// A method needs a URL; the flags are read by check_jsonrpc's own parser now, so a bad
-    /// range or pointer stops the deploy before it starts. Secret files are read when the gate
-    /// runs, not here: commands that never check health must not need them.
+    /// Makes `options` into check_jsonrpc's arguments, the files' relative paths `base`'s.
+    fn prepare(&mut self, base: &Path) -> Result<(), Problem> {
+        let files = nagios_plugin::file_options();
+        let mut args = Vec::new();
+        for (key, value) in &self.options {
+            if let Some((_, why)) = GATE_OWNS.iter().find(|(k, _)| k == key) {
+                return Err(Problem::CheckOption(format!("{key}: {why}")));
+            }
+            let long = key.replace('_', "-");
+            let flag = format!("--{long}");
+            let values = match value {
+                toml::Value::Array(list) => list.iter().collect(),
+                one => vec![one],
+            };
+            for v in values {
+                match v {
+                    toml::Value::Boolean(true) => args.push(flag.clone()),
+                    toml::Value::Boolean(false) => {}
+                    toml::Value::String(s) if files.contains(&long) => {
+                        args.push(flag.clone());
+                        args.push(resolve(base, Path::new(s)).display().to_string());
+                    }
+                    toml::Value::String(s) => args.extend([flag.clone(), s.clone()]),
+                    toml::Value::Integer(n) => args.extend([flag.clone(), n.to_string()]),
+                    toml::Value::Float(x) => args.extend([flag.clone(), x.to_string()]),
+                    _ => {
+                        return Err(Problem::CheckOption(format!(
+                            "{key}: write a string, a number, true, or a list of them"
+                        )));
+                    }
+                }
+            }
+        }
+        self.args = args;
+        Ok(())
+    }
+
+    /// A method needs a URL; the options are read by check_jsonrpc's own parser now, so a bad
+    /// range, pointer or option name stops the deploy before it starts. Secret files are read
+    /// when the gate runs, not here: commands that never check health must not need them.
     fn check(&self) -> Result<(), Problem> {
         let args = self.check_args();
         if (self.method.is_some() || !args.is_empty()) && self.url.is_none() {
@@ -288,7 +337,9 @@ impl Health {
                 .chain(shown),
         ) {
             Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) => {
-                Err(Problem::CheckOption(why))
+                Err(Problem::CheckOption(format!(
+                    "{why} ([health] keys are check_jsonrpc's long options, with underscores)"
+                )))
             }
             Ok(_) => Ok(()),
         }
@@ -296,41 +347,7 @@ impl Health {
 
     /// The in-process check's options as check_jsonrpc arguments (`--expect V` …).
     pub fn check_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let mut one = |flag: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                args.push(flag.to_owned());
-                args.push(v.clone());
-            }
-        };
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        one("--bearer-file", &path(&self.bearer_file));
-        one("--authorization-file", &path(&self.authorization_file));
-        one("--ca-file", &path(&self.ca_file));
-        one("--client-cert", &path(&self.client_cert));
-        one("--client-key", &path(&self.client_key));
-        one("--proxy", &self.proxy);
-        one("--params", &self.params);
-        one("--value", &self.value);
-        one("--count", &self.count);
-        one("--value-warning", &self.value_warning);
-        one("--value-critical", &self.value_critical);
-        one("-w", &self.warning);
-        one("-c", &self.critical);
-        for (flag, values) in [
-            ("--expect", &self.expect),
-            ("--expect-type", &self.expect_type),
-            ("--header", &self.header),
-        ] {
-            for v in values {
-                args.push(flag.to_owned());
-                args.push(v.clone());
-            }
-        }
-        if self.insecure {
-            args.push("--insecure".into());
-        }
-        args
+        self.args.clone()
     }
 }
 
@@ -572,15 +589,7 @@ impl Config {
         cfg.ssh.known_hosts = cfg.ssh.known_hosts.as_deref().map(|p| resolve(&base, p));
         cfg.ssh.ssh_config = cfg.ssh.ssh_config.as_deref().map(|p| resolve(&base, p));
         if let Some(h) = &mut cfg.health {
-            for p in [
-                &mut h.bearer_file,
-                &mut h.authorization_file,
-                &mut h.ca_file,
-                &mut h.client_cert,
-                &mut h.client_key,
-            ] {
-                *p = p.as_deref().map(|p| resolve(&base, p));
-            }
+            h.prepare(&base).map_err(invalid)?;
         }
         cfg.check().map_err(invalid)?;
         cfg.resolve_reach().map_err(invalid)?;
@@ -929,6 +938,44 @@ mod tests {
         ))
         .expect_err("not a URL");
         assert!(e.to_string().contains("--proxy"), "{e}");
+    }
+
+    #[test]
+    fn every_check_jsonrpc_option_is_a_health_key_and_nothing_else_is() {
+        // Options the hand-written list never had: one parser, one list.
+        let cfg = load(&format!(
+            "{MINIMAL}[health]\nurl = \"http://{{host}}/\"\nmethod = \"get_users\"\ncount = \"\"\n\
+             label = \"users\"\nmax_size = 4096\nexpect = ['/0/id=\"a\"', '/0/rev=1']\ninsecure = false\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let args = cfg.health.expect("[health]").check_args();
+        for want in ["--label", "users", "--max-size", "4096", "--count"] {
+            assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+        }
+        assert_eq!(
+            args.iter().filter(|a| *a == "--expect").count(),
+            2,
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a == "--insecure"),
+            "false is no flag: {args:?}"
+        );
+        for (toml, said) in [
+            ("expcet = '/a=1'", "--expcet"),
+            ("retires = 3", "--retires"),
+            ("bearer = 's3cret'", "bearer_file"),
+            ("hostname = 'app1'", "url"),
+            ("header = { a = 1 }", "a string, a number, true, or a list"),
+        ] {
+            let e = load(&format!(
+                "{MINIMAL}[health]\nurl = \"http://{{host}}/\"\n{toml}\n"
+            ))
+            .expect_err(toml);
+            let e = e.to_string();
+            assert!(e.contains("[health]") && e.contains(said), "{toml}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -444,6 +444,20 @@ pub(crate) fn command() -> clap::Command {
     Args::command()
 }
 
+/// The long options whose value is a file (`bearer-file`, `ca-file`, …): a caller that reads
+/// options from a file of its own (the deployer's `[health]`) makes their relative paths that
+/// file's directory's.
+pub fn file_options() -> Vec<String> {
+    Args::command()
+        .get_arguments()
+        .filter(|a| {
+            a.get_value_names()
+                .is_some_and(|names| names.iter().any(|n| n == "FILE"))
+        })
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect()
+}
+
 /// Parses `argv` (program name first).
 pub fn parse<I, T>(argv: I) -> Result<CheckConfig, Early>
 where

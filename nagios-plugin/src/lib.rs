@@ -32,7 +32,7 @@ mod tls;
 mod transport;
 
 pub use assertion::{BadPointer, JsonType};
-pub use cli::{Early, parse as parse_args, parse_argv_only};
+pub use cli::{Early, file_options, parse as parse_args, parse_argv_only};
 pub use config::{CertDays, CheckConfig, DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, IpFamily};
 pub use evaluate::evaluate;
 pub use guard::install_panic_hook;
