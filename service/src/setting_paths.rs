@@ -1,6 +1,6 @@
 //! Which settings are paths, and how a path is made absolute against the directory of
 //! whatever set it (a config file's directory, or the working directory for flags and the
-//! environment). A leaf: the config layering (`config.rs`) and `upgrade`, which anchors the
+//! environment). A leaf: the config layering (`config/layers.rs`) and `upgrade`, which anchors the
 //! same settings in the arguments it passes on, both use it, and it imports neither.
 
 use std::path::{Path, PathBuf};
