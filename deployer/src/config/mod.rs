@@ -1,9 +1,14 @@
 //! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
 //! key is an error that names it), with paths relative to the file and `~` expanded.
 
-use crate::ssh::{
-    BadAddress, BadJump, HostKeyPolicy, Route, SshConfigFile, SshSettings, parse_jumps,
-};
+mod health;
+mod reach;
+mod select;
+
+pub use health::Health;
+pub use select::Target;
+
+use crate::ssh::{BadJump, HostKeyPolicy, Route, SshSettings};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -216,155 +221,8 @@ pub fn hooks_shown(hooks: &[Hook]) -> String {
         .join(" && ")
 }
 
-/// `[health]`: the gate's own keys, and every other key one of check_jsonrpc's long options
-/// (with underscores: `bearer_file` is `--bearer-file`), read by check_jsonrpc's own parser, so
-/// an option the plugin gains is a `[health]` key without being written here too.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Health {
-    pub url: Option<String>,
-    pub method: Option<String>,
-    pub command: Option<String>,
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// Between checks [default: 1s]
-    #[serde(
-        default = "default_interval",
-        deserialize_with = "toolkit_core::duration::deserialize"
-    )]
-    pub interval: Duration,
-    /// Per check [default: 10s]
-    #[serde(
-        default = "default_check_timeout",
-        deserialize_with = "toolkit_core::duration::deserialize"
-    )]
-    pub timeout: Duration,
-    /// The in-process check's options, as written: a string or number is the option's value, a
-    /// list repeats the option, `true` is a flag. Secrets come from files on this machine; no
-    /// subprocess, and nothing of them is ever sent to a host. `{host}`, `{release}` and
-    /// `{revision}` may appear in any value.
-    #[serde(flatten)]
-    pub options: std::collections::BTreeMap<String, toml::Value>,
-    /// `options` as check_jsonrpc's arguments (`--expect V` …), made when the file is loaded.
-    #[serde(skip)]
-    args: Vec<String>,
-}
-
-/// check_jsonrpc's options that `[health]` does not take, and why: the gate sets them, or they
-/// would put a secret in deploy.toml.
-const GATE_OWNS: &[(&str, &str)] = &[
-    (
-        "hostname",
-        "the gate checks each host: give the URL as url = \"http://{host}:8080/\"",
-    ),
-    ("ip_address", "the gate checks each host at url"),
-    ("port", "give the port in url"),
-    ("ssl", "write url = \"https://…\""),
-    (
-        "verbose",
-        "the gate keeps the first line; deployer -v shows hooks",
-    ),
-    ("help", "not an option of a check"),
-    ("version", "not an option of a check"),
-    (
-        "bearer",
-        "keep the token in a file: bearer_file = \"usersvc.token\"",
-    ),
-    (
-        "authorization",
-        "keep the credentials in a file: authorization_file",
-    ),
-];
-
-impl Health {
-    /// Makes `options` into check_jsonrpc's arguments, the files' relative paths `base`'s.
-    fn prepare(&mut self, base: &Path) -> Result<(), Problem> {
-        let files = nagios_plugin::file_options();
-        let mut args = Vec::new();
-        for (key, value) in &self.options {
-            if let Some((_, why)) = GATE_OWNS.iter().find(|(k, _)| k == key) {
-                return Err(Problem::CheckOption(format!("{key}: {why}")));
-            }
-            let long = key.replace('_', "-");
-            let flag = format!("--{long}");
-            let values = match value {
-                toml::Value::Array(list) => list.iter().collect(),
-                one => vec![one],
-            };
-            for v in values {
-                match v {
-                    toml::Value::Boolean(true) => args.push(flag.clone()),
-                    toml::Value::Boolean(false) => {}
-                    toml::Value::String(s) if files.contains(&long) => {
-                        args.push(flag.clone());
-                        args.push(resolve(base, Path::new(s)).display().to_string());
-                    }
-                    toml::Value::String(s) => args.extend([flag.clone(), s.clone()]),
-                    toml::Value::Integer(n) => args.extend([flag.clone(), n.to_string()]),
-                    toml::Value::Float(x) => args.extend([flag.clone(), x.to_string()]),
-                    _ => {
-                        return Err(Problem::CheckOption(format!(
-                            "{key}: write a string, a number, true, or a list of them"
-                        )));
-                    }
-                }
-            }
-        }
-        self.args = args;
-        Ok(())
-    }
-
-    /// A method needs a URL; the options are read by check_jsonrpc's own parser now, so a bad
-    /// range, pointer or option name stops the deploy before it starts. Secret files are read
-    /// when the gate runs, not here: commands that never check health must not need them.
-    fn check(&self) -> Result<(), Problem> {
-        let args = self.check_args();
-        if (self.method.is_some() || !args.is_empty()) && self.url.is_none() {
-            return Err(Problem::MethodWithoutUrl);
-        }
-        let mut shown = Vec::with_capacity(args.len());
-        let mut args = args.into_iter();
-        while let Some(a) = args.next() {
-            if a == "--bearer-file" || a == "--authorization-file" {
-                args.next();
-            } else {
-                shown.push(a);
-            }
-        }
-        match nagios_plugin::parse_argv_only(
-            ["check_jsonrpc", "-H", "localhost"]
-                .into_iter()
-                .map(String::from)
-                .chain(shown),
-        ) {
-            Err(nagios_plugin::Early::Bad(why) | nagios_plugin::Early::Info(why)) => {
-                Err(Problem::CheckOption(format!(
-                    "{why} ([health] keys are check_jsonrpc's long options, with underscores)"
-                )))
-            }
-            Ok(_) => Ok(()),
-        }
-    }
-
-    /// The in-process check's options as check_jsonrpc arguments (`--expect V` …).
-    pub fn check_args(&self) -> Vec<String> {
-        self.args.clone()
-    }
-}
-
 fn default_log() -> String {
     "shared/usersvc.log".into()
-}
-
-fn default_retries() -> u32 {
-    10
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_check_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 impl Canary {
@@ -514,28 +372,6 @@ pub enum SelectError {
     Address(#[from] Problem),
 }
 
-/// The names a host's events may carry: `riemann_host` when the config gives it, else each name
-/// the host is known by and, for a DNS name, its first label (usersvc's default is the
-/// machine's hostname, often the short name).
-fn event_hosts(riemann_host: Option<&str>, names: &[&str]) -> Vec<String> {
-    if let Some(h) = riemann_host {
-        return vec![h.to_owned()];
-    }
-    let mut out: Vec<String> = Vec::new();
-    for n in names {
-        let short = match n.parse::<std::net::IpAddr>() {
-            Ok(_) => None,
-            Err(_) => n.split('.').next(),
-        };
-        for name in std::iter::once(*n).chain(short) {
-            if !name.is_empty() && !out.iter().any(|o| o == name) {
-                out.push(name.to_owned());
-            }
-        }
-    }
-    out
-}
-
 fn expand_home(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), std::env::var_os("HOME")) {
         (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -547,22 +383,6 @@ fn expand_home(p: &Path) -> PathBuf {
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     let p = expand_home(p);
     if p.is_absolute() { p } else { base.join(p) }
-}
-
-/// One host, resolved: where to connect and where to deploy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The address as written in the config (used to name the host in output).
-    pub name: String,
-    /// What is connected to (`HostName` from `ssh_config` when it names one).
-    pub host: String,
-    pub port: u16,
-    pub deploy_to: String,
-    pub roles: Vec<String>,
-    /// The user, key and jump hosts for this host when they are not `[ssh]`'s.
-    pub route: Route,
-    /// The host names its events may carry in Riemann (`riemann_host`, else its names).
-    pub event_hosts: Vec<String>,
 }
 
 impl Config {
@@ -594,63 +414,6 @@ impl Config {
         cfg.check().map_err(invalid)?;
         cfg.resolve_reach().map_err(invalid)?;
         Ok(cfg)
-    }
-
-    /// Where and how each host is reached: its own entry, then `[ssh]`, then `ssh_config`.
-    fn resolve_reach(&mut self) -> Result<(), Problem> {
-        let file = match &self.ssh.ssh_config {
-            Some(path) => Some(SshConfigFile::read(path).map_err(Problem::SshConfig)?),
-            None => None,
-        };
-        let said = |host: &str| file.as_ref().map(|f| f.query(host)).unwrap_or_default();
-        let mut reaches = Vec::with_capacity(self.hosts.len());
-        for h in &self.hosts {
-            let (alias, port) = self.split_address(&h.address)?;
-            let s = said(&alias);
-            let chain = h
-                .proxy_jump
-                .as_deref()
-                .or(self.ssh.proxy_jump.as_deref())
-                .or(s.proxy_jump.as_deref())
-                .unwrap_or("");
-            let from_file = h.proxy_jump.is_none() && self.ssh.proxy_jump.is_none();
-            let mut jumps =
-                parse_jumps(chain).map_err(|e| match (from_file, &self.ssh.ssh_config) {
-                    (true, Some(path)) => Problem::SshConfig(format!(
-                        "{}: the ProxyJump for {alias}: {e}",
-                        path.display()
-                    )),
-                    _ => Problem::Jump(e),
-                })?;
-            // Jump hosts are looked up too, as OpenSSH does; what the chain says wins.
-            for j in &mut jumps {
-                let js = said(&j.host);
-                j.user = j.user.take().or(js.user);
-                j.port = j.port.or(js.port);
-                j.identity = js.identity.map(|p| expand_home(&p));
-                if let Some(name) = js.host_name {
-                    j.host = name;
-                }
-            }
-            reaches.push(Reach {
-                host: s.host_name.unwrap_or(alias),
-                port: port.or(self.ssh.port).or(s.port).unwrap_or(22),
-                route: Route {
-                    user: self.ssh.user.is_none().then_some(s.user).flatten(),
-                    identity: self
-                        .ssh
-                        .identity
-                        .is_none()
-                        .then(|| s.identity.map(|p| expand_home(&p)))
-                        .flatten(),
-                    jumps,
-                },
-            });
-        }
-        for (h, reach) in self.hosts.iter_mut().zip(reaches) {
-            h.reach = reach;
-        }
-        Ok(())
     }
 
     fn check(&self) -> Result<(), Problem> {
@@ -693,90 +456,6 @@ impl Config {
         crate::manifest::Exclude::new(&self.source, &self.exclude)
             .map(drop)
             .map_err(|e| Problem::Exclude(e.to_string()))
-    }
-
-    /// `[v6]:port`, `host:port` or a bare host; the port only when written.
-    fn split_address(&self, address: &str) -> Result<(String, Option<u16>), Problem> {
-        match crate::ssh::host_port(address) {
-            Ok((host, port)) => Ok((host.to_owned(), port)),
-            Err(BadAddress::Port) => Err(Problem::Port(address.to_owned())),
-            Err(BadAddress::Shape) => Err(Problem::Address(address.to_owned())),
-        }
-    }
-
-    /// The hosts to act on: all, or those named in `names` and/or having `role`.
-    pub fn targets(
-        &self,
-        names: &[String],
-        role: Option<&str>,
-    ) -> Result<Vec<Target>, SelectError> {
-        for n in names {
-            if !self.hosts.iter().any(|h| {
-                &h.address == n
-                    || &h.reach.host == n
-                    || self
-                        .split_address(&h.address)
-                        .is_ok_and(|(host, _)| &host == n)
-            }) {
-                return Err(SelectError::UnknownHost {
-                    name: n.clone(),
-                    known: self.listed(self.hosts.iter().map(|h| h.address.as_str())),
-                });
-            }
-        }
-        let mut out = Vec::new();
-        for h in &self.hosts {
-            let (alias, _) = self.split_address(&h.address)?;
-            let named = names.is_empty()
-                || names
-                    .iter()
-                    .any(|n| n == &h.address || n == &alias || n == &h.reach.host);
-            let has_role = role.is_none_or(|r| h.roles.iter().any(|x| x == r));
-            if named && has_role {
-                out.push(Target {
-                    name: h.address.clone(),
-                    host: h.reach.host.clone(),
-                    port: h.reach.port,
-                    deploy_to: h
-                        .deploy_to
-                        .clone()
-                        .unwrap_or_else(|| self.deploy_to.clone()),
-                    roles: h.roles.clone(),
-                    route: h.reach.route.clone(),
-                    event_hosts: event_hosts(h.riemann_host.as_deref(), &[&alias, &h.reach.host]),
-                });
-            }
-        }
-        if out.is_empty() {
-            let roles = self
-                .hosts
-                .iter()
-                .flat_map(|h| h.roles.iter().map(String::as_str));
-            return Err(SelectError::NoneMatch {
-                roles: self.listed(roles),
-            });
-        }
-        Ok(out)
-    }
-
-    /// `names`, each once, in order, at most 20 of them: for an error message.
-    fn listed<'a>(&self, names: impl Iterator<Item = &'a str>) -> String {
-        let mut seen: Vec<&str> = Vec::new();
-        for n in names {
-            if !seen.contains(&n) {
-                seen.push(n);
-            }
-        }
-        let more = seen.len().saturating_sub(20);
-        seen.truncate(20);
-        let mut text = seen.join(", ");
-        if more > 0 {
-            text.push_str(&format!(" and {more} more"));
-        }
-        if text.is_empty() {
-            text.push_str("none");
-        }
-        text
     }
 
     /// `shared_dirs` and `shared_files` together.
