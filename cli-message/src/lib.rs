@@ -2,7 +2,8 @@
 //! A failure as a command-line tool prints it (DESIGN.md, "Errors, as a CLI prints them"):
 //! `program: what failed: cause`, each cause once (one already quoted by the message above it
 //! is not repeated), then the outermost message — when it is context that says what to do, not
-//! quoting its cause — on a line of its own. Never a "Caused by:" list, never a backtrace. A leaf: no dependencies.
+//! quoting its cause — on a line of its own. Never a "Caused by:" list, never a backtrace. A leaf:
+//! no dependencies.
 //!
 //! ```
 //! use anyhow::Context;

@@ -1,7 +1,8 @@
 //! The health gate after publish: per host, a JSON-RPC call through the `nagios-plugin` library
 //! (in-process), and/or any Nagios plugin command run locally. In either, `{host}` is replaced by
 //! the host's name, `{release}` and `{revision}` by the release that should now answer, so the
-//! gate can check that it is the new release that serves. A host is healthy when every configured check passes (state OK, exit 0);
+//! gate can check that it is the new release that serves. A host is healthy when every configured
+//! check passes (state OK, exit 0);
 //! each is tried up to `retries + 1` times, `interval` apart.
 
 use crate::config::Health;

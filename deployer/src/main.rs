@@ -64,13 +64,15 @@ struct Cli {
     /// Hosts worked on at the same time
     #[arg(long, default_value_t = Settings::PARALLEL, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     parallel: u16,
-    /// Add unknown host keys to known_hosts instead of refusing them (changed keys are still refused)
+    /// Add unknown host keys to known_hosts instead of refusing them (changed keys are still
+    /// refused)
     #[arg(long, global = true)]
     accept_new_host_keys: bool,
     /// Connect timeout and limit for each remote step (e.g. 30s, 2m; a bare number is seconds)
     #[arg(long, default_value = "10s", global = true, value_name = "DURATION", value_parser = toolkit_core::duration::positive)]
     timeout: Duration,
-    /// Limit for each hook (e.g. 10m; a bare number is seconds): past it the hook is killed on its host (with what it
+    /// Limit for each hook (e.g. 10m; a bare number is seconds): past it the hook is killed on its
+    /// host (with what it
     /// started) and the deploy fails
     #[arg(long, default_value = "10m", global = true, value_name = "DURATION", value_parser = toolkit_core::duration::positive)]
     hook_timeout: Duration,

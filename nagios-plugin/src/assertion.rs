@@ -1,4 +1,5 @@
-//! Assertions on the `result` member, addressed by JSON pointers (RFC 6901; "" is the result itself).
+//! Assertions on the `result` member, addressed by JSON pointers (RFC 6901; "" is the result
+//! itself).
 
 use crate::envelope::type_name;
 use serde_json::Value;
@@ -196,7 +197,8 @@ impl Measure {
                 Value::Number(n) => n
                     .as_f64()
                     .ok_or_else(|| format!("{} is not a finite number", show(p))),
-                // Many APIs send big or precise numbers as strings ("0x1a" for Ethereum quantities).
+                // Many APIs send big or precise numbers as strings ("0x1a" for Ethereum
+                // quantities).
                 Value::String(s) => parse_numeric_string(s)
                     .ok_or_else(|| format!("{} is the string {}, not a number", show(p), brief(v))),
                 other => Err(format!(

@@ -176,7 +176,8 @@ pub(crate) struct Args {
     #[arg(long = "expect", value_name = "POINTER=JSON")]
     expect: Vec<String>,
 
-    /// Expect the value at POINTER to be of TYPE: null, boolean, number, integer, string, array, object
+    /// Expect the value at POINTER to be of TYPE: null, boolean, number, integer, string, array,
+    /// object
     #[arg(long = "expect-type", value_name = "POINTER=TYPE")]
     expect_type: Vec<String>,
 

@@ -257,7 +257,8 @@ mod tests {
         let o = evaluate(&c, 502, Some("Bad Gateway"), "text/html", b"<html>", 0.01);
         assert_eq!(o.state, State::Critical);
         assert!(o.summary.contains("HTTP 502 Bad Gateway"), "{}", o.summary);
-        // A JSON-RPC error carried by a 500 (legacy bitcoind): its code and message, and the status.
+        // A JSON-RPC error carried by a 500 (legacy bitcoind): its code and message, and the
+        // status.
         let body = br#"{"jsonrpc":"2.0","error":{"code":-8,"message":"Block height out of range"},"id":7}"#;
         let o = evaluate(
             &c,

@@ -160,7 +160,8 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
                 State::Critical,
                 format!("connection closed before the response was complete ({io})"),
             ),
-            // std reports getaddrinfo failures as uncategorized I/O errors; its text is all we have.
+            // std reports getaddrinfo failures as uncategorized I/O errors; its text is all we
+            // have.
             _ if io.to_string().contains("lookup address") => {
                 (State::Critical, format!("host not found (DNS): {io}"))
             }
@@ -300,7 +301,8 @@ fn read_body(
     cfg: &CheckConfig,
     resp: &mut ureq::http::Response<ureq::Body>,
 ) -> Result<Vec<u8>, Outcome> {
-    // Read at most max_size + 1 bytes ourselves: going over is then detected without buffering more.
+    // Read at most max_size + 1 bytes ourselves: going over is then detected without buffering
+    // more.
     let mut bytes = Vec::new();
     let read = resp
         .body_mut()

@@ -55,7 +55,8 @@ struct Conn {
     /// Name to verify in the server's certificate [default: the server's host]
     #[arg(long, global = true, value_name = "NAME")]
     tls_server_name: Option<String>,
-    /// The most a command may spend talking to Riemann in all (connect, send, answer), e.g. 500ms, 5s
+    /// The most a command may spend talking to Riemann in all (connect, send, answer), e.g. 500ms,
+    /// 5s
     #[arg(long, global = true, default_value = "5s", value_parser = toolkit_core::duration::parse)]
     timeout: Duration,
 }
@@ -162,7 +163,8 @@ struct WatchArgs {
     /// Service of the plugin's or command's event [default: its file name]
     #[arg(long)]
     service: Option<String>,
-    /// Kill a plugin or command still running after this long, reported critical [default: the interval]
+    /// Kill a plugin or command still running after this long, reported critical [default: the
+    /// interval]
     #[arg(long, value_name = "DURATION", value_parser = toolkit_core::duration::parse)]
     command_timeout: Option<Duration>,
     /// The plugin or command and its arguments, after --

@@ -262,7 +262,8 @@ impl Shell {
 }
 
 impl Shell {
-    /// When `buf` ends with the marker line `\n<marker> <status>\n`: where it starts, and the status.
+    /// When `buf` ends with the marker line `\n<marker> <status>\n`: where it starts, and the
+    /// status.
     fn last_line_marker(&self, buf: &[u8]) -> Option<(usize, i32)> {
         let body = buf.strip_suffix(b"\n")?;
         let start = body.iter().rposition(|&b| b == b'\n')?;

@@ -44,7 +44,8 @@ pub const MAX_BODY_LIMIT: usize = 64 << 20;
 #[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone)]
 #[command(next_help_heading = "Requests")]
 pub struct ApiSettings {
-    /// Require `Authorization: Bearer TOKEN` on POST / and GET /metrics (the health probes and /version stay open)
+    /// Require `Authorization: Bearer TOKEN` on POST / and GET /metrics (the health probes and
+    /// /version stay open)
     #[arg(
         long,
         env = "USERSVC_AUTH_TOKEN",
@@ -96,7 +97,8 @@ pub struct ApiSettings {
         global = true)]
     pub max_batch: usize,
 
-    /// Largest answer to one request in bytes; a read past it is refused (-32004: page with limit/after)
+    /// Largest answer to one request in bytes; a read past it is refused (-32004: page with
+    /// limit/after)
     #[arg(long, env = "USERSVC_MAX_RESPONSE", value_name = "BYTES",
         default_value_t = rpc::Limits::DEFAULT.max_response,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..),

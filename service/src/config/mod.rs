@@ -46,7 +46,9 @@ Methods: get_users, get_user, put_user, put_users, delete_user, ping, version, r
     after_help = AFTER_HELP
 )]
 struct Cli {
-    /// TOML file with any of the settings below (keys as the long flags, with underscores); paths in it are relative to its directory, paths in flags and the environment to the working directory
+    /// TOML file with any of the settings below (keys as the long flags, with underscores); paths
+    /// in it are relative to its directory, paths in flags and the environment to the working
+    /// directory
     #[arg(long, env = "USERSVC_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -63,7 +65,8 @@ pub enum Command {
     ///
     /// It uses the store's settings (--database-url, --store-timeout) and --config: the file goes
     /// straight to the database, never through a running server or the journal. The serving
-    /// settings listed below are accepted, as with every command, and ignored. A user that cannot be imported is
+    /// settings listed below are accepted, as with every command, and ignored. A user that cannot
+    /// be imported is
     /// named by its index in the array, counting from 0; nothing is imported then.
     Import {
         /// A JSON file holding an array of user objects, each with a string "id"
@@ -154,7 +157,8 @@ pub struct LogSettings {
     )]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. info, debug, usersvc::access=debug (a line per call; failed calls are at info), sqlx=warn
+    /// Log filter, e.g. info, debug, usersvc::access=debug (a line per call; failed calls are at
+    /// info), sqlx=warn
     #[arg(
         long,
         env = "USERSVC_LOG",

@@ -52,7 +52,8 @@ pub struct ServerSettings {
     #[arg(long, env = "USERSVC_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub workers: Option<u16>,
 
-    /// Most open client connections; past it the longest-idle ones are closed to make room [default: the open-file limit less 64]
+    /// Most open client connections; past it the longest-idle ones are closed to make room
+    /// [default: the open-file limit less 64]
     #[arg(long, env = "USERSVC_MAX_CONNECTIONS", value_name = "N",
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), global = true)]
     pub max_connections: Option<usize>,

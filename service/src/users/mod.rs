@@ -51,13 +51,15 @@ pub struct StoreSettings {
     )]
     pub database_url: String,
 
-    /// Longest wait for the database (a connection, a batch of writes) before it counts as unreachable and writes are queued
+    /// Longest wait for the database (a connection, a batch of writes) before it counts as
+    /// unreachable and writes are queued
     #[arg(long, env = "USERSVC_STORE_TIMEOUT", value_name = "DURATION", default_value = "2s",
         value_parser = toolkit_core::duration::positive, global = true)]
     #[serde(with = "toolkit_core::duration")]
     pub store_timeout: Duration,
 
-    /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold start serves sits beside it (.snapshot)
+    /// Where writes are queued (fsync'd) while the store is unreachable; the snapshot copy a cold
+    /// start serves sits beside it (.snapshot)
     #[arg(
         long,
         env = "USERSVC_JOURNAL",

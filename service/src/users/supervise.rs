@@ -232,7 +232,8 @@ fn settle_replayed(
 
 /// Brings the snapshot's local copy up to date (off the async workers: it fsyncs), unless it
 /// holds this snapshot already, the snapshot came from the copy or may be behind the store, or
-/// another process owns the journal (and with it the copy beside it). The users changed since the last save are appended
+/// another process owns the journal (and with it the copy beside it). The users changed since the
+/// last save are appended
 /// to the copy's log; the whole base is written only at first, after a reload, and when the log
 /// has outgrown half of it (`store/local_copy.rs`).
 pub(crate) async fn save_copy(shared: &Arc<Shared>) -> Result<(), CopyError> {

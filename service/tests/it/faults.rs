@@ -305,6 +305,7 @@ fn judge(
     writes: &[Write],
     seed: u64,
     schedule: &[String],
+    started: Instant,
 ) -> Summary {
     svc.settled();
     // What is in the quarantine was acknowledged and is not lost: it waits for an operator
@@ -360,10 +361,34 @@ fn judge(
             summary
         }
         Err(v) => panic!(
-            "seed {seed}: {v}\n(rerun with USERSVC_FAULT_SEED={seed})\nschedule:\n{report}\n{}",
+            "seed {seed}: {v}\n{}(rerun with USERSVC_FAULT_SEED={seed})\nschedule:\n{report}\n{}",
+            when_named(&v.0, writes, started),
             svc.log()
         ),
     }
+}
+
+/// For each write `violation` names by its token: when it was sent and answered, in the
+/// schedule's seconds, so a failure can be placed among the faults.
+fn when_named(violation: &str, writes: &[Write], started: Instant) -> String {
+    let named = |token: &str| {
+        violation.match_indices(token).any(|(at, _)| {
+            !violation[at + token.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+        })
+    };
+    writes
+        .iter()
+        .filter(|w| named(&w.token))
+        .map(|w| {
+            let since = |t: Instant| t.saturating_duration_since(started).as_secs_f64();
+            format!(
+                "  {}: sent at {:.3}s, answered at {:.3}s\n",
+                w.token,
+                since(w.invoked),
+                since(w.completed)
+            )
+        })
+        .collect()
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -536,7 +561,7 @@ fn a_seeded_fault_schedule_loses_no_acknowledged_write() {
     std::thread::sleep(Duration::from_millis(500));
     let mut writes = writers.stop();
     writes.extend(bursts);
-    let summary = judge(&pg, &svc, &writes, seed, &schedule);
+    let summary = judge(&pg, &svc, &writes, seed, &schedule, started);
     eprintln!("{} faults in {:?}", schedule.len(), started.elapsed());
     // The schedule must have exercised the journal and the direct path alike.
     assert!(
@@ -607,6 +632,7 @@ fn upgrades_during_an_outage_lose_no_write_and_fail_no_request() {
         ],
     );
     record_applied(&pg);
+    let started = Instant::now();
     let writers = Writers::start(svc.addr, &workload(seed));
     std::thread::sleep(Duration::from_secs(1));
     pg.stop();
@@ -620,7 +646,7 @@ fn upgrades_during_an_outage_lose_no_write_and_fail_no_request() {
     let writes = writers.stop();
     let schedule =
         vec!["PostgreSQL stopped for 2 s, then three upgrades while writes are queued".to_owned()];
-    let summary = judge(&pg, &svc, &writes, seed, &schedule);
+    let summary = judge(&pg, &svc, &writes, seed, &schedule, started);
     assert!(
         queued_before > 0,
         "no write was queued when the upgrades began"

@@ -8,7 +8,8 @@ use crate::stages::{self, Release};
 
 /// The failure path, at any stage: every host that may have switched goes back to the release
 /// that was live (whatever it was: complete, Capistrano's, or none at all on a first deploy)
-/// and is restarted there by the after_publish hooks, the new release marked bad; hosts that only staged it drop it. Then each host that
+/// and is restarted there by the after_publish hooks, the new release marked bad; hosts that only
+/// staged it drop it. Then each host that
 /// got that far logs the failure, and every lock this run holds is released.
 pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
     let first = runs.iter().find_map(|r| r.host.failure.clone());
