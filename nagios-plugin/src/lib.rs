@@ -13,8 +13,8 @@
 //! let body = br#"{"jsonrpc":"2.0","result":[],"id":1}"#;
 //! let outcome = evaluate(&check, 200, Some("OK"), "application/json", body, 0.25);
 //! assert_eq!(outcome.state, State::Ok);
-//! assert!(outcome.render().starts_with("JSONRPC OK - get_users returned [] in 0.250 s |
-//! time=0.25s;;2;0;10 size="));
+//! let line = outcome.render();
+//! assert!(line.starts_with("JSONRPC OK - get_users returned [] in 0.250 s | time=0.25s;;2;0;10"));
 //!
 //! let late = evaluate(&check, 200, Some("OK"), "application/json", body, 2.5);
 //! assert_eq!(late.state, State::Critical);

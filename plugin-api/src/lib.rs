@@ -15,8 +15,8 @@
 //! assert_eq!(run.perfdata[0].value, 0.2);
 //!
 //! let hung = run_shell("sleep 10", Duration::from_millis(100)).unwrap();
-//! assert_eq!((hung.state, hung.first_line.as_str()), (State::Critical, "plugin timed out after
-//! 0.1s"));
+//! let said = hung.first_line.as_str();
+//! assert_eq!((hung.state, said), (State::Critical, "plugin timed out after 0.1s"));
 //! ```
 //!
 //! Writing a check's own verdict and perfdata:

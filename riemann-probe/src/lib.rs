@@ -9,8 +9,8 @@
 //! use riemann_probe::{ClientConfig, Probe, ProbeConfig, event};
 //! use std::time::Duration;
 //!
-//! // Nothing listens on port 1: sending still never blocks; the probe counts what it could not
-//! deliver.
+//! // Nothing listens on port 1: sending still never blocks; the probe counts what it could
+//! // not deliver.
 //! let probe = Probe::start(ProbeConfig::new(ClientConfig::tcp("127.0.0.1:1")));
 //! probe.send(event("usersvc requests").metric(42_i64).ttl(15.0).build());
 //! let stats = probe.shutdown(Duration::from_millis(200));

@@ -29,8 +29,8 @@
 //!     rpc::handle_body(&api, put).await;
 //!     let rpc::Reply::Body(body) = rpc::handle_body(&api, get).await else { unreachable!() };
 //!     let answer: serde_json::Value = serde_json::from_slice(&body)?;
-//!     assert_eq!((answer["id"].as_i64(), answer["result"]["id"].as_str()), (Some(2),
-//! Some("ada")));
+//!     let (id, user) = (answer["id"].as_i64(), answer["result"]["id"].as_str());
+//!     assert_eq!((id, user), (Some(2), Some("ada")));
 //!     users.close().await;
 //!     Ok::<(), Box<dyn std::error::Error>>(())
 //! })

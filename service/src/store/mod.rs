@@ -1,10 +1,9 @@
-//! The durable store: one `users` table on SQLite or PostgreSQL through sqlx's `Any` driver, so
-//! both
-//! backends run the same SQL (`$n` placeholders, `ON CONFLICT`, `RETURNING` work on both).
+//! The durable store: one `users` table on SQLite or PostgreSQL through sqlx's `Any` driver,
+//! so both backends run the same SQL (`$n` placeholders, `ON CONFLICT`, `RETURNING` work on
+//! both).
 //!
 //! Documents are stored as JSON text next to their `id`, `rev` and `updated_at`. Concurrency
-//! control
-//! is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a
+//! control is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a
 //! read-then-write.
 
 mod error;
