@@ -53,7 +53,10 @@ fn the_lock_comes_before_the_build_and_the_build_is_shown_as_it_runs() {
         "ci@runner7 pid 42 since 2026-12-01T10:00:00Z\n",
     )
     .expect("owner");
-    h.configure("build = \"touch built\"", "");
+    h.configure(
+        "build = \"touch built\"",
+        "[hooks]\nlocal_failed = ['echo \"$DEPLOY_OUTCOME\" > failed-ran']\nlocal_after = ['touch after-ran']\n",
+    );
     for args in [&["deploy"][..], &["deploy", "--lock-wait", "1s"]] {
         let r = h.run(args);
         assert_eq!(r.code, 1, "{r}");
@@ -61,6 +64,16 @@ fn the_lock_comes_before_the_build_and_the_build_is_shown_as_it_runs() {
             r.stderr.contains("locked by another deploy: ci@runner7"),
             "{r}"
         );
+        // Whatever ends a deploy, its local_failed and local_after hooks run.
+        let failed = std::fs::read_to_string(h.dir.path().join("failed-ran"));
+        assert_eq!(
+            failed.ok().as_deref(),
+            Some("failed\n"),
+            "local_failed: {r}"
+        );
+        let after = h.dir.path().join("after-ran");
+        assert!(after.exists(), "local_after ran: {r}");
+        std::fs::remove_file(after).expect("rm");
         assert!(
             !h.dir.path().join("built").exists(),
             "built for nothing: {r}"

@@ -210,7 +210,10 @@ pub fn deploy(
     let mut runs = lock_everywhere(targets, settings, &owner, options.lock_wait);
     if !runs.iter().all(Run::ok) {
         settings.say("not every host could be reached and locked; nothing was changed");
-        return Ok(stopped_early(runs, &owner, settings, None, started));
+        let report = stopped_early(runs, &owner, settings, None, started);
+        // local_failed and local_after are for every deploy, however early it ends.
+        let local = local_hooks::Local::new(cfg, settings, targets, "");
+        return Ok(conclude(cfg, settings, &local, report, Vec::new(), started));
     }
     let tree = match prepare(cfg, settings, options, &runs) {
         Ok(tree) => tree,
@@ -236,13 +239,26 @@ pub fn deploy(
     };
     let local = local_hooks::Local::new(cfg, settings, targets, &c.revision);
     let (before, stop) = local.before(&c.release);
-    let mut report = match stop {
+    let report = match stop {
         Some(why) => {
             settings.say(&why);
             stopped_early(runs, &c.owner, settings, Some(why), started)
         }
         None => remote(&mut c, runs, gate.as_ref(), started),
     };
+    Ok(conclude(cfg, settings, &local, report, before, started))
+}
+
+/// The end of every deploy: the local hooks that ran before it first in the report, then
+/// local_failed and local_after, and the deploy events to `[riemann] server`.
+fn conclude(
+    cfg: &Config,
+    settings: &Settings,
+    local: &local_hooks::Local,
+    mut report: Report,
+    before: Vec<HookRun>,
+    started: Instant,
+) -> Report {
     report.hooks.splice(0..0, before);
     local.after(&mut report);
     report.show_hooks = settings.verbose;
@@ -252,7 +268,7 @@ pub fn deploy(
     {
         eprintln!("warning: {e}");
     }
-    Ok(report)
+    report
 }
 
 /// Connects to every host and takes its lock (waiting up to `wait` for another deploy's).
