@@ -197,6 +197,7 @@ impl Writer {
             }
             let (out, changed) =
                 apply_claimed(&mut tx, batch, &claimed, savepoints, postgres).await?;
+            unclaim_without_effect(&mut tx, batch, &out).await?;
             if postgres {
                 announce(&mut tx, &changed).await?;
             }
@@ -230,6 +231,29 @@ async fn wait_for_earlier_commits(
             .await?;
     }
     Ok(())
+}
+
+/// Drops the claim of each write of `batch` that changed nothing: refused by the database, or
+/// its condition did not hold. Its id must not read "already applied" when the same write comes
+/// again (its commit timed out and the batch is split, or the journal replays it): that answer
+/// would report a write that never happened as committed. Tried again, it is judged anew.
+async fn unclaim_without_effect(
+    conn: &mut AnyConnection,
+    batch: &[(String, Change)],
+    outcomes: &[Outcome],
+) -> Result<(), StoreError> {
+    let undone: Vec<&str> = batch
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| {
+            matches!(
+                outcome,
+                Err(_) | Ok(Applied::Put(None)) | Ok(Applied::Deleted(false))
+            )
+        })
+        .map(|((write_id, _), _)| write_id.as_str())
+        .collect();
+    forget_ids(conn, &undone).await
 }
 
 /// Applies each claimed write of `batch` (one claimed earlier is already applied), with a
@@ -363,7 +387,7 @@ async fn claim(
         .collect()
 }
 
-async fn forget_ids(conn: &mut AnyConnection, ids: &[String]) -> Result<(), StoreError> {
+async fn forget_ids<S: AsRef<str>>(conn: &mut AnyConnection, ids: &[S]) -> Result<(), StoreError> {
     // Bounded statements: SQLite allows 32766 parameters, PostgreSQL 65535.
     for chunk in ids.chunks(500) {
         let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -373,7 +397,7 @@ async fn forget_ids(conn: &mut AnyConnection, ids: &[String]) -> Result<(), Stor
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
-            q = q.bind(id);
+            q = q.bind(id.as_ref());
         }
         q.execute(&mut *conn).await?;
     }

@@ -183,12 +183,20 @@ fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         ];
         let mut writer = Writer::new(&store);
         let outcomes = writer.commit(&batch).await.expect("the batch commits");
-        // The same ids again: recorded, so applied once.
+        // The same ids again (a batch split after its commit timed out, or the journal
+        // replaying it): the writes that were applied are recorded, so applied once; the one
+        // the database refused changed nothing, so it is judged again, never "already applied"
+        // (which would be answered as committed).
         let again = writer.commit(&batch).await.expect("again");
         assert!(
-            again
-                .iter()
-                .all(|o| matches!(o, Ok(Applied::AlreadyApplied))),
+            matches!(
+                again[..],
+                [
+                    Ok(Applied::AlreadyApplied),
+                    Err(_),
+                    Ok(Applied::AlreadyApplied)
+                ]
+            ),
             "{again:?}"
         );
         writer.close().await;
@@ -208,6 +216,72 @@ fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         pg.psql("SELECT string_agg(id, ',' ORDER BY id) FROM users"),
         "a,b"
     );
+}
+
+/// A write whose condition does not hold changes nothing, so its write id is not kept as
+/// applied: sent again (its first commit's answer lost to a timeout), it is judged again and
+/// answered as a conflict, not as "already applied" (which the service answers as committed at
+/// the user's current revision). The seeded fault schedule once failed this way: a conditional
+/// put answered `Committed` that no revision of its user came from.
+#[test]
+fn a_write_that_changed_nothing_is_not_already_applied_when_sent_again() {
+    use service::doc::WriteDoc;
+    use service::store::{Applied, Change, Expect, Store, Writer};
+    let pg = Postgres::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = Store::open(&pg.url(), Duration::from_secs(5))
+            .await
+            .expect("open");
+        let put = |expect| Change::Put {
+            doc: WriteDoc::new("a", &serde_json::Map::new(), "2026-12-07T00:00:00.000Z"),
+            expect,
+        };
+        let mut writer = Writer::new(&store);
+        let first = writer.commit(&[("w1".to_owned(), put(Expect::Any))]).await;
+        assert!(
+            matches!(first.as_deref(), Ok([Ok(Applied::Put(Some(1)))])),
+            "{first:?}"
+        );
+        let stale = vec![
+            ("w2".to_owned(), put(Expect::Rev(7))),
+            ("w3".to_owned(), put(Expect::Absent)),
+            (
+                "w4".to_owned(),
+                Change::Delete {
+                    id: "nobody".to_owned(),
+                    expect: Expect::Any,
+                },
+            ),
+        ];
+        for attempt in ["first", "again"] {
+            let outcomes = writer.commit(&stale).await.expect("the batch commits");
+            assert!(
+                matches!(
+                    outcomes[..],
+                    [
+                        Ok(Applied::Put(None)),
+                        Ok(Applied::Put(None)),
+                        Ok(Applied::Deleted(false))
+                    ]
+                ),
+                "{attempt}: {outcomes:?}"
+            );
+        }
+        // Still applied once: the writes that changed something keep their claim.
+        let again = writer.commit(&[("w1".to_owned(), put(Expect::Any))]).await;
+        assert!(
+            matches!(again.as_deref(), Ok([Ok(Applied::AlreadyApplied)])),
+            "{again:?}"
+        );
+        writer.close().await;
+        store.close().await;
+    });
+    assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'a'"), "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM applied_writes"), "1");
 }
 
 /// Runs `usersvc import` of `users` against `url`; its output.
