@@ -10,7 +10,7 @@
 use crate::ServeError;
 use crate::doc::WriteDoc;
 use crate::store::{self, CHANGES_CHANNEL, Store, StoreError};
-use crate::users::validate;
+use crate::users::validate_text_with;
 use sqlx::{Connection, PgConnection};
 use std::path::Path;
 
@@ -23,7 +23,7 @@ pub async fn import(settings: &crate::Settings, path: &Path) -> Result<usize, Se
     })?;
     // One user parsed at a time, each kept as the text the store takes: no tree of the whole
     // file, no second encoding.
-    let valid = validate::validate_text_with(&text, false).map_err(|e| ServeError::BadImport {
+    let valid = validate_text_with(&text, false).map_err(|e| ServeError::BadImport {
         path: shown.clone(),
         message: e.0,
     })?;

@@ -7,7 +7,7 @@
 //! in-process:
 //!
 //! ```
-//! use service::{api::{methods::Api, rpc}, release::Release, users::{Resilience, Users}};
+//! use service::{Api, Release, Reply, Resilience, Users, handle_body};
 //! use std::time::Duration;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,8 +26,8 @@
 //!
 //!     let put = br#"{"jsonrpc":"2.0","method":"put_user","params":{"user":{"id":"ada"}},"id":1}"#;
 //!     let get = br#"{"jsonrpc":"2.0","method":"get_user","params":["ada"],"id":2}"#;
-//!     rpc::handle_body(&api, put).await;
-//!     let rpc::Reply::Body(body) = rpc::handle_body(&api, get).await else { unreachable!() };
+//!     handle_body(&api, put).await;
+//!     let Reply::Body(body) = handle_body(&api, get).await else { unreachable!() };
 //!     let answer: serde_json::Value = serde_json::from_slice(&body)?;
 //!     let (id, user) = (answer["id"].as_i64(), answer["result"]["id"].as_str());
 //!     assert_eq!((id, user), (Some(2), Some("ada")));
@@ -40,30 +40,36 @@
 // Leaves: they import nothing of the crate.
 mod atomic_file;
 pub mod doc;
-pub mod release;
+mod release;
 mod setting_paths;
-pub mod tasks;
+mod tasks;
 
-// Subsystems, bottom up: each imports only those above it (see ARCHITECTURE.md).
-pub mod api;
-pub mod lifecycle;
-pub mod metrics;
-pub mod pull;
+// Subsystems, bottom up: each imports only those above it (see ARCHITECTURE.md). Private: what
+// the binary, the integration tests and the example above use is re-exported below; `store` and
+// `doc` are public for the tests that drive the store directly (the writer, the local copy).
+mod api;
+mod lifecycle;
+mod metrics;
+mod pull;
 pub mod store;
-pub mod users;
+mod users;
 
-pub mod config;
+mod config;
 mod import;
-pub mod journal_command;
+mod journal_command;
 #[cfg(test)]
 mod tidy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Command, Invocation, Settings};
+pub use api::{Api, Reply, handle_body};
+pub use config::{Command, Invocation, LogFormat, Settings};
 pub use import::import;
-pub use lifecycle::{Inherited, ListenError, UpgradeError, Upgraded, upgrade};
+pub use journal_command::{JournalAction, run as run_journal_command};
+pub use lifecycle::{Inherited, ListenError, UpgradeError, Upgraded, is_alive, upgrade};
+pub use release::Release;
+pub use users::{MAX_DEPTH, OpenError, Resilience, Users};
 
 /// Every file and socket usersvc creates is its user's alone (files 0600, directories 0700),
 /// whatever umask it was started with: they hold users' data. Call it first in `main`.
@@ -122,16 +128,15 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         tracing::info!(riemann = %cfg.addr, interval = %humantime::format_duration(cfg.interval), "reporting to Riemann");
         metrics::start_reporter(cfg, metrics.clone(), users.clone(), &release)
     });
-    let api =
-        Arc::new(api::methods::Api::new(users.clone(), &release).with_pull(pull_stats.clone()));
-    let exposition = Arc::new(api::prometheus::Exposition::new(api::prometheus::Sources {
+    let api = Arc::new(api::Api::new(users.clone(), &release).with_pull(pull_stats.clone()));
+    let exposition = Arc::new(api::Exposition::new(api::Sources {
         users: users.clone(),
         pull: pull_stats.clone(),
         release: release.clone(),
     }));
-    let app = api::http::router(
+    let app = api::router(
         api,
-        api::http::HttpConfig {
+        api::HttpConfig {
             metrics,
             exposition,
             pull: pull_stats,

@@ -1,4 +1,4 @@
-use service::config::LogFormat;
+use service::LogFormat;
 use service::{Command, Inherited, Invocation};
 use std::process::ExitCode;
 
@@ -75,8 +75,8 @@ fn run(
             Ok(())
         }
         Command::Journal { action } => {
-            let action = action.unwrap_or(service::journal_command::JournalAction::List);
-            let out = service::journal_command::run(&settings.store.journal, &action)?;
+            let action = action.unwrap_or(service::JournalAction::List);
+            let out = service::run_journal_command(&settings.store.journal, &action)?;
             println!("{out}");
             Ok(())
         }

@@ -3,7 +3,7 @@
 //! body is logged and counted and changes nothing.
 
 use crate::doc::DocText;
-use crate::users::validate::validate_text;
+use crate::users::validate_text;
 use crate::users::{UserError, Users};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

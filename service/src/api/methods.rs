@@ -4,7 +4,7 @@
 
 use super::rpc::{Handler, Params, RawJson, RpcError};
 use crate::release::VERSION;
-use crate::users::validate::{NewUser, kind, validate, validate_list};
+use crate::users::{NewUser, kind, validate, validate_list};
 use crate::users::{UserError, Users, Written};
 use bytes::Bytes;
 use serde_json::{Value, json};

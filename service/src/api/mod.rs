@@ -2,11 +2,14 @@
 //! methods, which turn params into calls on [`crate::users::Users`]; and `GET /metrics`, whose
 //! figures the dispatcher counts as it answers.
 
-pub(crate) mod access_log;
+mod access_log;
 mod health;
-pub(crate) mod http;
-pub mod methods;
-pub(crate) mod prometheus;
-pub mod rpc;
+mod http;
+mod methods;
+mod prometheus;
+mod rpc;
 
-pub use http::{ApiSettings, MAX_BODY_LIMIT};
+pub use http::{ApiSettings, HttpConfig, router};
+pub use methods::Api;
+pub use prometheus::{Exposition, Sources};
+pub use rpc::{Reply, handle_body};

@@ -10,7 +10,7 @@
 mod layers;
 
 use self::layers::{from_environment, keys_of, overlay_file, read_secret};
-use crate::api::http::ApiSettings;
+use crate::api::ApiSettings;
 use crate::lifecycle::ServerSettings;
 use crate::metrics::RiemannSettings;
 use crate::pull::PullSettings;

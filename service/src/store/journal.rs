@@ -26,7 +26,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Largest accepted frame: anything bigger is corruption, not a write. A request body is at most
-/// `api::http::MAX_BODY_LIMIT` (64 MiB) and its encoding a few times that.
+/// `api::MAX_BODY_LIMIT` (64 MiB) and its encoding a few times that.
 const MAX_FRAME: u32 = 1 << 30;
 
 /// One queued write, as the client asked for it.

@@ -11,11 +11,10 @@ mod snapshot;
 mod start;
 mod state;
 mod supervise;
-pub mod validate;
+mod validate;
 
 use self::commit::Pending;
 use self::state::{Ownership, Shared};
-use self::validate::NewUser;
 use crate::doc::DocText;
 use crate::store::CopyError;
 use crate::store::{JournalEntry, JournalError, Op};
@@ -34,6 +33,9 @@ pub use self::breaker::BreakerState;
 #[cfg(test)]
 pub(crate) use self::snapshot::Snapshot;
 pub use self::state::{BATCH_BOUNDS, Degradation, Stats};
+pub use self::validate::{
+    MAX_DEPTH, NewUser, kind, validate, validate_list, validate_text, validate_text_with,
+};
 
 /// Where users are stored and how an outage of the store is survived (keys of the config file as
 /// the flags, with underscores).

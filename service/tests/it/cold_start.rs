@@ -146,7 +146,7 @@ fn nested(id: &str, levels: usize) -> Value {
 
 #[test]
 fn a_document_at_the_depth_limit_reads_back_through_the_journal_the_copy_and_the_store() {
-    let limit = service::users::validate::MAX_DEPTH;
+    let limit = service::MAX_DEPTH;
     let mut pg = Postgres::start();
     let mut s = on(&pg, &[]);
     let same = |got: &Value, want: &Value| {

@@ -161,7 +161,7 @@ impl Service {
         let pid = self.pid().expect("a serving pid");
         testbed::signal(pid, libc::SIGKILL);
         eventually("the killed server is gone", Duration::from_secs(10), || {
-            !service::lifecycle::is_alive(pid)
+            !service::is_alive(pid)
         });
     }
 

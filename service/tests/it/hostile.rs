@@ -228,7 +228,7 @@ fn files_are_private_under(umask: &str) {
         "usersvc {pid} was gone before it was told to stop"
     );
     testbed::eventually("it stops", Duration::from_secs(30), || {
-        !service::lifecycle::is_alive(pid)
+        !service::is_alive(pid)
     });
 }
 

@@ -108,7 +108,7 @@ fn cli(args: &[&str]) -> Output {
 }
 
 fn alive(pid: u32) -> bool {
-    service::lifecycle::is_alive(pid)
+    service::is_alive(pid)
 }
 
 fn stderr(o: &Output) -> String {
