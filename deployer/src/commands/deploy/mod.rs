@@ -9,33 +9,36 @@
 //! the report, and `deployer unlock` clears it once the host is back).
 //! `deploy --dry-run` ([`plan`]) reads the hosts and describes the same flow.
 //!
-//! The flow is here; each part that outgrew it is a child: `staging` (lock, upload, shared
-//! links), `canary` (watching the first batch), `back_out` (the failure path), `local_hooks`
-//! (hooks on this machine) and `plan` (the dry run). Children see the run's state (`Run`,
-//! `Ctx`); they never call one another.
+//! The flow is here; each part that outgrew it is a child: `run` (the run's state: `Run` per
+//! host, the `Ctx` every stage shares), `tree` (the build and the tree read, every host
+//! locked), `staging` (lock, upload, shared links), `publish`, `canary` (watching the first
+//! batch), `back_out` (the failure path), `local_hooks` (hooks on this machine) and `plan` (the
+//! dry run). Children see the run's state; they never call one another.
 
 mod back_out;
 mod canary;
 mod local_hooks;
 mod plan;
 mod publish;
+mod run;
 mod staging;
+mod tree;
 
 pub use plan::{Plan, plan};
+
+use self::run::{Ctx, Run, outcome};
+use self::tree::prepare;
 
 use crate::build;
 use crate::config::{Config, Target};
 use crate::events;
-use crate::fleet::{self, Host, Stage, each};
+use crate::fleet::{self, Stage, each};
 use crate::health::Gate;
 use crate::layout::{self, HostState};
 use crate::lock;
-use crate::manifest::Delta;
-use crate::progress::Step;
-use crate::report::{HookRun, HostOutcome, Report};
+use crate::report::{HookRun, Report};
 use crate::settings::Settings;
-use crate::source::{self, Tree};
-use crate::stages::Release;
+use crate::source;
 use std::time::{Duration, Instant};
 
 /// What `deploy` is asked for beyond the settings every command shares.
@@ -70,69 +73,6 @@ pub enum DeployError {
     CanaryBlind,
 }
 
-/// One host's deploy state on top of its connection.
-struct Run {
-    host: Host,
-    upload: Option<ssh2::Channel>,
-    /// The complete release `current` pointed at before this run.
-    previous: Option<String>,
-    /// Whatever `current` pointed at before this run, complete or not: where the failure path
-    /// puts it back.
-    live: Option<String>,
-    staged: bool,
-    published: bool,
-    delta: Delta,
-    sent_bytes: u64,
-    result: String,
-    warnings: Vec<String>,
-    /// The remote hooks this host ran, for the report's log.
-    hooks: Vec<HookRun>,
-}
-
-impl Run {
-    fn new(host: Host) -> Self {
-        Self {
-            host,
-            upload: None,
-            previous: None,
-            live: None,
-            staged: false,
-            published: false,
-            delta: Delta::default(),
-            sent_bytes: 0,
-            result: "not published".into(),
-            warnings: Vec::new(),
-            hooks: Vec::new(),
-        }
-    }
-    fn deploy_to(&self) -> &str {
-        &self.host.target.deploy_to
-    }
-    fn ok(&self) -> bool {
-        self.host.ok()
-    }
-}
-
-/// What every stage of one run shares.
-struct Ctx<'a> {
-    cfg: &'a Config,
-    /// The first selected host: the one `once` hooks run on.
-    first_host: String,
-    settings: &'a Settings,
-    options: &'a Options,
-    release: String,
-    revision: String,
-    /// What Capistrano's revisions.log line calls the branch.
-    branch: String,
-    user: String,
-    owner: String,
-    /// The tree being deployed and its manifest, as the host keeps it.
-    tree: Tree,
-    manifest_lines: Vec<u8>,
-    /// The names every host of the deploy's events may carry in Riemann (the canary's).
-    event_hosts: Vec<String>,
-}
-
 impl Options {
     /// What this deploy asks of the source.
     fn choice(&self) -> source::Choice<'_> {
@@ -140,52 +80,6 @@ impl Options {
             git_ref: self.git_ref.as_deref(),
             allow_dirty: self.allow_dirty,
             revision: self.revision.as_deref(),
-        }
-    }
-}
-
-impl Ctx<'_> {
-    /// The new release, as seen from a host whose `current` was `previous`.
-    fn release<'b>(&'b self, previous: Option<&'b str>) -> Release<'b> {
-        Release {
-            name: &self.release,
-            revision: &self.revision,
-            previous,
-        }
-    }
-
-    /// The end of a stage: after a signal every host still going fails at `stage`; then, if any
-    /// host failed, the run stops with `why`.
-    fn barrier(
-        &self,
-        runs: &mut [Run],
-        stage: Stage,
-        why: &'static str,
-    ) -> Result<(), &'static str> {
-        if self.settings.interrupted() {
-            for r in runs.iter_mut() {
-                r.host.fail(stage, "interrupted by a signal");
-            }
-        }
-        if runs.iter().all(Run::ok) {
-            Ok(())
-        } else {
-            Err(why)
-        }
-    }
-
-    fn report(&self, mut runs: Vec<Run>, ok: bool, started: Instant) -> Report {
-        Report {
-            release: self.release.clone(),
-            revision: self.revision.clone(),
-            ok,
-            elapsed: started.elapsed(),
-            hooks: runs.iter_mut().flat_map(|r| r.hooks.drain(..)).collect(),
-            hosts: runs.into_iter().map(outcome).collect(),
-            stopped: None,
-            show_hooks: false,
-            warnings: Vec::new(),
-            canary: Vec::new(),
         }
     }
 }
@@ -290,69 +184,6 @@ fn lock_everywhere(
         });
     }
     runs
-}
-
-/// The local half, every host locked and kept connected: the build (unless `--ref`), then
-/// the tree read and hashed, each shown as it goes.
-fn prepare(
-    cfg: &Config,
-    settings: &Settings,
-    options: &Options,
-    runs: &[Run],
-) -> Result<Tree, DeployError> {
-    if let (None, Some(command)) = (&options.git_ref, &cfg.build) {
-        let step = Step::start(settings, &format!("building: {command}"), false);
-        let built = build::run(
-            cfg,
-            build::Watch {
-                on_line: &mut |line| {
-                    if settings.verbose {
-                        step.println(&format!("  build: {line}"));
-                    }
-                },
-                tick: &mut || runs.iter().for_each(|r| r.host.keepalive()),
-                stop: &settings.interrupted,
-            },
-        );
-        match built {
-            Ok(()) => step.done("built"),
-            Err(e) => {
-                step.abandon();
-                return Err(DeployError::Build(e));
-            }
-        }
-    }
-    Ok(read_tree(cfg, options, settings)?)
-}
-
-/// Reads and hashes the tree `options` ask for, showing the bytes hashed as they go.
-fn read_tree(
-    cfg: &Config,
-    options: &Options,
-    settings: &Settings,
-) -> Result<Tree, source::SourceError> {
-    let what = match options.git_ref.as_deref() {
-        Some(r) => format!("reading {r} of {}", cfg.source.display()),
-        None => format!("reading {}", cfg.source.display()),
-    };
-    let step = Step::start(settings, &what, true);
-    match source::tree(cfg, options.choice(), step.bar()) {
-        Ok(tree) => {
-            let h = tree.hashing;
-            step.done(&format!(
-                "read {} files: {} hashed ({}), {} unchanged since the last read",
-                tree.manifest.file_count(),
-                h.hashed_files,
-                crate::table::bytes(h.hashed_bytes),
-                h.cached_files
-            ));
-            Ok(tree)
-        }
-        Err(e) => {
-            step.abandon();
-            Err(e)
-        }
-    }
 }
 
 /// Releases every lock this run holds; one it cannot (a host gone) is named on stderr.
@@ -566,18 +397,4 @@ fn missing_shared(st: &HostState, deploy_to: &str) -> Option<String> {
     Some(format!(
         "shared file(s) {all} missing in {deploy_to}/shared: create them there first, or let the release seed them (shared_files = [{{ path = \"{first}\", seed = true }}])"
     ))
-}
-
-fn outcome(r: Run) -> HostOutcome {
-    HostOutcome {
-        name: r.host.target.name.clone(),
-        host: r.host.target.host.clone(),
-        previous: r.previous,
-        sent_files: r.delta.send,
-        sent_bytes: r.sent_bytes,
-        linked_files: r.delta.link,
-        result: r.result,
-        failure: r.host.failure,
-        warnings: r.warnings,
-    }
 }

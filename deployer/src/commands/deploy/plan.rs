@@ -41,7 +41,7 @@ pub fn plan(
     options: &Options,
 ) -> Result<Plan, DeployError> {
     super::check_canary(cfg, options)?;
-    let tree = super::read_tree(cfg, options, settings)?;
+    let tree = super::tree::read_tree(cfg, options, settings)?;
     let (manifest, revision) = (&tree.manifest, &tree.revision);
     let hosts = fleet::read(targets, settings, Some(manifest), &cfg.required_shared());
     let release = layout::next_release(

@@ -5,90 +5,17 @@
 //! Ids are kept as raw JSON text and echoed byte for byte, so a huge number or a long string comes
 //! back exactly as it was sent.
 
-use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::future::Future;
 use std::time::Instant;
 
-pub const PARSE_ERROR: i64 = -32700;
-pub const INVALID_REQUEST: i64 = -32600;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
-pub const INTERNAL_ERROR: i64 = -32603;
+mod error;
+mod message;
 
-/// A JSON-RPC error object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RpcError {
-    pub code: i64,
-    pub message: String,
-    pub data: Option<serde_json::Value>,
-}
-
-impl RpcError {
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    pub fn with_data(mut self, data: serde_json::Value) -> Self {
-        self.data = Some(data);
-        self
-    }
-
-    pub fn parse_error(detail: impl std::fmt::Display) -> Self {
-        Self::new(PARSE_ERROR, "Parse error").with_data(detail.to_string().into())
-    }
-
-    pub fn invalid_request(detail: &str) -> Self {
-        Self::new(INVALID_REQUEST, "Invalid Request").with_data(detail.into())
-    }
-
-    pub fn method_not_found(method: &str) -> Self {
-        Self::new(METHOD_NOT_FOUND, "Method not found").with_data(method.into())
-    }
-
-    pub fn invalid_params(detail: impl std::fmt::Display) -> Self {
-        Self::new(INVALID_PARAMS, "Invalid params").with_data(detail.to_string().into())
-    }
-
-    pub fn internal(detail: impl std::fmt::Display) -> Self {
-        Self::new(INTERNAL_ERROR, "Internal error").with_data(detail.to_string().into())
-    }
-}
-
-/// A method's successful result, already encoded as JSON text (so cached results cost no encoding).
-#[derive(Debug, Clone)]
-pub struct RawJson(Bytes);
-
-impl RawJson {
-    /// Wraps bytes the caller guarantees to be one valid JSON value.
-    pub fn from_trusted(bytes: Bytes) -> Self {
-        Self(bytes)
-    }
-
-    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Self {
-        // Serializing our own Value/derive types into a Vec cannot fail (no I/O, string keys).
-        Self(Bytes::from(
-            serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
-        ))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// The parameters of a call: absent, by position or by name.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Params {
-    None,
-    Array(Vec<serde_json::Value>),
-    Object(serde_json::Map<String, serde_json::Value>),
-}
+use error::response_full;
+pub use error::{RESPONSE_TOO_LARGE, RpcError};
+pub use message::{Params, RawJson, write_response};
 
 /// What the dispatcher calls for each valid request. `budget` is how many bytes the answer may
 /// still grow by (`Limits::max_response` less what the batch's earlier answers took): a method
@@ -121,19 +48,6 @@ impl Default for Limits {
     fn default() -> Self {
         Self::DEFAULT
     }
-}
-
-/// The answer to a call that was not run because the batch's answer already reached
-/// `max_response`; `data` names the limit.
-pub const RESPONSE_TOO_LARGE: i64 = -32004;
-
-fn response_full(max: usize) -> RpcError {
-    RpcError::new(RESPONSE_TOO_LARGE, "Response too large").with_data(
-        format!(
-            "the batch's answer reached {max} bytes (--max-response); this call was not run: send it again in another request"
-        )
-        .into(),
-    )
 }
 
 /// The HTTP-independent result of handling one body.
@@ -506,30 +420,6 @@ fn read_call(item: &RawValue) -> Result<ReadCall<'_>, Answer<'_>> {
         Some(_) => return Err(invalid("\"params\" must be an array or an object")),
     };
     Ok(ReadCall { id, method, params })
-}
-
-/// Appends one response object.
-pub fn write_response(out: &mut Vec<u8>, id: &str, outcome: &Result<RawJson, RpcError>) {
-    out.extend_from_slice(br#"{"jsonrpc":"2.0","#);
-    match outcome {
-        Ok(result) => {
-            out.extend_from_slice(br#""result":"#);
-            out.extend_from_slice(result.as_bytes());
-        }
-        Err(err) => {
-            let mut obj = serde_json::Map::new();
-            obj.insert("code".into(), err.code.into());
-            obj.insert("message".into(), err.message.clone().into());
-            if let Some(data) = &err.data {
-                obj.insert("data".into(), data.clone());
-            }
-            out.extend_from_slice(br#""error":"#);
-            out.extend_from_slice(RawJson::encode(&obj).as_bytes());
-        }
-    }
-    out.extend_from_slice(br#","id":"#);
-    out.extend_from_slice(id.as_bytes());
-    out.push(b'}');
 }
 
 #[cfg(test)]
