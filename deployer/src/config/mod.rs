@@ -1,11 +1,15 @@
 //! `deploy.toml`: its schema (every key is shown in `packaging/deploy.toml`), strict (an unknown
 //! key is an error that names it), with paths relative to the file and `~` expanded.
 
+mod canary;
 mod health;
+mod hooks;
 mod reach;
 mod select;
 
+pub use canary::{Canary, Riemann};
 pub use health::Health;
+pub use hooks::{Hook, Hooks, hook_commands, hooks_shown};
 pub use select::Target;
 
 use crate::ssh::{BadJump, HostKeyPolicy, Route, SshSettings};
@@ -101,26 +105,6 @@ struct Reach {
     route: Route,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Hooks {
-    #[serde(default)]
-    pub before_publish: Vec<Hook>,
-    #[serde(default)]
-    pub after_publish: Vec<Hook>,
-    /// Run here once the build is done, every host locked but nothing staged; one failing
-    /// stops the deploy.
-    #[serde(default)]
-    pub local_before: Vec<String>,
-    /// Run here at the end of every deploy, whatever its outcome (a failed `local_before`
-    /// too).
-    #[serde(default)]
-    pub local_after: Vec<String>,
-    /// Run here when a deploy failed (a failed `local_before` too), before `local_after`.
-    #[serde(default)]
-    pub local_failed: Vec<String>,
-}
-
 /// A `shared_files` entry: a path, or `{ path = "…", seed = true }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "SharedSpec")]
@@ -157,160 +141,8 @@ impl From<SharedSpec> for SharedFile {
     }
 }
 
-/// A hook: a command line, or `{ command = "…", once = true }` for one that runs on one host
-/// only (the first selected), such as a database migration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "HookSpec")]
-pub struct Hook {
-    pub command: String,
-    pub once: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum HookSpec {
-    Line(String),
-    Table(HookTable),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HookTable {
-    command: String,
-    #[serde(default)]
-    once: bool,
-}
-
-impl From<HookSpec> for Hook {
-    fn from(spec: HookSpec) -> Self {
-        match spec {
-            HookSpec::Line(command) => Hook {
-                command,
-                once: false,
-            },
-            HookSpec::Table(t) => Hook {
-                command: t.command,
-                once: t.once,
-            },
-        }
-    }
-}
-
-/// The commands of `hooks` one host runs: every hook on the first selected host, the others
-/// without the `once` ones.
-pub fn hook_commands(hooks: &[Hook], first_host: bool) -> Vec<String> {
-    hooks
-        .iter()
-        .filter(|h| first_host || !h.once)
-        .map(|h| h.command.clone())
-        .collect()
-}
-
-/// The hooks as the plan shows them: `a && b (once)`.
-pub fn hooks_shown(hooks: &[Hook]) -> String {
-    hooks
-        .iter()
-        .map(|h| {
-            if h.once {
-                format!("{} (once, on the first host)", h.command)
-            } else {
-                h.command.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" && ")
-}
-
 fn default_log() -> String {
     "shared/usersvc.log".into()
-}
-
-impl Canary {
-    fn check(&self) -> Result<(), Problem> {
-        let ratio = |r: f64| r >= 1.0 && r.is_finite();
-        if !(ratio(self.max_error_ratio) && ratio(self.max_latency_ratio)) {
-            return Err(Problem::Canary(
-                "max_error_ratio and max_latency_ratio must be numbers of at least 1",
-            ));
-        }
-        if !(self.min_error_rate > 0.0 && self.min_error_rate.is_finite())
-            || self.min_latency.is_zero()
-        {
-            return Err(Problem::Canary(
-                "min_error_rate and min_latency must be above 0",
-            ));
-        }
-        if self.interval.is_zero() {
-            return Err(Problem::Canary("interval must be above 0"));
-        }
-        Ok(())
-    }
-}
-
-/// `[canary]`: limits on how much worse the new revision may do than the hosts still on the
-/// old one, in usersvc's Riemann events, while `deploy --canary D` watches the first batch.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Canary {
-    /// New errors/s over old errors/s beyond this stops the deploy [default: 2]
-    #[serde(default = "default_error_ratio")]
-    pub max_error_ratio: f64,
-    /// New latency p99 over old beyond this stops the deploy [default: 1.5]
-    #[serde(default = "default_latency_ratio")]
-    pub max_latency_ratio: f64,
-    /// Error rates below this count as this, on both sides [default: 0.1 (errors/s)]
-    #[serde(default = "default_min_error_rate")]
-    pub min_error_rate: f64,
-    /// Latencies below this count as this, on both sides [default: 5ms]
-    #[serde(
-        default = "default_min_latency",
-        deserialize_with = "toolkit_core::duration::deserialize"
-    )]
-    pub min_latency: Duration,
-    /// Between looks (health gate and Riemann) [default: 5s]
-    #[serde(
-        default = "default_canary_interval",
-        deserialize_with = "toolkit_core::duration::deserialize"
-    )]
-    pub interval: Duration,
-}
-
-impl Default for Canary {
-    fn default() -> Self {
-        Self {
-            max_error_ratio: default_error_ratio(),
-            max_latency_ratio: default_latency_ratio(),
-            min_error_rate: default_min_error_rate(),
-            min_latency: default_min_latency(),
-            interval: default_canary_interval(),
-        }
-    }
-}
-
-fn default_error_ratio() -> f64 {
-    2.0
-}
-
-fn default_latency_ratio() -> f64 {
-    1.5
-}
-
-fn default_min_error_rate() -> f64 {
-    0.1
-}
-
-fn default_min_latency() -> Duration {
-    Duration::from_millis(5)
-}
-
-fn default_canary_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Riemann {
-    pub server: String,
 }
 
 #[derive(Debug, thiserror::Error)]
