@@ -14,6 +14,7 @@ pub mod netns;
 pub mod postgres;
 pub mod process;
 pub mod riemann;
+pub mod sizes;
 pub mod sshd;
 pub mod tidy;
 pub mod tls_front;

@@ -16,18 +16,19 @@
 //! moved, bytes intact, into `<journal>.quarantine` (same framing, one frame per piece) before
 //! the journal is rewritten without it, and every write id found in it is logged.
 
+mod frames;
+mod owner;
+
+use self::frames::{Frames, Piece, encode, frames};
+pub(super) use self::frames::{frame, payloads, write_ids_in};
+pub use self::owner::{Owner, quarantine_path};
 use crate::atomic_file;
 use crate::doc::DocText;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
-/// Largest accepted frame: anything bigger is corruption, not a write. A request body is at most
-/// `api::MAX_BODY_LIMIT` (64 MiB) and its encoding a few times that.
-const MAX_FRAME: u32 = 1 << 30;
 
 /// One queued write, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,100 +99,6 @@ pub struct Contents {
     pub bad: Vec<Bad>,
 }
 
-/// The exclusive right to a journal, held for the life of this value (`flock` on
-/// `<journal>.lock`, released by the kernel when the process dies, however it dies).
-#[derive(Debug)]
-pub struct Owner {
-    _lock: nix::fcntl::Flock<File>,
-}
-
-/// `<journal>.lock`, `<journal>.quarantine`.
-fn beside(journal: &Path, suffix: &str) -> PathBuf {
-    let mut p = journal.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
-
-/// Where records that cannot be replayed are kept: `<journal>.quarantine`.
-pub fn quarantine_path(journal: &Path) -> PathBuf {
-    beside(journal, ".quarantine")
-}
-
-/// Refuses a journal directory another user could write, or that another user owns (they could
-/// make it writable): whoever can rename `<journal>.lock` aside can start a second server on the
-/// same journal, and whoever can create files there can plant records in it.
-fn check_directory(journal: &Path) -> Result<(), JournalError> {
-    use std::os::unix::fs::MetadataExt;
-    let dir = match journal.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let meta = std::fs::metadata(dir).map_err(|source| JournalError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let me = nix::unistd::geteuid().as_raw();
-    let why = if meta.uid() != me && meta.uid() != 0 {
-        Some(format!("owned by uid {}", meta.uid()))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "writable by other users (mode {:o})",
-            meta.mode() & 0o7777
-        ))
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(JournalError::UnsafeDirectory {
-            dir: dir.to_owned(),
-            why,
-        }),
-        None => Ok(()),
-    }
-}
-
-impl Owner {
-    /// Takes the journal's lock without waiting: `Held` (with the holder's pid) when another
-    /// process has it; `UnsafeDirectory` when the lock could be taken from under it.
-    pub fn acquire(journal: &Path) -> Result<Self, JournalError> {
-        use nix::fcntl::{Flock, FlockArg};
-        check_directory(journal)?;
-        let path = beside(journal, ".lock");
-        let io = |source| JournalError::Io {
-            path: path.clone(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(atomic_file::PRIVATE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                let pid = format!("{}\n", std::process::id());
-                lock.set_len(0)
-                    .and_then(|()| lock.rewind())
-                    .and_then(|()| lock.write_all(pid.as_bytes()))
-                    .map_err(io)?;
-                Ok(Self { _lock: lock })
-            }
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                Err(JournalError::Held {
-                    path: journal.to_owned(),
-                    pid: text.trim().parse().ok(),
-                })
-            }
-            Err((_, errno)) => Err(io(std::io::Error::from(errno))),
-        }
-    }
-}
-
 /// An owned journal, open for appending.
 pub struct Journal {
     path: PathBuf,
@@ -200,117 +107,6 @@ pub struct Journal {
     /// Frames in the quarantine file (this run's and earlier ones').
     quarantined: u64,
     _owner: Owner,
-}
-
-pub(super) fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn encode(entry: &Entry) -> Vec<u8> {
-    frame(&serde_json::to_vec(entry).unwrap_or_default())
-}
-
-/// How a record's payload starts: `Entry`'s first field.
-const RECORD_START: &[u8] = br#"{"write_id":""#;
-
-/// Every write id named in `bytes` (a record, or a damaged piece holding several), read from
-/// the text: a record too broken to decode is still logged by them.
-pub(crate) fn write_ids_in(bytes: &[u8]) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut rest = bytes;
-    while let Some(at) = rest
-        .windows(RECORD_START.len())
-        .position(|w| w == RECORD_START)
-    {
-        rest = &rest[at + RECORD_START.len()..];
-        if let Some(end) = rest.iter().take(64).position(|&b| b == b'"')
-            && let Ok(id) = std::str::from_utf8(&rest[..end])
-        {
-            ids.push(id.to_owned());
-        }
-    }
-    ids
-}
-
-/// The payload of the frame at `at`, when its header is plausible, its payload inside `bytes`
-/// and its checksum verifies.
-fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
-    let head = bytes.get(at..at.checked_add(8)?)?;
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_FRAME {
-        return None;
-    }
-    let payload = bytes.get(at + 8..at + 8 + len as usize)?;
-    (crc32fast::hash(payload) == crc).then_some(payload)
-}
-
-/// Why no frame verifies at `at`.
-fn damage_at(bytes: &[u8], at: usize) -> String {
-    let Some(head) = bytes.get(at..at + 8) else {
-        return format!("{} stray bytes (an append cut short)", bytes.len() - at);
-    };
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    if len > MAX_FRAME {
-        format!("frame length {len} is implausible")
-    } else if bytes.len() < at + 8 + len as usize {
-        "record is cut short (crash mid-append, or a damaged length)".into()
-    } else {
-        "checksum mismatch".into()
-    }
-}
-
-/// The next offset after `at` where a record's frame verifies; the end when there is none.
-fn resync(bytes: &[u8], at: usize) -> usize {
-    (at + 1..bytes.len())
-        .find(|&i| {
-            bytes
-                .get(i + 8..)
-                .is_some_and(|p| p.starts_with(RECORD_START))
-                && frame_at(bytes, i).is_some()
-        })
-        .unwrap_or(bytes.len())
-}
-
-/// The frames of a file: each intact payload with its offset, and each damaged piece (its
-/// start, end and why) that reading skipped.
-struct Frames<'a> {
-    records: Vec<(usize, &'a [u8])>,
-    damage: Vec<(usize, usize, String)>,
-}
-
-/// The payloads of a file of frames (the quarantine's: one piece a frame), in order.
-pub(super) fn payloads(bytes: &[u8]) -> Vec<&[u8]> {
-    frames(bytes).records.into_iter().map(|(_, p)| p).collect()
-}
-
-fn frames(bytes: &[u8]) -> Frames<'_> {
-    let mut out = Frames {
-        records: Vec::new(),
-        damage: Vec::new(),
-    };
-    let mut at = 0usize;
-    while at < bytes.len() {
-        if let Some(payload) = frame_at(bytes, at) {
-            out.records.push((at, payload));
-            at += 8 + payload.len();
-        } else {
-            let next = resync(bytes, at);
-            out.damage.push((at, next, damage_at(bytes, at)));
-            at = next;
-        }
-    }
-    out
-}
-
-/// What reading meets at an offset: a record's payload, or damaged bytes up to an end, and why.
-enum Piece<'a> {
-    Record(&'a [u8]),
-    Damaged(usize, String),
 }
 
 /// Reads every record: those that decode, in order, and what could not be used.
