@@ -1,6 +1,7 @@
 //! Size rules, read from the text as rustfmt lays it out (`make test` checks formatting first):
-//! no function of a crate's source over [`MAX_FN_LINES`], and no file of usersvc or the deployer
-//! over [`MAX_FILE_LINES`] before its tests. A long function is several steps that deserve
+//! no function of a crate's source over [`MAX_FN_LINES`], no file of usersvc or the deployer
+//! over [`MAX_FILE_LINES`] before its tests, and no comment line wider than [`MAX_COMMENT`]
+//! characters (rustfmt wraps code, not comments). A long function is several steps that deserve
 //! names; a long file is several jobs. Test code (from a `#[cfg(test)]` at the start of a line
 //! on) is not counted.
 
@@ -10,6 +11,17 @@ use std::path::Path;
 pub const MAX_FN_LINES: usize = 60;
 /// Lines a file of service or deployer may hold before its tests.
 pub const MAX_FILE_LINES: usize = 450;
+/// Characters a comment line may take, its indentation included.
+pub const MAX_COMMENT: usize = 100;
+
+/// The 1-based numbers of the comment lines of `text` wider than `max` characters.
+pub fn wide_comments(text: &str, max: usize) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("//") && l.chars().count() > max)
+        .map(|(i, _)| i + 1)
+        .collect()
+}
 
 /// The lines of `text` before its tests.
 fn before_tests(text: &str) -> Vec<&str> {
@@ -95,6 +107,11 @@ pub fn broken(root: &Path) -> Vec<String> {
                     "{shown}:{line}: fn {name} is {len} lines (at most {MAX_FN_LINES})"
                 ));
             }
+            for line in wide_comments(&text, MAX_COMMENT) {
+                out.push(format!(
+                    "{shown}:{line}: a comment wider than {MAX_COMMENT} characters"
+                ));
+            }
             if let Some(n) = long_file(&text, MAX_FILE_LINES).filter(|_| checks_files) {
                 out.push(format!(
                     "{shown}: {n} lines before its tests (at most {MAX_FILE_LINES})"
@@ -144,6 +161,13 @@ mod tests {
             long_file(&format!("{at}#[cfg(test)]\nx\n"), MAX_FILE_LINES),
             None
         );
+    }
+
+    #[test]
+    fn a_comment_is_measured_in_characters() {
+        let at = format!("    // {}", "é".repeat(93));
+        let text = format!("{at}\n{at}é\nlet s = \"{}\";\n", "x".repeat(120));
+        assert_eq!(wide_comments(&text, MAX_COMMENT), vec![2]);
     }
 
     #[test]
