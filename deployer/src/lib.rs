@@ -62,8 +62,8 @@ mod upload;
 
 pub use commands::{
     Checked, Cleanup, DeployError, Followed, HostReleases, HostReport, Listing, Moved, Options,
-    Plan, Rollback, Unlocked, check, cleanup, deploy, exec, follow, list, logs, plan, rollback,
-    unlock,
+    Plan, Rollback, ShownConfig, Unlocked, check, cleanup, deploy, exec, follow, list, logs, plan,
+    rollback, show_config, unlock,
 };
 pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
 pub use fleet::{Failure, Stage};

@@ -37,9 +37,12 @@ $DEPLOY_RELEASE, $DEPLOY_REVISION, $DEPLOY_HOSTS, $DEPLOY_OUTCOME = ok|failed),\
 exit 0 = healthy), retries (10), interval (1s), timeout (10s),\n  \
 [riemann] server = \"host:5555\" (deploy events; what --canary queries),\n  \
 [canary] max_error_ratio (2), max_latency_ratio (1.5), min_error_rate (0.1/s), min_latency\n    \
-(5ms), interval (5s).\n\
+(5ms), interval (5s).\n\n\
+STAGES (as Capistrano's config/deploy/<stage>.rb): deploy.toml holds what they share;\n  \
+deploy/<stage>.toml beside it, or a [stages.<stage>] table in it, overrides it for\n  \
+`deployer -s <stage> …` (tables merge key by key; any other value, [[hosts]] too, is replaced).\n\
 Unknown keys are errors. Host keys are checked strictly against known_hosts.\n\n\
-EXAMPLES:\n  deployer check\n  deployer deploy --dry-run\n  deployer deploy --ref v1.4.2\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
+EXAMPLES:\n  deployer check\n  deployer -s staging deploy\n  deployer deploy --dry-run\n  deployer deploy --ref v1.4.2\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
 deployer releases --hosts app1.example.com\n  deployer rollback --to 20261123101500\n  \
 deployer exec --role app -- systemctl status usersvc\n  deployer logs -n 20 -f\n  \
 deployer unlock",
@@ -55,6 +58,10 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
+    /// The stage: deploy/STAGE.toml (beside the config) or its [stages.STAGE] table, laid over
+    /// the config (tables key by key, anything else replaced, [[hosts]] whole)
+    #[arg(short = 's', long, global = true, value_name = "STAGE")]
+    stage: Option<String>,
     /// Only these hosts (as written in the config, or their host names), comma-separated
     #[arg(long, value_delimiter = ',', global = true)]
     hosts: Vec<String>,
@@ -163,6 +170,10 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print the settings a command would use, resolved: the stage laid over deploy.toml,
+    /// defaults filled in, each selected host's reach, each with where it came from (secrets
+    /// masked). Reads no host
+    Config,
     /// Remove a stale lock left by a deploy of yours that died; --force removes anyone's
     Unlock {
         /// Remove the lock whoever holds it
@@ -251,7 +262,8 @@ fn run() -> anyhow::Result<()> {
     if let Some(done) = describe(&cli.command) {
         return done;
     }
-    let cfg = Config::load(&cli.config).context("fix the deploy configuration")?;
+    let cfg = Config::load_stage(&cli.config, cli.stage.as_deref())
+        .context("fix the deploy configuration")?;
     let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
     let settings = settings(&cli, &cfg);
     stop_on_signals(&settings)?;
@@ -287,6 +299,7 @@ fn run() -> anyhow::Result<()> {
             report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
         }
         Command::Check => report(deployer::check(&cfg, &targets, &settings)),
+        Command::Config => report(deployer::show_config(&cfg, &targets)),
         Command::Logs { lines, follow } if follow => {
             report(deployer::follow(&targets, &settings, &cfg.log, lines))
         }

@@ -11,6 +11,7 @@ mod exec;
 mod logs;
 mod releases;
 mod rollback;
+mod show_config;
 mod unlock;
 
 pub use check::{Checked, HostReport, check};
@@ -19,4 +20,5 @@ pub use exec::exec;
 pub use logs::{Followed, follow, logs};
 pub use releases::{Cleanup, HostReleases, Listing, cleanup, list};
 pub use rollback::{Moved, Rollback, rollback};
+pub use show_config::{ShownConfig, show_config};
 pub use unlock::{Unlocked, unlock};

@@ -6,11 +6,13 @@ mod health;
 mod hooks;
 mod reach;
 mod select;
+mod stage;
 
 pub use canary::{Canary, Riemann};
 pub use health::Health;
 pub use hooks::{Hook, Hooks, hook_commands, hooks_shown};
 pub use select::Target;
+pub use stage::Origins;
 
 use crate::ssh::{BadJump, HostKeyPolicy, Route, SshSettings};
 use serde::Deserialize;
@@ -40,6 +42,9 @@ pub struct Config {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub ssh: Ssh,
+    /// Required once the stage is laid over (a `deploy.toml` with stages may leave them to
+    /// each stage).
+    #[serde(default)]
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub hooks: Hooks,
@@ -54,6 +59,20 @@ pub struct Config {
     /// The config file's directory: relative paths and `build` start there.
     #[serde(skip)]
     pub base: PathBuf,
+    /// `[stages.NAME]` tables: read by `stage.rs`, never a setting themselves.
+    #[serde(default, rename = "stages")]
+    _stages: Option<toml::Table>,
+    /// The stage laid over `deploy.toml` (`-s NAME`), and every stage it defines.
+    #[serde(skip)]
+    pub stage: Option<String>,
+    #[serde(skip)]
+    pub stages: Vec<String>,
+    /// Where each key set in a file came from, and the settings as the files wrote them, the
+    /// stage laid over (`deployer config`).
+    #[serde(skip)]
+    pub origins: Origins,
+    #[serde(skip)]
+    pub settings: toml::Table,
 }
 
 fn default_keep() -> usize {
@@ -189,6 +208,12 @@ pub enum Problem {
     SshConfig(String),
     #[error("{0}")]
     Exclude(String),
+    #[error("stage {0:?} is defined twice: as [stages.{0}] and in {1}")]
+    StageTwice(String, String),
+    #[error("no stage {0:?}: the stages are {1}")]
+    NoStage(String, String),
+    #[error("{0}: it holds what the stages share; choose one with -s STAGE (its stages: {1})")]
+    ChooseStage(String, String),
 }
 
 /// `--hosts`/`--role` select nothing usable.
@@ -220,6 +245,12 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 impl Config {
     /// Reads and checks `path`; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_stage(path, None)
+    }
+
+    /// As [`Config::load`], with `stage` (`deploy/<stage>.toml` or `[stages.<stage>]`) laid
+    /// over `path`.
+    pub fn load_stage(path: &Path, stage: Option<&str>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -228,8 +259,39 @@ impl Config {
             path: path.to_owned(),
             problem,
         };
-        let mut cfg: Config = toml::from_str(&text)
-            .map_err(|e| invalid(Problem::Toml(e.to_string().trim().to_owned())))?;
+        let toml_error = |e: toml::de::Error| Problem::Toml(e.to_string().trim().to_owned());
+        let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(toml_error(e)))?;
+        let stages = stage::names(path, &table);
+        let layered = stage::layer(path, table, stage)
+            .map_err(|(path, problem)| ConfigError::Invalid { path, problem })?;
+        let choose = |e: Problem| match e {
+            Problem::NoHosts | Problem::Toml(_)
+                if stage.is_none()
+                    && !stages.is_empty()
+                    && (matches!(e, Problem::NoHosts)
+                        || e.to_string().contains("missing field")) =>
+            {
+                Problem::ChooseStage(e.to_string(), stage::listed(&stages))
+            }
+            e => e,
+        };
+        let settings = layered.table.clone();
+        let mut cfg: Config = match &layered.stage {
+            // From the text: the TOML reader's errors then carry their line.
+            None => toml::from_str(&text).map_err(|e| invalid(choose(toml_error(e))))?,
+            Some(name) => {
+                toml::Value::Table(layered.table)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                        path: PathBuf::from(format!("{} with stage {name}", path.display())),
+                        problem: toml_error(e),
+                    })?
+            }
+        };
+        cfg.stage = layered.stage;
+        cfg.stages = stages.clone();
+        cfg.origins = layered.origins;
+        cfg.settings = settings;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         cfg.source = resolve(&base, &cfg.source);
         cfg.base = if base.as_os_str().is_empty() {
@@ -243,7 +305,7 @@ impl Config {
         if let Some(h) = &mut cfg.health {
             h.prepare(&base).map_err(invalid)?;
         }
-        cfg.check().map_err(invalid)?;
+        cfg.check().map_err(|e| invalid(choose(e)))?;
         cfg.resolve_reach().map_err(invalid)?;
         Ok(cfg)
     }
@@ -355,6 +417,88 @@ mod tests {
     }
 
     const MINIMAL: &str = "application = \"usersvc\"\ndeploy_to = \"/srv/usersvc\"\nsource = \"dist\"\n[[hosts]]\naddress = \"app1:2222\"\nroles = [\"app\"]\n[[hosts]]\naddress = \"db1\"\ndeploy_to = \"/srv/other\"\n";
+
+    /// `deploy.toml` with what the stages share, `deploy/production.toml` and an inline
+    /// `[stages.staging]`.
+    fn staged(dir: &Path) -> PathBuf {
+        let path = dir.join("deploy.toml");
+        std::fs::write(
+            &path,
+            "application = \"usersvc\"\ndeploy_to = \"/srv/usersvc\"\nsource = \"dist\"\n\
+             [ssh]\nuser = \"deploy\"\nport = 2200\n\
+             [stages.staging]\ndeploy_to = \"/srv/staging\"\n\
+             [[stages.staging.hosts]]\naddress = \"stage1\"\n",
+        )
+        .expect("write");
+        std::fs::create_dir(dir.join("deploy")).expect("mkdir");
+        std::fs::write(
+            dir.join("deploy/production.toml"),
+            "keep_releases = 3\n[ssh]\nuser = \"ops\"\n\
+             [[hosts]]\naddress = \"app1\"\n[[hosts]]\naddress = \"app2\"\n",
+        )
+        .expect("write");
+        path
+    }
+
+    #[test]
+    fn a_stage_overrides_what_the_stages_share() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = staged(dir.path());
+        let prod = Config::load_stage(&path, Some("production")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(prod.stage.as_deref(), Some("production"));
+        assert_eq!(prod.stages, ["production", "staging"]);
+        assert_eq!(prod.keep_releases, 3);
+        assert_eq!(prod.deploy_to, "/srv/usersvc", "shared, not overridden");
+        assert_eq!(
+            (prod.user(), prod.ssh.port),
+            ("ops".to_owned(), Some(2200)),
+            "[ssh] merged"
+        );
+        let hosts: Vec<_> = prod.hosts.iter().map(|h| h.address.as_str()).collect();
+        assert_eq!(hosts, ["app1", "app2"]);
+        assert!(prod.origins["ssh.user"].ends_with("deploy/production.toml"));
+        assert!(prod.origins["ssh.port"].ends_with("deploy.toml"));
+        let staging = Config::load_stage(&path, Some("staging")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(staging.deploy_to, "/srv/staging");
+        assert_eq!(staging.hosts.len(), 1);
+        assert!(staging.origins["deploy_to"].ends_with("[stages.staging]"));
+    }
+
+    #[test]
+    fn a_stage_that_is_missing_unclear_or_wrong_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = staged(dir.path());
+        let e = Config::load_stage(&path, Some("prod")).expect_err("no such stage");
+        assert!(
+            e.to_string()
+                .ends_with("no stage \"prod\": the stages are production, staging"),
+            "{e}"
+        );
+        let e = Config::load(&path).expect_err("the shared part has no hosts");
+        assert!(
+            e.to_string()
+                .contains("choose one with -s STAGE (its stages: production, staging)"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("deploy/staging.toml"),
+            "keep_releases = 2\n",
+        )
+        .expect("write");
+        let e = Config::load_stage(&path, Some("staging")).expect_err("twice");
+        assert!(e.to_string().contains("defined twice"), "{e}");
+        std::fs::write(
+            dir.path().join("deploy/production.toml"),
+            "keep_relases = 2\n",
+        )
+        .expect("write");
+        let e = Config::load_stage(&path, Some("production")).expect_err("a typo in the stage");
+        assert!(e.to_string().contains("with stage production"), "{e}");
+        assert!(e.to_string().contains("keep_relases"), "{e}");
+        // Without stages, the error keeps the TOML reader's line.
+        let e = load(&format!("{MINIMAL}\nkeep_relases = 3\n")).expect_err("typo");
+        assert!(e.to_string().contains("line"), "{e}");
+    }
 
     #[test]
     fn the_shipped_example_loads() {

@@ -1,7 +1,7 @@
 //! Local hooks: `[hooks] local_before`, `local_after` and `local_failed`, run on the deploy
 //! machine with `sh -c` in the config file's directory, each within `--hook-timeout` (killed
 //! with what it started past it, by the same runner the health gate's plugins use). They see
-//! `DEPLOY_APPLICATION`, `DEPLOY_RELEASE`, `DEPLOY_REVISION`, `DEPLOY_HOSTS` (the selected
+//! `DEPLOY_APPLICATION`, `DEPLOY_STAGE` (`-s`, empty without), `DEPLOY_RELEASE`, `DEPLOY_REVISION`, `DEPLOY_HOSTS` (the selected
 //! hosts, comma-separated) and `DEPLOY_OUTCOME` (`ok` or `failed`; empty before the deploy).
 //! In `local_before`, `DEPLOY_RELEASE` is the name the clock gives: a host already holding a
 //! later release (another deploy that went first) moves it on, and the hooks after the deploy
@@ -57,6 +57,7 @@ impl<'a> Local<'a> {
         }
         let env = Env {
             application: &self.cfg.application,
+            stage: self.cfg.stage.as_deref().unwrap_or(""),
             release,
             revision: &self.revision,
             hosts: &self.hosts,
@@ -116,6 +117,8 @@ impl<'a> Local<'a> {
 /// What every local hook of one deploy is told.
 pub(super) struct Env<'a> {
     pub application: &'a str,
+    /// `-s STAGE`, empty without one.
+    pub stage: &'a str,
     pub release: &'a str,
     pub revision: &'a str,
     pub hosts: &'a str,
@@ -140,6 +143,7 @@ pub(super) fn run(
             .arg(format!("exec 2>&1\n{command}"))
             .current_dir(dir)
             .env("DEPLOY_APPLICATION", env.application)
+            .env("DEPLOY_STAGE", env.stage)
             .env("DEPLOY_RELEASE", env.release)
             .env("DEPLOY_REVISION", env.revision)
             .env("DEPLOY_HOSTS", env.hosts)
@@ -188,13 +192,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let env = Env {
             application: "usersvc",
+            stage: "production",
             release: "20261201100000",
             revision: "abc123",
             hosts: "app1,app2",
             outcome: "ok",
         };
         let commands = [
-            "echo \"$DEPLOY_RELEASE $DEPLOY_REVISION $DEPLOY_HOSTS $DEPLOY_OUTCOME\"; pwd".into(),
+            "echo \"$DEPLOY_STAGE $DEPLOY_RELEASE $DEPLOY_REVISION $DEPLOY_HOSTS $DEPLOY_OUTCOME\"; pwd".into(),
             "echo to stderr >&2; exit 3".into(),
             "echo never".into(),
         ];
@@ -210,7 +215,7 @@ mod tests {
         assert!(
             runs[0]
                 .output
-                .starts_with("20261201100000 abc123 app1,app2 ok\n"),
+                .starts_with("production 20261201100000 abc123 app1,app2 ok\n"),
             "{runs:?}"
         );
         assert!(runs[0].output.contains(&*dir.path().to_string_lossy()));
