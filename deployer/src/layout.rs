@@ -456,11 +456,33 @@ export DEPLOY_TO={d} RELEASE={r} RELEASE_PATH={p} PREVIOUS_RELEASE={prev} REVISI
         prev = quote(previous.unwrap_or("")),
         rev = quote(revision),
     );
+    s.push_str(&timed_commands(hooks, timeout));
+    s
+}
+
+/// Runs `command` in `deploy_to`'s current release, with the hooks' environment for it (see
+/// `deployer run`), under GNU `timeout` when the host has it, as a hook.
+pub fn task_script(deploy_to: &str, command: &str, timeout: std::time::Duration) -> String {
+    let d = quote(deploy_to);
+    let mut s = format!(
+        "cd {d}/current 2>/dev/null || {{ echo \"no current release in \"{d}\": deploy first\"; exit 1; }}
+p=$(pwd -P)
+export DEPLOY_TO={d} RELEASE=\"${{p##*/}}\" RELEASE_PATH=\"$p\" PREVIOUS_RELEASE= REVISION=\"$(cat REVISION 2>/dev/null)\"
+"
+    );
+    s.push_str(&timed_commands(&[command.to_owned()], timeout));
+    s
+}
+
+/// Shell lines running `commands` one after the other, each under GNU `timeout` when the host
+/// has it (killed 2 s after its signal; its whole process group: sshd signals nothing), the
+/// first failure ending the script with its status and a line saying which and why.
+fn timed_commands(commands: &[String], timeout: std::time::Duration) -> String {
     let secs = timeout.as_secs().max(1);
-    s.push_str(&format!(
+    let mut s = format!(
         "if command -v timeout >/dev/null 2>&1; then t=\"timeout -k 2 {secs}\"; else t=; fi\n"
-    ));
-    for h in hooks {
+    );
+    for h in commands {
         s.push_str(&format!(
             "$t sh -c {q}; s=$?; if [ $s -ne 0 ]; then if [ -n \"$t\" ] && {{ [ $s -eq 124 ] || [ $s -eq 137 ]; }}; then printf 'hook %s timed out after {secs}s (killed)\\n' {q}; else printf 'hook %s exited %s\\n' {q} $s; fi; exit $s; fi\n",
             q = quote(h)

@@ -62,8 +62,8 @@ mod upload;
 
 pub use commands::{
     Checked, Cleanup, DeployError, Followed, HostReleases, HostReport, Listing, Moved, Options,
-    Plan, Rollback, ShownConfig, Unlocked, check, cleanup, deploy, exec, follow, list, logs, plan,
-    rollback, show_config, unlock,
+    Plan, Rollback, ShownConfig, TaskError, TaskList, Unlocked, check, cleanup, deploy, exec,
+    follow, list, list_tasks, logs, plan, rollback, run_task, show_config, unlock,
 };
 pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
 pub use fleet::{Failure, Stage};

@@ -30,9 +30,12 @@ ssh_config = \"~/.ssh/config\" (read HostName, User, Port, IdentityFile, ProxyJu
 [[hosts]] address = \"host[:port]\", roles, deploy_to, proxy_jump (\"none\": direct),\n    \
 riemann_host (the name its events carry in Riemann; the canary trusts only the deploy's hosts),\n  \
 [hooks] before_publish, after_publish (run in the release directory, with $RELEASE,\n    \
-$RELEASE_PATH, $PREVIOUS_RELEASE, $DEPLOY_TO, $REVISION set; { command = \"…\", once = true }\n    \
-runs on the first host only), local_before, local_after, local_failed (run here, with\n    \
+$RELEASE_PATH, $PREVIOUS_RELEASE, $DEPLOY_TO, $REVISION set; { command = \"…\", roles =\n    \
+[\"db\"], once = true } runs on the hosts with one of roles, once: the first of them;\n    \
+{ task = \"NAME\" } runs [tasks.NAME]), local_before, local_after, local_failed (run here, with\n    \
 $DEPLOY_RELEASE, $DEPLOY_REVISION, $DEPLOY_HOSTS, $DEPLOY_OUTCOME = ok|failed),\n  \
+[tasks.NAME] command, roles, once, description: run by hand with `deployer run NAME`, or\n    \
+as a hook,\n  \
 [health] url (\"{host}\" is replaced) + method (ping), and/or command (a Nagios plugin,\n    \
 exit 0 = healthy), retries (10), interval (1s), timeout (10s),\n  \
 [riemann] server = \"host:5555\" (deploy events; what --canary queries),\n  \
@@ -44,7 +47,7 @@ deploy/<stage>.toml beside it, or a [stages.<stage>] table in it, overrides it f
 Unknown keys are errors. Host keys are checked strictly against known_hosts.\n\n\
 EXAMPLES:\n  deployer check\n  deployer -s staging deploy\n  deployer deploy --dry-run\n  deployer deploy --ref v1.4.2\n  deployer deploy --rolling 2\n  deployer deploy --rolling 1 --canary 60s\n  \
 deployer releases --hosts app1.example.com\n  deployer rollback --to 20261123101500\n  \
-deployer exec --role app -- systemctl status usersvc\n  deployer logs -n 20 -f\n  \
+deployer exec --role app -- systemctl status usersvc\n  deployer -s production run migrate\n  deployer logs -n 20 -f\n  \
 deployer unlock",
     // In each subcommand's help, its own options come first and these under their own heading.
     next_help_heading = "Global options"
@@ -169,6 +172,18 @@ enum Command {
         /// as ssh takes it), several are its words, run as they are; within --hook-timeout
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// List the tasks of [tasks]: where each runs, its command and description
+    Tasks,
+    /// Run the task NAME of [tasks] on the selected hosts it names (its roles; with once, the
+    /// first of them), in each host's current release, with the hooks' environment; output
+    /// prefixed by host. Fails when it fails on any host, naming them
+    Run {
+        /// The task, as deploy.toml names it ([tasks.NAME])
+        name: String,
+        /// Print each host's output under a heading instead of prefixing each line
+        #[arg(long)]
+        group: bool,
     },
     /// Print the settings a command would use, resolved: the stage laid over deploy.toml,
     /// defaults filled in, each selected host's reach, each with where it came from (secrets
@@ -300,6 +315,10 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Check => report(deployer::check(&cfg, &targets, &settings)),
         Command::Config => report(deployer::show_config(&cfg, &targets)),
+        Command::Tasks => report(deployer::list_tasks(&cfg)),
+        Command::Run { name, group } => {
+            report(deployer::run_task(&cfg, &targets, &settings, &name, group)?)
+        }
         Command::Logs { lines, follow } if follow => {
             report(deployer::follow(&targets, &settings, &cfg.log, lines))
         }

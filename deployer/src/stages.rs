@@ -1,7 +1,7 @@
 //! The stages `deploy` and `rollback` share, each on one host: the hooks, the health gate, and
 //! the `revisions.log` entry. A command runs them on every host with [`crate::fleet::each`].
 
-use crate::config::{Hook, hook_commands};
+use crate::config::{Hook, Target, hook_commands};
 use crate::fleet::{Host, Stage, StepError, failed};
 use crate::health::{Gate, Subject};
 use crate::layout::{self, LogEntry};
@@ -84,17 +84,17 @@ pub fn restore(host: &mut Host, live: Option<&str>, also: &str) -> Result<(), St
 }
 
 /// Restarts the service on `release`, which `current` now points at: the after_publish hooks
-/// run there (the `once` ones on the first host only). The one "switch back and restart" step
+/// run there (those limited to roles or `once` where they say). The one "switch back and restart" step
 /// the failure path and `rollback` share.
 pub fn restart(
     host: &mut Host,
     stage: Stage,
     release: &Release,
     after_publish: &[Hook],
-    first_host: bool,
+    selected: &[Target],
     timeout: Duration,
 ) -> Option<HookRun> {
-    let commands = hook_commands(after_publish, first_host);
+    let commands = hook_commands(after_publish, &host.target, selected);
     hooks(host, stage, release, &commands, timeout)
 }
 

@@ -12,6 +12,7 @@ mod logs;
 mod releases;
 mod rollback;
 mod show_config;
+mod tasks;
 mod unlock;
 
 pub use check::{Checked, HostReport, check};
@@ -21,4 +22,5 @@ pub use logs::{Followed, follow, logs};
 pub use releases::{Cleanup, HostReleases, Listing, cleanup, list};
 pub use rollback::{Moved, Rollback, rollback};
 pub use show_config::{ShownConfig, show_config};
+pub use tasks::{TaskError, TaskList, list_tasks, run_task};
 pub use unlock::{Unlocked, unlock};

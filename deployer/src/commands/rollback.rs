@@ -183,18 +183,16 @@ fn switch_all(steps: &mut [Step], parallel: usize) -> bool {
 fn restart_all(steps: &mut [Step], cfg: &Config, targets: &[Target], settings: &Settings) {
     let parallel = settings.parallel;
     let after = &cfg.hooks.after_publish;
-    let first = targets.first().map(|t| t.name.clone());
     each(steps, parallel, |st| {
         let (name, revision) = st.target();
         let release = Release::new(&name, &revision);
-        let is_first = Some(&st.host.target.name) == first.as_ref();
         let timeout = settings.hook_timeout;
         st.hooks = stages::restart(
             &mut st.host,
             Stage::AfterPublish,
             &release,
             after,
-            is_first,
+            targets,
             timeout,
         );
         if let Some(problem) = st.hooks.as_ref().and_then(|h| h.problem.clone()) {

@@ -10,7 +10,7 @@ mod stage;
 
 pub use canary::{Canary, Riemann};
 pub use health::Health;
-pub use hooks::{Hook, Hooks, hook_commands, hooks_shown};
+pub use hooks::{Hook, Hooks, Task, hook_commands, hooks_shown, where_shown};
 pub use select::Target;
 pub use stage::Origins;
 
@@ -48,6 +48,9 @@ pub struct Config {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub hooks: Hooks,
+    /// `[tasks.NAME]`: commands run by hand (`deployer run NAME`) or named by a hook.
+    #[serde(default)]
+    pub tasks: std::collections::BTreeMap<String, Task>,
     pub health: Option<Health>,
     pub riemann: Option<Riemann>,
     /// How `deploy --canary` judges the first batch against the rest.
@@ -210,6 +213,10 @@ pub enum Problem {
     Exclude(String),
     #[error("stage {0:?} is defined twice: as [stages.{0}] and in {1}")]
     StageTwice(String, String),
+    #[error("[hooks] names task {0:?}, which is not defined: the tasks are {1}")]
+    UnknownTask(String, String),
+    #[error("{0} names role {1:?}, which no host has: the roles are {2}")]
+    UnknownRole(String, String, String),
     #[error("no stage {0:?}: the stages are {1}")]
     NoStage(String, String),
     #[error("{0}: it holds what the stages share; choose one with -s STAGE (its stages: {1})")]
@@ -306,6 +313,7 @@ impl Config {
             h.prepare(&base).map_err(invalid)?;
         }
         cfg.check().map_err(|e| invalid(choose(e)))?;
+        cfg.name_tasks().map_err(invalid)?;
         cfg.resolve_reach().map_err(invalid)?;
         Ok(cfg)
     }
@@ -326,6 +334,51 @@ impl Config {
             Some(h) => h.check(),
             None => Ok(()),
         }
+    }
+
+    /// Hooks that name a task take its command and hosts; every role a hook or task names is
+    /// some host's (a misspelt role would run nowhere, silently).
+    fn name_tasks(&mut self) -> Result<(), Problem> {
+        let listed = |names: Vec<&str>| {
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        let tasks = self.tasks.clone();
+        let roles: Vec<String> = self.hosts.iter().flat_map(|h| h.roles.clone()).collect();
+        let known_roles =
+            |what: String, named: &[String]| match named.iter().find(|r| !roles.contains(r)) {
+                Some(r) => {
+                    let mut all: Vec<&str> = roles.iter().map(String::as_str).collect();
+                    all.sort();
+                    all.dedup();
+                    Err(Problem::UnknownRole(what, r.clone(), listed(all)))
+                }
+                None => Ok(()),
+            };
+        for (name, task) in &tasks {
+            known_roles(format!("[tasks.{name}]"), &task.roles)?;
+        }
+        for (stage, hooks) in [
+            ("before_publish", &mut self.hooks.before_publish),
+            ("after_publish", &mut self.hooks.after_publish),
+        ] {
+            for hook in hooks.iter_mut() {
+                if let Some(name) = hook.task.clone() {
+                    let task = tasks.get(&name).ok_or_else(|| {
+                        Problem::UnknownTask(
+                            name.clone(),
+                            listed(tasks.keys().map(String::as_str).collect()),
+                        )
+                    })?;
+                    *hook = Hook::of_task(task, &name);
+                }
+                known_roles(format!("[hooks] {stage}"), &hook.roles)?;
+            }
+        }
+        Ok(())
     }
 
     /// `deploy_to` absolute; `log` and the shared paths inside the deploy directory.
@@ -555,21 +608,77 @@ mod tests {
         );
     }
 
+    const FLEET: &str = "application = \"usersvc\"\ndeploy_to = \"/srv/usersvc\"\nsource = \"dist\"\n\
+        [[hosts]]\naddress = \"app1\"\nroles = [\"app\"]\n[[hosts]]\naddress = \"app2\"\nroles = [\"app\"]\n\
+        [[hosts]]\naddress = \"db1\"\nroles = [\"db\"]\n[[hosts]]\naddress = \"db2\"\nroles = [\"db\"]\n";
+
     #[test]
-    fn a_hook_is_a_line_or_a_table_with_once() {
+    fn a_hook_is_a_line_a_table_with_roles_and_once_or_a_task() {
         let cfg = load(&format!(
-            "{MINIMAL}[hooks]\nbefore_publish = [\"a\", {{ command = \"migrate\", once = true }}, {{ command = \"b\" }}]\n"
+            "{FLEET}[hooks]\nbefore_publish = [\"a\", {{ command = \"migrate\", once = true }}, \
+             {{ command = \"warm\", roles = [\"app\"] }}, {{ task = \"seed\" }}]\n\
+             [tasks.seed]\ncommand = \"./seed\"\nroles = [\"db\"]\nonce = true\n"
         ))
         .unwrap_or_else(|e| panic!("{e}"));
         let hooks = &cfg.hooks.before_publish;
-        assert_eq!(hook_commands(hooks, true), ["a", "migrate", "b"]);
-        assert_eq!(hook_commands(hooks, false), ["a", "b"]);
-        assert!(hooks_shown(hooks).contains("migrate (once"));
-        let e = load(&format!(
-            "{MINIMAL}[hooks]\nbefore_publish = [{{ command = \"x\", onse = true }}]\n"
-        ))
-        .expect_err("a misspelt key");
-        assert!(e.to_string().contains("before_publish"), "{e}");
+        let on = |selected: &[Target]| -> Vec<Vec<String>> {
+            selected
+                .iter()
+                .map(|t| hook_commands(hooks, t, selected))
+                .collect()
+        };
+        let all = cfg.targets(&[], None).expect("all");
+        assert_eq!(
+            on(&all),
+            [
+                vec!["a", "migrate", "warm"],
+                vec!["a", "warm"],
+                vec!["a", "./seed"],
+                vec!["a"],
+            ]
+        );
+        // `once` is the first selected host: with --role db, db1 migrates.
+        let db = cfg.targets(&[], Some("db")).expect("db");
+        assert_eq!(on(&db), [vec!["a", "migrate", "./seed"], vec!["a"]]);
+        let shown = hooks_shown(hooks);
+        assert!(
+            shown.contains("migrate (once, on the first host)"),
+            "{shown}"
+        );
+        assert!(shown.contains("warm (roles app)"), "{shown}");
+        assert!(
+            shown.contains("task seed: ./seed (once, on the first host with role db)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_hook_task_or_role_is_named() {
+        let bad = |tables: &str| {
+            load(&format!("{FLEET}{tables}"))
+                .expect_err(tables)
+                .to_string()
+        };
+        let e = bad("[hooks]\nbefore_publish = [{ command = \"x\", onse = true }]\n");
+        assert!(e.contains("before_publish"), "{e}");
+        let e = bad("[hooks]\nafter_publish = [{ task = \"migrate\" }]\n");
+        assert!(
+            e.contains("names task \"migrate\", which is not defined: the tasks are none"),
+            "{e}"
+        );
+        let e = bad("[hooks]\nafter_publish = [{ command = \"x\", roles = [\"bd\"] }]\n");
+        assert!(
+            e.contains(
+                "[hooks] after_publish names role \"bd\", which no host has: the roles are app, db"
+            ),
+            "{e}"
+        );
+        let e = bad("[tasks.m]\ncommand = \"x\"\nroles = [\"web\"]\n");
+        assert!(e.contains("[tasks.m] names role \"web\""), "{e}");
+        let e = bad(
+            "[tasks.m]\ncommand = \"x\"\n[hooks]\nafter_publish = [{ task = \"m\", once = true }]\n",
+        );
+        assert!(e.contains("takes its roles and once from [tasks.m]"), "{e}");
     }
 
     #[test]

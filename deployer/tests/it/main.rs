@@ -12,4 +12,5 @@ mod large;
 mod progress;
 mod readme;
 mod source;
+mod stages;
 mod system;

@@ -87,13 +87,12 @@ fn put_back(r: &mut Run, c: &Ctx, why: Option<&Failure>) -> bool {
         .map(|x| x.revision.clone())
         .unwrap_or_default();
     let back = Release::new(p, &revision);
-    let first = r.host.target.name == c.first_host;
     let ran = stages::restart(
         &mut r.host,
         Stage::Rollback,
         &back,
         &c.cfg.hooks.after_publish,
-        first,
+        &c.selected,
         c.settings.hook_timeout,
     );
     if let Some(problem) = ran.as_ref().and_then(|h| h.problem.as_ref()) {

@@ -118,7 +118,7 @@ pub fn deploy(
     };
     let mut c = Ctx {
         cfg,
-        first_host: targets.first().map(|t| t.name.clone()).unwrap_or_default(),
+        selected: targets.to_vec(),
         settings,
         options,
         // The name the clock gives; a host holding a later release moves it on (rare: skew).

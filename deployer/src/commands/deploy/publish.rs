@@ -32,7 +32,7 @@ pub(super) fn batch_sizes(count: usize, rolling: Option<usize>, canary: bool) ->
 /// Runs a stage's hooks on one host; one failing fails the host at `stage`.
 pub(super) fn remote_hooks(r: &mut Run, c: &Ctx, stage: Stage, hooks: &[Hook]) {
     let release = c.release(r.previous.as_deref());
-    let commands = hook_commands(hooks, r.host.target.name == c.first_host);
+    let commands = hook_commands(hooks, &r.host.target, &c.selected);
     let timeout = c.settings.hook_timeout;
     if let Some(ran) = stages::hooks(&mut r.host, stage, &release, &commands, timeout) {
         if let Some(problem) = &ran.problem {

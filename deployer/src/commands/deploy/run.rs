@@ -2,7 +2,7 @@
 //! flow in `mod.rs` and each child read and advance it.
 
 use super::Options;
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::fleet::{Host, Stage};
 use crate::manifest::Delta;
 use crate::report::{HookRun, HostOutcome, Report};
@@ -57,8 +57,8 @@ impl Run {
 /// What every stage of one run shares.
 pub(super) struct Ctx<'a> {
     pub(super) cfg: &'a Config,
-    /// The first selected host: the one `once` hooks run on.
-    pub(super) first_host: String,
+    /// Every selected host, in the config's order: where hooks limited to roles or `once` run.
+    pub(super) selected: Vec<Target>,
     pub(super) settings: &'a Settings,
     pub(super) options: &'a Options,
     pub(super) release: String,
