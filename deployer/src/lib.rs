@@ -43,6 +43,7 @@ mod events;
 mod fleet;
 mod hash_cache;
 mod health;
+mod history;
 mod host_output;
 mod layout;
 mod lock;
@@ -67,6 +68,10 @@ pub use commands::{
 };
 pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
 pub use fleet::{Failure, Stage};
+pub use history::{
+    Entry as HistoryEntry, History, HistoryError, path as history_path, read as read_history,
+    record as record_history,
+};
 pub use host_output::{Executed, HostRun};
 pub use layout::{HostState, ReleaseInfo};
 pub use outcome::{Outcome, Unfinished};

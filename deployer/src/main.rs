@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use deployer::{Config, HostKeyPolicy, Options, Outcome, Settings};
+use deployer::{Config, HistoryEntry, HostKeyPolicy, Options, Outcome, Settings};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -173,6 +173,14 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The deploys and rollbacks of this application made from this machine, newest last:
+    /// when, who, the stage, the release and revision, the outcome, the hosts (kept in
+    /// $XDG_STATE_HOME/deployer/history, default ~/.local/state/deployer/history)
+    History {
+        /// How many, at most
+        #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        lines: u32,
+    },
     /// List the tasks of [tasks]: where each runs, its command and description
     Tasks,
     /// Run the task NAME of [tasks] on the selected hosts it names (its roles; with once, the
@@ -242,7 +250,8 @@ fn stop_on_signals(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `deploy`, or with `--dry-run` its plan.
+/// `deploy`, or with `--dry-run` its plan. A deploy, however it ends, is a line of the
+/// history.
 fn deploy(
     cfg: &Config,
     targets: &[deployer::Target],
@@ -251,9 +260,27 @@ fn deploy(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     if dry_run {
-        report(deployer::plan(cfg, targets, settings, options)?)
-    } else {
-        report(deployer::deploy(cfg, targets, settings, options)?)
+        return report(deployer::plan(cfg, targets, settings, options)?);
+    }
+    let stage = cfg.stage.as_deref();
+    match deployer::deploy(cfg, targets, settings, options) {
+        Ok(done) => {
+            remember(&HistoryEntry::of_deploy(&cfg.application, stage, &done));
+            report(done)
+        }
+        Err(e) => {
+            let mut entry = HistoryEntry::of_deploy(&cfg.application, stage, &Default::default());
+            entry.hosts = targets.iter().map(|t| t.name.clone()).collect();
+            remember(&entry);
+            Err(e.into())
+        }
+    }
+}
+
+/// Appends to this machine's deploy history; one that cannot be written is a warning.
+fn remember(entry: &HistoryEntry) {
+    if let Err(e) = deployer::record_history(entry) {
+        eprintln!("deployer: warning: {e}");
     }
 }
 
@@ -302,13 +329,25 @@ fn run() -> anyhow::Result<()> {
             };
             deploy(&cfg, &targets, &settings, &options, dry_run)
         }
-        Command::Rollback { to, dry_run } => report(deployer::rollback(
-            &cfg,
-            &targets,
-            &settings,
-            to.as_deref(),
-            dry_run,
-        )),
+        Command::Rollback { to, dry_run } => {
+            let done = deployer::rollback(&cfg, &targets, &settings, to.as_deref(), dry_run);
+            if !dry_run {
+                remember(&HistoryEntry::of_rollback(
+                    &cfg.application,
+                    cfg.stage.as_deref(),
+                    done.hosts.iter().map(|m| m.name.clone()).collect(),
+                    done.hosts.iter().filter_map(|m| m.to.clone()).collect(),
+                    done.verdict().is_ok(),
+                ));
+            }
+            report(done)
+        }
+        Command::History { lines } => report(deployer::read_history(
+            &deployer::history_path()?,
+            &cfg.application,
+            cfg.stage.as_deref(),
+            lines as usize,
+        )?),
         Command::Releases => report(deployer::list(&targets, &settings)),
         Command::Cleanup { dry_run } => {
             report(deployer::cleanup(&cfg, &targets, &settings, dry_run))

@@ -52,7 +52,7 @@ pub fn hooks_log(hooks: &[HookRun]) -> String {
     out
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Report {
     /// Empty when the run stopped before naming a release.
     pub release: String,

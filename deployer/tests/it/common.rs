@@ -21,11 +21,17 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// The deployer's history goes beside the test's config, never into the user's own.
+pub fn state_home(config: &Path) -> PathBuf {
+    config.parent().unwrap_or(Path::new(".")).join("state")
+}
+
 pub fn deployer(config: &Path, args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
         .arg("-c")
         .arg(config)
         .args(args)
+        .env("XDG_STATE_HOME", state_home(config))
         .output()
         .expect("run deployer");
     Run {
@@ -44,6 +50,7 @@ pub fn spawn_deployer(config: &Path, args: &[&str]) -> Running {
             .arg("-c")
             .arg(config)
             .args(args)
+            .env("XDG_STATE_HOME", state_home(config))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

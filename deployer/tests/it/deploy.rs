@@ -412,6 +412,7 @@ fn authenticates_with_the_ssh_agent_when_no_identity_is_set() {
             .arg(&h.config)
             .args(args)
             .env("SSH_AUTH_SOCK", &sock)
+            .env("XDG_STATE_HOME", common::state_home(&h.config))
             .output()
             .expect("deployer")
     };

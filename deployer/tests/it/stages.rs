@@ -120,4 +120,39 @@ fn a_stage_its_roles_and_its_tasks_run_where_they_say() {
         1,
         "nothing deployed by a stage that does not exist"
     );
+
+    // Every deploy and rollback is a line of this machine's history, 0600.
+    h.write("v", "2");
+    let r = h.run(&["-s", "production", "deploy"]);
+    assert_eq!(r.code, 0, "{r}");
+    let r = h.run(&["-s", "production", "rollback"]);
+    assert_eq!(r.code, 0, "{r}");
+    let r = h.run(&["-s", "production", "history", "-n", "2"]);
+    assert_eq!(r.code, 0, "{r}");
+    let rows: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "a heading and the last two: {r}");
+    assert!(
+        rows[0].starts_with("WHEN") && rows[0].ends_with("HOSTS"),
+        "{r}"
+    );
+    let user = testbed::process::current_user();
+    let deployed = format!("{user}  production  deploy ");
+    assert!(
+        rows[1].contains(&deployed) && rows[1].contains("  ok  "),
+        "{r}"
+    );
+    assert!(
+        rows[2].contains("rollback") && rows[2].contains(&current),
+        "{r}"
+    );
+    let hosts: Vec<String> = h.servers.iter().map(|s| s.addr.clone()).collect();
+    assert!(rows[2].ends_with(&hosts.join(", ")), "{r}");
+    let file = crate::common::state_home(&h.config).join("deployer/history");
+    let meta = std::fs::metadata(&file).expect("history");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let lines = std::fs::read_to_string(&file).expect("history");
+    assert_eq!(lines.lines().count(), 3, "{lines}");
 }
