@@ -101,7 +101,8 @@ struct Cli {
 enum Command {
     /// Put a new release on every selected host and publish it everywhere, or nowhere
     Deploy {
-        /// Print the plan (reads the hosts, changes nothing)
+        /// Print the plan (reads the hosts, changes nothing); with -v, every remote command
+        /// each host would be sent, in order
         #[arg(long)]
         dry_run: bool,
         /// Publish N hosts at a time, with the health gate between batches

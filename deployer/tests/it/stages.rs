@@ -34,6 +34,53 @@ fn a_stage_its_roles_and_its_tasks_run_where_they_say() {
     let h = Hosts::start(&[80, 81, 82]);
     staged(&h);
     h.write("v", "1");
+    // The dry run's -v lists each host's remote commands: the hooks only where they run.
+    let r = h.run(&["-s", "production", "deploy", "--dry-run", "-v"]);
+    assert_eq!(r.code, 0, "{r}");
+    let on = |i: usize| {
+        let head = format!("Remote commands on {}:", h.servers[i].addr);
+        let from = r
+            .stdout
+            .find(&head)
+            .unwrap_or_else(|| panic!("{head} in {r}"));
+        let rest = &r.stdout[from + head.len()..];
+        rest[..rest.find("Remote commands on").unwrap_or(rest.len())].to_owned()
+    };
+    let steps = |i: usize| -> Vec<String> {
+        on(i)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("# ").and_then(|l| l.split_once(". ")))
+            .map(|(_, step)| step.to_owned())
+            .collect()
+    };
+    let all = [
+        "lock",
+        "state",
+        "upload",
+        "shared links",
+        "before_publish",
+        "publish",
+        "after_publish",
+        "cleanup, log, unlock",
+    ];
+    let without = |gone: &[&str]| -> Vec<String> {
+        all.iter()
+            .filter(|s| !gone.contains(s))
+            .map(|s| s.to_string())
+            .collect()
+    };
+    assert_eq!(steps(0), without(&["before_publish"]), "web: {r}");
+    assert_eq!(steps(1), without(&[]), "web and the first db: {r}");
+    assert_eq!(
+        steps(2),
+        without(&["before_publish", "after_publish"]),
+        "the second db: {r}"
+    );
+    assert!(
+        on(1).contains("migrate.log") && on(0).contains("tar -x"),
+        "{r}"
+    );
+    assert!(h.releases(0).is_empty(), "a dry run changes nothing");
     let r = h.run(&["-s", "production", "deploy"]);
     assert_eq!(r.code, 0, "{r}");
     let has = |i: usize, f: &str| h.deploy_to(i).join("shared").join(f).exists();

@@ -12,11 +12,14 @@
 //! The flow is here; each part that outgrew it is a child: `run` (the run's state: `Run` per
 //! host, the `Ctx` every stage shares), `tree` (the build and the tree read, every host
 //! locked), `staging` (lock, upload, shared links), `publish`, `canary` (watching the first
-//! batch), `back_out` (the failure path), `local_hooks` (hooks on this machine) and `plan` (the
-//! dry run). Children see the run's state; they never call one another.
+//! batch), `back_out` (the failure path), `local_hooks` (hooks on this machine), `plan` (the
+//! dry run) and `commands_shown` (its `-v`: each remote command, made by the functions the
+//! deploy calls). Children see the run's state and never call one another, but for `plan`,
+//! which reads the tree as `tree` does and lists the commands with `commands_shown`.
 
 mod back_out;
 mod canary;
+mod commands_shown;
 mod local_hooks;
 mod plan;
 mod publish;

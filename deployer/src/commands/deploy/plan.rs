@@ -1,5 +1,6 @@
 //! `deploy --dry-run`: what a deploy would do, read from the hosts without changing them.
 
+use super::commands_shown::{Shown, remote_commands};
 use super::{DeployError, Options};
 use crate::config::{Config, Target, hooks_shown};
 use crate::fleet::{self, Host};
@@ -66,6 +67,24 @@ pub fn plan(
     for (what, v) in steps(cfg, options) {
         if !v.is_empty() {
             out.push_str(&format!("  {what}: {v}\n"));
+        }
+    }
+    if settings.verbose {
+        let shown = Shown {
+            cfg,
+            selected: targets,
+            release: &release,
+            revision,
+            branch: &tree.branch,
+            hook_timeout: settings.hook_timeout,
+        };
+        let shared = cfg.shared_paths();
+        for h in hosts.iter().filter(|h| h.failure.is_none()) {
+            let previous = super::previous(&h.state);
+            let known = previous.as_ref().and(h.state.known.as_ref());
+            let delta = manifest.delta(known, &shared);
+            out.push('\n');
+            out.push_str(&remote_commands(&shown, h, &delta, previous.as_deref()));
         }
     }
     Ok(Plan { text: out, ready })
