@@ -4,7 +4,7 @@
 # servers on 127.0.0.101-108: a tree of FILES files (default 20,000) of 10 KB (200 MB), first
 # deploy, one file changed and rollback, to one host and to 8 at once. Prints medians of RUNS
 # runs (CAP_RUNS for Capistrano, which is slow), the ratios ours/rsync and ours/Capistrano, and
-# the deployer's peak RSS. CAP=0 leaves Capistrano out.
+# the deployer's peak RSS. CAP=0 leaves Capistrano out; DEPLOYER=path measures another build.
 set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-3}
@@ -14,8 +14,12 @@ for tool in /usr/sbin/sshd ssh ssh-keygen ssh-keyscan rsync python3 git /usr/bin
 done
 [ "$CAP" = 0 ] || command -v cap >/dev/null || { echo "cap missing: make peers (or CAP=0)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root (sshd on 127.0.0.101-108 logs in as root)" >&2; exit 1; }
-cargo build -q --release --manifest-path ../Cargo.toml -p deployer
-export DEPLOYER=$PWD/../target/release/deployer
+# DEPLOYER: another build to measure (e.g. the previous commit's, for a before/after).
+if [ -z "${DEPLOYER:-}" ]; then
+  cargo build -q --release --manifest-path ../Cargo.toml -p deployer
+  DEPLOYER=$PWD/../target/release/deployer
+fi
+export DEPLOYER
 
 tmp=$(mktemp -d)
 pids=()

@@ -310,7 +310,17 @@ fn run() -> anyhow::Result<()> {
     let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
     let settings = settings(&cli, &cfg);
     stop_on_signals(&settings)?;
-    match cli.command {
+    dispatch(cli.command, &cfg, &targets, &settings)
+}
+
+/// Runs `command` on the selected hosts.
+fn dispatch(
+    command: Command,
+    cfg: &Config,
+    targets: &[deployer::Target],
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    match command {
         Command::Deploy {
             dry_run,
             rolling,
@@ -328,47 +338,54 @@ fn run() -> anyhow::Result<()> {
                 lock_wait,
                 canary,
             };
-            deploy(&cfg, &targets, &settings, &options, dry_run)
+            deploy(cfg, targets, settings, &options, dry_run)
         }
-        Command::Rollback { to, dry_run } => {
-            let done = deployer::rollback(&cfg, &targets, &settings, to.as_deref(), dry_run);
-            if !dry_run {
-                remember(&HistoryEntry::of_rollback(
-                    &cfg.application,
-                    cfg.stage.as_deref(),
-                    done.hosts.iter().map(|m| m.name.clone()).collect(),
-                    done.hosts.iter().filter_map(|m| m.to.clone()).collect(),
-                    done.verdict().is_ok(),
-                ));
-            }
-            report(done)
-        }
+        Command::Rollback { to, dry_run } => rollback(cfg, targets, settings, to, dry_run),
         Command::History { lines } => report(deployer::read_history(
             &deployer::history_path()?,
             &cfg.application,
             cfg.stage.as_deref(),
             lines as usize,
         )?),
-        Command::Releases => report(deployer::list(&targets, &settings)),
-        Command::Cleanup { dry_run } => {
-            report(deployer::cleanup(&cfg, &targets, &settings, dry_run))
-        }
-        Command::Check => report(deployer::check(&cfg, &targets, &settings)),
-        Command::Config => report(deployer::show_config(&cfg, &targets)),
-        Command::Tasks => report(deployer::list_tasks(&cfg)),
+        Command::Releases => report(deployer::list(targets, settings)),
+        Command::Cleanup { dry_run } => report(deployer::cleanup(cfg, targets, settings, dry_run)),
+        Command::Check => report(deployer::check(cfg, targets, settings)),
+        Command::Config => report(deployer::show_config(cfg, targets)),
+        Command::Tasks => report(deployer::list_tasks(cfg)),
         Command::Run { name, group } => {
-            report(deployer::run_task(&cfg, &targets, &settings, &name, group)?)
+            report(deployer::run_task(cfg, targets, settings, &name, group)?)
         }
         Command::Logs { lines, follow } if follow => {
-            report(deployer::follow(&targets, &settings, &cfg.log, lines))
+            report(deployer::follow(targets, settings, &cfg.log, lines))
         }
-        Command::Logs { lines, .. } => report(deployer::logs(&targets, &settings, &cfg.log, lines)),
+        Command::Logs { lines, .. } => report(deployer::logs(targets, settings, &cfg.log, lines)),
         Command::Exec { group, command } => {
-            report(deployer::exec(&targets, &settings, &command, group))
+            report(deployer::exec(targets, settings, &command, group))
         }
         Command::Unlock { force } => {
-            report(deployer::unlock(&targets, &settings, &cfg.user(), force))
+            report(deployer::unlock(targets, settings, &cfg.user(), force))
         }
         Command::Completions { .. } | Command::ManPages { .. } => Ok(()),
     }
+}
+
+/// `rollback`; unless a dry run, a line of the history.
+fn rollback(
+    cfg: &Config,
+    targets: &[deployer::Target],
+    settings: &Settings,
+    to: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let done = deployer::rollback(cfg, targets, settings, to.as_deref(), dry_run);
+    if !dry_run {
+        remember(&HistoryEntry::of_rollback(
+            &cfg.application,
+            cfg.stage.as_deref(),
+            done.hosts.iter().map(|m| m.name.clone()).collect(),
+            done.hosts.iter().filter_map(|m| m.to.clone()).collect(),
+            done.verdict().is_ok(),
+        ));
+    }
+    report(done)
 }

@@ -84,8 +84,8 @@ pub fn restore(host: &mut Host, live: Option<&str>, also: &str) -> Result<(), St
 }
 
 /// Restarts the service on `release`, which `current` now points at: the after_publish hooks
-/// run there (those limited to roles or `once` where they say). The one "switch back and restart" step
-/// the failure path and `rollback` share.
+/// run there (those limited to roles or `once` where they say). The one "switch back and
+/// restart" step the failure path and `rollback` share.
 pub fn restart(
     host: &mut Host,
     stage: Stage,

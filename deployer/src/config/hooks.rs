@@ -2,7 +2,7 @@
 //! whole deploy; a remote hook is a line, or a table with `roles` and `once`, or a named task
 //! (`[tasks.NAME]`, also run by hand with `deployer run NAME`).
 
-use super::Target;
+use super::{Config, Problem, Target};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -183,4 +183,51 @@ pub fn hooks_shown(hooks: &[Hook]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" && ")
+}
+
+impl Config {
+    /// Hooks that name a task take its command and hosts; every role a hook or task names is
+    /// some host's (a misspelt role would run nowhere, silently).
+    pub(super) fn name_tasks(&mut self) -> Result<(), Problem> {
+        let listed = |names: Vec<&str>| {
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        let tasks = self.tasks.clone();
+        let roles: Vec<String> = self.hosts.iter().flat_map(|h| h.roles.clone()).collect();
+        let known_roles =
+            |what: String, named: &[String]| match named.iter().find(|r| !roles.contains(r)) {
+                Some(r) => {
+                    let mut all: Vec<&str> = roles.iter().map(String::as_str).collect();
+                    all.sort();
+                    all.dedup();
+                    Err(Problem::UnknownRole(what, r.clone(), listed(all)))
+                }
+                None => Ok(()),
+            };
+        for (name, task) in &tasks {
+            known_roles(format!("[tasks.{name}]"), &task.roles)?;
+        }
+        for (stage, hooks) in [
+            ("before_publish", &mut self.hooks.before_publish),
+            ("after_publish", &mut self.hooks.after_publish),
+        ] {
+            for hook in hooks.iter_mut() {
+                if let Some(name) = hook.task.clone() {
+                    let task = tasks.get(&name).ok_or_else(|| {
+                        Problem::UnknownTask(
+                            name.clone(),
+                            listed(tasks.keys().map(String::as_str).collect()),
+                        )
+                    })?;
+                    *hook = Hook::of_task(task, &name);
+                }
+                known_roles(format!("[hooks] {stage}"), &hook.roles)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -28,15 +28,27 @@ pub(super) fn remote_commands(
     delta: &Delta,
     previous: Option<&str>,
 ) -> String {
+    let mut out = format!("Remote commands on {}:\n", h.target.name);
+    let steps = steps(s, h, delta, previous);
+    for (n, (step, script)) in steps.iter().filter(|(_, s)| s.is_some()).enumerate() {
+        out.push_str(&format!("  # {}. {step}\n", n + 1));
+        for line in script.iter().flat_map(|s| s.lines()) {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
+}
+
+/// Each step's script, in the deploy's order; `None` for a step with nothing to run here.
+fn steps(
+    s: &Shown,
+    h: &Host,
+    delta: &Delta,
+    previous: Option<&str>,
+) -> [(&'static str, Option<String>); 8] {
     let cfg = s.cfg;
     let d = &h.target.deploy_to;
-    let user = cfg.user();
-    let owner = lock::owner_line(&user);
-    let release = Release {
-        name: s.release,
-        revision: s.revision,
-        previous,
-    };
+    let owner = lock::owner_line(&cfg.user());
     let hooks = |hooks| {
         let commands = hook_commands(hooks, &h.target, s.selected);
         (!commands.is_empty()).then(|| {
@@ -50,51 +62,50 @@ pub(super) fn remote_commands(
             )
         })
     };
-    let remove = layout::cleanup_after_publish(&h.state.releases, s.release, cfg.keep_releases);
-    let entry = stages::log_entry(&release, &user, s.branch, "deployed");
-    let finish = format!(
-        "{}\n{}\n{}",
-        layout::remove_script(d, &remove),
-        layout::log_script(d, &entry),
-        lock::release_script(d, &owner)
+    let upload = format!(
+        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}",
+        upload::remote_command(d),
+        delta.send,
+        delta.link,
+        previous.unwrap_or("nothing")
     );
-    let steps = [
+    let links = layout::link_shared_script(
+        d,
+        s.release,
+        &cfg.shared_dirs,
+        &cfg.shared_file_specs(),
+        s.revision,
+    );
+    [
         ("lock", Some(lock::acquire_script(d, &owner, false, &[]))),
         (
             "state",
             Some(layout::state_script(d, true, &cfg.required_shared())),
         ),
-        (
-            "upload",
-            Some(format!(
-                "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}",
-                upload::remote_command(d),
-                delta.send,
-                delta.link,
-                previous.unwrap_or("nothing")
-            )),
-        ),
-        (
-            "shared links",
-            Some(layout::link_shared_script(
-                d,
-                s.release,
-                &cfg.shared_dirs,
-                &cfg.shared_file_specs(),
-                s.revision,
-            )),
-        ),
+        ("upload", Some(upload)),
+        ("shared links", Some(links)),
         ("before_publish", hooks(&cfg.hooks.before_publish)),
         ("publish", Some(layout::switch_script(d, s.release))),
         ("after_publish", hooks(&cfg.hooks.after_publish)),
-        ("cleanup, log, unlock", Some(finish)),
-    ];
-    let mut out = format!("Remote commands on {}:\n", h.target.name);
-    for (n, (step, script)) in steps.iter().filter(|(_, s)| s.is_some()).enumerate() {
-        out.push_str(&format!("  # {}. {step}\n", n + 1));
-        for line in script.iter().flat_map(|s| s.lines()) {
-            out.push_str(&format!("    {line}\n"));
-        }
-    }
-    out
+        ("cleanup, log, unlock", Some(finish(s, h, previous, &owner))),
+    ]
+}
+
+/// The last step: old releases removed, the log line written, the lock released.
+fn finish(s: &Shown, h: &Host, previous: Option<&str>, owner: &str) -> String {
+    let d = &h.target.deploy_to;
+    let user = s.cfg.user();
+    let release = Release {
+        name: s.release,
+        revision: s.revision,
+        previous,
+    };
+    let remove = layout::cleanup_after_publish(&h.state.releases, s.release, s.cfg.keep_releases);
+    let entry = stages::log_entry(&release, &user, s.branch, "deployed");
+    format!(
+        "{}\n{}\n{}",
+        layout::remove_script(d, &remove),
+        layout::log_script(d, &entry),
+        lock::release_script(d, owner)
+    )
 }

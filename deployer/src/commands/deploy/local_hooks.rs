@@ -1,8 +1,9 @@
 //! Local hooks: `[hooks] local_before`, `local_after` and `local_failed`, run on the deploy
 //! machine with `sh -c` in the config file's directory, each within `--hook-timeout` (killed
 //! with what it started past it, by the same runner the health gate's plugins use). They see
-//! `DEPLOY_APPLICATION`, `DEPLOY_STAGE` (`-s`, empty without), `DEPLOY_RELEASE`, `DEPLOY_REVISION`, `DEPLOY_HOSTS` (the selected
-//! hosts, comma-separated) and `DEPLOY_OUTCOME` (`ok` or `failed`; empty before the deploy).
+//! `DEPLOY_APPLICATION`, `DEPLOY_STAGE` (`-s`, empty without), `DEPLOY_RELEASE`,
+//! `DEPLOY_REVISION`, `DEPLOY_HOSTS` (the selected hosts, comma-separated) and
+//! `DEPLOY_OUTCOME` (`ok` or `failed`; empty before the deploy).
 //! In `local_before`, `DEPLOY_RELEASE` is the name the clock gives: a host already holding a
 //! later release (another deploy that went first) moves it on, and the hooks after the deploy
 //! see the final one.
