@@ -1,7 +1,9 @@
 //! The upload of one release to one host: a single tar stream, extracted by GNU tar in
 //! `deploy_to`. Changed files travel whole; unchanged ones are tar hard-link entries pointing
 //! into the current release (no data sent, no extra disk used); the manifest travels last, so a
-//! host only has the manifest of a release whose files all arrived.
+//! host only has the manifest of a release whose files all arrived. Behind it, the script that
+//! finishes staging (shared links, REVISION) travels as `.deploy/staged.sh` and runs once tar has
+//! extracted everything: the upload and the staging end are one remote step, not two.
 
 use crate::manifest::{Delta, Entry, Kind, Manifest};
 use std::io::{self, Read, Write};
@@ -10,12 +12,20 @@ use std::path::Path;
 /// The remote half: extracts the stream in `deploy_to` as the SSH user (no owners from the
 /// stream, modes kept); tar's stderr goes to a temp file so it can never stall the stream. It
 /// starts before the lock step (to overlap session start-up), so it creates `deploy_to` itself.
+/// Then it runs the staging script the stream carried, if any; a failure of that script exits
+/// [`STAGED_FAILED`] with its output on stderr (tar's own exits are 1 and 2).
 pub fn remote_command(deploy_to: &str) -> String {
     format!(
-        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\"; exit $s",
+        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\"; [ $s -eq 0 ] || exit $s; \
+         [ -f {STAGED} ] || exit 0; sh {STAGED} >&2; s=$?; rm -f {STAGED}; [ $s -eq 0 ] || exit {STAGED_FAILED}",
         d = crate::ssh::quote(deploy_to)
     )
 }
+
+/// Where the staging script travels, relative to `deploy_to` (under the lock, so one at a time).
+const STAGED: &str = ".deploy/staged.sh";
+/// The upload's exit status when the staging script failed.
+pub const STAGED_FAILED: i32 = 90;
 
 /// Where manifests live on the host, relative to `deploy_to`.
 pub fn manifest_path(release: &str) -> String {
@@ -78,6 +88,8 @@ pub struct Release<'a> {
     pub manifest_lines: &'a [u8],
     /// The release's name.
     pub name: &'a str,
+    /// Run on the host once the stream is extracted (the shared links and REVISION).
+    pub staged_script: &'a str,
 }
 
 /// Writes the stream for `release` to one host: files `delta` links are tar hard links into
@@ -127,6 +139,12 @@ pub fn write_release<W: Write>(
         &mut header(tar::EntryType::Regular, 0o644, lines.len() as u64, now),
         manifest_path(release.name),
         lines,
+    )?;
+    let script = release.staged_script.as_bytes();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o600, script.len() as u64, now),
+        STAGED,
+        script,
     )?;
     b.into_inner()
 }
@@ -202,6 +220,7 @@ mod tests {
             manifest: &m,
             manifest_lines: &lines,
             name: "2",
+            staged_script: "printf 'r\\n' > releases/2/REVISION\n",
         };
         let bytes = write_release(Vec::new(), &release, &delta, Some("1")).expect("tar");
         let mut ar = tar::Archive::new(bytes.as_slice());
@@ -228,8 +247,14 @@ mod tests {
                 "releases/2/b",
                 "releases/2/lib",
                 "releases/2/lib/a",
-                ".deploy/manifests/2"
+                ".deploy/manifests/2",
+                ".deploy/staged.sh"
             ]
+        );
+        assert_eq!(
+            entries[5].3,
+            release.staged_script.len() as u64,
+            "the staging script, last"
         );
         assert_eq!(entries[1].1, tar::EntryType::Regular);
         assert_eq!(entries[1].3, 2);

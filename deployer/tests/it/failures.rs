@@ -390,3 +390,36 @@ fn an_interrupted_deploy_cleans_up_after_itself() {
         untouched(&h, i, std::slice::from_ref(&first), &first);
     }
 }
+
+/// The shared links are made by the upload's own remote step (the script travels at the end of
+/// the tar stream): when they cannot be made on one host, that host fails "at shared links" with
+/// the script's words, and every host is left as it was.
+#[test]
+fn shared_links_that_cannot_be_made_fail_at_shared_links_and_change_no_host() {
+    let h = Hosts::start(&[83, 84]);
+    h.write("v", "1");
+    h.deploy_ok();
+    let before: Vec<(Vec<String>, String)> = (0..2)
+        .map(|i| (h.releases(i), h.current(i).expect("current")))
+        .collect();
+    // Seeded from the release, which has no such file, and host 1 has none in shared/.
+    h.configure("shared_files = [{ path = \"app.conf\", seed = true }]", "");
+    std::fs::write(h.deploy_to(0).join("shared/app.conf"), "kept\n").expect("host 0 has it");
+    h.write("v", "2");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("shared links")
+            && r.stdout
+                .contains("is not in shared/, and the release has none to seed it from"),
+        "{r}"
+    );
+    for (i, (releases, current)) in before.iter().enumerate() {
+        untouched(&h, i, releases, current);
+        let leftover = h.deploy_to(i).join(".deploy/staged.sh");
+        assert!(
+            !leftover.exists(),
+            "host {i}: the staging script is removed"
+        );
+    }
+}

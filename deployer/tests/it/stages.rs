@@ -54,10 +54,8 @@ fn a_stage_its_roles_and_its_tasks_run_where_they_say() {
             .collect()
     };
     let all = [
-        "lock",
-        "state",
-        "upload",
-        "shared links",
+        "lock, state",
+        "upload, shared links",
         "before_publish",
         "publish",
         "after_publish",

@@ -19,6 +19,8 @@ pub(super) struct Shown<'a> {
     pub revision: &'a str,
     pub branch: &'a str,
     pub hook_timeout: Duration,
+    /// A build runs between the lock and the state read (else the lock step reads the state).
+    pub builds: bool,
 }
 
 /// The remote steps of a deploy on `h`, each a heading line and its script indented.
@@ -45,10 +47,11 @@ fn steps(
     h: &Host,
     delta: &Delta,
     previous: Option<&str>,
-) -> [(&'static str, Option<String>); 8] {
+) -> [(&'static str, Option<String>); 7] {
     let cfg = s.cfg;
     let d = &h.target.deploy_to;
     let owner = lock::owner_line(&cfg.user());
+    let required = cfg.required_shared();
     let hooks = |hooks| {
         let commands = hook_commands(hooks, &h.target, s.selected);
         (!commands.is_empty()).then(|| {
@@ -62,13 +65,6 @@ fn steps(
             )
         })
     };
-    let upload = format!(
-        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}",
-        upload::remote_command(d),
-        delta.send,
-        delta.link,
-        previous.unwrap_or("nothing")
-    );
     let links = layout::link_shared_script(
         d,
         s.release,
@@ -76,19 +72,38 @@ fn steps(
         &cfg.shared_file_specs(),
         s.revision,
     );
+    let upload = upload_shown(d, delta, previous, &links);
     [
-        ("lock", Some(lock::acquire_script(d, &owner, false, &[]))),
+        match s.builds {
+            true => ("lock", Some(lock::acquire_script(d, &owner, false, &[]))),
+            false => (
+                "lock, state",
+                Some(lock::acquire_script(d, &owner, true, &required)),
+            ),
+        },
         (
             "state",
-            Some(layout::state_script(d, true, &cfg.required_shared())),
+            s.builds.then(|| layout::state_script(d, true, &required)),
         ),
-        ("upload", Some(upload)),
-        ("shared links", Some(links)),
+        ("upload, shared links", Some(upload)),
         ("before_publish", hooks(&cfg.hooks.before_publish)),
         ("publish", Some(layout::switch_script(d, s.release))),
         ("after_publish", hooks(&cfg.hooks.after_publish)),
         ("cleanup, log, unlock", Some(finish(s, h, previous, &owner))),
     ]
+}
+
+/// The upload's command, and what its stream carries: the files, then the staging script.
+fn upload_shown(d: &str, delta: &Delta, previous: Option<&str>, links: &str) -> String {
+    let carried: Vec<String> = links.lines().map(|l| format!("#   {l}")).collect();
+    format!(
+        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}, and last .deploy/staged.sh:\n{}",
+        upload::remote_command(d),
+        delta.send,
+        delta.link,
+        previous.unwrap_or("nothing"),
+        carried.join("\n")
+    )
 }
 
 /// The last step: old releases removed, the log line written, the lock released.

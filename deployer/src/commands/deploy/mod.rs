@@ -1,7 +1,8 @@
 //! `deployer deploy`: the Capistrano-style flow, every stage a barrier across hosts.
 //!
-//! connect → lock → stage (upload + shared links + REVISION) → before_publish → publish (all
-//! hosts, or `--rolling N` at a time) → after_publish → health → cleanup + log + unlock.
+//! connect → lock → stage (upload, then shared links + REVISION, one step) → before_publish →
+//! publish (all hosts, or `--rolling N` at a time) → after_publish → health → cleanup + log +
+//! unlock.
 //! Invariants: nothing is published until every host is staged; a failure before publish
 //! removes the staged release everywhere and leaves `current` alone; a failure after publish
 //! puts every published host back on its previous release and marks the new one bad; every
@@ -41,7 +42,7 @@ use crate::layout::{self, HostState};
 use crate::lock;
 use crate::report::{HookRun, Report};
 use crate::settings::Settings;
-use crate::source;
+use crate::source::{self, Tree};
 use std::time::{Duration, Instant};
 
 /// What `deploy` is asked for beyond the settings every command shares.
@@ -102,9 +103,7 @@ pub fn deploy(
     let gate = cfg.health.as_ref().and_then(Gate::new);
     let user = cfg.user();
     let owner = lock::owner_line(&user);
-    // Every host is locked before anything is built: a held lock fails (or is waited for) at
-    // once, not after a build of many minutes.
-    let mut runs = lock_everywhere(targets, settings, &owner, options.lock_wait);
+    let (mut runs, early) = lock_first(cfg, targets, settings, options, &owner)?;
     if !runs.iter().all(Run::ok) {
         settings.say("not every host could be reached and locked; nothing was changed");
         let report = stopped_early(runs, &owner, settings, None, started);
@@ -112,7 +111,8 @@ pub fn deploy(
         let local = local_hooks::Local::new(cfg, settings, targets, "");
         return Ok(conclude(cfg, settings, &local, report, Vec::new(), started));
     }
-    let tree = match prepare(cfg, settings, options, &runs) {
+    let state_read = early.is_some();
+    let tree = match early.map_or_else(|| prepare(cfg, settings, options, &runs), Ok) {
         Ok(tree) => tree,
         Err(e) => {
             unlock(&mut runs, &owner, settings);
@@ -122,6 +122,7 @@ pub fn deploy(
     let mut c = Ctx {
         cfg,
         selected: targets.to_vec(),
+        state_read,
         settings,
         options,
         // The name the clock gives; a host holding a later release moves it on (rare: skew).
@@ -168,12 +169,42 @@ fn conclude(
     report
 }
 
-/// Connects to every host and takes its lock (waiting up to `wait` for another deploy's).
+/// Every host locked, and the tree when it could be read first. With a build, every host is
+/// locked before it: a held lock fails (or is waited for) at once, not after a build of many
+/// minutes. Without one, the tree is read first (a moment: the hashes are cached) and the lock
+/// step reads each host's state against it: one remote step fewer per host.
+fn lock_first(
+    cfg: &Config,
+    targets: &[Target],
+    settings: &Settings,
+    options: &Options,
+    owner: &str,
+) -> Result<(Vec<Run>, Option<Tree>), DeployError> {
+    let early = match builds(cfg, options) {
+        true => None,
+        false => Some(tree::read_tree(cfg, options, settings)?),
+    };
+    let ask = lock::Ask {
+        new: early.as_ref().map(|t| &t.manifest),
+        required: &cfg.required_shared(),
+    };
+    let runs = lock_everywhere(targets, settings, owner, options.lock_wait, ask);
+    Ok((runs, early))
+}
+
+/// Whether this deploy runs the `build` command (not with `--ref`).
+fn builds(cfg: &Config, options: &Options) -> bool {
+    options.git_ref.is_none() && cfg.build.is_some()
+}
+
+/// Connects to every host and takes its lock (waiting up to `wait` for another deploy's),
+/// reading what `ask` asks.
 fn lock_everywhere(
     targets: &[Target],
     settings: &Settings,
     owner: &str,
     wait: Option<Duration>,
+    ask: lock::Ask,
 ) -> Vec<Run> {
     settings.say(&format!("connecting to {} host(s)", targets.len()));
     let mut runs: Vec<Run> = fleet::connect(targets, &settings.ssh, settings.parallel)
@@ -183,7 +214,7 @@ fn lock_everywhere(
     if runs.iter().all(Run::ok) {
         settings.say("locking");
         each(&mut runs, settings.parallel, |r| {
-            staging::lock_host(r, owner, wait);
+            staging::lock_host(r, owner, wait, ask);
         });
     }
     runs
@@ -279,9 +310,11 @@ fn stage_everywhere(c: &mut Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
     // What each host holds, its current release's listing matched against the new tree.
     let required = c.cfg.required_shared();
     let manifest = &c.tree.manifest;
-    each(runs, parallel, |r| {
-        fleet::read_state(&mut r.host, Some(manifest), &required);
-    });
+    if !c.state_read {
+        each(runs, parallel, |r| {
+            fleet::read_state(&mut r.host, Some(manifest), &required);
+        });
+    }
     c.barrier(
         runs,
         Stage::State,

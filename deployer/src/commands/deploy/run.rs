@@ -59,6 +59,8 @@ pub(super) struct Ctx<'a> {
     pub(super) cfg: &'a Config,
     /// Every selected host, in the config's order: where hooks limited to roles or `once` run.
     pub(super) selected: Vec<Target>,
+    /// Each host's state was read by the lock step (nothing was built in between).
+    pub(super) state_read: bool,
     pub(super) settings: &'a Settings,
     pub(super) options: &'a Options,
     pub(super) release: String,

@@ -1,6 +1,7 @@
 //! Staging, on every host: the lock (with the upload channel opened first, so its session
-//! start overlaps the lock step), then the tar stream of the release and its shared links, a
-//! progress bar per host.
+//! start overlaps the lock step), then the tar stream of the release, whose last entry is the
+//! script that makes its shared links and REVISION (run by the same remote command), a progress
+//! bar per host.
 
 use super::{Ctx, Run};
 use crate::fleet::{self, Stage, each};
@@ -12,8 +13,13 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 
 /// Starts the upload channel (its session start overlaps the lock step), then takes the lock,
-/// waiting up to `wait` for another deploy's.
-pub(super) fn lock_host(r: &mut Run, owner: &str, wait: Option<std::time::Duration>) {
+/// waiting up to `wait` for another deploy's, and reads what `ask` asks.
+pub(super) fn lock_host(
+    r: &mut Run,
+    owner: &str,
+    wait: Option<std::time::Duration>,
+    ask: lock::Ask,
+) {
     if !r.ok() {
         return;
     }
@@ -23,7 +29,7 @@ pub(super) fn lock_host(r: &mut Run, owner: &str, wait: Option<std::time::Durati
             Err(e) => return r.host.fail(Stage::Connect, e),
         }
     }
-    lock::acquire_waiting(&mut r.host, owner, lock::Ask::default(), wait);
+    lock::acquire_waiting(&mut r.host, owner, ask, wait);
 }
 
 /// Uploads and stages the release on every host, a progress bar per host.
@@ -85,11 +91,19 @@ fn send(
             }
         }),
     );
+    let staged_script = layout::link_shared_script(
+        r.deploy_to(),
+        &c.release,
+        &c.cfg.shared_dirs,
+        &c.cfg.shared_file_specs(),
+        &c.revision,
+    );
     let release = upload::Release {
         source: &c.tree.dir,
         manifest: &c.tree.manifest,
         manifest_lines: &c.manifest_lines,
         name: &c.release,
+        staged_script: &staged_script,
     };
     let mut w = upload::write_release(counting, &release, &r.delta, r.previous.as_deref())?;
     w.flush()?;
@@ -115,26 +129,21 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
         }
     };
     r.sent_bytes = sent;
+    // One step: tar's exit, then the shared links' (the script the stream carried).
     match crate::ssh::finish(&host, ch) {
         Ok(o) if o.status == 0 => {}
-        Ok(o) => {
-            return r.host.fail(
-                Stage::Upload,
-                format_args!(
-                    "tar exited {}: {}",
-                    o.status,
-                    fleet::last_lines(&o.stderr, 4).unwrap_or_default()
-                ),
-            );
-        }
-        Err(e) => return r.host.fail(Stage::Upload, e),
+        Ok(o) if o.status == upload::STAGED_FAILED => r.host.fail(
+            Stage::SharedLinks,
+            fleet::last_lines(&o.stderr, 4).unwrap_or_default(),
+        ),
+        Ok(o) => r.host.fail(
+            Stage::Upload,
+            format_args!(
+                "tar exited {}: {}",
+                o.status,
+                fleet::last_lines(&o.stderr, 4).unwrap_or_default()
+            ),
+        ),
+        Err(e) => r.host.fail(Stage::Upload, e),
     }
-    let script = layout::link_shared_script(
-        r.deploy_to(),
-        &c.release,
-        &c.cfg.shared_dirs,
-        &c.cfg.shared_file_specs(),
-        &c.revision,
-    );
-    r.host.step(Stage::SharedLinks, &script, None);
 }
