@@ -4,7 +4,8 @@
 # servers on 127.0.0.101-108: a tree of FILES files (default 20,000) of 10 KB (200 MB), first
 # deploy, one file changed and rollback, to one host and to 8 at once. Prints medians of RUNS
 # runs (CAP_RUNS for Capistrano, which is slow), the ratios ours/rsync and ours/Capistrano, and
-# the deployer's peak RSS. CAP=0 leaves Capistrano out; DEPLOYER=path measures another build.
+# the deployer's peak RSS. CAP=0 leaves Capistrano out; DEPLOYER=path measures another build;
+# RTT_MS=50 puts a link with 50 ms of round-trip delay in front of every host.
 set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-3}
@@ -75,6 +76,62 @@ for i in range(files):
         fh.write(rng.randbytes(10_000))
 ssh_opts = ["-i", f"{tmp}/client", "-o", f"UserKnownHostsFile={tmp}/known_hosts",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+
+# RTT_MS=50 puts a link with that round-trip delay in front of every host (a proxy in this
+# process, half the delay each way; tc netem needs a kernel module this machine may not have).
+# Every tool of the run, the deployer and rsync alike, connects through it.
+rtt = float(os.environ.get("RTT_MS", "0")) / 1000
+if rtt:
+    import queue, socket
+    def pump(src_sock, dst_sock):
+        q = queue.Queue()
+        def reader():
+            while True:
+                try:
+                    data = src_sock.recv(65536)
+                except OSError:
+                    data = b""
+                q.put((time.monotonic() + rtt / 2, data))
+                if not data:
+                    return
+        def writer():
+            while True:
+                due, data = q.get()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    if not data:
+                        dst_sock.shutdown(socket.SHUT_WR)
+                        return
+                    dst_sock.sendall(data)
+                except OSError:
+                    return
+        threading.Thread(target=reader, daemon=True).start()
+        threading.Thread(target=writer, daemon=True).start()
+    def slow_link(ip, port):
+        ls = socket.socket()
+        ls.bind((ip, 0)); ls.listen(128)
+        def accept():
+            while True:
+                c, _ = ls.accept()
+                u = socket.create_connection((ip, int(port)))
+                for s in (c, u):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pump(c, u); pump(u, c)
+        threading.Thread(target=accept, daemon=True).start()
+        return ls.getsockname()[1]
+    known = open(f"{tmp}/known_hosts").read().splitlines()
+    slow_hosts, slow_known = [], []
+    for h in hosts:
+        ip, port = h.split(":")
+        p = slow_link(ip, port)
+        slow_known += [l.replace(f"[{ip}]:{port} ", f"[{ip}]:{p} ", 1)
+                       for l in known if l.startswith(f"[{ip}]:{port} ")]
+        slow_hosts.append(f"{ip}:{p}")
+    with open(f"{tmp}/known_hosts", "a") as fh:
+        fh.write("\n".join(slow_known) + "\n")
+    hosts = slow_hosts
 
 # SRV_DIR=/dev/shm/x puts the "remote" deploy_to dirs on tmpfs, to take this disk out.
 srv = os.environ.get("SRV_DIR") or tmp
@@ -177,7 +234,8 @@ def fresh(n):
 counter = [0]
 def change_one_file():
     counter[0] += 1
-    with open(f"{src}/dir042/file007.bin", "ab") as fh:
+    middle = files // 2
+    with open(f"{src}/dir{middle // 200:03}/file{middle % 200:03}.bin", "ab") as fh:
         fh.write(str(counter[0]).encode())
     if cap_on:
         git("commit", "-q", "-am", f"change {counter[0]}"); git("push", "-q", "origin", "main")
