@@ -164,3 +164,30 @@ fn alive(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// On a terminal, a fleet (more than 8 hosts) gets one staging bar, not one per host: all the
+/// bytes, and how many hosts are done, failed and running. Run under a pseudo-terminal
+/// (`script`), as a user at a terminal would see it.
+#[test]
+fn a_fleet_stages_under_one_bar_counting_its_hosts() {
+    let ips: Vec<u8> = (85..=93).collect();
+    let h = Hosts::start(&ips);
+    h.write("v", "1");
+    let line = format!(
+        "stty cols 200; exec {} -c {} deploy",
+        env!("CARGO_BIN_EXE_deployer"),
+        h.config.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("XDG_STATE_HOME", common::state_home(&h.config))
+        .output()
+        .expect("script (util-linux) runs the deployer under a pseudo-terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("9 hosts ["), "one bar for the fleet: {text}");
+    assert!(text.contains("9/9 done, 0 failed, 0 running"), "{text}");
+    let first = format!("{} [", h.servers[0].addr);
+    assert!(!text.contains(&first), "no bar of its own per host: {text}");
+    assert!((0..9).all(|i| h.current(i).is_some()));
+}

@@ -10,7 +10,7 @@ use crate::lock;
 use crate::upload;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Starts the upload channel (its session start overlaps the lock step), then takes the lock,
 /// waiting up to `wait` for another deploy's, and reads what `ask` asks.
@@ -32,31 +32,43 @@ pub(super) fn lock_host(
     lock::acquire_waiting(&mut r.host, owner, ask, wait);
 }
 
-/// Uploads and stages the release on every host, a progress bar per host.
+/// Hosts up to which each gets a progress bar of its own; past it, one bar counts them all.
+const BARS_MAX: usize = 8;
+
+/// Uploads and stages the release on every host: a progress bar per host, or for a fleet one
+/// bar of all the bytes with the hosts done, failed and running.
 pub(super) fn stage_all(runs: &mut [Run], c: &Ctx) {
     let bars = MultiProgress::with_draw_target(if c.settings.quiet {
         ProgressDrawTarget::hidden()
     } else {
         ProgressDrawTarget::stderr()
     });
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let fleet = (runs.len() > BARS_MAX).then(|| fleet_bar(&bars, runs));
+    let style = bar_style("");
     let width = runs.iter().map(|r| r.host.name().len()).max().unwrap_or(0);
     let mut staging: Vec<(&mut Run, ProgressBar)> = runs
         .iter_mut()
         .map(|r| {
-            let b = bars.add(ProgressBar::new(r.delta.bytes.max(1)));
-            b.set_style(style.clone());
-            b.set_prefix(format!("{:>width$}", r.host.name()));
+            let b = match &fleet {
+                Some(f) => f.bar.clone(),
+                None => bars.add(ProgressBar::new(r.delta.bytes.max(1))),
+            };
+            if fleet.is_none() {
+                b.set_style(style.clone());
+                b.set_prefix(format!("{:>width$}", r.host.name()));
+            }
             (r, b)
         })
         .collect();
     each(&mut staging, c.settings.parallel, |(r, bar)| {
+        if let Some(f) = &fleet {
+            f.started();
+        }
         stage(r, c, bar);
-        bar.finish();
+        match &fleet {
+            Some(f) => f.ended(r.ok()),
+            None => bar.finish(),
+        }
         // Off a terminal the bars are not drawn: a line per host says what it was sent.
         if bar.is_hidden() && r.ok() {
             c.settings.say(&format!(
@@ -69,7 +81,67 @@ pub(super) fn stage_all(runs: &mut [Run], c: &Ctx) {
         }
     });
     drop(staging);
+    if let Some(f) = &fleet {
+        f.bar.finish();
+    }
     let _ = bars.clear();
+}
+
+fn bar_style(msg: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{{prefix}} [{{bar:30}}] {{bytes:>10}}/{{total_bytes:<10}} {{bytes_per_sec:>12}}{msg}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+/// One bar for a fleet: every host's bytes, and how many hosts are done, failed and running.
+struct FleetBar {
+    bar: ProgressBar,
+    total: usize,
+    running: AtomicUsize,
+    done: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+fn fleet_bar(bars: &MultiProgress, runs: &[Run]) -> FleetBar {
+    let bytes: u64 = runs.iter().map(|r| r.delta.bytes).sum();
+    let bar = bars.add(ProgressBar::new(bytes.max(1)));
+    bar.set_style(bar_style("  {msg}"));
+    bar.set_prefix(format!("{} hosts", runs.len()));
+    let f = FleetBar {
+        bar,
+        total: runs.len(),
+        running: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+    };
+    f.show();
+    f
+}
+
+impl FleetBar {
+    fn started(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.show();
+    }
+
+    fn ended(&self, ok: bool) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        let counter = if ok { &self.done } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.show();
+    }
+
+    fn show(&self) {
+        self.bar.set_message(format!(
+            "{}/{} done, {} failed, {} running",
+            self.done.load(Ordering::Relaxed),
+            self.total,
+            self.failed.load(Ordering::Relaxed),
+            self.running.load(Ordering::Relaxed)
+        ));
+    }
 }
 
 /// The release's tar through `channel`, counted on `bar` and stopped when interrupted; the bytes
