@@ -174,13 +174,16 @@ if cap_on:
 # DEPLOYER_ARGS="--parallel 4" tries other settings; CASES="first, 8" runs only matching cases.
 extra = os.environ.get("DEPLOYER_ARGS", "").split()
 peak_rss = {}
+cpu_per_host = {}
 def ours_run(n, *args):
     sel = ",".join(hosts[:n])
-    out = subprocess.run(["/usr/bin/time", "-f", "%M", os.environ["DEPLOYER"], "-c", f"{tmp}/deploy.toml",
+    out = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", os.environ["DEPLOYER"], "-c", f"{tmp}/deploy.toml",
                           "--quiet", *extra, *args, "--hosts", sel],
                          check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    kb = int(out.stderr.strip().splitlines()[-1])
-    peak_rss[args[0]] = max(peak_rss.get(args[0], 0), kb)
+    kb, user, system = out.stderr.strip().splitlines()[-1].split()
+    peak_rss[args[0]] = max(peak_rss.get(args[0], 0), int(kb))
+    # The deployer's own CPU (user + system), per host: what it costs beyond the hosts' work.
+    cpu_per_host.setdefault((args[0], n), []).append((float(user) + float(system)) / n)
 
 def parallel(n, one):
     # n hosts at once, as a shell script would with `&` and `wait`.
@@ -288,4 +291,7 @@ for name, t in results.items():
     print(f"{name:<28} {o:>10.3f} {b:>8.3f} {cs} {o / b:>10.2f} {cr}")
 for cmd, kb in peak_rss.items():
     print(f"deployer peak RSS ({cmd}): {kb / 1024:.1f} MB")
+for (cmd, n), per_host in sorted(cpu_per_host.items()):
+    print(f"deployer CPU per host ({cmd}, {n} host{'s' if n > 1 else ''}): "
+          f"{statistics.median(per_host) * 1000:.1f} ms (median of {len(per_host)} runs)")
 PY
