@@ -22,6 +22,9 @@ pub enum StoreError {
     Unreachable(String),
     #[error("the database did not answer within {}", humantime::format_duration(*.0))]
     TimedOut(Duration),
+    /// A write sent again whose first attempt the database refused (that answer was lost).
+    #[error("the database refused this write when it was first tried; nothing was changed")]
+    RefusedEarlier,
     #[error("stored document {id:?} is not valid JSON: {source}")]
     Corrupt {
         id: String,

@@ -6,6 +6,7 @@
 //! control is optimistic and enforced by the database itself (`WHERE rev = $n`), never by a
 //! read-then-write.
 
+mod claims;
 mod error;
 mod hosts;
 mod journal;
@@ -70,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         write_id TEXT PRIMARY KEY,
         applied_at TEXT NOT NULL
     )",
+    ),
+    (
+        3,
+        "why a claimed write changed nothing, so a second attempt answers as the first did",
+        "ALTER TABLE applied_writes ADD COLUMN unchanged INTEGER",
     ),
 ];
 

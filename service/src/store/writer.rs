@@ -6,6 +6,7 @@
 //! The connection is our own, not the pool's: sqlx's pool retries a refused connection until its
 //! acquire timeout, and a write must learn at once that the database is down.
 
+use super::claims::{self, Claims};
 use super::{CHANGES_CHANNEL, Expect, Store, StoreError, put_many, put_on};
 use crate::doc::WriteDoc;
 use sqlx::{AnyConnection, Connection, Row};
@@ -190,14 +191,14 @@ impl Writer {
         let result = async {
             let conn = self.connection().await?;
             let mut tx = conn.begin().await?;
-            forget_ids(&mut tx, &forget).await?;
-            let claimed = claim(&mut tx, batch).await?;
+            claims::forget(&mut tx, &forget).await?;
+            let claims = Claims::take(&mut tx, batch).await?;
             if postgres {
-                wait_for_earlier_commits(&mut tx, batch, &claimed).await?;
+                claims.wait_for_earlier_commits(&mut tx).await?;
             }
             let (out, changed) =
-                apply_claimed(&mut tx, batch, &claimed, savepoints, postgres).await?;
-            unclaim_without_effect(&mut tx, batch, &out).await?;
+                apply_claimed(&mut tx, batch, &claims, savepoints, postgres).await?;
+            claims.mark_unchanged(&mut tx, batch, &out).await?;
             if postgres {
                 announce(&mut tx, &changed).await?;
             }
@@ -213,64 +214,23 @@ impl Writer {
     }
 }
 
-/// When a write id of `batch` was already claimed, that may be an earlier attempt's commit that
-/// a crash's recovery shows before any synchronous standby has it: not yet durable across a
-/// failover. Writing WAL of its own (a row updated to itself) makes this commit wait for the
-/// standby, and WAL is in order: once it returns, the earlier commit is on the standby too, so
-/// "already applied" holds. (An xid alone is not enough: PostgreSQL waits only for a
-/// transaction that wrote WAL.)
-async fn wait_for_earlier_commits(
-    conn: &mut AnyConnection,
-    batch: &[(String, Change)],
-    claimed: &HashSet<String>,
-) -> Result<(), StoreError> {
-    if let Some((earlier, _)) = batch.iter().find(|(id, _)| !claimed.contains(id.as_str())) {
-        sqlx::query("UPDATE applied_writes SET applied_at = applied_at WHERE write_id = $1")
-            .bind(earlier)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Drops the claim of each write of `batch` that changed nothing: refused by the database, or
-/// its condition did not hold. Its id must not read "already applied" when the same write comes
-/// again (its commit timed out and the batch is split, or the journal replays it): that answer
-/// would report a write that never happened as committed. Tried again, it is judged anew.
-async fn unclaim_without_effect(
-    conn: &mut AnyConnection,
-    batch: &[(String, Change)],
-    outcomes: &[Outcome],
-) -> Result<(), StoreError> {
-    let undone: Vec<&str> = batch
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, outcome)| {
-            matches!(
-                outcome,
-                Err(_) | Ok(Applied::Put(None)) | Ok(Applied::Deleted(false))
-            )
-        })
-        .map(|((write_id, _), _)| write_id.as_str())
-        .collect();
-    forget_ids(conn, &undone).await
-}
-
-/// Applies each claimed write of `batch` (one claimed earlier is already applied), with a
-/// savepoint around each when `savepoints`, so one write's own failure costs only itself.
-/// Each write's outcome, and the ids to announce (PostgreSQL only: other instances listen).
+/// Applies each write of `batch` this transaction claimed, once (an id twice in a batch is one
+/// write), with a savepoint around each when `savepoints`, so one write's own failure costs
+/// only itself; a write claimed before answers what its first attempt did. Each write's outcome,
+/// and the ids to announce (PostgreSQL only: other instances listen).
 async fn apply_claimed<'b>(
     conn: &mut AnyConnection,
     batch: &'b [(String, Change)],
-    claimed: &HashSet<String>,
+    claims: &Claims,
     savepoints: bool,
     postgres: bool,
 ) -> Result<(Vec<Outcome>, Vec<&'b str>), StoreError> {
     let mut out = Vec::with_capacity(batch.len());
     let mut changed: Vec<&str> = Vec::new();
+    let mut first = HashSet::new();
     for (write_id, change) in batch {
-        if !claimed.contains(write_id.as_str()) {
-            out.push(Ok(Applied::AlreadyApplied));
+        if !claims.is_new(write_id) || !first.insert(write_id.as_str()) {
+            out.push(claims.earlier_outcome(write_id, change));
             continue;
         }
         if savepoints {
@@ -360,48 +320,6 @@ fn changed_ids<'a>(change: &'a Change, applied: &Applied) -> Vec<&'a str> {
         (Change::Delete { id, .. }, Applied::Deleted(true)) => vec![id.as_str()],
         _ => Vec::new(),
     }
-}
-
-/// Records the batch's write ids in its transaction (one statement); returns those not recorded
-/// before: the others were applied by an earlier attempt.
-async fn claim(
-    conn: &mut AnyConnection,
-    batch: &[(String, Change)],
-) -> Result<HashSet<String>, StoreError> {
-    let marks: Vec<String> = (0..batch.len())
-        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-        .collect();
-    let sql = format!(
-        "INSERT INTO applied_writes (write_id, applied_at) VALUES {}
-         ON CONFLICT (write_id) DO NOTHING RETURNING write_id",
-        marks.join(", ")
-    );
-    let at = chrono::Utc::now().to_rfc3339();
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (write_id, _) in batch {
-        q = q.bind(write_id).bind(&at);
-    }
-    let rows = q.fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
-        .collect()
-}
-
-async fn forget_ids<S: AsRef<str>>(conn: &mut AnyConnection, ids: &[S]) -> Result<(), StoreError> {
-    // Bounded statements: SQLite allows 32766 parameters, PostgreSQL 65535.
-    for chunk in ids.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "DELETE FROM applied_writes WHERE write_id IN ({})",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(id.as_ref());
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// Announces changed ids inside the writing transaction (delivered on commit). PostgreSQL only.

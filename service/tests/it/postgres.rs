@@ -161,7 +161,7 @@ fn sixty_four_writers_with_conflicts_equal_a_serial_run_of_the_winners() {
 fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     use service::doc::WriteDoc;
     use service::store::{Applied, Change, Writer};
-    use service::store::{Expect, Store};
+    use service::store::{Expect, Store, StoreError};
     let pg = Postgres::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,15 +185,15 @@ fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         let outcomes = writer.commit(&batch).await.expect("the batch commits");
         // The same ids again (a batch split after its commit timed out, or the journal
         // replaying it): the writes that were applied are recorded, so applied once; the one
-        // the database refused changed nothing, so it is judged again, never "already applied"
-        // (which would be answered as committed).
+        // the database refused is refused again, never "already applied" (which would be
+        // answered as committed).
         let again = writer.commit(&batch).await.expect("again");
         assert!(
             matches!(
                 again[..],
                 [
                     Ok(Applied::AlreadyApplied),
-                    Err(_),
+                    Err(StoreError::RefusedEarlier),
                     Ok(Applied::AlreadyApplied)
                 ]
             ),
@@ -218,13 +218,14 @@ fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     );
 }
 
-/// A write whose condition does not hold changes nothing, so its write id is not kept as
-/// applied: sent again (its first commit's answer lost to a timeout), it is judged again and
-/// answered as a conflict, not as "already applied" (which the service answers as committed at
-/// the user's current revision). The seeded fault schedule once failed this way: a conditional
-/// put answered `Committed` that no revision of its user came from.
+/// A write sent again (its first commit's answer lost to a timeout, a split batch or the
+/// journal's replay) answers what its first attempt did, and is never judged again: a write
+/// whose condition did not hold stays a conflict (the service once answered it "committed" at
+/// the user's current revision: the seeded fault schedule's lost write), and a delete of an
+/// absent user does not, sent again after a later write of its batch created the user, delete
+/// that user. An id twice in one batch is one write.
 #[test]
-fn a_write_that_changed_nothing_is_not_already_applied_when_sent_again() {
+fn a_write_sent_again_answers_what_its_first_attempt_did() {
     use service::doc::WriteDoc;
     use service::store::{Applied, Change, Expect, Store, Writer};
     let pg = Postgres::start();
@@ -236,52 +237,66 @@ fn a_write_that_changed_nothing_is_not_already_applied_when_sent_again() {
         let store = Store::open(&pg.url(), Duration::from_secs(5))
             .await
             .expect("open");
-        let put = |expect| Change::Put {
-            doc: WriteDoc::new("a", &serde_json::Map::new(), "2026-12-07T00:00:00.000Z"),
+        let put = |id: &str, expect| Change::Put {
+            doc: WriteDoc::new(id, &serde_json::Map::new(), "2026-12-07T00:00:00.000Z"),
             expect,
         };
+        let delete = |id: &str| Change::Delete {
+            id: id.to_owned(),
+            expect: Expect::Any,
+        };
         let mut writer = Writer::new(&store);
-        let first = writer.commit(&[("w1".to_owned(), put(Expect::Any))]).await;
+        let first = writer
+            .commit(&[("w1".to_owned(), put("a", Expect::Any))])
+            .await;
         assert!(
             matches!(first.as_deref(), Ok([Ok(Applied::Put(Some(1)))])),
             "{first:?}"
         );
-        let stale = vec![
-            ("w2".to_owned(), put(Expect::Rev(7))),
-            ("w3".to_owned(), put(Expect::Absent)),
-            (
-                "w4".to_owned(),
-                Change::Delete {
-                    id: "nobody".to_owned(),
-                    expect: Expect::Any,
-                },
-            ),
+        let batch = vec![
+            ("w2".to_owned(), put("a", Expect::Rev(7))),
+            ("w3".to_owned(), put("a", Expect::Absent)),
+            ("w4".to_owned(), delete("b")),
+            ("w5".to_owned(), put("b", Expect::Any)),
+            ("w6".to_owned(), put("c", Expect::Any)),
+            ("w6".to_owned(), put("c", Expect::Any)),
         ];
-        for attempt in ["first", "again"] {
-            let outcomes = writer.commit(&stale).await.expect("the batch commits");
-            assert!(
-                matches!(
-                    outcomes[..],
-                    [
-                        Ok(Applied::Put(None)),
-                        Ok(Applied::Put(None)),
-                        Ok(Applied::Deleted(false))
-                    ]
-                ),
-                "{attempt}: {outcomes:?}"
-            );
-        }
-        // Still applied once: the writes that changed something keep their claim.
-        let again = writer.commit(&[("w1".to_owned(), put(Expect::Any))]).await;
+        let outcomes = writer.commit(&batch).await.expect("the batch commits");
         assert!(
-            matches!(again.as_deref(), Ok([Ok(Applied::AlreadyApplied)])),
+            matches!(
+                outcomes[..],
+                [
+                    Ok(Applied::Put(None)),
+                    Ok(Applied::Put(None)),
+                    Ok(Applied::Deleted(false)),
+                    Ok(Applied::Put(Some(1))),
+                    Ok(Applied::Put(Some(1))),
+                    Ok(Applied::AlreadyApplied)
+                ]
+            ),
+            "{outcomes:?}"
+        );
+        // The first half again, as a split batch sends it: each as its first attempt did.
+        let again = writer.commit(&batch[..3]).await.expect("again");
+        assert!(
+            matches!(
+                again[..],
+                [
+                    Ok(Applied::Put(None)),
+                    Ok(Applied::Put(None)),
+                    Ok(Applied::Deleted(false))
+                ]
+            ),
             "{again:?}"
         );
         writer.close().await;
         store.close().await;
     });
-    assert_eq!(pg.psql("SELECT rev FROM users WHERE id = 'a'"), "1");
-    assert_eq!(pg.psql("SELECT count(*) FROM applied_writes"), "1");
+    assert_eq!(
+        pg.psql("SELECT string_agg(id || '@' || rev, ',' ORDER BY id) FROM users"),
+        "a@1,b@1,c@1",
+        "b, created after its delete, is still there"
+    );
 }
 
 /// Runs `usersvc import` of `users` against `url`; its output.
