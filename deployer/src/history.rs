@@ -12,8 +12,8 @@ use crate::table::table;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{BufRead, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{BufRead, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// One deploy or rollback, as recorded.
@@ -144,13 +144,19 @@ pub fn append(path: &Path, entry: &Entry) -> Result<(), HistoryError> {
     }
     let mut line = serde_json::to_vec(entry).map_err(|e| io(e.into()))?;
     line.push(b'\n');
-    std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .and_then(|mut f| f.write_all(&line))
-        .map_err(io)
+        .map_err(io)?;
+    // A file made looser by hand (or by an older tool) is made private again.
+    if file.metadata().map_err(io)?.permissions().mode() & 0o077 != 0 {
+        let private = std::fs::Permissions::from_mode(0o600);
+        file.set_permissions(private).map_err(io)?;
+    }
+    file.write_all(&line).map_err(io)
 }
 
 /// The last `limit` entries of `application` (and `stage`, when given), oldest first, and how
@@ -176,11 +182,16 @@ pub fn read(
             });
         }
     };
-    for line in std::io::BufReader::new(file).lines() {
-        let Ok(entry) = line
-            .map_err(drop)
-            .and_then(|l| serde_json::from_str::<Entry>(&l).map_err(drop))
-        else {
+    let mut lines = Lines {
+        reader: std::io::BufReader::new(file),
+        buf: Vec::new(),
+    };
+    let read_error = |source| HistoryError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    while let Some(line) = lines.next_line().map_err(read_error)? {
+        let Some(entry) = line.and_then(|l| serde_json::from_slice::<Entry>(l).ok()) else {
             history.unreadable += 1;
             continue;
         };
@@ -194,6 +205,40 @@ pub fn read(
         }
     }
     Ok(history)
+}
+
+/// A line of the history is at most this long; a longer one is skipped, never held whole.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// The lines of a file, each bounded by [`MAX_LINE`].
+struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// The next line: `Some(None)` for one too long (skipped to its end), `None` at the end.
+    fn next_line(&mut self) -> std::io::Result<Option<Option<&[u8]>>> {
+        self.buf.clear();
+        let n = (&mut self.reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n as u64 == MAX_LINE && !self.buf.ends_with(b"\n") {
+            loop {
+                self.buf.clear();
+                let n = (&mut self.reader)
+                    .take(MAX_LINE)
+                    .read_until(b'\n', &mut self.buf)?;
+                if n == 0 || self.buf.ends_with(b"\n") {
+                    return Ok(Some(None));
+                }
+            }
+        }
+        Ok(Some(Some(&self.buf)))
+    }
 }
 
 /// `deployer history`: the entries shown, oldest first.
@@ -298,6 +343,23 @@ mod tests {
             "the revision shortened: {shown}"
         );
         assert!(shown.ends_with("(1 unreadable lines skipped)"), "{shown}");
+        // A line over the limit is skipped, never held whole; what follows it is read.
+        let long = format!(
+            "{{\"application\":\"{}\"}}\n",
+            "x".repeat(MAX_LINE as usize)
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(long.as_bytes()))
+            .expect("a long line");
+        // Made looser by hand: the next append makes it private again.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        append(&path, &entry("usersvc", None, "5")).expect("append");
+        assert_eq!(mode(&path), 0o600);
+        let after = read(&path, "usersvc", None, 10).expect("read");
+        assert_eq!(after.unreadable, 2, "the torn line and the long one");
+        assert_eq!(after.entries.back().map(|e| e.release.as_str()), Some("5"));
         let none = read(&dir.path().join("missing"), "usersvc", None, 5).expect("no file yet");
         assert!(none.to_string().starts_with("no deploys recorded in "));
     }

@@ -145,14 +145,32 @@ fn try_acquire(h: &mut Host, owner: &str, ask: Ask) -> Option<String> {
                 .unwrap_or("?");
             return Some(crate::remote_text::printable(holder).into_owned());
         }
-        Ok((_, reader)) => h.fail(
+        Ok((NO_DIR, reader)) => h.fail(
             Stage::Lock,
             format_args!(
                 "cannot create {d} (may the SSH user write there?): {}",
                 reader.other().join(" | ")
             ),
         ),
-        Err(e) => h.fail(Stage::Lock, e),
+        // The lock was taken; what followed it (the state, the current release's listing)
+        // failed. Locked, so every way out releases it.
+        Ok((status, reader)) => {
+            h.locked = true;
+            h.fail(
+                Stage::State,
+                format_args!(
+                    "reading the host's state exited {status}: {}",
+                    reader.other().join(" | ")
+                ),
+            );
+        }
+        // Lost while reading, maybe after the lock was taken: taken as locked, so the way out
+        // releases it (only if it is this run's: the release compares the owner) or says it
+        // could not.
+        Err(e) => {
+            h.locked = true;
+            h.fail(Stage::Lock, e);
+        }
     }
     None
 }

@@ -12,12 +12,16 @@ use std::path::Path;
 /// The remote half: extracts the stream in `deploy_to` as the SSH user (no owners from the
 /// stream, modes kept); tar's stderr goes to a temp file so it can never stall the stream. It
 /// starts before the lock step (to overlap session start-up), so it creates `deploy_to` itself.
-/// Then it runs the staging script the stream carried, if any; a failure of that script exits
-/// [`STAGED_FAILED`] with its output on stderr (tar's own exits are 1 and 2).
+/// Then it runs the staging script the stream carried (an old one is removed first: a stream
+/// that ends before its script is cut short, [`STREAM_CUT`]); a failure of that script exits
+/// [`STAGED_FAILED`] (tar's own exits are 1 and 2). Every output goes through a temp file, at
+/// most 4000 bytes of it to stderr, so none can stall the channel; the script never stays.
 pub fn remote_command(deploy_to: &str) -> String {
     format!(
-        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\"; [ $s -eq 0 ] || exit $s; \
-         [ -f {STAGED} ] || exit 0; sh {STAGED} >&2; s=$?; rm -f {STAGED}; [ $s -eq 0 ] || exit {STAGED_FAILED}",
+        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && rm -f {STAGED} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2
+if [ $s -ne 0 ]; then rm -f \"$e\" {STAGED}; exit $s; fi
+if [ ! -f {STAGED} ]; then rm -f \"$e\"; echo 'the stream ended before its staging script: cut short' >&2; exit {STREAM_CUT}; fi
+sh {STAGED} >\"$e\" 2>&1; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\" {STAGED}; [ $s -eq 0 ] || exit {STAGED_FAILED}",
         d = crate::ssh::quote(deploy_to)
     )
 }
@@ -26,6 +30,8 @@ pub fn remote_command(deploy_to: &str) -> String {
 const STAGED: &str = ".deploy/staged.sh";
 /// The upload's exit status when the staging script failed.
 pub const STAGED_FAILED: i32 = 90;
+/// The upload's exit status when the stream ended before the staging script.
+pub const STREAM_CUT: i32 = 91;
 
 /// Where manifests live on the host, relative to `deploy_to`.
 pub fn manifest_path(release: &str) -> String {

@@ -153,8 +153,9 @@ fn host_lines(cfg: &Config, t: &Target) -> Vec<Setting> {
     ]
 }
 
-/// A value as shown: a header's value, a URL's password and any key that names a secret are
-/// masked; the rest as TOML writes it.
+/// A value as shown: a header's value, a URL's password and query values, the word after a
+/// flag that carries a secret (`--bearer T`, `-a user:pw`) and any key that names a secret are
+/// masked, however deep in a list or table; the rest as TOML writes it.
 fn masked(key: &str, value: &toml::Value) -> String {
     let secretive = ["token", "password", "secret"]
         .iter()
@@ -169,30 +170,70 @@ fn masked(key: &str, value: &toml::Value) -> String {
                 .collect();
             format!("[{}]", shown.join(", "))
         }
-        toml::Value::String(s) => format!("{:?}", toolkit_core::redact::text(s)),
-        v => plain(v),
+        v => shown(v),
     }
 }
 
-/// A value as TOML writes it inline (strings quoted as Rust does, which TOML reads alike).
-fn plain(value: &toml::Value) -> String {
+/// A value as TOML writes it inline (strings quoted as Rust does, which TOML reads alike), each
+/// string masked as [`masked`] says.
+fn shown(value: &toml::Value) -> String {
     match value {
-        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::String(s) => format!("{:?}", secret_words(&toolkit_core::redact::text(s))),
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Float(x) => x.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
         toml::Value::Datetime(d) => d.to_string(),
         toml::Value::Array(a) => {
-            format!("[{}]", a.iter().map(plain).collect::<Vec<_>>().join(", "))
+            format!("[{}]", a.iter().map(shown).collect::<Vec<_>>().join(", "))
         }
         toml::Value::Table(t) => {
             let fields: Vec<String> = t
                 .iter()
-                .map(|(k, v)| format!("{k} = {}", plain(v)))
+                .map(|(k, v)| format!("{k} = {}", masked(k, v)))
                 .collect();
             format!("{{ {} }}", fields.join(", "))
         }
     }
+}
+
+/// Flags whose value is a secret, in a command line (check_jsonrpc's and curl's among them).
+const SECRET_FLAGS: &[&str] = &[
+    "--bearer",
+    "--authorization",
+    "-a",
+    "--password",
+    "--token",
+    "--secret",
+    "-u",
+    "--user",
+];
+
+/// Words after which the next is a credential, as in an `Authorization` header.
+const SCHEMES: &[&str] = &["bearer", "basic", "token"];
+
+/// `text` with the word after each of [`SECRET_FLAGS`] (or after its `=`) and after an
+/// authorization scheme ([`SCHEMES`]) masked.
+fn secret_words(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut mask_next = false;
+    for word in text.split(' ') {
+        if mask_next && !word.is_empty() {
+            out.push("***".to_owned());
+            mask_next = false;
+            continue;
+        }
+        match word.split_once('=') {
+            Some((flag, _)) if SECRET_FLAGS.contains(&flag) => out.push(format!("{flag}=***")),
+            _ => {
+                let bare = word
+                    .trim_matches(|c| c == '\'' || c == '"')
+                    .to_ascii_lowercase();
+                mask_next = SECRET_FLAGS.contains(&word) || SCHEMES.contains(&bare.as_str());
+                out.push(word.to_owned());
+            }
+        }
+    }
+    out.join(" ")
 }
 
 fn header(h: &str) -> String {
@@ -252,7 +293,10 @@ mod tests {
         std::fs::write(
             &path,
             "application = \"usersvc\"\ndeploy_to = \"/srv/usersvc\"\nsource = \"dist\"\n\
-             [health]\nurl = \"http://u:hunter2@{host}:8080/\"\nheader = [\"X-Api-Key: k3y\"]\n",
+             [hooks]\nafter_publish = ['curl -fsS https://ops:s3cret@hooks.example/deployed', \
+             { command = 'notify --token=t0k', once = true }]\n\
+             [health]\nurl = \"http://u:hunter2@{host}:8080/\"\nheader = [\"X-Api-Key: k3y\"]\n\
+             command = \"check_http -H {host} -k 'Authorization: Bearer b34rer' -a usr:pa55\"\n",
         )
         .expect("write");
         std::fs::create_dir(dir.path().join("deploy")).expect("mkdir");
@@ -281,9 +325,12 @@ mod tests {
         assert!(line("log = \"shared/usersvc.log\"").ends_with("# default"));
         assert!(line("health.retries = 10").ends_with("# default"));
         assert!(line("health.header").contains("[\"X-Api-Key: ***\"]"));
+        for secret in ["k3y", "hunter2", "s3cret", "t0k", "b34rer", "pa55"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
         assert!(
-            !shown.contains("k3y") && !shown.contains("hunter2"),
-            "{shown}"
+            shown.contains("check_http -H {host}"),
+            "hosts stay: {shown}"
         );
         assert!(shown.contains("[host app1:2222]\nconnects to: "), "{shown}");
         assert!(line("deploy_to: \"/srv/db\"").ends_with("# the host's entry"));

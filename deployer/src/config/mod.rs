@@ -217,6 +217,8 @@ pub enum Problem {
     UnknownTask(String, String),
     #[error("{0} names role {1:?}, which no host has: the roles are {2}")]
     UnknownRole(String, String, String),
+    #[error("stage {0:?}: a stage is named with letters, digits, '-' and '_'")]
+    StageName(String),
     #[error("no stage {0:?}: the stages are {1}")]
     NoStage(String, String),
     #[error("{0}: it holds what the stages share; choose one with -s STAGE (its stages: {1})")]
@@ -249,6 +251,14 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p } else { base.join(p) }
 }
 
+/// A key of the top of deploy.toml is missing (one a stage could give).
+fn missing_top_level(e: &Problem) -> bool {
+    let text = e.to_string();
+    ["application", "deploy_to", "source"]
+        .iter()
+        .any(|k| text.contains(&format!("missing field `{k}`")))
+}
+
 impl Config {
     /// Reads and checks `path`; relative paths become relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -275,8 +285,7 @@ impl Config {
             Problem::NoHosts | Problem::Toml(_)
                 if stage.is_none()
                     && !stages.is_empty()
-                    && (matches!(e, Problem::NoHosts)
-                        || e.to_string().contains("missing field")) =>
+                    && (matches!(e, Problem::NoHosts) || missing_top_level(&e)) =>
             {
                 Problem::ChooseStage(e.to_string(), stage::listed(&stages))
             }
@@ -488,6 +497,8 @@ mod tests {
                 .contains("choose one with -s STAGE (its stages: production, staging)"),
             "{e}"
         );
+        let e = Config::load_stage(&path, Some("../deploy")).expect_err("a path");
+        assert!(e.to_string().contains("letters, digits"), "{e}");
         std::fs::write(
             dir.path().join("deploy/staging.toml"),
             "keep_releases = 2\n",

@@ -1,8 +1,9 @@
 //! Stages, as Capistrano's `config/deploy.rb` and `config/deploy/<stage>.rb`: `deploy.toml`
 //! holds what every stage shares, and a stage overrides it, from `deploy/<stage>.toml` beside it
 //! or a `[stages.NAME]` table in it (`deployer -s NAME`). Tables merge key by key, the stage
-//! winning; any other value, `[[hosts]]` included, is the stage's whole. Each key remembers the
-//! file it came from, for `deployer config`.
+//! winning; any other value, `[[hosts]]` included, is the stage's whole. Paths in a stage are
+//! relative to deploy.toml's directory, the project's, as all of Capistrano's are. Each key
+//! remembers the file it came from, for `deployer config`.
 
 use super::Problem;
 use std::collections::BTreeMap;
@@ -75,29 +76,7 @@ pub fn layer(
             stage: None,
         });
     };
-    let file = stage_dir(config).join(format!("{name}.toml"));
-    let (over, from) = match (inline.get(name), file.is_file()) {
-        (Some(_), true) => {
-            return Err((
-                config.to_owned(),
-                Problem::StageTwice(name.to_owned(), file.display().to_string()),
-            ));
-        }
-        (Some(toml::Value::Table(t)), false) => (t.clone(), format!("{shown} [stages.{name}]")),
-        (Some(_), false) => {
-            return Err((
-                config.to_owned(),
-                Problem::Toml(format!("[stages.{name}] must be a table")),
-            ));
-        }
-        (None, true) => (read(&file)?, file.display().to_string()),
-        (None, false) => {
-            return Err((
-                config.to_owned(),
-                Problem::NoStage(name.to_owned(), listed(&stages)),
-            ));
-        }
-    };
+    let (over, from) = stage_table(config, &inline, name, &stages)?;
     record(&over, "", &from, &mut origins);
     merge(&mut base, over);
     Ok(Layered {
@@ -105,6 +84,44 @@ pub fn layer(
         origins,
         stage: Some(name.to_owned()),
     })
+}
+
+/// The table of stage `name` and where it was written: `deploy/NAME.toml` or `[stages.NAME]`.
+fn stage_table(
+    config: &Path,
+    inline: &toml::Table,
+    name: &str,
+    stages: &[String],
+) -> Result<(toml::Table, String), (PathBuf, Problem)> {
+    let fail = |problem| Err((config.to_owned(), problem));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return fail(Problem::StageName(name.to_owned()));
+    }
+    let file = stage_dir(config).join(format!("{name}.toml"));
+    let (over, from) = match (inline.get(name), file.is_file()) {
+        (Some(_), true) => {
+            return fail(Problem::StageTwice(
+                name.to_owned(),
+                file.display().to_string(),
+            ));
+        }
+        (Some(toml::Value::Table(t)), false) => {
+            (t.clone(), format!("{} [stages.{name}]", config.display()))
+        }
+        (Some(_), false) => return fail(Problem::Toml(format!("[stages.{name}] must be a table"))),
+        (None, true) => (read(&file)?, file.display().to_string()),
+        (None, false) => return fail(Problem::NoStage(name.to_owned(), listed(stages))),
+    };
+    if over.contains_key("stages") {
+        return fail(Problem::Toml(
+            "a stage cannot hold stages of its own".into(),
+        ));
+    }
+    Ok((over, from))
 }
 
 /// The stages as an error lists them.

@@ -19,8 +19,8 @@ pub(super) struct Shown<'a> {
     pub revision: &'a str,
     pub branch: &'a str,
     pub hook_timeout: Duration,
-    /// A build runs between the lock and the state read (else the lock step reads the state).
-    pub builds: bool,
+    /// The lock step reads the state (nothing runs between them).
+    pub state_with_lock: bool,
 }
 
 /// The remote steps of a deploy on `h`, each a heading line and its script indented.
@@ -74,16 +74,16 @@ fn steps(
     );
     let upload = upload_shown(d, delta, previous, &links);
     [
-        match s.builds {
-            true => ("lock", Some(lock::acquire_script(d, &owner, false, &[]))),
-            false => (
+        match s.state_with_lock {
+            false => ("lock", Some(lock::acquire_script(d, &owner, false, &[]))),
+            true => (
                 "lock, state",
                 Some(lock::acquire_script(d, &owner, true, &required)),
             ),
         },
         (
             "state",
-            s.builds.then(|| layout::state_script(d, true, &required)),
+            (!s.state_with_lock).then(|| layout::state_script(d, true, &required)),
         ),
         ("upload, shared links", Some(upload)),
         ("before_publish", hooks(&cfg.hooks.before_publish)),

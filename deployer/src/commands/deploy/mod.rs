@@ -169,10 +169,9 @@ fn conclude(
     report
 }
 
-/// Every host locked, and the tree when it could be read first. With a build, every host is
-/// locked before it: a held lock fails (or is waited for) at once, not after a build of many
-/// minutes. Without one, the tree is read first (a moment: the hashes are cached) and the lock
-/// step reads each host's state against it: one remote step fewer per host.
+/// Every host locked, and the tree when it could be read first (see [`state_with_lock`]).
+/// Otherwise every host is locked before the build: a held lock fails (or is waited for) at
+/// once, not after a build of many minutes.
 fn lock_first(
     cfg: &Config,
     targets: &[Target],
@@ -180,9 +179,9 @@ fn lock_first(
     options: &Options,
     owner: &str,
 ) -> Result<(Vec<Run>, Option<Tree>), DeployError> {
-    let early = match builds(cfg, options) {
-        true => None,
-        false => Some(tree::read_tree(cfg, options, settings)?),
+    let early = match state_with_lock(cfg, options) {
+        true => Some(tree::read_tree(cfg, options, settings)?),
+        false => None,
     };
     let ask = lock::Ask {
         new: early.as_ref().map(|t| &t.manifest),
@@ -192,9 +191,13 @@ fn lock_first(
     Ok((runs, early))
 }
 
-/// Whether this deploy runs the `build` command (not with `--ref`).
-fn builds(cfg: &Config, options: &Options) -> bool {
-    options.git_ref.is_none() && cfg.build.is_some()
+/// Whether the tree is read first and the lock step reads each host's state against it (one
+/// remote step fewer per host): when nothing runs between the lock and the state read (no
+/// build, or `--ref`; no `local_before` hook, which may change the hosts) and no lock is waited
+/// for (the tree could change meanwhile).
+fn state_with_lock(cfg: &Config, options: &Options) -> bool {
+    let builds = options.git_ref.is_none() && cfg.build.is_some();
+    !builds && cfg.hooks.local_before.is_empty() && options.lock_wait.is_none()
 }
 
 /// Connects to every host and takes its lock (waiting up to `wait` for another deploy's),

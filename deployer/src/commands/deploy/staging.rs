@@ -206,7 +206,8 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
         Ok(o) if o.status == 0 => {}
         Ok(o) if o.status == upload::STAGED_FAILED => r.host.fail(
             Stage::SharedLinks,
-            fleet::last_lines(&o.stderr, 4).unwrap_or_default(),
+            fleet::last_lines(&o.stderr, 4)
+                .unwrap_or_else(|| "the staging script failed without a word".to_owned()),
         ),
         Ok(o) => r.host.fail(
             Stage::Upload,
