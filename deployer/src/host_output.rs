@@ -4,6 +4,7 @@
 
 use crate::config::Target;
 use crate::fleet::{self, Host, each};
+use crate::lock;
 use crate::outcome::{Outcome, Unfinished};
 use crate::remote_text::printable;
 use crate::settings::Settings;
@@ -35,7 +36,7 @@ fn run_on(h: &mut Host, script: &str, settings: &Settings) -> HostRun {
         output: String::new(),
         problem: None,
     };
-    match h.shell.as_mut() {
+    match h.shell.as_mut().filter(|_| h.failure.is_none()) {
         None => {
             run.problem = Some(
                 h.failure
@@ -67,6 +68,39 @@ pub fn run_everywhere(
         hosts: each(&mut hosts, settings.parallel, |h| {
             let script = script_for(h);
             run_on(h, &script, settings)
+        }),
+        group,
+    }
+}
+
+/// As [`run_everywhere`], each host under the deploy lock of `owner`, taken before its script
+/// and released after it: a host another deploy holds is not run on, and says who holds it.
+/// A lock that cannot be released fails the host (`deployer unlock` clears it).
+pub fn run_everywhere_locked(
+    targets: &[Target],
+    settings: &Settings,
+    group: bool,
+    owner: &str,
+    script_for: impl Fn(&Host) -> String + Sync,
+) -> Executed {
+    let mut hosts = fleet::connect(targets, &settings.ssh, settings.parallel);
+    Executed {
+        hosts: each(&mut hosts, settings.parallel, |h| {
+            if h.ok() {
+                lock::acquire(h, owner, lock::Ask::default());
+            }
+            let mut run = match h.ok() {
+                true => run_on(h, &script_for(h), settings),
+                false => run_on(h, "", settings),
+            };
+            if let Err(e) = lock::release(h, owner, "") {
+                let ran = run
+                    .status
+                    .map_or(String::new(), |s| format!("ran (exit {s}), but "));
+                run.problem = Some(format!("{ran}{e}"));
+                run.status = None;
+            }
+            run
         }),
         group,
     }

@@ -193,6 +193,10 @@ enum Command {
         /// Print each host's output under a heading instead of prefixing each line
         #[arg(long)]
         group: bool,
+        /// Run without taking the deploy lock (for a task that only reads): by default each
+        /// host is locked while the task runs, and a host a deploy holds is not run on
+        #[arg(long)]
+        no_lock: bool,
     },
     /// Print the settings a command would use, resolved: the stage laid over deploy.toml,
     /// defaults filled in, each selected host's reach, each with where it came from (secrets
@@ -352,9 +356,13 @@ fn dispatch(
         Command::Check => report(deployer::check(cfg, targets, settings)),
         Command::Config => report(deployer::show_config(cfg, targets)),
         Command::Tasks => report(deployer::list_tasks(cfg)),
-        Command::Run { name, group } => {
-            report(deployer::run_task(cfg, targets, settings, &name, group)?)
-        }
+        Command::Run {
+            name,
+            group,
+            no_lock,
+        } => report(deployer::run_task(
+            cfg, targets, settings, &name, group, no_lock,
+        )?),
         Command::Logs { lines, follow } if follow => {
             report(deployer::follow(targets, settings, &cfg.log, lines))
         }

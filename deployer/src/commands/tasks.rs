@@ -2,11 +2,13 @@
 //! it names (its roles; with `once`, the first of them), in each host's current release, with
 //! the environment hooks get (`$RELEASE` and `$RELEASE_PATH` the current release's, `$REVISION`
 //! its REVISION, `$DEPLOY_TO`; `$PREVIOUS_RELEASE` empty: no release is moving), output
-//! prefixed by host. It fails when it fails on any host, naming them.
+//! prefixed by host, each host under the deploy lock (`--no-lock` for a task that only reads).
+//! It fails when it fails on any host, naming them.
 
 use crate::config::{Config, Target, where_shown};
-use crate::host_output::{Executed, run_everywhere};
+use crate::host_output::{Executed, run_everywhere, run_everywhere_locked};
 use crate::layout::task_script;
+use crate::lock;
 use crate::outcome::{Outcome, Unfinished};
 use crate::settings::Settings;
 use crate::table::table;
@@ -69,13 +71,16 @@ pub enum TaskError {
     NoHost { name: String, roles: String },
 }
 
-/// `deployer run NAME`: the task on the hosts of `targets` it names, within `--hook-timeout`.
+/// `deployer run NAME`: the task on the hosts of `targets` it names, within `--hook-timeout`,
+/// each under the deploy lock unless `unlocked` (a task that only reads may run beside a
+/// deploy; a migration must not).
 pub fn run_task(
     cfg: &Config,
     targets: &[Target],
     settings: &Settings,
     name: &str,
     group: bool,
+    unlocked: bool,
 ) -> Result<Executed, TaskError> {
     let task = cfg.tasks.get(name).ok_or_else(|| TaskError::Unknown {
         name: name.to_owned(),
@@ -92,7 +97,14 @@ pub fn run_task(
             roles: task.roles.join(", "),
         });
     }
-    Ok(run_everywhere(&hosts, settings, group, |h| {
+    let script = |h: &crate::fleet::Host| {
         task_script(&h.target.deploy_to, &task.command, settings.hook_timeout)
-    }))
+    };
+    Ok(match unlocked {
+        true => run_everywhere(&hosts, settings, group, script),
+        false => {
+            let owner = lock::owner_line(&cfg.user());
+            run_everywhere_locked(&hosts, settings, group, &owner, script)
+        }
+    })
 }

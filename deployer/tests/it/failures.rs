@@ -423,3 +423,56 @@ fn shared_links_that_cannot_be_made_fail_at_shared_links_and_change_no_host() {
         );
     }
 }
+
+/// A task run by hand takes the deploy lock: while a deploy holds it, `deployer run` does not
+/// run on its hosts and names the holder (a migration racing a deploy's hooks is how a schema
+/// and its code part); `--no-lock` runs a task that only reads. Afterwards no lock is left.
+#[test]
+fn a_task_run_by_hand_waits_for_no_deploy_and_keeps_out_of_one() {
+    let h = Hosts::start(&[86, 87]);
+    let go = h.dir.path().join("go");
+    let task = "[tasks.mark]\ncommand = 'echo \"$RELEASE\" >> \"$DEPLOY_TO/shared/marks\"'\n";
+    h.configure("", &format!("{task}{}", wait_hook(&go)));
+    std::fs::write(&go, "").expect("no wait for the first deploy");
+    h.write("v", "1");
+    h.deploy_ok();
+    std::fs::remove_file(&go).expect("the next deploy waits");
+    h.write("v", "2");
+    let deploy = common::spawn_deployer(&h.config, &["deploy", "--quiet"]);
+    eventually(
+        "the deploy holds both locks",
+        Duration::from_secs(30),
+        || h.locked(0) && h.locked(1),
+    );
+    let r = h.run(&["run", "mark"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("locked by another deploy")
+            && r.stdout.contains(&format!("pid {}", deploy.id())),
+        "{r}"
+    );
+    let marks =
+        |i: usize| std::fs::read_to_string(h.deploy_to(i).join("shared/marks")).unwrap_or_default();
+    assert_eq!(marks(0), "", "not run beside the deploy");
+    let r = h.run(&["run", "mark", "--no-lock"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(marks(0).lines().count(), 1, "--no-lock runs beside it");
+    assert!(
+        h.locked(0) && h.locked(1),
+        "the deploy's locks are untouched"
+    );
+    std::fs::write(&go, "").expect("go");
+    let out = deploy.wait_with_output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = h.run(&["run", "mark"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(marks(1).lines().count(), 2);
+    assert!(
+        !h.locked(0) && !h.locked(1),
+        "the task's locks are released"
+    );
+}
