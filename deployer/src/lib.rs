@@ -49,13 +49,13 @@ mod layout;
 mod lock;
 mod manifest;
 mod outcome;
+mod phases;
 mod progress;
 mod remote_text;
 mod report;
 mod settings;
 mod source;
 mod ssh;
-mod stages;
 mod table;
 #[cfg(test)]
 mod tidy;

@@ -1,5 +1,5 @@
 //! The deployer's commands, one module each (`deploy` a folder: its flow outgrew a file). Each
-//! is a whole command over the shared stages below it (`stages`, `fleet`, `lock`, `layout`, …).
+//! is a whole command over the shared phases below it (`phases`, `fleet`, `lock`, `layout`, …).
 //!
 //! Architecture Invariant: a command never imports another (`src/tidy.rs` checks it): what two
 //! commands share is a stage, written once below them, so changing one command cannot change

@@ -9,9 +9,9 @@ use crate::health::Gate;
 use crate::layout;
 use crate::lock;
 use crate::outcome::{Outcome, Unfinished};
+use crate::phases::{self, Release};
 use crate::report::{HookRun, hooks_log};
 use crate::settings::Settings;
-use crate::stages::{self, Release};
 use crate::table;
 use std::fmt;
 
@@ -139,7 +139,7 @@ impl Step {
     fn log_and_unlock(&mut self, user: &str, owner: &str) {
         let log = if self.switched {
             let release = self.release();
-            let mut entry = stages::log_entry(&release, user, "-", "rollback");
+            let mut entry = phases::log_entry(&release, user, "-", "rollback");
             entry.stage = self.host.failure.as_ref().map(|f| f.stage.name());
             entry.error = self.host.failure.as_ref().map(|f| f.message.as_str());
             entry.from = self.host.state.current.as_deref();
@@ -158,7 +158,7 @@ impl Step {
 fn switch_all(steps: &mut [Step], parallel: usize) -> bool {
     each(steps, parallel, |st| {
         let to = st.to.clone().unwrap_or_default();
-        match stages::switch(&mut st.host, &to) {
+        match phases::switch(&mut st.host, &to) {
             Ok(()) => st.switched = true,
             Err(e) => st.host.fail(Stage::Switch, e),
         }
@@ -169,7 +169,7 @@ fn switch_all(steps: &mut [Step], parallel: usize) -> bool {
     each(steps, parallel, |st| {
         if st.switched {
             let from = st.host.state.current.clone();
-            match stages::restore(&mut st.host, from.as_deref(), "") {
+            match phases::restore(&mut st.host, from.as_deref(), "") {
                 Ok(()) => st.switched = false,
                 Err(e) => st.warnings.push(format!("could not switch back: {e}")),
             }
@@ -187,7 +187,7 @@ fn restart_all(steps: &mut [Step], cfg: &Config, targets: &[Target], settings: &
         let (name, revision) = st.target();
         let release = Release::new(&name, &revision);
         let timeout = settings.hook_timeout;
-        st.hooks = stages::restart(
+        st.hooks = phases::restart(
             &mut st.host,
             Stage::AfterPublish,
             &release,
@@ -203,7 +203,7 @@ fn restart_all(steps: &mut [Step], cfg: &Config, targets: &[Target], settings: &
         each(steps, parallel, |st| {
             let (name, revision) = st.target();
             if st.host.ok() {
-                stages::health(&mut st.host, &gate, &Release::new(&name, &revision));
+                phases::health(&mut st.host, &gate, &Release::new(&name, &revision));
             }
         });
     }

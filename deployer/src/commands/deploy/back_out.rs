@@ -4,7 +4,7 @@ use super::{Ctx, Run};
 use crate::fleet::{Failure, Stage, each};
 use crate::layout;
 use crate::lock::{self, LockHeld};
-use crate::stages::{self, Release};
+use crate::phases::{self, Release};
 
 /// The failure path, at any stage: every host that may have switched goes back to the release
 /// that was live (whatever it was: complete, Capistrano's, or none at all on a first deploy)
@@ -35,7 +35,7 @@ pub(super) fn back_out(runs: &mut [Run], c: &Ctx) {
         if switched || r.staged {
             let outcome = if switched { "rolled_back" } else { "failed" };
             let release = c.release(None);
-            let mut entry = stages::log_entry(&release, &c.user, &c.branch, outcome);
+            let mut entry = phases::log_entry(&release, &c.user, &c.branch, outcome);
             entry.stage = why.as_ref().map(|f| f.stage.name());
             entry.error = why.as_ref().map(|f| f.message.as_str());
             entry.to = r.live.as_deref().filter(|_| switched);
@@ -55,7 +55,7 @@ fn put_back(r: &mut Run, c: &Ctx, why: Option<&Failure>) -> bool {
     let prev = r.live.clone();
     let reason = why.map(|f| format!("failed {f}")).unwrap_or_default();
     let bad = layout::mark_bad_script(r.deploy_to(), &c.release, &reason);
-    if let Err(e) = stages::restore(&mut r.host, prev.as_deref(), &bad) {
+    if let Err(e) = phases::restore(&mut r.host, prev.as_deref(), &bad) {
         r.result = "ROLLBACK FAILED".into();
         r.warnings.push(format!(
             "could not put back {}: {e} (run `deployer rollback --hosts {}` once it is reachable)",
@@ -87,7 +87,7 @@ fn put_back(r: &mut Run, c: &Ctx, why: Option<&Failure>) -> bool {
         .map(|x| x.revision.clone())
         .unwrap_or_default();
     let back = Release::new(p, &revision);
-    let ran = stages::restart(
+    let ran = phases::restart(
         &mut r.host,
         Stage::Rollback,
         &back,

@@ -10,7 +10,7 @@ use super::{Ctx, Run};
 use crate::config::Canary;
 use crate::fleet::{Stage, each};
 use crate::health::Gate;
-use crate::stages;
+use crate::phases;
 use riemann_probe::{AnswerLimits, Client, ClientConfig, Event};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ fn look(
 ) -> Result<(), String> {
     if let Some(gate) = gate {
         each(batch, c.settings.parallel, |r| {
-            stages::health(&mut r.host, gate, &c.release(None));
+            phases::health(&mut r.host, gate, &c.release(None));
         });
         if batch.iter().any(|r| !r.ok()) {
             return Err("the health gate failed".into());

@@ -7,7 +7,7 @@ use crate::fleet::Host;
 use crate::layout;
 use crate::lock;
 use crate::manifest::Delta;
-use crate::stages::{self, Release};
+use crate::phases::{self, Release};
 use crate::upload;
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ fn finish(s: &Shown, h: &Host, previous: Option<&str>, owner: &str) -> String {
         previous,
     };
     let remove = layout::cleanup_after_publish(&h.state.releases, s.release, s.cfg.keep_releases);
-    let entry = stages::log_entry(&release, &user, s.branch, "deployed");
+    let entry = phases::log_entry(&release, &user, s.branch, "deployed");
     format!(
         "{}\n{}\n{}",
         layout::remove_script(d, &remove),

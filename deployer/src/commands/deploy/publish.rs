@@ -8,7 +8,7 @@ use crate::fleet::{Stage, each};
 use crate::health::Gate;
 use crate::layout;
 use crate::lock;
-use crate::stages;
+use crate::phases;
 
 /// How many hosts each publish batch has: `rolling` at a time (all at once without it); with
 /// a canary, the first batch is `rolling` hosts or one, and the rest go as `rolling` says.
@@ -34,7 +34,7 @@ pub(super) fn remote_hooks(r: &mut Run, c: &Ctx, stage: Stage, hooks: &[Hook]) {
     let release = c.release(r.previous.as_deref());
     let commands = hook_commands(hooks, &r.host.target, &c.selected);
     let timeout = c.settings.hook_timeout;
-    if let Some(ran) = stages::hooks(&mut r.host, stage, &release, &commands, timeout) {
+    if let Some(ran) = phases::hooks(&mut r.host, stage, &release, &commands, timeout) {
         if let Some(problem) = &ran.problem {
             r.host.fail(stage, problem);
         }
@@ -62,7 +62,7 @@ pub(super) fn publish_batch(batch: &mut [Run], c: &Ctx, gate: Option<&Gate>) {
     if let Some(gate) = gate.filter(|_| batch.iter().all(Run::ok)) {
         c.settings.say("health gate");
         each(batch, parallel, |r| {
-            stages::health(&mut r.host, gate, &c.release(None));
+            phases::health(&mut r.host, gate, &c.release(None));
         });
     }
 }
@@ -74,7 +74,7 @@ pub(super) fn finish(runs: &mut [Run], c: &Ctx) {
         let remove =
             layout::cleanup_after_publish(&r.host.state.releases, &c.release, c.cfg.keep_releases);
         let release = c.release(r.previous.as_deref());
-        let entry = stages::log_entry(&release, &c.user, &c.branch, "deployed");
+        let entry = phases::log_entry(&release, &c.user, &c.branch, "deployed");
         let script = format!(
             "{}\n{}",
             layout::remove_script(&d, &remove),

@@ -5,10 +5,10 @@ use super::Options;
 use crate::config::{Config, Target};
 use crate::fleet::{Host, Stage};
 use crate::manifest::Delta;
+use crate::phases::Release;
 use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
 use crate::source::Tree;
-use crate::stages::Release;
 use std::time::Instant;
 
 /// One host's deploy state on top of its connection.

@@ -1,4 +1,4 @@
-//! The stages `deploy` and `rollback` share, each on one host: the hooks, the health gate, and
+//! The phases `deploy` and `rollback` share, each on one host: the hooks, the health gate, and
 //! the `revisions.log` entry. A command runs them on every host with [`crate::fleet::each`].
 
 use crate::config::{Hook, Target, hook_commands};
