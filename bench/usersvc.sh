@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # usersvc vs a jsonrpsee server (bench/peer-jsonrpsee) serving the same 100 users from memory,
-# both under wrk in the same run: req/s, p50, p99 and ratio ours/peer, plus idle and loaded RSS.
+# and vs the limit, a bare hyper server (bench/peer-hyper) answering usersvc's own bytes for the
+# same calls, all under wrk in the same run: req/s, p50, p99, the ratios ours/peer and
+# ours/limit, plus idle and loaded RSS.
 # DURATION (default 10s) and CONNECTIONS (default 32) can be set in the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,8 +15,9 @@ if [ -n "${USERSVC_BIN:-}" ]; then ours_bin=$USERSVC_BIN; else
   cargo build -q --release --manifest-path ../Cargo.toml -p service --bin usersvc
   ours_bin=../target/release/usersvc
 fi
-cargo build -q --release --manifest-path Cargo.toml -p peer-jsonrpsee
+cargo build -q --release --manifest-path Cargo.toml -p peer-jsonrpsee -p peer-hyper
 peer_bin=target/release/peer-jsonrpsee
+limit_bin=target/release/peer-hyper
 
 tmp=$(mktemp -d)
 pids=()
@@ -47,6 +50,15 @@ kill "$ours1_pid"; wait "$ours1_pid" 2>/dev/null || true
 "$ours_bin" --listen "127.0.0.1:$ours1_port" --database-url "sqlite://$tmp/bench.db" --journal "$tmp/b.journal" --log warn --workers 1 &
 pids+=($!); ours1_pid=$!
 wait_port "$ours1_port"
+# The limit answers exactly usersvc's bytes for the calls wrk makes.
+for m in ping get_users; do
+  curl -sf "http://127.0.0.1:$ours_port/" -H 'content-type: application/json' \
+    -d "{\"jsonrpc\":\"2.0\",\"method\":\"$m\",\"id\":1}" > "$tmp/$m.answer"
+done
+limit_port=$(free_port)
+"$limit_bin" "127.0.0.1:$limit_port" "$tmp/ping.answer" "$tmp/get_users.answer" 2>/dev/null &
+pids+=($!)
+wait_port "$limit_port"
 sleep 0.5
 ours_idle=$(rss_kb "$ours_pid"); peer_idle=$(rss_kb "$peer_pid")
 
@@ -74,11 +86,15 @@ for method in ping get_users; do
   read -r o_rps o_p50 o_p99 < <(run_wrk "$ours_port" "$method")
   read -r p_rps p_p50 p_p99 < <(run_wrk "$peer_port" "$method")
   read -r q_rps q_p50 q_p99 < <(run_wrk "$ours1_port" "$method")
+  read -r l_rps l_p50 l_p99 < <(run_wrk "$limit_port" "$method")
   printf '%-10s %-9s %12s %10s %10s\n' "$method" ours "$o_rps" "$o_p50" "$o_p99"
   printf '%-10s %-9s %12s %10s %10s\n' "$method" ours-1w "$q_rps" "$q_p50" "$q_p99"
   printf '%-10s %-9s %12s %10s %10s\n' "$method" peer "$p_rps" "$p_p50" "$p_p99"
+  printf '%-10s %-9s %12s %10s %10s\n' "$method" limit "$l_rps" "$l_p50" "$l_p99"
   awk -v o="$o_rps" -v q="$q_rps" -v p="$p_rps" -v m="$method" \
     'BEGIN { printf "%-10s ratio ours/peer = %.2f (default workers), %.2f (--workers 1)\n", m, o / p, q / p }'
+  awk -v o="$o_rps" -v l="$l_rps" -v m="$method" \
+    'BEGIN { printf "%-10s ratio ours/limit = %.2f (bare hyper, the same bytes)\n", m, o / l }'
 done
 printf 'RSS idle:   ours %d KiB, peer %d KiB\n' "$ours_idle" "$peer_idle"
 printf 'RSS loaded: ours %d KiB, peer %d KiB (peak)\n' "$(hwm_kb "$ours_pid")" "$(hwm_kb "$peer_pid")"
