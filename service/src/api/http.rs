@@ -3,10 +3,12 @@
 //! unless `metrics_public`). Transport problems are HTTP statuses (401, 405, 413, 415); every
 //! JSON-RPC body is a 200.
 //!
-//! `POST /` is the handler wrapped in layers, one job each, outermost first: [`record`] (the
-//! request metrics, refusals included) → [`require_bearer`] (only with `--auth-token`) →
-//! [`require_json`] → [`read_body`] (the whole body within `--body-limit` (413) and
-//! `--body-timeout` (408)) → [`rpc_endpoint`] (within `--max-batch` and `--max-response`).
+//! `POST /` is the handler behind one middleware, [`guard`], whose steps run in order, one job
+//! each: [`record`] (the request metrics, refusals included) → [`authorized`] (only with
+//! `--auth-token`, else 401) → [`is_json`] (else 415) → [`read_body`] (the whole body within
+//! `--body-limit` (413) and `--body-timeout` (408)) → [`rpc_endpoint`] (within `--max-batch`
+//! and `--max-response`). One middleware, not four: each of axum's costs a boxed future and a
+//! clone of the service behind it, per request, on the hottest path there is.
 //! The request deadline is not a layer: a tower timeout answers for the whole body, but a call
 //! past it must be answered -32003 under its own id, which only the dispatcher knows
 //! (`rpc::Deadline`).
@@ -133,33 +135,25 @@ struct Endpoint {
 }
 
 pub fn router(api: Arc<Api>, config: HttpConfig) -> Router {
-    let recorders = Recorders {
+    let token = config.settings.auth_token.clone().map(Arc::<str>::from);
+    let guarded = Arc::new(Guarded {
         metrics: config.metrics.clone(),
         exposition: config.exposition.clone(),
-    };
-    let token = config.settings.auth_token.clone().map(Arc::<str>::from);
-    // route_layer: the layers see only POSTs; another method is a plain 405.
-    let bounds = BodyBounds {
-        limit: config.settings.body_limit,
-        timeout: config.settings.body_timeout,
-    };
-    let mut rpc = post(rpc_endpoint)
-        .route_layer(middleware::from_fn_with_state(bounds, read_body))
-        .route_layer(middleware::from_fn(require_json));
-    let mut scrape = get(metrics);
-    if let Some(token) = token {
-        rpc = rpc.route_layer(middleware::from_fn_with_state(
-            token.clone(),
-            require_bearer,
-        ));
-        if !config.settings.metrics_public {
-            scrape = scrape.route_layer(middleware::from_fn_with_state(token, require_bearer));
-        }
-    }
-    // A browser or `curl host:8080` gets a 405 that says what the endpoint takes.
-    let rpc = rpc
-        .route_layer(middleware::from_fn_with_state(recorders, record))
+        token: token.clone(),
+        bounds: BodyBounds {
+            limit: config.settings.body_limit,
+            timeout: config.settings.body_timeout,
+        },
+    });
+    // route_layer: the guard sees only POSTs; a browser or `curl host:8080` gets a 405 that
+    // says what the endpoint takes.
+    let rpc = post(rpc_endpoint)
+        .route_layer(middleware::from_fn_with_state(guarded, guard))
         .fallback(not_post);
+    let mut scrape = get(metrics);
+    if let Some(token) = token.filter(|_| !config.settings.metrics_public) {
+        scrape = scrape.route_layer(middleware::from_fn_with_state(token, require_bearer));
+    }
     Router::new()
         .route("/", rpc)
         .route("/metrics", scrape)
@@ -236,30 +230,48 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(toolkit_core::media_type::is_json)
 }
 
-/// Where [`record`] counts: Riemann's interval figures and Prometheus's.
-#[derive(Clone)]
-struct Recorders {
+/// What [`guard`] needs: where [`record`] counts (Riemann's interval figures and
+/// Prometheus's), the token, and what one body may cost.
+struct Guarded {
     metrics: Arc<Metrics>,
     exposition: Arc<Exposition>,
+    token: Option<Arc<str>>,
+    bounds: BodyBounds,
+}
+
+/// Everything between `POST /` and the dispatcher, in order (see the module's docs).
+async fn guard(State(g): State<Arc<Guarded>>, req: Request, next: Next) -> Response {
+    record(&g, async {
+        if let Some(token) = &g.token
+            && !authorized(req.headers(), token)
+        {
+            return unauthorized();
+        }
+        if !is_json(req.headers()) {
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "JSON-RPC requests need Content-Type: application/json\n",
+            );
+        }
+        read_body(g.bounds, req, next).await
+    })
+    .await
 }
 
 /// Counts every JSON-RPC request with its latency and status; an error is a transport refusal
 /// or a body carrying a JSON-RPC error object. (Each call is counted by the dispatcher.)
-async fn record(State(r): State<Recorders>, req: Request, next: Next) -> Response {
+async fn record(g: &Guarded, answer: impl Future<Output = Response>) -> Response {
     let started = std::time::Instant::now();
-    let in_flight = r.exposition.request();
-    let resp = next.run(req).await;
+    let in_flight = g.exposition.request();
+    let resp = answer.await;
     in_flight.answered(resp.status().as_u16());
     let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
-    r.metrics.record(started.elapsed(), error);
+    g.metrics.record(started.elapsed(), error);
     resp
 }
 
-/// 401 unless `Authorization: Bearer <token>`.
-async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
-    if authorized(req.headers(), &token) {
-        return next.run(req).await;
-    }
+/// The 401 of a request without `Authorization: Bearer <token>`.
+fn unauthorized() -> Response {
     let mut resp = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -268,21 +280,18 @@ async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next)
     resp
 }
 
-/// 415 unless the body says it is JSON.
-async fn require_json(req: Request, next: Next) -> Response {
-    if is_json(req.headers()) {
+/// 401 unless `Authorization: Bearer <token>` (`GET /metrics` when it is not public).
+async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    if authorized(req.headers(), &token) {
         next.run(req).await
     } else {
-        plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "JSON-RPC requests need Content-Type: application/json\n",
-        )
+        unauthorized()
     }
 }
 
 /// Reads the whole body before the handler runs: at most `limit` bytes (413), within `timeout`
 /// (408, and the connection is closed): a slow or endless body costs no more than that.
-async fn read_body(State(bounds): State<BodyBounds>, req: Request, next: Next) -> Response {
+async fn read_body(bounds: BodyBounds, req: Request, next: Next) -> Response {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
     // The rest of the body stays unread: the connection cannot carry another request.
     let closing = |mut resp: Response| {
