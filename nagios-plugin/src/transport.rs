@@ -70,6 +70,7 @@ fn agent(
     files: &TlsFiles,
     proxy: Option<ureq::Proxy>,
 ) -> Result<ureq::Agent, SetupError> {
+    let has_proxy = proxy.is_some();
     let mut tls = ureq::tls::TlsConfig::builder().disable_verification(cfg.insecure);
     if let Some(certs) = &files.ca {
         let certs = certs
@@ -107,12 +108,20 @@ fn agent(
         None => config,
     };
     let config = config.build();
-    Ok(match cfg.connect_ip {
+    let uri: ureq::http::Uri = cfg.url.parse().map_err(|source| SetupError::Url {
+        url: toolkit_core::redact::url(&cfg.url),
+        source,
+    })?;
+    // A host that is an IP address needs no lookup: ureq's own resolver would start a thread to
+    // bound one (a timeout is set), a tenth of a run that takes a few milliseconds. Not through
+    // a proxy, whose own address the resolver is asked for.
+    let literal = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .filter(|_| !has_proxy);
+    Ok(match cfg.connect_ip.or(literal) {
         Some(ip) => {
-            let uri: ureq::http::Uri = cfg.url.parse().map_err(|source| SetupError::Url {
-                url: toolkit_core::redact::url(&cfg.url),
-                source,
-            })?;
             let https = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             ureq::Agent::with_parts(
