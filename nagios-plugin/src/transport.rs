@@ -65,12 +65,8 @@ fn proxy(cfg: &CheckConfig) -> Result<Option<ureq::Proxy>, SetupError> {
     }
 }
 
-fn agent(
-    cfg: &CheckConfig,
-    files: &TlsFiles,
-    proxy: Option<ureq::Proxy>,
-) -> Result<ureq::Agent, SetupError> {
-    let has_proxy = proxy.is_some();
+/// The TLS settings: verification (unless `--insecure`), the CA file's roots, a client cert.
+fn tls_config(cfg: &CheckConfig, files: &TlsFiles) -> Result<ureq::tls::TlsConfig, SetupError> {
     let mut tls = ureq::tls::TlsConfig::builder().disable_verification(cfg.insecure);
     if let Some(certs) = &files.ca {
         let certs = certs
@@ -92,12 +88,22 @@ fn agent(
             .ok_or_else(|| TlsFileError::NoKey(key_path.clone()))?;
         tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
     }
+    Ok(tls.build())
+}
+
+fn agent(
+    cfg: &CheckConfig,
+    files: &TlsFiles,
+    proxy: Option<ureq::Proxy>,
+) -> Result<ureq::Agent, SetupError> {
+    let has_proxy = proxy.is_some();
+    let tls = tls_config(cfg, files)?;
     let mut config = ureq::Agent::config_builder()
         .proxy(proxy)
         .http_status_as_error(false)
         .timeout_global(Some(cfg.timeout))
         .max_redirects(0)
-        .tls_config(tls.build())
+        .tls_config(tls)
         .user_agent(format!(
             "check_jsonrpc/{} (monitoring-plugins)",
             env!("CARGO_PKG_VERSION")

@@ -3,7 +3,7 @@
 //! the file (and stage), the host's own entry, or the default. Values that may hold a secret
 //! (a header, a URL's password) are masked. Reads no host.
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Target, leaves};
 use crate::outcome::{Outcome, Unfinished};
 use std::fmt;
 
@@ -26,7 +26,7 @@ pub fn show_config(cfg: &Config, targets: &[Target]) -> ShownConfig {
         None => format!("no stage chosen (stages: {})", cfg.stages.join(", ")),
     };
     let mut settings = Vec::new();
-    flatten(&cfg.settings, "", cfg, &mut settings);
+    flatten(&cfg.settings, cfg, &mut settings);
     for (key, value) in defaults(cfg) {
         if !settings.iter().any(|(k, _, _)| *k == key) {
             settings.push((key, value, "default".to_owned()));
@@ -50,21 +50,10 @@ fn section(key: &str) -> &str {
 }
 
 /// Every key of `table` but `hosts` (shown per host), dotted, with its value masked and origin.
-fn flatten(table: &toml::Table, prefix: &str, cfg: &Config, out: &mut Vec<Setting>) {
-    for (key, value) in table {
-        let dotted = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            _ if dotted == "hosts" => {}
-            toml::Value::Table(t) => flatten(t, &dotted, cfg, out),
-            v => {
-                let origin = cfg.origins.get(&dotted).cloned().unwrap_or_default();
-                out.push((dotted.clone(), masked(&dotted, v), origin));
-            }
-        }
+fn flatten(table: &toml::Table, cfg: &Config, out: &mut Vec<Setting>) {
+    for (dotted, value) in leaves(table).into_iter().filter(|(k, _)| k != "hosts") {
+        let origin = cfg.origins.get(&dotted).cloned().unwrap_or_default();
+        out.push((dotted.clone(), masked(&dotted, value), origin));
     }
 }
 

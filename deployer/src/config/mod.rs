@@ -12,7 +12,7 @@ pub use canary::{Canary, Riemann};
 pub use health::Health;
 pub use hooks::{Hook, Hooks, Task, hook_commands, hooks_shown, where_shown};
 pub use select::Target;
-pub use stage::Origins;
+pub use stage::{Origins, leaves};
 
 use crate::ssh::{BadJump, HostKeyPolicy, Route, SshSettings};
 use serde::Deserialize;

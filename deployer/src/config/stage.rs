@@ -68,7 +68,7 @@ pub fn layer(
     }
     base.remove("stages");
     let mut origins = Origins::new();
-    record(&base, "", &shown, &mut origins);
+    record(&base, &shown, &mut origins);
     let Some(name) = stage else {
         return Ok(Layered {
             table: base,
@@ -77,7 +77,7 @@ pub fn layer(
         });
     };
     let (over, from) = stage_table(config, &inline, name, &stages)?;
-    record(&over, "", &from, &mut origins);
+    record(&over, &from, &mut origins);
     merge(&mut base, over);
     Ok(Layered {
         table: base,
@@ -160,23 +160,33 @@ fn merge(into: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Notes `from` as the origin of every key of `table` (tables key by key, under `prefix`).
-fn record(table: &toml::Table, prefix: &str, from: &str, origins: &mut Origins) {
-    for (key, value) in table {
-        let dotted = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(t) => record(t, &dotted, from, origins),
-            _ => {
-                // A stage's whole value replaces the keys under it that came from elsewhere.
-                let under = format!("{dotted}.");
-                origins.retain(|k, _| !k.starts_with(&under));
-                origins.insert(dotted, from.to_owned());
+/// Every value of `table` that is not a table, under its dotted key (`ssh.user`), in order.
+pub fn leaves(table: &toml::Table) -> Vec<(String, &toml::Value)> {
+    fn walk<'t>(table: &'t toml::Table, prefix: &str, out: &mut Vec<(String, &'t toml::Value)>) {
+        for (key, value) in table {
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(t) => walk(t, &dotted, out),
+                v => out.push((dotted, v)),
             }
         }
+    }
+    let mut out = Vec::new();
+    walk(table, "", &mut out);
+    out
+}
+
+/// Notes `from` as the origin of every key of `table` (tables key by key).
+fn record(table: &toml::Table, from: &str, origins: &mut Origins) {
+    for (dotted, _) in leaves(table) {
+        // A stage's whole value replaces the keys under it that came from elsewhere.
+        let under = format!("{dotted}.");
+        origins.retain(|k, _| !k.starts_with(&under));
+        origins.insert(dotted, from.to_owned());
     }
 }
 
@@ -209,13 +219,11 @@ mod tests {
         let mut origins = Origins::new();
         record(
             &table("a = 1\n[ssh]\nuser = \"x\"\n"),
-            "",
             "deploy.toml",
             &mut origins,
         );
         record(
             &table("[ssh]\nuser = \"y\"\n"),
-            "",
             "deploy/prod.toml",
             &mut origins,
         );
