@@ -94,10 +94,12 @@ pub fn run_everywhere_locked(
                 false => run_on(h, "", settings),
             };
             if let Err(e) = lock::release(h, owner, "") {
-                let ran = run
-                    .status
-                    .map_or(String::new(), |s| format!("ran (exit {s}), but "));
-                run.problem = Some(format!("{ran}{e}"));
+                let before = match (&run.problem, run.status) {
+                    (Some(p), _) => format!("{p}; and "),
+                    (None, Some(s)) => format!("ran (exit {s}), but "),
+                    (None, None) => String::new(),
+                };
+                run.problem = Some(format!("{before}{e}"));
                 run.status = None;
             }
             run

@@ -2,8 +2,8 @@
 //! `deploy_to`. Changed files travel whole; unchanged ones are tar hard-link entries pointing
 //! into the current release (no data sent, no extra disk used); the manifest travels last, so a
 //! host only has the manifest of a release whose files all arrived. Behind it, the script that
-//! finishes staging (shared links, REVISION) travels as `.deploy/staged.sh` and runs once tar has
-//! extracted everything: the upload and the staging end are one remote step, not two.
+//! finishes staging (shared links, REVISION) travels as `.deploy/staged-<pid>-<time>.sh` and
+//! runs once tar has extracted everything: the upload and the staging end are one remote step.
 
 use crate::manifest::{Delta, Entry, Kind, Manifest};
 use std::io::{self, Read, Write};
@@ -18,16 +18,28 @@ use std::path::Path;
 /// most 4000 bytes of it to stderr, so none can stall the channel; the script never stays.
 pub fn remote_command(deploy_to: &str) -> String {
     format!(
-        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && rm -f {STAGED} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2
-if [ $s -ne 0 ]; then rm -f \"$e\" {STAGED}; exit $s; fi
-if [ ! -f {STAGED} ]; then rm -f \"$e\"; echo 'the stream ended before its staging script: cut short' >&2; exit {STREAM_CUT}; fi
-sh {STAGED} >\"$e\" 2>&1; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\" {STAGED}; [ $s -eq 0 ] || exit {STAGED_FAILED}",
-        d = crate::ssh::quote(deploy_to)
+        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && rm -f {st} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2
+if [ $s -ne 0 ]; then rm -f \"$e\" {st}; exit $s; fi
+if [ ! -f {st} ]; then rm -f \"$e\"; echo 'the stream ended before its staging script: cut short' >&2; exit {STREAM_CUT}; fi
+sh {st} >\"$e\" 2>&1; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\" {st}; [ $s -eq 0 ] || exit {STAGED_FAILED}",
+        d = crate::ssh::quote(deploy_to),
+        st = staged_path()
     )
 }
 
-/// Where the staging script travels, relative to `deploy_to` (under the lock, so one at a time).
-const STAGED: &str = ".deploy/staged.sh";
+/// Where this process's staging script travels, relative to `deploy_to`: a name of its own
+/// (pid and start time), since the upload's command starts before the lock is taken, and a
+/// deploy locked out must never touch the script of the one that holds the lock.
+pub fn staged_path() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(".deploy/staged-{}-{nanos:x}.sh", std::process::id())
+    })
+}
 /// The upload's exit status when the staging script failed.
 pub const STAGED_FAILED: i32 = 90;
 /// The upload's exit status when the stream ended before the staging script.
@@ -149,7 +161,7 @@ pub fn write_release<W: Write>(
     let script = release.staged_script.as_bytes();
     b.append_data(
         &mut header(tar::EntryType::Regular, 0o600, script.len() as u64, now),
-        STAGED,
+        staged_path(),
         script,
     )?;
     b.into_inner()
@@ -254,7 +266,7 @@ mod tests {
                 "releases/2/lib",
                 "releases/2/lib/a",
                 ".deploy/manifests/2",
-                ".deploy/staged.sh"
+                staged_path()
             ]
         );
         assert_eq!(

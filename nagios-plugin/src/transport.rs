@@ -125,6 +125,11 @@ fn agent(
         .host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| match cfg.ip_family {
+            Some(IpFamily::V4) => ip.is_ipv4(),
+            Some(IpFamily::V6) => ip.is_ipv6(),
+            None => true,
+        })
         .filter(|_| !has_proxy);
     Ok(match cfg.connect_ip.or(literal) {
         Some(ip) => {

@@ -97,7 +97,7 @@ fn steps(
 fn upload_shown(d: &str, delta: &Delta, previous: Option<&str>, links: &str) -> String {
     let carried: Vec<String> = links.lines().map(|l| format!("#   {l}")).collect();
     format!(
-        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}, and last .deploy/staged.sh:\n{}",
+        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}, and last its staging script:\n{}",
         upload::remote_command(d),
         delta.send,
         delta.link,
