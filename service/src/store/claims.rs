@@ -2,27 +2,29 @@
 //! sent. A batch claims every write's id in its own transaction before applying it; an id
 //! claimed before is a write an earlier attempt committed (its answer lost to a timeout, a
 //! crash or a split batch). A write that changed nothing keeps its claim too, marked with why
-//! (`unchanged`: 1, its condition did not hold; 2, the database refused it), so that a second
-//! attempt answers what the first did. It is never judged again: by then later writes of the
-//! first attempt's batch may have committed, and judging it against their state would apply it
-//! out of order (a delete of a user a later put created).
+//! in its `applied_at` (`unchanged:1`, its condition did not hold; `unchanged:2`, the database
+//! refused it: no column of its own, so that older releases still start on this table), and a
+//! second attempt answers what the first did. It is never judged again: by then later writes
+//! of the first attempt's batch may have committed, and judging it against their state would
+//! apply it out of order (a delete of a user a later put created). Only an operator's requeue
+//! of a quarantined write ([`unmark`]) lets it be judged again.
 
 use super::StoreError;
 use super::writer::{Applied, Change, Outcome};
 use sqlx::{AnyConnection, Row};
 use std::collections::{HashMap, HashSet};
 
-/// `unchanged` of a write whose condition did not hold.
-const CONDITION_FAILED: i64 = 1;
-/// `unchanged` of a write the database refused.
-const REFUSED: i64 = 2;
+/// The mark of a write whose condition did not hold.
+const CONDITION_FAILED: &str = "unchanged:1";
+/// The mark of a write the database refused.
+const REFUSED: &str = "unchanged:2";
 
 /// What a batch's claim found.
 pub(super) struct Claims {
     /// The ids this transaction claimed.
     new: HashSet<String>,
-    /// Of the ids claimed before, those whose first attempt changed nothing, and why.
-    unchanged: HashMap<String, i64>,
+    /// Of the ids claimed before, those whose first attempt changed nothing, and its mark.
+    unchanged: HashMap<String, String>,
     /// An id claimed before, if any (for [`Claims::wait_for_earlier_commits`]).
     earlier: Option<String>,
 }
@@ -74,11 +76,9 @@ impl Claims {
 
     /// What a write claimed before answers: what its first attempt did.
     pub(super) fn earlier_outcome(&self, write_id: &str, change: &Change) -> Outcome {
-        match (self.unchanged.get(write_id), change) {
-            (None, _) => Ok(Applied::AlreadyApplied),
-            (Some(&CONDITION_FAILED), Change::Put { .. }) => Ok(Applied::Put(None)),
-            (Some(&CONDITION_FAILED), Change::Delete { .. }) => Ok(Applied::Deleted(false)),
-            (Some(_), _) => Err(StoreError::RefusedEarlier),
+        match self.unchanged.get(write_id) {
+            None => Ok(Applied::AlreadyApplied),
+            Some(mark) => unchanged_outcome(mark, change),
         }
     }
 
@@ -101,43 +101,95 @@ impl Claims {
         Ok(())
     }
 
-    /// Marks each write this transaction claimed that changed nothing, with why.
+    /// Marks each write this transaction claimed that changed nothing, with why: one
+    /// statement per reason (and per 500 ids), however many there are.
     pub(super) async fn mark_unchanged(
         &self,
         conn: &mut AnyConnection,
         batch: &[(String, Change)],
         outcomes: &[Outcome],
     ) -> Result<(), StoreError> {
-        for ((write_id, _), outcome) in batch.iter().zip(outcomes) {
-            let why = match outcome {
-                Err(_) => REFUSED,
-                Ok(Applied::Put(None) | Applied::Deleted(false)) => CONDITION_FAILED,
-                Ok(_) => continue,
-            };
-            if self.is_new(write_id) {
-                sqlx::query("UPDATE applied_writes SET unchanged = $1 WHERE write_id = $2")
-                    .bind(why)
-                    .bind(write_id)
-                    .execute(&mut *conn)
-                    .await?;
+        for mark in [CONDITION_FAILED, REFUSED] {
+            let ids: Vec<&str> = batch
+                .iter()
+                .zip(outcomes)
+                .filter(|((id, _), outcome)| self.is_new(id) && mark_of(outcome) == Some(mark))
+                .map(|((id, _), _)| id.as_str())
+                .collect();
+            for chunk in ids.chunks(500) {
+                let marks: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "UPDATE applied_writes SET applied_at = $1 WHERE write_id IN ({})",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mark);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *conn).await?;
             }
         }
         Ok(())
     }
 }
 
+/// The mark of a write that changed nothing; `None` for one that changed something.
+fn mark_of(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Err(_) => Some(REFUSED),
+        Ok(Applied::Put(None) | Applied::Deleted(false)) => Some(CONDITION_FAILED),
+        Ok(_) => None,
+    }
+}
+
+/// What a write marked `mark` answers when it comes again.
+fn unchanged_outcome(mark: &str, change: &Change) -> Outcome {
+    match (mark, change) {
+        (CONDITION_FAILED, Change::Put { .. }) => Ok(Applied::Put(None)),
+        (CONDITION_FAILED, Change::Delete { .. }) => Ok(Applied::Deleted(false)),
+        _ => Err(StoreError::RefusedEarlier),
+    }
+}
+
+/// What the second copy of a write id in one batch answers: what the first copy did.
+pub(super) fn repeated_outcome(first: &Outcome, change: &Change) -> Outcome {
+    match mark_of(first) {
+        Some(mark) => unchanged_outcome(mark, change),
+        None => Ok(Applied::AlreadyApplied),
+    }
+}
+
+/// Lets requeued writes be judged again: an operator's `usersvc journal requeue` of a
+/// quarantined write (refused, or its condition failed) asks exactly that. Only marked claims
+/// go: a write that changed something stays applied once.
+pub(crate) async fn unmark(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM applied_writes WHERE applied_at LIKE 'unchanged:%' AND write_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Of `ids` (claimed before), those whose first attempt changed nothing, and why.
 async fn read_unchanged(
     conn: &mut AnyConnection,
     ids: &[&str],
-) -> Result<HashMap<String, i64>, StoreError> {
+) -> Result<HashMap<String, String>, StoreError> {
     let mut out = HashMap::new();
     // Bounded statements: SQLite allows 32766 parameters, PostgreSQL 65535.
     for chunk in ids.chunks(500) {
         let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT write_id, unchanged FROM applied_writes
-             WHERE unchanged IS NOT NULL AND write_id IN ({})",
+            "SELECT write_id, applied_at FROM applied_writes
+             WHERE applied_at LIKE 'unchanged:%' AND write_id IN ({})",
             marks.join(", ")
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -145,7 +197,7 @@ async fn read_unchanged(
             q = q.bind(*id);
         }
         for row in q.fetch_all(&mut *conn).await? {
-            out.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+            out.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
         }
     }
     Ok(out)

@@ -72,11 +72,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         applied_at TEXT NOT NULL
     )",
     ),
-    (
-        3,
-        "why a claimed write changed nothing, so a second attempt answers as the first did",
-        "ALTER TABLE applied_writes ADD COLUMN unchanged INTEGER",
-    ),
 ];
 
 /// The PostgreSQL channel on which every write announces the id it changed (`*`: many ids), so
@@ -214,7 +209,11 @@ impl Store {
                 )
             })
             .collect();
-        let run = Migrator::with_migrations(migrations);
+        let mut run = Migrator::with_migrations(migrations);
+        // A database a later release migrated further must not stop this one: a rollback to
+        // it, or a rolling upgrade's older instances, must still start. (Releases add tables
+        // and columns older ones do not read; none removes one.)
+        run.set_ignore_missing(true);
         match tokio::time::timeout(self.timeout * LOAD_TIMEOUTS, run.run(self.pool())).await {
             Ok(done) => done?,
             Err(_) => return Err(StoreError::TimedOut(self.timeout * LOAD_TIMEOUTS)),

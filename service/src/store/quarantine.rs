@@ -81,8 +81,17 @@ pub fn requeue(journal: &Path, chosen: &[usize]) -> Result<Vec<Piece>, Quarantin
     let (pieces, picked) = pick(journal, chosen)?;
     let entries = picked
         .iter()
-        .map(|p| p.entry.clone().ok_or(QuarantineError::NotAWrite(p.number)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|p| {
+            let entry = p
+                .entry
+                .clone()
+                .ok_or(QuarantineError::NotAWrite(p.number))?;
+            Ok(Entry {
+                requeued: true,
+                ..entry
+            })
+        })
+        .collect::<Result<Vec<_>, QuarantineError>>()?;
     let (mut j, _) = Journal::open(journal, owner)?;
     j.append_all(&entries)?;
     keep_only(journal, &pieces, chosen)?;
@@ -140,6 +149,7 @@ mod tests {
         };
         Entry {
             write_id: format!("w{n}"),
+            requeued: false,
             op: Op::Put {
                 id: format!("u{n}"),
                 doc,
@@ -196,9 +206,14 @@ mod tests {
         assert_eq!(list(&path).expect("list").pieces.len(), 3);
         let back = requeue(&path, &[3]).expect("requeue");
         assert_eq!(back[0].write_ids, ["w3"]);
+        // Requeued: replay judges it again, whatever its first attempt's claim says.
+        let requeued = Entry {
+            requeued: true,
+            ..put(3)
+        };
         assert_eq!(
             journal::read(&path).expect("read").entries,
-            vec![put(1), put(2), put(3)]
+            vec![put(1), put(2), requeued]
         );
         let gone = discard(&path, &[1, 2]).expect("discard");
         assert_eq!(gone.len(), 2);

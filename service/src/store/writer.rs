@@ -10,7 +10,7 @@ use super::claims::{self, Claims};
 use super::{CHANGES_CHANNEL, Expect, Store, StoreError, put_many, put_on};
 use crate::doc::WriteDoc;
 use sqlx::{AnyConnection, Connection, Row};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// One write, as the store applies it.
@@ -137,6 +137,23 @@ impl Writer {
         done
     }
 
+    /// Lets these write ids, requeued by an operator, be judged again: a claim that says its
+    /// write changed nothing goes; one of a write that changed something stays.
+    pub async fn unmark(&mut self, write_ids: &[&str]) -> Result<(), StoreError> {
+        let timeout = self.timeout;
+        let done = async {
+            let conn = self.connection().await?;
+            claims::unmark(conn, write_ids).await
+        };
+        match tokio::time::timeout(timeout, done).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.conn = None;
+                Err(StoreError::TimedOut(timeout))
+            }
+        }
+    }
+
     /// Records of these acknowledged write ids go with the next committed batch.
     pub fn forget_later(&mut self, write_ids: impl IntoIterator<Item = String>) {
         self.forget.extend(write_ids);
@@ -227,12 +244,19 @@ async fn apply_claimed<'b>(
 ) -> Result<(Vec<Outcome>, Vec<&'b str>), StoreError> {
     let mut out = Vec::with_capacity(batch.len());
     let mut changed: Vec<&str> = Vec::new();
-    let mut first = HashSet::new();
+    // The outcome of each id's first copy in this batch: a second copy answers the same.
+    let mut first: HashMap<&str, usize> = HashMap::new();
     for (write_id, change) in batch {
-        if !claims.is_new(write_id) || !first.insert(write_id.as_str()) {
+        if !claims.is_new(write_id) {
             out.push(claims.earlier_outcome(write_id, change));
             continue;
         }
+        if let Some(&at) = first.get(write_id.as_str()) {
+            let again = claims::repeated_outcome(&out[at], change);
+            out.push(again);
+            continue;
+        }
+        first.insert(write_id, out.len());
         if savepoints {
             sqlx::query("SAVEPOINT w").execute(&mut *conn).await?;
         }

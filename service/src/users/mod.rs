@@ -315,6 +315,7 @@ impl Users {
         let (reply, answer) = oneshot::channel();
         let entry = JournalEntry {
             write_id: uuid::Uuid::now_v7().to_string(),
+            requeued: false,
             op,
         };
         queue

@@ -116,6 +116,15 @@ pub(crate) async fn recover(
 /// store failure the unreplayed rest stays queued.
 pub(crate) async fn replay(shared: &Shared, writer: &mut Writer) -> Result<usize, ReplayError> {
     let entries = with_journal(shared, |j| j.pending())?;
+    // An operator's requeue asks for these to be judged again (see `store::Writer::unmark`).
+    let requeued: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.requeued)
+        .map(|e| e.write_id.as_str())
+        .collect();
+    if !requeued.is_empty() {
+        writer.unmark(&requeued).await?;
+    }
     let mut replayed = 0;
     let mut at = 0;
     // How many writes a batch may hold: shrinks when one times out on a store that answers.

@@ -65,6 +65,7 @@ fn put(write_id: &str, doc: Value, expect: Option<i64>) -> JournalEntry {
     let user = user(doc);
     JournalEntry {
         write_id: write_id.to_owned(),
+        requeued: false,
         op: Op::Put {
             id: user.id,
             doc: user.doc,

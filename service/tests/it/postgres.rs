@@ -289,12 +289,39 @@ fn a_write_sent_again_answers_what_its_first_attempt_did() {
             ),
             "{again:?}"
         );
+        // An operator's requeue lets a write that changed nothing be judged again; a write that
+        // changed something stays applied once.
+        let w7 = vec![("w7".to_owned(), put("c", Expect::Rev(2)))];
+        let later = [("w8".to_owned(), put("c", Expect::Any))];
+        let first = writer.commit(&w7).await;
+        assert!(
+            matches!(first.as_deref(), Ok([Ok(Applied::Put(None))])),
+            "{first:?}"
+        );
+        let c2 = writer.commit(&later).await;
+        assert!(
+            matches!(c2.as_deref(), Ok([Ok(Applied::Put(Some(2)))])),
+            "{c2:?}"
+        );
+        writer.unmark(&["w7", "w1"]).await.expect("unmark");
+        let judged = writer.commit(&w7).await;
+        assert!(
+            matches!(judged.as_deref(), Ok([Ok(Applied::Put(Some(3)))])),
+            "{judged:?}"
+        );
+        let w1 = writer
+            .commit(&[("w1".to_owned(), put("a", Expect::Any))])
+            .await;
+        assert!(
+            matches!(w1.as_deref(), Ok([Ok(Applied::AlreadyApplied)])),
+            "{w1:?}"
+        );
         writer.close().await;
         store.close().await;
     });
     assert_eq!(
         pg.psql("SELECT string_agg(id || '@' || rev, ',' ORDER BY id) FROM users"),
-        "a@1,b@1,c@1",
+        "a@1,b@1,c@3",
         "b, created after its delete, is still there"
     );
 }

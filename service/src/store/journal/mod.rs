@@ -54,6 +54,10 @@ pub struct Entry {
     /// First field: a record that no longer decodes is still named by it (`write_ids_in`).
     pub write_id: String,
     pub op: Op,
+    /// Put back from the quarantine by an operator (`usersvc journal requeue`): replay judges
+    /// it again even if its first attempt left a claim that says it changed nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeued: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +306,7 @@ mod tests {
         };
         Entry {
             write_id: format!("w{n}"),
+            requeued: false,
             op: Op::Put {
                 id: format!("u{n}"),
                 doc,
@@ -367,12 +372,14 @@ mod tests {
             put(1),
             Entry {
                 write_id: "w-many".into(),
+                requeued: false,
                 op: Op::PutMany {
                     users: vec![("b".into(), DocText::new(&doc))],
                 },
             },
             Entry {
                 write_id: "w-del".into(),
+                requeued: false,
                 op: Op::Delete {
                     id: "u1".into(),
                     expect: Some(3),
