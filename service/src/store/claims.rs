@@ -116,17 +116,9 @@ impl Claims {
                 .filter(|((id, _), outcome)| self.is_new(id) && mark_of(outcome) == Some(mark))
                 .map(|((id, _), _)| id.as_str())
                 .collect();
-            for chunk in ids.chunks(500) {
-                let marks: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "UPDATE applied_writes SET applied_at = $1 WHERE write_id IN ({})",
-                    marks.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mark);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.execute(&mut *conn).await?;
+            for chunk in ids.chunks(CHUNK) {
+                let sql = "UPDATE applied_writes SET applied_at = $1 WHERE write_id IN ({ids})";
+                with_ids(sql, Some(mark), chunk).execute(&mut *conn).await?;
             }
         }
         Ok(())
@@ -163,17 +155,9 @@ pub(super) fn repeated_outcome(first: &Outcome, change: &Change) -> Outcome {
 /// quarantined write (refused, or its condition failed) asks exactly that. Only marked claims
 /// go: a write that changed something stays applied once.
 pub(crate) async fn unmark(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), StoreError> {
-    for chunk in ids.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "DELETE FROM applied_writes WHERE applied_at LIKE 'unchanged:%' AND write_id IN ({})",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *conn).await?;
+    for chunk in ids.chunks(CHUNK) {
+        let sql = "DELETE FROM applied_writes WHERE applied_at LIKE 'unchanged:%' AND write_id IN ({ids})";
+        with_ids(sql, None, chunk).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -184,19 +168,10 @@ async fn read_unchanged(
     ids: &[&str],
 ) -> Result<HashMap<String, String>, StoreError> {
     let mut out = HashMap::new();
-    // Bounded statements: SQLite allows 32766 parameters, PostgreSQL 65535.
-    for chunk in ids.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT write_id, applied_at FROM applied_writes
-             WHERE applied_at LIKE 'unchanged:%' AND write_id IN ({})",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
+    for chunk in ids.chunks(CHUNK) {
+        let sql = "SELECT write_id, applied_at FROM applied_writes
+             WHERE applied_at LIKE 'unchanged:%' AND write_id IN ({ids})";
+        for row in with_ids(sql, None, chunk).fetch_all(&mut *conn).await? {
             out.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
         }
     }
@@ -205,18 +180,34 @@ async fn read_unchanged(
 
 /// Drops the claims of `ids`: acknowledged writes nothing will send again.
 pub(super) async fn forget(conn: &mut AnyConnection, ids: &[String]) -> Result<(), StoreError> {
-    // Bounded statements: SQLite allows 32766 parameters, PostgreSQL 65535.
-    for chunk in ids.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "DELETE FROM applied_writes WHERE write_id IN ({})",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(id);
-        }
-        q.execute(&mut *conn).await?;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for chunk in ids.chunks(CHUNK) {
+        let sql = "DELETE FROM applied_writes WHERE write_id IN ({ids})";
+        with_ids(sql, None, chunk).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Ids per statement: SQLite allows 32766 parameters, PostgreSQL 65535.
+const CHUNK: usize = 500;
+
+/// `sql` with `{ids}` made one placeholder per id of `ids`, bound after `lead` (then `$1`).
+fn with_ids<'q>(
+    sql: &str,
+    lead: Option<&'q str>,
+    ids: &[&'q str],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let first = 1 + usize::from(lead.is_some());
+    let marks: Vec<String> = (first..first + ids.len())
+        .map(|i| format!("${i}"))
+        .collect();
+    let sql = sql.replace("{ids}", &marks.join(", "));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(lead) = lead {
+        q = q.bind(lead);
+    }
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q
 }
