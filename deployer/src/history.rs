@@ -343,6 +343,18 @@ mod tests {
             "the revision shortened: {shown}"
         );
         assert!(shown.ends_with("(1 unreadable lines skipped)"), "{shown}");
+        // A line just under the limit is an entry like any other.
+        let mut near = entry("usersvc", None, "4b");
+        let pad = MAX_LINE as usize - serde_json::to_vec(&near).expect("json").len() - 1;
+        near.revision.push_str(&"f".repeat(pad));
+        append(&path, &near).expect("a line of MAX_LINE bytes, newline included");
+        assert_eq!(
+            read(&path, "usersvc", None, 10)
+                .expect("read")
+                .entries
+                .back(),
+            Some(&near)
+        );
         // A line over the limit is skipped, never held whole; what follows it is read.
         let long = format!(
             "{{\"application\":\"{}\"}}\n",

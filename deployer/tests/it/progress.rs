@@ -165,7 +165,7 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// On a terminal, a fleet (more than 8 hosts) gets one staging bar, not one per host: all the
+/// On a terminal, a fleet (more than 8 hosts) gets one staging bar, 8 hosts still one each: all the
 /// bytes, and how many hosts are done, failed and running. Run under a pseudo-terminal
 /// (`script`), as a user at a terminal would see it.
 #[test]
@@ -173,18 +173,32 @@ fn a_fleet_stages_under_one_bar_counting_its_hosts() {
     let ips: Vec<u8> = (85..=93).collect();
     let h = Hosts::start(&ips);
     h.write("v", "1");
-    let line = format!(
-        "stty cols 200; exec {} -c {} deploy",
-        env!("CARGO_BIN_EXE_deployer"),
-        h.config.display()
+    let on_a_terminal = |hosts: &str| {
+        let line = format!(
+            "stty cols 200; exec {} -c {} deploy --hosts {hosts}",
+            env!("CARGO_BIN_EXE_deployer"),
+            h.config.display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("XDG_STATE_HOME", common::state_home(&h.config))
+            .output()
+            .expect("script (util-linux) runs the deployer under a pseudo-terminal");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // Eight hosts, the limit: a bar each.
+    let names: Vec<String> = h.servers.iter().map(|s| s.addr.clone()).collect();
+    let text = on_a_terminal(&names[..8].join(","));
+    assert!(!text.contains("8 hosts ["), "{text}");
+    assert!(
+        names[..8].iter().all(|n| text.contains(&format!("{n} ["))),
+        "{text}"
     );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("XDG_STATE_HOME", common::state_home(&h.config))
-        .output()
-        .expect("script (util-linux) runs the deployer under a pseudo-terminal");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    // Nine: one bar for them all.
+    h.write("v", "2");
+    let text = on_a_terminal(&names.join(","));
     assert!(text.contains("9 hosts ["), "one bar for the fleet: {text}");
     assert!(text.contains("9/9 done, 0 failed, 0 running"), "{text}");
     let first = format!("{} [", h.servers[0].addr);
