@@ -106,6 +106,34 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     own.join("debug").join(bin)
 }
 
+/// `make` as a user's shell runs it: without the variables `cargo test` sets for the test
+/// binary itself. ring's build script watches `CARGO_MANIFEST_DIR`, so a cargo started with the
+/// test's value rebuilt ring and relinked every binary of `target/debug` while other tests were
+/// starting them (a CI run failed on "usersvc binary is missing").
+pub fn make() -> Command {
+    let mut cmd = Command::new("make");
+    without_test_env(&mut cmd);
+    cmd
+}
+
+/// Removes from `cmd` what `cargo test` sets for the running test crate (see [`make`]).
+pub fn without_test_env(cmd: &mut Command) -> &mut Command {
+    const SET_FOR_THE_TEST: [&str; 5] = [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+    ];
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if SET_FOR_THE_TEST.iter().any(|p| name.starts_with(p)) || name == "CARGO_TARGET_TMPDIR" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// Makes `cmd`'s child receive SIGKILL when the thread that spawned it dies.
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: std's pre_exec is unsafe because the closure runs between fork and exec; prctl

@@ -250,7 +250,7 @@ fn run_script(
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new("unshare")
+    let out = testbed::process::without_test_env(&mut Command::new("unshare"))
         .args(["--mount", "--propagation", "private", "sh", "-c", &mounts])
         .env("PATH", path)
         .env("HOME", &home)
@@ -340,6 +340,7 @@ fn make_run_and_the_readme_curls_answer_as_it_says() {
         ),
     );
     let mut run = ns.wrap(Command::new("make").arg("run"));
+    testbed::process::without_test_env(&mut run);
     run.current_dir(&co).env("CARGO", bin.join("cargo"));
     let server = testbed::Peer::spawn("make run", run);
     let inside = |command: &str| {

@@ -59,7 +59,7 @@ fn make_dist(dir: &Path) -> PathBuf {
     let dist = dir.join("dist");
     sh(
         "make dist (see the Makefile)",
-        Command::new("make")
+        testbed::process::make()
             .arg("-s")
             .arg("dist")
             .arg("PROFILE=dev")
@@ -178,7 +178,7 @@ fn ship_upgrade_under_load_roll_back_and_watch() {
     //    hook's --start). Its revision is the deployer's default: a hash of the source.
     sh(
         "make deploy",
-        Command::new("make")
+        testbed::process::make()
             .args(["-s", "deploy", "PROFILE=dev"])
             .arg(format!("DEPLOY_CONFIG={}", hosts.config.display()))
             .current_dir(workspace_root()),

@@ -289,7 +289,7 @@ fn make_install_puts_tools_pages_and_completions_where_they_are_looked_for() {
     let dest = tempfile::tempdir().expect("temp dir");
     let out = testbed::process::checked(
         "make install",
-        Command::new("make")
+        testbed::process::make()
             .args(["-s", "install", "PROFILE=dev", "PREFIX=/usr"])
             .arg(format!("DESTDIR={}", dest.path().display()))
             .current_dir(testbed::workspace_root())
