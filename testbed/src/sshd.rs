@@ -159,7 +159,7 @@ impl Sshd {
             "Port {port}\nListenAddress {ip}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             Subsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n",
+             Subsystem sftp /usr/lib/openssh/sftp-server\nLogLevel INFO\n",
             port = self.port,
             ip = self.ip,
             d = d.display()
@@ -233,5 +233,10 @@ impl Sshd {
     /// The server's own log (stderr).
     pub fn log(&self) -> String {
         self.peer.as_ref().map(Peer::log).unwrap_or_default()
+    }
+
+    /// How many logins (SSH sessions authenticated) the server has seen so far.
+    pub fn logins(&self) -> usize {
+        self.log().matches("Accepted publickey for ").count()
     }
 }

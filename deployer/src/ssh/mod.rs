@@ -3,7 +3,8 @@
 //! file re-exports, never a child's path:
 //! - `address`: `host[:port]` and `[v6]:port`, one reading for deploy.toml and ProxyJump;
 //! - `openssh_config`: what the user's OpenSSH config says of a host (`[ssh] ssh_config`);
-//! - `jump`: ProxyJump chains and the tunnel through each hop;
+//! - `jump`: ProxyJump chains as OpenSSH writes them;
+//! - `hub`: one session per jump host, carrying every tunnel through it;
 //! - `known_hosts`: host keys as OpenSSH keeps them (checked strictly, added atomically);
 //! - `session`: a connection (`Remote`) through its jump hosts, host key checked, user
 //!   authenticated; channels of its own for streams (the upload);
@@ -12,6 +13,7 @@
 //! Invariant: every value interpolated into a remote script goes through [`quote`].
 
 mod address;
+mod hub;
 mod jump;
 mod known_hosts;
 mod openssh_config;

@@ -3,6 +3,7 @@
 //! fingerprint; accepting new keys is opt-in), the user authenticated with the key file or the
 //! agent. Channels of its own carry streams (the upload) and the long-lived shell.
 
+use super::hub::Hub;
 use super::jump::Jump;
 use super::known_hosts::Verdict;
 use super::shell::Shell;
@@ -12,12 +13,15 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub struct Remote {
     pub name: String,
     session: ssh2::Session,
     timeout: Duration,
+    /// The jump host's session this one runs through (dropped after `session`).
+    _through: Option<Arc<Hub>>,
 }
 
 /// How to reach one host beyond the shared [`SshSettings`]: what `~/.ssh/config` or the host's
@@ -49,56 +53,21 @@ impl Remote {
         s: &SshSettings,
     ) -> Result<Self, SshError> {
         let identity = route.identity.as_ref().or(s.identity.as_ref());
-        let (first_host, first_port) = route
-            .jumps
-            .first()
-            .map_or((host, port), |j| (j.host.as_str(), j.port()));
-        let hop_name = |j: &Jump| format!("jump host {j} (on the way to {name})");
-        let first_name = route
-            .jumps
-            .first()
-            .map_or_else(|| name.to_owned(), hop_name);
-        // sshd's MaxStartups (10:30:100 by default) drops unauthenticated connections beyond
-        // ten at random: however many hosts are worked on at once, at most a few logins to
-        // jump hosts are under way at any moment.
-        let permit = (!route.jumps.is_empty()).then(JumpLogins::acquire);
-        let mut link = Link::Tcp(tcp_connect(&first_name, first_host, first_port, s.timeout)?);
-        for (i, j) in route.jumps.iter().enumerate() {
-            let (next_host, next_port) = route
-                .jumps
-                .get(i + 1)
-                .map_or((host, port), |n| (n.host.as_str(), n.port()));
-            let here = hop_name(j);
-            let user = j.user.as_deref().unwrap_or(&s.user);
-            let key = j.identity.as_ref().or(identity);
-            let (session, watch) = login(link, &here, &j.host, j.port(), user, key, s)?;
-            let channel = session
-                .channel_direct_tcpip(next_host, next_port, None)
-                .map_err(|e| SshError::Connect {
-                    host: name.to_owned(),
-                    message: format!(
-                        "{here} could not open a connection to {next_host}:{next_port}: {e}"
-                    ),
-                })?;
-            let (ours, theirs) = UnixStream::pair().map_err(|e| SshError::Session {
-                host: name.to_owned(),
-                message: format!("cannot make a socket pair for the tunnel: {e}"),
-            })?;
-            super::jump::spawn_tunnel(session, channel, theirs, watch).map_err(|e| {
-                SshError::Session {
-                    host: name.to_owned(),
-                    message: format!("cannot start the tunnel through {here}: {e}"),
-                }
-            })?;
-            link = Link::Tunnel(ours);
-        }
-        drop(permit);
+        let (link, through) = match route.jumps.last() {
+            None => (Link::Tcp(tcp_connect(name, host, port, s.timeout)?), None),
+            Some(last) => {
+                let hub = hub_for(&route.jumps, name, identity, s)?;
+                let socket = tunnel(&hub, last, name, (host, port), s)?;
+                (Link::Tunnel(socket), Some(hub))
+            }
+        };
         let user = route.user.as_deref().unwrap_or(&s.user);
         let (session, _) = login(link, name, host, port, user, identity, s)?;
         Ok(Self {
             name: name.to_owned(),
             session,
             timeout: s.timeout,
+            _through: through,
         })
     }
 
@@ -144,7 +113,92 @@ impl Remote {
     }
 }
 
-/// A permit to log in to jump hosts; at most [`JumpLogins::MAX`] are held at once.
+/// The jump host sessions of this process, one per chain (every hop's user, address and key):
+/// each host behind a bastion gets its tunnel from the one session there.
+/// A chain has a second session only while a host behind it keeps the first one's open waiting
+/// (see [`Hub::is_stuck`]).
+type Chains = std::collections::BTreeMap<Vec<String>, Arc<Mutex<Vec<Weak<Hub>>>>>;
+static CHAINS: Mutex<Chains> = Mutex::new(std::collections::BTreeMap::new());
+
+/// The session at the end of jump chain `chain`, logged in (through the chain before it) when
+/// there is none alive yet. Logins to one chain wait for each other; other chains do not wait.
+fn hub_for(
+    chain: &[Jump],
+    name: &str,
+    identity: Option<&PathBuf>,
+    s: &SshSettings,
+) -> Result<Arc<Hub>, SshError> {
+    let Some((last, before)) = chain.split_last() else {
+        return Err(SshError::Connect {
+            host: name.to_owned(),
+            message: "an empty jump chain".into(),
+        });
+    };
+    let key_of = |j: &Jump| j.identity.as_ref().or(identity).cloned();
+    let user_of = |j: &Jump| j.user.clone().unwrap_or_else(|| s.user.clone());
+    let key: Vec<String> = chain
+        .iter()
+        .map(|j| format!("{}@{j} {:?}", user_of(j), key_of(j)))
+        .collect();
+    let slot = Arc::clone(toolkit_core::lock(&CHAINS).entry(key).or_default());
+    let mut slot = toolkit_core::lock(&slot);
+    slot.retain(|h| h.upgrade().is_some_and(|h| h.is_alive()));
+    if let Some(hub) = slot
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|h| !h.is_stuck())
+    {
+        return Ok(hub);
+    }
+    let here = format!("jump host {last} (on the way to {name})");
+    let (link, through) = match before.last() {
+        None => (
+            Link::Tcp(tcp_connect(&here, &last.host, last.port(), s.timeout)?),
+            None,
+        ),
+        Some(previous) => {
+            let hub = hub_for(before, name, identity, s)?;
+            let socket = tunnel(&hub, previous, name, (&last.host, last.port()), s)?;
+            (Link::Tunnel(socket), Some(hub))
+        }
+    };
+    let _permit = JumpLogins::acquire();
+    let key = key_of(last);
+    let (session, watch) = login(
+        link,
+        &here,
+        &last.host,
+        last.port(),
+        &user_of(last),
+        key.as_ref(),
+        s,
+    )?;
+    let hub = Hub::start(session, watch, through).map_err(|e| SshError::Session {
+        host: name.to_owned(),
+        message: format!("cannot start the session thread for {here}: {e}"),
+    })?;
+    slot.push(Arc::downgrade(&hub));
+    Ok(hub)
+}
+
+/// A connection to `to` through `via`'s session (`hub`).
+fn tunnel(
+    hub: &Hub,
+    via: &Jump,
+    name: &str,
+    (host, port): (&str, u16),
+    s: &SshSettings,
+) -> Result<UnixStream, SshError> {
+    hub.open(host, port, s.timeout)
+        .map_err(|e| SshError::Connect {
+            host: name.to_owned(),
+            message: format!(
+                "jump host {via} (on the way to {name}) could not open a connection to {host}:{port}: {e}"
+            ),
+        })
+}
+
+/// A permit to log in to a jump host; at most [`JumpLogins::MAX`] are held at once.
 struct JumpLogins;
 
 static JUMP_LOGINS: (std::sync::Mutex<usize>, std::sync::Condvar) =

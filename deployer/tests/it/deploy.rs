@@ -707,13 +707,12 @@ fn with_ssh(h: &Hosts, lines: &str) {
     std::fs::write(&h.config, text).expect("deploy.toml");
 }
 
-#[test]
-fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
-    let ns = Netns::start();
-    let bastion = Sshd::start_in(&ns, 2200);
-    let h = Hosts::with_servers(vec![Sshd::start_in(&ns, 2201), Sshd::start_in(&ns, 2202)]);
-    // The hosts take the deployer's key only from the bastion's address; the bastion takes it
-    // from anywhere, and its host key is known.
+/// Two hosts in `ns` that take the deployer's key only from the bastion's address, and the
+/// bastion, which takes it from anywhere; known_hosts has all three keys. Also returns the key
+/// and known_hosts without the bastion's line.
+fn behind_a_bastion(ns: &Netns) -> (Sshd, Hosts, String, String) {
+    let bastion = Sshd::start_in(ns, 2200);
+    let h = Hosts::with_servers(vec![Sshd::start_in(ns, 2201), Sshd::start_in(ns, 2202)]);
     let key = std::fs::read_to_string(h.servers[0].identity.with_extension("pub")).expect("key");
     for s in &h.servers {
         let only_from_bastion = format!("from=\"{}\" {key}", ns.inside_ip);
@@ -728,6 +727,15 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     let hosts_only = std::fs::read_to_string(&known).expect("known_hosts");
     let bastion_key = std::fs::read_to_string(&bastion.known_hosts).expect("bastion key");
     std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
+    (bastion, h, key, hosts_only)
+}
+
+#[test]
+fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
+    let ns = Netns::start();
+    let (bastion, h, key, hosts_only) = behind_a_bastion(&ns);
+    let known = h.dir.path().join("known_hosts");
+    let bastion_key = std::fs::read_to_string(&bastion.known_hosts).expect("bastion key");
     h.write("bin/app", "v1\n");
     // 4 MiB that do not compress: the tunnel's flow control (the channel window, a full socket
     // buffer) is exercised, not only a few small packets.
@@ -753,6 +761,8 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     with_ssh(&h, &format!("proxy_jump = \"{jump}\""));
     let r = h.run(&["deploy"]);
     assert_eq!(r.code, 0, "{r}");
+    // Both hosts' connections ride one session to the bastion.
+    assert_eq!(bastion.logins(), 1, "{}", bastion.log());
     let first = h.current(0).expect("deployed through the bastion");
     assert_eq!(h.current(1).as_deref(), Some(first.as_str()));
     for i in 0..2 {
@@ -769,6 +779,28 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
         "{r}"
     );
 
+    // A host behind the bastion that is down fails alone: the session to the bastion goes on
+    // carrying the others' tunnels.
+    let with_dead = h.dir.path().join("with-a-dead-host.toml");
+    let text = std::fs::read_to_string(&h.config).expect("deploy.toml");
+    let dead = format!("{}:2299", ns.inside_ip);
+    std::fs::write(
+        &with_dead,
+        format!("{text}\n[[hosts]]\naddress = \"{dead}\"\ndeploy_to = \"/srv/none\"\n"),
+    )
+    .expect("deploy.toml");
+    let r = common::deployer(&with_dead, &["exec", "--", "cat", "bin/app"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout
+            .contains(&format!("could not open a connection to {dead}")),
+        "{r}"
+    );
+    for s in &h.servers {
+        assert!(r.stdout.contains(&format!("{}: v1", s.addr)), "{r}");
+    }
+    assert_eq!(bastion.logins(), 3, "{}", bastion.log());
+
     // A chain of two jump hosts, as OpenSSH writes it: the second reached through the first.
     let inner = Sshd::start_in(&ns, 2203);
     std::fs::write(inner.known_hosts.with_file_name("authorized_keys"), &key).expect("auth");
@@ -779,6 +811,12 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     std::fs::write(&h.config, text.replace(&jump, &chain)).expect("deploy.toml");
     let r = h.run(&["exec", "--", "cat", "bin/app"]);
     assert_eq!(r.code, 0, "{r}");
+    assert_eq!(
+        inner.logins(),
+        1,
+        "one session to the second hop: {}",
+        inner.log()
+    );
     // The second hop is really taken: its key unknown, the chain stops there.
     std::fs::write(&known, format!("{hosts_only}{bastion_key}")).expect("known_hosts");
     let r = h.run(&["exec", "--", "true"]);
@@ -877,6 +915,69 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     assert!(r.stderr.contains("zz-direct:2: ProxyCommand"), "{r}");
     drop(h);
     drop(bastion);
+}
+
+#[test]
+fn a_host_the_bastion_cannot_reach_holds_no_other_host_back() {
+    let ns = Netns::start();
+    let (bastion, h, _, _) = behind_a_bastion(&ns);
+    h.write("bin/app", "v1\n");
+    with_ssh(
+        &h,
+        &format!("proxy_jump = \"{}@{}\"", bastion.user, bastion.addr),
+    );
+    h.deploy_ok();
+    // A listener whose queue is full drops every SYN: the bastion's connect to it waits minutes,
+    // as to a host that is powered off behind a firewall.
+    let dead = format!("{}:2298", ns.inside_ip);
+    let script = format!(
+        "import socket, time\ns = socket.socket(); s.bind(('{ip}', 2298)); s.listen(0)\n\
+         held = [socket.create_connection(('{ip}', 2298))]\nprint('full', flush=True)\n\
+         time.sleep(600)",
+        ip = ns.inside_ip
+    );
+    let mut sink = testbed::Peer::spawn(
+        "full listener",
+        ns.wrap(std::process::Command::new("python3").args(["-c", &script])),
+    );
+    sink.wait_for_line(std::time::Duration::from_secs(10), |l| {
+        (l == "full").then_some(())
+    });
+    // One host at a time, the dead one second: the first host's connection keeps the session
+    // in use, and the last host asks for its tunnel while the bastion still has not answered
+    // for the dead one; it gets one within --timeout all the same.
+    let text = std::fs::read_to_string(&h.config).expect("deploy.toml");
+    let second_host = text.rfind("[[hosts]]").expect("two hosts");
+    let config = h.dir.path().join("dead-second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[[hosts]]\naddress = \"{dead}\"\ndeploy_to = \"/srv/none\"\n\n{}",
+            &text[..second_host],
+            &text[second_host..]
+        ),
+    )
+    .expect("deploy.toml");
+    let r = common::deployer(
+        &config,
+        &[
+            "--timeout",
+            "3",
+            "--parallel",
+            "1",
+            "exec",
+            "--",
+            "cat",
+            "bin/app",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains(&dead), "the dead host is named: {r}");
+    for s in &h.servers {
+        assert!(r.stdout.contains(&format!("{}: v1", s.addr)), "{r}");
+    }
+    // The deploy's one login, then this run's: the stuck one and the one the others took.
+    assert_eq!(bastion.logins(), 3, "{}", bastion.log());
 }
 
 /// Plays usersvc on each host for the Riemann sink: every 200 ms, events for `app{i}` carrying
