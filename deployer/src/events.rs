@@ -102,6 +102,7 @@ mod tests {
             show_hooks: false,
             warnings: Vec::new(),
             canary: Vec::new(),
+            ssh_usage: None,
         };
         let events = deploy_events("usersvc", &r);
         assert_eq!(events.len(), 2);

@@ -70,6 +70,8 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// What the canary compared, and why the deploy went on or stopped.
     pub canary: Vec<String>,
+    /// The connections and remote commands the run cost, printed with `-v`.
+    pub ssh_usage: Option<crate::ssh::Usage>,
 }
 
 impl fmt::Display for HookRun {
@@ -131,6 +133,16 @@ impl fmt::Display for Report {
         f.write_str(&warnings(warned))?;
         if self.show_hooks {
             f.write_str(&hooks_log(&self.hooks))?;
+        }
+        if let Some(u) = self.ssh_usage.filter(|_| !self.hosts.is_empty()) {
+            let per_host = u.commands as f64 / self.hosts.len() as f64;
+            write!(
+                f,
+                "\n\nssh: {} connections and {} remote commands for {} hosts ({per_host:.1} per host)",
+                u.connections,
+                u.commands,
+                self.hosts.len()
+            )?;
         }
         Ok(())
     }
@@ -211,6 +223,7 @@ mod tests {
             warnings: Vec::new(),
             // What Riemann said, with a terminal escape in a host name.
             canary: vec!["stopped: revision abc123 (app\u{1b}[2J1) against the others".into()],
+            ssh_usage: None,
         }
     }
 

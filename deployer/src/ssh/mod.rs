@@ -27,7 +27,36 @@ pub use session::{Remote, Route};
 pub use shell::{LineLimits, Output, Shell, finish};
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// What this process asked of hosts: connections made, and remote commands (a script run in a
+/// host's shell, or a command on a channel of its own). Each command is a round trip, the
+/// figure a slow link multiplies; `-v` prints them after a deploy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub connections: usize,
+    pub commands: usize,
+}
+
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+static COMMANDS: AtomicUsize = AtomicUsize::new(0);
+
+/// The counts so far (see [`Usage`]).
+pub fn usage() -> Usage {
+    Usage {
+        connections: CONNECTIONS.load(Ordering::Relaxed),
+        commands: COMMANDS.load(Ordering::Relaxed),
+    }
+}
+
+fn count_connection() {
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn count_command() {
+    COMMANDS.fetch_add(1, Ordering::Relaxed);
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKeyPolicy {

@@ -63,6 +63,7 @@ impl Remote {
         };
         let user = route.user.as_deref().unwrap_or(&s.user);
         let (session, _) = login(link, name, host, port, user, identity, s)?;
+        super::count_connection();
         Ok(Self {
             name: name.to_owned(),
             session,
@@ -74,6 +75,11 @@ impl Remote {
     /// Starts `command` on its own channel and returns it unread: the caller streams stdin
     /// (the upload) and then collects the result with [`finish`].
     pub fn start(&self, command: &str) -> Result<ssh2::Channel, SshError> {
+        super::count_command();
+        self.channel(command)
+    }
+
+    fn channel(&self, command: &str) -> Result<ssh2::Channel, SshError> {
         let err = |e: ssh2::Error| SshError::Session {
             host: self.name.clone(),
             message: e.to_string(),
@@ -92,7 +98,7 @@ impl Remote {
             .unwrap_or(0);
         Ok(Shell::new(
             self.name.clone(),
-            self.start("exec sh")?,
+            self.channel("exec sh")?,
             self.session.clone(),
             format!("__deployer_done_{pid:x}{nanos:x}"),
             self.timeout,

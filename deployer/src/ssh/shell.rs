@@ -188,6 +188,7 @@ impl Shell {
             host: host.to_owned(),
             message: format!("connection lost while {what}: {e}"),
         };
+        super::count_command();
         let ends = deadline.map(|d| std::time::Instant::now() + d);
         let wrapped = format!(
             "(\n{script}\n) </dev/null 2>&1; printf '\\n{m} %s\\n' \"$?\"\n",

@@ -199,6 +199,27 @@ fn deploys_incrementally_rolls_back_and_cleans_up() {
 }
 
 #[test]
+fn an_incremental_deploy_is_one_connection_and_four_commands_per_host() {
+    let h = Hosts::start(&[52, 53]);
+    h.write("bin/app", "v1\n");
+    h.write("lib/data", "unchanged\n");
+    h.deploy_ok();
+    h.write("bin/app", "v2\n");
+    let r = h.run(&["-v", "deploy"]);
+    assert_eq!(r.code, 0, "{r}");
+    // Lock and read the state; upload and link the shared files; publish; clean up and unlock.
+    assert!(
+        r.stdout
+            .contains("ssh: 2 connections and 8 remote commands for 2 hosts (4.0 per host)"),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.deploy_to(1).join("current/bin/app")).expect("app"),
+        "v2\n"
+    );
+}
+
+#[test]
 fn dry_run_reads_but_changes_nothing() {
     let h = Hosts::start(&[7]);
     h.write("a.txt", "a");

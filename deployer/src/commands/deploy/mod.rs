@@ -160,6 +160,7 @@ fn conclude(
     report.hooks.splice(0..0, before);
     local.after(&mut report);
     report.show_hooks = settings.verbose;
+    report.ssh_usage = settings.verbose.then(crate::ssh::usage);
     report.elapsed = started.elapsed();
     if let Some(r) = &cfg.riemann
         && let Err(e) = events::send(&r.server, &events::deploy_events(&cfg.application, &report))
@@ -265,6 +266,7 @@ fn stopped_early(
         show_hooks: false,
         warnings: Vec::new(),
         canary: Vec::new(),
+        ssh_usage: None,
     }
 }
 

@@ -118,6 +118,7 @@ impl Ctx<'_> {
             show_hooks: false,
             warnings: Vec::new(),
             canary: Vec::new(),
+            ssh_usage: None,
         }
     }
 }
