@@ -77,57 +77,17 @@ for i in range(files):
 ssh_opts = ["-i", f"{tmp}/client", "-o", f"UserKnownHostsFile={tmp}/known_hosts",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
 
-# RTT_MS=50 puts a link with that round-trip delay in front of every host (a proxy in this
-# process, half the delay each way; tc netem needs a kernel module this machine may not have).
-# Every tool of the run, the deployer and rsync alike, connects through it.
+# RTT_MS=50 puts a link with that round-trip delay in front of every host (slow_link.py).
 rtt = float(os.environ.get("RTT_MS", "0")) / 1000
 if rtt:
-    import queue, socket
-    def pump(src_sock, dst_sock):
-        q = queue.Queue()
-        def reader():
-            while True:
-                try:
-                    data = src_sock.recv(65536)
-                except OSError:
-                    data = b""
-                q.put((time.monotonic() + rtt / 2, data))
-                if not data:
-                    return
-        def writer():
-            while True:
-                due, data = q.get()
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                try:
-                    if not data:
-                        dst_sock.shutdown(socket.SHUT_WR)
-                        return
-                    dst_sock.sendall(data)
-                except OSError:
-                    return
-        threading.Thread(target=reader, daemon=True).start()
-        threading.Thread(target=writer, daemon=True).start()
-    def slow_link(ip, port):
-        ls = socket.socket()
-        ls.bind((ip, 0)); ls.listen(128)
-        def accept():
-            while True:
-                c, _ = ls.accept()
-                u = socket.create_connection((ip, int(port)))
-                for s in (c, u):
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                pump(c, u); pump(u, c)
-        threading.Thread(target=accept, daemon=True).start()
-        return ls.getsockname()[1]
+    sys.path.insert(0, os.getcwd())
+    from slow_link import known_hosts_for, slow_link
     known = open(f"{tmp}/known_hosts").read().splitlines()
     slow_hosts, slow_known = [], []
     for h in hosts:
         ip, port = h.split(":")
-        p = slow_link(ip, port)
-        slow_known += [l.replace(f"[{ip}]:{port} ", f"[{ip}]:{p} ", 1)
-                       for l in known if l.startswith(f"[{ip}]:{port} ")]
+        p = slow_link(ip, port, rtt)
+        slow_known += known_hosts_for(known, ip, port, p)
         slow_hosts.append(f"{ip}:{p}")
     with open(f"{tmp}/known_hosts", "a") as fh:
         fh.write("\n".join(slow_known) + "\n")
