@@ -2,16 +2,14 @@
 //! bastion are one login to the bastion, not 200 (OpenSSH's ControlMaster does the same). A
 //! thread owns the session, since a libssh2 session is driven by one thread at a time; it opens
 //! a direct-tcpip channel per tunnel and carries bytes between each channel and the socket pair
-//! the next hop's session runs over, so host-key checks and authentication are the same at every
-//! hop, and no `ssh` subprocess is involved.
-//!
-//! The session is non-blocking and every channel is served on every pass: libssh2 finishes a
-//! packet it could only half send before it sends another, and only the call that started the
-//! packet finishes it, so a channel is never dropped while it may own one (a channel ends by
-//! `close`, retried until libssh2 says it is done).
+//! the next hop's session runs over (`tunnel`), so host-key checks and authentication are the
+//! same at every hop, and no `ssh` subprocess is involved. The session is non-blocking and every
+//! tunnel is served on every pass.
 
+use super::tunnel::{Pass, Tunnel, would_block};
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,10 +27,19 @@ pub struct Hub {
     opening_since: Arc<Mutex<Option<Instant>>>,
 }
 
+/// Why no tunnel came.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The session is waiting on a connection the jump host has not answered (see
+    /// [`Hub::is_stuck`]): ask again, and another session takes it.
+    Busy,
+    Failed(String),
+}
+
 struct Request {
     host: String,
     port: u16,
-    reply: mpsc::SyncSender<Result<UnixStream, String>>,
+    reply: mpsc::SyncSender<Result<UnixStream, OpenError>>,
 }
 
 impl Hub {
@@ -53,19 +60,23 @@ impl Hub {
         let pump = Pump {
             session,
             watch,
-            woken,
+            woken: Some(woken),
             incoming,
             hung_up: false,
+            dead: false,
             opening: None,
             tunnels: Vec::new(),
             buf: vec![0u8; 32 * 1024],
-            alive: Arc::clone(&alive),
             opening_since: Arc::clone(&opening_since),
             _through: through,
         };
+        let flag = Arc::clone(&alive);
         std::thread::Builder::new()
             .name("ssh-jump".into())
-            .spawn(move || pump.run())?;
+            .spawn(move || {
+                pump.run();
+                flag.store(false, Ordering::Release);
+            })?;
         Ok(Arc::new(Self {
             requests,
             waker,
@@ -74,7 +85,12 @@ impl Hub {
         }))
     }
 
-    /// How long an open may wait before the next tunnel goes through another session.
+    /// False once the session has ended: a new one is needed.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// How long an open may wait before the next tunnels go through another session.
     const STUCK: Duration = Duration::from_secs(1);
 
     /// True while a channel has waited over [`Hub::STUCK`] for the jump host to open it: libssh2
@@ -84,29 +100,25 @@ impl Hub {
         toolkit_core::lock(&self.opening_since).is_some_and(|t| t.elapsed() > Self::STUCK)
     }
 
-    /// False once the session has ended (its host hung up): a new one is needed.
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
     /// A tunnel to `host:port` through this session: the local end of a socket pair whose other
     /// end the session's thread carries to and from a direct-tcpip channel.
-    pub fn open(&self, host: &str, port: u16, timeout: Duration) -> Result<UnixStream, String> {
+    pub fn open(&self, host: &str, port: u16, timeout: Duration) -> Result<UnixStream, OpenError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let request = Request {
             host: host.to_owned(),
             port,
             reply,
         };
-        let ended = || "the jump host's session has ended".to_owned();
+        let ended = || OpenError::Failed("the jump host's session has ended".to_owned());
         self.requests.send(request).map_err(|_| ended())?;
         // A full socket means a wake-up is already pending.
         let _ = (&self.waker).write(&[1]);
         match answer.recv_timeout(timeout) {
             Ok(answered) => answered,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                Err(format!("no answer within {} s", timeout.as_secs()))
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(OpenError::Failed(format!(
+                "no answer within {} s",
+                timeout.as_secs()
+            ))),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(ended()),
         }
     }
@@ -116,48 +128,64 @@ impl Hub {
 struct Pump {
     session: ssh2::Session,
     watch: OwnedFd,
-    woken: UnixStream,
+    /// `None` once every handle is gone (the socket reads end of file).
+    woken: Option<UnixStream>,
     incoming: mpsc::Receiver<Request>,
     /// Every handle is gone: once the tunnels end, so does the session.
     hung_up: bool,
+    /// The session failed (an open failed other than by the jump host's refusal).
+    dead: bool,
     opening: Option<Request>,
     tunnels: Vec<Tunnel>,
     buf: Vec<u8>,
-    alive: Arc<AtomicBool>,
     opening_since: Arc<Mutex<Option<Instant>>>,
     _through: Option<Arc<Hub>>,
 }
 
-struct Tunnel {
-    channel: ssh2::Channel,
-    local: UnixStream,
-    to_local: Vec<u8>,
-    to_remote: Vec<u8>,
-    /// Either side ended: the channel is being closed.
-    closing: bool,
-}
+/// libssh2's LIBSSH2_ERROR_CHANNEL_FAILURE: the jump host refused this one channel (it could not
+/// connect), the session itself is fine.
+const CHANNEL_FAILURE: i32 = -21;
 
 impl Pump {
     fn run(mut self) {
+        let mut looked_again = false;
         loop {
-            self.take_request();
-            if self.hung_up && self.opening.is_none() && self.tunnels.is_empty() {
-                break;
+            self.take_requests();
+            if self.dead || (self.hung_up && self.tunnels.is_empty()) {
+                return;
             }
             let opened = self.open_next();
             let moved = self.carry_all();
-            if (opened || moved) || self.wait() {
+            if opened || moved {
+                looked_again = false;
                 continue;
             }
-            // The jump host hung up: every tunnel through it is gone.
-            break;
+            // Once: input that a read does not take (it is not for us) must not spin us.
+            if self.queued() && !looked_again {
+                looked_again = true;
+                continue;
+            }
+            if !self.wait() {
+                // The jump host hung up: every tunnel through it is gone.
+                return;
+            }
         }
-        self.alive.store(false, Ordering::Release);
     }
 
-    fn take_request(&mut self) {
-        let mut sink = [0u8; 64];
-        while matches!((&self.woken).read(&mut sink), Ok(n) if n > 0) {}
+    fn take_requests(&mut self) {
+        if let Some(woken) = &self.woken {
+            let mut sink = [0u8; 64];
+            loop {
+                match (&*woken).read(&mut sink) {
+                    Ok(0) => {
+                        self.woken = None;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
         if self.opening.is_none() {
             match self.incoming.try_recv() {
                 Ok(r) => {
@@ -166,6 +194,14 @@ impl Pump {
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
                 Err(mpsc::TryRecvError::Disconnected) => self.hung_up = true,
+            }
+        }
+        let stuck =
+            toolkit_core::lock(&self.opening_since).is_some_and(|t| t.elapsed() > Hub::STUCK);
+        if stuck {
+            // Whoever queued behind the open that is not answered asks another session.
+            while let Ok(r) = self.incoming.try_recv() {
+                let _ = r.reply.send(Err(OpenError::Busy));
             }
         }
     }
@@ -177,7 +213,10 @@ impl Pump {
         };
         let answer = match self.session.channel_direct_tcpip(&r.host, r.port, None) {
             Err(e) if would_block(&e) => return false,
-            Err(e) => Err(e.message().to_owned()),
+            Err(e) => {
+                self.dead = e.code() != ssh2::ErrorCode::Session(CHANNEL_FAILURE);
+                Err(OpenError::Failed(e.message().to_owned()))
+            }
             Ok(channel) => self.add_tunnel(channel),
         };
         *toolkit_core::lock(&self.opening_since) = None;
@@ -188,59 +227,73 @@ impl Pump {
         true
     }
 
-    fn add_tunnel(&mut self, channel: ssh2::Channel) -> Result<UnixStream, String> {
+    fn add_tunnel(&mut self, channel: ssh2::Channel) -> Result<UnixStream, OpenError> {
         let pair = UnixStream::pair().and_then(|(ours, theirs)| {
             theirs.set_nonblocking(true)?;
             Ok((ours, theirs))
         });
-        let (ours, theirs) = pair.map_err(|e| format!("cannot make a socket pair: {e}"))?;
-        self.tunnels.push(Tunnel {
-            channel,
-            local: theirs,
-            to_local: Vec::new(),
-            to_remote: Vec::new(),
-            closing: false,
-        });
+        let (ours, theirs) =
+            pair.map_err(|e| OpenError::Failed(format!("cannot make a socket pair: {e}")))?;
+        self.tunnels.push(Tunnel::new(channel, theirs));
         Ok(ours)
     }
 
-    /// One pass over every tunnel; true when anything moved or a tunnel ended.
+    /// One pass over every tunnel; true when anything moved or a tunnel closed.
     fn carry_all(&mut self) -> bool {
         let buf = &mut self.buf;
         let mut moved = false;
-        self.tunnels.retain_mut(|t| {
-            if t.closing {
-                return match t.channel.close() {
-                    Err(e) if would_block(&e) => true,
-                    _ => {
-                        moved = true;
-                        false
-                    }
-                };
+        self.tunnels.retain_mut(|t| match t.pass(buf) {
+            Pass::Moved => {
+                moved = true;
+                true
             }
-            let inbound = carry(&mut t.channel, &mut t.local, &mut t.to_local, buf);
-            let outbound = carry(&mut t.local, &mut t.channel, &mut t.to_remote, buf);
-            if matches!(inbound, Flow::Ended) || matches!(outbound, Flow::Ended) {
-                t.closing = true;
+            Pass::Idle => true,
+            Pass::Closed => {
+                moved = true;
+                false
             }
-            moved |= t.closing || matches!(inbound, Flow::Moved) || matches!(outbound, Flow::Moved);
-            true
         });
         moved
     }
 
-    /// Sleeps until a socket can take a tunnel further (see [`interest`]). A short timeout covers
-    /// packets libssh2 read into its own queue while sending. False when the jump host hung up.
+    /// libssh2 read input for some tunnel into its own queue while serving another: a pass
+    /// delivers it, the socket will not wake us for it.
+    fn queued(&self) -> bool {
+        self.tunnels.iter().any(Tunnel::has_queued_input)
+    }
+
+    /// Sleeps until a socket can take a tunnel further: on the session's socket, input only
+    /// when it can be used, else unread data would wake us forever; on each tunnel's socket,
+    /// input when nothing waits to go out, output when something waits to come in. A short
+    /// timeout covers what escapes that. False when the jump host hung up.
     fn wait(&mut self) -> bool {
-        let (remote, locals) = interest(&self.session, &self.tunnels, self.opening.is_some());
-        let mut fds = Vec::with_capacity(2 + locals.len());
-        fds.push(PollFd::new(self.watch.as_fd(), remote));
-        fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
-        for (t, flags) in self.tunnels.iter().zip(&locals) {
-            fds.push(PollFd::new(t.local.as_fd(), *flags));
+        let mut remote = PollFlags::empty();
+        if self.opening.is_some() || self.tunnels.iter().any(Tunnel::wants_input) {
+            remote |= PollFlags::POLLIN;
         }
-        if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
-            return false;
+        let blocked_out = matches!(
+            self.session.block_directions(),
+            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+        );
+        if blocked_out || self.tunnels.iter().any(Tunnel::wants_to_send) {
+            remote |= PollFlags::POLLOUT;
+        }
+        let mut fds = vec![PollFd::new(self.watch.as_fd(), remote)];
+        if let Some(w) = &self.woken {
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
+        let first_tunnel = fds.len();
+        let mut polled = Vec::new();
+        for (i, t) in self.tunnels.iter().enumerate() {
+            if let Some(local) = t.local() {
+                fds.push(PollFd::new(local.as_fd(), t.local_interest()));
+                polled.push(i);
+            }
+        }
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return true,
+            Err(_) => return false,
         }
         let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
         let hung_up: Vec<bool> = fds
@@ -248,90 +301,11 @@ impl Pump {
             .map(|f| f.revents().is_some_and(|r| r.intersects(gone)))
             .collect();
         drop(fds);
-        // A tunnel whose session went away: what it still had to send has no reader left.
-        for (t, gone) in self.tunnels.iter_mut().zip(&hung_up[2..]) {
-            t.closing |= *gone;
+        for (i, gone) in polled.iter().zip(&hung_up[first_tunnel..]) {
+            if *gone {
+                self.tunnels[*i].end();
+            }
         }
         !hung_up[0]
     }
-}
-
-/// What to wait for: on the session's socket, input only when it can be used (a tunnel has room
-/// to read into, a write waits for the window to open, a channel is being opened or closed), else
-/// unread data would wake us forever; on each tunnel's socket, input when nothing waits to go
-/// out, output when something waits to come in.
-fn interest(
-    session: &ssh2::Session,
-    tunnels: &[Tunnel],
-    opening: bool,
-) -> (PollFlags, Vec<PollFlags>) {
-    let mut remote = PollFlags::empty();
-    let usable = |t: &Tunnel| t.closing || t.to_local.is_empty() || !t.to_remote.is_empty();
-    if opening || tunnels.iter().any(usable) {
-        remote |= PollFlags::POLLIN;
-    }
-    if matches!(
-        session.block_directions(),
-        ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
-    ) {
-        remote |= PollFlags::POLLOUT;
-    }
-    let locals = tunnels
-        .iter()
-        .map(|t| {
-            let mut f = PollFlags::empty();
-            if !t.closing && t.to_remote.is_empty() {
-                f |= PollFlags::POLLIN;
-            }
-            if !t.closing && !t.to_local.is_empty() {
-                f |= PollFlags::POLLOUT;
-            }
-            f
-        })
-        .collect();
-    (remote, locals)
-}
-
-/// libssh2's LIBSSH2_ERROR_EAGAIN: a non-blocking call that must be made again.
-const EAGAIN: i32 = -37;
-
-fn would_block(e: &ssh2::Error) -> bool {
-    e.code() == ssh2::ErrorCode::Session(EAGAIN)
-}
-
-/// What one pass over a direction did.
-enum Flow {
-    Moved,
-    Idle,
-    /// The source ended (EOF, or a close without one) or either side failed.
-    Ended,
-}
-
-/// Reads from `from` when `pending` is empty, then writes what is pending to `to`, without
-/// blocking (both sides are non-blocking).
-fn carry(from: &mut impl Read, to: &mut impl Write, pending: &mut Vec<u8>, buf: &mut [u8]) -> Flow {
-    let blocked = |e: &std::io::Error| e.kind() == ErrorKind::WouldBlock;
-    let mut moved = false;
-    if pending.is_empty() {
-        match from.read(buf) {
-            Ok(0) => return Flow::Ended,
-            Ok(n) => {
-                pending.extend_from_slice(&buf[..n]);
-                moved = true;
-            }
-            Err(e) if blocked(&e) => {}
-            Err(_) => return Flow::Ended,
-        }
-    }
-    if !pending.is_empty() {
-        match to.write(pending) {
-            Ok(n) => {
-                pending.drain(..n);
-                moved |= n > 0;
-            }
-            Err(e) if blocked(&e) => {}
-            Err(_) => return Flow::Ended,
-        }
-    }
-    if moved { Flow::Moved } else { Flow::Idle }
 }

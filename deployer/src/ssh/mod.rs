@@ -4,26 +4,31 @@
 //! - `address`: `host[:port]` and `[v6]:port`, one reading for deploy.toml and ProxyJump;
 //! - `openssh_config`: what the user's OpenSSH config says of a host (`[ssh] ssh_config`);
 //! - `jump`: ProxyJump chains as OpenSSH writes them;
-//! - `hub`: one session per jump host, carrying every tunnel through it;
+//! - `hub`: one session per jump host, carrying every tunnel through it (`tunnel`: one of them);
 //! - `known_hosts`: host keys as OpenSSH keeps them (checked strictly, added atomically);
-//! - `session`: a connection (`Remote`) through its jump hosts, host key checked, user
-//!   authenticated; channels of its own for streams (the upload);
+//! - `chains`: the jump host sessions of this process, one per chain;
+//! - `login`: the SSH handshake over a socket, host key checked, user authenticated;
+//! - `session`: a connection (`Remote`) to a host, directly or through its jump hosts;
+//!   channels of its own for streams (the upload);
 //! - `shell`: the long-lived `sh` per host that every remote step runs in.
 //!
 //! Invariant: every value interpolated into a remote script goes through [`quote`].
 
 mod address;
+mod chains;
 mod hub;
 mod jump;
 mod known_hosts;
+mod login;
 mod openssh_config;
 mod session;
 mod shell;
+mod tunnel;
 
 pub use address::{BadAddress, host_port};
 pub use jump::{BadJump, Jump, parse_jumps};
 pub use openssh_config::SshConfigFile;
-pub use session::{Remote, Route};
+pub use session::{Remote, Route, Stream};
 pub use shell::{LineLimits, Output, Shell, finish};
 
 use std::path::PathBuf;
@@ -75,7 +80,7 @@ pub struct SshSettings {
     pub timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SshError {
     #[error("cannot connect to {host}: {message}")]
     Connect { host: String, message: String },

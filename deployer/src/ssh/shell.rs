@@ -188,28 +188,18 @@ impl Shell {
             host: host.to_owned(),
             message: format!("connection lost while {what}: {e}"),
         };
-        super::count_command();
         let ends = deadline.map(|d| std::time::Instant::now() + d);
-        let wrapped = format!(
-            "(\n{script}\n) </dev/null 2>&1; printf '\\n{m} %s\\n' \"$?\"\n",
-            m = self.marker
-        );
-        self.session
-            .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
-        self.channel
-            .write_all(wrapped.as_bytes())
-            .and_then(|()| self.channel.flush())
-            .map_err(|e| lost(&self.host, "sending a command", &e))?;
+        self.send(script)?;
         // The marker line may arrive split across reads: hold back what could be its start.
         let mut tail: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 16384];
         let status = loop {
             self.limit_read(ends, deadline)
                 .map_err(|m| lost(&self.host, "waiting for a command", &m))?;
-            let n = self
-                .channel
-                .read(&mut chunk)
-                .map_err(|e| lost(&self.host, "waiting for a command", &e))?;
+            let n = self.channel.read(&mut chunk).map_err(|e| {
+                self.give_up(&e);
+                lost(&self.host, "waiting for a command", &e)
+            })?;
             if n == 0 {
                 return Err(lost(
                     &self.host,
@@ -237,6 +227,36 @@ impl Shell {
         self.session
             .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
         Ok(status)
+    }
+
+    /// Sends `script`, wrapped so that its exit status follows its output after the marker.
+    fn send(&mut self, script: &str) -> Result<(), SshError> {
+        super::count_command();
+        let wrapped = format!(
+            "(\n{script}\n) </dev/null 2>&1; printf '\\n{m} %s\\n' \"$?\"\n",
+            m = self.marker
+        );
+        self.session
+            .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
+        self.channel
+            .write_all(wrapped.as_bytes())
+            .and_then(|()| self.channel.flush())
+            .map_err(|e| {
+                self.give_up(&e);
+                SshError::Session {
+                    host: self.host.clone(),
+                    message: format!("connection lost while sending a command: {e}"),
+                }
+            })
+    }
+
+    /// After a failed read or write the connection is gone, and libssh2 may be mid-packet: it
+    /// would spend the whole timeout on each later call (see [`super::Stream`]). Non-blocking,
+    /// they fail at once. A timeout is not that: the host is slow, and its session still works.
+    fn give_up(&self, e: &std::io::Error) {
+        if e.kind() != std::io::ErrorKind::TimedOut {
+            self.session.set_blocking(false);
+        }
     }
 
     /// Gives the next read what is left until `ends` (the command's `deadline` from when it was

@@ -728,12 +728,12 @@ fn with_ssh(h: &Hosts, lines: &str) {
     std::fs::write(&h.config, text).expect("deploy.toml");
 }
 
-/// Two hosts in `ns` that take the deployer's key only from the bastion's address, and the
-/// bastion, which takes it from anywhere; known_hosts has all three keys. Also returns the key
+/// `n` hosts in `ns` that take the deployer's key only from the bastion's address, and the
+/// bastion, which takes it from anywhere; known_hosts has all their keys. Also returns the key
 /// and known_hosts without the bastion's line.
-fn behind_a_bastion(ns: &Netns) -> (Sshd, Hosts, String, String) {
+fn behind_a_bastion(ns: &Netns, n: u16) -> (Sshd, Hosts, String, String) {
     let bastion = Sshd::start_in(ns, 2200);
-    let h = Hosts::with_servers(vec![Sshd::start_in(ns, 2201), Sshd::start_in(ns, 2202)]);
+    let h = Hosts::with_servers((1..=n).map(|i| Sshd::start_in(ns, 2200 + i)).collect());
     let key = std::fs::read_to_string(h.servers[0].identity.with_extension("pub")).expect("key");
     for s in &h.servers {
         let only_from_bastion = format!("from=\"{}\" {key}", ns.inside_ip);
@@ -754,7 +754,7 @@ fn behind_a_bastion(ns: &Netns) -> (Sshd, Hosts, String, String) {
 #[test]
 fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     let ns = Netns::start();
-    let (bastion, h, key, hosts_only) = behind_a_bastion(&ns);
+    let (bastion, h, key, hosts_only) = behind_a_bastion(&ns, 2);
     let known = h.dir.path().join("known_hosts");
     let bastion_key = std::fs::read_to_string(&bastion.known_hosts).expect("bastion key");
     h.write("bin/app", "v1\n");
@@ -941,7 +941,7 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
 #[test]
 fn a_host_the_bastion_cannot_reach_holds_no_other_host_back() {
     let ns = Netns::start();
-    let (bastion, h, _, _) = behind_a_bastion(&ns);
+    let (bastion, h, _, _) = behind_a_bastion(&ns, 2);
     h.write("bin/app", "v1\n");
     with_ssh(
         &h,
@@ -999,6 +999,129 @@ fn a_host_the_bastion_cannot_reach_holds_no_other_host_back() {
     }
     // The deploy's one login, then this run's: the stuck one and the one the others took.
     assert_eq!(bastion.logins(), 3, "{}", bastion.log());
+
+    // All at once, the dead host first: the live hosts' requests queue behind its open, and
+    // are handed on to another session once it is stuck.
+    let dead_first = h.dir.path().join("dead-first.toml");
+    let first_host = text.find("[[hosts]]").expect("a host");
+    std::fs::write(
+        &dead_first,
+        format!(
+            "{}[[hosts]]\naddress = \"{dead}\"\ndeploy_to = \"/srv/none\"\n\n{}",
+            &text[..first_host],
+            &text[first_host..]
+        ),
+    )
+    .expect("deploy.toml");
+    let r = common::deployer(
+        &dead_first,
+        &["--timeout", "3", "exec", "--", "cat", "bin/app"],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    for s in &h.servers {
+        assert!(r.stdout.contains(&format!("{}: v1", s.addr)), "{r}");
+    }
+}
+
+#[test]
+fn a_bastion_that_does_not_answer_is_tried_once_not_once_per_host() {
+    let h = Hosts::start(&[57, 58, 59]);
+    h.write("bin/app", "v1\n");
+    // A "bastion" that takes connections and never says a word: each login waits out the
+    // timeout. It counts the connections it took.
+    let script = "import socket, sys\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n\
+                  print(s.getsockname()[1], flush=True)\nheld = []\n\
+                  while True:\n    c, _ = s.accept(); held.append(c); print('accepted', flush=True)";
+    let mut silent = testbed::Peer::spawn("silent bastion", {
+        let mut c = std::process::Command::new("python3");
+        c.args(["-c", script]);
+        c
+    });
+    let port: u16 = silent.wait_for_line(std::time::Duration::from_secs(10), |l| l.parse().ok());
+    with_ssh(&h, &format!("proxy_jump = \"127.0.0.1:{port}\""));
+    let r = h.run(&["--timeout", "2", "exec", "--", "true"]);
+    assert_eq!(r.code, 1, "{r}");
+    for s in &h.servers {
+        assert!(r.stdout.contains(&s.addr), "every host is named: {r}");
+    }
+    // The hosts that waited for the first login took its answer rather than trying again (200
+    // hosts would otherwise wait 200 timeouts, one after the other).
+    assert_eq!(silent.log().matches("accepted").count(), 1, "{r}");
+}
+
+#[test]
+fn a_host_lost_mid_upload_leaves_the_others_tunnels_working() {
+    let ns = Netns::start();
+    let (bastion, mut h, _, _) = behind_a_bastion(&ns, 3);
+    h.write("bin/app", "v1\n");
+    with_ssh(
+        &h,
+        &format!("proxy_jump = \"{}@{}\"", bastion.user, bastion.addr),
+    );
+    h.deploy_ok();
+    let first = h.current(0).expect("deployed");
+    let dirs: Vec<_> = (0..3).map(|i| h.deploy_to(i).join("releases")).collect();
+    let releases = |i: usize| std::fs::read_dir(&dirs[i]).map(|d| d.count()).unwrap_or(0);
+    // 8 MiB that do not compress to each host: the session to the bastion is busy, its socket
+    // full, when the third host goes away mid-upload.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(h.source.join("blob"), &noise).expect("blob");
+    let mut deploy = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
+        .arg("-c")
+        .arg(&h.config)
+        .args(["--timeout", "60", "deploy"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("deployer");
+    testbed::process::eventually(
+        "the third host's upload to start",
+        std::time::Duration::from_secs(30),
+        || releases(2) > 1,
+    );
+    let lost = h.servers[2].addr.clone();
+    h.servers[2].kill();
+    // No step may wait out its timeout: libssh2 left mid-packet by the lost connection once
+    // spent the whole --timeout on each step after it (three of them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut ended = false;
+    while !ended && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ended = matches!(deploy.try_wait(), Ok(Some(_)));
+    }
+    if !ended {
+        let _ = deploy.kill();
+    }
+    let out = deploy.wait_with_output().expect("deployer");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ended, "the deploy waited out its 60 s timeout: {shown}");
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!("failed on {lost} at upload")),
+        "{shown}"
+    );
+    // The others were backed out through the same session: live release unchanged, nothing
+    // staged left behind.
+    for i in 0..2 {
+        assert_eq!(h.current(i).as_deref(), Some(first.as_str()), "{shown}");
+        assert_eq!(
+            releases(i),
+            1,
+            "host {i} keeps only its live release: {shown}"
+        );
+    }
 }
 
 /// Plays usersvc on each host for the Riemann sink: every 200 ms, events for `app{i}` carrying

@@ -14,7 +14,7 @@ use std::time::Instant;
 /// One host's deploy state on top of its connection.
 pub(super) struct Run {
     pub(super) host: Host,
-    pub(super) upload: Option<ssh2::Channel>,
+    pub(super) upload: Option<crate::ssh::Stream>,
     /// The complete release `current` pointed at before this run.
     pub(super) previous: Option<String>,
     /// Whatever `current` pointed at before this run, complete or not: where the failure path

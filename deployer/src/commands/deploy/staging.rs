@@ -24,7 +24,7 @@ pub(super) fn lock_host(
         return;
     }
     if let Some(remote) = &r.host.remote {
-        match remote.start(&upload::remote_command(r.deploy_to())) {
+        match remote.start_stream(&upload::remote_command(r.deploy_to())) {
             Ok(ch) => r.upload = Some(ch),
             Err(e) => return r.host.fail(Stage::Connect, e),
         }
@@ -147,7 +147,7 @@ impl FleetBar {
 /// The release's tar through `channel`, counted on `bar` and stopped when interrupted; the bytes
 /// sent and the channel back, to read tar's exit.
 fn send(
-    channel: ssh2::Channel,
+    channel: crate::ssh::Stream,
     r: &Run,
     c: &Ctx,
     bar: &ProgressBar,
@@ -181,7 +181,7 @@ fn send(
     w.flush()?;
     let sent = w.written;
     let ch = w.into_inner().into_inner().map_err(|e| e.into_error())?;
-    Ok((sent, ch))
+    Ok((sent, ch.into_channel()))
 }
 
 /// Uploads the release and finishes staging it on one host.
