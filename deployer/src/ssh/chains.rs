@@ -18,7 +18,7 @@ static CHAINS: Mutex<Chains> = Mutex::new(std::collections::BTreeMap::new());
 #[derive(Default)]
 struct Chain {
     hubs: Vec<Weak<Hub>>,
-    /// The last login that failed, and when: whoever waited for it takes its answer rather
+    /// The last login that failed, and when: whoever asks soon after takes its answer rather
     /// than trying again (200 hosts behind a bastion that is down must not wait 200 timeouts).
     failed: Option<(Instant, SshError)>,
 }
@@ -44,7 +44,7 @@ pub(super) fn tunnel(
         let hub = hub_for(chain, name, identity, s)?;
         match hub.open(host, port, s.timeout) {
             Ok(socket) => return Ok((socket, hub)),
-            Err(OpenError::Busy) => continue,
+            Err(OpenError::TryAnother) => continue,
             Err(OpenError::Failed(e)) => return Err(failed(&e)),
         }
     }
@@ -85,8 +85,10 @@ fn hub_for(
     if let Some(hub) = usable {
         return Ok(hub);
     }
+    // A login that failed since this host asked, or within a timeout before: its answer holds
+    // (hosts worked on a batch at a time must not each wait out a bastion that is down).
     if let Some((at, e)) = &slot.failed
-        && *at > asked
+        && (*at > asked || at.elapsed() < s.timeout)
     {
         return Err(e.clone());
     }
@@ -141,7 +143,7 @@ fn log_in(
     };
     let at = (last.host.as_str(), last.port());
     let (session, watch) = login(link, &here, at.0, at.1, &hop.user, hop.key.as_ref(), s)?;
-    Hub::start(session, watch, through).map_err(|e| SshError::Session {
+    Hub::start(session, watch, through, s.timeout).map_err(|e| SshError::Session {
         host: name.to_owned(),
         message: format!("cannot start the session thread for {here}: {e}"),
     })

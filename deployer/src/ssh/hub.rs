@@ -25,14 +25,16 @@ pub struct Hub {
     alive: Arc<AtomicBool>,
     /// Since when the channel being opened has waited for the jump host's answer.
     opening_since: Arc<Mutex<Option<Instant>>>,
+    /// How long an open may wait before the next tunnels go through another session.
+    stuck_after: Duration,
 }
 
 /// Why no tunnel came.
 #[derive(Debug)]
 pub enum OpenError {
-    /// The session is waiting on a connection the jump host has not answered (see
-    /// [`Hub::is_stuck`]): ask again, and another session takes it.
-    Busy,
+    /// This session cannot take it: it waits on a connection the jump host has not answered
+    /// (see [`Hub::is_stuck`]), or it has ended. Ask again: another session takes it.
+    TryAnother,
     Failed(String),
 }
 
@@ -45,11 +47,15 @@ struct Request {
 impl Hub {
     /// Starts the thread that owns `session` (logged in; `watch` is a duplicate of its socket).
     /// `through` is the hub this session's own socket is a tunnel of, kept while this one runs.
+    /// `timeout` is what each asker waits: an open stuck for a quarter of it (1 to 10 s) hands
+    /// the tunnels asked for after it to another session.
     pub fn start(
         session: ssh2::Session,
         watch: OwnedFd,
         through: Option<Arc<Hub>>,
+        timeout: Duration,
     ) -> std::io::Result<Arc<Self>> {
+        let stuck_after = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
         let (requests, incoming) = mpsc::channel();
         let (waker, woken) = UnixStream::pair()?;
         woken.set_nonblocking(true)?;
@@ -68,20 +74,19 @@ impl Hub {
             tunnels: Vec::new(),
             buf: vec![0u8; 32 * 1024],
             opening_since: Arc::clone(&opening_since),
+            stuck_after,
+            alive: Arc::clone(&alive),
             _through: through,
         };
-        let flag = Arc::clone(&alive);
         std::thread::Builder::new()
             .name("ssh-jump".into())
-            .spawn(move || {
-                pump.run();
-                flag.store(false, Ordering::Release);
-            })?;
+            .spawn(move || pump.run())?;
         Ok(Arc::new(Self {
             requests,
             waker,
             alive,
             opening_since,
+            stuck_after,
         }))
     }
 
@@ -90,14 +95,11 @@ impl Hub {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// How long an open may wait before the next tunnels go through another session.
-    const STUCK: Duration = Duration::from_secs(1);
-
-    /// True while a channel has waited over [`Hub::STUCK`] for the jump host to open it: libssh2
-    /// opens one at a time, so a host that never answers the jump host's connect (a dropped SYN
-    /// waits minutes) would hold every later tunnel behind it.
+    /// True while a channel has waited too long for the jump host to open it: libssh2 opens one
+    /// at a time, so a host that never answers the jump host's connect (a dropped SYN waits
+    /// minutes) would hold every later tunnel behind it.
     pub fn is_stuck(&self) -> bool {
-        toolkit_core::lock(&self.opening_since).is_some_and(|t| t.elapsed() > Self::STUCK)
+        stuck(&self.opening_since, self.stuck_after)
     }
 
     /// A tunnel to `host:port` through this session: the local end of a socket pair whose other
@@ -109,8 +111,9 @@ impl Hub {
             port,
             reply,
         };
-        let ended = || OpenError::Failed("the jump host's session has ended".to_owned());
-        self.requests.send(request).map_err(|_| ended())?;
+        self.requests
+            .send(request)
+            .map_err(|_| OpenError::TryAnother)?;
         // A full socket means a wake-up is already pending.
         let _ = (&self.waker).write(&[1]);
         match answer.recv_timeout(timeout) {
@@ -119,7 +122,8 @@ impl Hub {
                 "no answer within {} s",
                 timeout.as_secs()
             ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ended()),
+            // The session ended with the request still queued.
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(OpenError::TryAnother),
         }
     }
 }
@@ -139,15 +143,28 @@ struct Pump {
     tunnels: Vec<Tunnel>,
     buf: Vec<u8>,
     opening_since: Arc<Mutex<Option<Instant>>>,
+    stuck_after: Duration,
+    alive: Arc<AtomicBool>,
     _through: Option<Arc<Hub>>,
 }
 
-/// libssh2's LIBSSH2_ERROR_CHANNEL_FAILURE: the jump host refused this one channel (it could not
-/// connect), the session itself is fine.
-const CHANNEL_FAILURE: i32 = -21;
+fn stuck(opening_since: &Mutex<Option<Instant>>, after: Duration) -> bool {
+    toolkit_core::lock(opening_since).is_some_and(|t| t.elapsed() > after)
+}
+
+/// libssh2's errors that mean the session's connection is gone (SOCKET_SEND, DECRYPT,
+/// SOCKET_DISCONNECT, PROTO, SOCKET_RECV). Any other failure of an open (the jump host could not
+/// connect, or did not answer within libssh2's 60 s) is that one channel's.
+const SESSION_GONE: [i32; 5] = [-7, -12, -13, -14, -43];
 
 impl Pump {
     fn run(mut self) {
+        self.serve();
+        // Before the handles' requests are dropped unanswered: they try another session.
+        self.alive.store(false, Ordering::Release);
+    }
+
+    fn serve(&mut self) {
         let mut looked_again = false;
         loop {
             self.take_requests();
@@ -196,12 +213,10 @@ impl Pump {
                 Err(mpsc::TryRecvError::Disconnected) => self.hung_up = true,
             }
         }
-        let stuck =
-            toolkit_core::lock(&self.opening_since).is_some_and(|t| t.elapsed() > Hub::STUCK);
-        if stuck {
+        if stuck(&self.opening_since, self.stuck_after) {
             // Whoever queued behind the open that is not answered asks another session.
             while let Ok(r) = self.incoming.try_recv() {
-                let _ = r.reply.send(Err(OpenError::Busy));
+                let _ = r.reply.send(Err(OpenError::TryAnother));
             }
         }
     }
@@ -214,8 +229,17 @@ impl Pump {
         let answer = match self.session.channel_direct_tcpip(&r.host, r.port, None) {
             Err(e) if would_block(&e) => return false,
             Err(e) => {
-                self.dead = e.code() != ssh2::ErrorCode::Session(CHANNEL_FAILURE);
-                Err(OpenError::Failed(e.message().to_owned()))
+                let code = match e.code() {
+                    ssh2::ErrorCode::Session(c) => c,
+                    ssh2::ErrorCode::SFTP(_) => 0,
+                };
+                self.dead = SESSION_GONE.contains(&code);
+                if self.dead {
+                    self.alive.store(false, Ordering::Release);
+                    Err(OpenError::TryAnother)
+                } else {
+                    Err(OpenError::Failed(e.message().to_owned()))
+                }
             }
             Ok(channel) => self.add_tunnel(channel),
         };

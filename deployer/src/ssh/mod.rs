@@ -55,6 +55,20 @@ pub fn usage() -> Usage {
     }
 }
 
+/// After a failed read or write the connection is gone, and libssh2 may be mid-packet: it sends
+/// nothing else until that packet is through, so every later call on the session would wait out
+/// the whole timeout. Non-blocking, they fail at once. A timeout alone is not that (the host is
+/// slow, its session still works) unless a packet was left half sent.
+fn give_up_after(session: &ssh2::Session, e: &std::io::Error) {
+    let half_sent = matches!(
+        session.block_directions(),
+        ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+    );
+    if e.kind() != std::io::ErrorKind::TimedOut || half_sent {
+        session.set_blocking(false);
+    }
+}
+
 fn count_connection() {
     CONNECTIONS.fetch_add(1, Ordering::Relaxed);
 }

@@ -115,10 +115,9 @@ impl Remote {
     }
 }
 
-/// A command's channel written as a stream. A write that fails leaves libssh2 mid-packet, and it
-/// sends nothing else until that packet is through: every later call on the session (closing
-/// this channel, the host's next step) would wait out the whole timeout. So a failed write
-/// turns the session non-blocking, and all that follows on it fails at once.
+/// A command's channel written as a stream. A write that fails may leave libssh2 mid-packet, and
+/// every later call on the session (closing this channel, the host's next step) would wait out
+/// the whole timeout: see `give_up_after`.
 pub struct Stream {
     channel: ssh2::Channel,
     session: ssh2::Session,
@@ -132,18 +131,14 @@ impl Stream {
 
 impl std::io::Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = self.channel.write(buf);
-        if written.is_err() {
-            self.session.set_blocking(false);
-        }
-        written
+        self.channel
+            .write(buf)
+            .inspect_err(|e| super::give_up_after(&self.session, e))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let flushed = self.channel.flush();
-        if flushed.is_err() {
-            self.session.set_blocking(false);
-        }
-        flushed
+        self.channel
+            .flush()
+            .inspect_err(|e| super::give_up_after(&self.session, e))
     }
 }

@@ -250,13 +250,12 @@ impl Shell {
             })
     }
 
-    /// After a failed read or write the connection is gone, and libssh2 may be mid-packet: it
-    /// would spend the whole timeout on each later call (see [`super::Stream`]). Non-blocking,
-    /// they fail at once. A timeout is not that: the host is slow, and its session still works.
+    /// A failed read or write: see `give_up_after`. The session's timeout goes back to the
+    /// default (a deadline may have shortened it), for whatever still runs on it.
     fn give_up(&self, e: &std::io::Error) {
-        if e.kind() != std::io::ErrorKind::TimedOut {
-            self.session.set_blocking(false);
-        }
+        self.session
+            .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
+        super::give_up_after(&self.session, e);
     }
 
     /// Gives the next read what is left until `ends` (the command's `deadline` from when it was
@@ -271,6 +270,8 @@ impl Shell {
         };
         let left = ends.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
+            self.session
+                .set_timeout(u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX));
             return Err(format!(
                 "no end within {}",
                 humantime::format_duration(deadline.unwrap_or_default())

@@ -30,7 +30,8 @@ pub(super) enum Pass {
 }
 
 /// How long an ending tunnel tries to send what it still holds before closing regardless (the
-/// jump host stopped taking it: its window stays shut).
+/// jump host stopped taking it: its window stays shut). The close itself waits for the jump
+/// host's answer, which it may hold while its own side drains; nothing else waits on it.
 const FLUSH: Duration = Duration::from_secs(10);
 
 impl Tunnel {
@@ -115,8 +116,14 @@ impl Tunnel {
 
     fn go_on_ending(&mut self, buf: &mut [u8]) -> Pass {
         let flushed = self.flush();
-        // A read finishes a window adjust it may have half sent; what it brings is dropped.
+        // What still arrives is dropped (a read also moves the window on).
         let _ = self.channel.read(buf);
+        // A window adjust a read left half sent is finished by this call (a read no longer
+        // reaches libssh2 once the channel saw its end of file); with none pending it sends
+        // nothing.
+        if matches!(self.channel.adjust_receive_window(0, false), Err(e) if would_block(&e)) {
+            return Pass::Idle;
+        }
         let late = self.ending.is_some_and(|t| t.elapsed() > FLUSH);
         if !flushed && !late {
             return Pass::Idle;

@@ -1047,6 +1047,10 @@ fn a_bastion_that_does_not_answer_is_tried_once_not_once_per_host() {
     // The hosts that waited for the first login took its answer rather than trying again (200
     // hosts would otherwise wait 200 timeouts, one after the other).
     assert_eq!(silent.log().matches("accepted").count(), 1, "{r}");
+    // One host at a time: each asks after the failure, within a timeout of it.
+    let r = h.run(&["--timeout", "2", "--parallel", "1", "exec", "--", "true"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(silent.log().matches("accepted").count(), 2, "{r}");
 }
 
 #[test]
@@ -1062,10 +1066,10 @@ fn a_host_lost_mid_upload_leaves_the_others_tunnels_working() {
     let first = h.current(0).expect("deployed");
     let dirs: Vec<_> = (0..3).map(|i| h.deploy_to(i).join("releases")).collect();
     let releases = |i: usize| std::fs::read_dir(&dirs[i]).map(|d| d.count()).unwrap_or(0);
-    // 8 MiB that do not compress to each host: the session to the bastion is busy, its socket
+    // 24 MiB that do not compress to each host: the session to the bastion is busy, its socket
     // full, when the third host goes away mid-upload.
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let noise: Vec<u8> = (0..8 << 20)
+    let noise: Vec<u8> = (0..24 << 20)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
