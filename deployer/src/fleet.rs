@@ -12,6 +12,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// Raises this process's soft limit of open files to its hard limit. Every host holds a socket
+/// while the deploy runs (two through a bastion: the tunnel's socket pair), so a fleet of a few
+/// hundred hosts passes the usual soft limit of 1,024 long before the hard one; Go's runtime and
+/// OpenSSH's sshd raise it the same way. Failing to is not an error: the soft limit stays.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Runs `f` on every item, at most `parallel` at a time; results in the items' order.
 pub fn each<H: Send, R: Send>(
     items: &mut [H],

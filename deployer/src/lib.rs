@@ -67,7 +67,7 @@ pub use commands::{
     follow, list, list_tasks, logs, plan, rollback, run_task, show_config, unlock,
 };
 pub use config::{Canary, Config, ConfigError, Problem, SelectError, Target};
-pub use fleet::{Failure, Stage};
+pub use fleet::{Failure, Stage, raise_open_files_limit};
 pub use history::{
     Entry as HistoryEntry, History, HistoryError, path as history_path, read as read_history,
     record as record_history,

@@ -314,6 +314,7 @@ fn run() -> anyhow::Result<()> {
     let targets = cfg.targets(&cli.hosts, cli.role.as_deref())?;
     let settings = settings(&cli, &cfg);
     stop_on_signals(&settings)?;
+    deployer::raise_open_files_limit();
     dispatch(cli.command, &cfg, &targets, &settings)
 }
 

@@ -1054,6 +1054,35 @@ fn a_bastion_that_does_not_answer_is_tried_once_not_once_per_host() {
 }
 
 #[test]
+fn a_fleet_past_the_soft_open_files_limit_is_deployed() {
+    let ns = Netns::start();
+    let (bastion, h, _, _) = behind_a_bastion(&ns, 3);
+    h.write("bin/app", "v1\n");
+    with_ssh(
+        &h,
+        &format!("proxy_jump = \"{}@{}\"", bastion.user, bastion.addr),
+    );
+    // Three hosts through a bastion hold about twenty descriptors; a soft limit of 12 (the hard
+    // one as it was) stands for 1,024 against a fleet of hundreds.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 12 && exec \"$0\" -c \"$1\" deploy")
+        .arg(env!("CARGO_BIN_EXE_deployer"))
+        .arg(&h.config)
+        .output()
+        .expect("sh");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    for i in 0..3 {
+        assert!(h.current(i).is_some(), "host {i}: {shown}");
+    }
+}
+
+#[test]
 fn a_host_lost_mid_upload_leaves_the_others_tunnels_working() {
     let ns = Netns::start();
     let (bastion, mut h, _, _) = behind_a_bastion(&ns, 3);
