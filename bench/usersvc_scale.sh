@@ -5,7 +5,9 @@
 #   start     from exec until it serves (/health/ready), seconds; copy_s: from the local copy alone
 #   rss       resident memory after start, and after the write load, MiB
 #   get_user  wrk, 32 connections, random ids: req/s and p99
-#   put_user  wrk, 1 and 32 connections, random existing ids: req/s, p50, p99
+#   put_user  wrk, 1 and 32 connections, random existing ids: req/s, p50, p99; hot_p99/max: one
+#             connection's p99 and worst, for HOT (3s) right after the start (the local copy still
+#             being written, the import's pages still going to disk: no sync)
 #   disk      bytes the process wrote per minute during the write load (/proc/PID/io), MiB/min:
 #             on PostgreSQL the journal and the local copy alone, on SQLite the database's too
 #   page      median ms of a keyset page of 100 (get_users limit/after) at the start and the end
@@ -54,12 +56,13 @@ start() {
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 
-# Prints "req/s p50_ms p99_ms".
+# Prints "req/s p50_ms p99_ms max_ms" (DURATION, or $4).
 wrk_run() {
   local port=$1 conns=$2 script=$3 out
-  out=$(wrk -t1 -c"$conns" -d"$DURATION" --latency -s "$script" "http://127.0.0.1:$port/")
+  out=$(wrk -t1 -c"$conns" -d"${4:-$DURATION}" --latency -s "$script" "http://127.0.0.1:$port/")
   echo "$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') \
-$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") \
+$(to_ms "$(echo "$out" | awk '$1 == "Latency" {print $4}')")"
 }
 
 lua() { # $1: method, $2: params template with ID for a random existing id
@@ -85,8 +88,8 @@ if [[ " $STORES " == *" postgres "* ]]; then
   pg_up=1
 fi
 
-printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s %8s %8s\n' store users import_s start_s copy_s \
-  rss_MiB get_rps get_p99 put1_rps put1_p50 put1_p99 put32_rps put32_p99 rss2_MiB disk_MiB/min page0_ms pageN_ms
+printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %8s %9s %8s %8s %8s %8s %8s\n' store users import_s start_s copy_s \
+  rss_MiB get_rps get_p99 hot_p99 hot_max put1_rps put1_p50 put1_p99 put32_rps put32_p99 rss2_MiB disk_MiB/min page0_ms pageN_ms
 for n in $SIZES; do
   # Files of at most 100k users, ~110 bytes each.
   python3 - "$tmp/users" "$n" <<'PY'
@@ -120,8 +123,10 @@ PY
     fi
     port=$(free_port)
     start "$url" "$port"; start_s=$took
-    # A start without a local copy writes one (the whole set) in the background: wait for it, so
-    # the loads below measure steady state, not a 180 MB write competing with their fsyncs.
+    # Right after the start, as an operator's clients would: one writer while the start writes
+    # the local copy (the whole set) and the import's pages are still going to disk; no sync.
+    read -r _ _ hot_p99 hot_max < <(wrk_run "$port" 1 "$tmp/put_user.lua" "${HOT:-3s}")
+    # Then wait for the copy to be written, so the loads below measure steady state.
     copy="$tmp/$store.snapshot"; last=-1
     for _ in $(seq 600); do
       size=$(stat -c %s "$copy" 2>/dev/null || echo 0)
@@ -132,10 +137,10 @@ PY
     # background, would otherwise land in the middle of the write loads' fsyncs.
     sync
     rss1=$(rss_mib "$pid")
-    read -r g_rps _ g_p99 < <(wrk_run "$port" 32 "$tmp/get_user.lua")
+    read -r g_rps _ g_p99 _ < <(wrk_run "$port" 32 "$tmp/get_user.lua")
     w0=$(written "$pid"); t0=$(date +%s.%N)
-    read -r p1_rps p1_p50 p1_p99 < <(wrk_run "$port" 1 "$tmp/put_user.lua")
-    read -r p32_rps _ p32_p99 < <(wrk_run "$port" 32 "$tmp/put_user.lua")
+    read -r p1_rps p1_p50 p1_p99 _ < <(wrk_run "$port" 1 "$tmp/put_user.lua")
+    read -r p32_rps _ p32_p99 _ < <(wrk_run "$port" 32 "$tmp/put_user.lua")
     w1=$(written "$pid")
     disk=$(python3 -c "import time; print(round(($w1 - $w0) / 1048576 / ((time.time() - $t0) / 60), 1))")
     rss2=$(rss_mib "$pid")
@@ -161,8 +166,8 @@ PY
     # A cold start from the local copy alone: the database unreachable.
     start "postgres://nobody@127.0.0.1:1/none" "$(free_port)"; copy_s=$took
     stop
-    printf '%-8s %8s %7s %7s %7s %7s %9s %8s %9s %8s %8s %9s %8s %8s %8s %8s %8s\n' "$store" "$n" "$import_s" "$start_s" \
-      "$copy_s" "$rss1" "$g_rps" "$g_p99" "$p1_rps" "$p1_p50" "$p1_p99" "$p32_rps" "$p32_p99" "$rss2" "$disk" "$page0" "$pagen"
+    printf '%-8s %8s %7s %7s %7s %7s %9s %8s %8s %8s %9s %8s %8s %9s %8s %8s %8s %8s %8s\n' "$store" "$n" "$import_s" "$start_s" \
+      "$copy_s" "$rss1" "$g_rps" "$g_p99" "$hot_p99" "$hot_max" "$p1_rps" "$p1_p50" "$p1_p99" "$p32_rps" "$p32_p99" "$rss2" "$disk" "$page0" "$pagen"
   done
   for g in get_user put_user; do sed -i '1d' "$tmp/$g.lua"; done
 done

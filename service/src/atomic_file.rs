@@ -100,6 +100,41 @@ fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
     }
 }
 
+/// A large file (the snapshot's local copy: ~110 MB at a million users) written so that its
+/// pages never pile up in the page cache: each `CHUNK` written is flushed (fdatasync) before the
+/// next. An fsync of another file on the same filesystem (the store's commit, the journal's
+/// append: the write path) can otherwise wait behind every dirty page of this one; a write right
+/// after a start at 1M users once took 186 ms at p99 against 5 ms at 1k. The final fsync of
+/// [`write`] then has little left to do.
+pub struct Paced<'a> {
+    file: &'a File,
+    unflushed: u64,
+}
+
+impl<'a> Paced<'a> {
+    const CHUNK: u64 = 8 << 20;
+
+    pub fn new(file: &'a File) -> Self {
+        Self { file, unflushed: 0 }
+    }
+}
+
+impl io::Write for Paced<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.unflushed += n as u64;
+        if self.unflushed >= Self::CHUNK {
+            self.file.sync_data()?;
+            self.unflushed = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.file).flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +143,30 @@ mod tests {
 
     fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
         write(path, |f| f.write_all(bytes))
+    }
+
+    #[test]
+    fn a_paced_file_is_flushed_every_chunk_and_arrives_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("big");
+        let chunk = usize::try_from(Paced::CHUNK).expect("fits");
+        let bytes: Vec<u8> = (0..2 * chunk + 3).map(|i| (i % 251) as u8).collect();
+        let file = File::create(&path).expect("create");
+        let mut paced = Paced::new(&file);
+        // One byte short of a chunk: nothing flushed yet; the byte that completes it flushes.
+        paced.write_all(&bytes[..chunk - 1]).expect("write");
+        assert_eq!(paced.unflushed, Paced::CHUNK - 1);
+        paced.write_all(&bytes[chunk - 1..chunk]).expect("write");
+        assert_eq!(paced.unflushed, 0);
+        // The next chunk in odd pieces: flushed when its last byte is written, and the sync
+        // covers whatever a write carried past the edge.
+        for piece in bytes[chunk..2 * chunk].chunks(1_000_003) {
+            paced.write_all(piece).expect("write");
+        }
+        assert_eq!(paced.unflushed, 0);
+        paced.write_all(&bytes[2 * chunk..]).expect("write");
+        assert_eq!(paced.unflushed, 3);
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
     }
 
     #[test]

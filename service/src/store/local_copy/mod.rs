@@ -151,7 +151,7 @@ fn write_records(
 ) -> std::io::Result<(u64, u64, u32)> {
     let mut crc = crc32fast::Hasher::new();
     let (mut users, mut body) = (0u64, 0u64);
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::atomic_file::Paced::new(f));
     let mut buf = Vec::with_capacity(1 << 16);
     let mut after: Option<String> = None;
     loop {
