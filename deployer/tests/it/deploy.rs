@@ -968,17 +968,22 @@ fn a_host_the_bastion_cannot_reach_holds_no_other_host_back() {
     // in use, and the last host asks for its tunnel while the bastion still has not answered
     // for the dead one; it gets one within --timeout all the same.
     let text = std::fs::read_to_string(&h.config).expect("deploy.toml");
-    let second_host = text.rfind("[[hosts]]").expect("two hosts");
-    let config = h.dir.path().join("dead-second.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}[[hosts]]\naddress = \"{dead}\"\ndeploy_to = \"/srv/none\"\n\n{}",
-            &text[..second_host],
-            &text[second_host..]
-        ),
-    )
-    .expect("deploy.toml");
+    // deploy.toml with the dead host's entry put in at byte `at`.
+    let with_dead_at = |at: usize, name: &str| {
+        let path = h.dir.path().join(name);
+        let entry = format!("[[hosts]]\naddress = \"{dead}\"\ndeploy_to = \"/srv/none\"\n\n");
+        std::fs::write(&path, format!("{}{entry}{}", &text[..at], &text[at..])).expect("toml");
+        path
+    };
+    let live_hosts_answered = |r: &common::Run| {
+        for s in &h.servers {
+            assert!(r.stdout.contains(&format!("{}: v1", s.addr)), "{r}");
+        }
+    };
+    let config = with_dead_at(
+        text.rfind("[[hosts]]").expect("two hosts"),
+        "dead-second.toml",
+    );
     let r = common::deployer(
         &config,
         &[
@@ -994,33 +999,19 @@ fn a_host_the_bastion_cannot_reach_holds_no_other_host_back() {
     );
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stdout.contains(&dead), "the dead host is named: {r}");
-    for s in &h.servers {
-        assert!(r.stdout.contains(&format!("{}: v1", s.addr)), "{r}");
-    }
+    live_hosts_answered(&r);
     // The deploy's one login, then this run's: the stuck one and the one the others took.
     assert_eq!(bastion.logins(), 3, "{}", bastion.log());
 
     // All at once, the dead host first: the live hosts' requests queue behind its open, and
     // are handed on to another session once it is stuck.
-    let dead_first = h.dir.path().join("dead-first.toml");
-    let first_host = text.find("[[hosts]]").expect("a host");
-    std::fs::write(
-        &dead_first,
-        format!(
-            "{}[[hosts]]\naddress = \"{dead}\"\ndeploy_to = \"/srv/none\"\n\n{}",
-            &text[..first_host],
-            &text[first_host..]
-        ),
-    )
-    .expect("deploy.toml");
+    let dead_first = with_dead_at(text.find("[[hosts]]").expect("a host"), "dead-first.toml");
     let r = common::deployer(
         &dead_first,
         &["--timeout", "3", "exec", "--", "cat", "bin/app"],
     );
     assert_eq!(r.code, 1, "{r}");
-    for s in &h.servers {
-        assert!(r.stdout.contains(&format!("{}: v1", s.addr)), "{r}");
-    }
+    live_hosts_answered(&r);
 }
 
 #[test]
