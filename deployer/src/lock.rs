@@ -25,6 +25,9 @@ pub struct LockHeld {
 pub const HELD: i32 = 11;
 /// Exit status of [`acquire_script`] when `deploy_to` cannot be created.
 pub const NO_DIR: i32 = 10;
+/// Exit status of [`acquire_script`] when nothing was ever deployed there and the command is not
+/// a deploy: the layout is not made for a task, a rollback or a cleanup.
+pub const NOT_DEPLOYED: i32 = 12;
 
 /// This process's owner line.
 pub fn owner_line(user: &str) -> String {
@@ -40,12 +43,25 @@ pub fn local_host() -> String {
     toolkit_core::hostname()
 }
 
-/// Creates the layout's directories, takes the lock, then prints the state (with the current
-/// release's listing when `manifest`; the `required` shared files checked).
-pub fn acquire_script(deploy_to: &str, owner: &str, manifest: bool, required: &[String]) -> String {
+/// Creates the layout's directories (`create`: a deploy; otherwise only the deployer's own, in a
+/// layout that has releases), takes the lock, then prints the state (with the current release's
+/// listing when `manifest`; the `required` shared files checked).
+pub fn acquire_script(
+    deploy_to: &str,
+    owner: &str,
+    manifest: bool,
+    required: &[String],
+    create: bool,
+) -> String {
     let d = quote(deploy_to);
+    let layout = match create {
+        true => format!("mkdir -p {d}/releases {d}/shared {d}/.deploy/manifests {d}/.deploy/bad"),
+        false => format!(
+            "[ -d {d}/releases ] || exit {NOT_DEPLOYED}\nmkdir -p {d}/.deploy/manifests {d}/.deploy/bad"
+        ),
+    };
     format!(
-        r#"mkdir -p {d}/releases {d}/shared {d}/.deploy/manifests {d}/.deploy/bad || exit {NO_DIR}
+        r#"{layout} || exit {NO_DIR}
 if mkdir {d}/.deploy/lock 2>/dev/null; then
   printf '%s\n' {o} > {d}/.deploy/lock/owner || {{ rm -rf {d}/.deploy/lock; exit {NO_DIR}; }}
 else
@@ -58,11 +74,14 @@ fi
 }
 
 /// What a host is asked when it is locked: the new release's manifest to match the current
-/// release's listing against (none: no listing), and the shared files that must be there.
+/// release's listing against (none: no listing), the shared files that must be there, and
+/// whether the layout is made when missing (a deploy; anything else fails on a host where
+/// nothing was deployed rather than leave an empty layout there).
 #[derive(Clone, Copy, Default)]
 pub struct Ask<'a> {
     pub new: Option<&'a Manifest>,
     pub required: &'a [String],
+    pub create: bool,
 }
 
 /// Takes the lock on `h` and reads its state (see [`Ask`]); marks the host failed at `lock`
@@ -126,7 +145,7 @@ pub fn acquire_waiting(h: &mut Host, owner: &str, ask: Ask, wait: Option<Duratio
 /// locked (and its state read) or marked failed.
 fn try_acquire(h: &mut Host, owner: &str, ask: Ask) -> Option<String> {
     let d = h.target.deploy_to.clone();
-    let script = acquire_script(&d, owner, ask.new.is_some(), ask.required);
+    let script = acquire_script(&d, owner, ask.new.is_some(), ask.required, ask.create);
     match h.read_layout(&script, ask.new) {
         Ok((0, reader)) => {
             h.locked = true;
@@ -145,6 +164,10 @@ fn try_acquire(h: &mut Host, owner: &str, ask: Ask) -> Option<String> {
                 .unwrap_or("?");
             return Some(crate::remote_text::printable(holder).into_owned());
         }
+        Ok((NOT_DEPLOYED, _)) => h.fail(
+            Stage::Lock,
+            format_args!("nothing deployed in {d} yet: deploy first"),
+        ),
         Ok((NO_DIR, reader)) => h.fail(
             Stage::Lock,
             format_args!(

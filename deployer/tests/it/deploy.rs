@@ -220,6 +220,27 @@ fn an_incremental_deploy_is_one_connection_and_four_commands_per_host() {
 }
 
 #[test]
+fn a_task_or_a_rollback_on_a_host_never_deployed_leaves_nothing_there() {
+    let h = Hosts::start(&[60]);
+    h.configure("", "[tasks.migrate]\ncommand = \"true\"\n");
+    h.write("bin/app", "v1\n");
+    for args in [&["run", "migrate"][..], &["rollback"], &["cleanup"]] {
+        let r = h.run(args);
+        assert_ne!(r.code, 0, "{args:?}: {r}");
+        assert!(r.stdout.contains("nothing deployed in"), "{args:?}: {r}");
+        assert!(
+            !h.deploy_to(0).exists(),
+            "{args:?} made {}",
+            h.deploy_to(0).display()
+        );
+    }
+    // A deploy makes the layout, and the task then runs in it.
+    h.deploy_ok();
+    let r = h.run(&["run", "migrate"]);
+    assert_eq!(r.code, 0, "{r}");
+}
+
+#[test]
 fn dry_run_reads_but_changes_nothing() {
     let h = Hosts::start(&[7]);
     h.write("a.txt", "a");

@@ -75,10 +75,13 @@ fn steps(
     let upload = upload_shown(d, delta, previous, &links);
     [
         match s.state_with_lock {
-            false => ("lock", Some(lock::acquire_script(d, &owner, false, &[]))),
+            false => (
+                "lock",
+                Some(lock::acquire_script(d, &owner, false, &[], true)),
+            ),
             true => (
                 "lock, state",
-                Some(lock::acquire_script(d, &owner, true, &required)),
+                Some(lock::acquire_script(d, &owner, true, &required, true)),
             ),
         },
         (

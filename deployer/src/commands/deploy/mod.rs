@@ -187,6 +187,7 @@ fn lock_first(
     let ask = lock::Ask {
         new: early.as_ref().map(|t| &t.manifest),
         required: &cfg.required_shared(),
+        create: true,
     };
     let runs = lock_everywhere(targets, settings, owner, options.lock_wait, ask);
     Ok((runs, early))
