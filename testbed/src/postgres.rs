@@ -233,6 +233,27 @@ impl Postgres {
         );
     }
 
+    /// `ALTER SYSTEM SET name = value` (`None`: RESET), reloaded, and waited for: `pg_reload_conf`
+    /// only signals the postmaster, which passes the signal on to every backend later; a write
+    /// sent meanwhile on an open connection runs under the old setting. Once a new session sees
+    /// the value, every backend has been signalled.
+    pub fn set_and_reload(&self, name: &str, value: Option<&str>) {
+        match value {
+            Some(v) => self.psql(&format!("ALTER SYSTEM SET {name} = '{v}'")),
+            None => self.psql(&format!("ALTER SYSTEM RESET {name}")),
+        };
+        self.psql("SELECT pg_reload_conf()");
+        let boot = self.psql(&format!(
+            "SELECT COALESCE(boot_val, '') FROM pg_settings WHERE name = '{name}'"
+        ));
+        let want = value.map_or(boot, str::to_owned);
+        crate::process::eventually(
+            &format!("{name} = {want:?} reloaded"),
+            std::time::Duration::from_secs(10),
+            || self.psql(&format!("SHOW {name}")) == want,
+        );
+    }
+
     /// Runs SQL with psql; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
         let out = checked(

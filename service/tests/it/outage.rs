@@ -715,8 +715,7 @@ fn a_write_a_crash_shows_before_the_standby_has_it_stays_queued() {
     let mut pg = Postgres::start();
     let s = with_defaults(&pg, &["--store-timeout", "300ms"]);
     s.result("put_user", json!({"user": {"id": "seed"}}));
-    pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
-    pg.psql("SELECT pg_reload_conf()");
+    pg.set_and_reload("synchronous_standby_names", Some("nobody"));
     let a = s.call("put_user", json!({"user": {"id": "w"}}));
     assert_eq!(a["result"]["queued"], true, "{a}");
     pg.crash();
@@ -731,8 +730,7 @@ fn a_write_a_crash_shows_before_the_standby_has_it_stays_queued() {
         let depth = &s.get("/health").json()["journal_depth"];
         assert_ne!(depth, 0, "taken as applied while no standby has it");
     }
-    pg.psql("ALTER SYSTEM RESET synchronous_standby_names");
-    pg.psql("SELECT pg_reload_conf()");
+    pg.set_and_reload("synchronous_standby_names", None);
     replayed(&s);
     assert_eq!(stored(&pg, "w").0, 1);
     assert_eq!(s.result("get_user", json!(["w"]))["id"], "w");
