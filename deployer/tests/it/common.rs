@@ -79,6 +79,20 @@ impl std::ops::Deref for Running {
     }
 }
 
+/// `len` bytes that do not compress (xorshift64 from `seed`): a file whose transfer fills the
+/// channel windows and socket buffers, where a few small packets would not.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 impl std::ops::DerefMut for Running {
     fn deref_mut(&mut self) -> &mut Self::Target {
         self.0.as_mut().expect("running")

@@ -781,15 +781,7 @@ fn deploys_through_a_bastion_from_config_and_from_ssh_config() {
     h.write("bin/app", "v1\n");
     // 4 MiB that do not compress: the tunnel's flow control (the channel window, a full socket
     // buffer) is exercised, not only a few small packets.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let noise: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = common::noise(0x9E37_79B9_7F4A_7C15, 4 << 20);
     std::fs::write(h.source.join("blob"), &noise).expect("blob");
 
     // Straight to the hosts: refused, as the network wants.
@@ -1081,6 +1073,7 @@ fn a_fleet_past_the_soft_open_files_limit_is_deployed() {
         .arg("ulimit -Sn 12 && exec \"$0\" -c \"$1\" deploy")
         .arg(env!("CARGO_BIN_EXE_deployer"))
         .arg(&h.config)
+        .env("XDG_STATE_HOME", common::state_home(&h.config))
         .output()
         .expect("sh");
     let shown = format!(
@@ -1105,32 +1098,15 @@ fn a_host_lost_mid_upload_leaves_the_others_tunnels_working() {
     );
     h.deploy_ok();
     let first = h.current(0).expect("deployed");
-    let dirs: Vec<_> = (0..3).map(|i| h.deploy_to(i).join("releases")).collect();
-    let releases = |i: usize| std::fs::read_dir(&dirs[i]).map(|d| d.count()).unwrap_or(0);
     // 24 MiB that do not compress to each host: the session to the bastion is busy, its socket
     // full, when the third host goes away mid-upload.
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let noise: Vec<u8> = (0..24 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = common::noise(0x2545_F491_4F6C_DD1D, 24 << 20);
     std::fs::write(h.source.join("blob"), &noise).expect("blob");
-    let mut deploy = std::process::Command::new(env!("CARGO_BIN_EXE_deployer"))
-        .arg("-c")
-        .arg(&h.config)
-        .args(["--timeout", "60", "deploy"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("deployer");
+    let mut deploy = common::spawn_deployer(&h.config, &["--timeout", "60", "deploy"]);
     testbed::process::eventually(
         "the third host's upload to start",
         std::time::Duration::from_secs(30),
-        || releases(2) > 1,
+        || h.releases(2).len() > 1,
     );
     let lost = h.servers[2].addr.clone();
     h.servers[2].kill();
@@ -1145,7 +1121,7 @@ fn a_host_lost_mid_upload_leaves_the_others_tunnels_working() {
     if !ended {
         let _ = deploy.kill();
     }
-    let out = deploy.wait_with_output().expect("deployer");
+    let out = deploy.wait_with_output();
     let shown = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1162,7 +1138,7 @@ fn a_host_lost_mid_upload_leaves_the_others_tunnels_working() {
     for i in 0..2 {
         assert_eq!(h.current(i).as_deref(), Some(first.as_str()), "{shown}");
         assert_eq!(
-            releases(i),
+            h.releases(i).len(),
             1,
             "host {i} keeps only its live release: {shown}"
         );
