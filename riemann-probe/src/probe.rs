@@ -1,16 +1,17 @@
-//! `Probe`: hand it events from any thread; it never blocks on the network. A bounded queue is
-//! drained by one background thread that sends batches (N events or T ms, whichever comes first),
-//! reconnects with truncated exponential backoff and jitter, drops the oldest events when the
-//! queue is full (and reports how many as an event of its own), and flushes on shutdown within a
-//! deadline.
+//! `Probe`: hand it events from any thread; it never blocks on the network, nor on a lock. A
+//! bounded lock-free ring (drop-oldest when full) is drained by one background thread that sends
+//! batches (N events or T ms, whichever comes first), reconnects with truncated exponential
+//! backoff and jitter, reports how many events were dropped as an event of its own, and flushes
+//! on shutdown within a deadline.
 
 use crate::client::{Client, ClientConfig};
 use crate::event::event;
 use crate::proto::Event;
+use crossbeam_queue::ArrayQueue;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 use toolkit_core::lock;
 
@@ -19,7 +20,9 @@ use toolkit_core::lock;
 pub struct ProbeConfig {
     /// The connection to Riemann.
     pub client: ClientConfig,
-    /// Most events held while Riemann is slow or away; beyond it the oldest are dropped.
+    /// Most events queued while Riemann is slow or away; beyond it the oldest are dropped. The
+    /// sender holds at most as many again (those it took to send, kept while it reconnects),
+    /// and the ring's memory (232 bytes an event: 2.3 MB at the default) is touched at start.
     pub capacity: usize,
     /// Send when this many events are queued...
     pub batch: usize,
@@ -57,7 +60,7 @@ pub struct ProbeStats {
     pub sent: u64,
     /// Events dropped: queue overflow, too large for a datagram, or left queued at shutdown.
     pub dropped: u64,
-    /// Events waiting now.
+    /// Events waiting now: queued, or taken by the sender and not sent yet.
     pub queued: usize,
     /// Failed attempts to connect.
     pub connect_failures: u64,
@@ -66,8 +69,16 @@ pub struct ProbeStats {
 }
 
 struct Shared {
-    queue: Mutex<VecDeque<Event>>,
-    wake: Condvar,
+    /// Callers push here without a lock: a full ring gives back its oldest event, which the
+    /// caller drops, so `send` costs a few atomic operations and a copy of the event.
+    queue: ArrayQueue<Event>,
+    /// The sender thread, to wake it when a batch is queued.
+    sender: OnceLock<Thread>,
+    /// Set while the sender sleeps waiting for a batch: callers wake it only then, since a
+    /// wake-up is a system call and most `send`s find the sender busy or a batch not full.
+    parked: AtomicBool,
+    /// Events the sender took from the queue and has not sent yet.
+    taken: AtomicUsize,
     capacity: usize,
     batch: usize,
     stop: AtomicBool,
@@ -78,6 +89,14 @@ struct Shared {
     unreported: AtomicU64,
     connect_failures: AtomicU64,
     send_failures: AtomicU64,
+}
+
+impl Shared {
+    fn wake_sender(&self) {
+        if let Some(t) = self.sender.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// Cheap to clone; every clone feeds the same queue.
@@ -92,8 +111,10 @@ impl Probe {
     pub fn start(cfg: ProbeConfig) -> Self {
         let capacity = cfg.capacity.max(1);
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::with_capacity(capacity)),
-            wake: Condvar::new(),
+            queue: ArrayQueue::new(capacity),
+            sender: OnceLock::new(),
+            parked: AtomicBool::new(false),
+            taken: AtomicUsize::new(0),
             capacity,
             batch: cfg.batch.max(1),
             stop: AtomicBool::new(false),
@@ -115,20 +136,21 @@ impl Probe {
         }
     }
 
-    /// Queues an event. Never waits for the network; drops the oldest event when full.
+    /// Queues an event. Never waits, for the network or for a lock; drops the oldest queued
+    /// event when full.
     pub fn send(&self, event: Event) {
         let s = &self.shared;
-        let mut q = lock(&s.queue);
-        if q.len() >= s.capacity {
-            q.pop_front();
+        if s.queue.force_push(event).is_some() {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             s.unreported.fetch_add(1, Ordering::Relaxed);
         }
-        q.push_back(event);
-        // Wake the sender only when a batch just filled up: past that it is busy or about to
-        // look again, and a futex wake on every call would cost more than the rest of `send`.
-        if q.len() == s.batch {
-            s.wake.notify_one();
+        // SeqCst pairs with the sender's store of `parked` before it looks at the queue: either
+        // it sees this event, or this sees it parked.
+        if s.parked.load(Ordering::SeqCst)
+            && s.queue.len() >= s.batch
+            && s.parked.swap(false, Ordering::SeqCst)
+        {
+            s.wake_sender();
         }
     }
 
@@ -138,7 +160,7 @@ impl Probe {
         ProbeStats {
             sent: s.sent.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
-            queued: lock(&s.queue).len(),
+            queued: s.queue.len() + s.taken.load(Ordering::Relaxed),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             send_failures: s.send_failures.load(Ordering::Relaxed),
         }
@@ -148,8 +170,8 @@ impl Probe {
     /// queued after the deadline are counted as dropped.
     pub fn shutdown(&self, deadline: Duration) -> ProbeStats {
         *lock(&self.shared.deadline) = Some(Instant::now() + deadline);
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.wake.notify_all();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_sender();
         if let Some(handle) = lock(&self.worker).take() {
             let _ = handle.join();
         }
@@ -166,20 +188,6 @@ fn jitter(seed: &mut u64, max: Duration) -> Duration {
     Duration::from_nanos(*seed % nanos)
 }
 
-/// Puts events that could not be sent back at the front of the queue, dropping the oldest of
-/// them if they no longer fit.
-fn requeue(s: &Shared, events: impl DoubleEndedIterator<Item = Event>) {
-    let mut q = lock(&s.queue);
-    for e in events.rev() {
-        if q.len() >= s.capacity {
-            s.dropped.fetch_add(1, Ordering::Relaxed);
-            s.unreported.fetch_add(1, Ordering::Relaxed);
-        } else {
-            q.push_front(e);
-        }
-    }
-}
-
 /// Counts `n` events that will never be sent (reported as the drop event).
 fn drop_counted(s: &Shared, n: usize) {
     if n > 0 {
@@ -189,20 +197,26 @@ fn drop_counted(s: &Shared, n: usize) {
 }
 
 fn run(s: Arc<Shared>, cfg: ProbeConfig) {
+    let _ = s.sender.set(std::thread::current());
     let mut tx = Sender::new(&s, &cfg);
     loop {
-        let stopping = s.stop.load(Ordering::Acquire);
+        let stopping = s.stop.load(Ordering::SeqCst);
         if stopping && lock(&s.deadline).is_some_and(|d| Instant::now() >= d) {
-            let left = std::mem::take(&mut *lock(&s.queue)).len() + tx.pending.len();
+            let mut left = tx.pending.len();
+            while s.queue.pop().is_some() {
+                left += 1;
+            }
             s.dropped.fetch_add(left as u64, Ordering::Relaxed);
+            s.taken.store(0, Ordering::Relaxed);
             return;
         }
-        if tx.backing_off(&cfg) {
+        if tx.backing_off(&s, &cfg) {
             continue;
         }
         if tx.pending.is_empty() {
-            tx.take_queue(&s, &cfg);
+            tx.wait_for_batch(&s, &cfg);
         }
+        tx.take_queue(&s);
         tx.report_dropped(&s, &cfg);
         if tx.pending.is_empty() {
             if stopping {
@@ -217,7 +231,7 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
 }
 
 /// The sending thread's state between rounds: the connection, its backoff, and the events
-/// taken from the queue but not sent yet.
+/// taken from the queue but not sent yet (oldest first).
 struct Sender {
     client: Option<Client>,
     backoff: Duration,
@@ -233,40 +247,52 @@ impl Sender {
             backoff: cfg.backoff_min,
             retry_at: Instant::now(),
             seed: 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id()),
-            // Taken from the queue in one O(1) swap, so `send` callers never wait behind a
-            // long drain.
             pending: VecDeque::with_capacity(s.capacity),
         }
     }
 
-    /// Disconnected and backing off: sleeps a little and says so. Events stay in the queue,
-    /// where the drop-oldest policy applies to all of them.
-    fn backing_off(&self, cfg: &ProbeConfig) -> bool {
+    /// Disconnected and backing off: takes the queue (so the drop-oldest policy applies to the
+    /// events kept from a failed send too), sleeps a little and says so.
+    fn backing_off(&mut self, s: &Shared, cfg: &ProbeConfig) -> bool {
         let now = Instant::now();
         if self.client.is_none() && now < self.retry_at {
+            self.take_queue(s);
             std::thread::sleep((self.retry_at - now).min(cfg.flush_every));
             return true;
         }
         false
     }
 
-    /// Waits until a batch is queued, the flush interval passes or the probe stops; takes the
-    /// queue.
-    fn take_queue(&mut self, s: &Shared, cfg: &ProbeConfig) {
-        let mut q = lock(&s.queue);
+    /// Sleeps until a batch is queued, the flush interval passes or the probe stops.
+    fn wait_for_batch(&self, s: &Shared, cfg: &ProbeConfig) {
         let until = Instant::now() + cfg.flush_every;
-        while q.len() < s.batch && !s.stop.load(Ordering::Acquire) {
+        while s.queue.len() < s.batch && !s.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now >= until {
                 break;
             }
-            q = s
-                .wake
-                .wait_timeout(q, until - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+            s.parked.store(true, Ordering::SeqCst);
+            // Looked at again after saying so: a batch queued in between is not slept through.
+            if s.queue.len() < s.batch && !s.stop.load(Ordering::SeqCst) {
+                std::thread::park_timeout(until - now);
+            }
+            s.parked.store(false, Ordering::SeqCst);
         }
-        std::mem::swap(&mut *q, &mut self.pending);
+    }
+
+    /// Moves the queued events behind the pending ones (at most a queue's worth, so busy
+    /// callers cannot keep the sender here), then drops the oldest beyond `capacity`.
+    fn take_queue(&mut self, s: &Shared) {
+        for _ in 0..s.capacity {
+            match s.queue.pop() {
+                Some(e) => self.pending.push_back(e),
+                None => break,
+            }
+        }
+        let over = self.pending.len().saturating_sub(s.capacity);
+        self.pending.drain(..over);
+        drop_counted(s, over);
+        s.taken.store(self.pending.len(), Ordering::Relaxed);
     }
 
     /// Events dropped since the last report become one event of their own.
@@ -283,8 +309,8 @@ impl Sender {
         }
     }
 
-    /// Connected, or connects; on failure backs off (half the backoff plus jitter, doubling)
-    /// and puts the pending events back in the queue.
+    /// Connected, or connects; on failure backs off (half the backoff plus jitter, doubling),
+    /// keeping the pending events.
     fn connect(&mut self, s: &Shared, cfg: &ProbeConfig) -> bool {
         if self.client.is_some() {
             return true;
@@ -301,36 +327,37 @@ impl Sender {
                     + self.backoff / 2
                     + jitter(&mut self.seed, self.backoff / 2 + Duration::from_nanos(1));
                 self.backoff = (self.backoff * 2).min(cfg.backoff_max);
-                requeue(s, self.pending.drain(..));
                 false
             }
         }
     }
 
-    /// Sends the pending events in batches; a broken connection puts the rest back in the
-    /// queue.
+    /// Sends the pending events in batches; a broken connection keeps the rest pending.
     fn send_pending(&mut self, s: &Shared) {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(s.batch);
-            let batch: Vec<Event> = self.pending.drain(..n).collect();
-            let result = self.client.as_mut().map(|c| c.send(&batch));
+            let result = match self.client.as_mut() {
+                Some(c) => c.send(&self.pending.make_contiguous()[..n]),
+                None => return,
+            };
             match result {
-                Some(Ok(oversized)) => {
+                Ok(oversized) => {
                     // Over UDP, an event too large for any datagram is dropped and counted.
                     s.sent.fetch_add((n - oversized) as u64, Ordering::Relaxed);
                     drop_counted(s, oversized);
                 }
                 // The server read the batch and refused it for its content: sending it again
                 // would be refused again, and hold up every event behind it.
-                Some(Err(crate::Error::Server(_))) => drop_counted(s, n),
-                _ => {
+                Err(crate::Error::Server(_)) => drop_counted(s, n),
+                Err(_) => {
                     s.send_failures.fetch_add(1, Ordering::Relaxed);
                     self.client = None;
                     self.retry_at = Instant::now() + jitter(&mut self.seed, self.backoff);
-                    requeue(s, batch.into_iter().chain(self.pending.drain(..)));
                     return;
                 }
             }
+            self.pending.drain(..n);
+            s.taken.store(self.pending.len(), Ordering::Relaxed);
         }
     }
 }
@@ -409,8 +436,8 @@ mod tests {
         let st = probe.stats();
         assert_eq!(st.queued, 10);
         assert_eq!(st.dropped, 990);
-        let kept = lock(&probe.shared.queue)
-            .iter()
+        // The sender sleeps (no batch of 1000 can fill a queue of 10): the queue holds the newest.
+        let kept = std::iter::from_fn(|| probe.shared.queue.pop())
             .filter_map(|e| e.metric_sint64)
             .collect::<Vec<_>>();
         assert_eq!(kept, (990..1000).collect::<Vec<_>>(), "the newest are kept");
