@@ -134,7 +134,7 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         pull: pull_stats.clone(),
         release: release.clone(),
     }));
-    let app = api::router(
+    let app = api::Http::new(
         api,
         api::HttpConfig {
             metrics,
@@ -178,7 +178,8 @@ pub async fn serve(settings: Settings, inherited: &mut Inherited) -> Result<(), 
         listener.as_fd().try_clone_to_owned()?
     };
     let limits = settings.server.limits();
-    let accepting = tokio::spawn(lifecycle::serve(listener, app, limits, stop));
+    let answer = move |req| app.call(req);
+    let accepting = tokio::spawn(lifecycle::serve(listener, answer, limits, stop));
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     // Plain values, absent outside a release: `jq .revision` and log filters read them as is.
     tracing::info!(%addr, socket = origin.as_str(), revision = release.revision.as_deref(), release = release.name.as_deref(), "listening on http://{addr}/");

@@ -14,8 +14,9 @@
 //! graceful shutdown closes idle keep-alive connections at once, which resets a client that is
 //! sending on one at that moment.
 
-use axum::Router;
 use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
@@ -185,11 +186,27 @@ impl Registry {
     }
 }
 
+/// What answers a request: a function from the request to its answer's future (a hyper service
+/// without `Result`, since every request gets an answer).
+pub(crate) trait App:
+    Fn(hyper::Request<Incoming>) -> Self::Answer + Clone + Send + Sync + 'static
+{
+    type Answer: Future<Output = Response> + Send + 'static;
+}
+
+impl<F, A> App for F
+where
+    F: Fn(hyper::Request<Incoming>) -> A + Clone + Send + Sync + 'static,
+    A: Future<Output = Response> + Send + 'static,
+{
+    type Answer = A;
+}
+
 /// Serves `app` on `listener` until `stop` resolves, then drains; returns once the last
 /// connection is closed.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: impl App,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
@@ -286,37 +303,33 @@ impl Connection {
     async fn serve(
         self,
         stream: tokio::net::TcpStream,
-        app: Router,
+        app: impl App,
         draining: Arc<AtomicBool>,
         mut drain: watch::Receiver<bool>,
     ) {
-        let (start, end) = (self.tracked.clone(), self.tracked.clone());
-        let svc = tower::ServiceExt::<axum::extract::Request<hyper::body::Incoming>>::map_request(
-            app,
-            move |req| {
-                start.busy.fetch_add(1, Ordering::AcqRel);
-                start.reading.store(false, Ordering::Release);
-                req
-            },
-        );
-        let svc =
-            tower::ServiceExt::map_response(svc, move |mut resp: axum::response::Response| {
+        let tracked = self.tracked.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            tracked.busy.fetch_add(1, Ordering::AcqRel);
+            tracked.reading.store(false, Ordering::Release);
+            let answer = app(req);
+            let (t, draining) = (tracked.clone(), draining.clone());
+            async move {
+                let mut resp = answer.await;
                 if draining.load(Ordering::SeqCst) {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                end.served.fetch_add(1, Ordering::AcqRel);
-                end.busy.fetch_sub(1, Ordering::AcqRel);
-                resp
-            });
+                t.served.fetch_add(1, Ordering::AcqRel);
+                t.busy.fetch_sub(1, Ordering::AcqRel);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
         let io = Watched {
             inner: stream,
             tracked: self.tracked.clone(),
         };
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(
-            TokioIo::new(io),
-            hyper_util::service::TowerToHyperService::new(svc),
-        );
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => return,
