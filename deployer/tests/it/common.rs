@@ -26,12 +26,22 @@ pub fn state_home(config: &Path) -> PathBuf {
     config.parent().unwrap_or(Path::new(".")).join("state")
 }
 
+/// The deployer's history and its hash cache beside the test's config (`Command::envs`): a test
+/// leaves nothing in the user's own state and cache directories.
+pub fn homes(config: &Path) -> [(&'static str, PathBuf); 2] {
+    let beside = config.parent().unwrap_or(Path::new("."));
+    [
+        ("XDG_STATE_HOME", state_home(config)),
+        ("XDG_CACHE_HOME", beside.join("cache")),
+    ]
+}
+
 pub fn deployer(config: &Path, args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_deployer"))
         .arg("-c")
         .arg(config)
         .args(args)
-        .env("XDG_STATE_HOME", state_home(config))
+        .envs(homes(config))
         .output()
         .expect("run deployer");
     Run {
@@ -50,7 +60,7 @@ pub fn spawn_deployer(config: &Path, args: &[&str]) -> Running {
             .arg("-c")
             .arg(config)
             .args(args)
-            .env("XDG_STATE_HOME", state_home(config))
+            .envs(homes(config))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

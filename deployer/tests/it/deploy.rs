@@ -454,7 +454,7 @@ fn authenticates_with_the_ssh_agent_when_no_identity_is_set() {
             .arg(&h.config)
             .args(args)
             .env("SSH_AUTH_SOCK", &sock)
-            .env("XDG_STATE_HOME", common::state_home(&h.config))
+            .envs(common::homes(&h.config))
             .output()
             .expect("deployer")
     };
@@ -1073,7 +1073,7 @@ fn a_fleet_past_the_soft_open_files_limit_is_deployed() {
         .arg("ulimit -Sn 12 && exec \"$0\" -c \"$1\" deploy")
         .arg(env!("CARGO_BIN_EXE_deployer"))
         .arg(&h.config)
-        .env("XDG_STATE_HOME", common::state_home(&h.config))
+        .envs(common::homes(&h.config))
         .output()
         .expect("sh");
     let shown = format!(

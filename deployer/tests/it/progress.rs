@@ -181,7 +181,7 @@ fn a_fleet_stages_under_one_bar_counting_its_hosts() {
         );
         let out = std::process::Command::new("script")
             .args(["-qec", &line, "/dev/null"])
-            .env("XDG_STATE_HOME", common::state_home(&h.config))
+            .envs(common::homes(&h.config))
             .output()
             .expect("script (util-linux) runs the deployer under a pseudo-terminal");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
