@@ -10,11 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-3}
 export FILES=${FILES:-20000} CAP=${CAP:-1} CAP_RUNS=${CAP_RUNS:-1}
-for tool in /usr/sbin/sshd ssh ssh-keygen ssh-keyscan rsync python3 git /usr/bin/time; do
+for tool in /usr/sbin/sshd ssh ssh-keygen ssh-keyscan rsync python3 git unshare /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "$tool missing: make peers" >&2; exit 1; }
 done
 [ "$CAP" = 0 ] || command -v cap >/dev/null || { echo "cap missing: make peers (or CAP=0)" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "run as root (sshd on 127.0.0.101-108 logs in as root)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (sshd on 127.0.0.101-108 logs in as root; mounts)" >&2; exit 1; }
+[ -f /etc/skel/.bashrc ] || { echo "/etc/skel/.bashrc missing (the hosts' login shell reads it)" >&2; exit 1; }
 # DEPLOYER: another build to measure (e.g. the previous commit's, for a before/after).
 if [ -z "${DEPLOYER:-}" ]; then
   cargo build -q --release --manifest-path ../Cargo.toml -p deployer
@@ -53,7 +54,12 @@ StrictModes no
 MaxStartups 100
 LogLevel ERROR
 EOF
-  /usr/sbin/sshd -D -e -f "$d/config" 2>>"$tmp/sshd.log" &
+  # The hosts' login shell reads root's ~/.bashrc; on this machine it starts pyenv (~0.3 s a
+  # command, each tool's every ssh command), a cost of this machine, not of a host: each sshd
+  # runs in a mount namespace where root's is a fresh account's (Debian's /etc/skel/.bashrc).
+  unshare --mount --propagation private sh -c \
+    'mount --bind /etc/skel/.bashrc /root/.bashrc && exec /usr/sbin/sshd -D -e -f "$1"' \
+    sh "$d/config" 2>>"$tmp/sshd.log" &
   pids+=($!)
   for _ in $(seq 100); do (exec 3<>/dev/tcp/$ip/$port) 2>/dev/null && break; sleep 0.05; done
   ssh-keyscan -p "$port" -t ed25519 "$ip" >> "$tmp/known_hosts" 2>/dev/null
