@@ -8,8 +8,10 @@ mod http;
 mod methods;
 mod prometheus;
 mod rpc;
+mod settings;
 
-pub use http::{ApiSettings, Http, HttpConfig};
+pub use http::{Http, HttpConfig};
 pub use methods::Api;
 pub use prometheus::{Exposition, Sources};
 pub use rpc::{Reply, handle_body};
+pub use settings::ApiSettings;

@@ -5,15 +5,16 @@
 mod listener;
 mod pidfile;
 mod server;
+mod server_settings;
 mod upgrade;
 
 pub(crate) use listener::UpgradeChannel;
 pub use listener::{Inherited, ListenError};
 pub use pidfile::is_alive;
 pub(crate) use pidfile::{remove_if_ours, write as write_pid_file};
-#[cfg(test)]
-pub(crate) use server::RESERVED_FDS;
-pub use server::ServerSettings;
 pub(crate) use server::serve;
+#[cfg(test)]
+pub(crate) use server_settings::RESERVED_FDS;
+pub use server_settings::ServerSettings;
 pub(crate) use upgrade::{Successor, listen_control};
 pub use upgrade::{UpgradeError, Upgraded, upgrade};
