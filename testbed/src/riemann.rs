@@ -67,6 +67,8 @@ struct Indexed {
 struct State {
     index: Mutex<HashMap<(String, String), Indexed>>,
     received: Mutex<Vec<Event>>,
+    /// How many events each message carried, in order.
+    messages: Mutex<Vec<usize>>,
     expired: Mutex<Vec<Event>>,
     fault: Mutex<Option<Fault>>,
     down: AtomicBool,
@@ -162,6 +164,11 @@ impl Sink {
     /// Every event received, in order.
     pub fn received(&self) -> Vec<Event> {
         lock(&self.state.received).clone()
+    }
+
+    /// How many events each message accepted so far carried, in order.
+    pub fn message_sizes(&self) -> Vec<usize> {
+        lock(&self.state.messages).clone()
     }
 
     pub fn received_count(&self) -> usize {
@@ -388,6 +395,7 @@ fn answer(buf: &[u8], fault: &Fault, state: &State) -> Msg {
                     ..Default::default()
                 }
             } else {
+                lock(&state.messages).push(msg.events.len());
                 ingest(state, msg.events);
                 Msg {
                     ok: Some(true),

@@ -133,6 +133,29 @@ fn a_stopped_heartbeat_expires() {
 }
 
 #[test]
+fn a_backlog_goes_ten_batches_a_message_in_order() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 10_000);
+    sink.down();
+    for i in 0..5000i64 {
+        probe.send(event("backlog").metric(i).build());
+    }
+    sink.up();
+    let st = probe.shutdown(Duration::from_secs(20));
+    assert_eq!((st.sent, st.dropped, st.queued), (5000, 0, 0), "{st:?}");
+    let got: Vec<i64> = sink
+        .received()
+        .iter()
+        .filter_map(|e| e.metric_sint64)
+        .collect();
+    assert_eq!(got, (0..5000).collect::<Vec<_>>(), "every event, in order");
+    // batch = 50: a message carries at most ten batches, and the backlog filled some.
+    let sizes = sink.message_sizes();
+    assert!(sizes.iter().all(|&n| n <= 500), "{sizes:?}");
+    assert!(sizes.contains(&500), "{sizes:?}");
+}
+
+#[test]
 fn a_batch_the_server_refuses_is_dropped_and_counted_not_retried_for_ever() {
     let sink = Sink::start();
     let probe = probe_to(&sink, 1000);
