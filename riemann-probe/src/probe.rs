@@ -21,8 +21,9 @@ pub struct ProbeConfig {
     /// The connection to Riemann.
     pub client: ClientConfig,
     /// Most events queued while Riemann is slow or away; beyond it the oldest are dropped. The
-    /// sender holds at most as many again (those it took to send, kept while it reconnects),
-    /// and the ring's memory (232 bytes an event: 2.3 MB at the default) is touched at start.
+    /// sender holds at most as many again, and a drop report (those it took to send, kept while
+    /// it reconnects); the ring's memory (232 bytes an event: 2.3 MB at the default) is touched
+    /// at start. A capacity under `batch` sends every `flush_every` only.
     pub capacity: usize,
     /// Send when this many events are queued (a message then carries up to ten batches, when
     /// that many wait)...
@@ -59,9 +60,11 @@ impl ProbeConfig {
 pub struct ProbeStats {
     /// Events the server acknowledged (over UDP: written to the socket).
     pub sent: u64,
-    /// Events dropped: queue overflow, too large for a datagram, or left queued at shutdown.
+    /// Events dropped: queue overflow, too large for a datagram, refused by the server, or
+    /// left queued at shutdown (drop reports included).
     pub dropped: u64,
-    /// Events waiting now: queued, or taken by the sender and not sent yet.
+    /// Events waiting now: queued, or taken by the sender and not sent yet (read while the
+    /// sender works, a moment's count may see an event in both places; 0 after `shutdown`).
     pub queued: usize,
     /// Failed attempts to connect.
     pub connect_failures: u64,
@@ -254,7 +257,8 @@ impl Sender {
             backoff: cfg.backoff_min,
             retry_at: Instant::now(),
             seed: 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id()),
-            pending: VecDeque::with_capacity(s.capacity),
+            // One more for the drop report.
+            pending: VecDeque::with_capacity(s.capacity + 1),
         }
     }
 
@@ -264,7 +268,12 @@ impl Sender {
         let now = Instant::now();
         if self.client.is_none() && now < self.retry_at {
             self.take_queue(s);
-            std::thread::sleep((self.retry_at - now).min(cfg.flush_every));
+            // Parked, not slept, and never past a shutdown's deadline: its unpark ends the wait.
+            let mut until = self.retry_at.min(now + cfg.flush_every);
+            if let Some(deadline) = *lock(&s.deadline) {
+                until = until.min(deadline);
+            }
+            std::thread::park_timeout(until.saturating_duration_since(now));
             return true;
         }
         false
@@ -288,16 +297,18 @@ impl Sender {
     }
 
     /// Moves the queued events behind the pending ones (at most a queue's worth, so busy
-    /// callers cannot keep the sender here), then drops the oldest beyond `capacity`.
+    /// callers cannot keep the sender here), dropping the oldest pending one for each beyond
+    /// `capacity` as it goes: the sender's own memory never outgrows a queue's.
     fn take_queue(&mut self, s: &Shared) {
+        let mut over = 0;
         for _ in 0..s.capacity {
-            match s.queue.pop() {
-                Some(e) => self.pending.push_back(e),
-                None => break,
+            let Some(e) = s.queue.pop() else { break };
+            if self.pending.len() >= s.capacity {
+                self.pending.pop_front();
+                over += 1;
             }
+            self.pending.push_back(e);
         }
-        let over = self.pending.len().saturating_sub(s.capacity);
-        self.pending.drain(..over);
         drop_counted(s, over);
         s.taken.store(self.pending.len(), Ordering::Relaxed);
     }
@@ -451,5 +462,30 @@ mod tests {
         let st = probe.shutdown(Duration::from_millis(200));
         assert_eq!(st.sent, 0);
         assert_eq!(st.queued, 0);
+    }
+
+    #[test]
+    fn a_shutdown_ends_a_long_backoff_by_its_deadline() {
+        let mut cfg = ProbeConfig::new(ClientConfig::tcp("127.0.0.1:9"));
+        cfg.batch = 1;
+        cfg.flush_every = Duration::from_secs(60);
+        cfg.backoff_min = Duration::from_secs(120);
+        cfg.backoff_max = Duration::from_secs(120);
+        let probe = Probe::start(cfg);
+        probe.send(event("x").build());
+        // The connect fails at once; the sender then waits 60-120 s before the next.
+        let t = Instant::now();
+        while probe.stats().connect_failures == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "never tried to connect"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        let st = probe.shutdown(Duration::from_millis(100));
+        // A bound on liveness, not a speed figure: the backoff alone is a minute.
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        assert_eq!((st.sent, st.dropped, st.queued), (0, 1, 0), "{st:?}");
     }
 }
