@@ -181,7 +181,7 @@ pub async fn handle_body_observed<H: Handler, O: Observe>(
     let started = Instant::now();
     match split_body(body, limits) {
         Ok(Body::Single(item)) => {
-            let a = handle_one(handler, item, deadline, limits.max_response).await;
+            let a = handle_one(handler, item, true, deadline, limits.max_response).await;
             let replied = answers.add(a, started, None);
             answers.reply(replied)
         }
@@ -212,7 +212,7 @@ async fn handle_batch<H: Handler, O: Observe>(
             // Full: the rest is not run; each call still gets its answer (its id, if any).
             not_run(item, response_full(limits.max_response))
         } else {
-            handle_one(handler, item, deadline, budget).await
+            handle_one(handler, item.get(), false, deadline, budget).await
         };
         if a.reply_id.is_some() {
             if any {
@@ -265,7 +265,8 @@ impl<O: Observe> Answers<'_, O> {
 }
 
 enum Body<'a> {
-    Single(&'a RawValue),
+    /// Not parsed yet: [`read_call`] parses it once, and tells a body that is not JSON.
+    Single(&'a str),
     Batch(Vec<&'a RawValue>),
 }
 
@@ -275,9 +276,7 @@ fn split_body<'a>(body: &'a [u8], limits: &Limits) -> Result<Body<'a>, RpcError>
         .map_err(|e| RpcError::parse_error(format!("body is not UTF-8: {e}")))?;
     let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
     if !trimmed.starts_with('[') {
-        return serde_json::from_str(trimmed)
-            .map(Body::Single)
-            .map_err(RpcError::parse_error);
+        return Ok(Body::Single(trimmed));
     }
     let items: Vec<&RawValue> = serde_json::from_str(trimmed).map_err(RpcError::parse_error)?;
     if items.is_empty() {
@@ -339,11 +338,12 @@ fn not_run(item: &RawValue, error: RpcError) -> Answer<'_> {
 /// Handles one request object (a notification is run, and answered with nothing).
 async fn handle_one<'a, H: Handler>(
     handler: &H,
-    item: &'a RawValue,
+    item: &'a str,
+    alone: bool,
     deadline: Option<&Deadline>,
     budget: usize,
 ) -> Answer<'a> {
-    let call = match read_call(item) {
+    let call = match read_call(item, alone) {
         Ok(call) => call,
         Err(refused) => return refused,
     };
@@ -373,15 +373,23 @@ struct ReadCall<'a> {
     params: Result<Params, RpcError>,
 }
 
-/// Reads one request object, or the answer refusing it (-32600).
-fn read_call(item: &RawValue) -> Result<ReadCall<'_>, Answer<'_>> {
-    if !item.get().starts_with('{') {
-        return Err(Answer::refused(RpcError::invalid_request(
+/// Reads one request object, or the answer refusing it (-32600). `alone`: the item is the whole
+/// body, not yet known to be JSON: one that is not is a parse error (-32700), which is looked
+/// for only when the object cannot be read, so a good body is parsed once.
+fn read_call(item: &str, alone: bool) -> Result<ReadCall<'_>, Answer<'_>> {
+    let refused = |why: RpcError| {
+        let not_json = alone
+            .then(|| serde_json::from_str::<serde::de::IgnoredAny>(item).err())
+            .flatten();
+        Answer::refused(not_json.map_or(why, RpcError::parse_error))
+    };
+    if !item.starts_with('{') {
+        return Err(refused(RpcError::invalid_request(
             "a request must be an object",
         )));
     }
-    let env: Envelope<'_> = serde_json::from_str(item.get()).map_err(|e| {
-        Answer::refused(RpcError::invalid_request(&format!(
+    let env: Envelope<'_> = serde_json::from_str(item).map_err(|e| {
+        refused(RpcError::invalid_request(&format!(
             "malformed request object: {e}"
         )))
     })?;
