@@ -78,6 +78,19 @@ fn deploys_commits_refuses_a_dirty_tree_and_never_sends_git_or_excluded_paths() 
         "{r}"
     );
     assert_eq!(h.releases(0), before);
+    // Nor does a host that never answers hold the refusal up: the hosts are connected to while
+    // the tree is read, and a refused tree is said without waiting for them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    std::thread::spawn(move || silent.incoming().collect::<Vec<_>>());
+    let entry = format!("[[hosts]]\naddress = \"{addr}\"\ndeploy_to = \"/srv/none\"\n");
+    h.configure("exclude = [\"*.log\"]", &entry);
+    let t = std::time::Instant::now();
+    let r = h.run(&["--timeout", "60", "deploy"]);
+    assert!(r.code != 0 && r.stderr.contains("--allow-dirty"), "{r}");
+    // A bound on liveness, not a speed figure: the silent host alone takes the 60 s timeout.
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "{r}");
+    h.configure("exclude = [\"*.log\"]", "");
     let r = h.run(&["deploy", "--allow-dirty"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(h.revision(0), format!("{v2}-dirty"));

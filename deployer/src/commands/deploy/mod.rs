@@ -180,17 +180,29 @@ fn lock_first(
     options: &Options,
     owner: &str,
 ) -> Result<(Vec<Run>, Option<Tree>), DeployError> {
-    let early = match state_with_lock(cfg, options) {
+    let early = state_with_lock(cfg, options);
+    settings.say(&format!("connecting to {} host(s)", targets.len()));
+    // The hosts are connected to while the tree is read, when it is read first: of 20,000
+    // files, the read takes longer than a connection. A tree refused (a dirty work tree) is
+    // said at once; the connections are dropped with the thread's result.
+    let connecting = {
+        let (targets, ssh, parallel) = (targets.to_vec(), settings.ssh.clone(), settings.parallel);
+        std::thread::spawn(move || fleet::connect(&targets, &ssh, parallel))
+    };
+    let tree = match early {
         true => Some(tree::read_tree(cfg, options, settings)?),
         false => None,
     };
+    let hosts = connecting
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let ask = lock::Ask {
-        new: early.as_ref().map(|t| &t.manifest),
+        new: tree.as_ref().map(|t| &t.manifest),
         required: &cfg.required_shared(),
         create: true,
     };
-    let runs = lock_everywhere(targets, settings, owner, options.lock_wait, ask);
-    Ok((runs, early))
+    let runs = lock_everywhere(hosts, settings, owner, options.lock_wait, ask);
+    Ok((runs, tree))
 }
 
 /// Whether the tree is read first and the lock step reads each host's state against it (one
@@ -202,20 +214,16 @@ fn state_with_lock(cfg: &Config, options: &Options) -> bool {
     !builds && cfg.hooks.local_before.is_empty() && options.lock_wait.is_none()
 }
 
-/// Connects to every host and takes its lock (waiting up to `wait` for another deploy's),
-/// reading what `ask` asks.
+/// Takes every connected host's lock (waiting up to `wait` for another deploy's), reading what
+/// `ask` asks; nothing when a host could not be connected to.
 fn lock_everywhere(
-    targets: &[Target],
+    hosts: Vec<fleet::Host>,
     settings: &Settings,
     owner: &str,
     wait: Option<Duration>,
     ask: lock::Ask,
 ) -> Vec<Run> {
-    settings.say(&format!("connecting to {} host(s)", targets.len()));
-    let mut runs: Vec<Run> = fleet::connect(targets, &settings.ssh, settings.parallel)
-        .into_iter()
-        .map(Run::new)
-        .collect();
+    let mut runs: Vec<Run> = hosts.into_iter().map(Run::new).collect();
     if runs.iter().all(Run::ok) {
         settings.say("locking");
         each(&mut runs, settings.parallel, |r| {
