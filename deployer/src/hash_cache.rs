@@ -68,7 +68,13 @@ impl HashCache {
         let known = file
             .as_deref()
             .and_then(|f| std::fs::read_to_string(f).ok())
-            .map(|text| text.lines().filter_map(parse_line).collect())
+            .map(|text| {
+                // Sized once (a line is ~145 bytes): grown as it filled, the map was rehashed
+                // and copied a dozen times on the way to 20,000 entries.
+                let mut known = HashMap::with_capacity(text.len() / 128);
+                known.extend(text.lines().filter_map(parse_line));
+                known
+            })
             .unwrap_or_default();
         Self {
             file,
@@ -110,10 +116,11 @@ impl HashCache {
         hash: impl FnOnce() -> std::io::Result<String>,
     ) -> std::io::Result<String> {
         let stamp = Stamp::of(meta);
-        let sha = match self.known.get(rel) {
-            Some((s, sha)) if *s == stamp => {
+        // Taken out, not cloned: a scan asks for each path once.
+        let sha = match self.known.remove(rel) {
+            Some((s, sha)) if s == stamp => {
                 self.counts.cached_files += 1;
-                sha.clone()
+                sha
             }
             _ => {
                 let sha = hash()?;
@@ -135,10 +142,10 @@ impl HashCache {
     pub fn save(self) {
         let Some(file) = self.file else { return };
         let now = chrono::Utc::now().timestamp();
-        let mut text = String::with_capacity(self.seen.len() * 120);
+        let mut text = String::with_capacity(self.seen.len() * 150);
         for (rel, s, sha) in &self.seen {
             if s.mtime.0.max(s.ctime.0) < now - RACY_SECS {
-                text.push_str(&format_line(rel, s, sha));
+                write_line(&mut text, rel, s, sha);
             }
         }
         // Best effort: a cache that cannot be written only costs the next deploy its hashing.
@@ -147,11 +154,14 @@ impl HashCache {
     }
 }
 
-fn format_line(rel: &str, s: &Stamp, sha: &str) -> String {
-    format!(
-        "{sha}\t{}\t{}.{}\t{}.{}\t{}\t{}\t{rel}\n",
+/// Appends one cache line to `text` (no string of its own: 20,000 of them).
+fn write_line(text: &mut String, rel: &str, s: &Stamp, sha: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        text,
+        "{sha}\t{}\t{}.{}\t{}.{}\t{}\t{}\t{rel}",
         s.size, s.mtime.0, s.mtime.1, s.ctime.0, s.ctime.1, s.ino, s.dev
-    )
+    );
 }
 
 /// Caches of trees not deployed for 30 days (a checkout removed, a temp dir) are deleted.
@@ -235,7 +245,8 @@ mod tests {
         let f = dir.path().join("a");
         std::fs::write(&f, "one").expect("write");
         let meta = std::fs::metadata(&f).expect("meta");
-        let line = format_line("a", &Stamp::of(&meta), &"1".repeat(64));
+        let mut line = String::new();
+        write_line(&mut line, "a", &Stamp::of(&meta), &"1".repeat(64));
         let mut c = HashCache {
             file: Some(dir.path().join("cache/hashes")),
             known: line.lines().filter_map(parse_line).collect(),
@@ -248,6 +259,8 @@ mod tests {
             c.sha256("a", &meta, || Ok("2".repeat(64))).expect("hash")
         };
         assert_eq!(hashed(&mut c), "1".repeat(64), "unchanged: from the cache");
+        // A scan asks for each path once; the next scan reads the cache afresh.
+        c.known = line.lines().filter_map(parse_line).collect();
         // Same size, the modification time set back: the change time still moved.
         let mtime = meta.modified().expect("mtime");
         std::fs::write(&f, "two").expect("write");
