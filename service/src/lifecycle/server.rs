@@ -236,23 +236,7 @@ impl Connection {
         draining: Arc<AtomicBool>,
         mut drain: watch::Receiver<bool>,
     ) {
-        let tracked = self.tracked.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            tracked.busy.fetch_add(1, Ordering::AcqRel);
-            tracked.reading.store(false, Ordering::Release);
-            let answer = app(req);
-            let (t, draining) = (tracked.clone(), draining.clone());
-            async move {
-                let mut resp = answer.await;
-                if draining.load(Ordering::SeqCst) {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                t.served.fetch_add(1, Ordering::AcqRel);
-                t.busy.fetch_sub(1, Ordering::AcqRel);
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
+        let svc = counted(self.tracked.clone(), app, draining);
         let io = Watched {
             inner: stream,
             tracked: self.tracked.clone(),
@@ -260,11 +244,17 @@ impl Connection {
         let conn =
             hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
+        // The watchdog is a task of its own: as a branch here it was polled on every wake-up of
+        // the connection, a few hundred instructions a request. It ends with the connection.
+        let (said, mut closing) = tokio::sync::oneshot::channel();
+        let _watchdog = AbortOnDrop(tokio::spawn(async move {
+            let _ = said.send(self.watchdog().await);
+        }));
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = drain.wait_for(|d| *d) => {}
-            why = self.watchdog() => {
-                tracing::debug!(why, "connection closed");
+            why = &mut closing => {
+                tracing::debug!(why = why.unwrap_or("the watchdog ended"), "connection closed");
                 return;
             }
         }
@@ -282,7 +272,7 @@ impl Connection {
         };
         tokio::select! {
             () = finish => {}
-            _ = self.watchdog() => {}
+            _ = &mut closing => {}
         }
     }
 
@@ -324,6 +314,45 @@ impl Connection {
                 _ => {}
             }
         }
+    }
+}
+
+/// `app` for one connection: each request counted busy while it is served, then served (what
+/// the watchdog reads), its answer marked `Connection: close` once the drain began.
+fn counted(
+    tracked: Arc<Tracked>,
+    app: impl App,
+    draining: Arc<AtomicBool>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> {
+    hyper::service::service_fn(move |req| {
+        tracked.busy.fetch_add(1, Ordering::AcqRel);
+        tracked.reading.store(false, Ordering::Release);
+        let answer = app(req);
+        let (t, draining) = (tracked.clone(), draining.clone());
+        async move {
+            let mut resp = answer.await;
+            if draining.load(Ordering::SeqCst) {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            t.served.fetch_add(1, Ordering::AcqRel);
+            t.busy.fetch_sub(1, Ordering::AcqRel);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    })
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
