@@ -64,7 +64,7 @@ pub struct ProbeStats {
     /// left queued at shutdown (drop reports included).
     pub dropped: u64,
     /// Events waiting now: queued, or taken by the sender and not sent yet (read while the
-    /// sender works, a moment's count may see an event in both places; 0 after `shutdown`).
+    /// sender works, a moment's count may miss one it is moving; 0 after `shutdown`).
     pub queued: usize,
     /// Failed attempts to connect.
     pub connect_failures: u64,
@@ -164,7 +164,8 @@ impl Probe {
         ProbeStats {
             sent: s.sent.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
-            queued: s.queue.len() + s.taken.load(Ordering::Relaxed),
+            // Taken first (see take_queue): an event moving over is missed, never counted twice.
+            queued: s.taken.load(Ordering::Acquire) + s.queue.len(),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             send_failures: s.send_failures.load(Ordering::Relaxed),
         }
@@ -217,7 +218,7 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
                 left += 1;
             }
             s.dropped.fetch_add(left as u64, Ordering::Relaxed);
-            s.taken.store(0, Ordering::Relaxed);
+            s.taken.store(0, Ordering::Release);
             return;
         }
         if tx.backing_off(&s, &cfg) {
@@ -308,9 +309,12 @@ impl Sender {
                 over += 1;
             }
             self.pending.push_back(e);
+            // After the pop, with Release: `stats` reads this first, so an event is never
+            // counted both here and in the queue.
+            s.taken.store(self.pending.len(), Ordering::Release);
         }
         drop_counted(s, over);
-        s.taken.store(self.pending.len(), Ordering::Relaxed);
+        s.taken.store(self.pending.len(), Ordering::Release);
     }
 
     /// Events dropped since the last report become one event of their own.
@@ -375,7 +379,7 @@ impl Sender {
                 }
             }
             self.pending.drain(..n);
-            s.taken.store(self.pending.len(), Ordering::Relaxed);
+            s.taken.store(self.pending.len(), Ordering::Release);
         }
     }
 }
