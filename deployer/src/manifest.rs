@@ -182,21 +182,22 @@ impl Manifest {
             let path = path.to_owned();
             move |source| ManifestError::Io { path, source }
         };
+        // Each entry's metadata is asked of the directory being read (fstatat, not followed, as
+        // symlink_metadata), which spares the kernel a walk of the whole path for each file;
+        // all of it before going deeper, so one directory is open at a time.
         let children: Vec<_> = std::fs::read_dir(dir)
             .map_err(io(dir))?
+            .map(|e| e.map(|e| (e.path(), e.metadata())))
             .collect::<Result<_, _>>()
             .map_err(io(dir))?;
-        for child in children {
-            let path = child.path();
+        for (path, meta) in children {
             let rel = path
                 .strip_prefix(root)
                 .ok()
                 .and_then(Path::to_str)
                 .ok_or_else(|| ManifestError::NotUtf8(path.clone()))?
                 .to_owned();
-            // Not followed, as symlink_metadata; asked of the directory being read (fstatat),
-            // which spares the kernel a walk of the whole path for each file.
-            let meta = child.metadata().map_err(io(&path))?;
+            let meta = meta.map_err(io(&path))?;
             let ft = meta.file_type();
             if exclude.skips(&rel, ft.is_dir()) {
                 continue;

@@ -22,6 +22,7 @@ mod back_out;
 mod canary;
 mod commands_shown;
 mod local_hooks;
+mod locking;
 mod plan;
 mod publish;
 mod run;
@@ -30,6 +31,7 @@ mod tree;
 
 pub use plan::{Plan, plan};
 
+use self::locking::lock_first;
 use self::run::{Ctx, Run, outcome};
 use self::tree::prepare;
 
@@ -42,7 +44,7 @@ use crate::layout::{self, HostState};
 use crate::lock;
 use crate::report::{HookRun, Report};
 use crate::settings::Settings;
-use crate::source::{self, Tree};
+use crate::source;
 use std::time::{Duration, Instant};
 
 /// What `deploy` is asked for beyond the settings every command shares.
@@ -168,69 +170,6 @@ fn conclude(
         eprintln!("warning: {e}");
     }
     report
-}
-
-/// Every host locked, and the tree when it could be read first (see [`state_with_lock`]).
-/// Otherwise every host is locked before the build: a held lock fails (or is waited for) at
-/// once, not after a build of many minutes.
-fn lock_first(
-    cfg: &Config,
-    targets: &[Target],
-    settings: &Settings,
-    options: &Options,
-    owner: &str,
-) -> Result<(Vec<Run>, Option<Tree>), DeployError> {
-    let early = state_with_lock(cfg, options);
-    settings.say(&format!("connecting to {} host(s)", targets.len()));
-    // The hosts are connected to while the tree is read, when it is read first: of 20,000
-    // files, the read takes longer than a connection. A tree refused (a dirty work tree) is
-    // said at once; the connections are dropped with the thread's result.
-    let connecting = {
-        let (targets, ssh, parallel) = (targets.to_vec(), settings.ssh.clone(), settings.parallel);
-        std::thread::spawn(move || fleet::connect(&targets, &ssh, parallel))
-    };
-    let tree = match early {
-        true => Some(tree::read_tree(cfg, options, settings)?),
-        false => None,
-    };
-    let hosts = connecting
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let ask = lock::Ask {
-        new: tree.as_ref().map(|t| &t.manifest),
-        required: &cfg.required_shared(),
-        create: true,
-    };
-    let runs = lock_everywhere(hosts, settings, owner, options.lock_wait, ask);
-    Ok((runs, tree))
-}
-
-/// Whether the tree is read first and the lock step reads each host's state against it (one
-/// remote step fewer per host): when nothing runs between the lock and the state read (no
-/// build, or `--ref`; no `local_before` hook, which may change the hosts) and no lock is waited
-/// for (the tree could change meanwhile).
-fn state_with_lock(cfg: &Config, options: &Options) -> bool {
-    let builds = options.git_ref.is_none() && cfg.build.is_some();
-    !builds && cfg.hooks.local_before.is_empty() && options.lock_wait.is_none()
-}
-
-/// Takes every connected host's lock (waiting up to `wait` for another deploy's), reading what
-/// `ask` asks; nothing when a host could not be connected to.
-fn lock_everywhere(
-    hosts: Vec<fleet::Host>,
-    settings: &Settings,
-    owner: &str,
-    wait: Option<Duration>,
-    ask: lock::Ask,
-) -> Vec<Run> {
-    let mut runs: Vec<Run> = hosts.into_iter().map(Run::new).collect();
-    if runs.iter().all(Run::ok) {
-        settings.say("locking");
-        each(&mut runs, settings.parallel, |r| {
-            staging::lock_host(r, owner, wait, ask);
-        });
-    }
-    runs
 }
 
 /// Releases every lock this run holds; one it cannot (a host gone) is named on stderr.

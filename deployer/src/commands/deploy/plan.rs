@@ -77,7 +77,7 @@ pub fn plan(
             revision,
             branch: &tree.branch,
             hook_timeout: settings.hook_timeout,
-            state_with_lock: super::state_with_lock(cfg, options),
+            state_with_lock: super::locking::state_with_lock(cfg, options),
         };
         let shared = cfg.shared_paths();
         for h in hosts.iter().filter(|h| h.failure.is_none()) {
