@@ -181,10 +181,12 @@ pub(crate) async fn serve(
             limits,
         };
         let (app, draining, drain_rx) = (app.clone(), draining.clone(), drain_rx.clone());
-        let registry = registry.clone();
+        let registered = Registered(registry.clone(), id);
         tokio::spawn(async move {
+            // Dropped however the task ends, a panic included: a slot kept for a connection
+            // gone would count against --max-connections for good, and never be evicted.
+            let _registered = registered;
             conn.serve(stream, app, draining, drain_rx).await;
-            registry.remove(id);
         });
     }
     drop(listener);
@@ -201,6 +203,15 @@ async fn drain(draining: &AtomicBool, drain_tx: watch::Sender<bool>) {
     let _ = drain_tx.send(true);
     // Every connection task holds a receiver: closed() resolves when the last one ends.
     drain_tx.closed().await;
+}
+
+/// A connection's entry in the registry, removed when this is dropped.
+struct Registered(Arc<Registry>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
+    }
 }
 
 /// At the connection limit: asks the longest-idle connections to close, a few at a time (a
@@ -405,5 +416,27 @@ impl AsyncWrite for Watched {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_panics_gives_its_slot_back() {
+        let registry = Arc::new(Registry {
+            epoch: Instant::now(),
+            open: Mutex::new(Open::default()),
+            closed: Notify::new(),
+        });
+        let (id, _) = registry.add();
+        let registered = Registered(registry.clone(), id);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _registered = registered;
+            panic!("a handler's bug");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(registry.len(), 0);
     }
 }
