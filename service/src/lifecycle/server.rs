@@ -300,7 +300,14 @@ impl Connection {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
-                () = t.evict_now.notified() => return "closed to make room (--max-connections)",
+                () = t.evict_now.notified() => {
+                    if t.busy.load(Ordering::Acquire) == 0 {
+                        return "closed to make room (--max-connections)";
+                    }
+                    // A request came in after it was chosen: it is answered, and the connection
+                    // may be chosen again once idle.
+                    t.evict.store(false, Ordering::Release);
+                }
             }
             let at = now();
             if t.busy.load(Ordering::Acquire) > 0 {
