@@ -30,7 +30,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct HttpConfig {
     pub metrics: Arc<Metrics>,
@@ -39,14 +38,8 @@ pub struct HttpConfig {
     pub settings: ApiSettings,
 }
 
-/// What [`read_body`] allows one body.
-#[derive(Clone, Copy)]
-struct BodyBounds {
-    limit: usize,
-    timeout: Duration,
-}
-
-/// What the routes' handlers share: the methods, the settings, the access log.
+/// What the routes share: the methods, the settings (the token, what one body may cost), where
+/// [`record`] counts (Riemann's interval figures and Prometheus's), the access log.
 struct Endpoint {
     api: Arc<Api>,
     config: HttpConfig,
@@ -58,23 +51,15 @@ struct Endpoint {
 /// Every route: `POST /` answered directly, the rest by the router. Cheap to clone.
 #[derive(Clone)]
 pub struct Http {
-    rpc: Arc<RpcRoute>,
+    endpoint: Arc<Endpoint>,
     router: Router,
 }
 
 impl Http {
     pub fn new(api: Arc<Api>, config: HttpConfig) -> Self {
-        let token = config.settings.auth_token.clone().map(Arc::<str>::from);
-        let guarded = Guarded {
-            metrics: config.metrics.clone(),
-            exposition: config.exposition.clone(),
-            token: token.clone(),
-            bounds: BodyBounds {
-                limit: config.settings.body_limit,
-                timeout: config.settings.body_timeout,
-            },
-        };
-        let metrics_token = token.filter(|_| !config.settings.metrics_public);
+        let metrics_token = (config.settings.auth_token.as_deref())
+            .filter(|_| !config.settings.metrics_public)
+            .map(Arc::<str>::from);
         let endpoint = Arc::new(Endpoint {
             late: Arc::new(
                 RpcError::new(codes::TIMEOUT, "Request timed out").with_data(
@@ -91,7 +76,7 @@ impl Http {
         });
         Self {
             router: router(endpoint.clone(), metrics_token),
-            rpc: Arc::new(RpcRoute { guarded, endpoint }),
+            endpoint,
         }
     }
 
@@ -100,7 +85,7 @@ impl Http {
         let this = self.clone();
         async move {
             if req.method() == Method::POST && req.uri().path() == "/" {
-                rpc_post(&this.rpc, req).await
+                rpc_post(&this.endpoint, req).await
             } else {
                 match tower::ServiceExt::oneshot(this.router, req).await {
                     Ok(resp) => resp,
@@ -181,26 +166,11 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(toolkit_core::media_type::is_json)
 }
 
-/// What [`rpc_post`] needs: where [`record`] counts (Riemann's interval figures and
-/// Prometheus's), the token, what one body may cost, and the dispatcher's endpoint.
-struct RpcRoute {
-    guarded: Guarded,
-    endpoint: Arc<Endpoint>,
-}
-
-/// The transport's side of [`RpcRoute`].
-struct Guarded {
-    metrics: Arc<Metrics>,
-    exposition: Arc<Exposition>,
-    token: Option<Arc<str>>,
-    bounds: BodyBounds,
-}
-
 /// Everything between `POST /` and the dispatcher, in order (see the module's docs).
-async fn rpc_post(route: &RpcRoute, req: hyper::Request<Incoming>) -> Response {
-    let g = &route.guarded;
-    record(g, async {
-        if let Some(token) = &g.token
+async fn rpc_post(endpoint: &Endpoint, req: hyper::Request<Incoming>) -> Response {
+    let settings = &endpoint.config.settings;
+    record(&endpoint.config, async {
+        if let Some(token) = &settings.auth_token
             && !authorized(req.headers(), token)
         {
             return unauthorized();
@@ -211,8 +181,8 @@ async fn rpc_post(route: &RpcRoute, req: hyper::Request<Incoming>) -> Response {
                 "JSON-RPC requests need Content-Type: application/json\n",
             );
         }
-        match read_body(g.bounds, req).await {
-            Ok(body) => rpc_endpoint(&route.endpoint, &body).await,
+        match read_body(settings, req).await {
+            Ok(body) => rpc_endpoint(endpoint, &body).await,
             Err(refused) => refused,
         }
     })
@@ -221,13 +191,13 @@ async fn rpc_post(route: &RpcRoute, req: hyper::Request<Incoming>) -> Response {
 
 /// Counts every JSON-RPC request with its latency and status; an error is a transport refusal
 /// or a body carrying a JSON-RPC error object. (Each call is counted by the dispatcher.)
-async fn record(g: &Guarded, answer: impl Future<Output = Response>) -> Response {
+async fn record(config: &HttpConfig, answer: impl Future<Output = Response>) -> Response {
     let started = std::time::Instant::now();
-    let in_flight = g.exposition.request();
+    let in_flight = config.exposition.request();
     let resp = answer.await;
     in_flight.answered(resp.status().as_u16());
     let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
-    g.metrics.record(started.elapsed(), error);
+    config.metrics.record(started.elapsed(), error);
     resp
 }
 
@@ -253,7 +223,7 @@ async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next)
 /// Reads the whole body before the dispatcher runs: at most `limit` bytes (413), within
 /// `timeout` (408, and the connection is closed): a slow or endless body costs no more than
 /// that. The refusal is the `Err`.
-async fn read_body(bounds: BodyBounds, req: hyper::Request<Incoming>) -> Result<Bytes, Response> {
+async fn read_body(bounds: &ApiSettings, req: hyper::Request<Incoming>) -> Result<Bytes, Response> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
     // The rest of the body stays unread: the connection cannot carry another request.
     let closing = |status, message| {
@@ -268,11 +238,11 @@ async fn read_body(bounds: BodyBounds, req: hyper::Request<Incoming>) -> Result<
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > bounds.limit as u64) {
+    if declared.is_some_and(|n| n > bounds.body_limit as u64) {
         return Err(too_large());
     }
-    let read = Limited::new(req.into_body(), bounds.limit).collect();
-    match tokio::time::timeout(bounds.timeout, read).await {
+    let read = Limited::new(req.into_body(), bounds.body_limit).collect();
+    match tokio::time::timeout(bounds.body_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Ok(Err(_)) => Err(closing(
