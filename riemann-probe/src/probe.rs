@@ -83,7 +83,6 @@ struct Shared {
     parked: AtomicBool,
     /// Events the sender took from the queue and has not sent yet.
     taken: AtomicUsize,
-    capacity: usize,
     batch: usize,
     stop: AtomicBool,
     deadline: Mutex<Option<Instant>>,
@@ -113,13 +112,11 @@ pub struct Probe {
 impl Probe {
     /// Starts the background sender; it connects on its own, retrying with backoff.
     pub fn start(cfg: ProbeConfig) -> Self {
-        let capacity = cfg.capacity.max(1);
         let shared = Arc::new(Shared {
-            queue: ArrayQueue::new(capacity),
+            queue: ArrayQueue::new(cfg.capacity.max(1)),
             sender: OnceLock::new(),
             parked: AtomicBool::new(false),
             taken: AtomicUsize::new(0),
-            capacity,
             batch: cfg.batch.max(1),
             stop: AtomicBool::new(false),
             deadline: Mutex::new(None),
@@ -259,7 +256,7 @@ impl Sender {
             retry_at: Instant::now(),
             seed: 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id()),
             // One more for the drop report.
-            pending: VecDeque::with_capacity(s.capacity + 1),
+            pending: VecDeque::with_capacity(s.queue.capacity() + 1),
         }
     }
 
@@ -302,9 +299,9 @@ impl Sender {
     /// `capacity` as it goes: the sender's own memory never outgrows a queue's.
     fn take_queue(&mut self, s: &Shared) {
         let mut over = 0;
-        for _ in 0..s.capacity {
+        for _ in 0..s.queue.capacity() {
             let Some(e) = s.queue.pop() else { break };
-            if self.pending.len() >= s.capacity {
+            if self.pending.len() >= s.queue.capacity() {
                 self.pending.pop_front();
                 over += 1;
             }
