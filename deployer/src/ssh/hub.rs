@@ -152,10 +152,16 @@ fn stuck(opening_since: &Mutex<Option<Instant>>, after: Duration) -> bool {
     toolkit_core::lock(opening_since).is_some_and(|t| t.elapsed() > after)
 }
 
-/// libssh2's errors that mean the session's connection is gone (SOCKET_SEND, DECRYPT,
-/// SOCKET_DISCONNECT, PROTO, SOCKET_RECV). Any other failure of an open (the jump host could not
-/// connect, or did not answer within libssh2's 60 s) is that one channel's.
-const SESSION_GONE: [i32; 5] = [-7, -12, -13, -14, -43];
+/// libssh2's errors that mean the session's connection is gone. Any other failure of an open
+/// (the jump host could not connect, or did not answer within libssh2's 60 s) is that one
+/// channel's.
+const SESSION_GONE: [i32; 5] = [
+    libssh2_sys::LIBSSH2_ERROR_SOCKET_SEND,
+    libssh2_sys::LIBSSH2_ERROR_DECRYPT,
+    libssh2_sys::LIBSSH2_ERROR_SOCKET_DISCONNECT,
+    libssh2_sys::LIBSSH2_ERROR_PROTO,
+    libssh2_sys::LIBSSH2_ERROR_SOCKET_RECV,
+];
 
 impl Pump {
     fn run(mut self) {
