@@ -114,6 +114,11 @@ pub struct Delta {
     pub send: usize,
     pub link: usize,
     pub bytes: u64,
+    /// The linked files travel as a list of names the host links once the stream is extracted
+    /// (a few dozen bytes a file, not a 512-byte tar entry): every directory of the tree is
+    /// writable and searchable by its owner. Tar gives a directory its mode only once the
+    /// stream ends, so nothing could be linked into one that is not; then tar links them all.
+    pub link_list: bool,
 }
 
 /// The `exclude` patterns of deploy.toml (gitignore syntax, relative to the source), and
@@ -299,6 +304,10 @@ impl Manifest {
     pub fn delta(&self, known: Option<&Known>, never_link: &[String]) -> Delta {
         let mut d = Delta {
             linked: vec![false; self.entries.len()],
+            link_list: self.entries.iter().all(|e| match e.kind {
+                Kind::Dir { mode } => mode & 0o300 == 0o300,
+                _ => true,
+            }),
             ..Delta::default()
         };
         for (i, Entry { path, kind }) in self.entries.iter().enumerate() {

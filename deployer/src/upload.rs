@@ -1,49 +1,78 @@
 //! The upload of one release to one host: a single tar stream, extracted by GNU tar in
-//! `deploy_to`. Changed files travel whole; unchanged ones are tar hard-link entries pointing
-//! into the current release (no data sent, no extra disk used); the manifest travels last, so a
-//! host only has the manifest of a release whose files all arrived. Behind it, the script that
-//! finishes staging (shared links, REVISION) travels as `.deploy/staged-<pid>-<time>.sh` and
-//! runs once tar has extracted everything: the upload and the staging end are one remote step.
+//! `deploy_to`. Changed files travel whole; unchanged ones are hard links into the current
+//! release (no data sent, no extra disk used), made by GNU `cp -l` from a list of their names
+//! that travels in the stream, or by tar link entries when the list cannot serve
+//! ([`Delta::link_list`]). Behind them travel the manifest and the script that finishes staging
+//! (links, manifest, shared links, REVISION), all under `.deploy/staged-<pid>-<time>.*`; the
+//! script runs once tar has extracted everything, so the upload and the staging end are one
+//! remote step, and the manifest takes its place only once every file of the release is there.
 
 use crate::manifest::{Delta, Entry, Kind, Manifest};
+use crate::ssh::quote;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// The remote half: extracts the stream in `deploy_to` as the SSH user (no owners from the
 /// stream, modes kept); tar's stderr goes to a temp file so it can never stall the stream. It
 /// starts before the lock step (to overlap session start-up), so it creates `deploy_to` itself.
-/// Then it runs the staging script the stream carried (an old one is removed first: a stream
-/// that ends before its script is cut short, [`STREAM_CUT`]); a failure of that script exits
-/// [`STAGED_FAILED`] (tar's own exits are 1 and 2). Every output goes through a temp file, at
-/// most 4000 bytes of it to stderr, so none can stall the channel; the script never stays.
+/// Then it runs the staging script the stream carried (old staged files of the same name are
+/// removed first: a stream that ends before its script is cut short, [`STREAM_CUT`]); the
+/// script's failure exits [`LINK_FAILED`] or [`STAGED_FAILED`] (tar's own exits are 1 and 2).
+/// Every output goes through a temp file, at most 4000 bytes of it to stderr, so none can stall
+/// the channel; no staged file stays.
 pub fn remote_command(deploy_to: &str) -> String {
     format!(
-        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && rm -f {st} && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2
-if [ $s -ne 0 ]; then rm -f \"$e\" {st}; exit $s; fi
-if [ ! -f {st} ]; then rm -f \"$e\"; echo 'the stream ended before its staging script: cut short' >&2; exit {STREAM_CUT}; fi
-sh {st} >\"$e\" 2>&1; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\" {st}; [ $s -eq 0 ] || exit {STAGED_FAILED}",
-        d = crate::ssh::quote(deploy_to),
-        st = staged_path()
+        "e=$(mktemp) || exit 1; mkdir -p {d} && cd {d} && rm -f {b}.* && tar -x -p --no-same-owner -f - 2>\"$e\"; s=$?; head -c 4000 \"$e\" >&2
+if [ $s -ne 0 ]; then rm -f \"$e\" {b}.*; exit $s; fi
+if [ ! -f {b}.sh ]; then rm -f \"$e\" {b}.*; echo 'the stream ended before its staging script: cut short' >&2; exit {STREAM_CUT}; fi
+sh {b}.sh >\"$e\" 2>&1; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\" {b}.*
+case $s in 0) ;; {LINK_FAILED}) exit {LINK_FAILED};; *) exit {STAGED_FAILED};; esac",
+        d = quote(deploy_to),
+        b = staged_base()
     )
 }
 
-/// Where this process's staging script travels, relative to `deploy_to`: a name of its own
-/// (pid and start time), since the upload's command starts before the lock is taken, and a
-/// deploy locked out must never touch the script of the one that holds the lock.
-pub fn staged_path() -> &'static str {
+/// Where this process's staged files travel, relative to `deploy_to`, without their endings
+/// (`.sh`, `.links`, `.manifest`): a name of its own (pid and start time), since the upload's
+/// command starts before the lock is taken, and a deploy locked out must never touch the files
+/// of the one that holds the lock. Only digits, letters, `.`, `-` and `/`: safe unquoted.
+pub fn staged_base() -> &'static str {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        format!(".deploy/staged-{}-{nanos:x}.sh", std::process::id())
+        format!(".deploy/staged-{}-{nanos:x}", std::process::id())
     })
 }
 /// The upload's exit status when the staging script failed.
 pub const STAGED_FAILED: i32 = 90;
 /// The upload's exit status when the stream ended before the staging script.
 pub const STREAM_CUT: i32 = 91;
+/// The upload's exit status when the unchanged files could not be linked from the current
+/// release (one is missing there, or the disk is full) or the manifest put in place.
+pub const LINK_FAILED: i32 = 92;
+
+/// The script a release's stream ends with, run in `deploy_to` once tar has extracted it: the
+/// listed files linked from `previous` (when a list travels), the manifest put in place, then
+/// `shared` (the shared links and REVISION). Two `cp` processes link at once: a host's disk
+/// takes links from two directories faster than from one.
+pub fn staging_script(release: &str, previous: Option<&str>, shared: &str) -> String {
+    let b = staged_base();
+    let links = match previous {
+        Some(prev) => format!(
+            "p=$PWD; (cd releases/{prev} && exec xargs -0 -r -P 2 -n 4000 cp -l -P --parents -t \"$p\"/releases/{new} --) < {b}.links || exit {LINK_FAILED}\n",
+            prev = quote(prev),
+            new = quote(release),
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{links}mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {LINK_FAILED}\n{shared}",
+        m = quote(&manifest_path(release)),
+    )
+}
 
 /// Where manifests live on the host, relative to `deploy_to`.
 pub fn manifest_path(release: &str) -> String {
@@ -110,8 +139,8 @@ pub struct Release<'a> {
     pub staged_script: &'a str,
 }
 
-/// Writes the stream for `release` to one host: files `delta` links are tar hard links into
-/// `previous` (the host's current release), the rest are sent.
+/// Writes the stream for `release` to one host: the files `delta` links are hard links into
+/// `previous` (the host's current release), the rest are sent; then the staged files.
 pub fn write_release<W: Write>(
     out: W,
     release: &Release,
@@ -120,21 +149,41 @@ pub fn write_release<W: Write>(
 ) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
-    let root = format!("releases/{}", release.name);
     let now = chrono::Utc::now().timestamp();
-    b.append_data(
-        &mut header(tar::EntryType::Directory, 0o755, 0, now),
-        &root,
-        io::empty(),
+    let list = append_tree(&mut b, release, delta, previous, now)?;
+    let base = staged_base();
+    if !list.is_empty() {
+        append_bytes(&mut b, &format!("{base}.links"), &list, now)?;
+    }
+    append_bytes(
+        &mut b,
+        &format!("{base}.manifest"),
+        release.manifest_lines,
+        now,
     )?;
+    let from = previous.filter(|_| !list.is_empty());
+    let script = staging_script(release.name, from, release.staged_script);
+    append_bytes(&mut b, &format!("{base}.sh"), script.as_bytes(), now)?;
+    b.into_inner()
+}
+
+/// The release's directory and every entry of its manifest; the names of the linked files
+/// that travel as a list (NUL-separated, relative to the release), empty when none does.
+fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    release: &Release,
+    delta: &Delta,
+    previous: Option<&str>,
+    now: i64,
+) -> io::Result<Vec<u8>> {
+    let root = format!("releases/{}", release.name);
+    let dir = |mode| header(tar::EntryType::Directory, mode, 0, now);
+    b.append_data(&mut dir(0o755), &root, io::empty())?;
+    let mut list = Vec::new();
     for (i, Entry { path, kind }) in release.manifest.entries().iter().enumerate() {
         let name = format!("{root}/{path}");
         match kind {
-            Kind::Dir { mode } => b.append_data(
-                &mut header(tar::EntryType::Directory, *mode, 0, now),
-                &name,
-                io::empty(),
-            )?,
+            Kind::Dir { mode } => b.append_data(&mut dir(*mode), &name, io::empty())?,
             Kind::Symlink { target } => b.append_link(
                 &mut header(tar::EntryType::Symlink, 0o777, 0, now),
                 &name,
@@ -143,28 +192,31 @@ pub fn write_release<W: Write>(
             Kind::File {
                 mode, size, mtime, ..
             } => match previous {
+                Some(_) if delta.linked.get(i) == Some(&true) && delta.link_list => {
+                    list.extend_from_slice(path.as_bytes());
+                    list.push(0);
+                }
                 Some(prev) if delta.linked.get(i) == Some(&true) => b.append_link(
                     &mut header(tar::EntryType::Link, *mode, 0, *mtime),
                     &name,
                     format!("releases/{prev}/{path}"),
                 )?,
-                _ => append_file(&mut b, release.source, path, &name, (*mode, *size, *mtime))?,
+                _ => append_file(b, release.source, path, &name, (*mode, *size, *mtime))?,
             },
         }
     }
-    let lines = release.manifest_lines;
-    b.append_data(
-        &mut header(tar::EntryType::Regular, 0o644, lines.len() as u64, now),
-        manifest_path(release.name),
-        lines,
-    )?;
-    let script = release.staged_script.as_bytes();
-    b.append_data(
-        &mut header(tar::EntryType::Regular, 0o600, script.len() as u64, now),
-        staged_path(),
-        script,
-    )?;
-    b.into_inner()
+    Ok(list)
+}
+
+/// One staged file of `bytes`, readable by its owner alone.
+fn append_bytes<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+    now: i64,
+) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Regular, 0o600, bytes.len() as u64, now);
+    b.append_data(&mut h, name, bytes)
 }
 
 /// One file's bytes as `name`, exactly the `size` the manifest says: a file that changed size
@@ -212,71 +264,120 @@ impl<R: Read> Read for Exact<R> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn links_unchanged_files_and_ends_with_the_manifest() {
+    /// One entry of a stream: name, type, link target, contents.
+    type Seen = (String, tar::EntryType, Option<String>, Vec<u8>);
+
+    fn entries(bytes: &[u8]) -> Vec<Seen> {
+        let mut ar = tar::Archive::new(bytes);
+        let all = ar.entries().expect("entries");
+        all.map(|e| {
+            let mut e = e.expect("entry");
+            let link = e
+                .link_name()
+                .expect("link")
+                .map(|l| l.display().to_string());
+            let (name, kind) = (e.path().expect("path").display().to_string(), e.header());
+            let kind = kind.entry_type();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).expect("read");
+            (name, kind, link, data)
+        })
+        .collect()
+    }
+
+    /// `b` changed, `lib/a` unchanged, `lib`'s mode `lib_mode`: the stream to release 2 from 1.
+    fn stream(lib_mode: u32) -> (Vec<Seen>, Vec<u8>) {
         let dir = tempfile::tempdir().expect("dir");
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("lib")).expect("mkdir");
         std::fs::write(src.join("lib/a"), "aaaa").expect("write");
         std::fs::write(src.join("b"), "bb").expect("write");
-        let m = Manifest::scan(
-            &src,
-            &crate::manifest::Exclude::new(&src, &[]).expect("none"),
-        )
-        .expect("scan");
-        let paths: Vec<&str> = m.entries().iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["b", "lib", "lib/a"]);
-        let delta = Delta {
-            linked: vec![false, false, true],
-            send: 1,
-            link: 1,
-            bytes: 2,
+        let mode = |m| {
+            let p = std::os::unix::fs::PermissionsExt::from_mode(m);
+            std::fs::set_permissions(src.join("lib"), p).expect("chmod");
         };
-        let lines = m.to_lines();
+        mode(lib_mode);
+        let none = crate::manifest::Exclude::new(&src, &[]).expect("none");
+        let m2 = Manifest::scan(&src, &none).expect("scan");
+        mode(0o755);
+        let paths: Vec<&str> = m2.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["b", "lib", "lib/a"]);
+        let mut delta = m2.delta(None, &[]);
+        (delta.linked, delta.link) = (vec![false, false, true], 1);
+        let lines = m2.to_lines();
         let release = Release {
             source: &src,
-            manifest: &m,
+            manifest: &m2,
             manifest_lines: &lines,
             name: "2",
             staged_script: "printf 'r\\n' > releases/2/REVISION\n",
         };
         let bytes = write_release(Vec::new(), &release, &delta, Some("1")).expect("tar");
-        let mut ar = tar::Archive::new(bytes.as_slice());
-        let entries: Vec<(String, tar::EntryType, Option<String>, u64)> = ar
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                let e = e.expect("entry");
-                (
-                    e.path().expect("path").display().to_string(),
-                    e.header().entry_type(),
-                    e.link_name()
-                        .expect("link")
-                        .map(|l| l.display().to_string()),
-                    e.size(),
-                )
-            })
-            .collect();
-        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        (entries(&bytes), lines)
+    }
+
+    #[test]
+    fn unchanged_files_travel_as_a_list_and_the_manifest_and_script_last() {
+        let (seen, manifest) = stream(0o755);
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        let b = staged_base();
+        let staged = [
+            b.to_owned() + ".links",
+            b.to_owned() + ".manifest",
+            b.to_owned() + ".sh",
+        ];
         assert_eq!(
             names,
             [
                 "releases/2",
                 "releases/2/b",
                 "releases/2/lib",
-                "releases/2/lib/a",
-                ".deploy/manifests/2",
-                staged_path()
+                &staged[0],
+                &staged[1],
+                &staged[2]
             ]
         );
         assert_eq!(
-            entries[5].3,
-            release.staged_script.len() as u64,
-            "the staging script, last"
+            (seen[1].1, seen[1].3.as_slice()),
+            (tar::EntryType::Regular, &b"bb"[..])
         );
-        assert_eq!(entries[1].1, tar::EntryType::Regular);
-        assert_eq!(entries[1].3, 2);
-        assert_eq!(entries[3].1, tar::EntryType::Link);
-        assert_eq!(entries[3].2.as_deref(), Some("releases/1/lib/a"));
+        assert_eq!(seen[3].3, b"lib/a\0", "the linked file, by name");
+        assert_eq!(seen[4].3, manifest);
+        let script = String::from_utf8(seen[5].3.clone()).expect("utf-8");
+        assert_eq!(
+            script,
+            staging_script("2", Some("1"), "printf 'r\\n' > releases/2/REVISION\n")
+        );
+        assert!(
+            script.starts_with("p=$PWD; (cd releases/'1' && exec xargs -0"),
+            "{script}"
+        );
+        assert!(
+            script.ends_with("REVISION\n"),
+            "the shared part runs last: {script}"
+        );
+    }
+
+    #[test]
+    fn a_directory_its_owner_cannot_write_gets_tar_link_entries() {
+        let (seen, _) = stream(0o555);
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            &names[..4],
+            [
+                "releases/2",
+                "releases/2/b",
+                "releases/2/lib",
+                "releases/2/lib/a"
+            ]
+        );
+        assert_eq!(seen[3].1, tar::EntryType::Link);
+        assert_eq!(seen[3].2.as_deref(), Some("releases/1/lib/a"));
+        assert_eq!(seen.len(), 6, "no list: {names:?}");
+        let script = String::from_utf8(seen[5].3.clone()).expect("utf-8");
+        assert!(
+            script.starts_with("mkdir -p .deploy/manifests && mv -f"),
+            "{script}"
+        );
     }
 }

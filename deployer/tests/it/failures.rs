@@ -428,6 +428,58 @@ fn shared_links_that_cannot_be_made_fail_at_shared_links_and_change_no_host() {
     }
 }
 
+/// Unchanged files are linked on the host from its live release; one gone from it there fails
+/// the upload, naming the link step and the file, and no host changes: no release, no manifest
+/// and no staged file left behind.
+#[test]
+fn a_file_gone_from_the_live_release_fails_the_upload_and_changes_no_host() {
+    let h = Hosts::start(&[88, 89]);
+    for (path, text) in [("v", "1"), ("lib/b", "b"), ("lib/c", "c")] {
+        h.write(path, text);
+    }
+    h.deploy_ok();
+    let before: Vec<(Vec<String>, String)> = (0..2)
+        .map(|i| (h.releases(i), h.current(i).expect("current")))
+        .collect();
+    std::fs::remove_file(h.deploy_to(1).join("current/lib/b")).expect("rm on host 1");
+    h.write("v", "2");
+    let r = h.run(&["deploy"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout
+            .contains("linking the unchanged files from release")
+            && r.stdout.contains("lib/b"),
+        "{r}"
+    );
+    for (i, (releases, current)) in before.iter().enumerate() {
+        untouched(&h, i, releases, current);
+        let dot = h.deploy_to(i).join(".deploy");
+        let manifests: Vec<_> = std::fs::read_dir(dot.join("manifests"))
+            .expect("manifests")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            manifests,
+            std::slice::from_ref(current),
+            "host {i}: only the live release's manifest"
+        );
+        let staged = std::fs::read_dir(&dot)
+            .expect(".deploy")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("staged-"))
+            .count();
+        assert_eq!(staged, 0, "host {i}: staged files removed");
+    }
+    // Once the file is back, the next deploy links it again.
+    std::fs::write(h.deploy_to(1).join("current/lib/b"), "b").expect("restore");
+    let r = h.deploy_ok();
+    assert!(
+        r.stdout.contains(" 2 files"),
+        "v sent, lib/b and lib/c linked:\n{r}"
+    );
+}
+
 /// A task run by hand takes the deploy lock: while a deploy holds it, `deployer run` does not
 /// run on its hosts and names the holder (a migration racing a deploy's hooks is how a schema
 /// and its code part); `--no-lock` runs a task that only reads. Afterwards no lock is left.

@@ -66,6 +66,31 @@ fn a_tree_of_20000_files_deploys_incrementally_and_fails_back_to_the_live_releas
         );
     }
 
+    // The unchanged files are the live release's (same inode), linked from a list of names
+    // (no staged file stays behind); the changed one is new.
+    for i in 0..2 {
+        let ino = |release: &str, path: &str| {
+            let p = h.deploy_to(i).join("releases").join(release).join(path);
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).expect("file"))
+        };
+        assert_eq!(
+            ino(&first, "dir099/file199.txt"),
+            ino(&second, "dir099/file199.txt")
+        );
+        assert_ne!(
+            ino(&first, "dir042/file007.txt"),
+            ino(&second, "dir042/file007.txt")
+        );
+        let dot = h.deploy_to(i).join(".deploy");
+        assert!(
+            dot.join("manifests").join(&second).is_file(),
+            "host {i}: manifest"
+        );
+        let left = std::fs::read_dir(&dot).expect(".deploy").flatten();
+        let staged = left.filter(|e| e.file_name().to_string_lossy().starts_with("staged-"));
+        assert_eq!(staged.count(), 0, "host {i}: staged files left");
+    }
+
     // Cleanup keeps keep_releases.
     h.write("dir001/file001.txt", "changed again\n");
     h.deploy_ok();

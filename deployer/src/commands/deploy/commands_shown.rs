@@ -72,7 +72,9 @@ fn steps(
         &cfg.shared_file_specs(),
         s.revision,
     );
-    let upload = upload_shown(d, delta, previous, &links);
+    let from = previous.filter(|_| delta.link_list && delta.link > 0);
+    let staging = upload::staging_script(s.release, from, &links);
+    let upload = upload_shown(d, delta, previous, &staging);
     [
         match s.state_with_lock {
             false => (
@@ -97,10 +99,15 @@ fn steps(
 }
 
 /// The upload's command, and what its stream carries: the files, then the staging script.
-fn upload_shown(d: &str, delta: &Delta, previous: Option<&str>, links: &str) -> String {
-    let carried: Vec<String> = links.lines().map(|l| format!("#   {l}")).collect();
+fn upload_shown(d: &str, delta: &Delta, previous: Option<&str>, staging: &str) -> String {
+    let carried: Vec<String> = staging.lines().map(|l| format!("#   {l}")).collect();
+    let how = match delta.link_list {
+        true => "a list of their names",
+        false => "tar link entries",
+    };
     format!(
-        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {}, and last its staging script:\n{}",
+        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {} ({how}), the manifest, and \
+         last its staging script:\n{}",
         upload::remote_command(d),
         delta.send,
         delta.link,

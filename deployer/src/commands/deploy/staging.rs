@@ -204,6 +204,14 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
     // One step: tar's exit, then the shared links' (the script the stream carried).
     match crate::ssh::finish(&host, ch) {
         Ok(o) if o.status == 0 => {}
+        Ok(o) if o.status == upload::LINK_FAILED => r.host.fail(
+            Stage::Upload,
+            format_args!(
+                "linking the unchanged files from release {} failed: {}",
+                r.previous.as_deref().unwrap_or("?"),
+                fleet::last_lines(&o.stderr, 4).unwrap_or_default()
+            ),
+        ),
         Ok(o) if o.status == upload::STAGED_FAILED => r.host.fail(
             Stage::SharedLinks,
             fleet::last_lines(&o.stderr, 4)
