@@ -5,7 +5,8 @@
 //! (the deployer's own JSON lines), `manifests/<ts>`, `bad/<ts>` holding why a release was
 //! rolled back). Every interpolated value goes through [`quote`].
 
-use crate::manifest::{Known, KnownReader, Manifest};
+use crate::delta::{Known, KnownReader};
+use crate::manifest::Manifest;
 use crate::remote_text::{MAX_REVISION, RELEASE_FORMAT, printable, release_name_ok, revision_ok};
 use crate::ssh::quote;
 use serde::Serialize;

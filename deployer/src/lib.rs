@@ -39,6 +39,7 @@
 mod build;
 mod commands;
 mod config;
+mod delta;
 mod events;
 mod fleet;
 mod hash_cache;

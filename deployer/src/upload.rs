@@ -7,7 +7,8 @@
 //! script runs once tar has extracted everything, so the upload and the staging end are one
 //! remote step, and the manifest takes its place only once every file of the release is there.
 
-use crate::manifest::{Delta, Entry, Kind, Manifest};
+use crate::delta::{Delta, Rebuild};
+use crate::manifest::{Entry, Kind, Manifest};
 use crate::ssh::quote;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -54,24 +55,61 @@ pub const STREAM_CUT: i32 = 91;
 /// release (one is missing there, or the disk is full) or the manifest put in place.
 pub const LINK_FAILED: i32 = 92;
 
+/// What a release's stream takes from the host's live release, when anything.
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    /// The live release's name.
+    pub name: &'a str,
+    /// The linked files travel as a list of names ([`Delta::link_list`]).
+    pub links: bool,
+    /// The new manifest is made from the live one's ([`Rebuild`]).
+    pub rebuild: Option<&'a Rebuild>,
+}
+
+impl<'a> Live<'a> {
+    /// What `delta` takes from `previous`, the host's live release.
+    pub fn of(delta: &'a Delta, previous: Option<&'a str>) -> Option<Self> {
+        let name = previous?;
+        let links = delta.link_list && delta.link > 0;
+        let rebuild = delta.rebuild.as_ref();
+        (links || rebuild.is_some()).then_some(Self {
+            name,
+            links,
+            rebuild,
+        })
+    }
+}
+
 /// The script a release's stream ends with, run in `deploy_to` once tar has extracted it: the
-/// listed files linked from `previous` (when a list travels), the manifest put in place, then
-/// `shared` (the shared links and REVISION). Two `cp` processes link at once: a host's disk
-/// takes links from two directories faster than from one.
-pub fn staging_script(release: &str, previous: Option<&str>, shared: &str) -> String {
+/// listed files linked from the live release, the manifest put in place (made from the live
+/// one's when it can be), then `shared` (the shared links and REVISION). Two `cp` processes link
+/// at once: a host's disk takes links from two directories faster than from one.
+pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String {
     let b = staged_base();
-    let links = match previous {
-        Some(prev) => format!(
+    let m = quote(&manifest_path(release));
+    let links = match live {
+        Some(Live {
+            name, links: true, ..
+        }) => format!(
             "p=$PWD; (cd releases/{prev} && exec xargs -0 -r -P 2 -n 4000 cp -l -P --parents -t \"$p\"/releases/{new} --) < {b}.links || exit {LINK_FAILED}\n",
-            prev = quote(prev),
+            prev = quote(name),
             new = quote(release),
         ),
-        None => String::new(),
+        _ => String::new(),
     };
-    format!(
-        "{links}mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {LINK_FAILED}\n{shared}",
-        m = quote(&manifest_path(release)),
-    )
+    let manifest = match live {
+        Some(Live {
+            name,
+            rebuild: Some(r),
+            ..
+        }) => format!(
+            "(umask 077 && awk -v k={kept} 'FILENAME == ARGV[1] {{ d[$1]; next }} !(FNR in d) {{ print; n++ }} END {{ if (n != k) {{ print \"the manifest of the live release holds \" n \" of the \" k \" lines expected\" > \"/dev/stderr\"; exit 1 }} }}' {b}.drop {old} > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept {m} || exit {LINK_FAILED}",
+            kept = r.kept,
+            old = quote(&manifest_path(name)),
+        ),
+        _ => format!("mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {LINK_FAILED}"),
+    };
+    format!("{links}{manifest}\n{shared}")
 }
 
 /// Where manifests live on the host, relative to `deploy_to`.
@@ -155,14 +193,17 @@ pub fn write_release<W: Write>(
     if !list.is_empty() {
         append_bytes(&mut b, &format!("{base}.links"), &list, now)?;
     }
-    append_bytes(
-        &mut b,
-        &format!("{base}.manifest"),
-        release.manifest_lines,
-        now,
-    )?;
-    let from = previous.filter(|_| !list.is_empty());
-    let script = staging_script(release.name, from, release.staged_script);
+    let live = Live::of(delta, previous);
+    let manifest = match live.and_then(|l| l.rebuild) {
+        Some(r) => {
+            let dropped: String = r.dropped.iter().map(|n| format!("{n}\n")).collect();
+            append_bytes(&mut b, &format!("{base}.drop"), dropped.as_bytes(), now)?;
+            std::borrow::Cow::Owned(release.manifest.lines_where(|i| !delta.linked[i]))
+        }
+        None => std::borrow::Cow::Borrowed(release.manifest_lines),
+    };
+    append_bytes(&mut b, &format!("{base}.manifest"), &manifest, now)?;
+    let script = staging_script(release.name, live, release.staged_script);
     append_bytes(&mut b, &format!("{base}.sh"), script.as_bytes(), now)?;
     b.into_inner()
 }
@@ -286,7 +327,7 @@ mod tests {
     }
 
     /// `b` changed, `lib/a` unchanged, `lib`'s mode `lib_mode`: the stream to release 2 from 1.
-    fn stream(lib_mode: u32) -> (Vec<Seen>, Vec<u8>) {
+    fn stream(lib_mode: u32, rebuild: Option<Rebuild>) -> (Vec<Seen>, Manifest) {
         let dir = tempfile::tempdir().expect("dir");
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("lib")).expect("mkdir");
@@ -302,8 +343,8 @@ mod tests {
         mode(0o755);
         let paths: Vec<&str> = m2.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["b", "lib", "lib/a"]);
-        let mut delta = m2.delta(None, &[]);
-        (delta.linked, delta.link) = (vec![false, false, true], 1);
+        let mut delta = Delta::new(&m2, None, &[]);
+        (delta.linked, delta.link, delta.rebuild) = (vec![false, false, true], 1, rebuild);
         let lines = m2.to_lines();
         let release = Release {
             source: &src,
@@ -313,12 +354,12 @@ mod tests {
             staged_script: "printf 'r\\n' > releases/2/REVISION\n",
         };
         let bytes = write_release(Vec::new(), &release, &delta, Some("1")).expect("tar");
-        (entries(&bytes), lines)
+        (entries(&bytes), m2)
     }
 
     #[test]
     fn unchanged_files_travel_as_a_list_and_the_manifest_and_script_last() {
-        let (seen, manifest) = stream(0o755);
+        let (seen, manifest) = stream(0o755, None);
         let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
         let b = staged_base();
         let staged = [
@@ -342,11 +383,11 @@ mod tests {
             (tar::EntryType::Regular, &b"bb"[..])
         );
         assert_eq!(seen[3].3, b"lib/a\0", "the linked file, by name");
-        assert_eq!(seen[4].3, manifest);
+        assert_eq!(seen[4].3, manifest.to_lines(), "the whole manifest");
         let script = String::from_utf8(seen[5].3.clone()).expect("utf-8");
-        assert_eq!(
-            script,
-            staging_script("2", Some("1"), "printf 'r\\n' > releases/2/REVISION\n")
+        assert!(
+            script.contains(&format!("mv -f {b}.manifest '.deploy/manifests/2' ||")),
+            "{script}"
         );
         assert!(
             script.starts_with("p=$PWD; (cd releases/'1' && exec xargs -0"),
@@ -360,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_directory_its_owner_cannot_write_gets_tar_link_entries() {
-        let (seen, _) = stream(0o555);
+        let (seen, _) = stream(0o555, None);
         let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
             &names[..4],
@@ -378,6 +419,89 @@ mod tests {
         assert!(
             script.starts_with("mkdir -p .deploy/manifests && mv -f"),
             "{script}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_made_on_the_host_sends_only_the_lines_not_linked() {
+        let dropped = Rebuild {
+            dropped: vec![2, 3],
+            kept: 1,
+        };
+        let (seen, manifest) = stream(0o755, Some(dropped));
+        let b = staged_base();
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names[3..],
+            [
+                b.to_owned() + ".links",
+                b.to_owned() + ".drop",
+                b.to_owned() + ".manifest",
+                b.to_owned() + ".sh"
+            ]
+        );
+        assert_eq!(seen[4].3, b"2\n3\n", "the live manifest's lines to drop");
+        assert_eq!(
+            seen[5].3,
+            manifest.lines_where(|i| i < 2),
+            "b and lib, not lib/a"
+        );
+        let script = String::from_utf8(seen[6].3.clone()).expect("utf-8");
+        assert!(
+            script.contains("awk -v k=1 ") && script.contains(&format!("{b}.drop '.deploy/manifests/1' > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept '.deploy/manifests/2' || exit 92")),
+            "{script}"
+        );
+    }
+
+    /// The script's manifest step, run by the host's own sh and awk in a `deploy_to` whose live
+    /// release "1" has `old` as its manifest; its exit status and stderr.
+    fn rebuilt(old: &str, dropped: &[u32], kept: usize) -> (i32, String, String) {
+        let d = tempfile::tempdir().expect("dir");
+        let b = staged_base();
+        std::fs::create_dir_all(d.path().join(".deploy/manifests")).expect("mkdir");
+        std::fs::write(d.path().join(".deploy/manifests/1"), old).expect("old");
+        let drop: String = dropped.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(d.path().join(format!("{b}.drop")), drop).expect("drop");
+        std::fs::write(d.path().join(format!("{b}.manifest")), "sent\n").expect("sent");
+        let (dropped, kept) = (dropped.to_vec(), kept);
+        let rebuild = Rebuild { dropped, kept };
+        let live = Live {
+            name: "1",
+            links: false,
+            rebuild: Some(&rebuild),
+        };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(staging_script("2", Some(live), ""))
+            .current_dir(d.path())
+            .output()
+            .expect("sh");
+        let made =
+            std::fs::read_to_string(d.path().join(".deploy/manifests/2")).unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code().unwrap_or(-1), made, stderr)
+    }
+
+    #[test]
+    fn the_host_makes_the_manifest_or_fails_when_the_live_one_is_not_what_was_read() {
+        assert_eq!(
+            rebuilt("a\nb\nc\n", &[2, 4], 2),
+            (0, "a\nc\nsent\n".into(), String::new())
+        );
+        assert_eq!(
+            rebuilt("a\nb\nc\n", &[], 3).1,
+            "a\nb\nc\nsent\n",
+            "nothing dropped"
+        );
+        let (code, made, stderr) = rebuilt("a\nc\n", &[2], 2);
+        assert_eq!(
+            (code, made.as_str()),
+            (LINK_FAILED, ""),
+            "a line short: no manifest"
+        );
+        assert!(
+            stderr.contains("holds 1 of the 2 lines expected"),
+            "{stderr}"
         );
     }
 }

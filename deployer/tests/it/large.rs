@@ -91,9 +91,31 @@ fn a_tree_of_20000_files_deploys_incrementally_and_fails_back_to_the_live_releas
         assert_eq!(staged.count(), 0, "host {i}: staged files left");
     }
 
+    // The second release's manifest was made on each host from the first's (its lines for the
+    // linked files kept, the changed file's sent): the next deploy links from it all the same.
+    for i in 0..2 {
+        let m = h.deploy_to(i).join(".deploy/manifests").join(&second);
+        let lines = std::fs::read_to_string(&m)
+            .expect("manifest")
+            .lines()
+            .count();
+        assert_eq!(
+            lines,
+            FILES + 100,
+            "host {i}: a line a file and a directory"
+        );
+    }
     // Cleanup keeps keep_releases.
     h.write("dir001/file001.txt", "changed again\n");
-    h.deploy_ok();
+    let r = h.deploy_ok();
+    for i in 0..2 {
+        let line = row(&h, &r, i);
+        assert!(
+            line.contains(" 1 files") && line.contains(&format!(" {} files", FILES - 1)),
+            "sent 1, linked {} from the manifest made on the host:\n{r}",
+            FILES - 1
+        );
+    }
     let third = h.current(0).expect("current");
     for i in 0..2 {
         assert_eq!(h.releases(i), [second.clone(), third.clone()], "host {i}");

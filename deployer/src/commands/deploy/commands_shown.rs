@@ -3,10 +3,10 @@
 //! what is shown is what runs.
 
 use crate::config::{Config, Target, hook_commands};
+use crate::delta::Delta;
 use crate::fleet::Host;
 use crate::layout;
 use crate::lock;
-use crate::manifest::Delta;
 use crate::phases::{self, Release};
 use crate::upload;
 use std::time::Duration;
@@ -72,8 +72,8 @@ fn steps(
         &cfg.shared_file_specs(),
         s.revision,
     );
-    let from = previous.filter(|_| delta.link_list && delta.link > 0);
-    let staging = upload::staging_script(s.release, from, &links);
+    let live = upload::Live::of(delta, previous);
+    let staging = upload::staging_script(s.release, live, &links);
     let upload = upload_shown(d, delta, previous, &staging);
     [
         match s.state_with_lock {

@@ -37,6 +37,7 @@ use self::tree::prepare;
 
 use crate::build;
 use crate::config::{Config, Target};
+use crate::delta::Delta;
 use crate::events;
 use crate::fleet::{self, Stage, each};
 use crate::health::Gate;
@@ -286,7 +287,7 @@ fn stage_everywhere(c: &mut Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
         r.live = r.host.state.current.clone();
         r.previous = previous(&r.host.state);
         let known = r.previous.as_ref().and(r.host.state.known.as_ref());
-        r.delta = c.tree.manifest.delta(known, &shared);
+        r.delta = Delta::new(&c.tree.manifest, known, &shared);
         // One flag per file is all a host keeps of its listing once the delta is made.
         r.host.state.known = None;
     }

@@ -3,6 +3,7 @@
 use super::commands_shown::{Shown, remote_commands};
 use super::{DeployError, Options};
 use crate::config::{Config, Target, hooks_shown};
+use crate::delta::Delta;
 use crate::fleet::{self, Host};
 use crate::layout;
 use crate::manifest::Manifest;
@@ -83,7 +84,7 @@ pub fn plan(
         for h in hosts.iter().filter(|h| h.failure.is_none()) {
             let previous = super::previous(&h.state);
             let known = previous.as_ref().and(h.state.known.as_ref());
-            let delta = manifest.delta(known, &shared);
+            let delta = Delta::new(manifest, known, &shared);
             out.push('\n');
             out.push_str(&remote_commands(&shown, h, &delta, previous.as_deref()));
         }
@@ -117,7 +118,7 @@ fn host_rows(
     for h in hosts {
         let st = &h.state;
         let known = super::previous(st).and(st.known.as_ref());
-        let delta = manifest.delta(known, &shared);
+        let delta = Delta::new(manifest, known, &shared);
         let missing = super::missing_shared(st, &h.target.deploy_to).filter(|_| st.exists);
         let status = match (&h.failure, &st.lock, &missing) {
             (Some(f), _, _) => format!("FAILS {f}"),

@@ -3,8 +3,8 @@
 
 use super::Options;
 use crate::config::{Config, Target};
+use crate::delta::Delta;
 use crate::fleet::{Host, Stage};
-use crate::manifest::Delta;
 use crate::phases::Release;
 use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
