@@ -23,10 +23,11 @@ pub fn wide_comments(text: &str, max: usize) -> Vec<usize> {
         .collect()
 }
 
-/// The lines of `text` before its tests.
+/// The lines of `text` before its tests: up to the first `#[cfg(test)]` at the start of a line
+/// (an indented one marks a single item, not where the tests begin).
 fn before_tests(text: &str) -> Vec<&str> {
     text.lines()
-        .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
         .collect()
 }
 
@@ -160,6 +161,12 @@ mod tests {
         assert_eq!(
             long_file(&format!("{at}#[cfg(test)]\nx\n"), MAX_FILE_LINES),
             None
+        );
+        let item = format!("x\n    #[cfg(test)]\n{at}");
+        assert_eq!(
+            long_file(&item, MAX_FILE_LINES),
+            Some(452),
+            "one item's attribute"
         );
     }
 
