@@ -151,7 +151,9 @@ fn write_records(
 ) -> std::io::Result<(u64, u64, u32)> {
     let mut crc = crc32fast::Hasher::new();
     let (mut users, mut body) = (0u64, 0u64);
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::atomic_file::Paced::new(f));
+    // A quarter of the pacing chunk: each flush comes within 256 KiB of its chunk's edge.
+    let paced = crate::atomic_file::Paced::new(f);
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, paced);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut after: Option<String> = None;
     loop {
