@@ -43,10 +43,16 @@ impl Delta {
     /// the host) are always sent.
     pub fn new(new: &Manifest, known: Option<&Known>, never_link: &[String]) -> Delta {
         let entries = new.entries();
+        let shared = |path: &str| {
+            never_link
+                .iter()
+                .any(|s| path == s || path.starts_with(&format!("{s}/")))
+        };
         let mut d = Delta {
             linked: vec![false; entries.len()],
+            // A shared directory is replaced by a link into shared/: its mode does not count.
             link_list: entries.iter().all(|e| match e.kind {
-                Kind::Dir { mode } => mode & 0o300 == 0o300,
+                Kind::Dir { mode } => mode & 0o300 == 0o300 || shared(&e.path),
                 _ => true,
             }),
             ..Delta::default()
@@ -55,10 +61,7 @@ impl Delta {
             let Kind::File { size, .. } = kind else {
                 continue;
             };
-            let shared = never_link
-                .iter()
-                .any(|s| path == s || path.starts_with(&format!("{s}/")));
-            if !shared && known.is_some_and(|k| k.same.get(i) == Some(&true)) {
+            if !shared(path) && known.is_some_and(|k| k.same.get(i) == Some(&true)) {
                 d.linked[i] = true;
                 d.link += 1;
             } else {
@@ -136,7 +139,9 @@ impl<'m> KnownReader<'m> {
         }
     }
 
-    /// One line of the deployer's manifest.
+    /// One line of the deployer's manifest. A line that is not one of its JSON lines (but the
+    /// empty one after the last) means the host's awk could split the file into lines otherwise
+    /// (a NUL ends a line for some): the new manifest is then sent whole, not made from it.
     pub fn manifest_line(&mut self, line: &[u8]) {
         let number = self.lines.as_mut().map(|l| {
             l.seen += 1;
@@ -146,15 +151,25 @@ impl<'m> KnownReader<'m> {
             self.lines = None;
             if let Ok(legacy) = serde_json::from_slice::<Legacy>(line) {
                 for (path, kind) in &legacy.entries {
-                    if let Kind::File { mode, sha256, .. } = kind {
-                        self.offer_file(path, *mode, sha256);
+                    if let Kind::File {
+                        mode, sha256, size, ..
+                    } = kind
+                    {
+                        self.offer_file(path, *mode, sha256, Some(*size));
                     }
                 }
             }
-        } else if let Ok(l) = serde_json::from_slice::<Line>(line)
-            && let (Some(mode), Some(sha)) = (l.mode, l.sha256)
+            return;
+        }
+        let Ok(l) = serde_json::from_slice::<Line>(line) else {
+            if !line.is_empty() {
+                self.lines = None;
+            }
+            return;
+        };
+        if let (Some(mode), Some(sha)) = (l.mode, l.sha256)
             && l.kind == "file"
-            && let Some(i) = self.offer_file(&l.path, mode, sha)
+            && let Some(i) = self.offer_file(&l.path, mode, sha, l.size)
             && let (Some(lines), Some(n)) = (self.lines.as_mut(), number)
         {
             lines.of[i] = n;
@@ -190,21 +205,25 @@ impl<'m> KnownReader<'m> {
             return;
         }
         if let Some(&mode) = self.modes.get(path) {
-            self.offer_file(path, mode, sha);
+            self.offer_file(path, mode, sha, None);
         }
     }
 
-    /// The host holds a file at `path` with `mode` and content `sha`: the index of that file in
-    /// the new manifest when it is the same there.
-    fn offer_file(&mut self, path: &str, mode: u32, sha: &str) -> Option<usize> {
+    /// The host holds a file at `path` with `mode`, content `sha` and, when its listing says,
+    /// `size`: the index of that file in the new manifest when it is the same there.
+    fn offer_file(&mut self, path: &str, mode: u32, sha: &str, size: Option<u64>) -> Option<usize> {
         if let Some((
             i,
             Kind::File {
-                mode: m, sha256, ..
+                mode: m,
+                sha256,
+                size: s,
+                ..
             },
         )) = self.new.get(path)
             && *m == mode
             && sha256 == sha
+            && size.is_none_or(|size| size == *s)
         {
             self.same[i] = true;
             return Some(i);
@@ -376,5 +395,19 @@ mod tests {
         let mut r = KnownReader::new(&new);
         r.mode_line(b"644\ta");
         assert!(Delta::new(&new, Some(&r.finish()), &[]).rebuild.is_none());
+        // A line that is not one of ours (here with a NUL, which ends a line for some awks):
+        // the files are still linked, the manifest is sent whole.
+        let mut r = KnownReader::new(&new);
+        for line in old_text.split(|&b| b == b'\n') {
+            r.manifest_line(line);
+        }
+        r.manifest_line(b"junk\0{\"path\":\"a\"}");
+        let d = Delta::new(&new, Some(&r.finish()), &[]);
+        assert_eq!((d.link, d.rebuild), (2, None));
+        // A line whose size is not the file's is not the same file: sent.
+        let a = String::from_utf8(old.lines_where(|i| i == 0)).expect("utf-8");
+        let mut r = KnownReader::new(&new);
+        r.manifest_line(a.trim_end().replace("\"size\":1", "\"size\":2").as_bytes());
+        assert_eq!(Delta::new(&new, Some(&r.finish()), &[]).link, 0, "{a}");
     }
 }

@@ -44,7 +44,8 @@ pub fn local_host() -> String {
 }
 
 /// Creates the layout's directories (`create`: a deploy; otherwise only the deployer's own, in a
-/// layout that has releases), takes the lock, then prints the state (with the current release's
+/// layout that has releases), takes the lock, removes what uploads whose remote end was killed
+/// (a reboot) left staged over an hour ago, then prints the state (with the current release's
 /// listing when `manifest`; the `required` shared files checked).
 pub fn acquire_script(
     deploy_to: &str,
@@ -67,6 +68,7 @@ if mkdir {d}/.deploy/lock 2>/dev/null; then
 else
   printf 'held=%s\n' "$(head -n 1 {d}/.deploy/lock/owner 2>/dev/null)"; exit {HELD}
 fi
+find {d}/.deploy -maxdepth 1 -name 'staged-*' -mmin +60 -exec rm -f -- {{}} + 2>/dev/null
 {state}"#,
         o = quote(owner),
         state = state_script(deploy_to, manifest, required)

@@ -4,7 +4,7 @@
 //!
 //! On a host, `.deploy/manifests/<release>` holds it as JSON lines, one entry a line: it is
 //! written and read as a stream, whatever the tree's size. A host's listing of its current
-//! release ([`KnownReader`]) is matched line by line against the new manifest, so what the
+//! release (`delta::KnownReader`) is matched line by line against the new manifest, so what the
 //! deployer keeps per host is one flag per file, never the host's manifest.
 
 use crate::hash_cache::HashCache;

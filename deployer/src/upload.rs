@@ -18,7 +18,8 @@ use std::path::Path;
 /// starts before the lock step (to overlap session start-up), so it creates `deploy_to` itself.
 /// Then it runs the staging script the stream carried (old staged files of the same name are
 /// removed first: a stream that ends before its script is cut short, [`STREAM_CUT`]); the
-/// script's failure exits [`LINK_FAILED`] or [`STAGED_FAILED`] (tar's own exits are 1 and 2).
+/// script's failure exits [`LINK_FAILED`], [`MANIFEST_FAILED`] or [`STAGED_FAILED`] (tar's own
+/// exits are 1 and 2).
 /// Every output goes through a temp file, at most 4000 bytes of it to stderr, so none can stall
 /// the channel; no staged file stays.
 pub fn remote_command(deploy_to: &str) -> String {
@@ -27,7 +28,7 @@ pub fn remote_command(deploy_to: &str) -> String {
 if [ $s -ne 0 ]; then rm -f \"$e\" {b}.*; exit $s; fi
 if [ ! -f {b}.sh ]; then rm -f \"$e\" {b}.*; echo 'the stream ended before its staging script: cut short' >&2; exit {STREAM_CUT}; fi
 sh {b}.sh >\"$e\" 2>&1; s=$?; head -c 4000 \"$e\" >&2; rm -f \"$e\" {b}.*
-case $s in 0) ;; {LINK_FAILED}) exit {LINK_FAILED};; *) exit {STAGED_FAILED};; esac",
+case $s in 0) ;; {LINK_FAILED}|{MANIFEST_FAILED}) exit $s;; *) exit {STAGED_FAILED};; esac",
         d = quote(deploy_to),
         b = staged_base()
     )
@@ -52,8 +53,11 @@ pub const STAGED_FAILED: i32 = 90;
 /// The upload's exit status when the stream ended before the staging script.
 pub const STREAM_CUT: i32 = 91;
 /// The upload's exit status when the unchanged files could not be linked from the current
-/// release (one is missing there, or the disk is full) or the manifest put in place.
+/// release (one is missing there, or the disk is full).
 pub const LINK_FAILED: i32 = 92;
+/// The upload's exit status when the new manifest could not be put in place (made from the
+/// live release's, that one did not hold the lines it was read with).
+pub const MANIFEST_FAILED: i32 = 93;
 
 /// What a release's stream takes from the host's live release, when anything.
 #[derive(Debug, Clone, Copy)]
@@ -103,11 +107,13 @@ pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String
             rebuild: Some(r),
             ..
         }) => format!(
-            "(umask 077 && awk -v k={kept} 'FILENAME == ARGV[1] {{ d[$1]; next }} !(FNR in d) {{ print; n++ }} END {{ if (n != k) {{ print \"the manifest of the live release holds \" n \" of the \" k \" lines expected\" > \"/dev/stderr\"; exit 1 }} }}' {b}.drop {old} > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept {m} || exit {LINK_FAILED}",
+            "(umask 077 && awk -v k={kept} 'FILENAME == ARGV[1] {{ d[$1]; next }} !(FNR in d) {{ print; n++ }} END {{ if (n != k) {{ print \"the manifest of the live release holds \" n \" of the \" k \" lines expected\" > \"/dev/stderr\"; exit 1 }} }}' {b}.drop {old} > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept {m} || exit {MANIFEST_FAILED}",
             kept = r.kept,
             old = quote(&manifest_path(name)),
         ),
-        _ => format!("mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {LINK_FAILED}"),
+        _ => format!(
+            "mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {MANIFEST_FAILED}"
+        ),
     };
     format!("{links}{manifest}\n{shared}")
 }
@@ -448,7 +454,7 @@ mod tests {
         );
         let script = String::from_utf8(seen[6].3.clone()).expect("utf-8");
         assert!(
-            script.contains("awk -v k=1 ") && script.contains(&format!("{b}.drop '.deploy/manifests/1' > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept '.deploy/manifests/2' || exit 92")),
+            script.contains("awk -v k=1 ") && script.contains(&format!("{b}.drop '.deploy/manifests/1' > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept '.deploy/manifests/2' || exit 93")),
             "{script}"
         );
     }
@@ -496,7 +502,7 @@ mod tests {
         let (code, made, stderr) = rebuilt("a\nc\n", &[2], 2);
         assert_eq!(
             (code, made.as_str()),
-            (LINK_FAILED, ""),
+            (MANIFEST_FAILED, ""),
             "a line short: no manifest"
         );
         assert!(

@@ -1322,3 +1322,39 @@ fn a_canary_that_does_worse_in_riemann_is_rolled_back_and_a_healthy_one_goes_on(
         "{r}"
     );
 }
+
+/// A directory its owner cannot write: tar gives it its mode only once the stream ends, so
+/// nothing could be linked into it after. The unchanged files then travel as tar link entries,
+/// and are links into the live release all the same; the directory keeps its mode.
+#[test]
+fn a_tree_with_a_read_only_directory_is_linked_by_tar() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let h = Hosts::start(&[90]);
+    for (path, text) in [("v", "1"), ("ro/a", "a"), ("ro/b", "b")] {
+        h.write(path, text);
+    }
+    let ro = std::fs::Permissions::from_mode(0o555);
+    std::fs::set_permissions(h.source.join("ro"), ro).expect("chmod");
+    h.deploy_ok();
+    let first = h.current(0).expect("current");
+    h.write("v", "2");
+    let r = h.run(&["deploy", "--dry-run", "-v"]);
+    assert!(
+        r.stdout.contains("2 hard-linked from") && r.stdout.contains("by tar"),
+        "{r}"
+    );
+    let r = h.deploy_ok();
+    assert!(
+        r.stdout.contains(" 1 files") && r.stdout.contains(" 2 files"),
+        "{r}"
+    );
+    let releases = h.deploy_to(0).join("releases");
+    let ino = |release: &str| {
+        std::fs::metadata(releases.join(release).join("ro/a"))
+            .expect("ro/a")
+            .ino()
+    };
+    assert_eq!(ino(&first), ino(&h.current(0).expect("current")));
+    let dir = std::fs::metadata(h.deploy_to(0).join("current/ro")).expect("ro");
+    assert_eq!(dir.permissions().mode() & 0o777, 0o555);
+}

@@ -471,12 +471,28 @@ fn a_file_gone_from_the_live_release_fails_the_upload_and_changes_no_host() {
             .count();
         assert_eq!(staged, 0, "host {i}: staged files removed");
     }
-    // Once the file is back, the next deploy links it again.
+    // Once the file is back, the next deploy links it again. What an upload killed on the host
+    // left staged over an hour ago is removed under the lock; a newer one is not its to touch.
     std::fs::write(h.deploy_to(1).join("current/lib/b"), "b").expect("restore");
+    let dot = h.deploy_to(1).join(".deploy");
+    let (old, new) = (dot.join("staged-1-a.links"), dot.join("staged-2-b.links"));
+    for f in [&old, &new] {
+        std::fs::write(f, "x").expect("staged");
+    }
+    let hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .expect("open");
+    f.set_modified(hours_ago).expect("mtime");
     let r = h.deploy_ok();
     assert!(
         r.stdout.contains(" 2 files"),
         "v sent, lib/b and lib/c linked:\n{r}"
+    );
+    assert!(
+        !old.exists() && new.exists(),
+        "only the old staged file is removed"
     );
 }
 

@@ -95,14 +95,19 @@ fn a_tree_of_20000_files_deploys_incrementally_and_fails_back_to_the_live_releas
     // linked files kept, the changed file's sent): the next deploy links from it all the same.
     for i in 0..2 {
         let m = h.deploy_to(i).join(".deploy/manifests").join(&second);
-        let lines = std::fs::read_to_string(&m)
-            .expect("manifest")
-            .lines()
-            .count();
+        let text = std::fs::read_to_string(&m).expect("manifest");
+        let lines = text.lines().count();
         assert_eq!(
             lines,
             FILES + 100,
             "host {i}: a line a file and a directory"
+        );
+        // Made, not sent: the live lines kept, then the lines sent (the directories' and the
+        // changed file's, dir099's last); a manifest sent whole ends with dir099/file199.txt.
+        let last = text.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("{\"path\":\"dir099\",\"type\":\"dir\""),
+            "host {i}: {last}"
         );
     }
     // Cleanup keeps keep_releases.

@@ -101,17 +101,26 @@ fn steps(
 /// The upload's command, and what its stream carries: the files, then the staging script.
 fn upload_shown(d: &str, delta: &Delta, previous: Option<&str>, staging: &str) -> String {
     let carried: Vec<String> = staging.lines().map(|l| format!("#   {l}")).collect();
-    let how = match delta.link_list {
-        true => "a list of their names",
-        false => "tar link entries",
+    let live = upload::Live::of(delta, previous);
+    let linked = match (live, previous) {
+        (Some(l), Some(p)) if l.links => format!("{} hard-linked from {p} by name", delta.link),
+        (_, Some(p)) if delta.link > 0 => format!("{} hard-linked from {p} by tar", delta.link),
+        _ => "none linked".to_owned(),
+    };
+    let manifest = match live.and_then(|l| l.rebuild) {
+        Some(r) => format!(
+            "the manifest made from {}'s ({} of its lines dropped, {} sent)",
+            previous.unwrap_or("?"),
+            r.dropped.len(),
+            delta.linked.iter().filter(|l| !**l).count()
+        ),
+        None => "the whole manifest".to_owned(),
     };
     format!(
-        "{}\n# stdin: a tar of {} files sent, {} hard-linked from {} ({how}), the manifest, and \
-         last its staging script:\n{}",
+        "{}\n# stdin: a tar of {} files sent, {linked}, {manifest}, and last its staging \
+         script:\n{}",
         upload::remote_command(d),
         delta.send,
-        delta.link,
-        previous.unwrap_or("nothing"),
         carried.join("\n")
     )
 }

@@ -212,6 +212,13 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
                 fleet::last_lines(&o.stderr, 4).unwrap_or_default()
             ),
         ),
+        Ok(o) if o.status == upload::MANIFEST_FAILED => r.host.fail(
+            Stage::Upload,
+            format_args!(
+                "the new manifest could not be put in place: {}",
+                fleet::last_lines(&o.stderr, 4).unwrap_or_default()
+            ),
+        ),
         Ok(o) if o.status == upload::STAGED_FAILED => r.host.fail(
             Stage::SharedLinks,
             fleet::last_lines(&o.stderr, 4)
