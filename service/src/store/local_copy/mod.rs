@@ -113,7 +113,7 @@ pub fn write_base(
         base_bytes: 0,
         log_bytes: LOG_HEADER as u64,
     };
-    crate::atomic_file::write(path, |f| {
+    crate::atomic_file::write_large(path, |f| {
         f.write_all(&[0u8; HEADER])?;
         let (users, body, crc) = write_records(&mut *f, &mut chunks)?;
         let mut head = Vec::with_capacity(HEADER);
