@@ -130,18 +130,24 @@ PY
     read -r _ _ hot_p99 hot_max < <(wrk_run "$port" 1 "$tmp/put_user.lua" "${HOT:-3s}")
     # HOT_RUNS starts in all (default 3), each writing the local copy again: the median p99.
     hots=("$hot_p99")
+    copy="$tmp/$store.snapshot"; before=none
     for _ in $(seq 2 "${HOT_RUNS:-3}"); do
+      before=$(stat -c %i "$copy" 2>/dev/null || echo none)
       stop; start "$url" "$port"
       read -r _ _ p _ < <(wrk_run "$port" 1 "$tmp/put_user.lua" "${HOT:-3s}")
       hots+=("$p")
     done
-    hot_p99=$(printf '%s\n' "${hots[@]}" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+    hot_p99=$(printf '%s\n' "${hots[@]}" | sort -g |
+      awk '{v[NR] = $1} END {m = int((NR + 1) / 2); print (NR % 2 ? v[m] : (v[m] + v[m + 1]) / 2)}')
     hot_of["$store $n"]=$hot_p99; start_of["$store $n"]=$start_s
     # Then wait for the copy to be written, so the loads below measure steady state.
-    copy="$tmp/$store.snapshot"; last=-1
+    # (the last start's: a new file, no temp or retired file beside it, its size settled).
+    last=-1
     for _ in $(seq 600); do
       size=$(stat -c %s "$copy" 2>/dev/null || echo 0)
-      [ "$size" -gt 0 ] && [ "$size" = "$last" ] && break
+      ino=$(stat -c %i "$copy" 2>/dev/null || echo none)
+      busy=$(find "$tmp" -maxdepth 1 -name ".$store.snapshot.*" | head -1)
+      [ "$size" -gt 0 ] && [ "$size" = "$last" ] && [ "$ino" != "$before" ] && [ -z "$busy" ] && break
       last=$size; sleep 0.5
     done
     # And on disk: the import's and the copy's dirty pages, flushed by the kernel in the
@@ -186,6 +192,6 @@ done
 # start at the largest size.
 sizes=($SIZES); small=${sizes[0]}; large=${sizes[-1]}
 for store in $STORES; do
-  python3 -c "import sys; s, a, b, t = sys.argv[1:]; print(f'{s}: hot put p99 {b} ms at $large users vs {a} ms at $small: {float(b) / float(a):.2f}x; start at $large: {t} s')" \
+  python3 -c "import sys; s, a, b, t = sys.argv[1:]; r = f'{float(b) / float(a):.2f}x' if float(a) else '-'; print(f'{s}: hot put p99 {b} ms at $large users vs {a} ms at $small: {r}; start at $large: {t} s')" \
     "$store" "${hot_of[$store $small]}" "${hot_of[$store $large]}" "${start_of[$store $large]}"
 done

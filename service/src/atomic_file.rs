@@ -37,8 +37,13 @@ pub fn write_large(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) 
     retire(&retired, path);
     let kept = std::fs::hard_link(path, &retired).is_ok();
     let written = write(path, fill);
-    if kept {
-        retire(&retired, path);
+    match (kept, &written) {
+        (true, Ok(())) => retire(&retired, path),
+        // Replaced or not (a failed directory fsync), the old file is not certain to be gone.
+        (true, Err(_)) => {
+            let _ = std::fs::remove_file(&retired);
+        }
+        (false, _) => {}
     }
     written
 }
@@ -53,8 +58,8 @@ fn retired_path(path: &Path) -> PathBuf {
 }
 
 /// Shrinks `retired` a few MiB at a time, resting between steps, then removes it; only removes
-/// the name when it is the same file as `live` (a failed or unfinished replace). Best effort: a
-/// file it cannot shrink is removed at once.
+/// the name when it is the same file as `live` (a failed or unfinished replace) or has another
+/// name anywhere. Best effort: a file it cannot shrink is removed at once.
 fn retire(retired: &Path, live: &Path) {
     use std::os::unix::fs::MetadataExt;
     const STEP: u64 = 4 << 20;
@@ -69,7 +74,7 @@ fn retire(retired: &Path, live: &Path) {
         .custom_flags(libc::O_NOFOLLOW)
         .open(retired);
     if let (false, Ok(file)) = (shared, opened)
-        && file.metadata().is_ok_and(|m| same(&m))
+        && file.metadata().is_ok_and(|m| same(&m) && m.nlink() == 1)
     {
         let mut size = meta.len();
         while size > 0 {
@@ -228,7 +233,12 @@ mod tests {
         assert_eq!(paced.unflushed, 0);
         paced.write_all(&bytes[2 * chunk..]).expect("write");
         assert_eq!(paced.unflushed, 3);
-        assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        // A write carrying past the edge: flushed, with what it carried beyond counted flushed.
+        paced.write_all(&vec![1u8; chunk]).expect("write");
+        assert_eq!(paced.unflushed, 0);
+        let mut all = bytes.clone();
+        all.extend(vec![1u8; chunk]);
+        assert_eq!(std::fs::read(&path).expect("read"), all);
     }
 
     #[test]

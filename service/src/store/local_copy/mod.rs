@@ -243,8 +243,53 @@ fn rand_id() -> u64 {
 /// The users' documents are slices of the file's one buffer, not a copy each: a cold start at a
 /// million users makes one allocation instead of a million. The buffer is freed once the last of
 /// them is replaced (a reload from the store replaces them all).
+///
+/// A copy replaced while it was read reads short (the replaced file is shrunk before it goes,
+/// `atomic_file::write_large`): when what was read does not decode and the path now names
+/// another file, the new one is read, a few times at most.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Entry>, CopyError> {
-    let bytes = match std::fs::read(path) {
+    let mut tries = 0;
+    loop {
+        let (read, file) = read_once(path);
+        match read {
+            Err(CopyError::Damaged { .. }) if tries < 3 && replaced(path, file) => tries += 1,
+            read => return read,
+        }
+    }
+}
+
+/// A file as its device and inode.
+type FileId = (u64, u64);
+/// The users a copy holds.
+type Users = BTreeMap<String, Entry>;
+
+/// Whether `path` no longer names the file `read` was.
+fn replaced(path: &Path, read: Option<FileId>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    read.is_some() && now != read
+}
+
+/// One read of the copy, and the file read.
+fn read_once(path: &Path) -> (Result<Users, CopyError>, Option<FileId>) {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file_id = None;
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        let meta = f.metadata()?;
+        file_id = Some((meta.dev(), meta.ino()));
+        let mut b = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        f.read_to_end(&mut b).map(|_| b)
+    });
+    (decode_read(path, read), file_id)
+}
+
+/// The users of a copy read as `read`.
+fn decode_read(
+    path: &Path,
+    read: std::io::Result<Vec<u8>>,
+) -> Result<BTreeMap<String, Entry>, CopyError> {
+    let bytes = match read {
         Ok(b) => Bytes::from(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CopyError::Missing(path.to_owned()));
@@ -386,6 +431,41 @@ mod tests {
         std::fs::write(&path, &good[..3]).expect("write");
         let shown = read(&path).expect_err("damaged").to_string();
         assert!(shown.contains("usersvc.snapshot"), "{shown}");
+    }
+
+    /// A copy replaced again and again (each old file shrunk before it goes) while another
+    /// thread reads it: every read is whole, the old copy or the new.
+    #[test]
+    fn a_copy_replaced_while_it_is_read_is_read_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("usersvc.snapshot");
+        let s = std::sync::Arc::new(Snapshot::default());
+        let records: Vec<Record> = (0..40_000)
+            .map(|i| rec(&format!("user-{i:06}"), 1))
+            .collect();
+        s.replace_all(&records);
+        write_all(&path, &s);
+        let want = entries(&records);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop, s) = (path.clone(), stop.clone(), s.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_all(&path, &s);
+                    n += 1;
+                }
+                n
+            })
+        };
+        for _ in 0..30 {
+            assert_eq!(read(&path).expect("a whole copy"), want);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            writer.join().expect("writer") > 1,
+            "the copy was replaced while read"
+        );
     }
 
     #[test]
