@@ -31,7 +31,16 @@ pub fn write(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io:
 /// before it goes. Freed at once, its blocks went to the disk as one discard in one journal
 /// commit, and the write path's fsyncs waited behind it: one writer's p99 right after a restart
 /// at 1M users was 4.6-7.9 ms with the old base freed at once, 2.3-2.7 ms with it gone before.
-pub fn write_large(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+///
+/// Not `gentle` (a server stopping, whose successor waits for its journal): replaced at once.
+pub fn write_large(
+    path: &Path,
+    gentle: bool,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    if !gentle {
+        return write(path, fill);
+    }
     let retired = retired_path(path);
     // One a crash left: the old base, or (a crash before the rename) the live one's other name.
     retire(&retired, path);
@@ -174,13 +183,19 @@ fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
 pub struct Paced<'a> {
     file: &'a File,
     unflushed: u64,
+    /// Rest after each flush; not for a server stopping, whose successor waits.
+    rest: bool,
 }
 
 impl<'a> Paced<'a> {
     const CHUNK: u64 = 1 << 20;
 
-    pub fn new(file: &'a File) -> Self {
-        Self { file, unflushed: 0 }
+    pub fn new(file: &'a File, rest: bool) -> Self {
+        Self {
+            file,
+            unflushed: 0,
+            rest,
+        }
     }
 }
 
@@ -191,7 +206,9 @@ impl io::Write for Paced<'_> {
         if self.unflushed >= Self::CHUNK {
             let flushing = std::time::Instant::now();
             self.file.sync_data()?;
-            std::thread::sleep(flushing.elapsed());
+            if self.rest {
+                std::thread::sleep(flushing.elapsed());
+            }
             self.unflushed = 0;
         }
         Ok(n)
@@ -219,7 +236,7 @@ mod tests {
         let chunk = usize::try_from(Paced::CHUNK).expect("fits");
         let bytes: Vec<u8> = (0..2 * chunk + 3).map(|i| (i % 251) as u8).collect();
         let file = File::create(&path).expect("create");
-        let mut paced = Paced::new(&file);
+        let mut paced = Paced::new(&file, true);
         // One byte short of a chunk: nothing flushed yet; the byte that completes it flushes.
         paced.write_all(&bytes[..chunk - 1]).expect("write");
         assert_eq!(paced.unflushed, Paced::CHUNK - 1);
@@ -245,7 +262,7 @@ mod tests {
     fn a_large_file_replaced_leaves_the_new_one_and_no_other_name() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("copy");
-        let large = |text: &'static [u8]| write_large(&path, |f| f.write_all(text));
+        let large = |text: &'static [u8]| write_large(&path, true, |f| f.write_all(text));
         large(b"one").expect("first");
         large(b"two").expect("replace");
         assert_eq!(std::fs::read(&path).expect("read"), b"two");
@@ -259,7 +276,7 @@ mod tests {
         assert_eq!(names(), ["copy"]);
         // A crash before the rename left the live file's other name: only the name goes.
         std::fs::hard_link(&path, retired_path(&path)).expect("link");
-        let failed = write_large(&path, |_| Err(io::Error::other("full")));
+        let failed = write_large(&path, true, |_| Err(io::Error::other("full")));
         assert!(failed.is_err());
         assert_eq!(
             std::fs::read(&path).expect("read"),
@@ -267,6 +284,12 @@ mod tests {
             "the live file untouched"
         );
         assert_eq!(names(), ["copy"]);
+        // A server stopping replaces it at once, the same way.
+        write_large(&path, false, |f| f.write_all(b"fast")).expect("replace");
+        assert_eq!(
+            (std::fs::read(&path).expect("read"), names()),
+            (b"fast".to_vec(), vec!["copy".into()])
+        );
         // A crash after it left the old file: shrunk and gone.
         std::fs::write(retired_path(&path), vec![7u8; 9 << 20]).expect("old");
         large(b"three").expect("replace");

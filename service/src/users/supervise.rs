@@ -318,7 +318,10 @@ fn save_blocking(
         _ => {
             // Read in chunks: no lock is held for long, and a write in between is in the log
             // that follows this base (`take_unsaved` started it afresh).
-            let written = write_copy_base(path, |after| shared.snapshot.chunk(after, COPY_CHUNK));
+            // A server stopping writes at full speed: its successor waits for the journal.
+            let gentle = !shared.stopping.load(Ordering::Acquire);
+            let chunk = |after: Option<&str>| shared.snapshot.chunk(after, COPY_CHUNK);
+            let written = write_copy_base(path, gentle, chunk);
             if let Ok(state) = &written {
                 tracing::debug!(users = shared.snapshot.len(), bytes = state.base_bytes,
                     ms = started.elapsed().as_millis() as u64, copy = %path.display(),

@@ -98,9 +98,11 @@ fn put_record(out: &mut Vec<u8>, id: &str, entry: Option<&Entry>) {
 }
 
 /// Writes a new base from `chunks` (each a run of users in id order; an empty one ends it) and
-/// an empty log for it. Returns what was written.
+/// an empty log for it, `gentle` to the write path (`atomic_file::write_large`) unless the
+/// server is stopping. Returns what was written.
 pub fn write_base(
     path: &Path,
+    gentle: bool,
     mut chunks: impl FnMut(Option<&str>) -> Vec<(String, Entry)>,
 ) -> Result<CopyState, CopyError> {
     let base_id = rand_id();
@@ -113,9 +115,9 @@ pub fn write_base(
         base_bytes: 0,
         log_bytes: LOG_HEADER as u64,
     };
-    crate::atomic_file::write_large(path, |f| {
+    crate::atomic_file::write_large(path, gentle, |f| {
         f.write_all(&[0u8; HEADER])?;
-        let (users, body, crc) = write_records(&mut *f, &mut chunks)?;
+        let (users, body, crc) = write_records(&mut *f, gentle, &mut chunks)?;
         let mut head = Vec::with_capacity(HEADER);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_be_bytes());
@@ -147,12 +149,13 @@ pub fn write_base(
 /// records; how many, their bytes and their CRC-32 (for the header).
 fn write_records(
     f: &mut std::fs::File,
+    gentle: bool,
     chunks: &mut impl FnMut(Option<&str>) -> Vec<(String, Entry)>,
 ) -> std::io::Result<(u64, u64, u32)> {
     let mut crc = crc32fast::Hasher::new();
     let (mut users, mut body) = (0u64, 0u64);
     // A quarter of the pacing chunk: each flush comes within 256 KiB of its chunk's edge.
-    let paced = crate::atomic_file::Paced::new(f);
+    let paced = crate::atomic_file::Paced::new(f, gentle);
     let mut out = std::io::BufWriter::with_capacity(256 << 10, paced);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut after: Option<String> = None;
@@ -353,7 +356,7 @@ mod tests {
     }
 
     fn write_all(path: &Path, s: &Snapshot) -> CopyState {
-        write_base(path, |after| s.chunk(after, 1)).expect("write")
+        write_base(path, true, |after| s.chunk(after, 1)).expect("write")
     }
 
     #[test]
