@@ -1,6 +1,7 @@
 //! `deployer check`: on every selected host, in parallel — connect and verify the host key,
-//! authenticate, then one remote step reports whether the deploy directory is writable and reads
-//! the layout (the lock as `layout` reads it for every command). Changes nothing.
+//! authenticate, then one remote step reports whether the deploy directory is writable, which of
+//! the tools a deploy runs there are missing, and reads the layout (the lock as `layout` reads it
+//! for every command). Changes nothing.
 
 use crate::config::{Config, Target};
 use crate::fleet::{self, Host, each};
@@ -25,7 +26,44 @@ pub struct HostReport {
     pub lock: Option<Option<String>>,
     /// Shared files the config requires that `shared/` lacks.
     pub missing_shared: Vec<String>,
+    /// What a deploy runs on the host that it lacks ([`TOOLS`]).
+    pub missing_tools: Vec<String>,
     pub problem: Option<String>,
+}
+
+/// What a deploy runs on a host, each with a probe that fails without it: the upload's GNU tar,
+/// the links' `cp --parents` and `xargs -0 -r -P`, the manifest's awk, publish's `mv -T`.
+const TOOLS: [(&str, &str); 5] = [
+    (
+        "GNU tar",
+        "tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'",
+    ),
+    (
+        "cp --parents (GNU coreutils)",
+        "cp --help 2>&1 | grep -q -e --parents",
+    ),
+    (
+        "xargs -0 -r -P (GNU findutils)",
+        "printf '' | xargs -0 -r -P 2 false",
+    ),
+    ("awk", "command -v awk >/dev/null"),
+    (
+        "mv -T (GNU coreutils)",
+        "mv --help 2>&1 | grep -q -e --no-target-directory",
+    ),
+];
+
+/// One `missing_tool=NAME` line for each of [`TOOLS`] the host lacks.
+fn tools_script() -> String {
+    TOOLS
+        .iter()
+        .map(|(name, probe)| {
+            format!(
+                "{{ {probe}; }} || printf 'missing_tool=%s\\n' {}\n",
+                quote(name)
+            )
+        })
+        .collect()
 }
 
 /// Every selected host's report.
@@ -55,18 +93,27 @@ fn check_host(h: &mut Host, required: &[String]) -> HostReport {
         nearest: None,
         lock: None,
         missing_shared: Vec::new(),
+        missing_tools: Vec::new(),
         problem: None,
     };
     if h.ok() {
         let d = &h.target.deploy_to;
         let script = format!(
-            "{}{}",
+            "{}{}{}",
             writable_script(d),
+            tools_script(),
             layout::state_script(d, false, required)
         );
         match h.read_layout(&script, None) {
             Ok((_, reader)) => {
                 r.writable = reader.other().iter().any(|l| l == "writable=yes");
+                r.missing_tools = reader
+                    .other()
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("missing_tool="))
+                    .filter(|t| TOOLS.iter().any(|(name, _)| name == t))
+                    .map(str::to_owned)
+                    .collect();
                 // What a host says is data: shown escaped.
                 r.nearest = reader.other().iter().find_map(|l| {
                     l.strip_prefix("nearest=")
@@ -102,6 +149,11 @@ fn problem(h: &Host, r: &HostReport) -> Option<String> {
         Some(format!(
             "{} does not exist, and this user cannot create it in {nearest}: create it as root and give it to the deploy user (mkdir -p, then chown)",
             r.deploy_to
+        ))
+    } else if !r.missing_tools.is_empty() {
+        Some(format!(
+            "this host lacks what a deploy runs there: {} (install GNU coreutils, findutils, tar and awk)",
+            r.missing_tools.join(", ")
         ))
     } else if !r.writable {
         Some(format!("{} is not writable by this user", r.deploy_to))
@@ -173,5 +225,57 @@ impl Outcome for Checked {
                 of: self.hosts.len(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tools probe run by this machine's sh, with `fake` tools first on PATH.
+    fn missing(fake: &[(&str, &str)]) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        for (name, body) in fake {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("fake");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(tools_script())
+            .env("PATH", path)
+            .output()
+            .expect("sh");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("missing_tool="))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_tools_a_deploy_runs_are_probed_on_the_host() {
+        assert_eq!(
+            missing(&[]),
+            Vec::<String>::new(),
+            "this machine has them all"
+        );
+        let busybox = [
+            ("tar", "echo 'tar (busybox) 1.36.1'"),
+            (
+                "xargs",
+                "case \"$*\" in *-P*) echo 'xargs: invalid option -- P' >&2; exit 1;; esac",
+            ),
+        ];
+        assert_eq!(
+            missing(&busybox),
+            ["GNU tar", "xargs -0 -r -P (GNU findutils)"]
+        );
     }
 }
