@@ -93,6 +93,12 @@ impl Known {
     /// How the host makes the new manifest from its own, when every linked file has its line.
     fn rebuild(&self, linked: &[bool], link: usize) -> Option<Rebuild> {
         let lines = self.lines.as_ref().filter(|_| link > 0)?;
+        // Each dropped line is a number sent: past the new manifest's own count of lines (a tree
+        // that shrank, a host padding its listing) the manifest sent whole costs less, and what
+        // is held here stays bounded by the new manifest, not by what the host sent.
+        if (lines.seen as usize).saturating_sub(link) > linked.len() {
+            return None;
+        }
         let mut keep = vec![false; lines.seen as usize + 1];
         for (i, _) in linked.iter().enumerate().filter(|(_, l)| **l) {
             let at = *lines.of.get(i).filter(|n| **n > 0)?;
@@ -404,6 +410,27 @@ mod tests {
         r.manifest_line(b"junk\0{\"path\":\"a\"}");
         let d = Delta::new(&new, Some(&r.finish()), &[]);
         assert_eq!((d.link, d.rebuild), (2, None));
+        // No more dropped lines than the new manifest has lines: at the limit a host's listing
+        // padded with empty lines is still made from, one past it the manifest travels whole.
+        let padded = |extra: usize| {
+            let mut r = KnownReader::new(&new);
+            for line in old_text.split(|&b| b == b'\n') {
+                r.manifest_line(line);
+            }
+            (0..extra).for_each(|_| r.manifest_line(b""));
+            r.finish()
+        };
+        let seen = padded(0)
+            .lines
+            .map(|l| l.seen as usize)
+            .expect("our JSON lines");
+        let at = new.entries().len() + delta.link - seen;
+        assert!(Delta::new(&new, Some(&padded(at)), &[]).rebuild.is_some());
+        assert!(
+            Delta::new(&new, Some(&padded(at + 1)), &[])
+                .rebuild
+                .is_none()
+        );
         // A line whose size is not the file's is not the same file: sent.
         let a = String::from_utf8(old.lines_where(|i| i == 0)).expect("utf-8");
         let mut r = KnownReader::new(&new);
