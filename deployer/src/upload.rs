@@ -175,8 +175,9 @@ pub struct Release<'a> {
     /// Where the files are read from.
     pub source: &'a Path,
     pub manifest: &'a Manifest,
-    /// The manifest as the host keeps it ([`Manifest::to_lines`]).
-    pub manifest_lines: &'a [u8],
+    /// The manifest as the host keeps it ([`Manifest::to_lines`]), made when a host first
+    /// takes it whole.
+    pub manifest_lines: &'a std::sync::OnceLock<Vec<u8>>,
     /// The release's name.
     pub name: &'a str,
     /// Run on the host once the stream is extracted (the shared links and REVISION).
@@ -206,7 +207,12 @@ pub fn write_release<W: Write>(
             append_bytes(&mut b, &format!("{base}.drop"), dropped.as_bytes(), now)?;
             std::borrow::Cow::Owned(release.manifest.lines_where(|i| !delta.linked[i]))
         }
-        None => std::borrow::Cow::Borrowed(release.manifest_lines),
+        None => std::borrow::Cow::Borrowed(
+            release
+                .manifest_lines
+                .get_or_init(|| release.manifest.to_lines())
+                .as_slice(),
+        ),
     };
     append_bytes(&mut b, &format!("{base}.manifest"), &manifest, now)?;
     let script = staging_script(release.name, live, release.staged_script);
@@ -351,7 +357,7 @@ mod tests {
         assert_eq!(paths, ["b", "lib", "lib/a"]);
         let mut delta = Delta::new(&m2, None, &[]);
         (delta.linked, delta.link, delta.rebuild) = (vec![false, false, true], 1, rebuild);
-        let lines = m2.to_lines();
+        let lines = std::sync::OnceLock::new();
         let release = Release {
             source: &src,
             manifest: &m2,

@@ -134,7 +134,7 @@ pub fn deploy(
         branch: tree.branch.clone(),
         owner,
         user,
-        manifest_lines: tree.manifest.to_lines(),
+        manifest_lines: std::sync::OnceLock::new(),
         tree,
         event_hosts: targets.iter().flat_map(|t| t.event_hosts.clone()).collect(),
     };

@@ -71,7 +71,9 @@ pub(super) struct Ctx<'a> {
     pub(super) owner: String,
     /// The tree being deployed and its manifest, as the host keeps it.
     pub(super) tree: Tree,
-    pub(super) manifest_lines: Vec<u8>,
+    /// The manifest's lines, made once for the hosts that take it whole (none when every host
+    /// makes it from its live release's).
+    pub(super) manifest_lines: std::sync::OnceLock<Vec<u8>>,
     /// The names every host of the deploy's events may carry in Riemann (the canary's).
     pub(super) event_hosts: Vec<String>,
 }
