@@ -77,12 +77,13 @@ fn retire(retired: &Path, live: &Path) {
         return;
     };
     let same = |m: &std::fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
-    let shared = std::fs::symlink_metadata(live).is_ok_and(|m| same(&m));
-    let opened = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(retired);
-    if let (false, Ok(file)) = (shared, opened)
+    // Only a plain file is opened: opening a FIFO left under that name would wait for ever.
+    let only_unlink = !meta.is_file() || std::fs::symlink_metadata(live).is_ok_and(|m| same(&m));
+    if !only_unlink
+        && let Ok(file) = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(retired)
         && file.metadata().is_ok_and(|m| same(&m) && m.nlink() == 1)
     {
         let mut size = meta.len();
@@ -290,6 +291,10 @@ mod tests {
             (std::fs::read(&path).expect("read"), names()),
             (b"fast".to_vec(), vec!["copy".into()])
         );
+        // A FIFO under the retired name is removed, never opened (that would wait for ever).
+        nix::unistd::mkfifo(&retired_path(&path), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        large(b"four").expect("replace");
+        assert_eq!(names(), ["copy"]);
         // A crash after it left the old file: shrunk and gone.
         std::fs::write(retired_path(&path), vec![7u8; 9 << 20]).expect("old");
         large(b"three").expect("replace");
