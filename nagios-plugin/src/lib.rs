@@ -39,7 +39,7 @@ pub use evaluate::evaluate;
 pub use guard::install_panic_hook;
 pub use outcome::Outcome;
 pub use plugin_api::{Perf, Range, RangeError, State};
-pub use transport::run;
+pub use transport::{HEAD_LIMIT, run};
 
 /// The whole plugin: arguments in, (output, exit code) out.
 pub fn main_with_args(argv: Vec<std::ffi::OsString>) -> (String, i32) {

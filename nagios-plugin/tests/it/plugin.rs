@@ -457,6 +457,60 @@ fn http_failures() {
     );
 }
 
+/// A response whose head (status line and headers) is `size` bytes long, with a JSON-RPC body.
+fn head_of(size: usize, id: &Value) -> Reply {
+    let body = json!({"jsonrpc": "2.0", "result": "pong", "id": id}).to_string();
+    let fixed = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Pad: \r\n\r\n",
+        body.len()
+    );
+    let pad = "p".repeat(size - fixed.len());
+    Reply::Raw(
+        fixed
+            .replace("X-Pad: ", &format!("X-Pad: {pad}"))
+            .into_bytes()
+            .into_iter()
+            .chain(body.bytes())
+            .collect(),
+    )
+}
+
+#[test]
+fn heads_on_each_side_of_the_limit() {
+    let limit = nagios_plugin::HEAD_LIMIT;
+    let under = Canned::start(move |s: &Seen| head_of(limit - 1, &s.json()["id"]));
+    expect(
+        &["-H", "127.0.0.1", "-p", &under.port().to_string()],
+        0,
+        "OK",
+        "pong",
+    );
+    let over = Canned::start(move |s: &Seen| head_of(limit + 1, &s.json()["id"]));
+    expect(
+        &["-H", "127.0.0.1", "-p", &over.port().to_string()],
+        2,
+        "CRITICAL",
+        &format!("response head larger than {limit} bytes"),
+    );
+    // Our own request's head: a header the operator gave that is too long is theirs to fix.
+    let echo = answering(|id| json!({"jsonrpc": "2.0", "result": "pong", "id": id}).to_string());
+    let port = echo.port().to_string();
+    let long = format!("X-Long: {}", "v".repeat(limit - 1024));
+    expect(
+        &["-H", "127.0.0.1", "-p", &port, "-k", &long],
+        0,
+        "OK",
+        "pong",
+    );
+    let too_long = format!("X-Long: {}", "v".repeat(limit));
+    expect(
+        &["-H", "127.0.0.1", "-p", &port, "-k", &too_long],
+        3,
+        "UNKNOWN",
+        &format!("request head larger than {limit} bytes"),
+    );
+}
+
 #[test]
 fn slow_answers_and_timeouts() {
     let slow = Canned::start(|s: &Seen| {
