@@ -301,7 +301,9 @@ impl Sender {
         let mut over = 0;
         for _ in 0..s.queue.capacity() {
             let Some(e) = s.queue.pop() else { break };
-            if self.pending.len() >= s.queue.capacity() {
+            // `while`, not `if`: a drop report added since the last round is over the
+            // capacity too, and a report a round during a long outage would add up.
+            while self.pending.len() >= s.queue.capacity() {
                 self.pending.pop_front();
                 over += 1;
             }

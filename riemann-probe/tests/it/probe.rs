@@ -157,6 +157,35 @@ fn a_backlog_goes_ten_batches_a_message_in_order() {
 }
 
 #[test]
+fn a_long_outage_keeps_the_queue_bounded() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 100);
+    probe.send(event("before").build());
+    sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("before")
+    });
+    sink.down();
+    // Events keep coming through many reconnect rounds, each with drops to report: the
+    // reports must not pile up on top of the held events.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut worst = 0;
+    while std::time::Instant::now() < until {
+        for i in 0..200i64 {
+            probe.send(event("during").metric(i).build());
+        }
+        worst = worst.max(probe.stats().queued);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = probe.stats();
+    // The sink accepts and closes: each round is a failed send.
+    assert!(st.send_failures >= 5, "several rounds: {st:?}");
+    assert!(
+        worst <= 2 * 100 + 1,
+        "queue is bounded: at most {worst} held, {st:?}"
+    );
+}
+
+#[test]
 fn a_batch_the_server_refuses_is_dropped_and_counted_not_retried_for_ever() {
     let sink = Sink::start();
     let probe = probe_to(&sink, 1000);
