@@ -331,10 +331,20 @@ impl Client {
     /// (TCP/TLS), all within the timeout; an answer over `limits` is refused before it is
     /// decoded (its length first, then its events counted on the wire).
     fn exchange(&mut self, frame: &[u8], limits: AnswerLimits) -> Result<Msg, Error> {
+        let deadline = self.deadline();
+        write_all_by(&mut self.conn, &self.addr, deadline, frame)?;
+        self.answer(deadline, limits)
+    }
+
+    /// When an operation starting now must be over: the timeout, or the command's end.
+    fn deadline(&self) -> Instant {
         let deadline = Instant::now() + self.timeout;
-        let deadline = self.until.map_or(deadline, |u| u.min(deadline));
+        self.until.map_or(deadline, |u| u.min(deadline))
+    }
+
+    /// Reads the answer to the oldest request not answered yet, by `deadline`.
+    fn answer(&mut self, deadline: Instant, limits: AnswerLimits) -> Result<Msg, Error> {
         let addr = self.addr.clone();
-        write_all_by(&mut self.conn, &addr, deadline, frame)?;
         let mut len = [0u8; 4];
         read_exact_by(&mut self.conn, &addr, deadline, &mut len)?;
         let len = u32::from_be_bytes(len) as usize;
@@ -371,8 +381,37 @@ impl Client {
             }
             return Ok(dropped);
         }
-        self.exchange(&events_frame(events, true), AnswerLimits::ACK)
+        self.exchange(&events_frame(events.iter(), true), AnswerLimits::ACK)
             .map(|_| 0)
+    }
+
+    /// Whether the server answers each message (TCP, TLS), so that several can be in flight
+    /// with [`Client::write_events`] and [`Client::acknowledgement`]; not over UDP.
+    pub fn acknowledges(&self) -> bool {
+        !matches!(self.conn, Conn::Udp(_))
+    }
+
+    /// Writes one message of `events` without waiting for its answer (TCP/TLS). Riemann
+    /// answers a connection's messages in order: read each with [`Client::acknowledgement`].
+    pub fn write_events<'a>(
+        &mut self,
+        events: impl Iterator<Item = &'a Event> + Clone,
+    ) -> Result<(), Error> {
+        let deadline = self.deadline();
+        write_all_by(
+            &mut self.conn,
+            &self.addr,
+            deadline,
+            &events_frame(events, true),
+        )
+    }
+
+    /// Reads the answer to the oldest message [`Client::write_events`] wrote and that has no
+    /// answer yet: `Err(Error::Server(..))` when the server refused it, the connection still
+    /// usable; any other error leaves the connection unusable.
+    pub fn acknowledgement(&mut self) -> Result<(), Error> {
+        let deadline = self.deadline();
+        self.answer(deadline, AnswerLimits::ACK).map(|_| ())
     }
 
     /// Runs a query (Riemann's query language) and returns the matching events, within
@@ -400,9 +439,12 @@ impl Client {
 /// `events` encoded as a `Msg` carrying them, byte for byte what `Msg { events, .. }` encodes
 /// to, without cloning them into one first (a busy probe's sender spent a third of its time
 /// allocating and freeing those clones); after its length (big endian u32) when `framed`.
-fn events_frame(events: &[Event], framed: bool) -> Vec<u8> {
+fn events_frame<'a>(events: impl Iterator<Item = &'a Event> + Clone, framed: bool) -> Vec<u8> {
     use prost::encoding::message;
-    let len: usize = events.iter().map(|e| message::encoded_len(EVENTS, e)).sum();
+    let len: usize = events
+        .clone()
+        .map(|e| message::encoded_len(EVENTS, e))
+        .sum();
     let mut out = Vec::with_capacity(len + 4);
     if framed {
         out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -439,7 +481,7 @@ fn datagrams(events: &[Event]) -> (Vec<Vec<u8>>, usize) {
         let len = e.encoded_len();
         1 + prost::encoding::encoded_len_varint(len as u64) + len
     };
-    let encode = |events: &[Event]| events_frame(events, false);
+    let encode = |events: &[Event]| events_frame(events.iter(), false);
     let mut out = Vec::new();
     let mut dropped = 0;
     let mut start = 0;
@@ -557,14 +599,14 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        assert_eq!(events_frame(&events, false), msg);
-        let framed = events_frame(&events, true);
+        assert_eq!(events_frame(events.iter(), false), msg);
+        let framed = events_frame(events.iter(), true);
         assert_eq!(
             (&framed[..4], &framed[4..]),
             (&(msg.len() as u32).to_be_bytes()[..], &msg[..])
         );
         assert_eq!(Msg::decode(&framed[4..]).expect("decodes").events, events);
-        assert_eq!(events_frame(&[], true), [0, 0, 0, 0]);
+        assert_eq!(events_frame([].iter(), true), [0, 0, 0, 0]);
     }
 
     fn query(events: usize, limits: AnswerLimits) -> Result<usize, Error> {

@@ -1,6 +1,7 @@
 //! `Probe`: hand it events from any thread; it never blocks on the network, nor on a lock. A
 //! bounded lock-free ring (drop-oldest when full) is drained by one background thread that sends
-//! batches (N events or T ms, whichever comes first), reconnects with truncated exponential
+//! batches (N events or T ms, whichever comes first; over TCP and TLS several messages in
+//! flight, each event kept until its message is answered), reconnects with truncated exponential
 //! backoff and jitter, reports how many events were dropped as an event of its own, and flushes
 //! on shutdown within a deadline.
 
@@ -187,6 +188,12 @@ impl Probe {
 /// A message the server refuses drops all it carries, so the cap stays small.
 const BATCHES_PER_MESSAGE: usize = 10;
 
+/// Messages written before the oldest one's answer is read. One at a time, the sender and the
+/// server took turns, each idle while the other worked: 1.4-1.5M events/s on the bench, 1.6-1.75M
+/// with 2, 4 or 8 in flight. A broken connection sends again what was in flight, so Riemann may
+/// see up to this many messages twice (one message, before).
+const MESSAGES_IN_FLIGHT: usize = 4;
+
 /// xorshift64: jitter needs no cryptographic randomness, and no dependency.
 fn jitter(seed: &mut u64, max: Duration) -> Duration {
     *seed ^= *seed << 13;
@@ -355,32 +362,83 @@ impl Sender {
 
     /// Sends the pending events in batches; a broken connection keeps the rest pending.
     fn send_pending(&mut self, s: &Shared) {
-        while !self.pending.is_empty() {
-            let n = self.pending.len().min(s.batch * BATCHES_PER_MESSAGE);
-            let result = match self.client.as_mut() {
-                Some(c) => c.send(&self.pending.make_contiguous()[..n]),
-                None => return,
-            };
-            match result {
-                Ok(oversized) => {
-                    // Over UDP, an event too large for any datagram is dropped and counted.
-                    s.sent.fetch_add((n - oversized) as u64, Ordering::Relaxed);
-                    drop_counted(s, oversized);
-                }
-                // The server read the batch and refused it for its content: sending it again
-                // would be refused again, and hold up every event behind it.
-                Err(crate::Error::Server(_)) => drop_counted(s, n),
-                Err(_) => {
-                    s.send_failures.fetch_add(1, Ordering::Relaxed);
-                    self.client = None;
-                    self.retry_at = Instant::now() + jitter(&mut self.seed, self.backoff);
-                    return;
-                }
-            }
-            self.pending.drain(..n);
-            s.taken.store(self.pending.len(), Ordering::Release);
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let size = s.batch * BATCHES_PER_MESSAGE;
+        let result = if client.acknowledges() {
+            send_in_flight(client, &mut self.pending, s, size)
+        } else {
+            send_one_by_one(client, &mut self.pending, s, size)
+        };
+        if result.is_err() {
+            s.send_failures.fetch_add(1, Ordering::Relaxed);
+            self.client = None;
+            self.retry_at = Instant::now() + jitter(&mut self.seed, self.backoff);
         }
     }
+}
+
+/// The connection broke: what was not acknowledged stays pending, to go again.
+struct Broken;
+
+/// Over TCP/TLS: up to [`MESSAGES_IN_FLIGHT`] messages of `size` events are written before
+/// the oldest one's answer is read, so the server decodes one while the next is encoded and
+/// sent. An event leaves `pending` only when its message is answered.
+fn send_in_flight(
+    client: &mut Client,
+    pending: &mut VecDeque<Event>,
+    s: &Shared,
+    size: usize,
+) -> Result<(), Broken> {
+    let mut in_flight = VecDeque::with_capacity(MESSAGES_IN_FLIGHT);
+    let mut written = 0;
+    loop {
+        while in_flight.len() < MESSAGES_IN_FLIGHT && written < pending.len() {
+            let n = (pending.len() - written).min(size);
+            client
+                .write_events(pending.range(written..written + n))
+                .map_err(|_| Broken)?;
+            in_flight.push_back(n);
+            written += n;
+        }
+        let Some(n) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        match client.acknowledgement() {
+            Ok(()) => {
+                s.sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            // The server read the message and refused it for its content: sending it again
+            // would be refused again, and hold up every event behind it.
+            Err(crate::Error::Server(_)) => drop_counted(s, n),
+            Err(_) => return Err(Broken),
+        }
+        pending.drain(..n);
+        written -= n;
+        s.taken.store(pending.len(), Ordering::Release);
+    }
+}
+
+/// Over UDP: a message at a time, split into datagrams; an event too large for any datagram
+/// is dropped and counted.
+fn send_one_by_one(
+    client: &mut Client,
+    pending: &mut VecDeque<Event>,
+    s: &Shared,
+    size: usize,
+) -> Result<(), Broken> {
+    while !pending.is_empty() {
+        let n = pending.len().min(size);
+        let oversized = client
+            .send(&pending.make_contiguous()[..n])
+            .map_err(|_| Broken)?;
+        s.sent.fetch_add((n - oversized) as u64, Ordering::Relaxed);
+        drop_counted(s, oversized);
+        pending.drain(..n);
+        s.taken.store(pending.len(), Ordering::Release);
+    }
+    Ok(())
 }
 
 /// Sends `service` every `interval` with `ttl` (3 × interval unless set), so Riemann expires it,

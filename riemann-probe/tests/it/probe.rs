@@ -186,6 +186,37 @@ fn a_long_outage_keeps_the_queue_bounded() {
 }
 
 #[test]
+fn four_messages_are_in_flight_before_an_answer_and_resent_when_none_comes() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 10_000);
+    sink.down();
+    for i in 0..5000i64 {
+        probe.send(event("window").metric(i).build());
+    }
+    // The sink reads (and records) what it is sent, and never answers.
+    sink.set_fault(Fault::Stall);
+    sink.up();
+    eventually("four messages read", || sink.message_sizes().len() >= 4);
+    let metrics = |sink: &Sink| -> std::collections::BTreeSet<i64> {
+        sink.received()
+            .iter()
+            .filter_map(|e| e.metric_sint64)
+            .collect()
+    };
+    // batch = 50: four messages of ten batches, not one, and never a fifth before an answer.
+    assert_eq!(
+        metrics(&sink),
+        (0..2000).collect(),
+        "{:?}",
+        sink.message_sizes()
+    );
+    sink.set_fault(Fault::None);
+    let st = probe.shutdown(Duration::from_secs(20));
+    assert_eq!((st.sent, st.dropped, st.queued), (5000, 0, 0), "{st:?}");
+    assert_eq!(metrics(&sink), (0..5000).collect());
+}
+
+#[test]
 fn a_batch_the_server_refuses_is_dropped_and_counted_not_retried_for_ever() {
     let sink = Sink::start();
     let probe = probe_to(&sink, 1000);
