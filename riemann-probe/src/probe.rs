@@ -240,7 +240,7 @@ fn run(s: Arc<Shared>, cfg: ProbeConfig) {
             continue;
         }
         if tx.connect(&s, &cfg) {
-            tx.send_pending(&s);
+            tx.send_pending(&s, &cfg);
         }
     }
 }
@@ -337,8 +337,7 @@ impl Sender {
         }
     }
 
-    /// Connected, or connects; on failure backs off (half the backoff plus jitter, doubling),
-    /// keeping the pending events.
+    /// Connected, or connects; on failure backs off, keeping the pending events.
     fn connect(&mut self, s: &Shared, cfg: &ProbeConfig) -> bool {
         if self.client.is_some() {
             return true;
@@ -346,35 +345,46 @@ impl Sender {
         match Client::connect(&cfg.client) {
             Ok(c) => {
                 self.client = Some(c);
-                self.backoff = cfg.backoff_min;
                 true
             }
             Err(_) => {
                 s.connect_failures.fetch_add(1, Ordering::Relaxed);
-                self.retry_at = Instant::now()
-                    + self.backoff / 2
-                    + jitter(&mut self.seed, self.backoff / 2 + Duration::from_nanos(1));
-                self.backoff = (self.backoff * 2).min(cfg.backoff_max);
+                self.back_off(cfg);
                 false
             }
         }
     }
 
+    /// Waits half the backoff plus jitter before the next connection, and doubles the backoff.
+    /// Only an answered message resets it (see `send_pending`): a server that accepts and then
+    /// closes (a load balancer with no backend) is retried as slowly as one that refuses.
+    fn back_off(&mut self, cfg: &ProbeConfig) {
+        self.retry_at = Instant::now()
+            + self.backoff / 2
+            + jitter(&mut self.seed, self.backoff / 2 + Duration::from_nanos(1));
+        self.backoff = (self.backoff * 2).min(cfg.backoff_max);
+    }
+
     /// Sends the pending events in batches; a broken connection keeps the rest pending.
-    fn send_pending(&mut self, s: &Shared) {
+    fn send_pending(&mut self, s: &Shared, cfg: &ProbeConfig) {
         let Some(client) = self.client.as_mut() else {
             return;
         };
         let size = s.batch * BATCHES_PER_MESSAGE;
+        let before = self.pending.len();
         let result = if client.acknowledges() {
             send_in_flight(client, &mut self.pending, s, size)
         } else {
             send_one_by_one(client, &mut self.pending, s, size)
         };
+        if self.pending.len() < before {
+            // The server answered: it works, whatever happens next.
+            self.backoff = cfg.backoff_min;
+        }
         if result.is_err() {
             s.send_failures.fetch_add(1, Ordering::Relaxed);
             self.client = None;
-            self.retry_at = Instant::now() + jitter(&mut self.seed, self.backoff);
+            self.back_off(cfg);
         }
     }
 }

@@ -186,6 +186,28 @@ fn a_long_outage_keeps_the_queue_bounded() {
 }
 
 #[test]
+fn a_server_that_accepts_and_closes_is_retried_with_a_growing_backoff() {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, 100);
+    sink.down();
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        probe.send(event("during").build());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Backoff 20 ms doubling to 200 ms: about a dozen rounds in 2 s. Reset at each connection,
+    // it was one round every 10-20 ms (about 150).
+    let st = probe.stats();
+    assert!((3..=25).contains(&st.send_failures), "{st:?}");
+    // A server that answers again resets it: the events flow at once.
+    sink.up();
+    probe.send(event("after").build());
+    sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("after")
+    });
+}
+
+#[test]
 fn four_messages_are_in_flight_before_an_answer_and_resent_when_none_comes() {
     let sink = Sink::start();
     let probe = probe_to(&sink, 10_000);
