@@ -148,7 +148,7 @@ pub(crate) struct Args {
     #[arg(long = "bearer-file", value_name = "FILE", conflicts_with = "bearer")]
     bearer_file: Option<std::path::PathBuf>,
 
-    /// Extra header "Name: value" (repeatable; the request head, all headers, holds 32 KiB)
+    /// Extra header "Name: value" (repeatable; each at most 32 KiB)
     #[arg(short = 'k', long = "header", value_name = "HEADER")]
     header: Vec<String>,
 

@@ -14,7 +14,8 @@ use std::time::Instant;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-/// The largest request or response head (status or request line and headers), in bytes.
+/// The longest response head (status line and headers), and the longest line of a request's
+/// head (its request line or one header: ureq writes the head a line at a time), in bytes.
 pub const HEAD_LIMIT: usize = 32 * 1024;
 
 /// Connects to a fixed address (`-I`) whatever the URL's host is.
@@ -165,37 +166,7 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
             format!("no complete answer within {secs} s (-t)"),
         ),
         ureq::Error::HostNotFound => (State::Critical, "host not found (DNS)".to_owned()),
-        ureq::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => {
-                (State::Critical, "connection refused".to_owned())
-            }
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => (
-                cfg.timeout_state,
-                format!("no complete answer within {secs} s (-t)"),
-            ),
-            // rustls reports handshake errors through the I/O layer; a peer that does not speak
-            // TLS often just closes the connection on our ClientHello.
-            std::io::ErrorKind::InvalidData
-            | std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::ConnectionReset
-                if handshake =>
-            {
-                (
-                    State::Critical,
-                    format!("TLS failure: {io} (does the server speak TLS?)"),
-                )
-            }
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => (
-                State::Critical,
-                format!("connection closed before the response was complete ({io})"),
-            ),
-            // std reports getaddrinfo failures as uncategorized I/O errors; its text is all we
-            // have.
-            _ if io.to_string().contains("lookup address") => {
-                (State::Critical, format!("host not found (DNS): {io}"))
-            }
-            _ => (State::Critical, format!("I/O error: {io}")),
-        },
+        ureq::Error::Io(io) => io_failure(cfg, io, handshake),
         ureq::Error::Tls(msg) => (State::Critical, format!("TLS failure: {msg}")),
         ureq::Error::Rustls(r) => (State::Critical, format!("TLS failure: {r}")),
         ureq::Error::BodyExceedsLimit(n) => (
@@ -208,11 +179,12 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
             State::Critical,
             format!("response head larger than {limit} bytes"),
         ),
-        // Our own request did not fit: the headers given to the plugin are too long.
+        // Our own request did not fit: a header or the URL given to the plugin is too long.
         ureq::Error::Protocol(ureq_proto::Error::OutputOverflow) => (
             State::Unknown,
             format!(
-                "request head larger than {HEAD_LIMIT} bytes: shorten the -k, -a or --bearer values"
+                "a request header or the request line is longer than {HEAD_LIMIT} bytes: \
+                 shorten the header (-k, -a, --bearer, their files) or the URL (-u)"
             ),
         ),
         ureq::Error::Protocol(p) => (State::Critical, format!("HTTP protocol error: {p}")),
@@ -222,6 +194,40 @@ fn transport_failure(cfg: &CheckConfig, e: &ureq::Error, sending: bool) -> Outco
         state,
         format!("{}: {why}", toolkit_core::redact::url(&cfg.url)),
     )
+}
+
+/// An I/O error as a state and a reason; `handshake`: on https, before any answer.
+fn io_failure(cfg: &CheckConfig, io: &std::io::Error, handshake: bool) -> (State, String) {
+    let secs = cfg.timeout.as_secs_f64();
+    match io.kind() {
+        std::io::ErrorKind::ConnectionRefused => (State::Critical, "connection refused".to_owned()),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => (
+            cfg.timeout_state,
+            format!("no complete answer within {secs} s (-t)"),
+        ),
+        // rustls reports handshake errors through the I/O layer; a peer that does not speak
+        // TLS often just closes the connection on our ClientHello.
+        std::io::ErrorKind::InvalidData
+        | std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+            if handshake =>
+        {
+            (
+                State::Critical,
+                format!("TLS failure: {io} (does the server speak TLS?)"),
+            )
+        }
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => (
+            State::Critical,
+            format!("connection closed before the response was complete ({io})"),
+        ),
+        // std reports getaddrinfo failures as uncategorized I/O errors; its text is all we
+        // have.
+        _ if io.to_string().contains("lookup address") => {
+            (State::Critical, format!("host not found (DNS): {io}"))
+        }
+        _ => (State::Critical, format!("I/O error: {io}")),
+    }
 }
 
 /// Runs the check: the call, then (with `-C`) the certificate; the worse state wins. Never
