@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::fleet;
-use crate::hash_cache::{Counts, HashCache};
+use crate::hash_cache::{Counts, HashCache, Saving};
 use crate::manifest::{Exclude, Manifest, ManifestError};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,8 @@ pub struct Tree {
     pub hashing: Counts,
     /// The commit's files, for `--ref`: removed when the tree is dropped.
     _extracted: Option<tempfile::TempDir>,
+    /// The hash cache being written meanwhile: waited for when the tree is dropped.
+    _saving: Option<Saving>,
 }
 
 /// Reads the tree `choice` asks for: the commit's (`--ref`), or the source directory's; each
@@ -73,7 +75,7 @@ fn from_directory(
     let mut cache = HashCache::open(&cfg.source).showing(shown);
     let manifest = Manifest::scan_cached(&cfg.source, &exclude, &mut cache)?;
     let hashing = cache.counts();
-    cache.save();
+    let saving = Some(cache.save_aside());
     // Outside git, or in a repository without a commit yet: the tree is named by its content.
     let in_git = git(&cfg.source, &["rev-parse", "--show-toplevel"]).and_then(|top| {
         Ok((
@@ -89,6 +91,7 @@ fn from_directory(
             branch: "none".into(),
             hashing,
             _extracted: None,
+            _saving: saving,
         });
     };
     let changed = uncommitted(Path::new(&top), &cfg.source);
@@ -120,6 +123,7 @@ fn from_directory(
         branch,
         hashing,
         _extracted: None,
+        _saving: saving,
     })
 }
 
@@ -223,6 +227,7 @@ fn from_commit(cfg: &Config, r: &str, shown: &ProgressBar) -> Result<Tree, Sourc
         branch: r.to_owned(),
         hashing: cache.counts(),
         _extracted: Some(extracted),
+        _saving: None,
     })
 }
 

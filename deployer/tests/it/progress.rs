@@ -205,3 +205,32 @@ fn a_fleet_stages_under_one_bar_counting_its_hosts() {
     assert!(!text.contains(&first), "no bar of its own per host: {text}");
     assert!((0..9).all(|i| h.current(i).is_some()));
 }
+
+#[test]
+fn a_second_read_takes_unchanged_files_from_the_cache_the_first_wrote() {
+    let h = Hosts::start(&[72]);
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        h.write(f, f);
+    }
+    h.configure("", "");
+    // A file changed in the last two seconds before the cache is written is not kept in it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let first = h.run(&["-v", "deploy"]);
+    assert_eq!(first.code, 0, "{first}");
+    assert!(
+        first
+            .stderr
+            .contains("read 3 files: 3 hashed (15 B), 0 unchanged"),
+        "{first}"
+    );
+    // The cache is written beside the deploy's work, and in place before the deployer exits.
+    h.write("b.txt", "changed");
+    let second = h.run(&["-v", "deploy"]);
+    assert_eq!(second.code, 0, "{second}");
+    assert!(
+        second
+            .stderr
+            .contains("read 3 files: 1 hashed (7 B), 2 unchanged"),
+        "{second}"
+    );
+}
