@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 /// What a file's metadata said when it was hashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
@@ -27,7 +27,7 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
         Self {
             size: meta.size(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
@@ -107,15 +107,14 @@ impl HashCache {
         self.counts
     }
 
-    /// The SHA-256 of `path` (relative `rel`), from the cache while its metadata is unchanged,
-    /// else from `hash`.
+    /// The SHA-256 of the file at `rel`, from the cache while its metadata (`stamp`) is
+    /// unchanged, else from `hash`.
     pub fn sha256(
         &mut self,
         rel: &str,
-        meta: &std::fs::Metadata,
+        stamp: Stamp,
         hash: impl FnOnce() -> std::io::Result<String>,
     ) -> std::io::Result<String> {
-        let stamp = Stamp::of(meta);
         // Taken out, not cloned: a scan asks for each path once.
         let sha = match self.known.remove(rel) {
             Some((s, sha)) if s == stamp => {
@@ -278,7 +277,8 @@ mod tests {
         };
         let hashed = |c: &mut HashCache| {
             let meta = std::fs::metadata(&f).expect("meta");
-            c.sha256("a", &meta, || Ok("2".repeat(64))).expect("hash")
+            c.sha256("a", Stamp::of(&meta), || Ok("2".repeat(64)))
+                .expect("hash")
         };
         assert_eq!(hashed(&mut c), "1".repeat(64), "unchanged: from the cache");
         // A scan asks for each path once; the next scan reads the cache afresh.

@@ -7,7 +7,7 @@
 //! release (`delta::KnownReader`) is matched line by line against the new manifest, so what the
 //! deployer keeps per host is one flag per file, never the host's manifest.
 
-use crate::hash_cache::HashCache;
+use crate::hash_cache::{HashCache, Stamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -136,15 +136,17 @@ impl Manifest {
     /// [`Manifest::scan_cached`]; tests build trees with this.)
     #[cfg(test)]
     pub fn scan(root: &Path, exclude: &Exclude) -> Result<Self, ManifestError> {
-        Self::scan_cached(root, exclude, &mut HashCache::none())
+        Self::scan_cached(root, exclude, HashCache::none).map(|(m, _)| m)
     }
 
-    /// As [`Manifest::scan`], taking a file's hash from `cache` while the file is unchanged.
+    /// As [`Manifest::scan`], taking a file's hash from the cache `open` gives while the file
+    /// is unchanged; the cache is given back. The tree is listed before `open` is called, so
+    /// the cache can be read meanwhile (20-30 ms for 20,000 files).
     pub fn scan_cached(
         root: &Path,
         exclude: &Exclude,
-        cache: &mut HashCache,
-    ) -> Result<Self, ManifestError> {
+        open: impl FnOnce() -> HashCache,
+    ) -> Result<(Self, HashCache), ManifestError> {
         let meta = std::fs::metadata(root).map_err(|source| ManifestError::Io {
             path: root.to_owned(),
             source,
@@ -156,17 +158,33 @@ impl Manifest {
             });
         }
         let mut m = Manifest::default();
-        m.walk(root, root, exclude, cache)?;
+        let mut files = Vec::new();
+        m.walk(root, root, exclude, &mut files)?;
+        let mut cache = open();
+        for (i, stamp) in files {
+            let Entry { path, kind } = &mut m.entries[i];
+            if let Kind::File { sha256, .. } = kind {
+                let full = || root.join(&*path);
+                *sha256 = cache
+                    .sha256(path, stamp, || hash_file(&full()))
+                    .map_err(|source| ManifestError::Io {
+                        path: full(),
+                        source,
+                    })?;
+            }
+        }
         m.entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(m)
+        Ok((m, cache))
     }
 
+    /// Lists `dir` into the entries, files with no hash yet: their index and stamp go to
+    /// `files`.
     fn walk(
         &mut self,
         root: &Path,
         dir: &Path,
         exclude: &Exclude,
-        cache: &mut HashCache,
+        files: &mut Vec<(usize, Stamp)>,
     ) -> Result<(), ManifestError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -192,7 +210,7 @@ impl Manifest {
             if exclude.skips(&rel, ft.is_dir()) {
                 continue;
             }
-            let kind = Self::kind(&path, &rel, &meta, cache).map_err(io(&path))?;
+            let kind = Self::kind(&path, &meta).map_err(io(&path))?;
             let is_dir = matches!(kind, Some(Kind::Dir { .. }));
             let kind = kind.ok_or_else(|| ManifestError::Special(path.clone()))?;
             if let Kind::Symlink { target } = &kind
@@ -200,21 +218,20 @@ impl Manifest {
             {
                 return Err(ManifestError::NotUtf8(path));
             }
+            if matches!(kind, Kind::File { .. }) {
+                files.push((self.entries.len(), Stamp::of(&meta)));
+            }
             self.entries.push(Entry { path: rel, kind });
             if is_dir {
-                self.walk(root, &path, exclude, cache)?;
+                self.walk(root, &path, exclude, files)?;
             }
         }
         Ok(())
     }
 
-    /// What `path` is (`None`: neither file, directory nor symlink); a file is hashed.
-    fn kind(
-        path: &Path,
-        rel: &str,
-        meta: &std::fs::Metadata,
-        cache: &mut HashCache,
-    ) -> std::io::Result<Option<Kind>> {
+    /// What `path` is (`None`: neither file, directory nor symlink); a file's hash is left
+    /// empty, for `scan_cached` to fill.
+    fn kind(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Option<Kind>> {
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         Ok(Some(if ft.is_symlink() {
@@ -228,7 +245,7 @@ impl Manifest {
             Kind::File {
                 mode,
                 size: meta.len(),
-                sha256: cache.sha256(rel, meta, || hash_file(path))?,
+                sha256: String::new(),
                 mtime: meta.mtime(),
             }
         } else {

@@ -72,8 +72,16 @@ fn from_directory(
     shown: &ProgressBar,
 ) -> Result<Tree, SourceError> {
     let exclude = Exclude::new(&cfg.source, &cfg.exclude)?;
-    let mut cache = HashCache::open(&cfg.source).showing(shown);
-    let manifest = Manifest::scan_cached(&cfg.source, &exclude, &mut cache)?;
+    // The cache is read on another thread while the tree is listed.
+    let source = cfg.source.clone();
+    let reading = std::thread::spawn(move || HashCache::open(&source));
+    let open = || {
+        reading
+            .join()
+            .unwrap_or_else(|_| HashCache::none())
+            .showing(shown)
+    };
+    let (manifest, cache) = Manifest::scan_cached(&cfg.source, &exclude, open)?;
     let hashing = cache.counts();
     let saving = Some(cache.save_aside());
     // Outside git, or in a repository without a commit yet: the tree is named by its content.
@@ -94,26 +102,7 @@ fn from_directory(
             _saving: saving,
         });
     };
-    let changed = uncommitted(Path::new(&top), &cfg.source);
-    let revision = match (changed.is_empty(), allow_dirty) {
-        (true, _) => head,
-        (false, true) => format!("{head}-dirty"),
-        (false, false) => {
-            let mut files = changed
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
-            if changed.len() > 10 {
-                files.push_str(&format!(" and {} more", changed.len() - 10));
-            }
-            return Err(SourceError::Dirty {
-                dir: cfg.source.display().to_string(),
-                files,
-            });
-        }
-    };
+    let revision = work_tree_revision(cfg, &top, head, allow_dirty)?;
     let branch =
         git(&cfg.source, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_else(|_| "HEAD".into());
     Ok(Tree {
@@ -125,6 +114,36 @@ fn from_directory(
         _extracted: None,
         _saving: saving,
     })
+}
+
+/// The revision of a work tree at commit `head`: the commit's, `-dirty` after it when files
+/// in no commit may reach the release and `allow_dirty` says so, else refused naming them.
+fn work_tree_revision(
+    cfg: &Config,
+    top: &str,
+    head: String,
+    allow_dirty: bool,
+) -> Result<String, SourceError> {
+    let changed = uncommitted(Path::new(top), &cfg.source);
+    match (changed.is_empty(), allow_dirty) {
+        (true, _) => Ok(head),
+        (false, true) => Ok(format!("{head}-dirty")),
+        (false, false) => {
+            let mut files = changed
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if changed.len() > 10 {
+                files.push_str(&format!(" and {} more", changed.len() - 10));
+            }
+            Err(SourceError::Dirty {
+                dir: cfg.source.display().to_string(),
+                files,
+            })
+        }
+    }
 }
 
 /// What in the work tree at `top` is in no commit and may reach the release: every change to
@@ -218,8 +237,8 @@ fn from_commit(cfg: &Config, r: &str, shown: &ProgressBar) -> Result<Tree, Sourc
         )));
     }
     let exclude = Exclude::new(&dir, &cfg.exclude)?;
-    let mut cache = HashCache::none().showing(shown);
-    let manifest = Manifest::scan_cached(&dir, &exclude, &mut cache)?;
+    let (manifest, cache) =
+        Manifest::scan_cached(&dir, &exclude, || HashCache::none().showing(shown))?;
     Ok(Tree {
         dir,
         manifest,
