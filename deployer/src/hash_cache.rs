@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// What a file's metadata said when it was hashed.
@@ -139,13 +139,23 @@ impl HashCache {
 
     /// [`HashCache::save`] on a thread of its own: 20,000 lines take ~10 ms to write, while
     /// the deploy goes on with the tree. Dropping the returned [`Saving`] waits for it.
+    /// With no thread to be had, it is written here and now.
     pub fn save_aside(self) -> Saving {
-        Saving(
-            std::thread::Builder::new()
-                .name("hash-cache".into())
-                .spawn(move || self.save())
-                .ok(),
-        )
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(self)));
+        let taken = slot.clone();
+        let take = move || toolkit_core::lock(&taken).take();
+        match std::thread::Builder::new()
+            .name("hash-cache".into())
+            .spawn(move || take().map(HashCache::save))
+        {
+            Ok(t) => Saving(Some(t)),
+            Err(_) => {
+                if let Some(c) = toolkit_core::lock(&slot).take() {
+                    c.save();
+                }
+                Saving(None)
+            }
+        }
     }
 
     /// Writes what this scan saw (only it: files gone are forgotten), atomically.
@@ -165,7 +175,7 @@ impl HashCache {
 }
 
 /// A cache being written; dropped, it waits until the file is in place (or the write failed).
-pub struct Saving(Option<std::thread::JoinHandle<()>>);
+pub struct Saving(Option<std::thread::JoinHandle<Option<()>>>);
 
 impl Drop for Saving {
     fn drop(&mut self) {
@@ -198,7 +208,9 @@ fn forget_unused(dir: Option<&Path>) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > UNUSED);
-        if old && e.file_name().to_string_lossy().starts_with("hashes-") {
+        // `.tmp*`: a write cut short (a second Ctrl-C exits at once) leaves its temp file.
+        let name = e.file_name().to_string_lossy().into_owned();
+        if old && (name.starts_with("hashes-") || name.starts_with(".tmp")) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -244,16 +256,11 @@ fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let tmp = dir.join(format!(".tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    // A name of its own (O_EXCL, 0600): two deployers sharing a cache directory with the same
+    // pid (two containers' pid 1) would otherwise write one temp file at once.
+    let mut f = tempfile::NamedTempFile::new_in(dir)?;
     f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, file)
+    f.persist(file).map(drop).map_err(|e| e.error)
 }
 
 #[cfg(test)]

@@ -72,14 +72,17 @@ fn from_directory(
     shown: &ProgressBar,
 ) -> Result<Tree, SourceError> {
     let exclude = Exclude::new(&cfg.source, &cfg.exclude)?;
-    // The cache is read on another thread while the tree is listed.
+    // The cache is read on another thread while the tree is listed (here, with no thread).
     let source = cfg.source.clone();
-    let reading = std::thread::spawn(move || HashCache::open(&source));
+    let reading = std::thread::Builder::new()
+        .name("hash-cache".into())
+        .spawn(move || HashCache::open(&source));
     let open = || {
-        reading
-            .join()
-            .unwrap_or_else(|_| HashCache::none())
-            .showing(shown)
+        match reading {
+            Ok(t) => t.join().unwrap_or_else(|_| HashCache::none()),
+            Err(_) => HashCache::open(&cfg.source),
+        }
+        .showing(shown)
     };
     let (manifest, cache) = Manifest::scan_cached(&cfg.source, &exclude, open)?;
     let hashing = cache.counts();

@@ -224,7 +224,7 @@ fn a_second_read_takes_unchanged_files_from_the_cache_the_first_wrote() {
             .contains("read 3 files: 3 hashed (15 B), 0 unchanged"),
         "{first}"
     );
-    // The cache is written beside the deploy's work, and in place before the deployer exits.
+    // The cache the first deploy wrote, on a thread of its own, is the second's.
     h.write("b.txt", "changed");
     let second = h.run(&["-v", "deploy"]);
     assert_eq!(second.code, 0, "{second}");
