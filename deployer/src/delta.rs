@@ -44,9 +44,10 @@ impl Delta {
     pub fn new(new: &Manifest, known: Option<&Known>, never_link: &[String]) -> Delta {
         let entries = new.entries();
         let shared = |path: &str| {
-            never_link
-                .iter()
-                .any(|s| path == s || path.starts_with(&format!("{s}/")))
+            never_link.iter().any(|s| {
+                path.strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
         };
         let mut d = Delta {
             linked: vec![false; entries.len()],

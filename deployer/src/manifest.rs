@@ -162,16 +162,21 @@ impl Manifest {
         m.walk(root, root, exclude, &mut files)?;
         let mut cache = open();
         for (i, stamp) in files {
-            let Entry { path, kind } = &mut m.entries[i];
-            if let Kind::File { sha256, .. } = kind {
-                let full = || root.join(&*path);
-                *sha256 = cache
-                    .sha256(path, stamp, || hash_file(&full()))
-                    .map_err(|source| ManifestError::Io {
-                        path: full(),
-                        source,
-                    })?;
-            }
+            // Only files are listed in `files`.
+            let Entry {
+                path,
+                kind: Kind::File { sha256, .. },
+            } = &mut m.entries[i]
+            else {
+                continue;
+            };
+            let full = || root.join(&*path);
+            *sha256 = cache
+                .sha256(path, stamp, || hash_file(&full()))
+                .map_err(|source| ManifestError::Io {
+                    path: full(),
+                    source,
+                })?;
         }
         m.entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok((m, cache))

@@ -441,10 +441,15 @@ fn send_in_flight(
             Err(crate::Error::Server(_)) => drop_counted(s, n),
             Err(_) => return Err(Broken),
         }
-        pending.drain(..n);
+        done(pending, s, n);
         written -= n;
-        s.taken.store(pending.len(), Ordering::Release);
     }
+}
+
+/// The oldest `n` pending events are sent or dropped: they leave the sender, and `stats` sees it.
+fn done(pending: &mut VecDeque<Event>, s: &Shared, n: usize) {
+    pending.drain(..n);
+    s.taken.store(pending.len(), Ordering::Release);
 }
 
 /// Over UDP: a message at a time, split into datagrams; an event too large for any datagram
@@ -462,8 +467,7 @@ fn send_one_by_one(
             .map_err(|_| Broken)?;
         s.sent.fetch_add((n - oversized) as u64, Ordering::Relaxed);
         drop_counted(s, oversized);
-        pending.drain(..n);
-        s.taken.store(pending.len(), Ordering::Release);
+        done(pending, s, n);
     }
     Ok(())
 }

@@ -18,6 +18,19 @@ fn probe_to(sink: &Sink, capacity: usize) -> Probe {
     Probe::start(cfg)
 }
 
+/// A probe of `capacity` that has delivered one event, then its sink gone down (it accepts and
+/// closes).
+fn delivering_then_down(capacity: usize) -> (Sink, Probe) {
+    let sink = Sink::start();
+    let probe = probe_to(&sink, capacity);
+    probe.send(event("before").build());
+    sink.wait_for(Duration::from_secs(5), |e| {
+        e.service.as_deref() == Some("before")
+    });
+    sink.down();
+    (sink, probe)
+}
+
 fn eventually(what: &str, f: impl Fn() -> bool) {
     testbed::eventually(what, Duration::from_secs(20), f);
 }
@@ -41,13 +54,7 @@ fn delivers_everything_in_order_when_riemann_is_up() {
 
 #[test]
 fn riemann_away_then_back_bounded_and_counted() {
-    let sink = Sink::start();
-    let probe = probe_to(&sink, 100);
-    probe.send(event("before").build());
-    sink.wait_for(Duration::from_secs(5), |e| {
-        e.service.as_deref() == Some("before")
-    });
-    sink.down();
+    let (sink, probe) = delivering_then_down(100);
     for i in 0..5000i64 {
         probe.send(event("during").metric(i).build());
     }
@@ -158,13 +165,7 @@ fn a_backlog_goes_ten_batches_a_message_in_order() {
 
 #[test]
 fn a_long_outage_keeps_the_queue_bounded() {
-    let sink = Sink::start();
-    let probe = probe_to(&sink, 100);
-    probe.send(event("before").build());
-    sink.wait_for(Duration::from_secs(5), |e| {
-        e.service.as_deref() == Some("before")
-    });
-    sink.down();
+    let (sink, probe) = delivering_then_down(100);
     // Events keep coming through many reconnect rounds, each with drops to report: the
     // reports must not pile up on top of the held events.
     let until = std::time::Instant::now() + Duration::from_secs(3);

@@ -288,10 +288,7 @@ fn read_once(path: &Path) -> (Result<Users, CopyError>, Option<FileId>) {
 }
 
 /// The users of a copy read as `read`.
-fn decode_read(
-    path: &Path,
-    read: std::io::Result<Vec<u8>>,
-) -> Result<BTreeMap<String, Entry>, CopyError> {
+fn decode_read(path: &Path, read: std::io::Result<Vec<u8>>) -> Result<Users, CopyError> {
     let bytes = match read {
         Ok(b) => Bytes::from(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
