@@ -2,11 +2,14 @@
 # usersvc vs a jsonrpsee server (bench/peer-jsonrpsee) serving the same 100 users from memory,
 # and vs the limit, a bare hyper server (bench/peer-hyper) answering usersvc's own bytes for the
 # same calls, all under wrk in the same run: req/s, p50, p99, the ratios ours/peer and
-# ours/limit, plus idle and loaded RSS.
-# DURATION (default 10s) and CONNECTIONS (default 32) can be set in the environment.
+# ours/limit, plus idle and loaded RSS. Each figure is the median of RUNS (default 3) rounds in
+# which the four servers take turns (the order rotates), so a noisy moment on this shared machine
+# lands on one round of one server, not on one server's only figure.
+# DURATION (default 10s), CONNECTIONS (default 32) and RUNS can be set in the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
 DURATION=${DURATION:-10s}
+RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 command -v wrk >/dev/null || { echo "wrk missing: make peers (apt-get install wrk)" >&2; exit 1; }
 
@@ -81,20 +84,38 @@ LUA
   echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
 }
 
-printf '%-10s %-9s %12s %10s %10s\n' method server req/s p50_ms p99_ms
+declare -A port_of=([ours]=$ours_port [ours-1w]=$ours1_port [peer]=$peer_port [limit]=$limit_port)
+servers=(ours ours-1w peer limit)
 for method in ping get_users; do
-  read -r o_rps o_p50 o_p99 < <(run_wrk "$ours_port" "$method")
-  read -r p_rps p_p50 p_p99 < <(run_wrk "$peer_port" "$method")
-  read -r q_rps q_p50 q_p99 < <(run_wrk "$ours1_port" "$method")
-  read -r l_rps l_p50 l_p99 < <(run_wrk "$limit_port" "$method")
-  printf '%-10s %-9s %12s %10s %10s\n' "$method" ours "$o_rps" "$o_p50" "$o_p99"
-  printf '%-10s %-9s %12s %10s %10s\n' "$method" ours-1w "$q_rps" "$q_p50" "$q_p99"
-  printf '%-10s %-9s %12s %10s %10s\n' "$method" peer "$p_rps" "$p_p50" "$p_p99"
-  printf '%-10s %-9s %12s %10s %10s\n' "$method" limit "$l_rps" "$l_p50" "$l_p99"
-  awk -v o="$o_rps" -v q="$q_rps" -v p="$p_rps" -v m="$method" \
-    'BEGIN { printf "%-10s ratio ours/peer = %.2f (default workers), %.2f (--workers 1)\n", m, o / p, q / p }'
-  awk -v o="$o_rps" -v l="$l_rps" -v m="$method" \
-    'BEGIN { printf "%-10s ratio ours/limit = %.2f (bare hyper, the same bytes)\n", m, o / l }'
+  for r in $(seq "$RUNS"); do
+    # Round r starts with server r mod 4: each one goes first, second... in turn.
+    for k in 0 1 2 3; do
+      s=${servers[$(( (r + k) % 4 ))]}
+      # An assignment, so that a failed run (non-2xx answers) stops the script.
+      figures=$(run_wrk "${port_of[$s]}" "$method")
+      echo "$method $s $figures" >> "$tmp/rounds"
+    done
+  done
 done
+python3 - "$tmp/rounds" "$RUNS" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    method, server, rps, p50, p99 = line.split()
+    runs[method, server].append((float(rps), float(p50), float(p99)))
+print(f"medians of {sys.argv[2]} rounds")
+print(f"{'method':<10} {'server':<9} {'req/s':>12} {'p50_ms':>10} {'p99_ms':>10}")
+med = {}
+for (method, server), rows in runs.items():
+    med[method, server] = [statistics.median(col) for col in zip(*rows)]
+for method in ("ping", "get_users"):
+    for server in ("ours", "ours-1w", "peer", "limit"):
+        rps, p50, p99 = med[method, server]
+        print(f"{method:<10} {server:<9} {rps:>12.2f} {p50:>10.3f} {p99:>10.3f}")
+    o, q, p, l = (med[method, s][0] for s in ("ours", "ours-1w", "peer", "limit"))
+    print(f"{method:<10} ratio ours/peer = {o / p:.2f} (default workers), {q / p:.2f} (--workers 1)")
+    print(f"{method:<10} ratio ours/limit = {o / l:.2f} (bare hyper, the same bytes), "
+          f"{q / l:.2f} (--workers 1)")
+PY
 printf 'RSS idle:   ours %d KiB, peer %d KiB\n' "$ours_idle" "$peer_idle"
 printf 'RSS loaded: ours %d KiB, peer %d KiB (peak)\n' "$(hwm_kb "$ours_pid")" "$(hwm_kb "$peer_pid")"
