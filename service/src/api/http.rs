@@ -3,7 +3,7 @@
 //! unless `metrics_public`). Transport problems are HTTP statuses (401, 405, 413, 415); every
 //! JSON-RPC body is a 200.
 //!
-//! `POST /` is answered by [`rpc_post`], whose steps run in order, one job each: [`record`] (the
+//! `POST /` is answered by [`rpc_post`], whose steps run in order, one job each: [`Recording`] (the
 //! request metrics, refusals included) → [`authorized`] (only with `--auth-token`, else 401) →
 //! [`is_json`] (else 415) → [`read_body`] (the whole body within `--body-limit` (413) and
 //! `--body-timeout` (408)) → [`rpc_endpoint`] (within `--max-batch` and `--max-response`). It
@@ -39,7 +39,7 @@ pub struct HttpConfig {
 }
 
 /// What the routes share: the methods, the settings (the token, what one body may cost), where
-/// [`record`] counts (Riemann's interval figures and Prometheus's), the access log.
+/// [`Recording`] counts (Riemann's interval figures and Prometheus's), the access log.
 struct Endpoint {
     api: Arc<Api>,
     config: HttpConfig,
@@ -168,37 +168,58 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Everything between `POST /` and the dispatcher, in order (see the module's docs).
 async fn rpc_post(endpoint: &Endpoint, req: hyper::Request<Incoming>) -> Response {
+    let recording = Recording::start(&endpoint.config);
+    let resp = answer_post(endpoint, req).await;
+    recording.finish(resp)
+}
+
+/// [`rpc_post`]'s steps after [`Recording::start`].
+async fn answer_post(endpoint: &Endpoint, req: hyper::Request<Incoming>) -> Response {
     let settings = &endpoint.config.settings;
-    record(&endpoint.config, async {
-        if let Some(token) = &settings.auth_token
-            && !authorized(req.headers(), token)
-        {
-            return unauthorized();
-        }
-        if !is_json(req.headers()) {
-            return plain(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "JSON-RPC requests need Content-Type: application/json\n",
-            );
-        }
-        match read_body(settings, req).await {
-            Ok(body) => rpc_endpoint(endpoint, &body).await,
-            Err(refused) => refused,
-        }
-    })
-    .await
+    if let Some(token) = &settings.auth_token
+        && !authorized(req.headers(), token)
+    {
+        return unauthorized();
+    }
+    if !is_json(req.headers()) {
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "JSON-RPC requests need Content-Type: application/json\n",
+        );
+    }
+    match read_body(settings, req).await {
+        Ok(body) => rpc_endpoint(endpoint, &body).await,
+        Err(refused) => refused,
+    }
 }
 
 /// Counts every JSON-RPC request with its latency and status; an error is a transport refusal
-/// or a body carrying a JSON-RPC error object. (Each call is counted by the dispatcher.)
-async fn record(config: &HttpConfig, answer: impl Future<Output = Response>) -> Response {
-    let started = std::time::Instant::now();
-    let in_flight = config.exposition.request();
-    let resp = answer.await;
-    in_flight.answered(resp.status().as_u16());
-    let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
-    config.metrics.record(started.elapsed(), error);
-    resp
+/// or a body carrying a JSON-RPC error object. (Each call is counted by the dispatcher.) A
+/// request dropped before its answer (the client went away) leaves the in-flight count and is
+/// not recorded. Started before the answer and finished with it, not a future wrapping the
+/// answer's: taken by value and awaited, that future was stored twice in the request's state,
+/// which is copied whole as it is built and moved.
+struct Recording<'a> {
+    config: &'a HttpConfig,
+    started: std::time::Instant,
+    in_flight: super::prometheus::InFlight<'a>,
+}
+
+impl<'a> Recording<'a> {
+    fn start(config: &'a HttpConfig) -> Self {
+        Self {
+            config,
+            started: std::time::Instant::now(),
+            in_flight: config.exposition.request(),
+        }
+    }
+
+    fn finish(self, resp: Response) -> Response {
+        self.in_flight.answered(resp.status().as_u16());
+        let error = resp.status().as_u16() >= 400 || resp.extensions().get::<HadError>().is_some();
+        self.config.metrics.record(self.started.elapsed(), error);
+        resp
+    }
 }
 
 /// The 401 of a request without `Authorization: Bearer <token>`.

@@ -86,6 +86,9 @@ impl Api {
         self.version.clone()
     }
 
+    /// One call by its method. The writes and `health` are boxed: this future is as large as
+    /// its largest arm, and it is built and moved on every request, a `ping` too. A write's
+    /// allocation is nothing beside its commit; unboxed, they made this 1 KiB, now 136 bytes.
     async fn dispatch(
         &self,
         method: &str,
@@ -97,7 +100,7 @@ impl Api {
             "version" => Ok(RawJson::from_trusted(self.version())),
             // What GET /health answers, for a check that speaks JSON-RPC only (check_jsonrpc).
             "health" => Ok(RawJson::encode(
-                &super::health::health(&self.users, self.pull.as_deref())
+                &Box::pin(super::health::health(&self.users, self.pull.as_deref()))
                     .await
                     .body,
             )),
@@ -127,18 +130,20 @@ impl Api {
             }
             "put_user" => {
                 let (user, rev) = put_user_params(params)?;
-                let done = self.users.put(user, rev).await.map_err(to_rpc)?;
+                let done = Box::pin(self.users.put(user, rev)).await.map_err(to_rpc)?;
                 Ok(RawJson::encode(&written(done)))
             }
             "put_users" => {
                 let users = put_users_params(params)?;
-                let done = self.users.put_many(users).await.map_err(to_rpc)?;
+                let done = Box::pin(self.users.put_many(users)).await.map_err(to_rpc)?;
                 Ok(RawJson::encode(&written(done)))
             }
             "delete_user" => {
                 let id = req_str(&params, 0, "id")?;
                 let rev = opt_u64(&params, 1, "rev")?.map(rev_i64).transpose()?;
-                let done = self.users.delete(&id, rev).await.map_err(to_rpc)?;
+                let done = Box::pin(self.users.delete(&id, rev))
+                    .await
+                    .map_err(to_rpc)?;
                 Ok(RawJson::encode(&written(done)))
             }
             other => Err(RpcError::method_not_found(other)),

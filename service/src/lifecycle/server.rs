@@ -350,10 +350,10 @@ fn counted(
     hyper::service::service_fn(move |req| {
         tracked.busy.fetch_add(1, Ordering::AcqRel);
         tracked.reading.store(false, Ordering::Release);
-        let answer = app(req);
         let (t, draining) = (tracked.clone(), draining.clone());
-        async move {
-            let mut resp = answer.await;
+        // A combinator, not an async block awaiting `app(req)`: such a block keeps the answer's
+        // future twice (as captured and as awaited), and hyper copies it whole as it moves it.
+        futures_util::FutureExt::map(app(req), move |mut resp| {
             if draining.load(Ordering::SeqCst) {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -361,7 +361,7 @@ fn counted(
             t.served.fetch_add(1, Ordering::AcqRel);
             t.busy.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, std::convert::Infallible>(resp)
-        }
+        })
     })
 }
 
