@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# check_jsonrpc vs check_http, posting the same JSON-RPC body to the same local usersvc, in one
-# hyperfine run: medians and the ratio ours/peer, plus each one's peak RSS.
+# check_jsonrpc vs check_http, posting the same JSON-RPC body to the same local usersvc, in
+# ROUNDS (default 3) hyperfine runs of RUNS (default 100) runs each, the two taking turns to go
+# first: the median of the rounds' medians, the ratio ours/peer, p95 over all runs, and each
+# one's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")"
-RUNS=${RUNS:-200}
+RUNS=${RUNS:-100}
+ROUNDS=${ROUNDS:-3}
 CHECK_HTTP=/usr/lib/nagios/plugins/check_http
 for tool in hyperfine "$CHECK_HTTP" /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "$tool missing: make peers" >&2; exit 1; }
@@ -31,16 +34,21 @@ peak_rss() {
 # Both must succeed before they are timed.
 ours_rss=$(peak_rss "$ours_cmd"); peer_rss=$(peak_rss "$peer_cmd")
 
-hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$tmp/h.json" --style basic \
-  -n check_jsonrpc "$ours_cmd" -n check_http "$peer_cmd" >/dev/null
-python3 - "$tmp/h.json" "$ours_rss" "$peer_rss" <<'PY'
-import json, sys
-res = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
-o, p = res["check_jsonrpc"], res["check_http"]
+for r in $(seq "$ROUNDS"); do
+  order=(-n check_jsonrpc "$ours_cmd" -n check_http "$peer_cmd")
+  [ $((r % 2)) = 1 ] || order=(-n check_http "$peer_cmd" -n check_jsonrpc "$ours_cmd")
+  hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$tmp/h$r.json" --style basic "${order[@]}" >/dev/null
+done
+python3 - "$ours_rss" "$peer_rss" "$tmp"/h*.json <<'PY'
+import json, statistics, sys
+rounds = [{r["command"]: r for r in json.load(open(f))["results"]} for f in sys.argv[3:]]
+print(f"medians of {len(rounds)} rounds")
 print(f"{'plugin':<14} {'median_ms':>10} {'p95_ms':>8} {'peak_rss_KiB':>13}")
-def p95(r):
-    t = sorted(r["times"]); return t[int(0.95 * (len(t) - 1))] * 1000
-for name, r, rss in (("check_jsonrpc", o, sys.argv[2]), ("check_http", p, sys.argv[3])):
-    print(f"{name:<14} {r['median']*1000:>10.2f} {p95(r):>8.2f} {int(rss):>13}")
-print(f"ratio median ours/peer = {o['median'] / p['median']:.2f}")
+median = {}
+for name, rss in (("check_jsonrpc", sys.argv[1]), ("check_http", sys.argv[2])):
+    median[name] = statistics.median(r[name]["median"] for r in rounds) * 1000
+    times = sorted(t for r in rounds for t in r[name]["times"])
+    p95 = times[int(0.95 * (len(times) - 1))] * 1000
+    print(f"{name:<14} {median[name]:>10.2f} {p95:>8.2f} {int(rss):>13}")
+print(f"ratio median ours/peer = {median['check_jsonrpc'] / median['check_http']:.2f}")
 PY
