@@ -35,6 +35,9 @@ pub struct Delta {
 pub struct Rebuild {
     pub dropped: Vec<u32>,
     pub kept: usize,
+    /// Each kept line begins `{"path":"NAME"` with nothing in NAME escaped, so the host reads
+    /// the linked files' names from them: the list of names need not travel (~20 bytes a file).
+    pub names_on_host: bool,
 }
 
 impl Delta {
@@ -75,6 +78,15 @@ impl Delta {
     }
 }
 
+/// `line` begins `{"path":"` and `path` exactly, then `"`: nothing in the name was escaped (a
+/// quote, a backslash, a control character), so what the host's awk cuts out of the raw line
+/// between the first two quotes after `{"path":` is the name the deployer read.
+fn plain_name(line: &[u8], path: &str) -> bool {
+    line.strip_prefix(b"{\"path\":\"")
+        .and_then(|rest| rest.strip_prefix(path.as_bytes()))
+        .is_some_and(|rest| rest.first() == Some(&b'"'))
+}
+
 /// Which files of a new manifest a host's current release already holds, with the same
 /// content and mode: one flag per entry of the new manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +100,8 @@ pub struct Known {
 struct Lines {
     of: Vec<u32>,
     seen: u32,
+    /// Every line matched begins with its name as it is ([`plain_name`]).
+    plain: bool,
 }
 
 impl Known {
@@ -109,6 +123,7 @@ impl Known {
         Some(Rebuild {
             dropped,
             kept: link,
+            names_on_host: lines.plain,
         })
     }
 }
@@ -142,6 +157,7 @@ impl<'m> KnownReader<'m> {
             lines: Some(Lines {
                 of: vec![0; n],
                 seen: 0,
+                plain: true,
             }),
         }
     }
@@ -180,6 +196,7 @@ impl<'m> KnownReader<'m> {
             && let (Some(lines), Some(n)) = (self.lines.as_mut(), number)
         {
             lines.of[i] = n;
+            lines.plain &= plain_name(line, &l.path);
         }
     }
 
@@ -376,8 +393,8 @@ mod tests {
             .expect("our JSON lines: rebuilt on the host");
         // Old lines: a, lib, lib/b, lib/c, z, and the empty line after the last newline.
         assert_eq!(
-            (rebuild.kept, rebuild.dropped.clone()),
-            (2, vec![2, 4, 5, 6])
+            (rebuild.kept, rebuild.dropped.clone(), rebuild.names_on_host),
+            (2, vec![2, 4, 5, 6], true)
         );
         // What the host's awk does: the old lines not dropped, then the lines sent.
         let old_text = old.to_lines();
@@ -437,5 +454,29 @@ mod tests {
         let mut r = KnownReader::new(&new);
         r.manifest_line(a.trim_end().replace("\"size\":1", "\"size\":2").as_bytes());
         assert_eq!(Delta::new(&new, Some(&r.finish()), &[]).link, 0, "{a}");
+    }
+
+    /// The host reads the names to link from the kept lines only when they are written there
+    /// as they are: a name JSON escapes (a quote, a backslash, a control character) travels.
+    #[test]
+    fn the_host_reads_the_names_only_when_nothing_in_them_is_escaped() {
+        for (name, plain) in [
+            ("plain name", true),
+            ("ünïcode", true),
+            ("quo\"te", false),
+            ("back\\slash", false),
+            ("tab\there", false),
+        ] {
+            let dir = tempfile::tempdir().expect("dir");
+            let d = dir.path();
+            std::fs::write(d.join(name), "same").expect("write");
+            std::fs::write(d.join("other"), "old").expect("write");
+            let old = Manifest::scan(d, &none(d)).expect("scan");
+            std::fs::write(d.join("other"), "new").expect("write");
+            let new = Manifest::scan(d, &none(d)).expect("scan");
+            let delta = Delta::new(&new, Some(&known_from(&old, &new)), &[]);
+            let rebuild = delta.rebuild.expect("made on the host");
+            assert_eq!((delta.link, rebuild.names_on_host), (1, plain), "{name:?}");
+        }
     }
 }

@@ -71,6 +71,12 @@ pub struct Live<'a> {
 }
 
 impl<'a> Live<'a> {
+    /// The linked files' names are read on the host from the live release's manifest (the
+    /// lines kept for the new one), not sent as a list.
+    pub fn names_on_host(&self) -> bool {
+        self.links && self.rebuild.is_some_and(|r| r.names_on_host)
+    }
+
     /// What `delta` takes from `previous`, the host's live release.
     pub fn of(delta: &'a Delta, previous: Option<&'a str>) -> Option<Self> {
         let name = previous?;
@@ -87,7 +93,9 @@ impl<'a> Live<'a> {
 /// The script a release's stream ends with, run in `deploy_to` once tar has extracted it: the
 /// listed files linked from the live release, the manifest put in place (made from the live
 /// one's when it can be), then `shared` (the shared links and REVISION). Two `cp` processes link
-/// at once: a host's disk takes links from two directories faster than from one.
+/// at once: a host's disk takes links from two directories faster than from one. When the names
+/// are read on the host ([`Live::names_on_host`]), the live manifest's lines are kept first,
+/// their names written down as they go, and the linking follows.
 pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String {
     let b = staged_base();
     let m = quote(&manifest_path(release));
@@ -101,21 +109,52 @@ pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String
         ),
         _ => String::new(),
     };
-    let manifest = match live {
+    let finish =
+        format!("cat {b}.manifest >> {b}.kept && mv -f {b}.kept {m} || exit {MANIFEST_FAILED}");
+    match live {
+        Some(
+            l @ Live {
+                name,
+                rebuild: Some(r),
+                ..
+            },
+        ) if l.names_on_host() => format!(
+            "{keep} && tr '\\n' '\\0' < {b}.names > {b}.links || exit {MANIFEST_FAILED}\n{links}{finish}\n{shared}",
+            keep = keep_lines(name, r, true),
+        ),
         Some(Live {
             name,
             rebuild: Some(r),
             ..
         }) => format!(
-            "(umask 077 && awk -v k={kept} 'FILENAME == ARGV[1] {{ d[$1]; next }} !(FNR in d) {{ print; n++ }} END {{ if (n != k) {{ print \"the manifest of the live release holds \" n \" of the \" k \" lines expected\" > \"/dev/stderr\"; exit 1 }} }}' {b}.drop {old} > {b}.kept) && cat {b}.manifest >> {b}.kept && mv -f {b}.kept {m} || exit {MANIFEST_FAILED}",
-            kept = r.kept,
-            old = quote(&manifest_path(name)),
+            "{links}{} && {finish}\n{shared}",
+            keep_lines(name, r, false)
         ),
         _ => format!(
-            "mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {MANIFEST_FAILED}"
+            "{links}mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {MANIFEST_FAILED}\n{shared}"
         ),
+    }
+}
+
+/// Keeps the lines of release `name`'s manifest that `r` does not drop, in `.kept`, and fails
+/// unless there are `r.kept` of them. With `names`, each kept line's name goes to `.names`, one
+/// a line (none holds a newline: [`Rebuild::names_on_host`]), and a line that does not begin
+/// with its name fails the step.
+fn keep_lines(name: &str, r: &Rebuild, names: bool) -> String {
+    let b = staged_base();
+    let (var, write) = if names {
+        (
+            format!(" -v names={b}.names"),
+            r#" if (index($0, "{\"path\":\"") != 1 || (q = index(substr($0, 10), "\"")) < 2) bad++; else print substr($0, 10, q - 1) > names"#,
+        )
+    } else {
+        (String::new(), "")
     };
-    format!("{links}{manifest}\n{shared}")
+    format!(
+        "(umask 077 && awk -v k={kept}{var} 'FILENAME == ARGV[1] {{ d[$1]; next }} !(FNR in d) {{ print; n++;{write} }} END {{ if (n != k) {{ print \"the manifest of the live release holds \" n \" of the \" k \" lines expected\" > \"/dev/stderr\"; exit 1 }} if (bad) {{ print bad \" kept lines of the live manifest do not begin with their names\" > \"/dev/stderr\"; exit 1 }} }}' {b}.drop {old} > {b}.kept)",
+        kept = r.kept,
+        old = quote(&manifest_path(name)),
+    )
 }
 
 /// Where manifests live on the host, relative to `deploy_to`.
@@ -195,12 +234,13 @@ pub fn write_release<W: Write>(
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
     let now = chrono::Utc::now().timestamp();
-    let list = append_tree(&mut b, release, delta, previous, now)?;
+    let live = Live::of(delta, previous);
+    let names = live.is_some_and(|l| l.names_on_host());
+    let list = append_tree(&mut b, release, delta, previous, now, names)?;
     let base = staged_base();
     if !list.is_empty() {
         append_bytes(&mut b, &format!("{base}.links"), &list, now)?;
     }
-    let live = Live::of(delta, previous);
     let manifest = match live.and_then(|l| l.rebuild) {
         Some(r) => {
             let dropped: String = r.dropped.iter().map(|n| format!("{n}\n")).collect();
@@ -221,13 +261,15 @@ pub fn write_release<W: Write>(
 }
 
 /// The release's directory and every entry of its manifest; the names of the linked files
-/// that travel as a list (NUL-separated, relative to the release), empty when none does.
+/// that travel as a list (NUL-separated, relative to the release), empty when none does or
+/// when the host reads them itself (`names_on_host`).
 fn append_tree<W: Write>(
     b: &mut tar::Builder<W>,
     release: &Release,
     delta: &Delta,
     previous: Option<&str>,
     now: i64,
+    names_on_host: bool,
 ) -> io::Result<Vec<u8>> {
     let root = format!("releases/{}", release.name);
     let dir = |mode| header(tar::EntryType::Directory, mode, 0, now);
@@ -246,8 +288,10 @@ fn append_tree<W: Write>(
                 mode, size, mtime, ..
             } => match previous {
                 Some(_) if delta.linked.get(i) == Some(&true) && delta.link_list => {
-                    list.extend_from_slice(path.as_bytes());
-                    list.push(0);
+                    if !names_on_host {
+                        list.extend_from_slice(path.as_bytes());
+                        list.push(0);
+                    }
                 }
                 Some(prev) if delta.linked.get(i) == Some(&true) => b.append_link(
                     &mut header(tar::EntryType::Link, *mode, 0, *mtime),
@@ -316,6 +360,7 @@ impl<R: Read> Read for Exact<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     /// One entry of a stream: name, type, link target, contents.
     type Seen = (String, tar::EntryType, Option<String>, Vec<u8>);
@@ -439,6 +484,7 @@ mod tests {
         let dropped = Rebuild {
             dropped: vec![2, 3],
             kept: 1,
+            names_on_host: false,
         };
         let (seen, manifest) = stream(0o755, Some(dropped));
         let b = staged_base();
@@ -476,7 +522,11 @@ mod tests {
         std::fs::write(d.path().join(format!("{b}.drop")), drop).expect("drop");
         std::fs::write(d.path().join(format!("{b}.manifest")), "sent\n").expect("sent");
         let (dropped, kept) = (dropped.to_vec(), kept);
-        let rebuild = Rebuild { dropped, kept };
+        let rebuild = Rebuild {
+            dropped,
+            kept,
+            names_on_host: false,
+        };
         let live = Live {
             name: "1",
             links: false,
@@ -513,6 +563,65 @@ mod tests {
         );
         assert!(
             stderr.contains("holds 1 of the 2 lines expected"),
+            "{stderr}"
+        );
+    }
+
+    /// The whole script, names read on the host, in a `deploy_to` whose live release "1" holds
+    /// `a` and `dir/c d` and has `old` as its manifest (its second line dropped): the exit status,
+    /// the new manifest, stderr, and whether both files were linked into release "2".
+    fn linked_by_name(old: &str) -> (i32, String, String, bool) {
+        let d = tempfile::tempdir().expect("dir");
+        let b = staged_base();
+        let at = |p: &str| d.path().join(p);
+        std::fs::create_dir_all(at(".deploy/manifests")).expect("mkdir");
+        std::fs::create_dir_all(at("releases/1/dir")).expect("mkdir");
+        std::fs::create_dir_all(at("releases/2")).expect("mkdir");
+        std::fs::write(at("releases/1/a"), "a").expect("a");
+        std::fs::write(at("releases/1/dir/c d"), "c").expect("c");
+        std::fs::write(at(".deploy/manifests/1"), old).expect("old");
+        std::fs::write(at(&format!("{b}.drop")), "2\n").expect("drop");
+        std::fs::write(at(&format!("{b}.manifest")), "sent\n").expect("sent");
+        let rebuild = Rebuild {
+            dropped: vec![2],
+            kept: 2,
+            names_on_host: true,
+        };
+        let live = Live {
+            name: "1",
+            links: true,
+            rebuild: Some(&rebuild),
+        };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(staging_script("2", Some(live), ""))
+            .current_dir(d.path())
+            .output()
+            .expect("sh");
+        let made = std::fs::read_to_string(at(".deploy/manifests/2")).unwrap_or_default();
+        let ino = |p: &str| std::fs::metadata(at(p)).map(|m| m.ino()).ok();
+        let linked = ["a", "dir/c d"].iter().all(|f| {
+            ino(&format!("releases/2/{f}"))
+                .is_some_and(|i| Some(i) == ino(&format!("releases/1/{f}")))
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code().unwrap_or(-1), made, stderr, linked)
+    }
+
+    #[test]
+    fn the_host_reads_the_names_to_link_from_the_lines_it_keeps() {
+        let a = r#"{"path":"a","type":"file","mode":420,"size":1,"sha256":"x"}"#;
+        let b = r#"{"path":"b","type":"file","mode":420,"size":1,"sha256":"y"}"#;
+        let c = r#"{"path":"dir/c d","type":"file","mode":420,"size":1,"sha256":"z"}"#;
+        let (code, made, stderr, linked) = linked_by_name(&format!("{a}\n{b}\n{c}\n"));
+        assert_eq!((code, stderr.as_str(), linked), (0, "", true));
+        assert_eq!(made, format!("{a}\n{c}\nsent\n"));
+        // A kept line that does not begin with its name: nothing linked, no manifest.
+        let moved = r#"{"type":"file","path":"dir/c d"}"#;
+        let (code, made, stderr, linked) = linked_by_name(&format!("{a}\n{b}\n{moved}\n"));
+        assert_eq!((code, made.as_str(), linked), (MANIFEST_FAILED, "", false));
+        assert!(
+            stderr.contains("1 kept lines of the live manifest do not begin with their names"),
             "{stderr}"
         );
     }

@@ -103,6 +103,10 @@ fn upload_shown(d: &str, delta: &Delta, previous: Option<&str>, staging: &str) -
     let carried: Vec<String> = staging.lines().map(|l| format!("#   {l}")).collect();
     let live = upload::Live::of(delta, previous);
     let linked = match (live, previous) {
+        (Some(l), Some(p)) if l.names_on_host() => format!(
+            "{} hard-linked from {p} by the names its manifest holds",
+            delta.link
+        ),
         (Some(l), Some(p)) if l.links => format!("{} hard-linked from {p} by name", delta.link),
         (_, Some(p)) if delta.link > 0 => format!("{} hard-linked from {p} by tar", delta.link),
         _ => "none linked".to_owned(),
