@@ -136,7 +136,10 @@ impl<'m> StateReader<'m> {
 
     pub fn line(&mut self, line: &[u8]) {
         let section = match line {
-            b"manifest:" => Some(Section::Manifest),
+            // Only after the layout: within the listing it is a line of it (not one of ours),
+            // which the host's awk counts too; taken as a header, every later line's number
+            // would be one short of the host's.
+            b"manifest:" if self.section == Section::Layout => Some(Section::Manifest),
             b"modes:" if self.section == Section::Layout => Some(Section::Modes),
             b"sums:" if self.section == Section::Modes => Some(Section::Sums),
             _ => None,
@@ -568,6 +571,37 @@ mod tests {
             revision: String::new(),
             bad: bad.then(|| "health".into()),
         }
+    }
+
+    /// A line `manifest:` inside the live manifest is a line of it, not a second header: the
+    /// files are still linked, and the new manifest travels whole (the host's line numbers and
+    /// ours could otherwise differ, and the host would keep, and link, the wrong lines).
+    #[test]
+    fn a_manifest_line_inside_the_listing_is_a_line_of_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        for f in ["a", "b"] {
+            std::fs::write(dir.path().join(f), f).expect("write");
+        }
+        let none = crate::manifest::Exclude::new(dir.path(), &[]).expect("none");
+        let m = Manifest::scan(dir.path(), &none).expect("scan");
+        let text = String::from_utf8(m.to_lines()).expect("utf-8");
+        let read = |inner: bool| {
+            let mut r = StateReader::new(Some(&m));
+            r.line(b"current=20261123100002");
+            r.line(b"manifest:");
+            for (i, line) in text.lines().enumerate() {
+                if inner && i == 1 {
+                    r.line(b"manifest:");
+                }
+                r.line(line.as_bytes());
+            }
+            r.line(b"");
+            let known = r.finish().expect("trusted").known;
+            let d = crate::delta::Delta::new(&m, known.as_ref(), &[]);
+            (d.link, d.rebuild.is_some())
+        };
+        assert_eq!(read(false), (2, true));
+        assert_eq!(read(true), (2, false));
     }
 
     #[test]

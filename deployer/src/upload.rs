@@ -119,7 +119,7 @@ pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String
                 ..
             },
         ) if l.names_on_host() => format!(
-            "{keep} && tr '\\n' '\\0' < {b}.names > {b}.links || exit {MANIFEST_FAILED}\n{links}{finish}\n{shared}",
+            "{keep} || exit {MANIFEST_FAILED}\ntr '\\n' '\\0' < {b}.names > {b}.links || exit {LINK_FAILED}\n{links}{finish}\n{shared}",
             keep = keep_lines(name, r, true),
         ),
         Some(Live {
