@@ -1358,3 +1358,53 @@ fn a_tree_with_a_read_only_directory_is_linked_by_tar() {
     let dir = std::fs::metadata(h.deploy_to(0).join("current/ro")).expect("ro");
     assert_eq!(dir.permissions().mode() & 0o777, 0o555);
 }
+
+/// The names of the files to link are read on the host from the live manifest, or, when one
+/// of them is escaped there (a quote), sent as a list; either way the unchanged files are the
+/// live release's own.
+#[test]
+fn the_names_to_link_are_read_on_the_host_unless_one_is_escaped() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Hosts::start(&[91]);
+    for (path, text) in [("v", "1"), ("lib/a b", "a"), ("lib/c", "c")] {
+        h.write(path, text);
+    }
+    h.deploy_ok();
+    let releases = h.deploy_to(0).join("releases");
+    let ino = |release: &str, path: &str| {
+        std::fs::metadata(releases.join(release).join(path))
+            .expect(path)
+            .ino()
+    };
+    let mut before = h.current(0).expect("current");
+    // Release 3 adds a name with a quote, which its manifest escapes: release 4 sends a list.
+    for (version, quoted, how) in [
+        ("2", false, "by the names its manifest holds"),
+        ("3", true, "by the names its manifest holds"),
+        ("4", false, "by name"),
+    ] {
+        if quoted {
+            h.write("lib/quo\"te", "q");
+        }
+        h.write("v", version);
+        let r = h.run(&["deploy", "--dry-run", "-v"]);
+        assert!(
+            r.stdout
+                .contains(&format!("hard-linked from {before} {how}")),
+            "{r}"
+        );
+        h.deploy_ok();
+        let now = h.current(0).expect("current");
+        for path in ["lib/a b", "lib/c"] {
+            assert_eq!(ino(&before, path), ino(&now, path), "{path} in {now}");
+        }
+        if version == "4" {
+            assert_eq!(ino(&before, "lib/quo\"te"), ino(&now, "lib/quo\"te"));
+        }
+        assert_eq!(
+            std::fs::read_to_string(releases.join(&now).join("v")).expect("v"),
+            version
+        );
+        before = now;
+    }
+}
