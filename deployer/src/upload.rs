@@ -527,19 +527,24 @@ mod tests {
             kept,
             names_on_host: false,
         };
+        staged(d.path(), false, &rebuild)
+    }
+
+    /// Runs the staging script of release "2" from live release "1" in `dir` (`links`: the
+    /// unchanged files are linked by name); its exit status, the new manifest and stderr.
+    fn staged(dir: &Path, links: bool, rebuild: &Rebuild) -> (i32, String, String) {
         let live = Live {
             name: "1",
-            links: false,
-            rebuild: Some(&rebuild),
+            links,
+            rebuild: Some(rebuild),
         };
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(staging_script("2", Some(live), ""))
-            .current_dir(d.path())
+            .current_dir(dir)
             .output()
             .expect("sh");
-        let made =
-            std::fs::read_to_string(d.path().join(".deploy/manifests/2")).unwrap_or_default();
+        let made = std::fs::read_to_string(dir.join(".deploy/manifests/2")).unwrap_or_default();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code().unwrap_or(-1), made, stderr)
     }
@@ -587,25 +592,13 @@ mod tests {
             kept: 2,
             names_on_host: true,
         };
-        let live = Live {
-            name: "1",
-            links: true,
-            rebuild: Some(&rebuild),
-        };
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(staging_script("2", Some(live), ""))
-            .current_dir(d.path())
-            .output()
-            .expect("sh");
-        let made = std::fs::read_to_string(at(".deploy/manifests/2")).unwrap_or_default();
+        let (code, made, stderr) = staged(d.path(), true, &rebuild);
         let ino = |p: &str| std::fs::metadata(at(p)).map(|m| m.ino()).ok();
         let linked = ["a", "dir/c d"].iter().all(|f| {
             ino(&format!("releases/2/{f}"))
                 .is_some_and(|i| Some(i) == ino(&format!("releases/1/{f}")))
         });
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code().unwrap_or(-1), made, stderr, linked)
+        (code, made, stderr, linked)
     }
 
     #[test]
