@@ -5,7 +5,8 @@
 # deploy, one file changed and rollback, to one host and to 8 at once. Prints medians of RUNS
 # runs (CAP_RUNS for Capistrano, which is slow), the ratios ours/rsync and ours/Capistrano, and
 # the deployer's peak RSS. CAP=0 leaves Capistrano out; DEPLOYER=path measures another build;
-# RTT_MS=50 puts a link with 50 ms of round-trip delay in front of every host.
+# RTT_MS=50 puts a link with 50 ms of round-trip delay in front of every host, RATE_MBIT=10 one
+# of 10 Mbit/s each way (each host its own), alone or with RTT_MS.
 set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-3}
@@ -83,16 +84,18 @@ for i in range(files):
 ssh_opts = ["-i", f"{tmp}/client", "-o", f"UserKnownHostsFile={tmp}/known_hosts",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
 
-# RTT_MS=50 puts a link with that round-trip delay in front of every host (slow_link.py).
+# RTT_MS=50 puts a link with that round-trip delay in front of every host, RATE_MBIT=10 one of
+# that bandwidth (slow_link.py).
 rtt = float(os.environ.get("RTT_MS", "0")) / 1000
-if rtt:
+bps = float(os.environ.get("RATE_MBIT", "0")) * 1e6 or None
+if rtt or bps:
     sys.path.insert(0, os.getcwd())
     from slow_link import known_hosts_for, slow_link
     known = open(f"{tmp}/known_hosts").read().splitlines()
     slow_hosts, slow_known = [], []
     for h in hosts:
         ip, port = h.split(":")
-        p = slow_link(ip, port, rtt)
+        p = slow_link(ip, port, rtt, bps)
         slow_known += known_hosts_for(known, ip, port, p)
         slow_hosts.append(f"{ip}:{p}")
     with open(f"{tmp}/known_hosts", "a") as fh:
@@ -249,6 +252,9 @@ for kind in ("first", "one file changed", "rollback"):
 
 print(f"tree: {files} files, {files * 10 // 1000} MB; medians of {runs} runs ({cap_runs} for Capistrano); "
       "rsync = ssh + rsync -a --delete --link-dest + ln -s + mv -T")
+if rtt or bps:
+    print(f"every host behind a link of {rtt * 1000:.0f} ms round trip"
+          + (f", {bps / 1e6:g} Mbit/s each way" if bps else ""))
 print(f"{'case':<28} {'deployer_s':>10} {'rsync_s':>8} {'cap_s':>8} {'ours/rsync':>10} {'ours/cap':>9}")
 for name, t in results.items():
     o, b, c = t["ours"], t.get("rsync"), t.get("cap")

@@ -1,14 +1,29 @@
-"""A link with a round-trip delay, for the deployer benchmarks: a TCP proxy in this process that
-holds every chunk half the delay each way. tc netem would do it in the kernel, but needs the
-sch_netem module, which this machine may not have; every tool of a run (the deployer, rsync,
-Capistrano) connects through the same proxy, so the comparison stays fair."""
+"""A link with a round-trip delay and, optionally, a bandwidth, for the deployer benchmarks: a TCP
+proxy in this process that holds every chunk half the delay each way, then for as long as the
+link takes to carry it (one link a host, each way, shared by all its connections). tc netem would
+do it in the kernel, but needs the sch_netem module, which this machine may not have; every tool
+of a run (the deployer, rsync, Capistrano) connects through the same proxy, so the comparison
+stays fair."""
 import queue
 import socket
 import threading
 import time
 
 
-def _pump(src, dst, delay):
+class _Link:
+    """One direction of a host's link: `bps` bits a second (None: no limit)."""
+
+    def __init__(self, bps):
+        self.bps, self.free, self.lock = bps, 0.0, threading.Lock()
+
+    def carried(self, n):
+        """When `n` bytes handed to the link now have crossed it."""
+        with self.lock:
+            self.free = max(time.monotonic(), self.free) + n * 8 / self.bps
+            return self.free
+
+
+def _pump(src, dst, delay, link):
     q = queue.Queue()
 
     def reader():
@@ -24,6 +39,8 @@ def _pump(src, dst, delay):
     def writer():
         while True:
             due, data = q.get()
+            if link.bps and data:
+                due = max(due, link.carried(len(data)))
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -39,9 +56,10 @@ def _pump(src, dst, delay):
     threading.Thread(target=writer, daemon=True).start()
 
 
-def slow_link(ip, port, rtt):
+def slow_link(ip, port, rtt, bps=None):
     """Listens on `ip` (a free port, returned) and carries each connection to ip:port with `rtt`
-    seconds of round-trip delay."""
+    seconds of round-trip delay and, with `bps`, at most that many bits a second each way."""
+    up, down = _Link(bps), _Link(bps)
     ls = socket.socket()
     ls.bind((ip, 0))
     ls.listen(128)
@@ -52,8 +70,8 @@ def slow_link(ip, port, rtt):
             u = socket.create_connection((ip, int(port)))
             for s in (c, u):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _pump(c, u, rtt / 2)
-            _pump(u, c, rtt / 2)
+            _pump(c, u, rtt / 2, up)
+            _pump(u, c, rtt / 2, down)
 
     threading.Thread(target=accept, daemon=True).start()
     return ls.getsockname()[1]
