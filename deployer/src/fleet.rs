@@ -3,8 +3,7 @@
 //! — each call is a barrier. Also what a host's failure is ([`Stage`], [`Failure`]), written once.
 
 use crate::config::Target;
-use crate::layout::{self, HostState, StateReader};
-use crate::manifest::Manifest;
+use crate::layout::{self, HostState, LiveListing, StateReader};
 use crate::settings::Settings;
 use crate::ssh::{LineLimits, Output, Remote, Shell, SshError, SshSettings};
 use std::fmt;
@@ -193,12 +192,12 @@ impl Host {
 
     /// Runs a script that prints the layout (`layout::state_script`), its output read whole,
     /// line by line as it arrives, into a [`StateReader`] (matching the current release's
-    /// listing against `new`): its exit status and the reader. An answer too large to read
+    /// listing as `listing` says): its exit status and the reader. An answer too large to read
     /// whole fails the step; it is never cut.
     pub fn read_layout<'m>(
         &mut self,
         script: &str,
-        new: Option<&'m Manifest>,
+        listing: Option<LiveListing<'m>>,
     ) -> Result<(i32, StateReader<'m>), StepError> {
         /// A listing of a million files is ~150 MB; a line is an entry, or an older
         /// deployer's whole manifest.
@@ -207,7 +206,7 @@ impl Host {
             line: 8 << 20,
         };
         let shell = self.shell.as_mut().ok_or(StepError::NotConnected)?;
-        let mut reader = StateReader::new(new);
+        let mut reader = StateReader::new(listing);
         match shell.run_lines(script, None, LIMITS, &mut |l| reader.line(l)) {
             Ok(status) => Ok((status, reader)),
             Err(e) => {
@@ -300,26 +299,29 @@ fn connect_with(targets: &[Target], ssh: &SshSettings, parallel: usize, shell: b
 }
 
 /// Connects and reads every host's layout (no lock: read only): the shared files in
-/// `required` checked, and with `new` the current release's listing matched against it.
+/// `required` checked, and with `listing` the current release's listing matched.
 pub fn read(
     targets: &[Target],
     s: &Settings,
-    new: Option<&Manifest>,
+    listing: Option<LiveListing>,
     required: &[String],
 ) -> Vec<Host> {
     let mut hosts = connect(targets, &s.ssh, s.parallel);
-    each(&mut hosts, s.parallel, |h| read_state(h, new, required));
+    each(&mut hosts, s.parallel, |h| read_state(h, listing, required));
     hosts
 }
 
 /// Reads one connected host's layout into `h.state`; a failure stops it at `state`.
-pub fn read_state(h: &mut Host, new: Option<&Manifest>, required: &[String]) {
+pub fn read_state(h: &mut Host, listing: Option<LiveListing>, required: &[String]) {
     if !h.ok() {
         return;
     }
-    let script = layout::state_script(&h.target.deploy_to, new.is_some(), required);
-    match h.read_layout(&script, new) {
+    let script = layout::state_script(&h.target.deploy_to, listing.map(|l| l.sums()), required);
+    match h.read_layout(&script, listing) {
         Ok((0, reader)) => match reader.finish() {
+            Ok(state) if state.copy_lost && listing.is_some_and(|l| l.offer) => {
+                read_state(h, listing.map(LiveListing::sent), required);
+            }
             Ok(state) => h.state = state,
             Err(e) => h.fail(Stage::State, e),
         },

@@ -216,7 +216,9 @@ fn forget_unused(dir: Option<&Path>) {
     }
 }
 
-fn cache_dir() -> Option<PathBuf> {
+/// The deployer's cache directory: `$XDG_CACHE_HOME/deployer` (an absolute one), else
+/// `~/.cache/deployer`; none without a home.
+pub fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())

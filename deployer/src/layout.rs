@@ -6,6 +6,7 @@
 //! rolled back). Every interpolated value goes through [`quote`].
 
 use crate::delta::{Known, KnownReader};
+use crate::live_manifests::{Copy, LiveManifests, sum_ok};
 use crate::manifest::Manifest;
 use crate::remote_text::{MAX_REVISION, RELEASE_FORMAT, printable, release_name_ok, revision_ok};
 use crate::ssh::quote;
@@ -42,13 +43,60 @@ pub struct HostState {
     /// Which files of the new release the current one already holds, when asked for and the
     /// current release could be listed.
     pub known: Option<Known>,
+    /// The SHA-256 of the current release's manifest, as the host hashed it, when it was
+    /// listed.
+    pub manifest_sum: Option<String>,
+    /// The listing was not sent: the deployer held a copy of that manifest.
+    pub listed_from_copy: bool,
+    /// The host named a copy the deployer held, but it could not be read: `known` is missing,
+    /// and the listing must be asked for again, sent (see [`LiveListing::sent`]).
+    pub copy_lost: bool,
+}
+
+/// What a host's listing of its current release is read against: the new release's manifest,
+/// and the copies of manifests the deployer holds (offered by their sums unless `offer` is
+/// off).
+#[derive(Clone, Copy)]
+pub struct LiveListing<'m> {
+    pub new: &'m Manifest,
+    pub copies: &'m LiveManifests,
+    pub offer: bool,
+}
+
+impl<'m> LiveListing<'m> {
+    pub fn new(new: &'m Manifest, copies: &'m LiveManifests) -> Self {
+        Self {
+            new,
+            copies,
+            offer: true,
+        }
+    }
+
+    /// The same, but every host sends its listing (a copy it named could not be read).
+    pub fn sent(self) -> Self {
+        Self {
+            offer: false,
+            ..self
+        }
+    }
+
+    /// The sums the host is told the deployer holds.
+    pub fn sums(&self) -> &'m [String] {
+        if self.offer {
+            self.copies.offered()
+        } else {
+            &[]
+        }
+    }
 }
 
 /// Reads the layout. `required`: shared files that must be in `shared/` (those missing are
-/// named). With `manifest`, a listing of the current release follows: its manifest after a
-/// `manifest:` line, or, for a release the deployer did not make (Capistrano's), the files'
-/// modes after `modes:` and their SHA-256 sums after `sums:`, computed on the host.
-pub fn state_script(deploy_to: &str, manifest: bool, required: &[String]) -> String {
+/// named). With `listing`, a listing of the current release follows: `manifest-known:SUM` when
+/// the SHA-256 of its manifest is one of `listing`'s (a copy the deployer holds, see
+/// `live_manifests`), else `manifest-sha256:SUM` and the manifest after a `manifest:` line; or,
+/// for a release the deployer did not make (Capistrano's), the files' modes after `modes:` and
+/// their SHA-256 sums after `sums:`, computed on the host.
+pub fn state_script(deploy_to: &str, listing: Option<&[String]>, required: &[String]) -> String {
     let mut s = format!(
         r#"cd {d} 2>/dev/null || {{ echo missing; exit 0; }}
 c=$(readlink current 2>/dev/null) && c=${{c%/}} && c=${{c##*/}} && echo "current=$c" && {{ [ -d current ] || echo dangling; }}
@@ -68,14 +116,25 @@ for b in .deploy/bad/*; do [ -f "$b" ] && printf 'bad=%s\t%s\n' "${{b##*/}}" "$(
             f = quote(f)
         ));
     }
-    if manifest {
-        s.push_str(
+    if let Some(sums) = listing {
+        // Only hex digits and spaces: safe unquoted.
+        let sums: Vec<&str> = sums
+            .iter()
+            .map(String::as_str)
+            .filter(|s| sum_ok(s))
+            .collect();
+        s.push_str(&format!(
             r#"if [ -n "$c" ] && [ -d "releases/$c" ]; then
-  if [ -f ".deploy/manifests/$c" ]; then echo manifest:; cat ".deploy/manifests/$c"; echo
-  else echo modes:; (cd "releases/$c" && find . -type f -printf '%m\t%P\n'); echo sums:; (cd "releases/$c" && find . -type f -exec sha256sum -- {} +); fi
+  if [ -f ".deploy/manifests/$c" ]; then
+    s=$(sha256sum < ".deploy/manifests/$c" 2>/dev/null); s=${{s%% *}}; k=
+    if [ ${{#s}} -eq 64 ]; then case " {sums} " in *" $s "*) k=1;; esac; fi
+    if [ -n "$k" ]; then echo "manifest-known:$s"
+    else [ ${{#s}} -eq 64 ] && echo "manifest-sha256:$s"; echo manifest:; cat ".deploy/manifests/$c"; echo; fi
+  else echo modes:; (cd "releases/$c" && find . -type f -printf '%m\t%P\n'); echo sums:; (cd "releases/$c" && find . -type f -exec sha256sum -- {{}} +); fi
 fi
 "#,
-        );
+            sums = sums.join(" ")
+        ));
     }
     s.push_str("exit 0\n");
     s
@@ -102,8 +161,10 @@ pub struct Untrusted(String);
 pub struct StateReader<'m> {
     state: HostState,
     section: Section,
-    new: Option<&'m Manifest>,
+    listing: Option<LiveListing<'m>>,
     known: Option<KnownReader<'m>>,
+    /// The listing being streamed, kept as a copy.
+    copy: Option<Copy>,
     bad: Vec<(String, String)>,
     problem: Option<Untrusted>,
     other: Vec<String>,
@@ -118,16 +179,17 @@ enum Section {
 }
 
 impl<'m> StateReader<'m> {
-    /// `new`: the manifest of the release about to be staged, when the listing is asked for.
-    pub fn new(new: Option<&'m Manifest>) -> Self {
+    /// `listing`: what the current release's listing is read against, when it is asked for.
+    pub fn new(listing: Option<LiveListing<'m>>) -> Self {
         Self {
             state: HostState {
                 exists: true,
                 ..HostState::default()
             },
             section: Section::Layout,
-            new,
+            listing,
             known: None,
+            copy: None,
             bad: Vec::new(),
             problem: None,
             other: Vec::new(),
@@ -147,13 +209,18 @@ impl<'m> StateReader<'m> {
         if let Some(section) = section {
             self.section = section;
             if self.known.is_none() {
-                self.known = self.new.map(KnownReader::new);
+                self.known = self.listing.map(|l| KnownReader::new(l.new));
             }
             return;
         }
         match (self.section, self.known.as_mut()) {
             (Section::Layout, _) => self.layout_line(&String::from_utf8_lossy(line)),
-            (Section::Manifest, Some(k)) => k.manifest_line(line),
+            (Section::Manifest, Some(k)) => {
+                k.manifest_line(line);
+                if let Some(c) = self.copy.as_mut() {
+                    c.line(line);
+                }
+            }
             (Section::Modes, Some(k)) => k.mode_line(line),
             (Section::Sums, Some(k)) => k.sum_line(line),
             (_, None) => {}
@@ -187,6 +254,10 @@ impl<'m> StateReader<'m> {
                 .push((name.to_owned(), printable(why).into_owned()));
         } else if let Some(l) = line.strip_prefix("lock=") {
             st.lock = Some(printable(l).into_owned());
+        } else if let Some(sum) = line.strip_prefix("manifest-sha256:") {
+            self.manifest_sum(sum, false);
+        } else if let Some(sum) = line.strip_prefix("manifest-known:") {
+            self.manifest_sum(sum, true);
         } else if let Some(f) = line.strip_prefix("missing_shared=") {
             st.missing_shared.push(printable(f).into_owned());
         } else if !line.is_empty() {
@@ -194,6 +265,26 @@ impl<'m> StateReader<'m> {
                 self.other.remove(0);
             }
             self.other.push(line.chars().take(2000).collect());
+        }
+    }
+
+    /// The host's SHA-256 of its live manifest; `known`: it named one of the copies offered
+    /// and sends nothing more, else the manifest follows (kept as a copy).
+    fn manifest_sum(&mut self, sum: &str, known: bool) {
+        let Some(listing) = self.listing.filter(|_| sum_ok(sum)) else {
+            return;
+        };
+        if known && !listing.sums().iter().any(|s| s == sum) {
+            self.problem.get_or_insert(Untrusted(format!(
+                "it says the deployer holds its manifest {:?}, which it was not offered",
+                printable(sum)
+            )));
+            return;
+        }
+        self.state.manifest_sum = Some(sum.to_owned());
+        self.state.listed_from_copy = known;
+        if !known {
+            self.copy = listing.copies.copy(sum);
         }
     }
 
@@ -214,6 +305,14 @@ impl<'m> StateReader<'m> {
         }
         st.releases.sort_by(|a, b| a.name.cmp(&b.name));
         st.known = self.known.map(KnownReader::finish);
+        match (&st.manifest_sum, self.listing) {
+            (Some(sum), Some(l)) if st.listed_from_copy => {
+                st.known = l.copies.known(sum, l.new);
+                st.copy_lost = st.known.is_none();
+            }
+            // Kept only once the listing was read whole (the step did not fail).
+            _ => self.copy.into_iter().for_each(Copy::keep),
+        }
         Ok(st)
     }
 }
@@ -585,8 +684,9 @@ mod tests {
         let none = crate::manifest::Exclude::new(dir.path(), &[]).expect("none");
         let m = Manifest::scan(dir.path(), &none).expect("scan");
         let text = String::from_utf8(m.to_lines()).expect("utf-8");
+        let copies = LiveManifests::at(None);
         let read = |inner: bool| {
-            let mut r = StateReader::new(Some(&m));
+            let mut r = StateReader::new(Some(LiveListing::new(&m, &copies)));
             r.line(b"current=20261123100002");
             r.line(b"manifest:");
             for (i, line) in text.lines().enumerate() {

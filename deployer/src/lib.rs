@@ -47,6 +47,7 @@ mod health;
 mod history;
 mod host_output;
 mod layout;
+mod live_manifests;
 mod lock;
 mod manifest;
 mod outcome;

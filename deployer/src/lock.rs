@@ -4,8 +4,7 @@
 //! machine whose process is gone, `unlock --force` any lock.
 
 use crate::fleet::{Host, Stage, StepError};
-use crate::layout::state_script;
-use crate::manifest::Manifest;
+use crate::layout::{LiveListing, state_script};
 use crate::ssh::quote;
 use std::time::{Duration, Instant};
 
@@ -50,7 +49,7 @@ pub fn local_host() -> String {
 pub fn acquire_script(
     deploy_to: &str,
     owner: &str,
-    manifest: bool,
+    listing: Option<&[String]>,
     required: &[String],
     create: bool,
 ) -> String {
@@ -71,17 +70,17 @@ fi
 find {d}/.deploy -maxdepth 1 -name 'staged-*' -mmin +60 -exec rm -f -- {{}} + 2>/dev/null
 {state}"#,
         o = quote(owner),
-        state = state_script(deploy_to, manifest, required)
+        state = state_script(deploy_to, listing, required)
     )
 }
 
-/// What a host is asked when it is locked: the new release's manifest to match the current
-/// release's listing against (none: no listing), the shared files that must be there, and
+/// What a host is asked when it is locked: what the current release's listing is read against
+/// (none: no listing), the shared files that must be there, and
 /// whether the layout is made when missing (a deploy; anything else fails on a host where
 /// nothing was deployed rather than leave an empty layout there).
 #[derive(Clone, Copy, Default)]
 pub struct Ask<'a> {
-    pub new: Option<&'a Manifest>,
+    pub listing: Option<LiveListing<'a>>,
     pub required: &'a [String],
     pub create: bool,
 }
@@ -147,11 +146,17 @@ pub fn acquire_waiting(h: &mut Host, owner: &str, ask: Ask, wait: Option<Duratio
 /// locked (and its state read) or marked failed.
 fn try_acquire(h: &mut Host, owner: &str, ask: Ask) -> Option<String> {
     let d = h.target.deploy_to.clone();
-    let script = acquire_script(&d, owner, ask.new.is_some(), ask.required, ask.create);
-    match h.read_layout(&script, ask.new) {
+    let sums = ask.listing.map(|l| l.sums());
+    let script = acquire_script(&d, owner, sums, ask.required, ask.create);
+    match h.read_layout(&script, ask.listing) {
         Ok((0, reader)) => {
             h.locked = true;
             match reader.finish() {
+                // Locked: the listing is asked for again, sent.
+                Ok(state) if state.copy_lost => {
+                    let sent = ask.listing.map(LiveListing::sent);
+                    crate::fleet::read_state(h, sent, ask.required);
+                }
                 Ok(state) => h.state = state,
                 // Locked: the failure path releases it like any other.
                 Err(e) => h.fail(Stage::State, e),

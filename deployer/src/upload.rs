@@ -572,6 +572,30 @@ mod tests {
         );
     }
 
+    /// What the deployer keeps as the host's next manifest is, byte for byte, what the host's
+    /// sh and awk made: a live manifest with and without a last newline, with an empty line.
+    #[test]
+    fn the_copy_kept_of_a_manifest_made_on_the_host_is_what_the_host_made() {
+        use crate::live_manifests::LiveManifests;
+        for (old, dropped, kept) in [
+            ("a\nb\nc\n", &[2, 4][..], 2),
+            ("a\nb\nc", &[1], 2),
+            ("a\n\nc\n", &[3], 2),
+        ] {
+            let d = tempfile::tempdir().expect("dir");
+            let (code, made, stderr) = rebuilt(old, dropped, kept);
+            assert_eq!((code, stderr.as_str()), (0, ""), "{old:?}");
+            LiveManifests::at(Some(d.path().into())).learn_whole(old.as_bytes());
+            let copies = LiveManifests::at(Some(d.path().into()));
+            let old_sum = crate::manifest::sha256_hex(old.as_bytes());
+            assert_eq!(copies.offered(), std::slice::from_ref(&old_sum));
+            copies.learn_rebuilt(&old_sum, dropped, || b"sent\n".to_vec());
+            let sum = crate::manifest::sha256_hex(made.as_bytes());
+            let kept = std::fs::read_to_string(d.path().join(&sum));
+            assert_eq!(kept.ok().as_deref(), Some(made.as_str()), "{old:?}");
+        }
+    }
+
     /// The whole script, names read on the host, in a `deploy_to` whose live release "1" holds
     /// `a` and `dir/c d` and has `old` as its manifest (its second line dropped): the exit status,
     /// the new manifest, stderr, and whether both files were linked into release "2".

@@ -102,7 +102,7 @@ fn check_host(h: &mut Host, required: &[String]) -> HostReport {
             "{}{}{}",
             writable_script(d),
             tools_script(),
-            layout::state_script(d, false, required)
+            layout::state_script(d, None, required)
         );
         match h.read_layout(&script, None) {
             Ok((_, reader)) => {

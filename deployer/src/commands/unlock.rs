@@ -27,7 +27,7 @@ pub fn unlock(targets: &[Target], s: &Settings, user: &str, force: bool) -> Unlo
         }
         let d = h.target.deploy_to.clone();
         let mut run = |script: &str| h.run(script, None).map_err(|e| fail(e.to_string()));
-        let out = run(&state_script(&d, false, &[]))?;
+        let out = run(&state_script(&d, None, &[]))?;
         let Some(holder) = lock_holder(&out.stdout) else {
             return Ok("not locked".into());
         };

@@ -5,6 +5,7 @@
 mod capistrano;
 mod check;
 mod common;
+mod copies;
 mod deploy;
 mod failures;
 mod hostile;

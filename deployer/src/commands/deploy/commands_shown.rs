@@ -21,6 +21,8 @@ pub(super) struct Shown<'a> {
     pub hook_timeout: Duration,
     /// The lock step reads the state (nothing runs between them).
     pub state_with_lock: bool,
+    /// The sums of the live manifests the deployer holds copies of.
+    pub sums: &'a [String],
 }
 
 /// The remote steps of a deploy on `h`, each a heading line and its script indented.
@@ -75,20 +77,21 @@ fn steps(
     let live = upload::Live::of(delta, previous);
     let staging = upload::staging_script(s.release, live, &links);
     let upload = upload_shown(d, delta, previous, &staging);
+    let sums = Some(s.sums);
     [
         match s.state_with_lock {
             false => (
                 "lock",
-                Some(lock::acquire_script(d, &owner, false, &[], true)),
+                Some(lock::acquire_script(d, &owner, None, &[], true)),
             ),
             true => (
                 "lock, state",
-                Some(lock::acquire_script(d, &owner, true, &required, true)),
+                Some(lock::acquire_script(d, &owner, sums, &required, true)),
             ),
         },
         (
             "state",
-            (!s.state_with_lock).then(|| layout::state_script(d, true, &required)),
+            (!s.state_with_lock).then(|| layout::state_script(d, sums, &required)),
         ),
         ("upload, shared links", Some(upload)),
         ("before_publish", hooks(&cfg.hooks.before_publish)),

@@ -4,6 +4,8 @@
 use super::{DeployError, Options, Run, staging, tree};
 use crate::config::{Config, Target};
 use crate::fleet::{self, each};
+use crate::layout::LiveListing;
+use crate::live_manifests::LiveManifests;
 use crate::lock;
 use crate::settings::Settings;
 use crate::source::Tree;
@@ -19,6 +21,7 @@ pub(super) fn lock_first(
     settings: &Settings,
     options: &Options,
     owner: &str,
+    copies: &LiveManifests,
 ) -> Result<(Vec<Run>, Option<Tree>), DeployError> {
     let early = state_with_lock(cfg, options);
     settings.say(&format!("connecting to {} host(s)", targets.len()));
@@ -47,7 +50,7 @@ pub(super) fn lock_first(
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let ask = lock::Ask {
-        new: tree.as_ref().map(|t| &t.manifest),
+        listing: tree.as_ref().map(|t| LiveListing::new(&t.manifest, copies)),
         required: &cfg.required_shared(),
         create: true,
     };

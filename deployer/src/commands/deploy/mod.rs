@@ -41,7 +41,8 @@ use crate::delta::Delta;
 use crate::events;
 use crate::fleet::{self, Stage, each};
 use crate::health::Gate;
-use crate::layout::{self, HostState};
+use crate::layout::{self, HostState, LiveListing};
+use crate::live_manifests::LiveManifests;
 use crate::lock;
 use crate::report::{HookRun, Report};
 use crate::settings::Settings;
@@ -106,7 +107,8 @@ pub fn deploy(
     let gate = cfg.health.as_ref().and_then(Gate::new);
     let user = cfg.user();
     let owner = lock::owner_line(&user);
-    let (mut runs, early) = lock_first(cfg, targets, settings, options, &owner)?;
+    let copies = LiveManifests::open();
+    let (mut runs, early) = lock_first(cfg, targets, settings, options, &owner, &copies)?;
     if !runs.iter().all(Run::ok) {
         settings.say("not every host could be reached and locked; nothing was changed");
         let report = stopped_early(runs, &owner, settings, None, started);
@@ -135,6 +137,7 @@ pub fn deploy(
         owner,
         user,
         manifest_lines: std::sync::OnceLock::new(),
+        copies: &copies,
         tree,
         event_hosts: targets.iter().flat_map(|t| t.event_hosts.clone()).collect(),
     };
@@ -263,10 +266,10 @@ fn stage_everywhere(c: &mut Ctx, runs: &mut [Run]) -> Result<(), &'static str> {
     let parallel = c.settings.parallel;
     // What each host holds, its current release's listing matched against the new tree.
     let required = c.cfg.required_shared();
-    let manifest = &c.tree.manifest;
+    let listing = LiveListing::new(&c.tree.manifest, c.copies);
     if !c.state_read {
         each(runs, parallel, |r| {
-            fleet::read_state(&mut r.host, Some(manifest), &required);
+            fleet::read_state(&mut r.host, Some(listing), &required);
         });
     }
     c.barrier(

@@ -5,7 +5,8 @@ use super::{DeployError, Options};
 use crate::config::{Config, Target, hooks_shown};
 use crate::delta::Delta;
 use crate::fleet::{self, Host};
-use crate::layout;
+use crate::layout::{self, LiveListing};
+use crate::live_manifests::LiveManifests;
 use crate::manifest::Manifest;
 use crate::outcome::{Outcome, Unfinished};
 use crate::settings::Settings;
@@ -45,7 +46,9 @@ pub fn plan(
     super::check_canary(cfg, options)?;
     let tree = super::tree::read_tree(cfg, options, settings)?;
     let (manifest, revision) = (&tree.manifest, &tree.revision);
-    let hosts = fleet::read(targets, settings, Some(manifest), &cfg.required_shared());
+    let copies = LiveManifests::open();
+    let listing = LiveListing::new(manifest, &copies);
+    let hosts = fleet::read(targets, settings, Some(listing), &cfg.required_shared());
     let release = layout::next_release(
         chrono::Utc::now(),
         hosts
@@ -79,6 +82,7 @@ pub fn plan(
             branch: &tree.branch,
             hook_timeout: settings.hook_timeout,
             state_with_lock: super::locking::state_with_lock(cfg, options),
+            sums: copies.offered(),
         };
         let shared = cfg.shared_paths();
         for h in hosts.iter().filter(|h| h.failure.is_none()) {

@@ -5,6 +5,7 @@ use super::Options;
 use crate::config::{Config, Target};
 use crate::delta::Delta;
 use crate::fleet::{Host, Stage};
+use crate::live_manifests::LiveManifests;
 use crate::phases::Release;
 use crate::report::{HookRun, HostOutcome, Report};
 use crate::settings::Settings;
@@ -74,6 +75,8 @@ pub(super) struct Ctx<'a> {
     /// The manifest's lines, made once for the hosts that take it whole (none when every host
     /// makes it from its live release's).
     pub(super) manifest_lines: std::sync::OnceLock<Vec<u8>>,
+    /// Copies of hosts' live manifests: offered to the hosts, and learned as they are staged.
+    pub(super) copies: &'a LiveManifests,
     /// The names every host of the deploy's events may carry in Riemann (the canary's).
     pub(super) event_hosts: Vec<String>,
 }

@@ -72,11 +72,16 @@ pub(super) fn stage_all(runs: &mut [Run], c: &Ctx) {
         // Off a terminal the bars are not drawn: a line per host says what it was sent.
         if bar.is_hidden() && r.ok() {
             c.settings.say(&format!(
-                "{}: staged: {} files sent ({}), {} linked",
+                "{}: staged: {} files sent ({}), {} linked{}",
                 r.host.name(),
                 r.delta.send,
                 crate::table::bytes(r.sent_bytes),
                 r.delta.link,
+                if r.host.state.listed_from_copy {
+                    " (its live manifest known here by its SHA-256, not sent)"
+                } else {
+                    ""
+                }
             ));
         }
     });
@@ -184,6 +189,22 @@ fn send(
     Ok((sent, ch.into_channel()))
 }
 
+/// Keeps a copy of the manifest the host now has for the new release, made here as the host
+/// made it, so the next deploy's listing is its hash. A copy of the live one it was made from
+/// is needed; without it nothing is kept, and the next deploy's listing is sent.
+fn learn(r: &Run, c: &Ctx) {
+    let live = upload::Live::of(&r.delta, r.previous.as_deref());
+    match (live.and_then(|l| l.rebuild), &r.host.state.manifest_sum) {
+        (Some(rebuild), Some(old)) => c.copies.learn_rebuilt(old, &rebuild.dropped, || {
+            c.tree.manifest.lines_where(|i| !r.delta.linked[i])
+        }),
+        (Some(_), None) => {}
+        (None, _) => c
+            .copies
+            .learn_whole(c.manifest_lines.get_or_init(|| c.tree.manifest.to_lines())),
+    }
+}
+
 /// Uploads the release and finishes staging it on one host.
 pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
     let Some(channel) = r.upload.take() else {
@@ -203,7 +224,7 @@ pub(super) fn stage(r: &mut Run, c: &Ctx, bar: &ProgressBar) {
     r.sent_bytes = sent;
     // One step: tar's exit, then the shared links' (the script the stream carried).
     match crate::ssh::finish(&host, ch) {
-        Ok(o) if o.status == 0 => {}
+        Ok(o) if o.status == 0 => learn(r, c),
         Ok(o) if o.status == upload::LINK_FAILED => r.host.fail(
             Stage::Upload,
             format_args!(

@@ -1,0 +1,447 @@
+//! Copies of hosts' live manifests, kept on the deploy machine by their SHA-256, so a host
+//! whose live manifest the deployer already holds answers with its hash (64 bytes) instead of
+//! the manifest (~140 bytes a file: 2.9 MB for 20,000 files, seconds on a slow link).
+//!
+//! The deployer offers the sums of the copies it holds; a host whose own `sha256sum` of its
+//! live manifest is one of them says so and sends nothing more. Correctness rests on the host's
+//! hash alone: a copy is read only if its bytes still hash to its name (a file on disk is input
+//! too), and what the deployer learns of a host's next manifest is only a guess that either
+//! matches the host's next hash or is never used.
+//!
+//! Copies come from two places: a listing the host streamed (saved once per content, whatever
+//! the number of hosts), and, after staging, the manifest the host now has, made here as the
+//! host made it (sent whole, or the live one's kept lines and the lines sent). They live in
+//! `$XDG_CACHE_HOME/deployer/manifests/` (0700; files 0600, written atomically); the newest
+//! [`KEEP`] stay.
+
+use crate::delta::{Known, KnownReader};
+use crate::manifest::Manifest;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// How many copies are kept and offered: a few releases to roll back to, of a few applications.
+pub const KEEP: usize = 8;
+/// A copy larger than this is not read (the limit on a host's whole answer).
+const MAX_BYTES: u64 = 1 << 30;
+
+/// The copies this run can use, and what it learned of them so far.
+pub struct LiveManifests {
+    dir: Option<PathBuf>,
+    offered: Vec<String>,
+    /// What each copy says of the new release, read once for every host that holds it.
+    known: Mutex<HashMap<String, Arc<OnceLock<Option<Known>>>>>,
+    /// Copies written (or being written) by this run: each content once.
+    written: Mutex<HashSet<String>>,
+}
+
+impl LiveManifests {
+    /// The copies in the user's cache directory (none when it has no home).
+    pub fn open() -> Self {
+        Self::at(crate::hash_cache::cache_dir().map(|d| d.join("manifests")))
+    }
+
+    pub fn at(dir: Option<PathBuf>) -> Self {
+        let offered = dir.as_deref().map(newest).unwrap_or_default();
+        Self {
+            dir,
+            offered,
+            known: Mutex::default(),
+            written: Mutex::default(),
+        }
+    }
+
+    /// The sums of the copies held, newest first: 64 hex digits each, safe unquoted.
+    pub fn offered(&self) -> &[String] {
+        &self.offered
+    }
+
+    /// What the copy `sum` says of `new`, as if the host had streamed it; `None` when it cannot
+    /// be read or no longer hashes to its name (it is then removed).
+    pub fn known(&self, sum: &str, new: &Manifest) -> Option<Known> {
+        let cell = lock(&self.known).entry(sum.to_owned()).or_default().clone();
+        cell.get_or_init(|| {
+            let path = self.path(sum)?;
+            let mut reader = KnownReader::new(new);
+            match read_lines(&path, sum, &mut |l| reader.manifest_line(l)) {
+                Ok(()) => {
+                    // Used: it stays among the newest.
+                    let _ = std::fs::File::options()
+                        .append(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    Some(reader.finish())
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                    None
+                }
+            }
+        })
+        .clone()
+    }
+
+    /// A writer for the listing a host is about to stream, whose hash it said is `sum`; `None`
+    /// when another host's stream of it is being kept. (A host streams a manifest the deployer
+    /// offered only when the copy could not be read: it is made anew.)
+    pub fn copy(&self, sum: &str) -> Option<Copy> {
+        let dir = self.dir.as_deref()?;
+        if !lock(&self.written).insert(sum.to_owned()) {
+            return None;
+        }
+        Some(Copy {
+            out: Writer::new(dir).ok(),
+            sum: sum.to_owned(),
+            first: true,
+        })
+    }
+
+    /// The host took the new manifest whole: `bytes` is what it now has.
+    pub fn learn_whole(&self, bytes: &[u8]) {
+        let Some(dir) = self.dir.as_deref() else {
+            return;
+        };
+        let sum = crate::manifest::sha256_hex(bytes);
+        if self.offered.contains(&sum) || !lock(&self.written).insert(sum) {
+            return;
+        }
+        let _ = Writer::new(dir).and_then(|mut w| {
+            w.write(bytes)?;
+            w.keep(None)
+        });
+    }
+
+    /// The host made the new manifest from its live one, `old`: the lines not `dropped` (line
+    /// numbers, ascending), then the lines `sent` makes; as its awk does (each kept line ends
+    /// in a newline).
+    pub fn learn_rebuilt(&self, old: &str, dropped: &[u32], sent: impl FnOnce() -> Vec<u8>) {
+        let (Some(dir), Some(path)) = (self.dir.as_deref(), self.path(old)) else {
+            return;
+        };
+        // Every host that had `old` drops the same lines: the new copy is made once.
+        if !lock(&self.written).insert(format!("from {old}")) {
+            return;
+        }
+        let _ = Writer::new(dir).and_then(|mut w| {
+            let mut n = 0u32;
+            read_records(&path, old, &mut |line| {
+                n += 1;
+                if dropped.binary_search(&n).is_err() {
+                    w.write(line)?;
+                    w.write(b"\n")?;
+                }
+                Ok(())
+            })?;
+            w.write(&sent())?;
+            w.keep(None)
+        });
+    }
+
+    fn path(&self, sum: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_deref()?;
+        sum_ok(sum).then(|| dir.join(sum))
+    }
+}
+
+/// A streamed listing being kept: its lines as they arrive, in place once the whole of it
+/// hashes to the sum the host said.
+pub struct Copy {
+    out: Option<Writer>,
+    sum: String,
+    first: bool,
+}
+
+impl Copy {
+    /// One line of the host's `cat` of its manifest, then `echo`: the file is the lines joined
+    /// by newlines.
+    pub fn line(&mut self, line: &[u8]) {
+        if let Some(w) = self.out.as_mut() {
+            let sep: &[u8] = if self.first { b"" } else { b"\n" };
+            self.first = false;
+            if w.write(sep).and_then(|()| w.write(line)).is_err() {
+                self.out = None;
+            }
+        }
+    }
+
+    /// The listing ended whole: the copy takes its place when it hashes to the host's sum.
+    pub fn keep(self) {
+        if let Some(w) = self.out {
+            let _ = w.keep(Some(&self.sum));
+        }
+    }
+}
+
+/// A copy being written: a temp file of its own (0600) in the copies' directory, hashed as it
+/// is written, renamed to its sum at the end.
+struct Writer {
+    file: io::BufWriter<tempfile::NamedTempFile>,
+    hash: Sha256,
+}
+
+impl Writer {
+    fn new(dir: &Path) -> io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        Ok(Self {
+            file: io::BufWriter::new(tempfile::NamedTempFile::new_in(dir)?),
+            hash: Sha256::new(),
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hash.update(bytes);
+        self.file.write_all(bytes)
+    }
+
+    /// Renames the file to its sum (when it is `expected`, if given), then keeps the newest.
+    fn keep(self, expected: Option<&str>) -> io::Result<()> {
+        let sum = hex(&self.hash.finalize());
+        if expected.is_some_and(|e| e != sum) {
+            return Err(io::Error::other("the copy does not hash to the host's sum"));
+        }
+        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        let dir = file.path().parent().map(Path::to_path_buf);
+        let dir = dir.ok_or_else(|| io::Error::other("no directory"))?;
+        file.persist(dir.join(&sum)).map_err(|e| e.error)?;
+        prune(&dir);
+        Ok(())
+    }
+}
+
+/// The sums of the newest copies in `dir`.
+fn newest(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut copies: Vec<(std::time::SystemTime, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok().filter(|n| sum_ok(n))?;
+            Some((e.metadata().ok()?.modified().ok()?, name))
+        })
+        .collect();
+    copies.sort_by(|a, b| b.cmp(a));
+    copies.into_iter().take(KEEP).map(|(_, n)| n).collect()
+}
+
+/// Removes all but the newest [`KEEP`] copies, and temp files a write cut short left an hour
+/// ago or more.
+fn prune(dir: &Path) {
+    let keep = newest(dir);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = name.starts_with(".tmp")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+        if stale || (sum_ok(&name) && !keep.contains(&name)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Hands `on_line` the lines of the copy at `path` as the host's `cat FILE; echo` would stream
+/// them (a last empty line when the file ends with a newline), once the whole file hashes to
+/// `sum`. Nothing is handed before: a damaged copy says nothing.
+fn read_lines(path: &Path, sum: &str, on_line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+    let mut ended = true;
+    read_verified(path, sum, &mut |chunk| {
+        ended = chunk.ends_with(b"\n");
+        on_line(chunk.strip_suffix(b"\n").unwrap_or(chunk));
+        Ok(())
+    })?;
+    if ended {
+        on_line(b"");
+    }
+    Ok(())
+}
+
+/// Hands `on_record` each line of the copy at `path` as awk reads it (no last empty record
+/// after a final newline), once the whole file hashes to `sum`.
+fn read_records(
+    path: &Path,
+    sum: &str,
+    on_record: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    read_verified(path, sum, &mut |chunk| {
+        on_record(chunk.strip_suffix(b"\n").unwrap_or(chunk))
+    })
+}
+
+/// Hands `on_chunk` the copy at `path` line by line, each with its newline (the last may have
+/// none), once the whole file (no more than [`MAX_BYTES`]) hashes to `sum`: read twice, the
+/// second time from the same open file, so memory stays a line's.
+fn read_verified(
+    path: &Path,
+    sum: &str,
+    on_chunk: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    if f.metadata()?.len() > MAX_BYTES {
+        return Err(io::Error::other("too large"));
+    }
+    let mut hash = Sha256::new();
+    io::copy(&mut (&mut f).take(MAX_BYTES), &mut hash)?;
+    if hex(&hash.finalize()) != sum {
+        return Err(io::Error::other("the copy does not hash to its name"));
+    }
+    f.rewind()?;
+    let mut reader = io::BufReader::with_capacity(64 * 1024, f.take(MAX_BYTES));
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        on_chunk(&line)?;
+        line.clear();
+    }
+    Ok(())
+}
+
+/// 64 lowercase hex digits.
+pub fn sum_ok(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::Delta;
+    use crate::layout::{HostState, LiveListing, StateReader};
+
+    const CURRENT: &[u8] = b"current=20261123100002";
+
+    /// A tree of three files, and a manifest of it.
+    fn tree() -> (tempfile::TempDir, Manifest) {
+        let dir = tempfile::tempdir().expect("dir");
+        for f in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(f), f).expect("write");
+        }
+        let none = crate::manifest::Exclude::new(dir.path(), &[]).expect("none");
+        let m = Manifest::scan(dir.path(), &none).expect("scan");
+        (dir, m)
+    }
+
+    /// What a host whose live manifest is `live` answers to `copies`' offer, read against `new`.
+    fn answer(copies: &LiveManifests, new: &Manifest, live: &[u8]) -> HostState {
+        let listing = LiveListing::new(new, copies);
+        let sum = crate::manifest::sha256_hex(live);
+        let mut r = StateReader::new(Some(listing));
+        r.line(CURRENT);
+        if listing.sums().contains(&sum) {
+            r.line(format!("manifest-known:{sum}").as_bytes());
+        } else {
+            r.line(format!("manifest-sha256:{sum}").as_bytes());
+            r.line(b"manifest:");
+            // `cat FILE; echo`, split into lines: the file's lines, and an empty one after a
+            // last newline.
+            live.split(|&b| b == b'\n').for_each(|l| r.line(l));
+        }
+        r.finish().expect("trusted")
+    }
+
+    fn delta(new: &Manifest, st: &HostState) -> (usize, Option<Vec<u32>>) {
+        let d = Delta::new(new, st.known.as_ref(), &[]);
+        (d.link, d.rebuild.map(|r| r.dropped))
+    }
+
+    /// A listing that was streamed is kept; the next time the host names it, and what the
+    /// deployer reads from its copy is what it read from the stream, to the line numbers.
+    #[test]
+    fn a_listing_streamed_once_is_then_known_by_its_hash() {
+        let (_src, m) = tree();
+        let dir = tempfile::tempdir().expect("dir");
+        let with_newline = m.to_lines();
+        let without = with_newline[..with_newline.len() - 1].to_vec();
+        for live in [with_newline, without] {
+            let sum = crate::manifest::sha256_hex(&live);
+            let first = LiveManifests::at(Some(dir.path().into()));
+            let streamed = answer(&first, &m, &live);
+            assert!(!streamed.listed_from_copy);
+            assert_eq!(streamed.manifest_sum.as_deref(), Some(sum.as_str()));
+            let second = LiveManifests::at(Some(dir.path().into()));
+            assert_eq!(second.offered()[0], sum);
+            let kept = answer(&second, &m, &live);
+            assert!(kept.listed_from_copy && !kept.copy_lost);
+            assert_eq!(delta(&m, &kept), delta(&m, &streamed));
+            assert_eq!(delta(&m, &kept).0, 3, "every file linked");
+        }
+    }
+
+    /// A copy is input: one that no longer hashes to its name is not read, but removed, and
+    /// the host is asked for its listing again.
+    #[test]
+    fn a_damaged_copy_is_not_believed() {
+        let (_src, m) = tree();
+        let dir = tempfile::tempdir().expect("dir");
+        let live = m.to_lines();
+        let sum = crate::manifest::sha256_hex(&live);
+        LiveManifests::at(Some(dir.path().into())).learn_whole(&live);
+        let mut damaged = live.clone();
+        damaged[10] ^= 1;
+        std::fs::write(dir.path().join(&sum), damaged).expect("damage");
+        let copies = LiveManifests::at(Some(dir.path().into()));
+        let st = answer(&copies, &m, &live);
+        assert!(st.listed_from_copy && st.copy_lost && st.known.is_none());
+        assert!(!dir.path().join(&sum).exists(), "removed");
+        // Asked again without the offer, the host streams it, and the copy is made anew.
+        let again = answer(&LiveManifests::at(Some(dir.path().into())), &m, &live);
+        assert_eq!(delta(&m, &again).0, 3);
+        assert_eq!(std::fs::read(dir.path().join(&sum)).ok(), Some(live));
+    }
+
+    /// A host that says the deployer holds a manifest it was not offered is refused; a stream
+    /// that does not hash to the sum the host said is not kept.
+    #[test]
+    fn what_the_host_says_of_sums_is_checked() {
+        let (_src, m) = tree();
+        let dir = tempfile::tempdir().expect("dir");
+        let copies = LiveManifests::at(Some(dir.path().into()));
+        let mut r = StateReader::new(Some(LiveListing::new(&m, &copies)));
+        r.line(CURRENT);
+        r.line(format!("manifest-known:{}", "a".repeat(64)).as_bytes());
+        let refused = r.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("which it was not offered"), "{refused}");
+        let mut r = StateReader::new(Some(LiveListing::new(&m, &copies)));
+        r.line(CURRENT);
+        r.line(format!("manifest-sha256:{}", "b".repeat(64)).as_bytes());
+        r.line(b"manifest:");
+        m.to_lines().split(|&b| b == b'\n').for_each(|l| r.line(l));
+        assert_eq!(delta(&m, &r.finish().expect("trusted")).0, 3);
+        assert!(newest(dir.path()).is_empty(), "nothing kept");
+    }
+
+    /// Only the newest copies stay.
+    #[test]
+    fn the_newest_copies_are_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        for n in 0..KEEP + 3 {
+            let copies = LiveManifests::at(Some(dir.path().into()));
+            copies.learn_whole(format!("{n}\n").as_bytes());
+        }
+        let kept = newest(dir.path());
+        assert_eq!(kept.len(), KEEP);
+        let last = crate::manifest::sha256_hex(format!("{}\n", KEEP + 2).as_bytes());
+        assert!(kept.contains(&last));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), KEEP);
+    }
+}
