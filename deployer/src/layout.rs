@@ -126,7 +126,7 @@ for b in .deploy/bad/*; do [ -f "$b" ] && printf 'bad=%s\t%s\n' "${{b##*/}}" "$(
         s.push_str(&format!(
             r#"if [ -n "$c" ] && [ -d "releases/$c" ]; then
   if [ -f ".deploy/manifests/$c" ]; then
-    s=$(sha256sum < ".deploy/manifests/$c" 2>/dev/null); s=${{s%% *}}; k=
+    s=$(sha256sum 2>/dev/null < ".deploy/manifests/$c"); s=${{s%% *}}; k=
     if [ ${{#s}} -eq 64 ]; then case " {sums} " in *" $s "*) k=1;; esac; fi
     if [ -n "$k" ]; then echo "manifest-known:$s"
     else [ ${{#s}} -eq 64 ] && echo "manifest-sha256:$s"; echo manifest:; cat ".deploy/manifests/$c"; echo; fi

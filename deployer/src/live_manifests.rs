@@ -23,48 +23,62 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-/// How many copies are kept and offered: a few releases to roll back to, of a few applications.
+/// How many copies of one application's manifests are kept and offered: a few releases to
+/// roll back to, on hosts of a few stages.
 pub const KEEP: usize = 8;
-/// A copy larger than this is not read (the limit on a host's whole answer).
+/// A copy larger than this is not read (the limit on a host's whole answer); past this many
+/// bytes in all, only the newest copy is kept.
 const MAX_BYTES: u64 = 1 << 30;
 
 /// The copies this run can use, and what it learned of them so far.
 pub struct LiveManifests {
-    dir: Option<PathBuf>,
-    offered: Vec<String>,
+    shelf: Arc<Shelf>,
     /// What each copy says of the new release, read once for every host that holds it.
     known: Mutex<HashMap<String, Arc<OnceLock<Option<Known>>>>>,
+}
+
+/// Where the copies are, which this run offered, and which it writes: those are never pruned
+/// by this run (another host may be about to name them).
+struct Shelf {
+    dir: Option<PathBuf>,
+    offered: Vec<String>,
     /// Copies written (or being written) by this run: each content once.
     written: Mutex<HashSet<String>>,
 }
 
 impl LiveManifests {
-    /// The copies in the user's cache directory (none when it has no home).
-    pub fn open() -> Self {
-        Self::at(crate::hash_cache::cache_dir().map(|d| d.join("manifests")))
+    /// The copies of `application`'s manifests in the user's cache directory (none when it
+    /// has no home). Each application has its own: a host is offered the sums of its own
+    /// application's manifests only, and one application's deploys never push out another's.
+    pub fn open(application: &str) -> Self {
+        let key = crate::manifest::sha256_hex(application.as_bytes());
+        Self::at(crate::hash_cache::cache_dir().map(|d| d.join("manifests").join(&key[..16])))
     }
 
     pub fn at(dir: Option<PathBuf>) -> Self {
         let offered = dir.as_deref().map(newest).unwrap_or_default();
+        let offered = offered.into_iter().take(KEEP).map(|(n, _)| n).collect();
         Self {
-            dir,
-            offered,
+            shelf: Arc::new(Shelf {
+                dir,
+                offered,
+                written: Mutex::default(),
+            }),
             known: Mutex::default(),
-            written: Mutex::default(),
         }
     }
 
     /// The sums of the copies held, newest first: 64 hex digits each, safe unquoted.
     pub fn offered(&self) -> &[String] {
-        &self.offered
+        &self.shelf.offered
     }
 
     /// What the copy `sum` says of `new`, as if the host had streamed it; `None` when it cannot
-    /// be read or no longer hashes to its name (it is then removed).
+    /// be read. One that no longer hashes to its name is removed.
     pub fn known(&self, sum: &str, new: &Manifest) -> Option<Known> {
         let cell = lock(&self.known).entry(sum.to_owned()).or_default().clone();
         cell.get_or_init(|| {
-            let path = self.path(sum)?;
+            let path = self.shelf.path(sum)?;
             let mut reader = KnownReader::new(new);
             match read_lines(&path, sum, &mut |l| reader.manifest_line(l)) {
                 Ok(()) => {
@@ -75,10 +89,13 @@ impl LiveManifests {
                         .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                     Some(reader.finish())
                 }
-                Err(_) => {
+                // Only a damaged copy goes; one another process pruned meanwhile, or that could
+                // not be opened, is left alone.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     let _ = std::fs::remove_file(&path);
                     None
                 }
+                Err(_) => None,
             }
         })
         .clone()
@@ -88,29 +105,31 @@ impl LiveManifests {
     /// when another host's stream of it is being kept. (A host streams a manifest the deployer
     /// offered only when the copy could not be read: it is made anew.)
     pub fn copy(&self, sum: &str) -> Option<Copy> {
-        let dir = self.dir.as_deref()?;
-        if !lock(&self.written).insert(sum.to_owned()) {
+        let dir = self.shelf.dir.as_deref()?;
+        if !lock(&self.shelf.written).insert(sum.to_owned()) {
             return None;
         }
         Some(Copy {
             out: Writer::new(dir).ok(),
             sum: sum.to_owned(),
             first: true,
+            shelf: self.shelf.clone(),
+            kept: false,
         })
     }
 
     /// The host took the new manifest whole: `bytes` is what it now has.
     pub fn learn_whole(&self, bytes: &[u8]) {
-        let Some(dir) = self.dir.as_deref() else {
+        let Some(dir) = self.shelf.dir.as_deref() else {
             return;
         };
         let sum = crate::manifest::sha256_hex(bytes);
-        if self.offered.contains(&sum) || !lock(&self.written).insert(sum) {
+        if self.offered().contains(&sum) || !lock(&self.shelf.written).insert(sum) {
             return;
         }
         let _ = Writer::new(dir).and_then(|mut w| {
             w.write(bytes)?;
-            w.keep(None)
+            w.keep(None, &self.shelf)
         });
     }
 
@@ -118,11 +137,11 @@ impl LiveManifests {
     /// numbers, ascending), then the lines `sent` makes; as its awk does (each kept line ends
     /// in a newline).
     pub fn learn_rebuilt(&self, old: &str, dropped: &[u32], sent: impl FnOnce() -> Vec<u8>) {
-        let (Some(dir), Some(path)) = (self.dir.as_deref(), self.path(old)) else {
+        let (Some(dir), Some(path)) = (self.shelf.dir.as_deref(), self.shelf.path(old)) else {
             return;
         };
         // Every host that had `old` drops the same lines: the new copy is made once.
-        if !lock(&self.written).insert(format!("from {old}")) {
+        if !lock(&self.shelf.written).insert(format!("from {old}")) {
             return;
         }
         let _ = Writer::new(dir).and_then(|mut w| {
@@ -136,22 +155,56 @@ impl LiveManifests {
                 Ok(())
             })?;
             w.write(&sent())?;
-            w.keep(None)
+            w.keep(None, &self.shelf)
         });
     }
+}
 
+impl Shelf {
     fn path(&self, sum: &str) -> Option<PathBuf> {
         let dir = self.dir.as_deref()?;
         sum_ok(sum).then(|| dir.join(sum))
     }
+
+    /// Removes, from one listing of the directory, the copies past the newest [`KEEP`] (or
+    /// past [`MAX_BYTES`] in all, the newest always kept) that this run neither offered nor
+    /// wrote, and temp files a write cut short left an hour ago or more.
+    fn prune(&self, dir: &Path) {
+        let written = lock(&self.written).clone();
+        let mut total = 0;
+        for (i, (name, meta)) in newest(dir).into_iter().enumerate() {
+            total += meta.len();
+            let over = i >= KEEP || (i > 0 && total > MAX_BYTES);
+            if over && !self.offered.contains(&name) && !written.contains(&name) {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with(".tmp")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 3600);
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// A streamed listing being kept: its lines as they arrive, in place once the whole of it
-/// hashes to the sum the host said.
+/// hashes to the sum the host said. Dropped unkept (the step failed, the hash differed), its
+/// sum is free again: another host's stream of it may be kept.
 pub struct Copy {
     out: Option<Writer>,
     sum: String,
     first: bool,
+    shelf: Arc<Shelf>,
+    kept: bool,
 }
 
 impl Copy {
@@ -168,9 +221,17 @@ impl Copy {
     }
 
     /// The listing ended whole: the copy takes its place when it hashes to the host's sum.
-    pub fn keep(self) {
-        if let Some(w) = self.out {
-            let _ = w.keep(Some(&self.sum));
+    pub fn keep(mut self) {
+        if let Some(w) = self.out.take() {
+            self.kept = w.keep(Some(&self.sum), &self.shelf).is_ok();
+        }
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(&self.shelf.written).remove(&self.sum);
         }
     }
 }
@@ -199,56 +260,39 @@ impl Writer {
         self.file.write_all(bytes)
     }
 
-    /// Renames the file to its sum (when it is `expected`, if given), then keeps the newest.
-    fn keep(self, expected: Option<&str>) -> io::Result<()> {
+    /// Renames the file to its sum (when it is `expected`, if given), then prunes `shelf`.
+    fn keep(self, expected: Option<&str>, shelf: &Shelf) -> io::Result<()> {
         let sum = hex(&self.hash.finalize());
         if expected.is_some_and(|e| e != sum) {
             return Err(io::Error::other("the copy does not hash to the host's sum"));
         }
         let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        // The time now, exactly: a file's own times come from a coarser clock, and the newest
+        // copies are told apart by it.
+        file.as_file().set_modified(std::time::SystemTime::now())?;
         let dir = file.path().parent().map(Path::to_path_buf);
         let dir = dir.ok_or_else(|| io::Error::other("no directory"))?;
         file.persist(dir.join(&sum)).map_err(|e| e.error)?;
-        prune(&dir);
+        shelf.prune(&dir);
         Ok(())
     }
 }
 
-/// The sums of the newest copies in `dir`.
-fn newest(dir: &Path) -> Vec<String> {
+/// The copies in `dir`, newest first, with their metadata.
+fn newest(dir: &Path) -> Vec<(String, std::fs::Metadata)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut copies: Vec<(std::time::SystemTime, String)> = entries
+    let mut copies: Vec<(std::time::SystemTime, String, std::fs::Metadata)> = entries
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok().filter(|n| sum_ok(n))?;
-            Some((e.metadata().ok()?.modified().ok()?, name))
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, name, meta))
         })
         .collect();
-    copies.sort_by(|a, b| b.cmp(a));
-    copies.into_iter().take(KEEP).map(|(_, n)| n).collect()
-}
-
-/// Removes all but the newest [`KEEP`] copies, and temp files a write cut short left an hour
-/// ago or more.
-fn prune(dir: &Path) {
-    let keep = newest(dir);
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let stale = name.starts_with(".tmp")
-            && e.metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 3600);
-        if stale || (sum_ok(&name) && !keep.contains(&name)) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    copies.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    copies.into_iter().map(|(_, n, m)| (n, m)).collect()
 }
 
 /// Hands `on_line` the lines of the copy at `path` as the host's `cat FILE; echo` would stream
@@ -295,7 +339,10 @@ fn read_verified(
     let mut hash = Sha256::new();
     io::copy(&mut (&mut f).take(MAX_BYTES), &mut hash)?;
     if hex(&hash.finalize()) != sum {
-        return Err(io::Error::other("the copy does not hash to its name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the copy does not hash to its name",
+        ));
     }
     f.rewind()?;
     let mut reader = io::BufReader::with_capacity(64 * 1024, f.take(MAX_BYTES));
@@ -430,7 +477,8 @@ mod tests {
         assert!(newest(dir.path()).is_empty(), "nothing kept");
     }
 
-    /// Only the newest copies stay.
+    /// Only the newest copies stay, and those this run offered (a host may be about to name
+    /// them): the next run prunes those.
     #[test]
     fn the_newest_copies_are_kept() {
         let dir = tempfile::tempdir().expect("dir");
@@ -438,10 +486,14 @@ mod tests {
             let copies = LiveManifests::at(Some(dir.path().into()));
             copies.learn_whole(format!("{n}\n").as_bytes());
         }
-        let kept = newest(dir.path());
-        assert_eq!(kept.len(), KEEP);
-        let last = crate::manifest::sha256_hex(format!("{}\n", KEEP + 2).as_bytes());
-        assert!(kept.contains(&last));
-        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), KEEP);
+        let count = std::fs::read_dir(dir.path()).expect("dir").count();
+        assert_eq!(count, KEEP + 1, "the newest, and the oldest offered");
+        let offered = LiveManifests::at(Some(dir.path().into()))
+            .offered()
+            .to_vec();
+        let sum = |n: usize| crate::manifest::sha256_hex(format!("{n}\n").as_bytes());
+        assert_eq!(offered.len(), KEEP);
+        assert_eq!(offered[0], sum(KEEP + 2), "newest first");
+        assert!(!offered.contains(&sum(2)));
     }
 }

@@ -15,10 +15,18 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Where the deployer keeps the copies of the test application's manifests.
+fn shelf(h: &Hosts) -> std::path::PathBuf {
+    let key = sha256(b"usersvc");
+    h.dir
+        .path()
+        .join("cache/deployer/manifests")
+        .join(&key[..16])
+}
+
 /// The copies on the deploy machine, by name.
 fn copies(h: &Hosts) -> BTreeMap<String, Vec<u8>> {
-    let dir = h.dir.path().join("cache/deployer/manifests");
-    std::fs::read_dir(&dir)
+    std::fs::read_dir(shelf(h))
         .map(|d| {
             d.flatten()
                 .map(|e| {
@@ -61,7 +69,7 @@ fn a_live_manifest_the_deployer_holds_is_named_by_its_hash_not_sent() {
     h.write("v", "1");
     h.deploy_ok();
     // The first release travelled whole: the deployer keeps what it sent.
-    let dir = h.dir.path().join("cache/deployer/manifests");
+    let dir = shelf(&h);
     let held = |i| {
         let live = live_manifest(&h, i);
         copies(&h).get(&sha256(&live)) == Some(&live)
@@ -87,9 +95,21 @@ fn a_live_manifest_the_deployer_holds_is_named_by_its_hash_not_sent() {
     assert_eq!(deploy(&h, "4"), 2);
     // A copy that no longer hashes to its name is not believed: the host is asked again and
     // sends its listing; nothing is sent that could be linked.
-    for name in copies(&h).keys() {
-        std::fs::write(dir.join(name), "damaged\n").expect("damage");
-    }
+    let damage = || {
+        for name in copies(&h).keys() {
+            std::fs::write(dir.join(name), "damaged\n").expect("damage");
+        }
+    };
+    // Read for a plan (no lock), then locked for a deploy.
+    damage();
+    h.write("v", "5");
+    let r = h.run(&["deploy", "--dry-run"]);
+    assert_eq!(
+        (r.code, r.stdout.matches(" 30 files ").count()),
+        (0, 2),
+        "{r}"
+    );
+    damage();
     assert_eq!(deploy(&h, "5"), 0);
     assert_eq!(deploy(&h, "6"), 2, "the copies were made anew");
 }

@@ -107,7 +107,7 @@ pub fn deploy(
     let gate = cfg.health.as_ref().and_then(Gate::new);
     let user = cfg.user();
     let owner = lock::owner_line(&user);
-    let copies = LiveManifests::open();
+    let copies = LiveManifests::open(&cfg.application);
     let (mut runs, early) = lock_first(cfg, targets, settings, options, &owner, &copies)?;
     if !runs.iter().all(Run::ok) {
         settings.say("not every host could be reached and locked; nothing was changed");

@@ -46,7 +46,7 @@ pub fn plan(
     super::check_canary(cfg, options)?;
     let tree = super::tree::read_tree(cfg, options, settings)?;
     let (manifest, revision) = (&tree.manifest, &tree.revision);
-    let copies = LiveManifests::open();
+    let copies = LiveManifests::open(&cfg.application);
     let listing = LiveListing::new(manifest, &copies);
     let hosts = fleet::read(targets, settings, Some(listing), &cfg.required_shared());
     let release = layout::next_release(
