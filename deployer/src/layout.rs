@@ -448,7 +448,9 @@ pub fn restore_script(deploy_to: &str, release: Option<&str>) -> String {
 /// are skipped (an empty one would mean all of `releases/`). The releases leave `releases/` at
 /// once (moved into `.deploy/trash/`), and are deleted there in the background, so a deploy
 /// does not wait for tens of thousands of unlinks; trash an interrupted deletion left is swept
-/// after an hour.
+/// after an hour. The deletion runs at the lowest CPU and I/O priority (`nice`, and `ionice`
+/// where there is one), so it never competes with the service the host runs, or with the
+/// next deploy.
 pub fn remove_script(deploy_to: &str, releases: &[String]) -> String {
     let names: Vec<String> = releases
         .iter()
@@ -473,7 +475,8 @@ pub fn remove_script(deploy_to: &str, releases: &[String]) -> String {
         ));
     }
     s.push_str(
-        "nohup sh -c 'rm -rf \"$1\"; find .deploy/trash -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} +' sh \"$t\" >/dev/null 2>&1 </dev/null &\n",
+        "lowest=; command -v nice >/dev/null 2>&1 && lowest='nice -n 19'
+nohup $lowest sh -c '{ command -v ionice && ionice -c 2 -n 7 -p $$; } >/dev/null 2>&1; rm -rf \"$1\"; find .deploy/trash -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} +' sh \"$t\" >/dev/null 2>&1 </dev/null &\n",
     );
     s
 }
@@ -662,6 +665,55 @@ pub fn log_script(deploy_to: &str, entry: &LogEntry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Removed releases leave `releases/` at once and are deleted in the background at the
+    /// lowest priority: the `rm` that deletes them runs at niceness 19 (a stand-in `rm` first
+    /// on PATH reads its own from /proc, then runs the real one).
+    #[test]
+    fn removed_releases_are_deleted_in_the_background_at_the_lowest_priority() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("dir");
+        let app = d.path().join("app");
+        std::fs::create_dir_all(app.join("releases/20261123100001/lib")).expect("mkdir");
+        std::fs::write(app.join("releases/20261123100001/lib/a"), "a").expect("a");
+        let bin = d.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        let seen = d.path().join("niceness");
+        let rm = format!(
+            "#!/bin/sh\ncut -d' ' -f19 /proc/$$/stat > '{}'\nexec /bin/rm \"$@\"\n",
+            seen.display()
+        );
+        std::fs::write(bin.join("rm"), rm).expect("rm");
+        std::fs::set_permissions(bin.join("rm"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let script = remove_script(&app.display().to_string(), &["20261123100001".into()]);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("PATH", path)
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            !app.join("releases/20261123100001").exists(),
+            "gone at once"
+        );
+        let trash = app.join(".deploy/trash");
+        let empty = || std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_none());
+        for _ in 0..200 {
+            if empty() && seen.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(empty(), "deleted in the background");
+        let niceness = std::fs::read_to_string(&seen).unwrap_or_default();
+        assert_eq!(niceness.trim(), "19");
+    }
 
     fn rel(name: &str, complete: bool, bad: bool) -> ReleaseInfo {
         ReleaseInfo {
