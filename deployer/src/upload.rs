@@ -92,21 +92,16 @@ impl<'a> Live<'a> {
 
 /// The script a release's stream ends with, run in `deploy_to` once tar has extracted it: the
 /// listed files linked from the live release, the manifest put in place (made from the live
-/// one's when it can be), then `shared` (the shared links and REVISION). Two `cp` processes link
-/// at once: a host's disk takes links from two directories faster than from one. When the names
-/// are read on the host ([`Live::names_on_host`]), the live manifest's lines are kept first,
-/// their names written down as they go, and the linking follows.
+/// one's when it can be), then `shared` (the shared links and REVISION). When the names are read
+/// on the host ([`Live::names_on_host`]), the live manifest's lines are kept first, their names
+/// written down as they go, and the linking follows (see [`link_script`]).
 pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String {
     let b = staged_base();
     let m = quote(&manifest_path(release));
     let links = match live {
         Some(Live {
             name, links: true, ..
-        }) => format!(
-            "p=$PWD; (cd releases/{prev} && exec xargs -0 -r -P 2 -n 4000 cp -l -P --parents -t \"$p\"/releases/{new} --) < {b}.links || exit {LINK_FAILED}\n",
-            prev = quote(name),
-            new = quote(release),
-        ),
+        }) => link_script(name, release),
         _ => String::new(),
     };
     let finish =
@@ -134,6 +129,28 @@ pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String
             "{links}mkdir -p .deploy/manifests && mv -f {b}.manifest {m} || exit {MANIFEST_FAILED}\n{shared}"
         ),
     }
+}
+
+/// Links the files `.links` names (NUL-separated, relative) from release `from` into release
+/// `to`, whose directories tar made. Perl's `link` costs one `linkat` a file; GNU `cp -l
+/// --parents`, used where there is no perl, also five `stat`s (20,000 files: 0.09 s of CPU
+/// against 0.25 on tmpfs, 0.25 against 0.37 on a disk). Two processes, each taking every other
+/// block of 4,000 names: a disk takes links into two directories faster than into one.
+fn link_script(from: &str, to: &str) -> String {
+    let b = staged_base();
+    let (from, to) = (quote(from), quote(to));
+    format!(
+        r#"if command -v perl >/dev/null 2>&1; then
+  l='BEGIN {{ ($from, $to, $part) = splice(@ARGV, 0, 3) }} chomp; next if int(($. - 1) / 4000) % 2 != $part; link("$from/$_", "$to/$_") or die "cannot link $_: $!
+"'
+  perl -0 -ne "$l" releases/{from} releases/{to} 0 < {b}.links & lp=$!
+  perl -0 -ne "$l" releases/{from} releases/{to} 1 < {b}.links; ls=$?
+  wait $lp && [ $ls -eq 0 ] || exit {LINK_FAILED}
+else
+  p=$PWD; (cd releases/{from} && exec xargs -0 -r -P 2 -n 4000 cp -l -P --parents -t "$p"/releases/{to} --) < {b}.links || exit {LINK_FAILED}
+fi
+"#
+    )
 }
 
 /// Keeps the lines of release `name`'s manifest that `r` does not drop, in `.kept`, and fails
@@ -447,7 +464,7 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.starts_with("p=$PWD; (cd releases/'1' && exec xargs -0"),
+            script.starts_with("if command -v perl >/dev/null 2>&1; then"),
             "{script}"
         );
         assert!(
@@ -527,18 +544,28 @@ mod tests {
             kept,
             names_on_host: false,
         };
-        staged(d.path(), false, &rebuild)
+        staged(d.path(), false, &rebuild, None)
     }
 
     /// Runs the staging script of release "2" from live release "1" in `dir` (`links`: the
-    /// unchanged files are linked by name); its exit status, the new manifest and stderr.
-    fn staged(dir: &Path, links: bool, rebuild: &Rebuild) -> (i32, String, String) {
+    /// unchanged files are linked by name), with `path` as PATH when given; its exit status,
+    /// the new manifest and stderr.
+    fn staged(
+        dir: &Path,
+        links: bool,
+        rebuild: &Rebuild,
+        path: Option<&Path>,
+    ) -> (i32, String, String) {
         let live = Live {
             name: "1",
             links,
             rebuild: Some(rebuild),
         };
-        let out = std::process::Command::new("sh")
+        let mut sh = std::process::Command::new("/bin/sh");
+        if let Some(path) = path {
+            sh.env("PATH", path);
+        }
+        let out = sh
             .arg("-c")
             .arg(staging_script("2", Some(live), ""))
             .current_dir(dir)
@@ -598,15 +625,19 @@ mod tests {
 
     /// The whole script, names read on the host, in a `deploy_to` whose live release "1" holds
     /// `a` and `dir/c d` and has `old` as its manifest (its second line dropped): the exit status,
-    /// the new manifest, stderr, and whether both files were linked into release "2".
-    fn linked_by_name(old: &str) -> (i32, String, String, bool) {
+    /// the new manifest, stderr, and whether both files were linked into release "2". With
+    /// `path`, the script runs with it as PATH; with `lost`, the live release lost `a`.
+    fn linked_by_name(old: &str, path: Option<&Path>, lost: bool) -> (i32, String, String, bool) {
         let d = tempfile::tempdir().expect("dir");
         let b = staged_base();
         let at = |p: &str| d.path().join(p);
         std::fs::create_dir_all(at(".deploy/manifests")).expect("mkdir");
         std::fs::create_dir_all(at("releases/1/dir")).expect("mkdir");
-        std::fs::create_dir_all(at("releases/2")).expect("mkdir");
-        std::fs::write(at("releases/1/a"), "a").expect("a");
+        // Made by tar, before the script runs.
+        std::fs::create_dir_all(at("releases/2/dir")).expect("mkdir");
+        if !lost {
+            std::fs::write(at("releases/1/a"), "a").expect("a");
+        }
         std::fs::write(at("releases/1/dir/c d"), "c").expect("c");
         std::fs::write(at(".deploy/manifests/1"), old).expect("old");
         std::fs::write(at(&format!("{b}.drop")), "2\n").expect("drop");
@@ -616,7 +647,7 @@ mod tests {
             kept: 2,
             names_on_host: true,
         };
-        let (code, made, stderr) = staged(d.path(), true, &rebuild);
+        let (code, made, stderr) = staged(d.path(), true, &rebuild, path);
         let ino = |p: &str| std::fs::metadata(at(p)).map(|m| m.ino()).ok();
         let linked = ["a", "dir/c d"].iter().all(|f| {
             ino(&format!("releases/2/{f}"))
@@ -630,16 +661,45 @@ mod tests {
         let a = r#"{"path":"a","type":"file","mode":420,"size":1,"sha256":"x"}"#;
         let b = r#"{"path":"b","type":"file","mode":420,"size":1,"sha256":"y"}"#;
         let c = r#"{"path":"dir/c d","type":"file","mode":420,"size":1,"sha256":"z"}"#;
-        let (code, made, stderr, linked) = linked_by_name(&format!("{a}\n{b}\n{c}\n"));
+        let (code, made, stderr, linked) = linked_by_name(&format!("{a}\n{b}\n{c}\n"), None, false);
         assert_eq!((code, stderr.as_str(), linked), (0, "", true));
         assert_eq!(made, format!("{a}\n{c}\nsent\n"));
         // A kept line that does not begin with its name: nothing linked, no manifest.
         let moved = r#"{"type":"file","path":"dir/c d"}"#;
-        let (code, made, stderr, linked) = linked_by_name(&format!("{a}\n{b}\n{moved}\n"));
+        let (code, made, stderr, linked) =
+            linked_by_name(&format!("{a}\n{b}\n{moved}\n"), None, false);
         assert_eq!((code, made.as_str(), linked), (MANIFEST_FAILED, "", false));
         assert!(
             stderr.contains("1 kept lines of the live manifest do not begin with their names"),
             "{stderr}"
         );
+    }
+
+    /// A host without perl links with GNU cp, to the same effect; a file the live release lost
+    /// fails the step either way, naming it.
+    #[test]
+    fn without_perl_cp_links_the_same_files() {
+        let tools = tempfile::tempdir().expect("dir");
+        for tool in ["awk", "tr", "xargs", "cp", "cat", "mv", "mkdir"] {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .expect(tool);
+            std::os::unix::fs::symlink(found, tools.path().join(tool)).expect("symlink");
+        }
+        let a = r#"{"path":"a","type":"file","mode":420,"size":1,"sha256":"x"}"#;
+        let b = r#"{"path":"b","type":"file","mode":420,"size":1,"sha256":"y"}"#;
+        let c = r#"{"path":"dir/c d","type":"file","mode":420,"size":1,"sha256":"z"}"#;
+        let old = format!("{a}\n{b}\n{c}\n");
+        for path in [None, Some(tools.path())] {
+            let (code, made, stderr, linked) = linked_by_name(&old, path, false);
+            assert_eq!((code, stderr.as_str(), linked), (0, "", true), "{path:?}");
+            assert_eq!(made, format!("{a}\n{c}\nsent\n"));
+            let (code, made, stderr, _) = linked_by_name(&old, path, true);
+            assert_eq!((code, made.as_str()), (LINK_FAILED, ""), "{path:?}");
+            let named = stderr.contains("cannot link a:") || stderr.contains("'a'");
+            assert!(named && stderr.contains("No such file"), "{stderr}");
+        }
     }
 }
