@@ -448,9 +448,9 @@ pub fn restore_script(deploy_to: &str, release: Option<&str>) -> String {
 /// are skipped (an empty one would mean all of `releases/`). The releases leave `releases/` at
 /// once (moved into `.deploy/trash/`), and are deleted there in the background, so a deploy
 /// does not wait for tens of thousands of unlinks; trash an interrupted deletion left is swept
-/// after an hour. The deletion runs at the lowest CPU and I/O priority (`nice`, and `ionice`
-/// where there is one), so it never competes with the service the host runs, or with the
-/// next deploy.
+/// after an hour. The deletion runs at the lowest CPU priority (`nice -n 19`, where nice can
+/// lower it) and the lowest best-effort I/O priority (where there is `ionice`), so it yields
+/// to the service the host runs, and to the next deploy.
 pub fn remove_script(deploy_to: &str, releases: &[String]) -> String {
     let names: Vec<String> = releases
         .iter()
@@ -475,7 +475,7 @@ pub fn remove_script(deploy_to: &str, releases: &[String]) -> String {
         ));
     }
     s.push_str(
-        "lowest=; command -v nice >/dev/null 2>&1 && lowest='nice -n 19'
+        "lowest=; nice -n 19 true >/dev/null 2>&1 && lowest='nice -n 19'
 nohup $lowest sh -c '{ command -v ionice && ionice -c 2 -n 7 -p $$; } >/dev/null 2>&1; rm -rf \"$1\"; find .deploy/trash -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} +' sh \"$t\" >/dev/null 2>&1 </dev/null &\n",
     );
     s
@@ -679,8 +679,14 @@ mod tests {
         let bin = d.path().join("bin");
         std::fs::create_dir_all(&bin).expect("bin");
         let seen = d.path().join("niceness");
+        let real = ["/usr/bin/rm", "/bin/rm"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("rm");
+        // The foreground `rm` (manifests, marks) writes 0 first; the background one, 19, before
+        // it deletes the trash, which the loop below waits for.
         let rm = format!(
-            "#!/bin/sh\ncut -d' ' -f19 /proc/$$/stat > '{}'\nexec /bin/rm \"$@\"\n",
+            "#!/bin/sh\ncut -d' ' -f19 /proc/$$/stat > '{}'\nexec {real} \"$@\"\n",
             seen.display()
         );
         std::fs::write(bin.join("rm"), rm).expect("rm");

@@ -1,7 +1,8 @@
 //! The upload of one release to one host: a single tar stream, extracted by GNU tar in
 //! `deploy_to`. Changed files travel whole; unchanged ones are hard links into the current
-//! release (no data sent, no extra disk used), made by GNU `cp -l` from a list of their names
-//! that travels in the stream, or by tar link entries when the list cannot serve
+//! release (no data sent, no extra disk used), made by perl's `link` (GNU `cp -l` without perl)
+//! from a list of their names, read on the host or sent in the stream, or by tar link entries
+//! when the list cannot serve
 //! ([`Delta::link_list`]). Behind them travel the manifest and the script that finishes staging
 //! (links, manifest, shared links, REVISION), all under `.deploy/staged-<pid>-<time>.*`; the
 //! script runs once tar has extracted everything, so the upload and the staging end are one
@@ -135,7 +136,9 @@ pub fn staging_script(release: &str, live: Option<Live>, shared: &str) -> String
 /// `to`, whose directories tar made. Perl's `link` costs one `linkat` a file; GNU `cp -l
 /// --parents`, used where there is no perl, also five `stat`s (20,000 files: 0.09 s of CPU
 /// against 0.25 on tmpfs, 0.25 against 0.37 on a disk). Two processes, each taking every other
-/// block of 4,000 names: a disk takes links into two directories faster than into one.
+/// block of 4,000 names: a disk takes links into two directories faster than into one. Perl
+/// runs as the deployer wrote it: `PERL5OPT` from the host's shell startup (`-Mstrict`, `-T`)
+/// would break it, and locale warnings would bury the name that failed.
 fn link_script(from: &str, to: &str) -> String {
     let b = staged_base();
     let (from, to) = (quote(from), quote(to));
@@ -143,8 +146,8 @@ fn link_script(from: &str, to: &str) -> String {
         r#"if command -v perl >/dev/null 2>&1; then
   l='BEGIN {{ ($from, $to, $part) = splice(@ARGV, 0, 3) }} chomp; next if int(($. - 1) / 4000) % 2 != $part; link("$from/$_", "$to/$_") or die "cannot link $_: $!
 "'
-  perl -0 -ne "$l" releases/{from} releases/{to} 0 < {b}.links & lp=$!
-  perl -0 -ne "$l" releases/{from} releases/{to} 1 < {b}.links; ls=$?
+  PERL5OPT= PERL_BADLANG=0 perl -0 -ne "$l" releases/{from} releases/{to} 0 < {b}.links & lp=$!
+  PERL5OPT= PERL_BADLANG=0 perl -0 -ne "$l" releases/{from} releases/{to} 1 < {b}.links; ls=$?
   wait $lp && [ $ls -eq 0 ] || exit {LINK_FAILED}
 else
   p=$PWD; (cd releases/{from} && exec xargs -0 -r -P 2 -n 4000 cp -l -P --parents -t "$p"/releases/{to} --) < {b}.links || exit {LINK_FAILED}
@@ -562,6 +565,7 @@ mod tests {
             rebuild: Some(rebuild),
         };
         let mut sh = std::process::Command::new("/bin/sh");
+        sh.env("LC_ALL", "C");
         if let Some(path) = path {
             sh.env("PATH", path);
         }
@@ -692,14 +696,60 @@ mod tests {
         let b = r#"{"path":"b","type":"file","mode":420,"size":1,"sha256":"y"}"#;
         let c = r#"{"path":"dir/c d","type":"file","mode":420,"size":1,"sha256":"z"}"#;
         let old = format!("{a}\n{b}\n{c}\n");
-        for path in [None, Some(tools.path())] {
+        // perl's message, then cp's: each way was taken.
+        for (path, named) in [(None, "cannot link a:"), (Some(tools.path()), "'a'")] {
             let (code, made, stderr, linked) = linked_by_name(&old, path, false);
             assert_eq!((code, stderr.as_str(), linked), (0, "", true), "{path:?}");
             assert_eq!(made, format!("{a}\n{c}\nsent\n"));
             let (code, made, stderr, _) = linked_by_name(&old, path, true);
             assert_eq!((code, made.as_str()), (LINK_FAILED, ""), "{path:?}");
-            let named = stderr.contains("cannot link a:") || stderr.contains("'a'");
-            assert!(named && stderr.contains("No such file"), "{stderr}");
+            assert!(
+                stderr.contains(named) && stderr.contains("No such file"),
+                "{stderr}"
+            );
+        }
+    }
+
+    /// Past 4,000 names the list is split between two processes: every name is linked, and a
+    /// name missing in either half fails the step. Perl must be on the test machine (`make
+    /// peers`: Debian's perl-base is essential).
+    #[test]
+    fn a_long_list_is_linked_whole_by_both_processes() {
+        assert!(
+            Path::new("/usr/bin/perl").exists(),
+            "perl missing: make peers"
+        );
+        for missing in [None, Some(1234), Some(4050)] {
+            // On tmpfs where there is one: this VM's disk takes seconds over 4,000 small files.
+            let d = tempfile::tempdir_in("/dev/shm")
+                .or_else(|_| tempfile::tempdir())
+                .expect("dir");
+            let at = |p: &str| d.path().join(p);
+            std::fs::create_dir_all(at("releases/1/d")).expect("mkdir");
+            std::fs::create_dir_all(at("releases/2/d")).expect("mkdir");
+            std::fs::create_dir_all(at(".deploy")).expect("mkdir");
+            let mut list = Vec::new();
+            for i in 0..4100 {
+                if Some(i) != missing {
+                    std::fs::write(at(&format!("releases/1/d/f{i}")), "x").expect("f");
+                }
+                list.extend_from_slice(format!("d/f{i}\0").as_bytes());
+            }
+            std::fs::write(at(&format!("{}.links", staged_base())), list).expect("links");
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", &link_script("1", "2")])
+                .current_dir(d.path())
+                .output()
+                .expect("sh");
+            let linked = std::fs::read_dir(at("releases/2/d")).expect("d").count();
+            match missing {
+                None => assert_eq!((out.status.code(), linked), (Some(0), 4100)),
+                Some(i) => {
+                    assert_eq!(out.status.code(), Some(LINK_FAILED), "{i}");
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    assert!(stderr.contains(&format!("cannot link d/f{i}:")), "{stderr}");
+                }
+            }
         }
     }
 }
