@@ -198,10 +198,13 @@ def rsync_rollback(n): parallel(n, rsync_rollback_one)
 def cap(n): parallel(n, lambda i: cap_one(i, "deploy"))
 def cap_rollback(n): parallel(n, lambda i: cap_one(i, "deploy:rollback"))
 
-def fresh(n):
+def fresh(n, kind):
+    # One tool's trees only, right before its own run, so each pays for deleting its own: on
+    # a disk that discards freed blocks (this VM's ext4), the next writer after deleting
+    # 200 MB a host is slowed, and deleting every tool's trees at once charged it all to
+    # whichever tool went first.
     for i in range(n):
-        for kind in ("ours", "base", "cap"):
-            shutil.rmtree(target(i, kind), ignore_errors=True)
+        shutil.rmtree(target(i, kind), ignore_errors=True)
 
 counter = [0]
 def change_one_file():
@@ -217,7 +220,7 @@ def timed(fn, *a):
     os.sync()
     t = time.perf_counter(); fn(*a); return time.perf_counter() - t
 
-results = {}
+results, shown = {}, {}
 def measure(name, n, kind):
     if os.environ.get("CASES", "") not in name:
         return
@@ -225,9 +228,7 @@ def measure(name, n, kind):
              "rollback": (ours_rollback, rsync_rollback, cap_rollback)}[kind]
     times = {"ours": [], "rsync": [], "cap": []}
     for r in range(max(runs, cap_runs)):
-        if kind == "first":
-            fresh(n)
-        elif kind == "one file changed":
+        if kind == "one file changed":
             change_one_file()
         else:
             # Something to roll back from: a deploy of a changed file with each tool.
@@ -243,8 +244,11 @@ def measure(name, n, kind):
         for who, fn in order:
             if who != "cap" and r >= runs:
                 continue
+            if kind == "first":
+                fresh(n, {"ours": "ours", "rsync": "base", "cap": "cap"}[who])
             times[who].append(timed(fn, n))
     results[name] = {who: statistics.median(t) for who, t in times.items() if t}
+    shown[name] = times
 
 for kind in ("first", "one file changed", "rollback"):
     for n in (1, 8):
@@ -261,6 +265,10 @@ for name, t in results.items():
     cs = f"{c:>8.2f}" if c else f"{'-':>8}"
     cr = f"{o / c:>9.3f}" if c else f"{'-':>9}"
     print(f"{name:<28} {o:>10.3f} {b:>8.3f} {cs} {o / b:>10.2f} {cr}")
+# Every run, in the order of the rounds (who went first alternates): the spread a median hides.
+for name, t in shown.items():
+    runs_shown = "  ".join(f"{who} " + " ".join(f"{x:.2f}" for x in xs) for who, xs in t.items() if xs)
+    print(f"  runs, {name}: {runs_shown}")
 for cmd, kb in peak_rss.items():
     print(f"deployer peak RSS ({cmd}): {kb / 1024:.1f} MB")
 for (cmd, n), per_host in sorted(cpu_per_host.items()):
