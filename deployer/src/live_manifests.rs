@@ -11,11 +11,11 @@
 //! Copies come from two places: a listing the host streamed (saved once per content, whatever
 //! the number of hosts), and, after staging, the manifest the host now has, made here as the
 //! host made it (sent whole, or the live one's kept lines and the lines sent). They live in
-//! `$XDG_CACHE_HOME/deployer/manifests/` (0700; files 0600, written atomically); the newest
-//! [`KEEP`] stay.
+//! `$XDG_CACHE_HOME/deployer/manifests/<application key>/` (0700; files 0600, written
+//! atomically); the newest [`KEEP`] of each application stay.
 
 use crate::delta::{Known, KnownReader};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, hex};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Write};
@@ -42,6 +42,8 @@ pub struct LiveManifests {
 struct Shelf {
     dir: Option<PathBuf>,
     offered: Vec<String>,
+    /// [`MAX_BYTES`], but in tests.
+    max_bytes: u64,
     /// Copies written (or being written) by this run: each content once.
     written: Mutex<HashSet<String>>,
 }
@@ -56,12 +58,18 @@ impl LiveManifests {
     }
 
     pub fn at(dir: Option<PathBuf>) -> Self {
+        Self::holding(dir, MAX_BYTES)
+    }
+
+    /// The copies in `dir`, none read past `max_bytes`, nor kept past it in all.
+    fn holding(dir: Option<PathBuf>, max_bytes: u64) -> Self {
         let offered = dir.as_deref().map(newest).unwrap_or_default();
-        let offered = offered.into_iter().take(KEEP).map(|(n, _)| n).collect();
+        let offered = within(offered, max_bytes);
         Self {
             shelf: Arc::new(Shelf {
                 dir,
                 offered,
+                max_bytes,
                 written: Mutex::default(),
             }),
             known: Mutex::default(),
@@ -80,7 +88,8 @@ impl LiveManifests {
         cell.get_or_init(|| {
             let path = self.shelf.path(sum)?;
             let mut reader = KnownReader::new(new);
-            match read_lines(&path, sum, &mut |l| reader.manifest_line(l)) {
+            let max = self.shelf.max_bytes;
+            match read_lines(&path, sum, max, &mut |l| reader.manifest_line(l)) {
                 Ok(()) => {
                     // Used: it stays among the newest.
                     let _ = std::fs::File::options()
@@ -146,7 +155,7 @@ impl LiveManifests {
         }
         let _ = Writer::new(dir).and_then(|mut w| {
             let mut n = 0u32;
-            read_records(&path, old, &mut |line| {
+            read_records(&path, old, self.shelf.max_bytes, &mut |line| {
                 n += 1;
                 if dropped.binary_search(&n).is_err() {
                     w.write(line)?;
@@ -167,15 +176,15 @@ impl Shelf {
     }
 
     /// Removes, from one listing of the directory, the copies past the newest [`KEEP`] (or
-    /// past [`MAX_BYTES`] in all, the newest always kept) that this run neither offered nor
-    /// wrote, and temp files a write cut short left an hour ago or more.
+    /// past its byte limit in all, the newest always kept: [`within`]) that this run neither
+    /// offered nor wrote, and temp files a write cut short left an hour ago or more.
     fn prune(&self, dir: &Path) {
         let written = lock(&self.written).clone();
-        let mut total = 0;
-        for (i, (name, meta)) in newest(dir).into_iter().enumerate() {
-            total += meta.len();
-            let over = i >= KEEP || (i > 0 && total > MAX_BYTES);
-            if over && !self.offered.contains(&name) && !written.contains(&name) {
+        let copies = newest(dir);
+        let names: Vec<String> = copies.iter().map(|(n, _)| n.clone()).collect();
+        let keep = within(copies, self.max_bytes);
+        for name in names {
+            if !keep.contains(&name) && !self.offered.contains(&name) && !written.contains(&name) {
                 let _ = std::fs::remove_file(dir.join(name));
             }
         }
@@ -295,12 +304,27 @@ fn newest(dir: &Path) -> Vec<(String, std::fs::Metadata)> {
     copies.into_iter().map(|(_, n, m)| (n, m)).collect()
 }
 
+/// The names of the newest [`KEEP`] of `copies` (newest first) that fit in `max_bytes` in all;
+/// the newest always.
+fn within(copies: Vec<(String, std::fs::Metadata)>, max_bytes: u64) -> Vec<String> {
+    let mut total = 0;
+    copies
+        .into_iter()
+        .enumerate()
+        .take_while(|(i, (_, meta))| {
+            total += meta.len();
+            *i < KEEP && (*i == 0 || total <= max_bytes)
+        })
+        .map(|(_, (name, _))| name)
+        .collect()
+}
+
 /// Hands `on_line` the lines of the copy at `path` as the host's `cat FILE; echo` would stream
 /// them (a last empty line when the file ends with a newline), once the whole file hashes to
 /// `sum`. Nothing is handed before: a damaged copy says nothing.
-fn read_lines(path: &Path, sum: &str, on_line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+fn read_lines(path: &Path, sum: &str, max: u64, on_line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
     let mut ended = true;
-    read_verified(path, sum, &mut |chunk| {
+    read_verified(path, sum, max, &mut |chunk| {
         ended = chunk.ends_with(b"\n");
         on_line(chunk.strip_suffix(b"\n").unwrap_or(chunk));
         Ok(())
@@ -316,28 +340,30 @@ fn read_lines(path: &Path, sum: &str, on_line: &mut dyn FnMut(&[u8])) -> io::Res
 fn read_records(
     path: &Path,
     sum: &str,
+    max: u64,
     on_record: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    read_verified(path, sum, &mut |chunk| {
+    read_verified(path, sum, max, &mut |chunk| {
         on_record(chunk.strip_suffix(b"\n").unwrap_or(chunk))
     })
 }
 
 /// Hands `on_chunk` the copy at `path` line by line, each with its newline (the last may have
-/// none), once the whole file (no more than [`MAX_BYTES`]) hashes to `sum`: read twice, the
+/// none), once the whole file (no more than `max` bytes) hashes to `sum`: read twice, the
 /// second time from the same open file, so memory stays a line's.
 fn read_verified(
     path: &Path,
     sum: &str,
+    max: u64,
     on_chunk: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     use std::io::{Read, Seek};
     let mut f = std::fs::File::open(path)?;
-    if f.metadata()?.len() > MAX_BYTES {
+    if f.metadata()?.len() > max {
         return Err(io::Error::other("too large"));
     }
     let mut hash = Sha256::new();
-    io::copy(&mut (&mut f).take(MAX_BYTES), &mut hash)?;
+    io::copy(&mut (&mut f).take(max), &mut hash)?;
     if hex(&hash.finalize()) != sum {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -345,7 +371,7 @@ fn read_verified(
         ));
     }
     f.rewind()?;
-    let mut reader = io::BufReader::with_capacity(64 * 1024, f.take(MAX_BYTES));
+    let mut reader = io::BufReader::with_capacity(64 * 1024, f.take(max));
     let mut line = Vec::new();
     while reader.read_until(b'\n', &mut line)? > 0 {
         on_chunk(&line)?;
@@ -359,10 +385,6 @@ pub fn sum_ok(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -495,5 +517,34 @@ mod tests {
         assert_eq!(offered.len(), KEEP);
         assert_eq!(offered[0], sum(KEEP + 2), "newest first");
         assert!(!offered.contains(&sum(2)));
+    }
+
+    /// A copy of exactly the byte limit is read; one byte over, it is not, and it stays (it is
+    /// not damaged). Past the limit in all, only the newest copy is kept.
+    #[test]
+    fn the_byte_limit_is_a_copys_and_the_shelfs() {
+        let (_src, m) = tree();
+        let live = m.to_lines();
+        let sum = crate::manifest::sha256_hex(&live);
+        let size = live.len() as u64;
+        for (max, read) in [(size, true), (size - 1, false)] {
+            let dir = tempfile::tempdir().expect("dir");
+            LiveManifests::at(Some(dir.path().into())).learn_whole(&live);
+            let copies = LiveManifests::holding(Some(dir.path().into()), max);
+            assert_eq!(copies.known(&sum, &m).is_some(), read, "limit {max}");
+            assert!(dir.path().join(&sum).exists(), "limit {max}: kept");
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        for n in 0..3 {
+            LiveManifests::holding(Some(dir.path().into()), 3)
+                .learn_whole(format!("{n}\n").as_bytes());
+        }
+        let sum = |n: usize| crate::manifest::sha256_hex(format!("{n}\n").as_bytes());
+        let kept: Vec<String> = newest(dir.path()).into_iter().map(|(n, _)| n).collect();
+        // Two bytes a copy, three in all: the newest, and the one this run offered (the one
+        // before it was pruned when it was written).
+        assert_eq!(kept, [sum(2), sum(1)]);
+        let offered = LiveManifests::holding(Some(dir.path().into()), 3);
+        assert_eq!(offered.offered(), [sum(2)], "what fits is offered");
     }
 }
