@@ -144,8 +144,7 @@ fn link_script(from: &str, to: &str) -> String {
     let (from, to) = (quote(from), quote(to));
     format!(
         r#"if command -v perl >/dev/null 2>&1; then
-  l='BEGIN {{ ($from, $to, $part) = splice(@ARGV, 0, 3) }} chomp; next if int(($. - 1) / 4000) % 2 != $part; link("$from/$_", "$to/$_") or die "cannot link $_: $!
-"'
+  l='BEGIN {{ ($from, $to, $part) = splice(@ARGV, 0, 3) }} chomp; next if int(($. - 1) / 4000) % 2 != $part; link("$from/$_", "$to/$_") or die "cannot link $_: $!\n"'
   PERL5OPT= PERL_BADLANG=0 perl -0 -ne "$l" releases/{from} releases/{to} 0 < {b}.links & lp=$!
   PERL5OPT= PERL_BADLANG=0 perl -0 -ne "$l" releases/{from} releases/{to} 1 < {b}.links; ls=$?
   wait $lp && [ $ls -eq 0 ] || exit {LINK_FAILED}
